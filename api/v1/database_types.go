@@ -1,0 +1,229 @@
+package v1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// DefaultImage is the PostgreSQL image used when spec.image is not set.
+// postgres:14 reached end of life in November 2026; 17 is a supported major.
+const DefaultImage = "postgres:17"
+
+// DatabaseSpec defines the desired state of a PostgreSQL database.
+type DatabaseSpec struct {
+	// Image is the PostgreSQL container image, e.g. "postgres:17". Any image laid out
+	// like the official postgres images works (binaries on PATH or under
+	// /usr/lib/postgresql/NN/bin, a "postgres" user). A change of the minor version
+	// rolls the standbys first and the primary last; a change of the major version is
+	// refused (Stalled) because the data directory format differs between majors.
+	// +kubebuilder:default="postgres:17"
+	// +kubebuilder:validation:XValidation:rule="self.size() > 0",message="image must not be empty"
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// Replicas is the number of PostgreSQL instances: one primary plus replicas-1
+	// streaming standbys.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// DatabaseName is the application database created in the instance. It must be a
+	// lowercase PostgreSQL identifier and is immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z_][a-z0-9_]*$')",message="databaseName must be a lowercase PostgreSQL identifier: a letter or underscore followed by letters, digits or underscores"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['postgres', 'template0', 'template1']) && !self.startsWith('pg_')",message="databaseName must not be a reserved name (postgres, template0, template1, or starting with pg_)"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="databaseName is immutable"
+	DatabaseName string `json:"databaseName"`
+
+	// Username is the application role that owns DatabaseName. Its password is
+	// generated and stored in the Secret <name>-credentials. Immutable.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z_][a-z0-9_]*$')",message="username must be a lowercase PostgreSQL identifier: a letter or underscore followed by letters, digits or underscores"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['postgres', 'streaming_replica']) && !self.startsWith('pg_')",message="username must not be a reserved name (postgres, streaming_replica, or starting with pg_)"
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="username is immutable"
+	Username string `json:"username"`
+
+	// Storage is the persistent volume of each instance.
+	Storage StorageSpec `json:"storage"`
+
+	// Resources are the compute resources of the postgres container.
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// MaxReplicationLag is the replay lag, in bytes of WAL, above which a standby is
+	// reported as lagging and the Database leaves Ready.
+	// +kubebuilder:default="16Mi"
+	// +optional
+	MaxReplicationLag *resource.Quantity `json:"maxReplicationLag,omitempty"`
+}
+
+// StorageSpec describes the volume of each instance.
+// +kubebuilder:validation:XValidation:rule="has(self.storageClass) == has(oldSelf.storageClass) && (!has(self.storageClass) || self.storageClass == oldSelf.storageClass)",message="storage.storageClass is immutable"
+type StorageSpec struct {
+	// Size is the requested size of each instance's volume, a quantity such as
+	// "10Gi". It may grow (the PersistentVolumeClaims are expanded if their
+	// StorageClass allows it) but never shrink.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",message="storage.size must be a positive quantity such as 10Gi"
+	// +kubebuilder:validation:XValidation:rule="!isQuantity(oldSelf) || !isQuantity(self) || quantity(self).compareTo(quantity(oldSelf)) >= 0",message="storage.size may grow but never shrink"
+	Size string `json:"size"`
+
+	// StorageClass is the StorageClass of the volumes; the cluster default when
+	// empty. Immutable.
+	// +optional
+	StorageClass *string `json:"storageClass,omitempty"`
+}
+
+// Phase is the lifecycle phase of a Database.
+// +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed
+type Phase string
+
+const (
+	// PhasePending: the Database was accepted; nothing has been created yet.
+	PhasePending Phase = "Pending"
+	// PhaseProvisioning: Secrets, Services and the StatefulSet exist; no instance is
+	// running yet (volumes binding, images pulling, the primary initialising).
+	PhaseProvisioning Phase = "Provisioning"
+	// PhaseDeploying: some instances run but not all are ready or updated, e.g. a
+	// scale-up or a rolling update is under way.
+	PhaseDeploying Phase = "Deploying"
+	// PhaseVerifying: all instances are ready; the operator is checking that the
+	// primary accepts writes and every standby streams within the lag threshold.
+	// A Database that fails these checks after being Ready returns here.
+	PhaseVerifying Phase = "Verifying"
+	// PhaseReady: all checks passed; the Database serves at status.endpoint.
+	PhaseReady Phase = "Ready"
+	// PhaseFailed: the spec cannot be realised without a change by the user (see the
+	// Stalled condition). Running instances are left untouched.
+	PhaseFailed Phase = "Failed"
+)
+
+// DatabaseStatus defines the observed state of a Database.
+type DatabaseStatus struct {
+	// Phase summarises the state: Pending, Provisioning, Deploying, Verifying, Ready
+	// or Failed.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+
+	// Ready is true when the phase is Ready.
+	// +optional
+	Ready bool `json:"ready"`
+
+	// Endpoint is the address of the read-write Service,
+	// <name>.<namespace>.svc.cluster.local:5432.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// ReadOnlyEndpoint is the address of the Service that selects the standbys.
+	// +optional
+	ReadOnlyEndpoint string `json:"readOnlyEndpoint,omitempty"`
+
+	// SecretName is the Secret holding the application credentials (keys username,
+	// password, database, host, port, uri).
+	// +optional
+	SecretName string `json:"secretName,omitempty"`
+
+	// Replicas is the number of instance pods that exist.
+	// +optional
+	Replicas int32 `json:"replicas"`
+
+	// ReadyReplicas is the number of instance pods that are ready.
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas"`
+
+	// Selector is the label selector of the instance pods (for the scale
+	// subresource).
+	// +optional
+	Selector string `json:"selector,omitempty"`
+
+	// CurrentPrimary is the pod that reports itself as the primary.
+	// +optional
+	CurrentPrimary string `json:"currentPrimary,omitempty"`
+
+	// Image is the image the StatefulSet currently runs.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// PostgresVersion is the server version the primary reports, e.g. "17.6".
+	// +optional
+	PostgresVersion string `json:"postgresVersion,omitempty"`
+
+	// ObservedGeneration is the generation of the spec this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Ready, Reconciling and Stalled.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Condition types.
+const (
+	// ConditionReady is True when the Database is in phase Ready.
+	ConditionReady = "Ready"
+	// ConditionReconciling is True while the operator works towards the spec.
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True when the operator cannot make progress without a change
+	// by the user.
+	ConditionStalled = "Stalled"
+)
+
+// Condition reasons.
+const (
+	ReasonCreating                = "Creating"
+	ReasonInstancesStarting       = "InstancesStarting"
+	ReasonScaling                 = "Scaling"
+	ReasonRollingUpdate           = "RollingUpdate"
+	ReasonVerifying               = "Verifying"
+	ReasonPrimaryUnknown          = "PrimaryUnknown"
+	ReasonPrimaryNotWritable      = "PrimaryNotWritable"
+	ReasonInstanceUnreachable     = "InstanceUnreachable"
+	ReasonReplicaNotStreaming     = "ReplicaNotStreaming"
+	ReasonReplicationLagHigh      = "ReplicationLagHigh"
+	ReasonChecksPassed            = "ChecksPassed"
+	ReasonMajorVersionUnsupported = "MajorVersionChangeUnsupported"
+	ReasonReconcileError          = "ReconcileError"
+	ReasonSucceeded               = "Succeeded"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
+// +kubebuilder:resource:shortName=db
+// +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
+// +kubebuilder:printcolumn:name="Replicas",type="integer",JSONPath=".spec.replicas"
+// +kubebuilder:printcolumn:name="Ready",type="boolean",JSONPath=".status.ready"
+// +kubebuilder:printcolumn:name="Primary",type="string",JSONPath=".status.currentPrimary",priority=1
+// +kubebuilder:printcolumn:name="Endpoint",type="string",JSONPath=".status.endpoint"
+// +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+
+// Database is a PostgreSQL database: a primary, optional streaming standbys, their
+// Services and credentials.
+type Database struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   DatabaseSpec   `json:"spec"`
+	Status DatabaseStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// DatabaseList contains a list of Database.
+type DatabaseList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Database `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Database{}, &DatabaseList{})
+}
