@@ -1,0 +1,312 @@
+package database
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
+)
+
+// Labels and annotations the operator sets.
+const (
+	// LabelApp and LabelDatabase select every instance pod of a Database (the spec's
+	// selectors app=database,database=<name>); LabelName is the same name under the
+	// key Lab 8.3's kubectl commands use.
+	LabelApp      = "app"
+	LabelDatabase = "database"
+	LabelName     = "name"
+	// LabelRole is primary or replica, set on pods from what their agents report; the
+	// read-write and read-only Services select on it.
+	LabelRole = "role"
+	// LabelManagedBy marks every object the operator creates.
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedByValue = "postgres-operator"
+	// AnnotationSpecHash records the hash of the applied configuration of a child so
+	// that an unchanged child costs no API write.
+	AnnotationSpecHash = "database.example.com/spec-hash"
+
+	appValue = "database"
+
+	// FieldOwner is the server-side apply field manager of everything the operator
+	// applies.
+	FieldOwner = "postgres-operator"
+
+	containerPostgres = "postgres"
+	containerBootstrap = "bootstrap-agent"
+	volumeData        = "data"
+	volumeController  = "controller"
+	volumeCredentials = "credentials"
+	volumeInternal    = "internal"
+	volumeShm         = "shm"
+
+	dataMountPath       = "/var/lib/postgresql/data"
+	controllerMountPath = "/controller"
+	agentBinaryPath     = controllerMountPath + "/manager"
+
+	portNamePostgres = "postgres"
+	portNameAgent    = "agent"
+
+	// postgresUID is the uid of the postgres user of the official images.
+	postgresUID int64 = 999
+)
+
+// Names of the children of a Database.
+func credentialsSecretName(db *databasev1.Database) string { return db.Name + "-credentials" }
+func internalSecretName(db *databasev1.Database) string    { return db.Name + "-internal" }
+func readWriteServiceName(db *databasev1.Database) string  { return db.Name }
+func readOnlyServiceName(db *databasev1.Database) string   { return db.Name + "-ro" }
+func headlessServiceName(db *databasev1.Database) string   { return db.Name + "-hl" }
+func statefulSetName(db *databasev1.Database) string       { return db.Name }
+
+func serviceHost(db *databasev1.Database, service string) string {
+	return fmt.Sprintf("%s.%s.svc.cluster.local", service, db.Namespace)
+}
+
+func endpoint(db *databasev1.Database) string {
+	return fmt.Sprintf("%s:%d", serviceHost(db, readWriteServiceName(db)), instance.PostgresPort)
+}
+
+func readOnlyEndpoint(db *databasev1.Database) string {
+	return fmt.Sprintf("%s:%d", serviceHost(db, readOnlyServiceName(db)), instance.PostgresPort)
+}
+
+// selectorLabels select every instance pod of db. They are the StatefulSet's
+// selector and never change.
+func selectorLabels(db *databasev1.Database) map[string]string {
+	return map[string]string{LabelApp: appValue, LabelDatabase: db.Name}
+}
+
+func podLabels(db *databasev1.Database) map[string]string {
+	l := selectorLabels(db)
+	l[LabelName] = db.Name
+	l[LabelManagedBy] = ManagedByValue
+	return l
+}
+
+func withRole(l map[string]string, role string) map[string]string {
+	out := make(map[string]string, len(l)+1)
+	for k, v := range l {
+		out[k] = v
+	}
+	out[LabelRole] = role
+	return out
+}
+
+func ownerReference(db *databasev1.Database) *metav1ac.OwnerReferenceApplyConfiguration {
+	return metav1ac.OwnerReference().
+		WithAPIVersion(databasev1.GroupVersion.String()).
+		WithKind("Database").
+		WithName(db.Name).
+		WithUID(db.UID).
+		WithController(true).
+		WithBlockOwnerDeletion(true)
+}
+
+func replicas(db *databasev1.Database) int32 {
+	if db.Spec.Replicas == nil {
+		return 1
+	}
+	return *db.Spec.Replicas
+}
+
+func image(db *databasev1.Database) string {
+	if db.Spec.Image == "" {
+		return databasev1.DefaultImage
+	}
+	return db.Spec.Image
+}
+
+// buildServices returns the read-write Service (<name>, primary only), the read-only
+// Service (<name>-ro, standbys only) and the headless governing Service (<name>-hl).
+func buildServices(db *databasev1.Database) []*corev1ac.ServiceApplyConfiguration {
+	port := corev1ac.ServicePort().
+		WithName(portNamePostgres).
+		WithPort(instance.PostgresPort).
+		WithTargetPort(intstr.FromString(portNamePostgres)).
+		WithProtocol(corev1.ProtocolTCP)
+	svc := func(name string, selector map[string]string) *corev1ac.ServiceApplyConfiguration {
+		return corev1ac.Service(name, db.Namespace).
+			WithLabels(podLabels(db)).
+			WithOwnerReferences(ownerReference(db)).
+			WithSpec(corev1ac.ServiceSpec().
+				WithType(corev1.ServiceTypeClusterIP).
+				WithSelector(selector).
+				WithPorts(port))
+	}
+	rw := svc(readWriteServiceName(db), withRole(selectorLabels(db), instance.RolePrimary))
+	ro := svc(readOnlyServiceName(db), withRole(selectorLabels(db), instance.RoleReplica))
+	hl := svc(headlessServiceName(db), selectorLabels(db))
+	hl.Spec.WithClusterIP(corev1.ClusterIPNone).WithPublishNotReadyAddresses(true)
+	return []*corev1ac.ServiceApplyConfiguration{rw, ro, hl}
+}
+
+// statefulSetInput is what the StatefulSet is built from besides the Database.
+type statefulSetInput struct {
+	// Image is the PostgreSQL image to run: the spec's, or the running one when a
+	// change was refused.
+	Image string
+	// AgentImage is the operator image the init container copies the agent from.
+	AgentImage string
+	// ClaimSize is the volumeClaimTemplate's request. Templates are immutable, so an
+	// existing StatefulSet keeps the size it was created with; growth is applied to
+	// the PersistentVolumeClaims directly.
+	ClaimSize resource.Quantity
+}
+
+func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.StatefulSetApplyConfiguration {
+	labels := podLabels(db)
+	secretVolume := func(name, secret string) *corev1ac.VolumeApplyConfiguration {
+		return corev1ac.Volume().WithName(name).WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(secret).WithDefaultMode(0o440))
+	}
+	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
+		return corev1ac.Probe().
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString(portNameAgent))).
+			WithPeriodSeconds(period).
+			WithTimeoutSeconds(5).
+			WithFailureThreshold(failures)
+	}
+	restricted := corev1ac.SecurityContext().
+		WithAllowPrivilegeEscalation(false).
+		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
+		WithRunAsNonRoot(true)
+
+	container := corev1ac.Container().
+		WithName(containerPostgres).
+		WithImage(in.Image).
+		WithImagePullPolicy(corev1.PullIfNotPresent).
+		WithCommand(agentBinaryPath, "instance",
+			"--pod-name=$(POD_NAME)",
+			"--primary-host="+fmt.Sprintf("%s-0.%s", statefulSetName(db), headlessServiceName(db)),
+			"--pgdata="+instance.DefaultPGData,
+			"--credentials-dir="+instance.DefaultCredentialsDir,
+			"--internal-dir="+instance.DefaultInternalDir,
+			"--run-dir="+instance.DefaultRunDir,
+		).
+		WithEnv(
+			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
+				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
+			corev1ac.EnvVar().WithName("PGDATA").WithValue(instance.DefaultPGData),
+		).
+		WithPorts(
+			corev1ac.ContainerPort().WithName(portNamePostgres).WithContainerPort(instance.PostgresPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(portNameAgent).WithContainerPort(instance.AgentPort).WithProtocol(corev1.ProtocolTCP),
+		).
+		// Cloning a large primary can take long: allow an hour to start.
+		WithStartupProbe(probe(instance.PathStartup, 10, 360)).
+		WithReadinessProbe(probe(instance.PathReadyz, 5, 3)).
+		WithLivenessProbe(probe(instance.PathHealthz, 10, 6)).
+		WithSecurityContext(restricted).
+		WithVolumeMounts(
+			corev1ac.VolumeMount().WithName(volumeData).WithMountPath(dataMountPath),
+			corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath),
+			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(instance.DefaultCredentialsDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(instance.DefaultInternalDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
+		)
+	if res := db.Spec.Resources; len(res.Limits) > 0 || len(res.Requests) > 0 {
+		rr := corev1ac.ResourceRequirements()
+		if len(res.Limits) > 0 {
+			rr.WithLimits(res.Limits)
+		}
+		if len(res.Requests) > 0 {
+			rr.WithRequests(res.Requests)
+		}
+		container.WithResources(rr)
+	}
+
+	initContainer := corev1ac.Container().
+		WithName(containerBootstrap).
+		WithImage(in.AgentImage).
+		WithImagePullPolicy(corev1.PullIfNotPresent).
+		WithCommand("/manager", "install-agent", agentBinaryPath).
+		WithSecurityContext(restricted).
+		WithVolumeMounts(corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath))
+
+	claim := corev1ac.PersistentVolumeClaim(volumeData, "").
+		WithSpec(corev1ac.PersistentVolumeClaimSpec().
+			WithAccessModes(corev1.ReadWriteOnce).
+			WithResources(corev1ac.VolumeResourceRequirements().
+				WithRequests(corev1.ResourceList{corev1.ResourceStorage: in.ClaimSize})))
+	if db.Spec.Storage.StorageClass != nil && *db.Spec.Storage.StorageClass != "" {
+		claim.Spec.WithStorageClassName(*db.Spec.Storage.StorageClass)
+	}
+
+	return appsv1ac.StatefulSet(statefulSetName(db), db.Namespace).
+		WithLabels(labels).
+		WithOwnerReferences(ownerReference(db)).
+		WithSpec(appsv1ac.StatefulSetSpec().
+			WithReplicas(replicas(db)).
+			WithServiceName(headlessServiceName(db)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(db))).
+			// Ordered: a standby clones the primary (ordinal 0), so it starts after it.
+			WithPodManagementPolicy(appsv1.OrderedReadyPodManagement).
+			// RollingUpdate replaces pods from the highest ordinal down: standbys
+			// first, the primary (ordinal 0) last.
+			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.RollingUpdateStatefulSetStrategyType)).
+			// Volumes outlive the Database and scale-downs: data is never lost by a
+			// delete.
+			WithPersistentVolumeClaimRetentionPolicy(appsv1ac.StatefulSetPersistentVolumeClaimRetentionPolicy().
+				WithWhenDeleted(appsv1.RetainPersistentVolumeClaimRetentionPolicyType).
+				WithWhenScaled(appsv1.RetainPersistentVolumeClaimRetentionPolicyType)).
+			WithVolumeClaimTemplates(claim).
+			WithTemplate(corev1ac.PodTemplateSpec().
+				WithLabels(labels).
+				WithSpec(corev1ac.PodSpec().
+					WithEnableServiceLinks(false).
+					WithAutomountServiceAccountToken(false).
+					WithTerminationGracePeriodSeconds(60).
+					WithSecurityContext(corev1ac.PodSecurityContext().
+						WithRunAsUser(postgresUID).
+						WithRunAsGroup(postgresUID).
+						WithFSGroup(postgresUID).
+						WithFSGroupChangePolicy(corev1.FSGroupChangeOnRootMismatch).
+						WithRunAsNonRoot(true).
+						WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+					WithInitContainers(initContainer).
+					WithContainers(container).
+					WithVolumes(
+						corev1ac.Volume().WithName(volumeController).WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
+						corev1ac.Volume().WithName(volumeShm).WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithMedium(corev1.StorageMediumMemory)),
+						secretVolume(volumeCredentials, credentialsSecretName(db)),
+						secretVolume(volumeInternal, internalSecretName(db)),
+					))))
+}
+
+// specHash returns a short hash of an apply configuration; recorded in
+// AnnotationSpecHash, it lets the next reconcile see, without an API write, that the
+// live object is current. It is computed before the annotation is added.
+func specHash(v any) (string, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return "", fmt.Errorf("hashing applied configuration: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12]), nil
+}
+
+// credentialsData is the content of the <name>-credentials Secret.
+func credentialsData(db *databasev1.Database, password string) map[string][]byte {
+	host := serviceHost(db, readWriteServiceName(db))
+	port := strconv.Itoa(instance.PostgresPort)
+	return map[string][]byte{
+		"username": []byte(db.Spec.Username),
+		"password": []byte(password),
+		"database": []byte(db.Spec.DatabaseName),
+		"host":     []byte(host),
+		"port":     []byte(port),
+		"uri":      []byte(postgresURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName)),
+	}
+}

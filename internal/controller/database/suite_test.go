@@ -1,0 +1,183 @@
+package database
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"go.uber.org/zap/zapcore"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/example/postgres-operator/internal/scheme"
+)
+
+// The suite runs one real kube-apiserver and etcd (envtest) for the package, and the
+// Database controller in a manager against it. envtest has no kubelet and no
+// StatefulSet controller: tests play their part by writing StatefulSet status and
+// Pods, and script what the instance agents report through fakeInstances.
+
+var (
+	k8s       client.Client // the test's own client, uncached
+	instances = &fakeInstances{reports: map[string]InstanceReport{}}
+	writes    = &writeCounter{}
+	testCtx   context.Context
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(runSuite(m))
+}
+
+func runSuite(m *testing.M) int {
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
+	assets, err := envtestAssets()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "envtest assets:", err)
+		return 1
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		BinaryAssetsDirectory: assets,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "starting envtest:", err)
+		return 1
+	}
+	defer env.Stop() //nolint:errcheck
+
+	k8s, err = client.New(cfg, client.Options{Scheme: scheme.New()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+
+	// The manager's requests go through a transport that counts writes.
+	mgrCfg := rest.CopyConfig(cfg)
+	mgrCfg.WrapTransport = writes.wrap
+	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
+		Scheme:  scheme.New(),
+		Cache:   CacheOptions(),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := (&Reconciler{
+		Client:             mgr.GetClient(),
+		Recorder:           mgr.GetEventRecorder("database-controller"),
+		Instances:          instances,
+		AgentImage:         "postgres-operator:test",
+		RequeueProgressing: 200 * time.Millisecond,
+		RequeueReady:       200 * time.Millisecond,
+	}).SetupWithManager(mgr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	testCtx = ctx
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	code := m.Run()
+	cancel()
+	if err := <-done; err != nil {
+		fmt.Fprintln(os.Stderr, "manager:", err)
+		return 1
+	}
+	return code
+}
+
+func zapLevel() zapcore.Level {
+	if os.Getenv("TEST_VERBOSE") != "" {
+		return -1
+	}
+	return 1 // warnings and errors only
+}
+
+// envtestAssets returns KUBEBUILDER_ASSETS, or builds the binaries with the
+// project's script (cached outside the repository).
+func envtestAssets() (string, error) {
+	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
+		return d, nil
+	}
+	out, err := exec.Command(filepath.Join("..", "..", "..", "hack", "k8s-binaries.sh"), "etcd", "kube-apiserver").Output()
+	if err != nil {
+		return "", fmt.Errorf("hack/k8s-binaries.sh: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// fakeInstances plays the instance agents: tests set what each pod reports.
+type fakeInstances struct {
+	mu      sync.Mutex
+	reports map[string]InstanceReport // key: namespace/pod
+	calls   atomic.Int64
+}
+
+func (f *fakeInstances) Statuses(_ context.Context, pods []corev1.Pod, token string) map[string]InstanceReport {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[string]InstanceReport{}
+	for _, p := range pods {
+		if token == "" {
+			out[p.Name] = InstanceReport{Err: fmt.Errorf("no agent token")}
+			continue
+		}
+		if r, ok := f.reports[p.Namespace+"/"+p.Name]; ok {
+			out[p.Name] = r
+		}
+	}
+	return out
+}
+
+func (f *fakeInstances) set(ns, pod string, r InstanceReport) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reports[ns+"/"+pod] = r
+}
+
+// writeCounter counts the manager's mutating requests to the API server.
+type writeCounter struct {
+	mu    sync.Mutex
+	count int
+	log   []string
+}
+
+func (w *writeCounter) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		switch req.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+			w.mu.Lock()
+			w.count++
+			w.log = append(w.log, req.Method+" "+req.URL.Path)
+			w.mu.Unlock()
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+func (w *writeCounter) snapshot() (int, []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.count, append([]string(nil), w.log...)
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

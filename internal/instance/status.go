@@ -1,0 +1,97 @@
+// Package instance is the instance agent: the process that runs as PID 1 of the
+// postgres container of every Database pod. It bootstraps or clones the data
+// directory, writes the configuration the operator owns, supervises PostgreSQL and
+// serves the probe and status endpoints the kubelet and the operator read.
+package instance
+
+// Roles an instance reports.
+const (
+	RolePrimary = "primary"
+	RoleReplica = "replica"
+)
+
+// Default locations and ports shared by the agent and the operator's pod builder.
+const (
+	// AgentPort is the TCP port of the agent's HTTP server.
+	AgentPort = 8000
+	// PostgresPort is the TCP port PostgreSQL listens on.
+	PostgresPort = 5432
+	// ReplicationUser is the role standbys use to stream from the primary.
+	ReplicationUser = "streaming_replica"
+
+	// Files in the credentials directory (the Database's <name>-credentials Secret).
+	CredentialsUsernameFile = "username"
+	CredentialsPasswordFile = "password"
+	CredentialsDatabaseFile = "database"
+
+	// Files in the internal directory (the Database's <name>-internal Secret).
+	InternalReplicationPasswordFile = "replication-password"
+	InternalAgentTokenFile          = "agent-token"
+
+	// Paths inside the pod.
+	DefaultPGData         = "/var/lib/postgresql/data/pgdata"
+	DefaultCredentialsDir = "/etc/postgres-operator/credentials"
+	DefaultInternalDir    = "/etc/postgres-operator/internal"
+	DefaultRunDir         = "/controller/run"
+
+	// HTTP paths.
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+	PathStartup = "/startupz"
+	PathStatus  = "/status"
+)
+
+// Status is what an instance reports on its authenticated status endpoint.
+type Status struct {
+	// Pod is the name of the pod the agent runs in.
+	Pod string `json:"pod"`
+	// Role is RolePrimary or RoleReplica, as PostgreSQL itself reports it
+	// (pg_is_in_recovery()).
+	Role string `json:"role,omitempty"`
+	// Running is true when PostgreSQL accepts connections.
+	Running bool `json:"running"`
+	// InRecovery is pg_is_in_recovery().
+	InRecovery bool `json:"inRecovery"`
+	// Writable is true when a primary committed a write to its heartbeat table
+	// during this status request.
+	Writable bool `json:"writable"`
+	// WriteError holds why the write check failed (primary only).
+	WriteError string `json:"writeError,omitempty"`
+	// Timeline is the timeline ID of the instance.
+	Timeline int64 `json:"timeline,omitempty"`
+	// CurrentLSN is pg_current_wal_lsn() on a primary, the last replayed LSN on a
+	// standby.
+	CurrentLSN string `json:"currentLSN,omitempty"`
+	// ReceiveLSN is pg_last_wal_receive_lsn() (standby only).
+	ReceiveLSN string `json:"receiveLSN,omitempty"`
+	// ReplayLSN is pg_last_wal_replay_lsn() (standby only).
+	ReplayLSN string `json:"replayLSN,omitempty"`
+	// ReplayLagBytes is receive minus replay on a standby.
+	ReplayLagBytes int64 `json:"replayLagBytes,omitempty"`
+	// WALReceiverStatus is pg_stat_wal_receiver.status on a standby ("streaming" when
+	// connected to its upstream).
+	WALReceiverStatus string `json:"walReceiverStatus,omitempty"`
+	// ServerVersion is the server_version setting, e.g. "15.18".
+	ServerVersion string `json:"serverVersion,omitempty"`
+	// ServerVersionNum is server_version_num, e.g. 150018.
+	ServerVersionNum int `json:"serverVersionNum,omitempty"`
+	// Replicas is pg_stat_replication as seen by a primary.
+	Replicas []ReplicaStatus `json:"replicas,omitempty"`
+	// Error is set when the agent could not query PostgreSQL.
+	Error string `json:"error,omitempty"`
+}
+
+// ReplicaStatus is one row of pg_stat_replication on the primary.
+type ReplicaStatus struct {
+	// ApplicationName is the standby's application_name: its pod name.
+	ApplicationName string `json:"applicationName"`
+	// State is the WAL sender state, "streaming" when healthy.
+	State string `json:"state"`
+	// SyncState is async, sync, potential or quorum.
+	SyncState string `json:"syncState,omitempty"`
+	// SentLSN and ReplayLSN are the positions sent to and replayed by the standby.
+	SentLSN   string `json:"sentLSN,omitempty"`
+	ReplayLSN string `json:"replayLSN,omitempty"`
+	// LagBytes is pg_current_wal_lsn() minus replay_lsn.
+	LagBytes int64 `json:"lagBytes"`
+}
