@@ -61,7 +61,7 @@ build: ## Build the static binary (manager, instance agent).
 
 .PHONY: run
 run: manifests generate ## Run the manager against the current kubeconfig.
-	go run ./cmd manager
+	go run ./cmd manager --agent-image=$(IMG)
 
 .PHONY: docker-build
 docker-build: ## Build the operator image (needs a container engine).
@@ -89,6 +89,30 @@ deploy: manifests $(KUSTOMIZE) ## Deploy the operator with image IMG.
 .PHONY: undeploy
 undeploy: $(KUSTOMIZE)
 	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found -f -
+
+##@ Local cluster and end-to-end tests
+
+.PHONY: cluster-up
+cluster-up: ## Start the local single-node cluster (builds and caches everything it needs).
+	hack/cluster/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and undo every host change it made.
+	hack/cluster/cluster.sh down
+
+.PHONY: kubeconfig
+kubeconfig: ## Print the path of the local cluster's kubeconfig.
+	@hack/cluster/cluster.sh kubeconfig
+
+.PHONY: demo
+demo: ## Quick start: cluster, operator, a Ready sample Database and how to connect.
+	hack/demo.sh
+
+.PHONY: e2e
+e2e: ## End-to-end suite on the local cluster (brings it up and deploys the operator).
+	hack/cluster/cluster.sh up
+	KUBECONFIG="$$(hack/cluster/cluster.sh kubeconfig)" hack/deploy-local.sh
+	KUBECONFIG="$$(hack/cluster/cluster.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
 
 ##@ Tools
 
