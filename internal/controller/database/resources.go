@@ -43,13 +43,13 @@ const (
 	// applies.
 	FieldOwner = "postgres-operator"
 
-	containerPostgres = "postgres"
+	containerPostgres  = "postgres"
 	containerBootstrap = "bootstrap-agent"
-	volumeData        = "data"
-	volumeController  = "controller"
-	volumeCredentials = "credentials"
-	volumeInternal    = "internal"
-	volumeShm         = "shm"
+	volumeData         = "data"
+	volumeController   = "controller"
+	volumeCredentials  = "credentials"
+	volumeInternal     = "internal"
+	volumeShm          = "shm"
 
 	dataMountPath       = "/var/lib/postgresql/data"
 	controllerMountPath = "/controller"
