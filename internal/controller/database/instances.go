@@ -2,7 +2,6 @@ package database
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -47,7 +46,7 @@ func (s *HTTPInstanceStatusSource) Statuses(ctx context.Context, pods []corev1.P
 	out := make(map[string]InstanceReport, len(pods))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	c := newAgentClient(s.HTTPClient, token)
+	c := instance.NewClient(s.HTTPClient, token)
 	for i := range pods {
 		pod := &pods[i]
 		if pod.Status.PodIP == "" || pod.DeletionTimestamp != nil {
@@ -72,31 +71,3 @@ func (s *HTTPInstanceStatusSource) Statuses(ctx context.Context, pods []corev1.P
 	return out
 }
 
-// TEMPORARY until internal/instance provides its client.
-type agentClient struct {
-	h     *http.Client
-	token string
-}
-
-func newAgentClient(h *http.Client, token string) *agentClient { return &agentClient{h, token} }
-
-func (c *agentClient) GetStatus(ctx context.Context, base string) (*instance.Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+instance.PathStatus, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
-	resp, err := c.h.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status endpoint answered %d", resp.StatusCode)
-	}
-	var st instance.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return nil, err
-	}
-	return &st, nil
-}

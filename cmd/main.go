@@ -1,0 +1,84 @@
+// Command manager is the one binary of postgres-operator. Its subcommands:
+//
+//	manager        the controller manager (the default)
+//	instance       the instance agent, PID 1 of every PostgreSQL container
+//	install-agent  copies this binary into a volume (init container of instance pods)
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/manager"
+)
+
+func main() {
+	args := os.Args[1:]
+	cmd := "manager"
+	if len(args) > 0 && args[0] != "" && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	var err error
+	switch cmd {
+	case "manager":
+		err = manager.Run(args)
+	case "instance":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err = instance.Run(ctx, args)
+		stop()
+	case "install-agent":
+		err = installAgent(args)
+	default:
+		err = fmt.Errorf("unknown subcommand %q (want manager, instance or install-agent)", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+// installAgent copies the running executable to args[0], atomically, mode 0755.
+func installAgent(args []string) error {
+	if len(args) != 1 {
+		return fmt.Errorf("usage: install-agent <destination>")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("locating own executable: %w", err)
+	}
+	return copyExecutable(self, args[0])
+}
+
+func copyExecutable(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", src, err)
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".install-*")
+	if err != nil {
+		return fmt.Errorf("creating temporary file next to %s: %w", dst, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := io.Copy(tmp, in); err != nil {
+		tmp.Close()
+		return fmt.Errorf("copying %s: %w", src, err)
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return fmt.Errorf("making %s executable: %w", dst, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("writing %s: %w", dst, err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("installing %s: %w", dst, err)
+	}
+	return nil
+}

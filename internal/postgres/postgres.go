@@ -1,0 +1,140 @@
+// Package postgres holds what the operator's binaries need to know about PostgreSQL
+// itself: where its programs are, how to quote identifiers and literals, and how to
+// compute SCRAM-SHA-256 password verifiers.
+package postgres
+
+import (
+	"crypto/hmac"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Binaries are the absolute paths of the PostgreSQL programs the agent runs.
+type Binaries struct {
+	Dir                                                  string
+	Postgres, Initdb, PgCtl, PgBasebackup, PgControldata string
+	PgDump, PgRestore                                    string
+}
+
+// debianRoot is where Debian and the official images install versioned binaries.
+var debianRoot = "/usr/lib/postgresql"
+
+// FindBinaries locates the PostgreSQL programs: in dir when given, else the
+// directory of `postgres` on PATH (official images), else the highest
+// /usr/lib/postgresql/NN/bin (Debian).
+func FindBinaries(dir string) (Binaries, error) {
+	if dir == "" {
+		if p, err := exec.LookPath("postgres"); err == nil {
+			if real, err := filepath.EvalSymlinks(p); err == nil {
+				p = real
+			}
+			dir = filepath.Dir(p)
+		}
+	}
+	if dir == "" {
+		dir = highestDebianBinDir()
+	}
+	if dir == "" {
+		return Binaries{}, errors.New("no PostgreSQL binaries: postgres is not on PATH and /usr/lib/postgresql/*/bin does not exist")
+	}
+	b := Binaries{
+		Dir:           dir,
+		Postgres:      filepath.Join(dir, "postgres"),
+		Initdb:        filepath.Join(dir, "initdb"),
+		PgCtl:         filepath.Join(dir, "pg_ctl"),
+		PgBasebackup:  filepath.Join(dir, "pg_basebackup"),
+		PgControldata: filepath.Join(dir, "pg_controldata"),
+		PgDump:        filepath.Join(dir, "pg_dump"),
+		PgRestore:     filepath.Join(dir, "pg_restore"),
+	}
+	for _, p := range []string{b.Postgres, b.Initdb, b.PgBasebackup} {
+		if st, err := os.Stat(p); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			return Binaries{}, fmt.Errorf("PostgreSQL program %s is missing or not executable", p)
+		}
+	}
+	return b, nil
+}
+
+func highestDebianBinDir() string {
+	entries, err := os.ReadDir(debianRoot)
+	if err != nil {
+		return ""
+	}
+	var versions []int
+	for _, e := range entries {
+		if v, err := strconv.Atoi(e.Name()); err == nil {
+			if _, err := os.Stat(filepath.Join(debianRoot, e.Name(), "bin", "postgres")); err == nil {
+				versions = append(versions, v)
+			}
+		}
+	}
+	if len(versions) == 0 {
+		return ""
+	}
+	sort.Ints(versions)
+	return filepath.Join(debianRoot, strconv.Itoa(versions[len(versions)-1]), "bin")
+}
+
+// QuoteIdentifier quotes an SQL identifier.
+func QuoteIdentifier(s string) string {
+	return `"` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `"`, `""`) + `"`
+}
+
+// QuoteLiteral quotes an SQL string literal (standard_conforming_strings on).
+func QuoteLiteral(s string) string {
+	return `'` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `'`, `''`) + `'`
+}
+
+// ScramIterations is the PBKDF2 iteration count of verifiers, PostgreSQL's default.
+const ScramIterations = 4096
+
+// ScramVerifier returns the SCRAM-SHA-256 verifier of password (RFC 5802, RFC
+// 7677) in the form PostgreSQL stores in pg_authid, with a fresh random salt. Sent
+// as the PASSWORD of CREATE/ALTER ROLE, it lets the role log in with password
+// without the password itself ever reaching the server.
+func ScramVerifier(password string) (string, error) {
+	salt := make([]byte, 16)
+	if _, err := rand.Read(salt); err != nil {
+		return "", fmt.Errorf("generating salt: %w", err)
+	}
+	return scramVerifier(password, salt, ScramIterations)
+}
+
+func scramVerifier(password string, salt []byte, iterations int) (string, error) {
+	salted, err := pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
+	if err != nil {
+		return "", fmt.Errorf("deriving salted password: %w", err)
+	}
+	clientKey := hmacSHA256(salted, "Client Key")
+	storedKey := sha256.Sum256(clientKey)
+	serverKey := hmacSHA256(salted, "Server Key")
+	b64 := base64.StdEncoding.EncodeToString
+	return fmt.Sprintf("SCRAM-SHA-256$%d:%s$%s:%s", iterations, b64(salt), b64(storedKey[:]), b64(serverKey)), nil
+}
+
+func hmacSHA256(key []byte, msg string) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(msg))
+	return h.Sum(nil)
+}
+
+// PgpassLine returns a .pgpass line matching any host, port and database for user.
+func PgpassLine(user, password string) string {
+	esc := func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), ":", `\:`) }
+	return "*:*:*:" + esc(user) + ":" + esc(password) + "\n"
+}
+
+// ConninfoValue quotes a value for a libpq keyword/value connection string.
+func ConninfoValue(s string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", `\'`) + "'"
+}
