@@ -94,15 +94,15 @@ undeploy: $(KUSTOMIZE)
 
 .PHONY: cluster-up
 cluster-up: ## Start the local single-node cluster (builds and caches everything it needs).
-	hack/cluster/cluster.sh up
+	hack/localkube.sh up
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster and undo every host change it made.
-	hack/cluster/cluster.sh down
+	hack/localkube.sh down
 
 .PHONY: kubeconfig
 kubeconfig: ## Print the path of the local cluster's kubeconfig.
-	@hack/cluster/cluster.sh kubeconfig
+	@hack/localkube.sh kubeconfig
 
 .PHONY: demo
 demo: ## Quick start: cluster, operator, a Ready sample Database and how to connect.
@@ -110,9 +110,9 @@ demo: ## Quick start: cluster, operator, a Ready sample Database and how to conn
 
 .PHONY: e2e
 e2e: ## End-to-end suite on the local cluster (brings it up and deploys the operator).
-	hack/cluster/cluster.sh up
-	KUBECONFIG="$$(hack/cluster/cluster.sh kubeconfig)" hack/deploy-local.sh
-	KUBECONFIG="$$(hack/cluster/cluster.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
+	hack/localkube.sh up
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
 
 ##@ Tools
 

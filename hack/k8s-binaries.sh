@@ -5,11 +5,12 @@
 #   hack/k8s-binaries.sh [component ...]   (default: etcd kube-apiserver)
 #
 # Components: etcd kube-apiserver kube-controller-manager kube-scheduler kubelet
-# kube-proxy kubectl. A component already in the cache is not rebuilt.
+# kube-proxy kubectl coredns. A component already in the cache is not rebuilt.
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.1}"
 ETCD_VERSION="${ETCD_VERSION:-v3.7.3}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 CACHE_ROOT="${POSTGRES_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/postgres-operator}"
 BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin"
 STAGING_VERSION="v0${K8S_VERSION#v1}"   # v1.37.1 -> v0.37.1
@@ -31,18 +32,21 @@ fi
 mkdir -p "$BIN_DIR"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
-build_etcd() {
-  local w="$CACHE_ROOT/wrap-etcd-$ETCD_VERSION"
+# build_module_main builds the main package at the root of a module (etcd, CoreDNS)
+# through a throw-away wrapper module.
+build_module_main() {
+  local name="$1" module="$2" version="$3"
+  local w="$CACHE_ROOT/wrap-$name-$version"
   mkdir -p "$w"
   if [ ! -f "$w/go.sum" ]; then
-    log "resolving etcd $ETCD_VERSION modules"
-    (cd "$w" && rm -f go.mod && go mod init wrap-etcd >/dev/null 2>&1 &&
-      printf '//go:build tools\npackage tools\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go &&
-      go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 && go mod tidy >/dev/null 2>&1)
+    log "resolving $name $version modules"
+    (cd "$w" && rm -f go.mod && go mod init "wrap-$name" >/dev/null 2>&1 &&
+      printf '//go:build tools\npackage tools\nimport _ "%s"\n' "$module" > tools.go &&
+      go get "$module@$version" >/dev/null 2>&1 && go mod tidy >/dev/null 2>&1)
   fi
-  log "building etcd $ETCD_VERSION (cold: ~2 min)"
-  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3)
-  mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
+  log "building $name $version"
+  (cd "$w" && go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/$name.tmp" "$module")
+  mv "$BIN_DIR/$name.tmp" "$BIN_DIR/$name"
 }
 
 k8s_wrapper() {
@@ -94,7 +98,8 @@ build_k8s() {
 
 for c in "${missing[@]}"; do
   case "$c" in
-    etcd) build_etcd ;;
+    etcd) build_module_main etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION" ;;
+    coredns) build_module_main coredns github.com/coredns/coredns "$COREDNS_VERSION" ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl) build_k8s "$c" ;;
     *) log "unknown component $c"; exit 2 ;;
   esac

@@ -1,0 +1,169 @@
+//go:build e2e
+
+// Package e2e runs the spec's kubectl scenarios against a real cluster (the local
+// one of `make cluster-up`, or any cluster in $KUBECONFIG with the operator
+// deployed and the images postgres:15, postgres:15.18 and postgres:17 pullable).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+const operatorNamespace = "postgres-operator-system"
+
+func TestMain(m *testing.M) {
+	if os.Getenv("KUBECONFIG") == "" {
+		fmt.Fprintln(os.Stderr, "e2e: KUBECONFIG is not set (make e2e sets it)")
+		os.Exit(1)
+	}
+	out, err := run(context.Background(), "", "rollout", "status", "-n", operatorNamespace,
+		"deploy/postgres-operator-controller-manager", "--timeout=180s")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: the operator is not running: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// run executes kubectl with stdin and returns combined output.
+func run(ctx context.Context, stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kubectl", args...)
+	if stdin != "" {
+		cmd.Stdin = strings.NewReader(stdin)
+	}
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	err := cmd.Run()
+	return buf.String(), err
+}
+
+// cluster is one test's namespace.
+type cluster struct {
+	t  *testing.T
+	ns string
+}
+
+// newCluster creates a namespace for the test, deleted at the end; on failure it
+// first dumps what is needed to debug.
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	name := strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	c := &cluster{t: t, ns: fmt.Sprintf("e2e-%s-%s", name, hex.EncodeToString(b))}
+	c.must("create", "namespace", c.ns)
+	t.Cleanup(func() {
+		if t.Failed() {
+			c.dump()
+		}
+		if os.Getenv("E2E_KEEP") == "" {
+			_, _ = run(context.Background(), "", "delete", "namespace", c.ns, "--wait=false")
+		}
+	})
+	return c
+}
+
+func (c *cluster) kubectl(args ...string) (string, error) {
+	return run(context.Background(), "", append([]string{"-n", c.ns}, args...)...)
+}
+
+func (c *cluster) must(args ...string) string {
+	c.t.Helper()
+	out, err := c.kubectl(args...)
+	if err != nil {
+		c.t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(out)
+}
+
+// apply is `kubectl apply -f - <<EOF`.
+func (c *cluster) apply(manifest string) (string, error) {
+	return run(context.Background(), manifest, "-n", c.ns, "apply", "-f", "-")
+}
+
+func (c *cluster) mustApply(manifest string) {
+	c.t.Helper()
+	if out, err := c.apply(manifest); err != nil {
+		c.t.Fatalf("kubectl apply: %v\n%s", err, out)
+	}
+}
+
+// jsonpath is `kubectl get <obj> -o jsonpath=<path>`, "" when it fails.
+func (c *cluster) jsonpath(obj, path string) string {
+	out, err := c.kubectl("get", obj, "-o", "jsonpath="+path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(out)
+}
+
+// eventually polls cond every second until it returns "" or timeout passes.
+func (c *cluster) eventually(timeout time.Duration, what string, cond func() string) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		if last = cond(); last == "" {
+			return
+		}
+		time.Sleep(time.Second)
+	}
+	c.t.Fatalf("timed out after %s waiting for %s: %s", timeout, what, last)
+}
+
+func (c *cluster) waitPhase(db, phase string, timeout time.Duration) {
+	c.t.Helper()
+	c.eventually(timeout, db+" phase "+phase, func() string {
+		if got := c.jsonpath("database/"+db, "{.status.phase}"); got != phase {
+			return fmt.Sprintf("phase %q; Ready condition: %s", got,
+				c.jsonpath("database/"+db, `{.status.conditions[?(@.type=="Ready")].message}`))
+		}
+		return ""
+	})
+}
+
+// psql runs a query in a pod's postgres container. With viaService it connects as
+// the application user to the read-write Service (DNS + kube-proxy); otherwise as
+// the local superuser over the pod's own socket, to the application database.
+func (c *cluster) psql(pod string, viaService bool, sql string) (string, error) {
+	if viaService {
+		return c.kubectl("exec", pod, "-c", "postgres", "--", "sh", "-c",
+			`psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
+	}
+	return c.kubectl("exec", pod, "-c", "postgres", "--", "sh", "-c",
+		`psql -h /controller/run -U postgres -d "$(cat /etc/postgres-operator/credentials/database)" -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
+}
+
+func (c *cluster) dump() {
+	c.t.Logf("=== dump of namespace %s", c.ns)
+	for _, args := range [][]string{
+		{"get", "database,statefulset,pod,svc,pvc,secret", "-o", "wide"},
+		{"get", "database", "-o", "yaml"},
+		{"describe", "pods"},
+		{"get", "events", "--sort-by=.lastTimestamp"},
+	} {
+		out, _ := c.kubectl(args...)
+		c.t.Logf("$ kubectl %s\n%s", strings.Join(args, " "), out)
+	}
+	pods, _ := c.kubectl("get", "pods", "-o", "jsonpath={.items[*].metadata.name}")
+	for _, p := range strings.Fields(pods) {
+		out, _ := c.kubectl("logs", p, "--all-containers", "--tail=80")
+		c.t.Logf("$ kubectl logs %s\n%s", p, out)
+	}
+	out, _ := run(context.Background(), "", "logs", "-n", operatorNamespace, "-l", "control-plane=controller-manager", "--tail=150")
+	c.t.Logf("operator logs:\n%s", out)
+}
