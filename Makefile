@@ -114,6 +114,9 @@ e2e: ## End-to-end suite on the local cluster (brings it up and deploys the oper
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
 
+.PHONY: check
+check: test e2e ## Everything CI runs: unit, envtest and PostgreSQL tests, then the e2e suite.
+
 ##@ Tools
 
 $(CONTROLLER_GEN):

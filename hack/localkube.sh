@@ -381,15 +381,19 @@ ensure_kubectl_on_path() {
 }
 
 up() {
+  log "Kubernetes binaries (cold: ~25 min of compiling on 2 cores; cached afterwards)"
+  BIN=$(bin_dir)
   if running kubelet && running kube-apiserver && kctl get --raw /readyz >/dev/null 2>&1; then
     log "already running (KUBECONFIG=$KUBECONFIG_ADMIN)"
     return 0
   fi
   local t0=$SECONDS
+  if [ -d "$PIDS" ]; then
+    log "cleaning up after a cluster that did not shut down"
+    down
+  fi
   mkdir -p "$STATE" "$LOGS" "$PIDS"
   ensure_packages
-  log "Kubernetes binaries (cold: ~25 min of compiling on 2 cores; cached afterwards)"
-  BIN=$(bin_dir)
   ensure_kubectl_on_path
   ensure_pki
   save_sysctls
@@ -448,6 +452,14 @@ down() {
   # Shims of our containerd outlive it when their tasks are gone.
   pkill -f "containerd-shim.*$STATE" 2>/dev/null || true
   "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  # kubelet's own chains (KUBE-FIREWALL, canaries) are not kube-proxy's to clean.
+  local save
+  for save in iptables ip6tables; do
+    command -v "$save-save" >/dev/null || continue
+    if "$save-save" | grep -q KUBE-; then
+      "$save-save" | grep -v -- "KUBE-" | "$save-restore"
+    fi
+  done
   log "unmounting and removing network namespaces, bridge and cgroups"
   grep -F " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   for n in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$n" 2>/dev/null || true; done
