@@ -2,6 +2,7 @@
 //
 //	manager        the controller manager (the default)
 //	instance       the instance agent, PID 1 of every PostgreSQL container
+//	backup         backup run|restore|delete: the Jobs of Backups and Restores
 //	install-agent  copies this binary into a volume (init container of instance pods)
 package main
 
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/example/postgres-operator/internal/backup"
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/manager"
 )
@@ -32,10 +34,14 @@ func main() {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		err = instance.Run(ctx, args)
 		stop()
+	case "backup":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err = backup.Command(ctx, args)
+		stop()
 	case "install-agent":
 		err = installAgent(args)
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want manager, instance or install-agent)", cmd)
+		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup or install-agent)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)

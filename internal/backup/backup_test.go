@@ -1,0 +1,364 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/objectstore"
+	"github.com/example/postgres-operator/internal/postgres"
+)
+
+// The tests back up and restore a real PostgreSQL (run by the instance agent, as in
+// the pods) to a directory and to a real S3-compatible server (versitygw).
+
+type pg struct {
+	port     int
+	password string
+	passfile string
+	root     string
+	bins     postgres.Binaries
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func startPostgres(t *testing.T) *pg {
+	t.Helper()
+	bins, err := postgres.FindBinaries("")
+	if err != nil {
+		t.Skipf("no PostgreSQL binaries: %v", err)
+	}
+	root, err := os.MkdirTemp("", "backup-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755)
+	t.Cleanup(func() { os.RemoveAll(root) })
+	p := &pg{port: freePort(t), password: "app-password-1", root: root, bins: bins}
+	files := map[string]string{
+		"credentials/username": "appuser", "credentials/password": p.password, "credentials/database": "appdb",
+		"internal/replication-password": "r", "internal/agent-token": "t",
+	}
+	for name, v := range files {
+		os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o700)
+		if err := os.WriteFile(filepath.Join(root, name), []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(filepath.Join(root, "db"), 0o755)
+	ctx, cancel := context.WithCancel(context.Background())
+	agent := instance.NewAgent(instance.Config{
+		PGData: filepath.Join(root, "db", "data", "pgdata"), CredentialsDir: filepath.Join(root, "credentials"),
+		InternalDir: filepath.Join(root, "internal"), RunDir: filepath.Join(root, "db", "run"), PodName: "db-0",
+		Port: p.port, AgentAddress: "127.0.0.1", ListenAddresses: "127.0.0.1",
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn, err := connFromFiles(filepath.Join(root, "credentials"), filepath.Join(root, "client"), "127.0.0.1", fmt.Sprint(p.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.passfile = conn.Passfile
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := p.connect(context.Background())
+		if err == nil {
+			c.Close(context.Background())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("postgres did not start: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = http.DefaultClient
+	return p
+}
+
+func (p *pg) conn() Conn {
+	return Conn{Host: "127.0.0.1", Port: fmt.Sprint(p.port), User: "appuser", Database: "appdb", Passfile: p.passfile}
+}
+
+func (p *pg) connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=appuser dbname=appdb sslmode=disable", p.port))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Password = p.password
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func (p *pg) exec(t *testing.T, sql string) {
+	t.Helper()
+	c, err := p.connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	if _, err := c.Exec(context.Background(), sql); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+}
+
+// seed creates pgbench's tables and a table of many types.
+func (p *pg) seed(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(p.bins.Dir, "pgbench"), "-i", "-s", "2", "-q", "--no-vacuum")
+	cmd.Env = append(os.Environ(), p.conn().env()...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("pgbench -i: %v\n%s", err, out)
+	}
+	p.exec(t, `CREATE TABLE kinds (
+		id serial PRIMARY KEY, doc jsonb, blob bytea, amount numeric(20,6), at timestamptz,
+		tags text[], big text, uid uuid DEFAULT gen_random_uuid());
+		INSERT INTO kinds (doc, blob, amount, at, tags, big)
+		SELECT jsonb_build_object('i', i, 'nested', jsonb_build_array(i, 'x')), decode(md5(i::text), 'hex'),
+		       i * 1.000001, '2026-01-01'::timestamptz + i * interval '1 minute', ARRAY['a' || i, 'b'],
+		       repeat(md5(i::text), 50)
+		FROM generate_series(1, 2000) i`)
+}
+
+var tables = []string{"pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history", "kinds"}
+
+// checksums returns a per-table digest of every row.
+func (p *pg) checksums(t *testing.T) map[string]string {
+	t.Helper()
+	c, err := p.connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	out := map[string]string{}
+	for _, tbl := range tables {
+		var sum *string
+		q := fmt.Sprintf("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM %s t", tbl)
+		if err := c.QueryRow(context.Background(), q).Scan(&sum); err != nil {
+			out[tbl] = "error: " + err.Error()
+			continue
+		}
+		if sum == nil {
+			out[tbl] = "empty"
+		} else {
+			out[tbl] = *sum
+		}
+	}
+	return out
+}
+
+func equalSums(a, b map[string]string) string {
+	var diff []string
+	for k, v := range a {
+		if b[k] != v {
+			diff = append(diff, fmt.Sprintf("%s: %s != %s", k, v, b[k]))
+		}
+	}
+	return strings.Join(diff, "; ")
+}
+
+// startS3 runs versitygw on a loopback port and returns a store on a fresh bucket.
+func startS3(t *testing.T) *objectstore.S3 {
+	t.Helper()
+	out, err := exec.Command(filepath.Join("..", "..", "hack", "s3-server.sh")).Output()
+	if err != nil {
+		t.Fatalf("building the S3 server: %v", err)
+	}
+	dir := t.TempDir()
+	port := freePort(t)
+	cmd := exec.Command(strings.TrimSpace(string(out)), "--access", "testkey", "--secret", "testsecret123",
+		"--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	store, err := objectstore.NewS3(objectstore.S3Options{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), Region: "us-east-1",
+		ForcePathStyle: true, AccessKeyID: "testkey", SecretKey: "testsecret123", Bucket: "backups", PartSize: 5 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := store.EnsureBucket(context.Background(), "us-east-1")
+		if err == nil {
+			return store
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("S3 server: %v\n%s", err, logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func exists(store objectstore.Store, key string) bool {
+	rc, err := store.Get(context.Background(), key)
+	if err != nil {
+		return false
+	}
+	rc.Close()
+	return true
+}
+
+func TestBackupAndRestore(t *testing.T) {
+	p := startPostgres(t)
+	p.seed(t)
+	original := p.checksums(t)
+	ctx := context.Background()
+
+	targets := []struct {
+		name  string
+		store func(t *testing.T) objectstore.Store
+	}{
+		{"directory", func(t *testing.T) objectstore.Store { return objectstore.Dir{Root: t.TempDir()} }},
+		{"s3", func(t *testing.T) objectstore.Store { return startS3(t) }},
+	}
+	for _, target := range targets {
+		t.Run(target.name, func(t *testing.T) {
+			store := target.store(t)
+			key := "ns/db/backup-1.dump.zst"
+			m, err := Run(ctx, Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key, Location: "test://" + key})
+			if err != nil {
+				t.Fatalf("backup: %v", err)
+			}
+			if m.SizeBytes <= 0 || m.UncompressedSize <= m.SizeBytes || len(m.SHA256) != 64 || !strings.HasPrefix(m.ServerVersion, "15") || m.Format != Format {
+				t.Errorf("manifest = %+v", m)
+			}
+			stored, err := ReadManifest(ctx, store, key)
+			if err != nil || stored.SHA256 != m.SHA256 {
+				t.Fatalf("stored manifest %+v, %v", stored, err)
+			}
+
+			t.Run("round trip restores every table exactly", func(t *testing.T) {
+				p.exec(t, "DELETE FROM pgbench_accounts WHERE aid % 3 = 0; UPDATE kinds SET doc = '{}'; DROP TABLE pgbench_history")
+				if err := Restore(ctx, RestoreOptions{PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key}); err != nil {
+					t.Fatalf("restore: %v", err)
+				}
+				if d := equalSums(original, p.checksums(t)); d != "" {
+					t.Errorf("tables differ after restore: %s", d)
+				}
+			})
+
+			t.Run("a failing restore rolls back and leaves the database as it was", func(t *testing.T) {
+				p.exec(t, "DELETE FROM kinds WHERE id > 1000")
+				before := p.checksums(t)
+				// A view of another owner depends on kinds: dropping kinds fails midway.
+				p.exec(t, "CREATE VIEW kinds_view AS SELECT id FROM kinds")
+				err := Restore(ctx, RestoreOptions{PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key})
+				if err == nil {
+					t.Fatal("restore over a blocking dependency succeeded")
+				}
+				if d := equalSums(before, p.checksums(t)); d != "" {
+					t.Errorf("a failed restore changed the database: %s", d)
+				}
+				p.exec(t, "DROP VIEW kinds_view")
+				if err := Restore(ctx, RestoreOptions{PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key}); err != nil {
+					t.Fatal(err)
+				}
+			})
+		})
+	}
+}
+
+func TestCorruptedOrTruncatedArtifactsAreRefusedBeforeTouchingTheDatabase(t *testing.T) {
+	p := startPostgres(t)
+	p.seed(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	store := objectstore.Dir{Root: root}
+	key := "b.dump.zst"
+	if _, err := Run(ctx, Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key}); err != nil {
+		t.Fatal(err)
+	}
+	pristine, err := os.ReadFile(filepath.Join(root, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.exec(t, "DELETE FROM pgbench_accounts WHERE aid > 100")
+	before := p.checksums(t)
+	for name, damage := range map[string]func([]byte) []byte{
+		"flipped byte": func(b []byte) []byte { c := bytes.Clone(b); c[len(c)/2] ^= 0xff; return c },
+		"truncated":    func(b []byte) []byte { return bytes.Clone(b[:len(b)*2/3]) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := os.WriteFile(filepath.Join(root, key), damage(pristine), 0o640); err != nil {
+				t.Fatal(err)
+			}
+			err := Restore(ctx, RestoreOptions{PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key})
+			if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+				t.Fatalf("restore of a damaged artifact: %v", err)
+			}
+			if d := equalSums(before, p.checksums(t)); d != "" {
+				t.Errorf("the database changed: %s", d)
+			}
+		})
+	}
+}
+
+func TestAFailedDumpLeavesNoArtifact(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	stores := map[string]objectstore.Store{"directory": objectstore.Dir{Root: t.TempDir()}, "s3": startS3(t)}
+	for name, store := range stores {
+		t.Run(name, func(t *testing.T) {
+			conn := p.conn()
+			conn.Database = "no_such_database"
+			_, err := Run(ctx, Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: conn, Store: store, Key: "x.dump.zst"})
+			if err == nil || !strings.Contains(err.Error(), "pg_dump failed") {
+				t.Fatalf("backup of a missing database: %v", err)
+			}
+			if exists(store, "x.dump.zst") || exists(store, "x.dump.zst"+ManifestSuffix) {
+				t.Error("a failed backup left an artifact or a manifest")
+			}
+			if d, ok := store.(objectstore.Dir); ok {
+				entries, _ := os.ReadDir(d.Root)
+				if len(entries) != 0 {
+					t.Errorf("files left: %v", entries)
+				}
+			}
+		})
+	}
+}
+
+func TestParseLocation(t *testing.T) {
+	for in, want := range map[string]string{
+		"s3://my-bucket/a/b/":   "s3 my-bucket a/b",
+		"s3://my-bucket":        "s3 my-bucket ",
+		"pvc://backups/x":       "pvc backups x",
+		"ftp://x/y":             "error",
+		"s3://B/x":              "error",
+		"pvc://Bad_Claim/x":     "error",
+		"s3://my-bucket/../etc": "s3 my-bucket etc",
+	} {
+		l, err := objectstore.ParseLocation(in)
+		got := "error"
+		if err == nil {
+			got = l.Scheme + " " + l.Bucket + " " + l.Prefix
+		}
+		if got != want {
+			t.Errorf("ParseLocation(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

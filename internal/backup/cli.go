@@ -1,0 +1,158 @@
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/example/postgres-operator/internal/objectstore"
+	"github.com/example/postgres-operator/internal/postgres"
+)
+
+// Paths and files the backup Jobs use.
+const (
+	// StorageMount is where a pvc:// location's claim is mounted in the Job.
+	StorageMount = "/backup-storage"
+	// S3CredentialsDir holds the files accessKeyId and secretAccessKey.
+	S3CredentialsDir = "/etc/postgres-operator/s3"
+	// TerminationLog receives the result, read by the operator from the pod status.
+	TerminationLog = "/dev/termination-log"
+)
+
+// Result is what a backup Job reports in its termination message.
+type Result struct {
+	Manifest *Manifest `json:"manifest,omitempty"`
+	Error    string    `json:"error,omitempty"`
+}
+
+// Command runs the `backup` subcommand: `backup run|restore|delete [flags]`.
+func Command(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: backup run|restore|delete [flags]")
+	}
+	action := args[0]
+	fs := flag.NewFlagSet("backup "+action, flag.ContinueOnError)
+	location := fs.String("location", "", "s3://bucket/prefix or pvc://claim/path")
+	key := fs.String("key", "", "object key of the artifact, relative to the bucket or volume")
+	host := fs.String("host", "", "PostgreSQL host")
+	port := fs.String("port", "5432", "PostgreSQL port")
+	credentialsDir := fs.String("credentials-dir", "/etc/postgres-operator/credentials", "directory with username, password, database files")
+	runDir := fs.String("run-dir", "/controller/run", "private directory for the passfile")
+	binDir := fs.String("bin-dir", "", "PostgreSQL programs (found automatically when empty)")
+	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL")
+	s3Region := fs.String("s3-region", "us-east-1", "S3 region")
+	s3PathStyle := fs.Bool("s3-path-style", false, "path-style bucket addressing")
+	s3Creds := fs.String("s3-credentials-dir", S3CredentialsDir, "directory with accessKeyId and secretAccessKey files")
+	storageMount := fs.String("storage-mount", StorageMount, "mount point of a pvc:// location's claim")
+	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	err := func() error {
+		loc, err := objectstore.ParseLocation(*location)
+		if err != nil {
+			return err
+		}
+		var store objectstore.Store
+		switch loc.Scheme {
+		case "pvc":
+			store = objectstore.Dir{Root: *storageMount}
+		case "s3":
+			ak, err := readFile(*s3Creds, "accessKeyId")
+			if err != nil {
+				return err
+			}
+			sk, err := readFile(*s3Creds, "secretAccessKey")
+			if err != nil {
+				return err
+			}
+			store, err = objectstore.NewS3(objectstore.S3Options{Endpoint: *s3Endpoint, Region: *s3Region,
+				ForcePathStyle: *s3PathStyle, AccessKeyID: ak, SecretKey: sk, Bucket: loc.Bucket})
+			if err != nil {
+				return err
+			}
+		}
+		if action == "delete" {
+			return Delete(ctx, store, *key)
+		}
+		bins, err := postgres.FindBinaries(*binDir)
+		if err != nil {
+			return err
+		}
+		conn, err := connFromFiles(*credentialsDir, *runDir, *host, *port)
+		if err != nil {
+			return err
+		}
+		switch action {
+		case "run":
+			m, err := Run(ctx, Options{PgDump: bins.PgDump, PgRestore: bins.PgRestore, Conn: conn, Store: store,
+				Key: *key, Location: loc.URL(*key)})
+			if err != nil {
+				return err
+			}
+			writeResult(*termLog, Result{Manifest: m})
+			b, _ := json.Marshal(m)
+			fmt.Println(string(b))
+			return nil
+		case "restore":
+			return Restore(ctx, RestoreOptions{PgRestore: bins.PgRestore, Conn: conn, Store: store, Key: *key})
+		default:
+			return fmt.Errorf("unknown backup action %q", action)
+		}
+	}()
+	if err != nil {
+		writeResult(*termLog, Result{Error: err.Error()})
+	}
+	return err
+}
+
+func readFile(dir, name string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// connFromFiles builds the connection from the credentials Secret's files and
+// writes the password into a private passfile for libpq.
+func connFromFiles(credentialsDir, runDir, host, port string) (Conn, error) {
+	user, err := readFile(credentialsDir, "username")
+	if err != nil {
+		return Conn{}, err
+	}
+	password, err := readFile(credentialsDir, "password")
+	if err != nil {
+		return Conn{}, err
+	}
+	database, err := readFile(credentialsDir, "database")
+	if err != nil {
+		return Conn{}, err
+	}
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return Conn{}, err
+	}
+	passfile := filepath.Join(runDir, "backup.pgpass")
+	if err := os.WriteFile(passfile, []byte(postgres.PgpassLine(user, password)), 0o600); err != nil {
+		return Conn{}, err
+	}
+	return Conn{Host: host, Port: port, User: user, Database: database, Passfile: passfile}, nil
+}
+
+// writeResult writes the termination message (bounded by Kubernetes to 4 KiB).
+func writeResult(path string, r Result) {
+	if path == "" {
+		return
+	}
+	b, _ := json.Marshal(r)
+	if len(b) > 4000 {
+		r.Error = r.Error[:min(len(r.Error), 3000)]
+		b, _ = json.Marshal(r)
+	}
+	_ = os.WriteFile(path, b, 0o644)
+}

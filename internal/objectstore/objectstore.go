@@ -1,0 +1,252 @@
+// Package objectstore stores backup artifacts: on an S3-compatible object store, or
+// in a directory (a PersistentVolumeClaim mounted into the backup Job). Writes
+// stream; a failed write leaves no object behind.
+package objectstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// Location is a parsed storage location: s3://bucket/prefix or pvc://claim/path.
+type Location struct {
+	// Scheme is "s3" or "pvc".
+	Scheme string
+	// Bucket is the S3 bucket or the PersistentVolumeClaim name.
+	Bucket string
+	// Prefix is the path inside the bucket or volume, without leading or trailing
+	// slashes.
+	Prefix string
+}
+
+var (
+	bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	claimRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+)
+
+// ParseLocation parses and validates a location URL.
+func ParseLocation(s string) (Location, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return Location{}, fmt.Errorf("storage location %q is not a URL: %w", s, err)
+	}
+	l := Location{Scheme: u.Scheme, Bucket: u.Host, Prefix: strings.Trim(path.Clean("/"+u.Path), "/")}
+	switch u.Scheme {
+	case "s3":
+		if !bucketRE.MatchString(l.Bucket) {
+			return Location{}, fmt.Errorf("storage location %q: %q is not a valid bucket name", s, l.Bucket)
+		}
+	case "pvc":
+		if !claimRE.MatchString(l.Bucket) {
+			return Location{}, fmt.Errorf("storage location %q: %q is not a valid PersistentVolumeClaim name", s, l.Bucket)
+		}
+	default:
+		return Location{}, fmt.Errorf("storage location %q: unsupported scheme %q (want s3:// or pvc://)", s, u.Scheme)
+	}
+	return l, nil
+}
+
+// Key joins the location's prefix and name.
+func (l Location) Key(name string) string {
+	if l.Prefix == "" {
+		return name
+	}
+	return l.Prefix + "/" + name
+}
+
+// URL is the address of the object key in this location.
+func (l Location) URL(key string) string { return l.Scheme + "://" + l.Bucket + "/" + key }
+
+// Store holds artifacts by key.
+type Store interface {
+	// Put streams r into key. On any error nothing is left under key.
+	Put(ctx context.Context, key string, r io.Reader) (int64, error)
+	// Get opens key for streaming.
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// Delete removes key; a missing key is not an error.
+	Delete(ctx context.Context, key string) error
+}
+
+// Dir stores objects as files under Root (e.g. a volume's mount point).
+type Dir struct{ Root string }
+
+func (d Dir) path(key string) (string, error) {
+	clean := path.Clean("/" + key)
+	if clean == "/" || strings.Contains(key, "..") {
+		return "", fmt.Errorf("invalid object key %q", key)
+	}
+	return filepath.Join(d.Root, filepath.FromSlash(clean)), nil
+}
+
+// Put writes key.partial, syncs it and renames it into place.
+func (d Dir) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return 0, err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+		return 0, err
+	}
+	partial := p + ".partial"
+	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, contextReader{ctx, r})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(partial, p)
+	}
+	if err != nil {
+		_ = os.Remove(partial)
+		return 0, err
+	}
+	if dir, err := os.Open(filepath.Dir(p)); err == nil {
+		_ = dir.Sync()
+		_ = dir.Close()
+	}
+	return n, nil
+}
+
+// Get opens the file of key.
+func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
+	p, err := d.path(key)
+	if err != nil {
+		return nil, err
+	}
+	return os.Open(p)
+}
+
+// Delete removes the file of key.
+func (d Dir) Delete(_ context.Context, key string) error {
+	p, err := d.path(key)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+type contextReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c contextReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// S3Options configure an S3 store. Credentials are values read from files by the
+// caller, never from flags.
+type S3Options struct {
+	Endpoint       string
+	Region         string
+	ForcePathStyle bool
+	AccessKeyID    string
+	SecretKey      string
+	Bucket         string
+	// PartSize bounds the memory of an upload: one part is buffered at a time.
+	PartSize uint64
+}
+
+// S3 stores objects in a bucket of an S3-compatible store.
+type S3 struct {
+	client   *minio.Client
+	bucket   string
+	partSize uint64
+}
+
+// NewS3 returns a store for o.Bucket.
+func NewS3(o S3Options) (*S3, error) {
+	u, err := url.Parse(o.Endpoint)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("s3 endpoint %q must be an http:// or https:// URL", o.Endpoint)
+	}
+	lookup := minio.BucketLookupDNS
+	if o.ForcePathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	c, err := minio.New(u.Host, &minio.Options{
+		Creds:        credentials.NewStaticV4(o.AccessKeyID, o.SecretKey, ""),
+		Secure:       u.Scheme == "https",
+		Region:       o.Region,
+		BucketLookup: lookup,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 client: %w", err)
+	}
+	if o.PartSize == 0 {
+		o.PartSize = 16 << 20
+	}
+	return &S3{client: c, bucket: o.Bucket, partSize: o.PartSize}, nil
+}
+
+// Put streams r as a multipart upload of unknown length; a failed upload is
+// aborted, so no partial object is ever visible.
+func (s *S3) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
+	info, err := s.client.PutObject(ctx, s.bucket, key, r, -1, minio.PutObjectOptions{
+		PartSize:    s.partSize,
+		NumThreads:  1,
+		ContentType: "application/octet-stream",
+	})
+	if err != nil {
+		// minio-go aborts the multipart upload on error; make sure nothing remains.
+		_ = s.client.RemoveIncompleteUpload(context.Background(), s.bucket, key)
+		return 0, fmt.Errorf("uploading s3://%s/%s: %w", s.bucket, key, err)
+	}
+	return info.Size, nil
+}
+
+// Get streams key.
+func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	obj, err := s.client.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, err)
+	}
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, err)
+	}
+	return obj, nil
+}
+
+// Delete removes key.
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := s.client.RemoveObject(ctx, s.bucket, key, minio.RemoveObjectOptions{}); err != nil {
+		return fmt.Errorf("deleting s3://%s/%s: %w", s.bucket, key, err)
+	}
+	return nil
+}
+
+// EnsureBucket creates the bucket if it does not exist (tests and the local store).
+func (s *S3) EnsureBucket(ctx context.Context, region string) error {
+	ok, err := s.client.BucketExists(ctx, s.bucket)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return nil
+	}
+	return s.client.MakeBucket(ctx, s.bucket, minio.MakeBucketOptions{Region: region})
+}
