@@ -71,9 +71,9 @@ func newSecrets(t *testing.T, root string) testSecrets {
 	s := testSecrets{dir: root, credentials: filepath.Join(root, "credentials"), internal: filepath.Join(root, "internal"),
 		appPassword: "app-Pa55:word'x", token: "test-token-0123456789"}
 	files := map[string]string{
-		filepath.Join(s.credentials, CredentialsUsernameFile):       "appuser",
-		filepath.Join(s.credentials, CredentialsPasswordFile):       s.appPassword,
-		filepath.Join(s.credentials, CredentialsDatabaseFile):       "appdb",
+		filepath.Join(s.credentials, CredentialsUsernameFile):      "appuser",
+		filepath.Join(s.credentials, CredentialsPasswordFile):      s.appPassword,
+		filepath.Join(s.credentials, CredentialsDatabaseFile):      "appdb",
 		filepath.Join(s.internal, InternalReplicationPasswordFile): "repl-secret-42",
 		filepath.Join(s.internal, InternalAgentTokenFile):          s.token + "\n",
 	}

@@ -11,12 +11,15 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	backupctrl "github.com/example/postgres-operator/internal/controller/backup"
 	"github.com/example/postgres-operator/internal/controller/database"
 	"github.com/example/postgres-operator/internal/scheme"
 )
@@ -34,12 +37,28 @@ func Run(args []string) error {
 	fs.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("OPERATOR_IMAGE"),
 		"Image the instance pods copy the agent binary from; default: the image of the manager's own container (POD_NAME/POD_NAMESPACE).")
+	var defaults backupctrl.Defaults
+	var s3Endpoint, s3Region, s3Secret string
+	var s3PathStyle bool
+	fs.StringVar(&defaults.Location, "default-backup-location", "",
+		"Storage location of Backups without spec.storageLocation: s3://bucket/prefix or pvc://claim/path (a claim in the Backup's namespace, created when missing).")
+	fs.StringVar(&defaults.PVCSize, "default-backup-pvc-size", "5Gi", "Size of a default pvc:// backup claim the operator creates.")
+	fs.StringVar(&defaults.PVCStorageClass, "default-backup-pvc-storage-class", "", "StorageClass of that claim (cluster default when empty).")
+	fs.StringVar(&s3Endpoint, "default-backup-s3-endpoint", "", "S3 endpoint of an s3:// default location.")
+	fs.StringVar(&s3Region, "default-backup-s3-region", "us-east-1", "S3 region of an s3:// default location.")
+	fs.BoolVar(&s3PathStyle, "default-backup-s3-path-style", false, "Path-style addressing for an s3:// default location.")
+	fs.StringVar(&s3Secret, "default-backup-s3-credentials-secret", "",
+		"Secret (in each Backup's namespace) with accessKeyId and secretAccessKey for an s3:// default location.")
 	zopts := zap.Options{Development: false}
 	zopts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	if s3Endpoint != "" {
+		defaults.S3 = &databasev1.S3Config{Endpoint: s3Endpoint, Region: s3Region, ForcePathStyle: s3PathStyle,
+			CredentialsSecret: corev1.LocalObjectReference{Name: s3Secret}}
+	}
 	log := ctrl.Log.WithName("setup")
 
 	cfg, err := ctrl.GetConfig()
@@ -76,6 +95,18 @@ func Run(args []string) error {
 		AgentImage: agentImage,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the database controller: %w", err)
+	}
+	if err := (&backupctrl.BackupReconciler{
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("backup-controller"), Clock: clock.RealClock{},
+		AgentImage: agentImage, Defaults: defaults,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the backup controller: %w", err)
+	}
+	if err := (&backupctrl.RestoreReconciler{
+		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("restore-controller"), Clock: clock.RealClock{},
+		AgentImage: agentImage, Defaults: defaults,
+	}).SetupWithManager(mgr); err != nil {
+		return fmt.Errorf("setting up the restore controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding health check: %w", err)

@@ -19,22 +19,12 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/testenv"
 )
 
-const pollTimeout = 20 * time.Second
-
-// eventually polls cond until it returns "" or the timeout passes.
 func eventually(t *testing.T, what string, cond func() string) {
 	t.Helper()
-	deadline := time.Now().Add(pollTimeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		if last = cond(); last == "" {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s: %s", what, last)
+	testenv.Eventually(t, what, cond)
 }
 
 var nsCounter int

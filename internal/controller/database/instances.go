@@ -70,4 +70,3 @@ func (s *HTTPInstanceStatusSource) Statuses(ctx context.Context, pods []corev1.P
 	wg.Wait()
 	return out
 }
-

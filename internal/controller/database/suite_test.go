@@ -5,9 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -18,11 +15,11 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/example/postgres-operator/internal/scheme"
+	"github.com/example/postgres-operator/internal/testenv"
 )
 
 // The suite runs one real kube-apiserver and etcd (envtest) for the package, and the
@@ -43,15 +40,10 @@ func TestMain(m *testing.M) {
 
 func runSuite(m *testing.M) int {
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
-	assets, err := envtestAssets()
+	env, err := testenv.New()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "envtest assets:", err)
+		fmt.Fprintln(os.Stderr, "envtest:", err)
 		return 1
-	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		BinaryAssetsDirectory: assets,
 	}
 	cfg, err := env.Start()
 	if err != nil {
@@ -107,19 +99,6 @@ func zapLevel() zapcore.Level {
 		return -1
 	}
 	return 1 // warnings and errors only
-}
-
-// envtestAssets returns KUBEBUILDER_ASSETS, or builds the binaries with the
-// project's script (cached outside the repository).
-func envtestAssets() (string, error) {
-	if d := os.Getenv("KUBEBUILDER_ASSETS"); d != "" {
-		return d, nil
-	}
-	out, err := exec.Command(filepath.Join("..", "..", "..", "hack", "k8s-binaries.sh"), "etcd", "kube-apiserver").Output()
-	if err != nil {
-		return "", fmt.Errorf("hack/k8s-binaries.sh: %w", err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }
 
 // fakeInstances plays the instance agents: tests set what each pod reports.

@@ -1,0 +1,243 @@
+package v1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// BackupSpec defines a logical backup (pg_dump) of a Database: one now, or, with a
+// schedule, one per schedule slot.
+// +kubebuilder:validation:XValidation:rule="has(self.schedule) || self == oldSelf",message="the spec of a one-shot Backup (without schedule) is immutable; create a new Backup instead"
+// +kubebuilder:validation:XValidation:rule="!has(self.s3) || !has(self.storageLocation) || self.storageLocation.startsWith('s3://')",message="s3 settings apply only to an s3:// storageLocation"
+type BackupSpec struct {
+	// DatabaseRef names the Database (in the Backup's namespace) to back up.
+	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
+
+	// Schedule is a 5-field cron expression (minute hour day-of-month month
+	// day-of-week) or a macro such as @daily, in UTC. A Backup with a schedule acts
+	// like a CronJob: each slot creates a child Backup named <name>-<unix time of
+	// the slot>, owned by this one; a missed slot runs once when the operator comes
+	// back (no catch-up storm), and a slot is skipped while a child still runs.
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+)$')",message="schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly or @yearly"
+	// +optional
+	Schedule string `json:"schedule,omitempty"`
+
+	// Retention is how many completed backups of a schedule are kept; older ones
+	// are deleted together with their artifacts.
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	Retention *int32 `json:"retention,omitempty"`
+
+	// StorageLocation is where artifacts go: s3://bucket[/prefix] on an
+	// S3-compatible store (see s3), or pvc://claim[/path], a PersistentVolumeClaim
+	// in the Backup's namespace. Empty: the operator's default location
+	// (--default-backup-location).
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^ ]*)?$') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/[^ ]*)?$')",message="storageLocation must be s3://bucket[/prefix] or pvc://claim[/path]"
+	// +optional
+	StorageLocation string `json:"storageLocation,omitempty"`
+
+	// S3 configures access to an s3:// storageLocation.
+	// +optional
+	S3 *S3Config `json:"s3,omitempty"`
+}
+
+// S3Config is how to reach an S3-compatible object store.
+type S3Config struct {
+	// Endpoint is the store's URL, e.g. https://s3.eu-west-1.amazonaws.com or
+	// http://minio.storage.svc:9000.
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('http://') || self.startsWith('https://')",message="s3.endpoint must be an http:// or https:// URL"
+	Endpoint string `json:"endpoint"`
+	// Region of the bucket.
+	// +kubebuilder:default="us-east-1"
+	// +optional
+	Region string `json:"region,omitempty"`
+	// ForcePathStyle addresses buckets as <endpoint>/<bucket> instead of
+	// <bucket>.<endpoint> (most self-hosted stores need it).
+	// +optional
+	ForcePathStyle bool `json:"forcePathStyle,omitempty"`
+	// CredentialsSecret names a Secret in the Backup's namespace with keys
+	// accessKeyId and secretAccessKey.
+	CredentialsSecret corev1.LocalObjectReference `json:"credentialsSecret"`
+}
+
+// BackupPhase is the phase of a Backup.
+// +kubebuilder:validation:Enum=Pending;InProgress;Completed;Failed
+type BackupPhase string
+
+const (
+	// BackupPending: waiting for the Database to be Ready or for storage.
+	BackupPending BackupPhase = "Pending"
+	// BackupInProgress: the backup Job runs.
+	BackupInProgress BackupPhase = "InProgress"
+	// BackupCompleted: the artifact is written and verified.
+	BackupCompleted BackupPhase = "Completed"
+	// BackupFailed: the Job failed after its retries, or the Backup cannot run.
+	BackupFailed BackupPhase = "Failed"
+)
+
+// BackupStatus is the observed state of a Backup.
+type BackupStatus struct {
+	// Phase: Pending, InProgress, Completed or Failed. For a scheduled Backup, the
+	// phase of its newest run.
+	// +optional
+	Phase BackupPhase `json:"phase,omitempty"`
+	// BackupTime is when the artifact was completed.
+	// +optional
+	BackupTime *metav1.Time `json:"backupTime,omitempty"`
+	// BackupLocation is the artifact's URL, e.g. pvc://backups/ns/db/name.dump.zst.
+	// +optional
+	BackupLocation string `json:"backupLocation,omitempty"`
+	// LastScheduledTime is the last schedule slot a run was created for.
+	// +optional
+	LastScheduledTime *metav1.Time `json:"lastScheduledTime,omitempty"`
+	// BackupCount is the number of completed runs of a schedule that are kept.
+	// +optional
+	BackupCount int32 `json:"backupCount,omitempty"`
+	// SizeBytes is the size of the stored (compressed) artifact.
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// SHA256 is the checksum of the stored artifact.
+	// +optional
+	SHA256 string `json:"sha256,omitempty"`
+	// Duration is how long the backup took.
+	// +optional
+	Duration string `json:"duration,omitempty"`
+	// ServerVersion is the PostgreSQL server version that was dumped.
+	// +optional
+	ServerVersion string `json:"serverVersion,omitempty"`
+	// Format is the artifact format: pg_dump custom format compressed with zstd.
+	// +optional
+	Format string `json:"format,omitempty"`
+	// JobName is the Job that runs (or ran) this backup.
+	// +optional
+	JobName string `json:"jobName,omitempty"`
+	// ObservedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions: Ready (True once Completed) and Stalled.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// Backup reasons.
+const (
+	ReasonDatabaseNotFound  = "DatabaseNotFound"
+	ReasonDatabaseNotReady  = "DatabaseNotReady"
+	ReasonNoStorageLocation = "NoStorageLocation"
+	ReasonStorageNotFound   = "StorageNotFound"
+	ReasonJobRunning        = "JobRunning"
+	ReasonJobFailed         = "JobFailed"
+	ReasonCompleted         = "Completed"
+	ReasonInvalidSchedule   = "InvalidSchedule"
+	ReasonScheduled         = "Scheduled"
+	ReasonBackupNotFound    = "BackupNotFound"
+	ReasonBackupNotComplete = "BackupNotCompleted"
+)
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
+// +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
+// +kubebuilder:printcolumn:name="Schedule",type="string",JSONPath=".spec.schedule"
+// +kubebuilder:printcolumn:name="Last Backup",type="date",JSONPath=".status.backupTime"
+// +kubebuilder:printcolumn:name="Size",type="integer",JSONPath=".status.sizeBytes",priority=1
+// +kubebuilder:printcolumn:name="Location",type="string",JSONPath=".status.backupLocation",priority=1
+// +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+
+// Backup is a logical backup of a Database, streamed by pg_dump to object storage
+// or a volume, or a schedule of such backups.
+type Backup struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   BackupSpec   `json:"spec"`
+	Status BackupStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// BackupList contains a list of Backup.
+type BackupList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Backup `json:"items"`
+}
+
+// RestoreSpec defines a restore of a Backup into a Database. It is immutable.
+// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="the spec of a Restore is immutable; create a new Restore instead"
+type RestoreSpec struct {
+	// DatabaseRef names the Database (in the Restore's namespace) to restore into.
+	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
+	// BackupRef names the Backup to restore. For a scheduled Backup, its newest
+	// completed run is used.
+	BackupRef corev1.LocalObjectReference `json:"backupRef"`
+}
+
+// RestorePhase is the phase of a Restore.
+// +kubebuilder:validation:Enum=Pending;InProgress;Completed;Failed
+type RestorePhase string
+
+const (
+	RestorePending    RestorePhase = "Pending"
+	RestoreInProgress RestorePhase = "InProgress"
+	RestoreCompleted  RestorePhase = "Completed"
+	RestoreFailed     RestorePhase = "Failed"
+)
+
+// RestoreStatus is the observed state of a Restore.
+type RestoreStatus struct {
+	// Phase: Pending, InProgress, Completed or Failed.
+	// +optional
+	Phase RestorePhase `json:"phase,omitempty"`
+	// RestoreTime is when the restore completed.
+	// +optional
+	RestoreTime *metav1.Time `json:"restoreTime,omitempty"`
+	// BackupLocation is the artifact that is (or was) restored.
+	// +optional
+	BackupLocation string `json:"backupLocation,omitempty"`
+	// JobName is the Job that runs (or ran) the restore.
+	// +optional
+	JobName string `json:"jobName,omitempty"`
+	// ObservedGeneration is the generation this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Conditions: Ready (True once Completed) and Stalled.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
+// +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
+// +kubebuilder:printcolumn:name="Backup",type="string",JSONPath=".spec.backupRef.name"
+// +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+
+// Restore restores a Backup into a Database, atomically.
+type Restore struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   RestoreSpec   `json:"spec"`
+	Status RestoreStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// RestoreList contains a list of Restore.
+type RestoreList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Restore `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Backup{}, &BackupList{}, &Restore{}, &RestoreList{})
+}

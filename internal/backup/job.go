@@ -1,0 +1,124 @@
+package backup
+
+import (
+	"fmt"
+	"strings"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/objectstore"
+)
+
+// Target is a resolved storage location with how to reach it.
+type Target struct {
+	Location objectstore.Location
+	// S3 is set for s3:// locations.
+	S3 *databasev1.S3Config
+}
+
+// JobSpec describes a backup, restore or delete Job.
+type JobSpec struct {
+	Name, Namespace string
+	// Action is run, restore or delete.
+	Action string
+	// Image runs the action: the Database's own image for run and restore (so
+	// pg_dump/pg_restore match the server's major version), the operator image for
+	// delete.
+	Image string
+	// AgentImage is the operator image the binary is copied from.
+	AgentImage string
+	// Database is the Database a run or restore connects to (nil for delete).
+	Database *databasev1.Database
+	Target   Target
+	Key      string
+	Owner    metav1.OwnerReference
+	Labels   map[string]string
+}
+
+const (
+	controllerMount  = "/controller"
+	credentialsMount = "/etc/postgres-operator/credentials"
+)
+
+// JobName returns a Job name for an object name and a suffix, within 63 characters.
+func JobName(name, suffix string) string {
+	n := name + "-" + suffix
+	if len(n) > 63 {
+		n = strings.TrimRight(n[:63], "-.")
+	}
+	return n
+}
+
+// BuildJob returns the Job. Secrets are mounted as files; nothing secret is in its
+// arguments or environment.
+func BuildJob(s JobSpec) *batchv1.Job {
+	args := []string{controllerMount + "/manager", "backup", s.Action,
+		"--location=" + s.Target.Location.Scheme + "://" + s.Target.Location.Bucket,
+		"--key=" + s.Key, "--run-dir=" + controllerMount + "/run"}
+	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
+	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+	if s.Database != nil {
+		args = append(args, fmt.Sprintf("--host=%s.%s.svc.cluster.local", s.Database.Name, s.Database.Namespace), "--port=5432",
+			"--credentials-dir="+credentialsMount)
+		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: credentialsMount, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: s.Database.Name + "-credentials", DefaultMode: ptr.To[int32](0o440)}}})
+	}
+	switch s.Target.Location.Scheme {
+	case "pvc":
+		args = append(args, "--storage-mount="+StorageMount)
+		mounts = append(mounts, corev1.VolumeMount{Name: "storage", MountPath: StorageMount})
+		volumes = append(volumes, corev1.Volume{Name: "storage", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: s.Target.Location.Bucket}}})
+	case "s3":
+		if s.Target.S3 != nil {
+			args = append(args, "--s3-endpoint="+s.Target.S3.Endpoint, "--s3-region="+s.Target.S3.Region,
+				fmt.Sprintf("--s3-path-style=%t", s.Target.S3.ForcePathStyle), "--s3-credentials-dir="+S3CredentialsDir)
+			mounts = append(mounts, corev1.VolumeMount{Name: "s3", MountPath: S3CredentialsDir, ReadOnly: true})
+			volumes = append(volumes, corev1.Volume{Name: "s3", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: s.Target.S3.CredentialsSecret.Name, DefaultMode: ptr.To[int32](0o440)}}})
+		}
+	}
+	restricted := &corev1.SecurityContext{
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		RunAsNonRoot:             ptr.To(true),
+	}
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, Labels: s.Labels,
+			OwnerReferences: []metav1.OwnerReference{s.Owner}},
+		Spec: batchv1.JobSpec{
+			BackoffLimit:          ptr.To[int32](2),
+			ActiveDeadlineSeconds: ptr.To[int64](6 * 3600),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: s.Labels},
+				Spec: corev1.PodSpec{
+					RestartPolicy:                corev1.RestartPolicyNever,
+					AutomountServiceAccountToken: ptr.To(false),
+					EnableServiceLinks:           ptr.To(false),
+					SecurityContext: &corev1.PodSecurityContext{
+						RunAsUser: ptr.To[int64](999), RunAsGroup: ptr.To[int64](999), FSGroup: ptr.To[int64](999),
+						RunAsNonRoot:   ptr.To(true),
+						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+					},
+					InitContainers: []corev1.Container{{
+						Name: "bootstrap-agent", Image: s.AgentImage, ImagePullPolicy: corev1.PullIfNotPresent,
+						Command:         []string{"/manager", "install-agent", controllerMount + "/manager"},
+						VolumeMounts:    []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}},
+						SecurityContext: restricted,
+					}},
+					Containers: []corev1.Container{{
+						Name: s.Action, Image: s.Image, ImagePullPolicy: corev1.PullIfNotPresent,
+						Command: args, VolumeMounts: mounts, SecurityContext: restricted,
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+					}},
+					Volumes: volumes,
+				},
+			},
+		},
+	}
+}

@@ -1,0 +1,478 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	enginepkg "github.com/example/postgres-operator/internal/backup"
+)
+
+const waitRequeue = 10 * time.Second
+
+// BackupReconciler reconciles Backups: one-shot Backups run a Job; scheduled ones
+// create a child Backup per schedule slot and apply the retention.
+type BackupReconciler struct {
+	client.Client
+	Recorder   events.EventRecorder
+	Clock      clock.PassiveClock
+	AgentImage string
+	Defaults   Defaults
+}
+
+// +kubebuilder:rbac:groups=database.example.com,resources=backups,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=database.example.com,resources=backups/status,verbs=get;patch;update
+// +kubebuilder:rbac:groups=database.example.com,resources=backups/finalizers,verbs=update
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;delete
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;patch
+
+// Reconcile moves one Backup forward.
+func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	b := &databasev1.Backup{}
+	if err := r.Get(ctx, req.NamespacedName, b); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !b.DeletionTimestamp.IsZero() {
+		return r.reconcileDelete(ctx, b)
+	}
+	orig := b.DeepCopy()
+	before := b.Status.DeepCopy()
+	var res ctrl.Result
+	var err error
+	if b.Spec.Schedule != "" {
+		res, err = r.reconcileSchedule(ctx, b)
+	} else {
+		res, err = r.reconcileRun(ctx, b)
+	}
+	b.Status.ObservedGeneration = b.Generation
+	if !equality.Semantic.DeepEqual(*before, b.Status) {
+		if perr := r.Status().Patch(ctx, b, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
+			return ctrl.Result{}, errors.Join(err, fmt.Errorf("writing status: %w", perr))
+		}
+		if before.Phase != b.Status.Phase && r.Recorder != nil {
+			kind := corev1.EventTypeNormal
+			if b.Status.Phase == databasev1.BackupFailed {
+				kind = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(b, nil, kind, "Backup"+string(b.Status.Phase), "PhaseChange", "Backup is %s", b.Status.Phase)
+		}
+	}
+	return res, err
+}
+
+func (r *BackupReconciler) pending(b *databasev1.Backup, reason, msg string) (ctrl.Result, error) {
+	b.Status.Phase = databasev1.BackupPending
+	conditionsFor(&b.Status.Conditions, b.Generation, false, false, reason, msg)
+	return ctrl.Result{RequeueAfter: waitRequeue}, nil
+}
+
+func (r *BackupReconciler) failed(b *databasev1.Backup, reason, msg string) (ctrl.Result, error) {
+	b.Status.Phase = databasev1.BackupFailed
+	conditionsFor(&b.Status.Conditions, b.Generation, false, true, reason, msg)
+	return ctrl.Result{}, nil
+}
+
+// artifactKey is where a Backup's artifact goes inside its location.
+func artifactKey(b *databasev1.Backup, t enginepkg.Target) string {
+	return t.Location.Key(fmt.Sprintf("%s/%s/%s.dump.zst", b.Namespace, b.Spec.DatabaseRef.Name, b.Name))
+}
+
+// reconcileRun drives a one-shot Backup: wait for the Database and storage, run
+// the Job, report its result.
+func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backup) (ctrl.Result, error) {
+	if b.Status.Phase == databasev1.BackupCompleted || b.Status.Phase == databasev1.BackupFailed {
+		return ctrl.Result{}, nil
+	}
+	target, isDefault, ok, err := resolveTarget(b, r.Defaults)
+	if err != nil {
+		return r.failed(b, databasev1.ReasonNoStorageLocation, err.Error())
+	}
+	if !ok {
+		return r.failed(b, databasev1.ReasonNoStorageLocation,
+			"No storage location: set spec.storageLocation (s3://bucket/prefix with spec.s3, or pvc://claim/path) "+
+				"or start the operator with --default-backup-location")
+	}
+	jobName := enginepkg.JobName(b.Name, "backup")
+	job := &batchv1.Job{}
+	err = r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	if apierrors.IsNotFound(err) {
+		// Not started yet: everything it needs must be there.
+		db := &databasev1.Database{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: b.Spec.DatabaseRef.Name}, db); err != nil {
+			if apierrors.IsNotFound(err) {
+				return r.pending(b, databasev1.ReasonDatabaseNotFound, fmt.Sprintf("Waiting for Database %s to exist", b.Spec.DatabaseRef.Name))
+			}
+			return ctrl.Result{}, err
+		}
+		if !db.Status.Ready {
+			return r.pending(b, databasev1.ReasonDatabaseNotReady,
+				fmt.Sprintf("Waiting for Database %s to be Ready (phase %q)", db.Name, db.Status.Phase))
+		}
+		if wait, err := r.ensureStorage(ctx, b.Namespace, target, isDefault); err != nil || wait != "" {
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			return r.pending(b, databasev1.ReasonStorageNotFound, wait)
+		}
+		if err := r.patchFinalizer(ctx, b, controllerutil.AddFinalizer); err != nil {
+			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
+		}
+		job = enginepkg.BuildJob(enginepkg.JobSpec{
+			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
+			Database: db, Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": b.Name},
+		})
+		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+			return ctrl.Result{}, fmt.Errorf("creating backup job: %w", err)
+		}
+		logf.FromContext(ctx).Info("backup job created", "job", jobName, "location", target.Location.URL(artifactKey(b, target)))
+	}
+	b.Status.JobName = jobName
+	b.Status.BackupLocation = target.Location.URL(artifactKey(b, target))
+	switch stateOf(job) {
+	case jobSucceeded:
+		res, err := jobResult(ctx, r, job)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		b.Status.Phase = databasev1.BackupCompleted
+		now := metav1.NewTime(r.Clock.Now())
+		b.Status.BackupTime = &now
+		if res != nil && res.Manifest != nil {
+			m := res.Manifest
+			b.Status.SizeBytes, b.Status.SHA256, b.Status.ServerVersion, b.Status.Format = m.SizeBytes, m.SHA256, m.ServerVersion, m.Format
+			b.Status.Duration = m.EndTime.Sub(m.StartTime).Round(time.Millisecond).String()
+			t := metav1.NewTime(m.EndTime)
+			b.Status.BackupTime = &t
+		}
+		conditionsFor(&b.Status.Conditions, b.Generation, true, false, databasev1.ReasonCompleted,
+			"The artifact was written and verified (checksum and pg_restore --list)")
+		return ctrl.Result{}, nil
+	case jobFailed:
+		return r.failed(b, databasev1.ReasonJobFailed, jobFailureMessage(ctx, r, job))
+	default:
+		b.Status.Phase = databasev1.BackupInProgress
+		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is running pg_dump")
+		return ctrl.Result{}, nil
+	}
+}
+
+// ensureStorage checks the claim of a pvc:// target, creating the default one.
+func (r *BackupReconciler) ensureStorage(ctx context.Context, ns string, t enginepkg.Target, isDefault bool) (string, error) {
+	switch t.Location.Scheme {
+	case "pvc":
+		pvc := &corev1.PersistentVolumeClaim{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: t.Location.Bucket}, pvc)
+		if err == nil {
+			return "", nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return "", err
+		}
+		if !isDefault {
+			return fmt.Sprintf("Waiting for PersistentVolumeClaim %s (spec.storageLocation) to exist", t.Location.Bucket), nil
+		}
+		size, err := resource.ParseQuantity(r.Defaults.PVCSize)
+		if err != nil {
+			size = resource.MustParse("5Gi")
+		}
+		pvc = &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: t.Location.Bucket, Namespace: ns, Labels: map[string]string{LabelManagedBy: ManagedBy}},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: size}},
+			},
+		}
+		if r.Defaults.PVCStorageClass != "" {
+			pvc.Spec.StorageClassName = &r.Defaults.PVCStorageClass
+		}
+		// Not owned by any Backup: it holds the artifacts of all of them.
+		if err := r.Create(ctx, pvc, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+			return "", fmt.Errorf("creating the default backup volume %s: %w", pvc.Name, err)
+		}
+		return "", nil
+	case "s3":
+		s := &corev1.Secret{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: t.S3.CredentialsSecret.Name}, s)
+		if apierrors.IsNotFound(err) {
+			return fmt.Sprintf("Waiting for the S3 credentials Secret %s", t.S3.CredentialsSecret.Name), nil
+		}
+		return "", err
+	}
+	return "", nil
+}
+
+// reconcileDelete removes the artifact a Backup wrote (and only that), then lets
+// the Backup go.
+func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Backup) (ctrl.Result, error) {
+	if !controllerutil.ContainsFinalizer(b, Finalizer) {
+		return ctrl.Result{}, nil
+	}
+	release := func() (ctrl.Result, error) {
+		return ctrl.Result{}, client.IgnoreNotFound(r.patchFinalizer(ctx, b, controllerutil.RemoveFinalizer))
+	}
+	if b.Status.Phase != databasev1.BackupCompleted && b.Status.Phase != databasev1.BackupFailed {
+		// A run in progress: its Job goes with the Backup; its upload is aborted or
+		// its partial file removed by the engine when the pod is killed.
+		if b.Status.Phase == databasev1.BackupInProgress {
+			return ctrl.Result{RequeueAfter: waitRequeue}, r.deleteJob(ctx, b.Namespace, b.Status.JobName)
+		}
+		return release()
+	}
+	target, _, ok, err := resolveTarget(b, r.Defaults)
+	if err != nil || !ok {
+		return release()
+	}
+	jobName := enginepkg.JobName(b.Name, "delete")
+	job := &batchv1.Job{}
+	err = r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
+	if apierrors.IsNotFound(err) {
+		job = enginepkg.BuildJob(enginepkg.JobSpec{
+			Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
+			Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": b.Name},
+		})
+		// The operator image has no shell and no PostgreSQL: run the binary directly.
+		job.Spec.Template.Spec.Containers[0].Command[0] = "/manager"
+		job.Spec.Template.Spec.InitContainers = nil
+		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+			return ctrl.Result{}, fmt.Errorf("creating artifact deletion job: %w", err)
+		}
+		return ctrl.Result{}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	switch stateOf(job) {
+	case jobSucceeded:
+		return release()
+	case jobFailed:
+		if r.Recorder != nil {
+			r.Recorder.Eventf(b, nil, corev1.EventTypeWarning, "ArtifactNotDeleted", "Delete",
+				"Could not delete %s: %s", b.Status.BackupLocation, jobFailureMessage(ctx, r, job))
+		}
+		return release()
+	}
+	return ctrl.Result{}, nil
+}
+
+// patchFinalizer adds or removes the finalizer with an optimistic-lock patch.
+func (r *BackupReconciler) patchFinalizer(ctx context.Context, b *databasev1.Backup, change func(client.Object, string) bool) error {
+	base := b.DeepCopy()
+	if !change(b, Finalizer) {
+		return nil
+	}
+	return r.Patch(ctx, b, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
+}
+
+func (r *BackupReconciler) deleteJob(ctx context.Context, ns, name string) error {
+	if name == "" {
+		return nil
+	}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}}
+	return client.IgnoreNotFound(r.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground)))
+}
+
+var cronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// reconcileSchedule creates the run of the latest due slot (one, whatever the
+// downtime), never two for a slot and none while a run is active, and keeps the
+// newest Retention completed runs.
+func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.Backup) (ctrl.Result, error) {
+	sched, err := cronParser.Parse(b.Spec.Schedule)
+	if err != nil {
+		return r.failed(b, databasev1.ReasonInvalidSchedule, fmt.Sprintf("Invalid schedule %q: %v", b.Spec.Schedule, err))
+	}
+	var runs databasev1.BackupList
+	if err := r.List(ctx, &runs, client.InNamespace(b.Namespace), client.MatchingLabels{LabelSchedule: b.Name}); err != nil {
+		return ctrl.Result{}, err
+	}
+	now := r.Clock.Now()
+	last := b.CreationTimestamp.Time
+	if b.Status.LastScheduledTime != nil {
+		last = b.Status.LastScheduledTime.Time
+	}
+	due := latestSlot(sched, last, now)
+	active := false
+	for _, run := range runs.Items {
+		if run.Status.Phase == "" || run.Status.Phase == databasev1.BackupPending || run.Status.Phase == databasev1.BackupInProgress {
+			active = true
+		}
+	}
+	if !due.IsZero() {
+		name := fmt.Sprintf("%s-%d", b.Name, due.Unix())
+		if active {
+			if r.Recorder != nil {
+				r.Recorder.Eventf(b, nil, corev1.EventTypeNormal, "SkippedOverlap", "Schedule",
+					"Skipped the run of %s: the previous run is still active", due.UTC().Format(time.RFC3339))
+			}
+		} else if err := r.createRun(ctx, b, name); err != nil {
+			return ctrl.Result{}, err
+		}
+		t := metav1.NewTime(due)
+		b.Status.LastScheduledTime = &t
+	}
+	if err := r.applyRetention(ctx, b, runs.Items); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.summarise(b, runs.Items)
+	next := sched.Next(now)
+	return ctrl.Result{RequeueAfter: next.Sub(now) + time.Second}, nil
+}
+
+// latestSlot returns the latest schedule time in (after, now], or zero.
+func latestSlot(s cron.Schedule, after, now time.Time) time.Time {
+	var due time.Time
+	for t, i := s.Next(after), 0; !t.After(now); t, i = s.Next(t), i+1 {
+		due = t
+		if i > 100000 {
+			break
+		}
+	}
+	return due
+}
+
+func (r *BackupReconciler) createRun(ctx context.Context, b *databasev1.Backup, name string) error {
+	run := &databasev1.Backup{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: name, Namespace: b.Namespace,
+			Labels:          map[string]string{LabelSchedule: b.Name, LabelManagedBy: ManagedBy},
+			OwnerReferences: []metav1.OwnerReference{ownerRef(b, "Backup")},
+		},
+		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3},
+	}
+	if err := r.Create(ctx, run, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating scheduled run %s: %w", name, err)
+	}
+	logf.FromContext(ctx).Info("scheduled backup run created", "run", name)
+	return nil
+}
+
+// applyRetention deletes completed runs beyond the newest Retention (their
+// finalizer deletes the artifacts) and failed runs beyond the newest three.
+func (r *BackupReconciler) applyRetention(ctx context.Context, b *databasev1.Backup, runs []databasev1.Backup) error {
+	keep := int32(5)
+	if b.Spec.Retention != nil {
+		keep = *b.Spec.Retention
+	}
+	completed, failed := byPhase(runs, databasev1.BackupCompleted), byPhase(runs, databasev1.BackupFailed)
+	var drop []databasev1.Backup
+	if len(completed) > int(keep) {
+		drop = append(drop, completed[keep:]...)
+	}
+	if len(failed) > 3 {
+		drop = append(drop, failed[3:]...)
+	}
+	for i := range drop {
+		if drop[i].DeletionTimestamp != nil {
+			continue
+		}
+		if err := r.Delete(ctx, &drop[i]); client.IgnoreNotFound(err) != nil {
+			return fmt.Errorf("deleting expired run %s: %w", drop[i].Name, err)
+		}
+		logf.FromContext(ctx).Info("expired backup run deleted", "run", drop[i].Name)
+	}
+	return nil
+}
+
+// byPhase returns the runs in a phase, newest first: run names end with the unix
+// time of their slot.
+func byPhase(runs []databasev1.Backup, phase databasev1.BackupPhase) []databasev1.Backup {
+	var out []databasev1.Backup
+	for _, r := range runs {
+		if r.Status.Phase == phase && r.DeletionTimestamp == nil {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name > out[j].Name })
+	return out
+}
+
+// summarise reports the schedule's state from its runs.
+func (r *BackupReconciler) summarise(b *databasev1.Backup, runs []databasev1.Backup) {
+	keep := int32(5)
+	if b.Spec.Retention != nil {
+		keep = *b.Spec.Retention
+	}
+	completed := byPhase(runs, databasev1.BackupCompleted)
+	b.Status.BackupCount = min(int32(len(completed)), keep)
+	if len(completed) > 0 {
+		newest := completed[0]
+		b.Status.BackupTime, b.Status.BackupLocation = newest.Status.BackupTime, newest.Status.BackupLocation
+		b.Status.SizeBytes, b.Status.SHA256, b.Status.ServerVersion, b.Status.Format, b.Status.Duration =
+			newest.Status.SizeBytes, newest.Status.SHA256, newest.Status.ServerVersion, newest.Status.Format, newest.Status.Duration
+	}
+	var newest *databasev1.Backup
+	for i := range runs {
+		if newest == nil || runs[i].Name > newest.Name {
+			newest = &runs[i]
+		}
+	}
+	msg := fmt.Sprintf("Schedule %q: %d completed run(s) kept", b.Spec.Schedule, b.Status.BackupCount)
+	switch {
+	case newest == nil:
+		b.Status.Phase = databasev1.BackupPending
+		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonScheduled, msg+"; waiting for the first slot")
+	case newest.Status.Phase == "":
+		b.Status.Phase = databasev1.BackupPending
+		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonScheduled, msg)
+	default:
+		b.Status.Phase = newest.Status.Phase
+		conditionsFor(&b.Status.Conditions, b.Generation, b.Status.BackupCount > 0, false, databasev1.ReasonScheduled, msg)
+	}
+}
+
+// SetupWithManager watches Backups, their Jobs and runs, and the Databases they
+// wait for.
+func (r *BackupReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &databasev1.Backup{}, databaseRefField, func(o client.Object) []string {
+		return []string{o.(*databasev1.Backup).Spec.DatabaseRef.Name}
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&databasev1.Backup{}).
+		Owns(&batchv1.Job{}).
+		Owns(&databasev1.Backup{}).
+		Watches(&databasev1.Database{}, handler.EnqueueRequestsFromMapFunc(r.backupsOfDatabase)).
+		Named("backup").
+		Complete(r)
+}
+
+const databaseRefField = ".spec.databaseRef.name"
+
+func (r *BackupReconciler) backupsOfDatabase(ctx context.Context, o client.Object) []ctrl.Request {
+	var list databasev1.BackupList
+	if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{databaseRefField: o.GetName()}); err != nil {
+		return nil
+	}
+	out := make([]ctrl.Request, 0, len(list.Items))
+	for _, b := range list.Items {
+		if b.Status.Phase == "" || b.Status.Phase == databasev1.BackupPending {
+			out = append(out, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: b.Namespace, Name: b.Name}})
+		}
+	}
+	return out
+}

@@ -1,0 +1,301 @@
+package backup
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/testenv"
+)
+
+func resourceQty(s string) *resource.Quantity { q := resource.MustParse(s); return &q }
+
+const oneShot = `
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: test-backup
+spec:
+  databaseRef:
+    name: test-db
+  storageLocation: pvc://mybackups/daily
+`
+
+func TestBackupWaitsForDatabaseAndStorageThenRunsAJobWithTheDatabaseImage(t *testing.T) {
+	ns := newNamespace(t)
+	mustApply(t, ns, oneShot)
+	b := waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonDatabaseNotFound)
+	if c := meta.FindStatusCondition(b.Status.Conditions, databasev1.ConditionReady); !strings.Contains(c.Message, "test-db") {
+		t.Errorf("condition does not name the Database: %s", c.Message)
+	}
+	readyDatabase(t, ns, "test-db", false)
+	waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonDatabaseNotReady)
+	readyDatabase(t, ns, "test-db", true)
+	waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonStorageNotFound)
+	createPVC(t, ns, "mybackups")
+	b = waitBackup(t, ns, "test-backup", databasev1.BackupInProgress, databasev1.ReasonJobRunning)
+
+	if len(b.Finalizers) != 1 || b.Finalizers[0] != Finalizer {
+		t.Errorf("finalizers = %v", b.Finalizers)
+	}
+	job := getJob(t, ns, "test-backup-backup")
+	if ref := metav1.GetControllerOf(job); ref == nil || ref.UID != b.UID {
+		t.Errorf("job not owned by the Backup: %+v", ref)
+	}
+	c := job.Spec.Template.Spec.Containers[0]
+	if c.Image != "postgres:15.18" {
+		t.Errorf("job image %s, want the Database's running image", c.Image)
+	}
+	args := strings.Join(c.Command, " ")
+	for _, want := range []string{"backup run", "--location=pvc://mybackups", "--key=daily/" + ns + "/test-db/test-backup.dump.zst", "--host=test-db." + ns + ".svc.cluster.local"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("job command %q lacks %q", args, want)
+		}
+	}
+	if strings.Contains(strings.ToLower(args), "password") || len(c.Env) != 0 {
+		t.Errorf("secrets in arguments or environment: %q %v", args, c.Env)
+	}
+	if b.Status.BackupLocation != "pvc://mybackups/daily/"+ns+"/test-db/test-backup.dump.zst" {
+		t.Errorf("backupLocation = %s", b.Status.BackupLocation)
+	}
+
+	start := time.Date(2026, 11, 22, 3, 0, 0, 0, time.UTC)
+	finishJob(t, job, true, resultMessage(&enginepkg.Manifest{SizeBytes: 1234, SHA256: strings.Repeat("a", 64), ServerVersion: "15.18",
+		Format: enginepkg.Format, StartTime: start, EndTime: start.Add(1500 * time.Millisecond)}, ""))
+	b = waitBackup(t, ns, "test-backup", databasev1.BackupCompleted, databasev1.ReasonCompleted)
+	if b.Status.SizeBytes != 1234 || b.Status.SHA256 != strings.Repeat("a", 64) || b.Status.ServerVersion != "15.18" ||
+		b.Status.Duration != "1.5s" || b.Status.BackupTime == nil || !b.Status.BackupTime.Time.Equal(start.Add(1500*time.Millisecond).Truncate(time.Second)) {
+		t.Errorf("completed status = %+v", b.Status)
+	}
+	// One-shot specs are immutable.
+	if err := apply(t, ns, strings.Replace(oneShot, "pvc://mybackups/daily", "pvc://other", 1)); err == nil ||
+		!strings.Contains(err.Error(), "the spec of a one-shot Backup (without schedule) is immutable") {
+		t.Errorf("changing a one-shot Backup: %v", err)
+	}
+}
+
+func TestFailedJobFailsTheBackupWithTheReason(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, oneShot)
+	job := getJob(t, ns, "test-backup-backup")
+	finishJob(t, job, false, resultMessage(nil, "pg_dump failed: exit status 1: permission denied for table secrets"))
+	b := waitBackup(t, ns, "test-backup", databasev1.BackupFailed, databasev1.ReasonJobFailed)
+	c := meta.FindStatusCondition(b.Status.Conditions, databasev1.ConditionStalled)
+	if c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "permission denied for table secrets") {
+		t.Errorf("Stalled = %+v", c)
+	}
+}
+
+func TestBackupWithoutLocationOrDefaultFailsSayingHowToSetOne(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	mustApply(t, ns, strings.Replace(oneShot, "  storageLocation: pvc://mybackups/daily\n", "", 1))
+	b := waitBackup(t, ns, "test-backup", databasev1.BackupFailed, databasev1.ReasonNoStorageLocation)
+	c := meta.FindStatusCondition(b.Status.Conditions, databasev1.ConditionReady)
+	if !strings.Contains(c.Message, "spec.storageLocation") || !strings.Contains(c.Message, "--default-backup-location") {
+		t.Errorf("message %q does not say how to set a location", c.Message)
+	}
+}
+
+func TestDeletingACompletedBackupDeletesItsArtifactFirst(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, oneShot)
+	finishJob(t, getJob(t, ns, "test-backup-backup"), true, resultMessage(&enginepkg.Manifest{SizeBytes: 1}, ""))
+	b := waitBackup(t, ns, "test-backup", databasev1.BackupCompleted, "")
+	if err := k8s.Delete(testCtx, b); err != nil {
+		t.Fatal(err)
+	}
+	del := getJob(t, ns, "test-backup-delete")
+	args := strings.Join(del.Spec.Template.Spec.Containers[0].Command, " ")
+	if !strings.HasPrefix(args, "/manager backup delete") || !strings.Contains(args, "--key=daily/"+ns+"/test-db/test-backup.dump.zst") ||
+		del.Spec.Template.Spec.Containers[0].Image != "operator:test" {
+		t.Errorf("delete job: %s %q", del.Spec.Template.Spec.Containers[0].Image, args)
+	}
+	if getBackup(t, ns, "test-backup").DeletionTimestamp == nil {
+		t.Fatal("not being deleted")
+	}
+	finishJob(t, del, true, "")
+	testenv.Eventually(t, "backup gone", func() string {
+		err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "test-backup"}, &databasev1.Backup{})
+		if err == nil {
+			return "still there"
+		}
+		return ""
+	})
+}
+
+const scheduled = `
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: nightly
+spec:
+  databaseRef:
+    name: test-db
+  storageLocation: pvc://mybackups
+  schedule: "*/10 * * * *"
+  retention: 2
+`
+
+// poke triggers a reconcile of the schedule after the fake clock moved.
+func poke(t *testing.T, ns, name string) {
+	t.Helper()
+	b := getBackup(t, ns, name)
+	patch := client.MergeFrom(b.DeepCopy())
+	if b.Annotations == nil {
+		b.Annotations = map[string]string{}
+	}
+	b.Annotations["test/poke"] = fmt.Sprint(time.Now().UnixNano())
+	if err := k8s.Patch(testCtx, b, patch); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func runs(t *testing.T, ns, parent string) []databasev1.Backup {
+	t.Helper()
+	var l databasev1.BackupList
+	if err := k8s.List(testCtx, &l, client.InNamespace(ns), client.MatchingLabels{LabelSchedule: parent}); err != nil {
+		t.Fatal(err)
+	}
+	var out []databasev1.Backup
+	for _, b := range l.Items {
+		if b.DeletionTimestamp == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func waitRuns(t *testing.T, ns string, want int) []databasev1.Backup {
+	t.Helper()
+	var got []databasev1.Backup
+	testenv.Eventually(t, fmt.Sprintf("%d runs", want), func() string {
+		got = runs(t, ns, "nightly")
+		if len(got) != want {
+			names := []string{}
+			for _, r := range got {
+				names = append(names, r.Name+":"+string(r.Status.Phase))
+			}
+			return fmt.Sprintf("runs %v", names)
+		}
+		return ""
+	})
+	return got
+}
+
+// complete marks a run Completed as its Job would have.
+func complete(t *testing.T, run databasev1.Backup) {
+	t.Helper()
+	testenv.Eventually(t, "run completed", func() string {
+		b := getBackup(t, run.Namespace, run.Name)
+		if b.Status.Phase == databasev1.BackupInProgress || b.Status.Phase == "" || b.Status.Phase == databasev1.BackupPending {
+			job := &batchv1.Job{}
+			if err := k8s.Get(testCtx, types.NamespacedName{Namespace: b.Namespace, Name: b.Name + "-backup"}, job); err != nil {
+				return err.Error()
+			}
+			if stateOf(job) == jobRunning {
+				finishJob(t, job, true, resultMessage(&enginepkg.Manifest{SizeBytes: 10}, ""))
+			}
+			return "phase " + string(b.Status.Phase)
+		}
+		return ""
+	})
+}
+
+func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, scheduled)
+	b := waitBackup(t, ns, "nightly", databasev1.BackupPending, databasev1.ReasonScheduled)
+	if len(runs(t, ns, "nightly")) != 0 {
+		t.Fatal("a run was created before the first slot")
+	}
+
+	// The first slot passes: exactly one run, named after the slot.
+	fake.Step(10 * time.Minute)
+	poke(t, ns, "nightly")
+	first := waitRuns(t, ns, 1)[0]
+	b = getBackup(t, ns, "nightly")
+	if b.Status.LastScheduledTime == nil || first.Name != fmt.Sprintf("nightly-%d", b.Status.LastScheduledTime.Unix()) {
+		t.Errorf("run %s, lastScheduledTime %v", first.Name, b.Status.LastScheduledTime)
+	}
+	if ref := metav1.GetControllerOf(&first); ref == nil || ref.UID != b.UID {
+		t.Errorf("run not owned by the schedule")
+	}
+
+	// The next slot while the first run is still in progress: skipped.
+	waitBackup(t, ns, first.Name, databasev1.BackupInProgress, "")
+	fake.Step(10 * time.Minute)
+	poke(t, ns, "nightly")
+	time.Sleep(500 * time.Millisecond)
+	if n := len(runs(t, ns, "nightly")); n != 1 {
+		t.Fatalf("%d runs: a run overlapped the active one", n)
+	}
+	complete(t, first)
+
+	// Ten hours of downtime: one run, not sixty.
+	fake.Step(10 * time.Hour)
+	poke(t, ns, "nightly")
+	second := waitRuns(t, ns, 2)
+	time.Sleep(300 * time.Millisecond)
+	if n := len(runs(t, ns, "nightly")); n != 2 {
+		t.Fatalf("%d runs after downtime", n)
+	}
+	for _, r := range second {
+		complete(t, r)
+	}
+
+	// A third completed run: retention 2 deletes the oldest.
+	fake.Step(10 * time.Minute)
+	poke(t, ns, "nightly")
+	waitRuns(t, ns, 3)
+	for _, r := range runs(t, ns, "nightly") {
+		complete(t, r)
+	}
+	poke(t, ns, "nightly")
+	kept := waitRuns(t, ns, 2)
+	for _, r := range kept {
+		if r.Name == first.Name {
+			t.Errorf("retention kept the oldest run %s", r.Name)
+		}
+	}
+	testenv.Eventually(t, "backupCount 2", func() string {
+		b := getBackup(t, ns, "nightly")
+		if b.Status.BackupCount != 2 || b.Status.Phase != databasev1.BackupCompleted {
+			return fmt.Sprintf("count %d phase %s", b.Status.BackupCount, b.Status.Phase)
+		}
+		return ""
+	})
+}
+
+func TestBackupValidation(t *testing.T) {
+	ns := newNamespace(t)
+	for _, tc := range []struct{ from, to, want string }{
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: ftp://x/y", "storageLocation must be s3://bucket[/prefix] or pvc://claim[/path]"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: s3://B", "storageLocation must be s3://bucket[/prefix] or pvc://claim[/path]"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"every day\"", "schedule must be a 5-field cron expression"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"* * * *\"", "schedule must be a 5-field cron expression"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  retention: 0", "spec.retention in body should be greater than or equal to 1"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  s3:\n    endpoint: http://x\n    credentialsSecret: {name: s}", "s3 settings apply only to an s3:// storageLocation"},
+	} {
+		manifest := strings.Replace(oneShot, tc.from, tc.to, 1)
+		if err := apply(t, ns, manifest); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", tc.to, err, tc.want)
+		}
+	}
+}

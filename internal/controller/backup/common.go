@@ -1,0 +1,169 @@
+// Package backup holds the Backup and Restore controllers: they run the backup
+// engine (internal/backup) in Jobs that use the Database's own image, and derive
+// their status from the Jobs.
+package backup
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/objectstore"
+)
+
+// Labels of the objects these controllers create.
+const (
+	LabelManagedBy = "app.kubernetes.io/managed-by"
+	ManagedBy      = "postgres-operator"
+	// LabelSchedule marks the runs of a scheduled Backup with its name.
+	LabelSchedule = "database.example.com/schedule"
+	// Finalizer deletes a Backup's artifact before the Backup goes.
+	Finalizer = "database.example.com/backup-artifact"
+	// FieldOwner is the field manager of every write.
+	FieldOwner = "postgres-operator"
+)
+
+// Defaults is the operator-wide default storage location, used by Backups without
+// spec.storageLocation.
+type Defaults struct {
+	// Location is s3://bucket/prefix or pvc://claim/path; empty means no default.
+	Location string
+	// S3 configures an s3:// default location.
+	S3 *databasev1.S3Config
+	// PVCSize is the size of the default pvc:// claim, created when missing.
+	PVCSize string
+	// PVCStorageClass is its StorageClass (cluster default when empty).
+	PVCStorageClass string
+}
+
+// resolveTarget returns where a Backup's artifacts go, and whether that is the
+// operator's default location; ok is false when there is no location at all.
+func resolveTarget(b *databasev1.Backup, d Defaults) (t enginepkg.Target, isDefault, ok bool, err error) {
+	loc, s3 := b.Spec.StorageLocation, b.Spec.S3
+	if loc == "" {
+		loc, isDefault = d.Location, true
+		if d.S3 != nil {
+			s3 = d.S3
+		}
+	}
+	if loc == "" {
+		return t, false, false, nil
+	}
+	l, err := objectstore.ParseLocation(loc)
+	if err != nil {
+		return t, false, false, err
+	}
+	if l.Scheme == "s3" && s3 == nil {
+		return t, false, false, fmt.Errorf("storage location %s needs s3 settings (endpoint and credentialsSecret)", loc)
+	}
+	if l.Scheme != "s3" {
+		s3 = nil
+	}
+	return enginepkg.Target{Location: l, S3: s3}, isDefault, true, nil
+}
+
+// jobResult reads what a Job's pod reported in its termination message.
+func jobResult(ctx context.Context, c client.Reader, job *batchv1.Job) (*enginepkg.Result, error) {
+	var pods corev1.PodList
+	if err := c.List(ctx, &pods, client.InNamespace(job.Namespace), client.MatchingLabels{"batch.kubernetes.io/job-name": job.Name}); err != nil {
+		return nil, err
+	}
+	var newest *corev1.ContainerStateTerminated
+	for _, p := range pods.Items {
+		for _, cs := range p.Status.ContainerStatuses {
+			if t := cs.State.Terminated; t != nil && t.Message != "" && (newest == nil || t.FinishedAt.After(newest.FinishedAt.Time)) {
+				newest = t
+			}
+		}
+	}
+	if newest == nil {
+		return nil, nil
+	}
+	var r enginepkg.Result
+	if err := json.Unmarshal([]byte(newest.Message), &r); err != nil {
+		// FallbackToLogsOnError: the tail of the log.
+		return &enginepkg.Result{Error: newest.Message}, nil
+	}
+	return &r, nil
+}
+
+// jobState is the outcome of a Job.
+type jobState int
+
+const (
+	jobRunning jobState = iota
+	jobSucceeded
+	jobFailed
+)
+
+func stateOf(job *batchv1.Job) jobState {
+	for _, c := range job.Status.Conditions {
+		if c.Status != corev1.ConditionTrue {
+			continue
+		}
+		switch c.Type {
+		case batchv1.JobComplete, batchv1.JobSuccessCriteriaMet:
+			return jobSucceeded
+		case batchv1.JobFailed, batchv1.JobFailureTarget:
+			return jobFailed
+		}
+	}
+	return jobRunning
+}
+
+func jobFailureMessage(ctx context.Context, c client.Reader, job *batchv1.Job) string {
+	if r, err := jobResult(ctx, c, job); err == nil && r != nil && r.Error != "" {
+		return r.Error
+	}
+	for _, cond := range job.Status.Conditions {
+		if cond.Type == batchv1.JobFailed && cond.Message != "" {
+			return cond.Reason + ": " + cond.Message
+		}
+	}
+	return "the Job failed"
+}
+
+func setCondition(conds *[]metav1.Condition, gen int64, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(conds, metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: gen})
+}
+
+// conditionsFor sets Ready and Stalled from a phase.
+func conditionsFor(conds *[]metav1.Condition, gen int64, done, failed bool, reason, msg string) {
+	ready := metav1.ConditionFalse
+	if done {
+		ready = metav1.ConditionTrue
+	}
+	setCondition(conds, gen, databasev1.ConditionReady, ready, reason, msg)
+	stalled := metav1.ConditionFalse
+	stalledReason := databasev1.ReasonSucceeded
+	if failed {
+		stalled, stalledReason = metav1.ConditionTrue, reason
+	}
+	setCondition(conds, gen, databasev1.ConditionStalled, stalled, stalledReason, msg)
+}
+
+func ownerRef(obj client.Object, kind string) metav1.OwnerReference {
+	return metav1.OwnerReference{APIVersion: databasev1.GroupVersion.String(), Kind: kind, Name: obj.GetName(),
+		UID: obj.GetUID(), Controller: ptrTrue(), BlockOwnerDeletion: ptrTrue()}
+}
+
+func ptrTrue() *bool { t := true; return &t }
+
+// databaseImage is the image the Database runs, so client tools match its server.
+func databaseImage(db *databasev1.Database) string {
+	if db.Status.Image != "" {
+		return db.Status.Image
+	}
+	if db.Spec.Image != "" {
+		return db.Spec.Image
+	}
+	return databasev1.DefaultImage
+}

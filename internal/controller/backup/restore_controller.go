@@ -1,0 +1,246 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/objectstore"
+)
+
+// RestoreReconciler reconciles Restores: once the Database is Ready and the Backup
+// Completed, a Job with the Database's image verifies the artifact and restores it
+// in one transaction.
+type RestoreReconciler struct {
+	client.Client
+	Recorder   events.EventRecorder
+	Clock      clock.PassiveClock
+	AgentImage string
+	Defaults   Defaults
+}
+
+// +kubebuilder:rbac:groups=database.example.com,resources=restores,verbs=get;list;watch
+// +kubebuilder:rbac:groups=database.example.com,resources=restores/status,verbs=get;patch;update
+
+// Reconcile moves one Restore forward.
+func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	rs := &databasev1.Restore{}
+	if err := r.Get(ctx, req.NamespacedName, rs); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !rs.DeletionTimestamp.IsZero() || rs.Status.Phase == databasev1.RestoreCompleted || rs.Status.Phase == databasev1.RestoreFailed {
+		return ctrl.Result{}, nil
+	}
+	orig := rs.DeepCopy()
+	res, err := r.reconcile(ctx, rs)
+	rs.Status.ObservedGeneration = rs.Generation
+	if !equality.Semantic.DeepEqual(orig.Status, rs.Status) {
+		if perr := r.Status().Patch(ctx, rs, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
+			return ctrl.Result{}, errors.Join(err, perr)
+		}
+		if orig.Status.Phase != rs.Status.Phase && r.Recorder != nil {
+			kind := corev1.EventTypeNormal
+			if rs.Status.Phase == databasev1.RestoreFailed {
+				kind = corev1.EventTypeWarning
+			}
+			r.Recorder.Eventf(rs, nil, kind, "Restore"+string(rs.Status.Phase), "PhaseChange", "Restore is %s", rs.Status.Phase)
+		}
+	}
+	return res, err
+}
+
+func (r *RestoreReconciler) pending(rs *databasev1.Restore, reason, msg string) (ctrl.Result, error) {
+	rs.Status.Phase = databasev1.RestorePending
+	conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, reason, msg)
+	return ctrl.Result{RequeueAfter: waitRequeue}, nil
+}
+
+func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restore) (ctrl.Result, error) {
+	jobName := enginepkg.JobName(rs.Name, "restore")
+	job := &batchv1.Job{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: jobName}, job)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, err
+	}
+	if apierrors.IsNotFound(err) {
+		db := &databasev1.Database{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.DatabaseRef.Name}, db); err != nil {
+			if apierrors.IsNotFound(err) {
+				return r.pending(rs, databasev1.ReasonDatabaseNotFound, fmt.Sprintf("Waiting for Database %s to exist", rs.Spec.DatabaseRef.Name))
+			}
+			return ctrl.Result{}, err
+		}
+		if !db.Status.Ready {
+			return r.pending(rs, databasev1.ReasonDatabaseNotReady, fmt.Sprintf("Waiting for Database %s to be Ready (phase %q)", db.Name, db.Status.Phase))
+		}
+		b, msg, err := r.completedBackup(ctx, rs)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		if b == nil {
+			reason := databasev1.ReasonBackupNotComplete
+			if strings.HasPrefix(msg, "Waiting for Backup") && strings.HasSuffix(msg, "to exist") {
+				reason = databasev1.ReasonBackupNotFound
+			}
+			return r.pending(rs, reason, msg)
+		}
+		target, key, err := restoreTarget(b, r.Defaults)
+		if err != nil {
+			rs.Status.Phase = databasev1.RestoreFailed
+			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonNoStorageLocation, err.Error())
+			return ctrl.Result{}, nil
+		}
+		job = enginepkg.BuildJob(enginepkg.JobSpec{
+			Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
+			Database: db, Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": rs.Name},
+		})
+		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+			return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
+		}
+		rs.Status.BackupLocation = b.Status.BackupLocation
+	}
+	rs.Status.JobName = jobName
+	switch stateOf(job) {
+	case jobSucceeded:
+		rs.Status.Phase = databasev1.RestoreCompleted
+		now := metav1.NewTime(r.Clock.Now())
+		if c := jobCompletion(job); c != nil {
+			now = *c
+		}
+		rs.Status.RestoreTime = &now
+		conditionsFor(&rs.Status.Conditions, rs.Generation, true, false, databasev1.ReasonCompleted,
+			"The artifact's checksum was verified and it was restored in a single transaction")
+	case jobFailed:
+		rs.Status.Phase = databasev1.RestoreFailed
+		conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonJobFailed,
+			jobFailureMessage(ctx, r, job)+" (the restore ran in one transaction: the database is unchanged)")
+	default:
+		rs.Status.Phase = databasev1.RestoreInProgress
+		conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is restoring")
+	}
+	return ctrl.Result{}, nil
+}
+
+func jobCompletion(job *batchv1.Job) *metav1.Time {
+	return job.Status.CompletionTime
+}
+
+// completedBackup returns the Backup to restore: the named one when Completed, the
+// newest completed run of a scheduled one. Without one, it says what it waits for.
+func (r *RestoreReconciler) completedBackup(ctx context.Context, rs *databasev1.Restore) (*databasev1.Backup, string, error) {
+	b := &databasev1.Backup{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.BackupRef.Name}, b); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, fmt.Sprintf("Waiting for Backup %s to exist", rs.Spec.BackupRef.Name), nil
+		}
+		return nil, "", err
+	}
+	if b.Spec.Schedule == "" {
+		if b.Status.Phase != databasev1.BackupCompleted {
+			return nil, fmt.Sprintf("Waiting for Backup %s to complete (phase %q)", b.Name, b.Status.Phase), nil
+		}
+		return b, "", nil
+	}
+	var runs databasev1.BackupList
+	if err := r.List(ctx, &runs, client.InNamespace(rs.Namespace), client.MatchingLabels{LabelSchedule: b.Name}); err != nil {
+		return nil, "", err
+	}
+	completed := byPhase(runs.Items, databasev1.BackupCompleted)
+	if len(completed) == 0 {
+		return nil, fmt.Sprintf("Waiting for scheduled Backup %s to complete a run", b.Name), nil
+	}
+	return &completed[0], "", nil
+}
+
+// restoreTarget recovers the location and key from the Backup's status and its
+// (or the default) S3 settings.
+func restoreTarget(b *databasev1.Backup, d Defaults) (enginepkg.Target, string, error) {
+	u, err := url.Parse(b.Status.BackupLocation)
+	if err != nil || u.Host == "" {
+		return enginepkg.Target{}, "", fmt.Errorf("Backup %s has no usable backupLocation %q", b.Name, b.Status.BackupLocation)
+	}
+	loc, err := objectstore.ParseLocation(u.Scheme + "://" + u.Host)
+	if err != nil {
+		return enginepkg.Target{}, "", err
+	}
+	t := enginepkg.Target{Location: loc}
+	if loc.Scheme == "s3" {
+		t.S3 = b.Spec.S3
+		if t.S3 == nil {
+			t.S3 = d.S3
+		}
+		if t.S3 == nil {
+			return enginepkg.Target{}, "", fmt.Errorf("Backup %s is on S3 but has no s3 settings", b.Name)
+		}
+	}
+	return t, strings.TrimPrefix(u.Path, "/"), nil
+}
+
+// SetupWithManager watches Restores, their Jobs, and the Databases and Backups
+// they wait for.
+func (r *RestoreReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(context.Background(), &databasev1.Restore{}, databaseRefField, func(o client.Object) []string {
+		return []string{o.(*databasev1.Restore).Spec.DatabaseRef.Name}
+	}); err != nil {
+		return err
+	}
+	if err := idx.IndexField(context.Background(), &databasev1.Restore{}, backupRefField, func(o client.Object) []string {
+		return []string{o.(*databasev1.Restore).Spec.BackupRef.Name}
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&databasev1.Restore{}).
+		Owns(&batchv1.Job{}).
+		Watches(&databasev1.Database{}, handler.EnqueueRequestsFromMapFunc(r.restoresOf(databaseRefField))).
+		Watches(&databasev1.Backup{}, handler.EnqueueRequestsFromMapFunc(r.restoresOfBackup)).
+		Named("restore").
+		Complete(r)
+}
+
+const backupRefField = ".spec.backupRef.name"
+
+func (r *RestoreReconciler) restoresOf(field string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []ctrl.Request {
+		return r.find(ctx, o.GetNamespace(), field, o.GetName())
+	}
+}
+
+// restoresOfBackup maps a Backup (or a run of a schedule) to the Restores naming it.
+func (r *RestoreReconciler) restoresOfBackup(ctx context.Context, o client.Object) []ctrl.Request {
+	out := r.find(ctx, o.GetNamespace(), backupRefField, o.GetName())
+	if parent := o.GetLabels()[LabelSchedule]; parent != "" {
+		out = append(out, r.find(ctx, o.GetNamespace(), backupRefField, parent)...)
+	}
+	return out
+}
+
+func (r *RestoreReconciler) find(ctx context.Context, ns, field, value string) []ctrl.Request {
+	var list databasev1.RestoreList
+	if err := r.List(ctx, &list, client.InNamespace(ns), client.MatchingFields{field: value}); err != nil {
+		return nil
+	}
+	out := make([]ctrl.Request, 0, len(list.Items))
+	for _, rs := range list.Items {
+		out = append(out, ctrl.Request{NamespacedName: types.NamespacedName{Namespace: rs.Namespace, Name: rs.Name}})
+	}
+	return out
+}
