@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
+	"github.com/example/postgres-operator/internal/testenv"
 )
 
 // The tests back up and restore a real PostgreSQL (run by the instance agent, as in
@@ -31,16 +31,6 @@ type pg struct {
 	passfile string
 	root     string
 	bins     postgres.Binaries
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 func startPostgres(t *testing.T) *pg {
@@ -55,7 +45,7 @@ func startPostgres(t *testing.T) *pg {
 	}
 	os.Chmod(root, 0o755)
 	t.Cleanup(func() { os.RemoveAll(root) })
-	p := &pg{port: freePort(t), password: "app-password-1", root: root, bins: bins}
+	p := &pg{port: testenv.FreePort(t), password: "app-password-1", root: root, bins: bins}
 	files := map[string]string{
 		"credentials/username": "appuser", "credentials/password": p.password, "credentials/database": "appdb",
 		"internal/replication-password": "r", "internal/agent-token": "t",
@@ -186,7 +176,7 @@ func startS3(t *testing.T) *objectstore.S3 {
 		t.Fatalf("building the S3 server: %v", err)
 	}
 	dir := t.TempDir()
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	cmd := exec.Command(strings.TrimSpace(string(out)), "--access", "testkey", "--secret", "testsecret123",
 		"--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
 	var logs bytes.Buffer

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/user"
@@ -20,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/example/postgres-operator/internal/postgres"
+	"github.com/example/postgres-operator/internal/testenv"
 )
 
 // These tests run real PostgreSQL (Debian's, found like the agent finds it) on
@@ -36,16 +36,6 @@ type testInstance struct {
 type testSecrets struct {
 	dir, credentials, internal string
 	appPassword, token         string
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // testRoot returns a directory the postgres OS user can enter (t.TempDir's parents
@@ -187,7 +177,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	root := testRoot(t)
 	s := newSecrets(t, root)
 	ctx := context.Background()
-	pPort, sPort := freePort(t), freePort(t)
+	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
 
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
 	if code, _ := primary.get(PathHealthz, ""); code != http.StatusOK {
@@ -368,7 +358,7 @@ func TestPostgresRunsAsThePostgresUserWhenTheAgentIsRoot(t *testing.T) {
 	}
 	root := testRoot(t)
 	s := newSecrets(t, root)
-	port := freePort(t)
+	port := testenv.FreePort(t)
 	in := startInstance(t, s, "p", "solo-0", port, port)
 	waitUntil(t, 60*time.Second, "readiness", func() error {
 		if code, body := in.get(PathReadyz, ""); code != http.StatusOK {

@@ -3,7 +3,9 @@
 package testenv
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/yaml"
 )
 
 // repoRoot is the repository root, found from this file's location.
@@ -55,4 +61,37 @@ func Eventually(t testing.TB, what string, cond func() string) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("timed out waiting for %s: %s", what, last)
+}
+
+// ApplyYAML server-side applies a manifest into ns the way `kubectl apply
+// --server-side` does.
+func ApplyYAML(ctx context.Context, c client.Client, ns, manifest string) error {
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte(manifest), &u.Object); err != nil {
+		return fmt.Errorf("parsing manifest: %w", err)
+	}
+	u.SetNamespace(ns)
+	return c.Patch(ctx, u, client.Apply, client.FieldOwner("kubectl"), client.ForceOwnership)
+}
+
+// StartManager runs mgr until stop is called; stop returns the manager's error.
+func StartManager(mgr manager.Manager) (ctx context.Context, stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	return ctx, func() error {
+		cancel()
+		return <-done
+	}
+}
+
+// FreePort returns a TCP port that was free on the loopback interface.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -230,10 +230,13 @@ func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *test
 	fake.Step(10 * time.Minute)
 	poke(t, ns, "nightly")
 	first := waitRuns(t, ns, 1)[0]
-	b = getBackup(t, ns, "nightly")
-	if b.Status.LastScheduledTime == nil || first.Name != fmt.Sprintf("nightly-%d", b.Status.LastScheduledTime.Unix()) {
-		t.Errorf("run %s, lastScheduledTime %v", first.Name, b.Status.LastScheduledTime)
-	}
+	testenv.Eventually(t, "lastScheduledTime of the run", func() string {
+		b = getBackup(t, ns, "nightly")
+		if b.Status.LastScheduledTime == nil || first.Name != fmt.Sprintf("nightly-%d", b.Status.LastScheduledTime.Unix()) {
+			return fmt.Sprintf("run %s, lastScheduledTime %v", first.Name, b.Status.LastScheduledTime)
+		}
+		return ""
+	})
 	if ref := metav1.GetControllerOf(&first); ref == nil || ref.UID != b.UID {
 		t.Errorf("run not owned by the schedule")
 	}

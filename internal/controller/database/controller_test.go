@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/yaml"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
@@ -46,12 +45,7 @@ func newNamespace(t *testing.T) string {
 // applyYAML server-side applies a manifest the way `kubectl apply --server-side` does.
 func applyYAML(t *testing.T, ns, manifest string) error {
 	t.Helper()
-	u := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal([]byte(manifest), &u.Object); err != nil {
-		t.Fatal(err)
-	}
-	u.SetNamespace(ns)
-	return k8s.Patch(testCtx, u, client.Apply, client.FieldOwner("kubectl"), client.ForceOwnership)
+	return testenv.ApplyYAML(testCtx, k8s, ns, manifest)
 }
 
 const seedManifest = `
