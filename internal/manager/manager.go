@@ -96,16 +96,14 @@ func Run(args []string) error {
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the database controller: %w", err)
 	}
-	if err := (&backupctrl.BackupReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("backup-controller"), Clock: clock.RealClock{},
-		AgentImage: agentImage, Defaults: defaults,
-	}).SetupWithManager(mgr); err != nil {
+	runner := func(name string) backupctrl.Runner {
+		return backupctrl.Runner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder(name), Clock: clock.RealClock{},
+			AgentImage: agentImage, Defaults: defaults}
+	}
+	if err := (&backupctrl.BackupReconciler{Runner: runner("backup-controller")}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the backup controller: %w", err)
 	}
-	if err := (&backupctrl.RestoreReconciler{
-		Client: mgr.GetClient(), Recorder: mgr.GetEventRecorder("restore-controller"), Clock: clock.RealClock{},
-		AgentImage: agentImage, Defaults: defaults,
-	}).SetupWithManager(mgr); err != nil {
+	if err := (&backupctrl.RestoreReconciler{Runner: runner("restore-controller")}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the restore controller: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {

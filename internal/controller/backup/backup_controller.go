@@ -15,8 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -31,13 +29,7 @@ const waitRequeue = 10 * time.Second
 
 // BackupReconciler reconciles Backups: one-shot Backups run a Job; scheduled ones
 // create a child Backup per schedule slot and apply the retention.
-type BackupReconciler struct {
-	client.Client
-	Recorder   events.EventRecorder
-	Clock      clock.PassiveClock
-	AgentImage string
-	Defaults   Defaults
-}
+type BackupReconciler struct{ Runner }
 
 // +kubebuilder:rbac:groups=database.example.com,resources=backups,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=database.example.com,resources=backups/status,verbs=get;patch;update
@@ -68,13 +60,7 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if perr := r.Status().Patch(ctx, b, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("writing status: %w", perr))
 		}
-		if before.Phase != b.Status.Phase && r.Recorder != nil {
-			kind := corev1.EventTypeNormal
-			if b.Status.Phase == databasev1.BackupFailed {
-				kind = corev1.EventTypeWarning
-			}
-			r.Recorder.Eventf(b, nil, kind, "Backup"+string(b.Status.Phase), "PhaseChange", "Backup is %s", b.Status.Phase)
-		}
+		phaseEvent(r.Recorder, b, "Backup", string(before.Phase), string(b.Status.Phase))
 	}
 	return res, err
 }
@@ -215,7 +201,7 @@ func (r *BackupReconciler) ensureStorage(ctx context.Context, ns string, t engin
 		return "", nil
 	case "s3":
 		s := &corev1.Secret{}
-		err := r.Get(ctx, types.NamespacedName{Namespace: ns, Name: t.S3.CredentialsSecret.Name}, s)
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: ns, Name: t.S3.CredentialsSecret.Name}, s)
 		if apierrors.IsNotFound(err) {
 			return fmt.Sprintf("Waiting for the S3 credentials Secret %s", t.S3.CredentialsSecret.Name), nil
 		}

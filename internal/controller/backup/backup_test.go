@@ -7,6 +7,7 @@ import (
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -300,5 +301,41 @@ func TestBackupValidation(t *testing.T) {
 		if err := apply(t, ns, manifest); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v; want %q", tc.to, err, tc.want)
 		}
+	}
+}
+
+func TestS3BackupWaitsForItsCredentialsSecretThenMountsIt(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	mustApply(t, ns, strings.Replace(oneShot, "  storageLocation: pvc://mybackups/daily\n", `  storageLocation: s3://my-bucket/pg
+  s3:
+    endpoint: http://minio.storage.svc:9000
+    forcePathStyle: true
+    credentialsSecret: {name: s3-creds}
+`, 1))
+	waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonStorageNotFound)
+	// A user Secret, without the operator's labels: not in the operator's cache.
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "s3-creds", Namespace: ns},
+		StringData: map[string]string{"accessKeyId": "a", "secretAccessKey": "b"}}
+	if err := k8s.Create(testCtx, secret); err != nil {
+		t.Fatal(err)
+	}
+	job := getJob(t, ns, "test-backup-backup")
+	c := job.Spec.Template.Spec.Containers[0]
+	args := strings.Join(c.Command, " ")
+	for _, want := range []string{"--location=s3://my-bucket", "--key=pg/" + ns + "/test-db/test-backup.dump.zst",
+		"--s3-endpoint=http://minio.storage.svc:9000", "--s3-path-style=true"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("command %q lacks %q", args, want)
+		}
+	}
+	mounted := false
+	for _, v := range job.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "s3-creds" {
+			mounted = true
+		}
+	}
+	if !mounted || strings.Contains(args, "secretAccessKey=") {
+		t.Errorf("the S3 credentials must be a mounted Secret, not arguments")
 	}
 }

@@ -12,6 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
@@ -30,6 +33,35 @@ const (
 	// FieldOwner is the field manager of every write.
 	FieldOwner = "postgres-operator"
 )
+
+// Runner is what the Backup and Restore reconcilers share: how they talk to the
+// API, tell time, and build their Jobs.
+type Runner struct {
+	client.Client
+	// APIReader reads objects the cache does not hold, such as user Secrets (the
+	// operator caches only the Secrets it manages).
+	APIReader client.Reader
+	// Recorder emits events on phase transitions (optional).
+	Recorder events.EventRecorder
+	// Clock drives schedules; tests inject a fake one.
+	Clock clock.PassiveClock
+	// AgentImage is the operator image the Jobs copy the binary from.
+	AgentImage string
+	// Defaults is the default storage location.
+	Defaults Defaults
+}
+
+// phaseEvent records a phase transition of obj; Failed is a warning.
+func phaseEvent(rec events.EventRecorder, obj runtime.Object, kind, from, to string) {
+	if rec == nil || from == to {
+		return
+	}
+	typ := corev1.EventTypeNormal
+	if to == "Failed" {
+		typ = corev1.EventTypeWarning
+	}
+	rec.Eventf(obj, nil, typ, kind+to, "PhaseChange", "%s is %s", kind, to)
+}
 
 // Defaults is the operator-wide default storage location, used by Backups without
 // spec.storageLocation.

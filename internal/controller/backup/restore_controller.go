@@ -8,13 +8,10 @@ import (
 	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/events"
-	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -27,13 +24,7 @@ import (
 // RestoreReconciler reconciles Restores: once the Database is Ready and the Backup
 // Completed, a Job with the Database's image verifies the artifact and restores it
 // in one transaction.
-type RestoreReconciler struct {
-	client.Client
-	Recorder   events.EventRecorder
-	Clock      clock.PassiveClock
-	AgentImage string
-	Defaults   Defaults
-}
+type RestoreReconciler struct{ Runner }
 
 // +kubebuilder:rbac:groups=database.example.com,resources=restores,verbs=get;list;watch
 // +kubebuilder:rbac:groups=database.example.com,resources=restores/status,verbs=get;patch;update
@@ -54,13 +45,7 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if perr := r.Status().Patch(ctx, rs, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, perr)
 		}
-		if orig.Status.Phase != rs.Status.Phase && r.Recorder != nil {
-			kind := corev1.EventTypeNormal
-			if rs.Status.Phase == databasev1.RestoreFailed {
-				kind = corev1.EventTypeWarning
-			}
-			r.Recorder.Eventf(rs, nil, kind, "Restore"+string(rs.Status.Phase), "PhaseChange", "Restore is %s", rs.Status.Phase)
-		}
+		phaseEvent(r.Recorder, rs, "Restore", string(orig.Status.Phase), string(rs.Status.Phase))
 	}
 	return res, err
 }
