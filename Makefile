@@ -49,11 +49,6 @@ test: manifests generate vet envtest-assets ## Unit, envtest and PostgreSQL test
 	KUBEBUILDER_ASSETS="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver)" \
 		go test $(GO_TEST_FLAGS) ./...
 
-.PHONY: bench-backup
-bench-backup: build ## Backup/restore throughput vs raw pg_dump/pg_restore and peak RSS, on a ~1 GiB database.
-	hack/ensure-postgres.sh >/dev/null
-	go run ./hack/tools/bench-backup -manager bin/manager -scale $${SCALE:-70}
-
 .PHONY: check-generated
 check-generated: manifests generate ## Fail if generated files are not committed.
 	@git diff --exit-code -- api config || (echo "generated files are stale: run make generate manifests" && exit 1)
