@@ -8,7 +8,8 @@
 # PostgreSQL 15 (Debian bookworm) and 17 (Debian trixie) are laid out like the
 # official images: user postgres uid/gid 999, binaries on PATH,
 # PGDATA=/var/lib/postgresql/data. They are tagged docker.io/library/postgres:15,
-# :15.18 (a second tag, for minor-version rolling updates) and :17.
+# :15.18 (a second tag, for minor-version rolling updates) and :17. versitygw:local
+# is an S3-compatible server for the end-to-end suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -102,8 +103,19 @@ import_archive() {
   ctr_ images import "$archive" >/dev/null
 }
 
+# s3_image packs versitygw (hack/s3-server.sh), an S3-compatible server for the
+# e2e suite's in-cluster object store.
+s3_image() {
+  local out="$IMAGES/versitygw.tar"
+  [ -f "$out" ] && return 0
+  local tmp; tmp=$(mktemp -d "$IMAGES/.s3-XXXXXX"); TMPDIRS+=("$tmp")
+  install -D -m 0755 "$(hack/s3-server.sh)" "$tmp/rootfs/versitygw"
+  mkimage -rootfs "$tmp/rootfs" -o "$out" -tag docker.io/library/versitygw:local -entrypoint '["/versitygw"]' -user 65532:65532
+}
+
 build_all() {
   pause_image
+  s3_image
   postgres_image 15 bookworm docker.io/library/postgres:15 docker.io/library/postgres:15.18
   postgres_image 17 trixie docker.io/library/postgres:17
 }
@@ -117,6 +129,7 @@ case "${1:-}" in
     import_archive "$IMAGES/postgres-15-bookworm.tar" docker.io/library/postgres:15
     import_archive "$IMAGES/postgres-15-bookworm.tar" docker.io/library/postgres:15.18
     import_archive "$IMAGES/postgres-17-trixie.tar" docker.io/library/postgres:17
+    import_archive "$IMAGES/versitygw.tar" docker.io/library/versitygw:local
     ;;
   operator-image) operator_image ;;
   *) echo "usage: $0 build|import|operator-image" >&2; exit 2 ;;

@@ -161,3 +161,127 @@ spec:
 	c.must("delete", "pod", name, "--wait=true")
 	return out + "\n"
 }
+
+// The same flow against an S3-compatible object store running in the cluster
+// (versitygw), with a schedule: the Restore of a scheduled Backup uses its newest
+// completed run.
+func TestBackupAndRestoreThroughS3(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(`
+apiVersion: v1
+kind: Secret
+metadata:
+  name: s3-creds
+stringData:
+  accessKeyId: e2e-access
+  secretAccessKey: e2e-secret-key-123
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: s3
+spec:
+  selector: {app: s3}
+  ports: [{name: s3, port: 7070}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: s3
+  labels: {app: s3}
+spec:
+  securityContext: {runAsUser: 999, runAsNonRoot: true, fsGroup: 999}
+  initContainers:
+  - name: bucket
+    image: postgres:15
+    command: ["mkdir", "-p", "/data/backups"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: s3
+    image: versitygw:local
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: ROOT_ACCESS_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: accessKeyId}}}
+    - {name: ROOT_SECRET_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: secretAccessKey}}}
+    args: ["--port", ":7070", "posix", "/data"]
+    ports: [{containerPort: 7070}]
+    readinessProbe: {tcpSocket: {port: 7070}}
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - {name: data, emptyDir: {}}
+`)
+	c.mustApply(strings.ReplaceAll(`
+apiVersion: database.example.com/v1
+kind: Database
+metadata:
+  name: s3-db
+spec:
+  image: postgres:15
+  databaseName: testdb
+  username: admin
+  storage:
+    size: "1Gi"
+`, "\t", ""))
+	c.must("wait", "--for=condition=Ready", "pod/s3", "--timeout=120s")
+	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/s3-db", "--timeout=240s")
+	if out, err := c.psql("s3-db-0", true, "CREATE TABLE t(id int primary key, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 3000) i"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	sum := func() string {
+		out, err := c.psql("s3-db-0", true, "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t")
+		if err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		return strings.TrimSpace(out)
+	}
+	original := sum()
+
+	// Every minute; the first run starts at the next minute.
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: s3-nightly
+spec:
+  databaseRef: {name: s3-db}
+  schedule: "* * * * *"
+  retention: 1
+  storageLocation: s3://backups/e2e
+  s3:
+    endpoint: http://s3:7070
+    forcePathStyle: true
+    credentialsSecret: {name: s3-creds}
+`)
+	c.eventually(3*time.Minute, "a completed scheduled run", func() string {
+		if n := c.jsonpath("backup/s3-nightly", "{.status.backupCount}"); n != "1" {
+			return "backupCount " + n + "; runs: " + c.jsonpath("backups", "{range .items[*]}{.metadata.name}={.status.phase} {end}")
+		}
+		return ""
+	})
+	loc := c.jsonpath("backup/s3-nightly", "{.status.backupLocation}")
+	if !strings.HasPrefix(loc, "s3://backups/e2e/"+c.ns+"/s3-db/s3-nightly-") {
+		t.Errorf("backupLocation %q", loc)
+	}
+	// Stop the schedule from adding runs while the restore runs.
+	c.must("patch", "backup", "s3-nightly", "--type=merge", "-p", `{"spec":{"schedule":"0 0 1 1 *"}}`)
+
+	if out, err := c.psql("s3-db-0", true, "TRUNCATE t"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: s3-restore
+spec:
+  databaseRef: {name: s3-db}
+  backupRef: {name: s3-nightly}
+`)
+	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "restore/s3-restore", "--timeout=300s")
+	if got := sum(); got != original {
+		t.Errorf("data after restore %s, want %s", got, original)
+	}
+	if got := c.jsonpath("restore/s3-restore", "{.status.backupLocation}"); got != loc {
+		t.Errorf("restored %s, want the newest run %s", got, loc)
+	}
+}
