@@ -44,6 +44,15 @@ type verdict struct {
 // same inputs give the same status, and conditions keep their transition times when
 // their status does not change.
 func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseStatus {
+	if obs.ReconcileErr != nil {
+		// What was observed is incomplete: keep the last known state of the database
+		// (phase, readiness) and report the operator's error in Reconciling, rather
+		// than guess a phase from half an observation. observedGeneration is not
+		// advanced: the current spec has not been applied.
+		st := *db.Status.DeepCopy()
+		setCondition(&st, db.Generation, databasev1.ConditionReconciling, metav1.ConditionTrue, databasev1.ReasonReconcileError, obs.ReconcileErr.Error())
+		return st
+	}
 	st := databasev1.DatabaseStatus{
 		ObservedGeneration: db.Generation,
 		SecretName:         credentialsSecretName(db),
@@ -70,11 +79,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	if st.Ready {
 		ready = metav1.ConditionTrue
 	}
-	readyReason, readyMessage := v.Reason, v.Message
-	if obs.ReconcileErr != nil {
-		readyReason, readyMessage = databasev1.ReasonReconcileError, obs.ReconcileErr.Error()
-	}
-	setCondition(&st, db.Generation, databasev1.ConditionReady, ready, readyReason, readyMessage)
+	setCondition(&st, db.Generation, databasev1.ConditionReady, ready, v.Reason, v.Message)
 
 	switch v.Phase {
 	case databasev1.PhaseReady:

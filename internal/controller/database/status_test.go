@@ -136,12 +136,17 @@ func TestDeriveStatusIsStableAndKeepsTransitionTimes(t *testing.T) {
 	}
 }
 
-func TestReconcileErrorIsReportedInReady(t *testing.T) {
+func TestReconcileErrorKeepsTheLastObservationAndIsReportedInReconciling(t *testing.T) {
 	db := testDB(1)
+	db.Status.Phase, db.Status.Ready, db.Status.Endpoint, db.Status.ObservedGeneration = databasev1.PhaseReady, true, "db.ns.svc.cluster.local:5432", 2
 	st := deriveStatus(db, observation{ReconcileErr: errors.New("applying db: conflict")})
-	c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReady)
-	if c.Reason != databasev1.ReasonReconcileError || c.Message != "applying db: conflict" {
-		t.Errorf("Ready = %+v", c)
+	c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReconciling)
+	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonReconcileError || c.Message != "applying db: conflict" {
+		t.Errorf("Reconciling = %+v", c)
+	}
+	if st.Phase != databasev1.PhaseReady || !st.Ready || st.Endpoint != db.Status.Endpoint || st.ObservedGeneration != 2 {
+		t.Errorf("phase %s ready %v endpoint %q generation %d: an error must not rewrite what was known",
+			st.Phase, st.Ready, st.Endpoint, st.ObservedGeneration)
 	}
 }
 
