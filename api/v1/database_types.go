@@ -185,6 +185,7 @@ const (
 	ReasonVerifying               = "Verifying"
 	ReasonPrimaryUnknown          = "PrimaryUnknown"
 	ReasonPrimaryNotWritable      = "PrimaryNotWritable"
+	ReasonServiceNotRouting       = "ServiceNotRouting"
 	ReasonInstanceUnreachable     = "InstanceUnreachable"
 	ReasonReplicaNotStreaming     = "ReplicaNotStreaming"
 	ReasonReplicationLagHigh      = "ReplicationLagHigh"

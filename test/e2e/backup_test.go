@@ -27,6 +27,7 @@ spec:
     size: "1Gi"
 `)
 	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/test-db", "--timeout=240s")
+	c.serviceAnswers("test-db-0")
 	if out, err := c.psql("test-db-0", true, `CREATE TABLE orders(id int primary key, item text, price numeric);
 		INSERT INTO orders SELECT i, 'item-' || i, i * 1.5 FROM generate_series(1, 5000) i`); err != nil {
 		t.Fatalf("seeding: %v\n%s", err, out)
@@ -224,6 +225,7 @@ spec:
 `, "\t", ""))
 	c.must("wait", "--for=condition=Ready", "pod/s3", "--timeout=120s")
 	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/s3-db", "--timeout=240s")
+	c.serviceAnswers("s3-db-0")
 	if out, err := c.psql("s3-db-0", true, "CREATE TABLE t(id int primary key, v text); INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 3000) i"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}

@@ -69,6 +69,7 @@ func TestDatabaseLifecycle(t *testing.T) {
 	}
 
 	// A row written through the read-write Service is readable on the standby.
+	c.serviceAnswers("my-database-0")
 	if out, err := c.psql("my-database-0", true, "CREATE TABLE notes(id int primary key, body text); INSERT INTO notes VALUES (1, 'replicated')"); err != nil {
 		t.Fatalf("write through the Service: %v\n%s", err, out)
 	}
@@ -83,6 +84,7 @@ func TestDatabaseLifecycle(t *testing.T) {
 	// Data survives deleting the primary pod.
 	c.must("delete", "pod", "my-database-0", "--wait=true")
 	c.waitPhase("my-database", "Ready", readyTimeout)
+	c.serviceAnswers("my-database-0")
 	if out, err := c.psql("my-database-0", true, "SELECT body FROM notes WHERE id = 1"); err != nil || strings.TrimSpace(out) != "replicated" {
 		t.Errorf("row after the primary pod was deleted: %v %s", err, out)
 	}

@@ -148,6 +148,19 @@ func (c *cluster) psql(pod string, viaService bool, sql string) (string, error) 
 		`psql -h /controller/run -U postgres -d "$(cat /etc/postgres-operator/credentials/database)" -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
 }
 
+// serviceAnswers waits until the read-write Service answers from pod: Ready means
+// the Service's EndpointSlice lists the primary; kube-proxy programs the node
+// asynchronously, a moment later.
+func (c *cluster) serviceAnswers(pod string) {
+	c.t.Helper()
+	c.eventually(30*time.Second, "the read-write Service to answer", func() string {
+		if out, err := c.psql(pod, true, "SELECT 1"); err != nil {
+			return fmt.Sprintf("%v %s", err, out)
+		}
+		return ""
+	})
+}
+
 func (c *cluster) dump() {
 	c.t.Logf("=== dump of namespace %s", c.ns)
 	for _, args := range [][]string{

@@ -8,6 +8,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -135,6 +136,24 @@ func createPod(t *testing.T, db *databasev1.Database, ordinal int) *corev1.Pod {
 		t.Fatal(err)
 	}
 	return pod
+}
+
+// routeService plays the EndpointSlice controller: the read-write Service of db
+// routes to pod.
+func routeService(t *testing.T, db *databasev1.Database, pod *corev1.Pod) {
+	t.Helper()
+	labels := podLabels(db)
+	labels[discoveryv1.LabelServiceName] = db.Name
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: db.Name + "-rw", Namespace: db.Namespace, Labels: labels},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{pod.Status.PodIP},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Name: pod.Name, Namespace: pod.Namespace}}},
+	}
+	if err := k8s.Create(testCtx, slice); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func primaryReport(pod string, standbys map[string]int64) InstanceReport {
@@ -353,7 +372,7 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 	db := getDB(t, ns, "my-database")
 
 	// The primary pod runs; the standby does not exist yet.
-	createPod(t, db, 0)
+	primaryPod := createPod(t, db, 0)
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", nil))
 	setStatefulSetStatus(t, ns, "my-database", 1, 1, true)
 	db = waitPhase(t, ns, "my-database", databasev1.PhaseDeploying)
@@ -385,8 +404,17 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 		return ""
 	})
 
-	// Streaming within the threshold: Ready.
+	// Streaming within the threshold, but the Service does not route yet.
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", map[string]int64{"my-database-1": 1024}))
+	eventually(t, "ServiceNotRouting", func() string {
+		c := meta.FindStatusCondition(getDB(t, ns, "my-database").Status.Conditions, databasev1.ConditionReady)
+		if c == nil || c.Reason != databasev1.ReasonServiceNotRouting || !strings.Contains(c.Message, "my-database-0") {
+			return fmt.Sprintf("%+v", c)
+		}
+		return ""
+	})
+	// Routed: Ready.
+	routeService(t, db, primaryPod)
 	db = waitPhase(t, ns, "my-database", databasev1.PhaseReady)
 	if !db.Status.Ready || db.Status.CurrentPrimary != "my-database-0" || db.Status.PostgresVersion != "15.18" {
 		t.Errorf("ready status = %+v", db.Status)
@@ -465,7 +493,7 @@ func TestSteadyStateWritesNothing(t *testing.T) {
 	}
 	waitPhase(t, ns, "my-database", databasev1.PhaseProvisioning)
 	db := getDB(t, ns, "my-database")
-	createPod(t, db, 0)
+	routeService(t, db, createPod(t, db, 0))
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", nil))
 	setStatefulSetStatus(t, ns, "my-database", 1, 1, true)
 	waitPhase(t, ns, "my-database", databasev1.PhaseReady)

@@ -12,6 +12,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -59,6 +60,7 @@ type Reconciler struct {
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
 
 // Reconcile moves one Database towards its spec. It never waits: it applies what is
 // needed, records what it observes and requeues.
@@ -147,7 +149,29 @@ func (r *Reconciler) reconcileChildren(ctx context.Context, db *databasev1.Datab
 	if err := r.labelRoles(ctx, pods, obs.Instances); err != nil {
 		return obs, err
 	}
+	if obs.RoutedPods, err = r.routedPods(ctx, db); err != nil {
+		return obs, err
+	}
 	return obs, nil
+}
+
+// routedPods returns the pods that the read-write Service's EndpointSlices list as
+// ready: Ready is only claimed once status.endpoint reaches the primary.
+func (r *Reconciler) routedPods(ctx context.Context, db *databasev1.Database) (map[string]bool, error) {
+	var slices discoveryv1.EndpointSliceList
+	if err := r.List(ctx, &slices, client.InNamespace(db.Namespace),
+		client.MatchingLabels{discoveryv1.LabelServiceName: readWriteServiceName(db)}); err != nil {
+		return nil, fmt.Errorf("listing endpoint slices: %w", err)
+	}
+	out := map[string]bool{}
+	for _, s := range slices.Items {
+		for _, ep := range s.Endpoints {
+			if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+				out[ep.TargetRef.Name] = true
+			}
+		}
+	}
+	return out, nil
 }
 
 // chooseImage returns the image to run. A change of PostgreSQL major version would
@@ -354,8 +378,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToDatabase)).
+		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(sliceToDatabase)).
 		Named("database").
 		Complete(r)
+}
+
+// sliceToDatabase maps an EndpointSlice of a Service the operator manages (the
+// slice carries the Service's labels) to its Database.
+func sliceToDatabase(_ context.Context, o client.Object) []ctrl.Request {
+	l := o.GetLabels()
+	if l[LabelManagedBy] != ManagedByValue || l[LabelDatabase] == "" || l[discoveryv1.LabelServiceName] != l[LabelDatabase] {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[LabelDatabase]}}}
 }
 
 func podToDatabase(_ context.Context, o client.Object) []ctrl.Request {

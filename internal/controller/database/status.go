@@ -31,6 +31,9 @@ type observation struct {
 	ReconcileErr error
 	// RunningImage is the image the StatefulSet runs.
 	RunningImage string
+	// RoutedPods are the pods the read-write Service's EndpointSlices list as ready
+	// endpoints: where connections to status.endpoint actually go.
+	RoutedPods map[string]bool
 }
 
 // verdict is a phase with the reason and message that explain it.
@@ -226,6 +229,9 @@ func verify(db *databasev1.Database, obs observation) (verdict, bool) {
 			return fail(databasev1.ReasonReplicationLagHigh, "Standby %s replay lag is %s, above the %s threshold",
 				n, resource.NewQuantity(rs.LagBytes, resource.BinarySI).String(), resource.NewQuantity(limit, resource.BinarySI).String())
 		}
+	}
+	if !obs.RoutedPods[primary.Pod] {
+		return fail(databasev1.ReasonServiceNotRouting, "Service %s does not route to primary %s yet", readWriteServiceName(db), primary.Pod)
 	}
 	return verdict{}, true
 }

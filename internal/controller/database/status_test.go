@@ -54,6 +54,7 @@ func TestDeriveStatusPhases(t *testing.T) {
 	twoPrimaries := map[string]InstanceReport{"db-0": primaryReport("db-0", nil), "db-1": primaryReport("db-1", nil)}
 	catchingUp := primaryReport("db-0", nil)
 	catchingUp.Status.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "catchup"}}
+	routed := map[string]bool{"db-0": true}
 
 	tests := []struct {
 		name        string
@@ -83,12 +84,14 @@ func TestDeriveStatusPhases(t *testing.T) {
 			Instances: map[string]InstanceReport{"db-0": notWritable, "db-1": healthy["db-1"]}},
 			databasev1.PhaseVerifying, databasev1.ReasonPrimaryNotWritable, "db-0 does not accept writes: read-only"},
 		{"standby catching up", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": catchingUp, "db-1": healthy["db-1"]}},
+			Instances: map[string]InstanceReport{"db-0": catchingUp, "db-1": healthy["db-1"]}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonReplicaNotStreaming, "db-1 is not streaming from primary db-0 (catchup)"},
 		{"standby lagging", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", map[string]int64{"db-1": 17 << 20}), "db-1": healthy["db-1"]}},
+			Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", map[string]int64{"db-1": 17 << 20}), "db-1": healthy["db-1"]}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonReplicationLagHigh, "db-1 replay lag is 17Mi, above the 16Mi threshold"},
-		{"healthy", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy},
+		{"service not routing to the primary yet", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy},
+			databasev1.PhaseVerifying, databasev1.ReasonServiceNotRouting, "Service db does not route to primary db-0"},
+		{"healthy", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy, RoutedPods: routed},
 			databasev1.PhaseReady, databasev1.ReasonChecksPassed, "db-0 accepts writes; 1 standby"},
 		{"refused", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Refusal: "major change"},
 			databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, "major change"},
@@ -122,7 +125,7 @@ func TestDeriveStatusPhases(t *testing.T) {
 func TestDeriveStatusIsStableAndKeepsTransitionTimes(t *testing.T) {
 	db := testDB(1)
 	obs := observation{StatefulSet: sts(1, 1, 1, "a", "a"), Pods: pods("db-0"),
-		Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", nil)}}
+		Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", nil)}, RoutedPods: map[string]bool{"db-0": true}}
 	first := deriveStatus(db, obs)
 	for i := range first.Conditions {
 		first.Conditions[i].LastTransitionTime = metav1.Unix(1000, 0)
