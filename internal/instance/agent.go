@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -62,7 +63,13 @@ func Run(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	// SIGTERM (pod deletion) and SIGINT become a fast shutdown of PostgreSQL.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	return NewAgent(cfg).Run(ctx)
 }
 
@@ -76,7 +83,10 @@ type Agent struct {
 	cred *syscall.Credential
 	// exited is set once the postgres process has exited.
 	exited atomic.Bool
-	token  []byte
+	// setUp is set once a primary's roles, database and heartbeat table are in
+	// place (always set on a standby): the instance is not ready before.
+	setUp atomic.Bool
+	token []byte
 	// ready is closed when the HTTP server listens.
 	ready chan struct{}
 	addr  atomic.Value // net.Addr of the HTTP server
@@ -157,6 +167,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.writePassfile(); err != nil {
 		return err
 	}
+	if !a.IsPrimary() {
+		a.setUp.Store(true)
+	}
 	if !a.hasData() {
 		if a.IsPrimary() {
 			err = a.initdb(ctx)
@@ -169,6 +182,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return err
 		}
+	}
+	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
+	// handling may have widened it.
+	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil {
+		return fmt.Errorf("restricting the data directory: %w", err)
 	}
 	if err := a.writeConfig(); err != nil {
 		return err
@@ -218,13 +236,36 @@ func (a *Agent) hasData() bool {
 	return err == nil
 }
 
-// command prepares a PostgreSQL program to run as the postgres user.
+// command prepares a PostgreSQL program to run as the postgres user (when the
+// agent is root) in its own process group. Ending ctx sends SIGTERM to the whole
+// group (pg_basebackup forks a WAL streamer), then SIGKILL if it lingers.
 func (a *Agent) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: a.cred}
+	// The passfile's path, never a password.
 	cmd.Env = append(os.Environ(), "PGPASSFILE="+a.passfile())
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
+	cmd.WaitDelay = 10 * time.Second
 	return cmd
+}
+
+// stagingDir is where initdb and pg_basebackup build a data directory before it is
+// renamed into place, so an interrupted bootstrap never leaves a PGDATA that looks
+// complete (PG_VERSION is written early).
+func (a *Agent) stagingDir() string {
+	return filepath.Join(filepath.Dir(a.cfg.PGData), "."+filepath.Base(a.cfg.PGData)+".staging")
+}
+
+// install moves a complete staging directory to PGDATA.
+func (a *Agent) install() error {
+	if err := os.RemoveAll(a.cfg.PGData); err != nil {
+		return fmt.Errorf("clearing a partial data directory: %w", err)
+	}
+	if err := os.Rename(a.stagingDir(), a.cfg.PGData); err != nil {
+		return fmt.Errorf("installing the data directory: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) passfile() string { return filepath.Join(a.cfg.RunDir, "pgpass") }
@@ -269,38 +310,42 @@ func (a *Agent) writeFile(path, content string, mode os.FileMode) error {
 	return nil
 }
 
+// initdb creates a new cluster without a superuser password: the superuser only
+// logs in over the private socket (peer).
 func (a *Agent) initdb(ctx context.Context) error {
 	a.log.Info("initialising a new primary", "pgdata", a.cfg.PGData)
-	if err := os.RemoveAll(a.cfg.PGData); err != nil {
+	staging := a.stagingDir()
+	if err := os.RemoveAll(staging); err != nil {
 		return fmt.Errorf("clearing a partial data directory: %w", err)
 	}
 	cmd := a.command(ctx, a.bins.Initdb,
-		"--pgdata="+a.cfg.PGData,
+		"--pgdata="+staging,
 		"--username=postgres",
 		"--auth-local=peer",
 		"--auth-host=scram-sha-256",
 		"--data-checksums",
 		"--encoding=UTF8",
-		"--no-locale",
 		"--no-instructions",
 	)
 	if err := cmd.Run(); err != nil {
+		_ = os.RemoveAll(staging)
 		return fmt.Errorf("initdb: %w", err)
 	}
-	return nil
+	return a.install()
 }
 
 // clone copies the primary with pg_basebackup, retrying until it succeeds or ctx
 // ends: the primary may still be starting.
 func (a *Agent) clone(ctx context.Context) error {
 	delay := a.cfg.CloneRetry
+	staging := a.stagingDir()
 	for attempt := 1; ; attempt++ {
-		if err := os.RemoveAll(a.cfg.PGData); err != nil {
+		if err := os.RemoveAll(staging); err != nil {
 			return fmt.Errorf("clearing a partial data directory: %w", err)
 		}
-		a.log.Info("cloning the primary", "host", a.cfg.PrimaryHost, "attempt", attempt)
+		a.log.Info("cloning the primary", "host", a.cfg.PrimaryHost, "port", a.cfg.PrimaryPort, "attempt", attempt)
 		cmd := a.command(ctx, a.bins.PgBasebackup,
-			"--pgdata="+a.cfg.PGData,
+			"--pgdata="+staging,
 			"--host="+a.cfg.PrimaryHost,
 			"--port="+strconv.Itoa(a.cfg.PrimaryPort),
 			"--username="+ReplicationUser,
@@ -310,12 +355,19 @@ func (a *Agent) clone(ctx context.Context) error {
 		)
 		err := cmd.Run()
 		if err == nil {
-			return nil
+			if err := a.writeFile(filepath.Join(staging, "standby.signal"), "", 0o600); err != nil {
+				return err
+			}
+			return a.install()
+		}
+		if ctx.Err() != nil {
+			_ = os.RemoveAll(staging)
+			return ctx.Err()
 		}
 		a.log.Warn("pg_basebackup failed; retrying", "error", err.Error(), "in", delay.String())
 		select {
 		case <-ctx.Done():
-			_ = os.RemoveAll(a.cfg.PGData)
+			_ = os.RemoveAll(staging)
 			return ctx.Err()
 		case <-time.After(delay):
 		}
@@ -326,11 +378,19 @@ func (a *Agent) clone(ctx context.Context) error {
 // writeConfig rewrites the configuration the agent owns, at every start.
 func (a *Agent) writeConfig() error {
 	primary := a.IsPrimary()
+	var quoteErr error
+	q := func(v string) string {
+		quoted, err := postgres.QuoteConfString(v)
+		if err != nil && quoteErr == nil {
+			quoteErr = err
+		}
+		return quoted
+	}
 	conf := []string{
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
-		"listen_addresses = " + postgres.QuoteLiteral(a.cfg.ListenAddresses),
+		"listen_addresses = " + q(a.cfg.ListenAddresses),
 		"port = " + strconv.Itoa(a.cfg.Port),
-		"unix_socket_directories = " + postgres.QuoteLiteral(a.cfg.RunDir),
+		"unix_socket_directories = " + q(a.cfg.RunDir),
 		"unix_socket_permissions = 0700",
 		"wal_level = replica",
 		"hot_standby = on",
@@ -338,10 +398,11 @@ func (a *Agent) writeConfig() error {
 		"max_replication_slots = 10",
 		"wal_keep_size = '512MB'",
 		"password_encryption = 'scram-sha-256'",
-		"hba_file = " + postgres.QuoteLiteral(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
-		"ident_file = " + postgres.QuoteLiteral(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
+		"hba_file = " + q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
+		"ident_file = " + q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
 	}
 	if !primary {
+		// libpq reads the password from the passfile: none is in the configuration.
 		conninfo := strings.Join([]string{
 			"host=" + postgres.ConninfoValue(a.cfg.PrimaryHost),
 			"port=" + strconv.Itoa(a.cfg.PrimaryPort),
@@ -350,9 +411,12 @@ func (a *Agent) writeConfig() error {
 			"application_name=" + postgres.ConninfoValue(a.cfg.PodName),
 			"sslmode=prefer",
 		}, " ")
-		conf = append(conf, "primary_conninfo = "+postgres.QuoteLiteral(conninfo))
+		conf = append(conf, "primary_conninfo = "+q(conninfo))
 	}
-	if err := a.writeFile(filepath.Join(a.cfg.PGData, "postgresql.operator.conf"), strings.Join(conf, "\n")+"\n", 0o600); err != nil {
+	if quoteErr != nil {
+		return quoteErr
+	}
+	if err := a.writeFile(filepath.Join(a.cfg.PGData, operatorConfFile), strings.Join(conf, "\n")+"\n", 0o600); err != nil {
 		return err
 	}
 
@@ -361,7 +425,7 @@ func (a *Agent) writeConfig() error {
 	if err != nil {
 		return fmt.Errorf("reading postgresql.conf: %w", err)
 	}
-	const include = "include_if_exists = 'postgresql.operator.conf'"
+	const include = "include_if_exists = '" + operatorConfFile + "'"
 	if !strings.Contains(string(b), include) {
 		if err := a.writeFile(mainConf, string(b)+"\n"+include+"\n", 0o600); err != nil {
 			return err
@@ -386,9 +450,12 @@ func (a *Agent) writeConfig() error {
 		return err
 	}
 
-	signal := filepath.Join(a.cfg.PGData, "standby.signal")
 	if primary {
 		return nil
 	}
-	return a.writeFile(signal, "", 0o600)
+	return a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)
 }
+
+// operatorConfFile is the file in PGDATA holding the settings the agent owns;
+// postgresql.conf includes it last.
+const operatorConfFile = "postgresql.operator.conf"

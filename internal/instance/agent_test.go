@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -24,6 +25,12 @@ import (
 
 // These tests run real PostgreSQL (Debian's, found like the agent finds it) on
 // loopback ports: a primary bootstrapped by the agent and a standby cloned by it.
+
+const (
+	testAppUser      = "appuser"
+	testAppDB        = "appdb"
+	testReplPassword = "repl-secret-42"
+)
 
 type testInstance struct {
 	t      *testing.T
@@ -59,30 +66,31 @@ func testRoot(t *testing.T) string {
 func newSecrets(t *testing.T, root string) testSecrets {
 	t.Helper()
 	s := testSecrets{dir: root, credentials: filepath.Join(root, "credentials"), internal: filepath.Join(root, "internal"),
-		appPassword: "app-Pa55:word'x", token: "test-token-0123456789"}
+		appPassword: `app-Pa55:word'x\y`, token: "test-token-0123456789"}
 	files := map[string]string{
-		filepath.Join(s.credentials, CredentialsUsernameFile):      "appuser",
+		filepath.Join(s.credentials, CredentialsUsernameFile):      testAppUser,
 		filepath.Join(s.credentials, CredentialsPasswordFile):      s.appPassword,
-		filepath.Join(s.credentials, CredentialsDatabaseFile):      "appdb",
-		filepath.Join(s.internal, InternalReplicationPasswordFile): "repl-secret-42",
+		filepath.Join(s.credentials, CredentialsDatabaseFile):      testAppDB,
+		filepath.Join(s.internal, InternalReplicationPasswordFile): testReplPassword,
 		filepath.Join(s.internal, InternalAgentTokenFile):          s.token + "\n",
 	}
 	for p, v := range files {
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(v), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		writeTestFile(t, p, v)
 	}
 	return s
 }
 
-func startInstance(t *testing.T, s testSecrets, name, pod string, port, primaryPort int) *testInstance {
+func writeTestFile(t *testing.T, path, content string) {
 	t.Helper()
-	if err := os.MkdirAll(filepath.Join(s.dir, name), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func testConfig(s testSecrets, name, pod string, port, primaryPort int) Config {
 	cfg := Config{
 		PGData:          filepath.Join(s.dir, name, "data", "pgdata"),
 		CredentialsDir:  s.credentials,
@@ -101,6 +109,15 @@ func startInstance(t *testing.T, s testSecrets, name, pod string, port, primaryP
 	if os.Getenv("TEST_VERBOSE") != "" {
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	return cfg
+}
+
+func startInstance(t *testing.T, s testSecrets, name, pod string, port, primaryPort int) *testInstance {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(s.dir, name), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(s, name, pod, port, primaryPort)
 	ctx, cancel := context.WithCancel(context.Background())
 	ti := &testInstance{t: t, agent: NewAgent(cfg), cancel: cancel, done: make(chan error, 1), cfg: cfg}
 	go func() { ti.done <- ti.agent.Run(ctx) }()
@@ -119,12 +136,10 @@ func (ti *testInstance) stop() error {
 	}
 }
 
-func (ti *testInstance) url(path string) string {
-	return "http://" + ti.agent.Addr().String() + path
-}
+func (ti *testInstance) baseURL() string { return "http://" + ti.agent.Addr().String() }
 
-func (ti *testInstance) get(path, token string) (int, string) {
-	req, _ := http.NewRequest(http.MethodGet, ti.url(path), nil)
+func get(url, token string) (int, string) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -137,8 +152,10 @@ func (ti *testInstance) get(path, token string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+func (ti *testInstance) get(path, token string) (int, string) { return get(ti.baseURL()+path, token) }
+
 func (ti *testInstance) status(token string) (*Status, error) {
-	return NewClient(nil, token).GetStatus(context.Background(), "http://"+ti.agent.Addr().String())
+	return NewClient(nil, token).GetStatus(context.Background(), ti.baseURL())
 }
 
 func (ti *testInstance) mustStatus(t *testing.T, token string) *Status {
@@ -163,14 +180,43 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() err
 	t.Fatalf("timed out waiting for %s: %v", what, err)
 }
 
-// appConn connects over TCP as the application user with its password (SCRAM).
+// appConn connects over TCP as the application user with a password (SCRAM).
 func appConn(ctx context.Context, port int, password, database string) (*pgx.Conn, error) {
-	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=appuser dbname=%s sslmode=disable", port, database))
+	cfg, err := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", port, testAppUser, database))
 	if err != nil {
 		return nil, err
 	}
 	cfg.Password = password
 	return pgx.ConnectConfig(ctx, cfg)
+}
+
+func waitForAppLogin(t *testing.T, port int, password string) {
+	t.Helper()
+	waitUntil(t, 60*time.Second, "the application role to log in", func() error {
+		c, err := appConn(context.Background(), port, password, testAppDB)
+		if err != nil {
+			return err
+		}
+		return c.Close(context.Background())
+	})
+}
+
+// serverMajor is the major version of the PostgreSQL binaries the agent uses.
+func serverMajor(t *testing.T) string {
+	t.Helper()
+	bins, err := postgres.FindBinaries("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bins.Postgres, "-V").Output() // "postgres (PostgreSQL) 15.14 (Debian ...)"
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) < 3 {
+		t.Fatalf("postgres -V: %q", out)
+	}
+	return strings.SplitN(f[2], ".", 2)[0]
 }
 
 func TestPrimaryAndStreamingStandby(t *testing.T) {
@@ -180,19 +226,21 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
 
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
-	if code, _ := primary.get(PathHealthz, ""); code != http.StatusOK {
-		t.Errorf("liveness during bootstrap = %d, want 200", code)
-	}
+
+	t.Run("while bootstrapping the agent is live but not ready", func(t *testing.T) {
+		if code, body := primary.get(PathHealthz, ""); code != http.StatusOK || body != "ok" {
+			t.Errorf("liveness during bootstrap = %d %q, want 200 ok", code, body)
+		}
+		for _, p := range []string{PathReadyz, PathStartup} {
+			if code, _ := primary.get(p, ""); code != http.StatusServiceUnavailable {
+				t.Errorf("%s during bootstrap = %d, want 503", p, code)
+			}
+		}
+	})
 
 	t.Run("primary bootstraps: application role logs in with the Secret's password and owns its database", func(t *testing.T) {
-		waitUntil(t, 60*time.Second, "the application role to log in", func() error {
-			c, err := appConn(ctx, pPort, s.appPassword, "appdb")
-			if err != nil {
-				return err
-			}
-			return c.Close(ctx)
-		})
-		c, err := appConn(ctx, pPort, s.appPassword, "appdb")
+		waitForAppLogin(t, pPort, s.appPassword)
+		c, err := appConn(ctx, pPort, s.appPassword, testAppDB)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -201,8 +249,8 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		if err := c.QueryRow(ctx, "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()").Scan(&owner); err != nil {
 			t.Fatal(err)
 		}
-		if owner != "appuser" {
-			t.Errorf("appdb owner = %s", owner)
+		if owner != testAppUser {
+			t.Errorf("%s owner = %s", testAppDB, owner)
 		}
 		if err := c.QueryRow(ctx, "SHOW data_checksums").Scan(&checksums); err != nil || checksums != "on" {
 			t.Errorf("data_checksums = %q (%v)", checksums, err)
@@ -210,7 +258,16 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		if err := c.QueryRow(ctx, "SHOW password_encryption").Scan(&method); err != nil || method != "scram-sha-256" {
 			t.Errorf("password_encryption = %q (%v)", method, err)
 		}
-		if _, err := appConn(ctx, pPort, "wrong", "appdb"); err == nil {
+		var appSuper, replCanLogin, replReplication bool
+		if err := c.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&appSuper); err != nil || appSuper {
+			t.Errorf("application role superuser = %v (%v)", appSuper, err)
+		}
+		if err := c.QueryRow(ctx, "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = $1", ReplicationUser).
+			Scan(&replCanLogin, &replReplication); err != nil || !replCanLogin || !replReplication {
+			t.Errorf("replication role login=%v replication=%v (%v)", replCanLogin, replReplication, err)
+		}
+		if bad, err := appConn(ctx, pPort, "wrong", testAppDB); err == nil {
+			bad.Close(ctx)
 			t.Error("a wrong password was accepted")
 		}
 		if _, err := c.Exec(ctx, "CREATE TABLE items (id int PRIMARY KEY, name text)"); err != nil {
@@ -218,7 +275,61 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
-	t.Run("probes: ready once postgres answers", func(t *testing.T) {
+	t.Run("postgres runs as the postgres OS user and owns the data directory", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			t.Skip("the agent drops privileges only when it runs as root")
+		}
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		for _, p := range []string{primary.cfg.PGData, primary.cfg.RunDir, filepath.Join(primary.cfg.RunDir, "pgpass")} {
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := int(st.Sys().(*syscall.Stat_t).Uid); got != uid {
+				t.Errorf("%s owned by uid %d, want postgres (%d)", p, got, uid)
+			}
+			if st.Mode().Perm()&0o077 != 0 {
+				t.Errorf("%s has mode %v, want private", p, st.Mode().Perm())
+			}
+		}
+	})
+
+	t.Run("quoting survives a real server, whatever standard_conforming_strings is", func(t *testing.T) {
+		c, err := appConn(ctx, pPort, s.appPassword, testAppDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		for _, scs := range []string{"on", "off"} {
+			if _, err := c.Exec(ctx, "SET standard_conforming_strings = "+scs); err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range []string{`plain`, `it's`, `back\slash`, `\'; SELECT 1; --`, `"quoted" name`, "ünïcode"} {
+				var got string
+				rows, err := c.Query(ctx, "SELECT "+postgres.QuoteLiteral(v)+" AS "+postgres.QuoteIdentifier(v), pgx.QueryExecModeExec) // parsed afresh under each setting
+				if err != nil {
+					t.Errorf("scs=%s %q: %v", scs, v, err)
+					continue
+				}
+				name := string(rows.FieldDescriptions()[0].Name)
+				for rows.Next() {
+					if err := rows.Scan(&got); err != nil {
+						t.Error(err)
+					}
+				}
+				rows.Close()
+				if got != v || name != v {
+					t.Errorf("scs=%s: literal %q came back as %q, identifier as %q", scs, v, got, name)
+				}
+			}
+		}
+	})
+
+	t.Run("probes: live and ready once postgres answers", func(t *testing.T) {
 		for _, p := range []string{PathReadyz, PathStartup, PathHealthz} {
 			if code, body := primary.get(p, ""); code != http.StatusOK {
 				t.Errorf("%s = %d %s", p, code, body)
@@ -226,24 +337,28 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
-	t.Run("status requires the token", func(t *testing.T) {
+	t.Run("status requires the token and reports a writable primary", func(t *testing.T) {
 		for _, tok := range []string{"", "wrong-token", s.token + "x"} {
-			if code, body := primary.get(PathStatus, tok); code != http.StatusUnauthorized || strings.Contains(body, "primary") {
+			if code, body := primary.get(PathStatus, tok); code != http.StatusUnauthorized || strings.Contains(body, "db-0") {
 				t.Errorf("token %q: %d %s", tok, code, body)
 			}
 		}
+		if _, err := primary.status("wrong-token"); err == nil || !strings.Contains(err.Error(), "401") {
+			t.Errorf("client with a wrong token: %v, want an error naming 401", err)
+		}
 		st := primary.mustStatus(t, s.token)
-		if st.Role != RolePrimary || !st.Running || st.InRecovery || !st.Writable || st.Pod != "db-0" {
+		if st.Role != RolePrimary || !st.Running || st.InRecovery || !st.Writable || st.WriteError != "" || st.Pod != "db-0" || st.Error != "" {
 			t.Errorf("primary status = %+v", st)
 		}
-		if !strings.HasPrefix(st.ServerVersion, "1") || st.ServerVersionNum < 100000 || st.Timeline != 1 || st.CurrentLSN == "" {
-			t.Errorf("version/timeline/LSN = %q %d %d %q", st.ServerVersion, st.ServerVersionNum, st.Timeline, st.CurrentLSN)
+		major := serverMajor(t)
+		if !strings.HasPrefix(st.ServerVersion, major+".") || st.ServerVersionNum/10000 != mustAtoi(t, major) || st.Timeline != 1 || st.CurrentLSN == "" {
+			t.Errorf("version/timeline/LSN = %q %d %d %q, want version %s", st.ServerVersion, st.ServerVersionNum, st.Timeline, st.CurrentLSN, major)
 		}
 	})
 
-	t.Run("replication role exists and cannot log in to databases over TCP", func(t *testing.T) {
+	t.Run("replication role cannot log in to databases over TCP", func(t *testing.T) {
 		cfg, _ := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable", pPort, ReplicationUser))
-		cfg.Password = "repl-secret-42"
+		cfg.Password = testReplPassword
 		if c, err := pgx.ConnectConfig(ctx, cfg); err == nil {
 			c.Close(ctx)
 			t.Error("the replication role logged in to a database")
@@ -253,7 +368,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
 
 	t.Run("standby clones the primary and streams: a row written on the primary is read on the standby", func(t *testing.T) {
-		waitUntil(t, 90*time.Second, "the standby to stream", func() error {
+		waitUntil(t, 60*time.Second, "the standby to stream", func() error {
 			st, err := standby.status(s.token)
 			if err != nil {
 				return err
@@ -263,7 +378,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			}
 			return nil
 		})
-		c, err := appConn(ctx, pPort, s.appPassword, "appdb")
+		c, err := appConn(ctx, pPort, s.appPassword, testAppDB)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -272,7 +387,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitUntil(t, 30*time.Second, "the row on the standby", func() error {
-			sc, err := appConn(ctx, sPort, s.appPassword, "appdb")
+			sc, err := appConn(ctx, sPort, s.appPassword, testAppDB)
 			if err != nil {
 				return err
 			}
@@ -286,13 +401,29 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			}
 			return nil
 		})
-		sc, err := appConn(ctx, sPort, s.appPassword, "appdb")
+		sc, err := appConn(ctx, sPort, s.appPassword, testAppDB)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer sc.Close(ctx)
 		if _, err := sc.Exec(ctx, "INSERT INTO items VALUES (2, 'x')"); err == nil {
 			t.Error("the standby accepted a write")
+		}
+		if _, err := os.Stat(filepath.Join(standby.cfg.PGData, "standby.signal")); err != nil {
+			t.Errorf("standby.signal: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(primary.cfg.PGData, "standby.signal")); !os.IsNotExist(err) {
+			t.Errorf("the primary has a standby.signal: %v", err)
+		}
+	})
+
+	t.Run("standby is ready and reports its replay position", func(t *testing.T) {
+		if code, body := standby.get(PathReadyz, ""); code != http.StatusOK {
+			t.Errorf("standby readiness = %d %s", code, body)
+		}
+		st := standby.mustStatus(t, s.token)
+		if !st.Running || !st.InRecovery || st.Writable || st.ReplayLSN == "" || st.ReceiveLSN == "" || st.CurrentLSN != st.ReplayLSN || st.ReplayLagBytes < 0 || st.Error != "" {
+			t.Errorf("standby status %+v", st)
 		}
 	})
 
@@ -302,7 +433,8 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if len(st.Replicas) != 1 || st.Replicas[0].ApplicationName != "db-1" || st.Replicas[0].State != "streaming" || st.Replicas[0].ReplayLSN == "" {
+			if len(st.Replicas) != 1 || st.Replicas[0].ApplicationName != "db-1" || st.Replicas[0].State != "streaming" ||
+				st.Replicas[0].SyncState != "async" || st.Replicas[0].SentLSN == "" || st.Replicas[0].ReplayLSN == "" {
 				return fmt.Errorf("replicas %+v", st.Replicas)
 			}
 			if st.Replicas[0].LagBytes < 0 || st.Replicas[0].LagBytes > 16<<20 {
@@ -310,75 +442,277 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			}
 			return nil
 		})
-		st := standby.mustStatus(t, s.token)
-		if st.Writable || st.ReplayLSN == "" || st.ReceiveLSN == "" {
-			t.Errorf("standby status %+v", st)
-		}
 	})
 
-	t.Run("SIGTERM stops postgres with a fast shutdown and the agent returns nil", func(t *testing.T) {
-		if err := standby.stop(); err != nil {
-			t.Errorf("standby agent returned %v", err)
-		}
-		if _, err := os.Stat(standby.agent.pidFile()); !os.IsNotExist(err) {
-			t.Errorf("postmaster.pid still exists after shutdown: %v", err)
-		}
-		if err := primary.stop(); err != nil {
-			t.Errorf("primary agent returned %v", err)
-		}
-	})
-
-	t.Run("restart on an existing data directory keeps the data", func(t *testing.T) {
-		again := startInstance(t, s, "primary", "db-0", pPort, pPort)
-		waitUntil(t, 60*time.Second, "the restarted primary", func() error {
-			c, err := appConn(ctx, pPort, s.appPassword, "appdb")
-			if err != nil {
-				return err
+	t.Run("cancellation stops postgres with a fast shutdown and the agent returns nil", func(t *testing.T) {
+		for _, in := range []*testInstance{standby, primary} {
+			start := time.Now()
+			if err := in.stop(); err != nil {
+				t.Errorf("%s agent returned %v", in.cfg.PodName, err)
 			}
-			defer c.Close(ctx)
-			var name string
-			return c.QueryRow(ctx, "SELECT name FROM items WHERE id = 1").Scan(&name)
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("%s took %v to stop", in.cfg.PodName, d)
+			}
+			if _, err := os.Stat(in.agent.pidFile()); !os.IsNotExist(err) {
+				t.Errorf("%s: postmaster.pid still exists after shutdown: %v", in.cfg.PodName, err)
+			}
+		}
+	})
+
+	t.Run("restart keeps the data, rewrites the same configuration, applies a rotated password and stops on SIGTERM", func(t *testing.T) {
+		owned := []string{operatorConfFile, "pg_hba.conf", "pg_ident.conf", "postgresql.conf"}
+		before := map[string]string{}
+		for _, f := range owned {
+			b, err := os.ReadFile(filepath.Join(primary.cfg.PGData, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[f] = string(b)
+		}
+		const rotated = "rotated-Pa55word"
+		writeTestFile(t, filepath.Join(s.credentials, CredentialsPasswordFile), rotated+"\n")
+
+		// The exported entry point, with the flags the pod passes.
+		agentPort := testenv.FreePort(t)
+		args := []string{
+			"--pgdata=" + primary.cfg.PGData, "--credentials-dir=" + s.credentials, "--internal-dir=" + s.internal,
+			"--run-dir=" + primary.cfg.RunDir, "--pod-name=db-0", "--primary-host=127.0.0.1",
+			"--port=" + strconv.Itoa(pPort), "--agent-port=" + strconv.Itoa(agentPort), "--agent-address=127.0.0.1",
+			"--listen-addresses=127.0.0.1",
+		}
+		done := make(chan error, 1)
+		runCtx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { done <- Run(runCtx, args) }()
+		base := fmt.Sprintf("http://127.0.0.1:%d", agentPort)
+		waitUntil(t, 60*time.Second, "the restarted primary to be ready", func() error {
+			if code, body := get(base+PathReadyz, ""); code != http.StatusOK {
+				return fmt.Errorf("%d %s", code, body)
+			}
+			return nil
 		})
-		conf, err := os.ReadFile(filepath.Join(again.cfg.PGData, "postgresql.conf"))
+
+		c, err := appConn(ctx, pPort, rotated, testAppDB)
 		if err != nil {
+			t.Fatalf("the rotated password does not log in: %v", err)
+		}
+		var name string
+		if err := c.QueryRow(ctx, "SELECT name FROM items WHERE id = 1").Scan(&name); err != nil || name != "replicated" {
+			t.Errorf("data written before the restart: %q (%v)", name, err)
+		}
+		c.Close(ctx)
+		if old, err := appConn(ctx, pPort, s.appPassword, testAppDB); err == nil {
+			old.Close(ctx)
+			t.Error("the previous password still logs in")
+		}
+		for _, f := range owned {
+			b, err := os.ReadFile(filepath.Join(primary.cfg.PGData, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != before[f] {
+				t.Errorf("%s changed across a restart:\n%s\n---\n%s", f, before[f], b)
+			}
+		}
+		if n := strings.Count(before["postgresql.conf"], "include_if_exists = '"+operatorConfFile+"'"); n != 1 {
+			t.Errorf("the include line appears %d times", n)
+		}
+		st, err := NewClient(nil, s.token).GetStatus(ctx, base+"/")
+		if err != nil || !st.Writable || st.Timeline != 1 {
+			t.Errorf("status after restart: %+v (%v)", st, err)
+		}
+
+		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		if n := strings.Count(string(conf), "include_if_exists = 'postgresql.operator.conf'"); n != 1 {
-			t.Errorf("include line appears %d times after a restart", n)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run returned %v after SIGTERM, want nil", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Run did not return within 30s of SIGTERM")
 		}
-		if err := again.stop(); err != nil {
-			t.Error(err)
+		if _, err := os.Stat(filepath.Join(primary.cfg.PGData, "postmaster.pid")); !os.IsNotExist(err) {
+			t.Errorf("postmaster.pid still exists after SIGTERM: %v", err)
 		}
 	})
 }
 
-func TestPostgresRunsAsThePostgresUserWhenTheAgentIsRoot(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root")
-	}
-	root := testRoot(t)
-	s := newSecrets(t, root)
-	port := testenv.FreePort(t)
-	in := startInstance(t, s, "p", "solo-0", port, port)
-	waitUntil(t, 60*time.Second, "readiness", func() error {
-		if code, body := in.get(PathReadyz, ""); code != http.StatusOK {
-			return fmt.Errorf("%d %s", code, body)
-		}
-		return nil
-	})
-	st, err := os.Stat(in.cfg.PGData)
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u, _ := user.Lookup("postgres")
-	uid, _ := strconv.Atoi(u.Uid)
-	if got := int(st.Sys().(*syscall.Stat_t).Uid); got != uid {
-		t.Errorf("data directory owned by uid %d, want postgres (%d)", got, uid)
+	return n
+}
+
+func TestAgentAnswersWhilePostgresIsDown(t *testing.T) {
+	root := testRoot(t)
+	s := newSecrets(t, root)
+	// Nothing listens on the primary port: the standby keeps retrying its clone.
+	closedPort := testenv.FreePort(t)
+	in := startInstance(t, s, "waiting", "db-2", testenv.FreePort(t), closedPort)
+	time.Sleep(300 * time.Millisecond) // at least one failed pg_basebackup
+
+	if code, body := in.get(PathHealthz, ""); code != http.StatusOK || body != "ok" {
+		t.Errorf("liveness while cloning = %d %q, want 200 ok", code, body)
+	}
+	for _, p := range []string{PathReadyz, PathStartup} {
+		if code, _ := in.get(p, ""); code != http.StatusServiceUnavailable {
+			t.Errorf("%s while cloning = %d, want 503", p, code)
+		}
+	}
+	if code, body := in.get(PathStatus, ""); code != http.StatusUnauthorized || strings.Contains(body, "db-2") {
+		t.Errorf("status without a token = %d %q", code, body)
+	}
+	st := in.mustStatus(t, s.token)
+	if st.Running || st.Error == "" || st.Pod != "db-2" || st.Role != "" {
+		t.Errorf("status while postgres is down = %+v, want not running with an error", st)
+	}
+
+	if err := in.stop(); err != nil {
+		t.Errorf("cancelling during the clone: Run returned %v, want nil", err)
+	}
+	if entries, err := os.ReadDir(filepath.Dir(in.cfg.PGData)); err != nil || len(entries) != 0 {
+		t.Errorf("an interrupted clone left %v (%v)", entries, err)
+	}
+}
+
+func TestWriteConfig(t *testing.T) {
+	tests := []struct {
+		name        string
+		pod         string
+		wantSignal  bool
+		wantInConf  []string
+		wantOutConf []string
+	}{
+		{
+			name:        "primary",
+			pod:         "db-0",
+			wantInConf:  []string{"listen_addresses = '127.0.0.1'", "port = 6543", "unix_socket_permissions = 0700", "wal_level = replica", "hot_standby = on", "wal_keep_size = '512MB'", "password_encryption = 'scram-sha-256'"},
+			wantOutConf: []string{"primary_conninfo"},
+		},
+		{
+			name:       "standby streams from the primary host with the passfile",
+			pod:        "db-1",
+			wantSignal: true,
+			wantInConf: []string{`primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer'`},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			pgdata := filepath.Join(dir, "pgdata")
+			writeTestFile(t, filepath.Join(pgdata, "postgresql.conf"), "shared_buffers = 128MB\n")
+			writeTestFile(t, filepath.Join(pgdata, "pg_hba.conf"), "host all all all trust\n")
+			a := NewAgent(Config{PGData: pgdata, RunDir: filepath.Join(dir, "run"), PodName: tc.pod, PrimaryHost: `prim'ary`,
+				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			for range 2 {
+				if err := a.writeConfig(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			read := func(f string) string {
+				b, err := os.ReadFile(filepath.Join(pgdata, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return string(b)
+			}
+			conf := read(operatorConfFile)
+			for _, want := range tc.wantInConf {
+				want = strings.ReplaceAll(want, "RUN", a.cfg.RunDir)
+				if !strings.Contains(conf, want+"\n") {
+					t.Errorf("%s lacks %q:\n%s", operatorConfFile, want, conf)
+				}
+			}
+			for _, bad := range tc.wantOutConf {
+				if strings.Contains(conf, bad) {
+					t.Errorf("%s has %q", operatorConfFile, bad)
+				}
+			}
+			if main := read("postgresql.conf"); strings.Count(main, "include_if_exists = 'postgresql.operator.conf'") != 1 || !strings.HasPrefix(main, "shared_buffers") {
+				t.Errorf("postgresql.conf after two writes:\n%s", main)
+			}
+			hba := read("pg_hba.conf")
+			if strings.Contains(hba, "trust") {
+				t.Errorf("pg_hba.conf kept a trust line:\n%s", hba)
+			}
+			var rules []string
+			for _, l := range strings.Split(hba, "\n") {
+				if l = strings.Join(strings.Fields(l), " "); l != "" && !strings.HasPrefix(l, "#") {
+					rules = append(rules, l)
+				}
+			}
+			wantRules := []string{
+				"local all postgres peer map=operator",
+				"local all all scram-sha-256",
+				"host replication streaming_replica all scram-sha-256",
+				"host all streaming_replica all reject",
+				"host all postgres all reject",
+				"host all all all scram-sha-256",
+			}
+			if strings.Join(rules, "\n") != strings.Join(wantRules, "\n") {
+				t.Errorf("pg_hba.conf rules:\n%s\nwant:\n%s", strings.Join(rules, "\n"), strings.Join(wantRules, "\n"))
+			}
+			if ident := read("pg_ident.conf"); !strings.Contains(ident, "operator  postgres  postgres\n") || !strings.Contains(ident, "operator  root  postgres\n") {
+				t.Errorf("pg_ident.conf:\n%s", ident)
+			}
+			_, err := os.Stat(filepath.Join(pgdata, "standby.signal"))
+			if got := err == nil; got != tc.wantSignal {
+				t.Errorf("standby.signal present = %v, want %v", got, tc.wantSignal)
+			}
+		})
+	}
+}
+
+func TestWriteConfigRefusesALineBreakInAValue(t *testing.T) {
+	dir := t.TempDir()
+	pgdata := filepath.Join(dir, "pgdata")
+	writeTestFile(t, filepath.Join(pgdata, "postgresql.conf"), "")
+	a := NewAgent(Config{PGData: pgdata, RunDir: dir, PodName: "db-0", Port: 5432, ListenAddresses: "*\nfsync = off",
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := a.writeConfig(); err == nil {
+		t.Error("a listen address with a line break was written")
+	}
+}
+
+func TestValidateNamesRefusesReservedRolesAndTemplates(t *testing.T) {
+	tests := []struct {
+		user, db string
+		ok       bool
+	}{
+		{"app", "app", true},
+		{"app", "postgres", true},
+		{"postgres", "app", false},
+		{ReplicationUser, "app", false},
+		{"pg_monitor", "app", false},
+		{"app", "template1", false},
+		{"app", "template0", false},
+	}
+	for _, tc := range tests {
+		if err := validateNames(tc.user, tc.db); (err == nil) != tc.ok {
+			t.Errorf("validateNames(%q, %q) = %v, want ok=%v", tc.user, tc.db, err, tc.ok)
+		}
+	}
+}
+
+func TestRunRejectsBadFlagsAndPodNamesWithoutOrdinal(t *testing.T) {
+	for _, args := range [][]string{
+		{"--no-such-flag"},
+		{"--pod-name=db", "--bin-dir=/nonexistent"},
+		{"--pod-name=db-0", "stray"},
+	} {
+		if err := Run(context.Background(), args); err == nil {
+			t.Errorf("Run(%q) succeeded", args)
+		}
 	}
 }
 
 func TestOrdinal(t *testing.T) {
-	for pod, want := range map[string]int{"db-0": 0, "my-database-12": 12, "db": -1, "db-x": -1} {
+	for pod, want := range map[string]int{"db-0": 0, "my-database-12": 12, "db": -1, "db-x": -1, "": -1} {
 		if got := Ordinal(pod); got != want {
 			t.Errorf("Ordinal(%q) = %d, want %d", pod, got, want)
 		}

@@ -26,10 +26,12 @@ func (a *Agent) serve() (*http.Server, error) {
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
+	// Ready: PostgreSQL answers SELECT 1 over the socket and, on a primary, the
+	// roles and database of the Secrets are in place.
 	ready := func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		if a.exited.Load() || !a.accepting(ctx) {
+		if a.exited.Load() || !a.setUp.Load() || !a.accepting(ctx) {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
@@ -85,7 +87,7 @@ func NewClient(h *http.Client, token string) *Client {
 
 // GetStatus returns the status of the agent at baseURL (http://host:port).
 func (c *Client) GetStatus(ctx context.Context, baseURL string) (*Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, baseURL+PathStatus, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+PathStatus, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,12 +69,13 @@ func (a *Agent) connect(ctx context.Context, database string) (*pgx.Conn, error)
 }
 
 func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
-	for delay := 200 * time.Millisecond; ; delay = min(delay*2, 5*time.Second) {
+	for delay := 200 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
 		if a.exited.Load() {
 			return
 		}
 		err := a.ensureRoles(ctx)
 		if err == nil {
+			a.setUp.Store(true)
 			a.log.Info("application role, database and replication role are in place")
 			return
 		}
@@ -103,6 +105,9 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := validateNames(appUser, appDB); err != nil {
+		return err
+	}
 	replPassword, err := a.readSecret(a.cfg.InternalDir, InternalReplicationPasswordFile)
 	if err != nil {
 		return err
@@ -118,6 +123,11 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	}
 	if inRecovery {
 		return errors.New("the instance is in recovery")
+	}
+	// The statements below carry password verifiers: keep them out of the server
+	// log even when they fail or log_statement is set.
+	if _, err := conn.Exec(ctx, "SET log_statement = 'none'; SET log_min_error_statement = 'panic'"); err != nil {
+		return err
 	}
 	if err := ensureRole(ctx, conn, ReplicationUser, replPassword, "REPLICATION"); err != nil {
 		return err
@@ -141,6 +151,18 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 }
 
 const heartbeatTable = "public.postgres_operator_heartbeat"
+
+// validateNames refuses application role and database names that would make the
+// agent alter a role or database it relies on.
+func validateNames(user, database string) error {
+	switch {
+	case user == "postgres" || user == ReplicationUser || strings.HasPrefix(user, "pg_"):
+		return fmt.Errorf("the application user may not be %q: it is reserved", user)
+	case database == "template0" || database == "template1":
+		return fmt.Errorf("the application database may not be %q", database)
+	}
+	return nil
+}
 
 func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication string) error {
 	verifier, err := postgres.ScramVerifier(password)

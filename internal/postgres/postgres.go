@@ -17,6 +17,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Binaries are the absolute paths of the PostgreSQL programs the agent runs.
@@ -85,14 +87,31 @@ func highestDebianBinDir() string {
 	return filepath.Join(debianRoot, strconv.Itoa(versions[len(versions)-1]), "bin")
 }
 
-// QuoteIdentifier quotes an SQL identifier.
+// QuoteIdentifier quotes an SQL identifier (a role or database name).
 func QuoteIdentifier(s string) string {
-	return `"` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `"`, `""`) + `"`
+	return pgx.Identifier{s}.Sanitize()
 }
 
-// QuoteLiteral quotes an SQL string literal (standard_conforming_strings on).
+// QuoteLiteral quotes an SQL string literal. A value holding a backslash is
+// written as an escape string (E'...'), so the result means the same whatever
+// standard_conforming_strings is.
 func QuoteLiteral(s string) string {
-	return `'` + strings.ReplaceAll(strings.ReplaceAll(s, "\x00", ""), `'`, `''`) + `'`
+	s = strings.ReplaceAll(s, "\x00", "")
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
+}
+
+// QuoteConfString quotes a string value for postgresql.conf, whose parser
+// processes backslash escapes in quoted values. It fails on characters a value
+// cannot hold (NUL, line breaks).
+func QuoteConfString(s string) (string, error) {
+	if strings.ContainsAny(s, "\x00\r\n") {
+		return "", fmt.Errorf("configuration value %q holds a NUL or line break", s)
+	}
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'", nil
 }
 
 // ScramIterations is the PBKDF2 iteration count of verifiers, PostgreSQL's default.
