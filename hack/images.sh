@@ -51,9 +51,10 @@ postgres_image() {
   find "$r" -xdev \( -uid "$olduid" -o -gid "$oldgid" \) -exec chown -h 999:999 {} + 2>/dev/null || true
   # No Debian-managed cluster: the data directory belongs to the operator's agent.
   rm -rf "$r/var/lib/postgresql/$major" "$r/etc/postgresql/$major"
-  mkdir -p "$r/var/lib/postgresql/data" "$r/var/run/postgresql"
-  chown -R 999:999 "$r/var/lib/postgresql" "$r/var/run/postgresql"
-  chmod 2777 "$r/var/run/postgresql"
+  # Inside the chroot: the root file system's /var/run is an absolute link to /run,
+  # which seen from outside would be the host's.
+  chroot "$r" sh -c "mkdir -p /var/lib/postgresql/data /var/run/postgresql &&
+    chown -R 999:999 /var/lib/postgresql /var/run/postgresql && chmod 2777 /var/run/postgresql"
   rm -rf "$r"/usr/share/doc/* "$r"/usr/share/man/* "$r"/usr/share/info/* "$r"/var/lib/apt/lists/* \
     "$r"/var/cache/apt/* "$r"/var/log/* "$r"/usr/share/locale/* "$r/debootstrap"
   local version; version=$(chroot "$r" "/usr/lib/postgresql/$major/bin/postgres" --version | awk '{print $3}')
