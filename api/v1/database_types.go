@@ -57,10 +57,21 @@ type DatabaseSpec struct {
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 
 	// MaxReplicationLag is the replay lag, in bytes of WAL, above which a standby is
-	// reported as lagging and the Database leaves Ready.
-	// +kubebuilder:default="16Mi"
+	// reported as lagging: it leaves the read-only Service and, when that lasts, the
+	// Database leaves Ready. The default, 64Mi (four WAL segments), absorbs a burst of
+	// writes without flapping while still keeping the read-only endpoint close to the
+	// primary.
+	// +kubebuilder:default="64Mi"
 	// +optional
 	MaxReplicationLag *resource.Quantity `json:"maxReplicationLag,omitempty"`
+
+	// MaxSlotWALKeepSize bounds the WAL the primary keeps for a standby that is
+	// disconnected or behind (PostgreSQL's max_slot_wal_keep_size): every standby has
+	// a physical replication slot, and without a bound a dead standby could fill the
+	// primary's volume. A standby that falls further behind is re-cloned
+	// automatically. Default: a quarter of storage.size, at least 64Mi.
+	// +optional
+	MaxSlotWALKeepSize *resource.Quantity `json:"maxSlotWALKeepSize,omitempty"`
 }
 
 // StorageSpec describes the volume of each instance.
@@ -154,11 +165,24 @@ type DatabaseStatus struct {
 	// +optional
 	PostgresVersion string `json:"postgresVersion,omitempty"`
 
+	// SystemIdentifier is the PostgreSQL system identifier (pg_control_system()) of
+	// the cluster this Database initialised or adopted. Once it is recorded, no
+	// instance ever runs initdb again and every instance's data directory is checked
+	// against it before PostgreSQL starts.
+	// +optional
+	SystemIdentifier string `json:"systemIdentifier,omitempty"`
+
+	// DataVersion is the PostgreSQL major version of the data directory (PG_VERSION)
+	// recorded with the system identifier.
+	// +optional
+	DataVersion int32 `json:"dataVersion,omitempty"`
+
 	// ObservedGeneration is the generation of the spec this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// Conditions: Ready, Reconciling and Stalled.
+	// Conditions: Ready, Reconciling and Stalled (kstatus), and the facts behind them:
+	// Initialized, PrimaryAvailable, ReplicasHealthy and StorageResized.
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -174,7 +198,26 @@ const (
 	// ConditionStalled is True when the operator cannot make progress without a change
 	// by the user.
 	ConditionStalled = "Stalled"
+	// ConditionInitialized is True once the cluster's system identifier is recorded:
+	// from then on the Database never bootstraps an empty cluster again.
+	ConditionInitialized = "Initialized"
+	// ConditionPrimaryAvailable is True when exactly one primary accepts writes and
+	// the read-write Service routes to it. Backups and Restores wait for it, not for
+	// Ready.
+	ConditionPrimaryAvailable = "PrimaryAvailable"
+	// ConditionReplicasHealthy is True when every standby streams from the primary
+	// within maxReplicationLag (and trivially when there are none).
+	ConditionReplicasHealthy = "ReplicasHealthy"
+	// ConditionStorageResized is True when every volume has the size of
+	// spec.storage.size; False with a reason while it grows or when it cannot.
+	ConditionStorageResized = "StorageResized"
 )
+
+// AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby
+// pods, asks the operator to rebuild a primary whose data directory is missing by
+// cloning that standby (see the README's recovery procedure). It is ignored unless
+// the primary reports its data missing.
+const AnnotationRecoverPrimaryFrom = "database.example.com/recover-primary-from"
 
 // Condition reasons.
 const (
@@ -193,6 +236,34 @@ const (
 	ReasonMajorVersionUnsupported = "MajorVersionChangeUnsupported"
 	ReasonReconcileError          = "ReconcileError"
 	ReasonSucceeded               = "Succeeded"
+	// ReasonDegraded: Ready stays True while a failing check is within its grace
+	// period.
+	ReasonDegraded = "Degraded"
+
+	// Identity and data safety.
+	ReasonBootstrapped        = "Bootstrapped"
+	ReasonAdoptedExistingData = "AdoptedExistingData"
+	ReasonNotInitialized      = "NotInitialized"
+	ReasonPrimaryDataMissing  = "PrimaryDataMissing"
+	ReasonPrimaryDataForeign  = "PrimaryDataForeign"
+	ReasonRecoveringPrimary   = "RecoveringPrimary"
+	ReasonDataVersionMismatch = "DataVersionMismatch"
+	ReasonStandbyRecloning    = "StandbyRecloning"
+
+	// Children.
+	ReasonChildConflict = "ChildConflict"
+
+	// Availability facts.
+	ReasonPrimaryAvailable = "PrimaryAvailable"
+	ReasonNoStandbys       = "NoStandbys"
+	ReasonStandbysHealthy  = "StandbysStreaming"
+
+	// Storage.
+	ReasonStorageResized        = "Resized"
+	ReasonStorageResizing       = "Resizing"
+	ReasonExpansionNotSupported = "ExpansionNotSupported"
+	ReasonVolumeNotBound        = "VolumeNotBound"
+	ReasonExpansionFailed       = "ExpansionFailed"
 )
 
 // +kubebuilder:object:root=true
@@ -205,6 +276,9 @@ const (
 // +kubebuilder:printcolumn:name="Primary",type="string",JSONPath=".status.currentPrimary",priority=1
 // +kubebuilder:printcolumn:name="Endpoint",type="string",JSONPath=".status.endpoint"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 52",message="the Database name must be at most 52 characters, so that its StatefulSet's pod names and labels fit"
+// +kubebuilder:validation:XValidation:rule="self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="the Database name must be a DNS-1035 label: lowercase letters, digits and '-', starting with a letter and ending with a letter or digit (no dots)"
+// +kubebuilder:validation:XValidation:rule="!self.metadata.name.endsWith('-ro') && !self.metadata.name.endsWith('-hl')",message="the Database name must not end in -ro or -hl: those names belong to the Services of another Database"
 
 // Database is a PostgreSQL database: a primary, optional streaming standbys, their
 // Services and credentials.

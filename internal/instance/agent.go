@@ -12,8 +12,10 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -40,11 +42,32 @@ type Config struct {
 	// CloneRetry is the first delay between pg_basebackup attempts (doubling up to
 	// 30s); 2s when zero.
 	CloneRetry time.Duration
-	Log        *slog.Logger
+	// CloneStallTimeout: a pg_basebackup that copies nothing for this long is
+	// stopped and retried (a slow clone that progresses is never interrupted);
+	// 10 minutes when zero.
+	CloneStallTimeout time.Duration
+	// RestartBackoff is the first delay before PostgreSQL is restarted in place after
+	// it exited by itself (doubling up to 30s); 1s when zero.
+	RestartBackoff time.Duration
+	// SecretPoll is how often the mounted Secret files are checked for changes
+	// (password rotation, agent token); 5s when zero.
+	SecretPoll time.Duration
+	// TokenGrace is how long the previous agent token is still accepted after the
+	// token file changed; 10 minutes when zero.
+	TokenGrace time.Duration
+	// MaxLagBytes: a standby whose replay lags its received WAL by more is not ready
+	// (it leaves the read-only Service); 64Mi when zero.
+	MaxLagBytes int64
+	// MaxSlotWALKeepSize is max_slot_wal_keep_size ("256MB"); unlimited when empty.
+	MaxSlotWALKeepSize string
+	// PeerAddress returns the host and port of another instance of the Database
+	// (the source of a primary's recovery); derived from PrimaryHost when nil.
+	PeerAddress func(pod string) (string, int)
+	Log         *slog.Logger
 }
 
 // Run parses the instance subcommand's flags and runs the agent until ctx is
-// cancelled (SIGTERM) or PostgreSQL exits.
+// cancelled (SIGTERM).
 func Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("instance", flag.ContinueOnError)
 	cfg := Config{}
@@ -60,17 +83,32 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.AgentAddress, "agent-address", "", "agent HTTP listen address (all interfaces when empty)")
 	fs.StringVar(&cfg.ListenAddresses, "listen-addresses", "*", "PostgreSQL listen_addresses")
 	fs.StringVar(&cfg.BinDir, "bin-dir", "", "directory of the PostgreSQL programs (found automatically when empty)")
+	fs.Int64Var(&cfg.MaxLagBytes, "max-lag-bytes", 0, "replay lag above which a standby is not ready (default 64Mi)")
+	fs.StringVar(&cfg.MaxSlotWALKeepSize, "max-slot-wal-keep-size", "", "max_slot_wal_keep_size, e.g. 256MB (unlimited when empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	if cfg.MaxSlotWALKeepSize != "" && !walSizePattern.MatchString(cfg.MaxSlotWALKeepSize) {
+		return fmt.Errorf("--max-slot-wal-keep-size %q: want a number of MB such as 256MB", cfg.MaxSlotWALKeepSize)
+	}
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	// SIGTERM (pod deletion) and SIGINT become a fast shutdown of PostgreSQL.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return NewAgent(cfg).Run(ctx)
+}
+
+var walSizePattern = regexp.MustCompile(`^[0-9]{1,9}MB$`)
+
+// instruction is a request of the operator that changes what the agent does.
+type instruction struct {
+	// reclone: a standby wipes its data directory and clones the primary again.
+	reclone bool
+	// recoverFrom: a primary with missing data is rebuilt from this standby.
+	recoverFrom string
 }
 
 // Agent runs one PostgreSQL instance.
@@ -81,15 +119,30 @@ type Agent struct {
 	// cred, when set, is the postgres OS user the agent (running as root) runs
 	// PostgreSQL programs as.
 	cred *syscall.Credential
-	// exited is set once the postgres process has exited.
+	// exited is set while no postgres process runs.
 	exited atomic.Bool
 	// setUp is set once a primary's roles, database and heartbeat table are in
 	// place (always set on a standby): the instance is not ready before.
 	setUp atomic.Bool
-	token []byte
+	// bootstrapped is set once this agent created the cluster with initdb.
+	bootstrapped atomic.Bool
+	// instr carries the operator's instructions to the main loop.
+	instr chan instruction
 	// ready is closed when the HTTP server listens.
 	ready chan struct{}
 	addr  atomic.Value // net.Addr of the HTTP server
+
+	mu sync.Mutex
+	// token is the agent token; prevToken is still accepted until prevUntil.
+	token, prevToken []byte
+	prevUntil        time.Time
+	state            State
+	message          string
+	binaryMajor      int
+	// recoverFrom is the standby a primary with missing data is rebuilt from.
+	recoverFrom string
+	// restartDelay is the next in-place restart backoff.
+	restartDelay time.Duration
 }
 
 // NewAgent returns an agent for cfg.
@@ -103,7 +156,25 @@ func NewAgent(cfg Config) *Agent {
 	if cfg.CloneRetry == 0 {
 		cfg.CloneRetry = 2 * time.Second
 	}
-	return &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{})}
+	if cfg.CloneStallTimeout == 0 {
+		cfg.CloneStallTimeout = 10 * time.Minute
+	}
+	if cfg.RestartBackoff == 0 {
+		cfg.RestartBackoff = time.Second
+	}
+	if cfg.SecretPoll == 0 {
+		cfg.SecretPoll = 5 * time.Second
+	}
+	if cfg.TokenGrace == 0 {
+		cfg.TokenGrace = 10 * time.Minute
+	}
+	if cfg.MaxLagBytes == 0 {
+		cfg.MaxLagBytes = 64 << 20
+	}
+	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), state: StateStarting}
+	a.exited.Store(true)
+	a.restartDelay = cfg.RestartBackoff
+	return a
 }
 
 // Ordinal returns the StatefulSet ordinal at the end of a pod name, or -1.
@@ -128,9 +199,27 @@ func (a *Agent) Addr() net.Addr {
 	return a.addr.Load().(net.Addr)
 }
 
-// Run bootstraps or clones the data directory if it is empty, writes the
-// configuration, starts PostgreSQL and supervises it. It returns nil after a
-// requested shutdown (ctx cancelled) and an error when PostgreSQL exits by itself.
+func (a *Agent) setState(s State, msg string) {
+	a.mu.Lock()
+	changed := a.state != s || a.message != msg
+	a.state, a.message = s, msg
+	a.mu.Unlock()
+	if changed {
+		a.log.Info("instance state", "state", string(s), "message", msg)
+	}
+}
+
+func (a *Agent) currentState() (State, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state, a.message
+}
+
+// Run decides what to do with the data directory (planStart: initdb only for a
+// Database never initialised, clone for an empty standby, refuse when the data is
+// missing, foreign or of another major), then supervises PostgreSQL, restarting it
+// in place when it exits by itself. It returns nil after a requested shutdown (ctx
+// cancelled).
 func (a *Agent) Run(ctx context.Context) error {
 	if Ordinal(a.cfg.PodName) < 0 {
 		return fmt.Errorf("pod name %q has no ordinal suffix", a.cfg.PodName)
@@ -139,13 +228,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.bins, err = postgres.FindBinaries(a.cfg.BinDir); err != nil {
 		return err
 	}
-	tok, err := os.ReadFile(filepath.Join(a.cfg.InternalDir, InternalAgentTokenFile))
+	tok, err := a.readSecret(a.cfg.InternalDir, InternalAgentTokenFile)
 	if err != nil {
 		return fmt.Errorf("reading the agent token: %w", err)
 	}
-	a.token = []byte(strings.TrimSpace(string(tok)))
-	if len(a.token) == 0 {
-		return errors.New("the agent token file is empty")
+	a.token = []byte(tok)
+	out, err := exec.Command(a.bins.Postgres, "-V").Output()
+	if err != nil {
+		return fmt.Errorf("postgres -V: %w", err)
+	}
+	if a.binaryMajor, err = parseBinaryMajor(string(out)); err != nil {
+		return err
 	}
 	if err := a.dropPrivilegesForChildren(); err != nil {
 		return err
@@ -170,28 +263,116 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.IsPrimary() {
 		a.setUp.Store(true)
 	}
-	if !a.hasData() {
-		if a.IsPrimary() {
-			err = a.initdb(ctx)
-		} else {
-			err = a.clone(ctx)
-		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	go a.watchSecrets(ctx)
+
+	for ctx.Err() == nil {
+		facts := a.facts()
+		act, msg := planStart(facts)
+		switch act {
+		case actionInitdb:
+			a.setState(StateInitializing, msg)
+			if err := a.initdb(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
 			}
-			return err
+			a.bootstrapped.Store(true)
+		case actionClone, actionReclone:
+			if act == actionReclone {
+				a.log.Warn("re-cloning", "reason", msg)
+				if err := a.wipe(); err != nil {
+					return err
+				}
+			}
+			a.setState(StateCloning, msg)
+			if err := a.clone(ctx, a.cfg.PrimaryHost, a.cfg.PrimaryPort); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		case actionRecoverPrimary:
+			a.setState(StateRecovering, msg)
+			host, port := a.peerAddress(facts.RecoverFrom)
+			if err := a.clone(ctx, host, port); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+			a.mu.Lock()
+			a.recoverFrom = ""
+			a.mu.Unlock()
+		case actionStart:
+			in, err := a.runPostgres(ctx)
+			if err != nil {
+				return err
+			}
+			if in != nil && in.reclone {
+				a.log.Warn("re-cloning on the operator's request")
+				if err := a.wipe(); err != nil {
+					return err
+				}
+			}
+		default:
+			st, _ := refusalState(act)
+			a.setState(st, msg)
+			select {
+			case <-ctx.Done():
+			case in := <-a.instr:
+				if in.recoverFrom != "" && st == StateDataMissing {
+					a.mu.Lock()
+					a.recoverFrom = in.recoverFrom
+					a.mu.Unlock()
+				}
+			case <-time.After(5 * time.Second):
+				// Re-read the facts: the recorded identity may have arrived.
+			}
 		}
 	}
-	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
-	// handling may have widened it.
-	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil {
-		return fmt.Errorf("restricting the data directory: %w", err)
+	return nil
+}
+
+// facts reads what planStart needs from the volume and the mounted Secret.
+func (a *Agent) facts() startFacts {
+	f := startFacts{Primary: a.IsPrimary(), HasData: a.hasData(), BinaryMajor: a.binaryMajor}
+	if id, err := os.ReadFile(filepath.Join(a.cfg.InternalDir, InternalSystemIDFile)); err == nil {
+		f.ExpectedSystemID = strings.TrimSpace(string(id))
 	}
-	if err := a.writeConfig(); err != nil {
-		return err
+	if f.HasData {
+		f.DataSystemID, _ = readSystemID(a.cfg.PGData)
+		f.DataMajor, _ = readDataMajor(a.cfg.PGData)
 	}
-	return a.supervise(ctx)
+	a.mu.Lock()
+	f.RecoverFrom = a.recoverFrom
+	a.mu.Unlock()
+	return f
+}
+
+// peerAddress is where another instance of the Database listens.
+func (a *Agent) peerAddress(pod string) (string, int) {
+	if a.cfg.PeerAddress != nil {
+		return a.cfg.PeerAddress(pod)
+	}
+	// The primary host is <statefulset>-0.<headless service>[...]: peers share the
+	// domain part.
+	_, domain, _ := strings.Cut(a.cfg.PrimaryHost, ".")
+	if domain == "" {
+		return pod, a.cfg.PrimaryPort
+	}
+	return pod + "." + domain, a.cfg.PrimaryPort
+}
+
+// wipe removes the data directory of a standby that is re-cloned.
+func (a *Agent) wipe() error {
+	if a.IsPrimary() {
+		return errors.New("refusing to delete a primary's data directory")
+	}
+	if err := os.RemoveAll(a.cfg.PGData); err != nil {
+		return fmt.Errorf("removing the data directory to re-clone: %w", err)
+	}
+	return nil
 }
 
 func (a *Agent) dropPrivilegesForChildren() error {
@@ -233,6 +414,17 @@ func (a *Agent) prepareDirs() error {
 
 func (a *Agent) hasData() bool {
 	_, err := os.Stat(filepath.Join(a.cfg.PGData, "PG_VERSION"))
+	return err == nil
+}
+
+// promotePending is true when a primary's data directory is a standby's (a primary
+// rebuilt from a standby, or interrupted while promoting): it starts in recovery
+// and is promoted to a new timeline once it accepts connections.
+func (a *Agent) promotePending() bool {
+	if !a.IsPrimary() {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(a.cfg.PGData, "standby.signal"))
 	return err == nil
 }
 
@@ -334,26 +526,33 @@ func (a *Agent) initdb(ctx context.Context) error {
 	return a.install()
 }
 
-// clone copies the primary with pg_basebackup, retrying until it succeeds or ctx
-// ends: the primary may still be starting.
-func (a *Agent) clone(ctx context.Context) error {
+// clone copies an instance (the primary, or a standby when a primary is rebuilt)
+// with pg_basebackup, retrying with backoff until it succeeds or ctx ends: the
+// source may still be starting. An attempt that copies nothing for
+// CloneStallTimeout is stopped and retried; one that progresses runs as long as it
+// needs.
+func (a *Agent) clone(ctx context.Context, host string, port int) error {
 	delay := a.cfg.CloneRetry
 	staging := a.stagingDir()
 	for attempt := 1; ; attempt++ {
 		if err := os.RemoveAll(staging); err != nil {
 			return fmt.Errorf("clearing a partial data directory: %w", err)
 		}
-		a.log.Info("cloning the primary", "host", a.cfg.PrimaryHost, "port", a.cfg.PrimaryPort, "attempt", attempt)
-		cmd := a.command(ctx, a.bins.PgBasebackup,
+		a.log.Info("cloning", "host", host, "port", port, "attempt", attempt)
+		actx, cancel := context.WithCancel(ctx)
+		stalled := atomic.Bool{}
+		go a.watchClone(actx, cancel, staging, &stalled)
+		cmd := a.command(actx, a.bins.PgBasebackup,
 			"--pgdata="+staging,
-			"--host="+a.cfg.PrimaryHost,
-			"--port="+strconv.Itoa(a.cfg.PrimaryPort),
+			"--host="+host,
+			"--port="+strconv.Itoa(port),
 			"--username="+ReplicationUser,
 			"--wal-method=stream",
 			"--checkpoint=fast",
 			"--no-password",
 		)
 		err := cmd.Run()
+		cancel()
 		if err == nil {
 			if err := a.writeFile(filepath.Join(staging, "standby.signal"), "", 0o600); err != nil {
 				return err
@@ -364,7 +563,12 @@ func (a *Agent) clone(ctx context.Context) error {
 			_ = os.RemoveAll(staging)
 			return ctx.Err()
 		}
+		if stalled.Load() {
+			a.log.Warn("pg_basebackup made no progress; retrying", "for", a.cfg.CloneStallTimeout.String())
+		}
 		a.log.Warn("pg_basebackup failed; retrying", "error", err.Error(), "in", delay.String())
+		st, _ := a.currentState()
+		a.setState(st, fmt.Sprintf("cloning %s:%d: attempt %d failed (%v); retrying in %s", host, port, attempt, err, delay))
 		select {
 		case <-ctx.Done():
 			_ = os.RemoveAll(staging)
@@ -373,6 +577,43 @@ func (a *Agent) clone(ctx context.Context) error {
 		}
 		delay = min(delay*2, 30*time.Second)
 	}
+}
+
+// watchClone cancels a clone attempt whose staging directory stops growing.
+func (a *Agent) watchClone(ctx context.Context, cancel context.CancelFunc, dir string, stalled *atomic.Bool) {
+	tick := min(a.cfg.CloneStallTimeout/4, 15*time.Second)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	last, since := int64(-1), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if size := dirSize(dir); size > last {
+			last, since = size, time.Now()
+			continue
+		}
+		if time.Since(since) >= a.cfg.CloneStallTimeout {
+			stalled.Store(true)
+			cancel()
+			return
+		}
+	}
+}
+
+func dirSize(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			if info, err := d.Info(); err == nil {
+				n += info.Size()
+			}
+		}
+		return nil
+	})
+	return n
 }
 
 // writeConfig rewrites the configuration the agent owns, at every start.
@@ -396,12 +637,18 @@ func (a *Agent) writeConfig() error {
 		"hot_standby = on",
 		"max_wal_senders = 10",
 		"max_replication_slots = 10",
-		"wal_keep_size = '512MB'",
+		// Every standby has a replication slot; wal_keep_size only covers a clone
+		// made before its slot exists.
+		"wal_keep_size = '64MB'",
 		"password_encryption = 'scram-sha-256'",
 		"hba_file = " + q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
 		"ident_file = " + q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
 	}
+	if a.cfg.MaxSlotWALKeepSize != "" {
+		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
+	}
 	if !primary {
+		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
 		conninfo := strings.Join([]string{
 			"host=" + postgres.ConninfoValue(a.cfg.PrimaryHost),
@@ -451,6 +698,8 @@ func (a *Agent) writeConfig() error {
 	}
 
 	if primary {
+		// A primary rebuilt from a standby keeps its standby.signal until it is
+		// promoted (promotePending).
 		return nil
 	}
 	return a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)

@@ -91,6 +91,10 @@ func writeTestFile(t *testing.T, path, content string) {
 }
 
 func testConfig(s testSecrets, name, pod string, port, primaryPort int) Config {
+	agentPort := 0
+	if port != 0 {
+		agentPort = freePort()
+	}
 	cfg := Config{
 		PGData:          filepath.Join(s.dir, name, "data", "pgdata"),
 		CredentialsDir:  s.credentials,
@@ -101,9 +105,11 @@ func testConfig(s testSecrets, name, pod string, port, primaryPort int) Config {
 		PrimaryPort:     primaryPort,
 		Port:            port,
 		AgentAddress:    "127.0.0.1",
-		AgentPort:       0,
+		AgentPort:       agentPort,
 		ListenAddresses: "127.0.0.1",
 		CloneRetry:      200 * time.Millisecond,
+		SecretPoll:      200 * time.Millisecond,
+		RestartBackoff:  100 * time.Millisecond,
 		Log:             slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
 	if os.Getenv("TEST_VERBOSE") != "" {
@@ -227,14 +233,14 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
 
-	t.Run("while bootstrapping the agent is live but not ready", func(t *testing.T) {
-		if code, body := primary.get(PathHealthz, ""); code != http.StatusOK || body != "ok" {
-			t.Errorf("liveness during bootstrap = %d %q, want 200 ok", code, body)
-		}
-		for _, p := range []string{PathReadyz, PathStartup} {
-			if code, _ := primary.get(p, ""); code != http.StatusServiceUnavailable {
-				t.Errorf("%s during bootstrap = %d, want 503", p, code)
+	t.Run("while bootstrapping the agent is live and started but not ready", func(t *testing.T) {
+		for _, p := range []string{PathHealthz, PathStartup} {
+			if code, body := primary.get(p, ""); code != http.StatusOK || body != "ok" {
+				t.Errorf("%s during bootstrap = %d %q, want 200 ok", p, code, body)
 			}
+		}
+		if code, _ := primary.get(PathReadyz, ""); code != http.StatusServiceUnavailable {
+			t.Errorf("readiness during bootstrap = %d, want 503", code)
 		}
 	})
 
@@ -365,6 +371,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
+	setSlots(t, primary, s.token, SlotName("db-1"))
 	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
 
 	t.Run("standby clones the primary and streams: a row written on the primary is read on the standby", func(t *testing.T) {
@@ -556,19 +563,21 @@ func TestAgentAnswersWhilePostgresIsDown(t *testing.T) {
 	in := startInstance(t, s, "waiting", "db-2", testenv.FreePort(t), closedPort)
 	time.Sleep(300 * time.Millisecond) // at least one failed pg_basebackup
 
-	if code, body := in.get(PathHealthz, ""); code != http.StatusOK || body != "ok" {
-		t.Errorf("liveness while cloning = %d %q, want 200 ok", code, body)
-	}
-	for _, p := range []string{PathReadyz, PathStartup} {
-		if code, _ := in.get(p, ""); code != http.StatusServiceUnavailable {
-			t.Errorf("%s while cloning = %d, want 503", p, code)
+	// A clone may take hours: the probes that restart a container pass while it
+	// runs; readiness does not.
+	for _, p := range []string{PathHealthz, PathStartup} {
+		if code, body := in.get(p, ""); code != http.StatusOK || body != "ok" {
+			t.Errorf("%s while cloning = %d %q, want 200 ok", p, code, body)
 		}
+	}
+	if code, _ := in.get(PathReadyz, ""); code != http.StatusServiceUnavailable {
+		t.Errorf("readiness while cloning = %d, want 503", code)
 	}
 	if code, body := in.get(PathStatus, ""); code != http.StatusUnauthorized || strings.Contains(body, "db-2") {
 		t.Errorf("status without a token = %d %q", code, body)
 	}
 	st := in.mustStatus(t, s.token)
-	if st.Running || st.Error == "" || st.Pod != "db-2" || st.Role != "" {
+	if st.Running || st.Error == "" || st.Pod != "db-2" || st.Role != "" || st.State != StateCloning || st.Ready {
 		t.Errorf("status while postgres is down = %+v, want not running with an error", st)
 	}
 
@@ -591,14 +600,14 @@ func TestWriteConfig(t *testing.T) {
 		{
 			name:        "primary",
 			pod:         "db-0",
-			wantInConf:  []string{"listen_addresses = '127.0.0.1'", "port = 6543", "unix_socket_permissions = 0700", "wal_level = replica", "hot_standby = on", "wal_keep_size = '512MB'", "password_encryption = 'scram-sha-256'"},
-			wantOutConf: []string{"primary_conninfo"},
+			wantInConf:  []string{"listen_addresses = '127.0.0.1'", "port = 6543", "unix_socket_permissions = 0700", "wal_level = replica", "hot_standby = on", "wal_keep_size = '64MB'", "max_slot_wal_keep_size = '256MB'", "password_encryption = 'scram-sha-256'"},
+			wantOutConf: []string{"primary_conninfo", "primary_slot_name"},
 		},
 		{
 			name:       "standby streams from the primary host with the passfile",
 			pod:        "db-1",
 			wantSignal: true,
-			wantInConf: []string{`primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer'`},
+			wantInConf: []string{"primary_slot_name = 'pgop_db_1'", `primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer'`},
 		},
 	}
 	for _, tc := range tests {
@@ -608,7 +617,7 @@ func TestWriteConfig(t *testing.T) {
 			writeTestFile(t, filepath.Join(pgdata, "postgresql.conf"), "shared_buffers = 128MB\n")
 			writeTestFile(t, filepath.Join(pgdata, "pg_hba.conf"), "host all all all trust\n")
 			a := NewAgent(Config{PGData: pgdata, RunDir: filepath.Join(dir, "run"), PodName: tc.pod, PrimaryHost: `prim'ary`,
-				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", MaxSlotWALKeepSize: "256MB", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			for range 2 {
 				if err := a.writeConfig(); err != nil {
 					t.Fatal(err)
@@ -718,3 +727,11 @@ func TestOrdinal(t *testing.T) {
 		}
 	}
 }
+
+// freePort is testenv.FreePort outside a test's scope (ports are never reused).
+func freePort() int { return testenv.FreePort(portTB{}) }
+
+type portTB struct{ testing.TB }
+
+func (portTB) Helper()           {}
+func (portTB) Fatal(args ...any) { panic(fmt.Sprint(args...)) }

@@ -1,11 +1,13 @@
 package instance
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -16,40 +18,74 @@ import (
 const requestTimeout = 3 * time.Second
 
 // serve starts the HTTP server: probes for the kubelet without authentication
-// (they reveal only ok/not ok), the status endpoint with a bearer token.
+// (they reveal only ok/not ok), the status and instruction endpoints with a bearer
+// token.
 func (a *Agent) serve() (*http.Server, error) {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+PathHealthz, func(w http.ResponseWriter, _ *http.Request) {
-		if a.exited.Load() {
-			http.Error(w, "postgres exited", http.StatusInternalServerError)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	})
-	// Ready: PostgreSQL answers SELECT 1 over the socket and, on a primary, the
-	// roles and database of the Secrets are in place.
-	ready := func(w http.ResponseWriter, r *http.Request) {
+	// Live (and started) while the agent answers: the agent itself restarts
+	// PostgreSQL in place, and a clone that progresses is never cut short by a
+	// probe (the agent stops only clones that stall).
+	live := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
+	mux.HandleFunc("GET "+PathHealthz, live)
+	mux.HandleFunc("GET "+PathStartup, live)
+	mux.HandleFunc("GET "+PathReadyz, func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		if a.exited.Load() || !a.setUp.Load() || !a.accepting(ctx) {
+		if !a.isReady(ctx) {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))
-	}
-	mux.HandleFunc("GET "+PathReadyz, ready)
-	mux.HandleFunc("GET "+PathStartup, ready)
-	mux.HandleFunc("GET "+PathStatus, func(w http.ResponseWriter, r *http.Request) {
-		if !a.authorized(r) {
-			w.Header().Set("WWW-Authenticate", "Bearer")
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
-		}
+	})
+	mux.HandleFunc("GET "+PathStatus, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(a.status(ctx))
-	})
+		writeJSON(w, http.StatusOK, a.status(ctx))
+	}))
+	mux.HandleFunc("PUT "+PathSlots, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+		var req SlotsRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
+			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if !a.IsPrimary() || a.exited.Load() {
+			http.Error(w, "not a running primary", http.StatusConflict)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 2*requestTimeout)
+		defer cancel()
+		slots, err := a.syncSlots(ctx, req.Names)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		writeJSON(w, http.StatusOK, slots)
+	}))
+	mux.HandleFunc("POST "+PathReclone, a.authenticated(func(w http.ResponseWriter, _ *http.Request) {
+		st, _ := a.currentState()
+		if a.IsPrimary() || (st != StateRunning && st != StateRestarting) {
+			http.Error(w, "only a running standby re-clones (state "+string(st)+")", http.StatusConflict)
+			return
+		}
+		a.send(w, instruction{reclone: true})
+	}))
+	mux.HandleFunc("POST "+PathRecover, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+		var req RecoverRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<12)).Decode(&req); err != nil {
+			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		st, _ := a.currentState()
+		if !a.IsPrimary() || st != StateDataMissing {
+			http.Error(w, "only a primary whose data is missing is recovered (state "+string(st)+")", http.StatusConflict)
+			return
+		}
+		if !a.isPeer(req.Source) {
+			http.Error(w, fmt.Sprintf("%q is not another instance of this Database", req.Source), http.StatusBadRequest)
+			return
+		}
+		a.send(w, instruction{recoverFrom: req.Source})
+	}))
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.AgentAddress, strconv.Itoa(a.cfg.AgentPort)))
 	if err != nil {
@@ -66,9 +102,56 @@ func (a *Agent) serve() (*http.Server, error) {
 	return srv, nil
 }
 
+// isPeer reports whether pod is another ordinal of this instance's StatefulSet.
+func (a *Agent) isPeer(pod string) bool {
+	i := strings.LastIndex(a.cfg.PodName, "-")
+	j := strings.LastIndex(pod, "-")
+	return i > 0 && j > 0 && pod != a.cfg.PodName && pod[:j] == a.cfg.PodName[:i] && Ordinal(pod) > 0
+}
+
+// send passes an instruction to the main loop without blocking.
+func (a *Agent) send(w http.ResponseWriter, in instruction) {
+	select {
+	case a.instr <- in:
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte("accepted"))
+	default:
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = w.Write([]byte("already in progress"))
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (a *Agent) authenticated(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.authorized(r) {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
+}
+
+// authorized accepts the current token, and the previous one for TokenGrace after
+// the token file changed: the operator may still hold the old one.
 func (a *Agent) authorized(r *http.Request) bool {
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), a.token) == 1
+	if !ok {
+		return false
+	}
+	a.mu.Lock()
+	cur, prev, until := a.token, a.prevToken, a.prevUntil
+	a.mu.Unlock()
+	if subtle.ConstantTimeCompare([]byte(got), cur) == 1 {
+		return true
+	}
+	return len(prev) > 0 && time.Now().Before(until) && subtle.ConstantTimeCompare([]byte(got), prev) == 1
 }
 
 // Client reads instance status from agents.
@@ -85,21 +168,76 @@ func NewClient(h *http.Client, token string) *Client {
 	return &Client{http: h, token: token}
 }
 
-// GetStatus returns the status of the agent at baseURL (http://host:port).
-func (c *Client) GetStatus(ctx context.Context, baseURL string) (*Status, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+PathStatus, nil)
+// ErrUnauthorized is returned when the agent refuses the token.
+var ErrUnauthorized = errors.New("agent answered 401 Unauthorized")
+
+func (c *Client) do(ctx context.Context, method, url string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("agent answered %s", resp.Status)
+	if resp.StatusCode == http.StatusUnauthorized {
+		resp.Body.Close()
+		return nil, ErrUnauthorized
 	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return resp, nil
+}
+
+// SetSlots makes the primary's operator-managed replication slots exactly names.
+func (c *Client) SetSlots(ctx context.Context, baseURL string, names []string) error {
+	resp, err := c.do(ctx, http.MethodPut, strings.TrimSuffix(baseURL, "/")+PathSlots, SlotsRequest{Names: names})
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Reclone asks a standby to discard its data and clone the primary again.
+func (c *Client) Reclone(ctx context.Context, baseURL string) error {
+	resp, err := c.do(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+PathReclone, struct{}{})
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// Recover asks a primary whose data is missing to rebuild it from standby source.
+func (c *Client) Recover(ctx context.Context, baseURL, source string) error {
+	resp, err := c.do(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+PathRecover, RecoverRequest{Source: source})
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
+}
+
+// GetStatus returns the status of the agent at baseURL (http://host:port).
+func (c *Client) GetStatus(ctx context.Context, baseURL string) (*Status, error) {
+	resp, err := c.do(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+PathStatus, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
 	var st Status
 	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&st); err != nil {
 		return nil, fmt.Errorf("decoding agent status: %w", err)

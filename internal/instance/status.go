@@ -39,7 +39,28 @@ const (
 	PathReadyz  = "/readyz"
 	PathStartup = "/startupz"
 	PathStatus  = "/status"
+	// PathSlots (PUT, authenticated) sets the primary's operator-managed replication
+	// slots; PathReclone (POST) makes a standby re-clone the primary; PathRecover
+	// (POST) rebuilds a primary whose data is missing from a standby.
+	PathSlots   = "/slots"
+	PathReclone = "/reclone"
+	PathRecover = "/recover"
+
+	// InternalSystemIDFile, in the internal Secret, holds the system identifier the
+	// operator recorded for the Database once it was initialised.
+	InternalSystemIDFile = "system-identifier"
 )
+
+// SlotsRequest is the body of PUT /slots.
+type SlotsRequest struct {
+	Names []string `json:"names"`
+}
+
+// RecoverRequest is the body of POST /recover.
+type RecoverRequest struct {
+	// Source is the standby pod to clone.
+	Source string `json:"source"`
+}
 
 // Status is what an instance reports on its authenticated status endpoint.
 type Status struct {
@@ -79,6 +100,40 @@ type Status struct {
 	Replicas []ReplicaStatus `json:"replicas,omitempty"`
 	// Error is set when the agent could not query PostgreSQL.
 	Error string `json:"error,omitempty"`
+
+	// State is what the agent is doing (Running, Cloning, DataMissing, ...).
+	State State `json:"state,omitempty"`
+	// Message explains State (why the agent refuses to start, what it clones).
+	Message string `json:"message,omitempty"`
+	// SystemIdentifier is the system identifier of the data directory.
+	SystemIdentifier string `json:"systemIdentifier,omitempty"`
+	// DataVersion is the data directory's PG_VERSION; BinaryVersion the major of the
+	// image's PostgreSQL.
+	DataVersion   int `json:"dataVersion,omitempty"`
+	BinaryVersion int `json:"binaryVersion,omitempty"`
+	// Bootstrapped is true when this agent created the cluster with initdb (as
+	// opposed to finding an existing data directory).
+	Bootstrapped bool `json:"bootstrapped,omitempty"`
+	// Slots are the operator-managed physical replication slots (primary only).
+	Slots []SlotStatus `json:"slots,omitempty"`
+	// OldestWALLSN is the first LSN of the oldest WAL segment the primary still has;
+	// a standby that needs older WAL can only be re-cloned.
+	OldestWALLSN string `json:"oldestWALLSN,omitempty"`
+	// WALSegmentSize is wal_segment_size in bytes.
+	WALSegmentSize uint64 `json:"walSegmentSize,omitempty"`
+	// Ready is the agent's own readiness verdict (what /readyz answers).
+	Ready bool `json:"ready"`
+}
+
+// SlotStatus is one row of pg_replication_slots.
+type SlotStatus struct {
+	Name string `json:"name"`
+	// Active is true while a standby streams through the slot.
+	Active bool `json:"active"`
+	// WALStatus is reserved, extended, unreserved or lost (max_slot_wal_keep_size
+	// exceeded: the standby can only be re-cloned).
+	WALStatus  string `json:"walStatus,omitempty"`
+	RestartLSN string `json:"restartLSN,omitempty"`
 }
 
 // ReplicaStatus is one row of pg_stat_replication on the primary.

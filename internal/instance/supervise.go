@@ -2,10 +2,14 @@ package instance
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,31 +20,40 @@ import (
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
-// supervise runs postgres until it exits or ctx ends; on ctx's end it asks for a
-// fast shutdown (SIGINT) and waits for it.
-func (a *Agent) supervise(ctx context.Context) error {
+// runPostgres runs one lifetime of postgres. It returns (nil, nil) when ctx ended
+// (after a fast shutdown) or when postgres exited by itself (after the restart
+// backoff: the caller re-plans and starts it again, in place); it returns an
+// instruction that needs postgres stopped (a re-clone) after stopping it.
+func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
+	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
+	// handling may have widened it.
+	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil {
+		return nil, fmt.Errorf("restricting the data directory: %w", err)
+	}
+	if err := a.writeConfig(); err != nil {
+		return nil, err
+	}
+	a.cleanStaleLocks()
 	// Not CommandContext: cancellation must become a fast shutdown, not SIGKILL.
 	cmd := a.command(context.Background(), a.bins.Postgres, "-D", a.cfg.PGData)
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting postgres: %w", err)
+		return nil, fmt.Errorf("starting postgres: %w", err)
 	}
+	started := time.Now()
+	a.exited.Store(false)
+	a.setState(StateRunning, "PostgreSQL is running")
 	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", a.IsPrimary())
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
+	setupCtx, cancelSetup := context.WithCancel(ctx)
+	defer cancelSetup()
 	if a.IsPrimary() {
-		go a.ensureRolesWhenUp(ctx)
+		a.setUp.Store(false)
+		go a.ensureRolesWhenUp(setupCtx)
 	}
 
-	select {
-	case err := <-done:
-		a.exited.Store(true)
-		if err == nil {
-			err = errors.New("postgres exited")
-		}
-		return fmt.Errorf("postgres stopped by itself: %w", err)
-	case <-ctx.Done():
-		a.log.Info("shutdown requested: fast shutdown of postgres")
+	stop := func() error {
 		_ = cmd.Process.Signal(syscall.SIGINT)
 		err := <-done
 		a.exited.Store(true)
@@ -51,6 +64,84 @@ func (a *Agent) supervise(ctx context.Context) error {
 		a.log.Info("postgres stopped")
 		return nil
 	}
+	for {
+		select {
+		case err := <-done:
+			a.exited.Store(true)
+			cancelSetup()
+			if err == nil {
+				err = errors.New("exit status 0")
+			}
+			a.mu.Lock()
+			if time.Since(started) > time.Minute {
+				a.restartDelay = a.cfg.RestartBackoff
+			}
+			delay := a.restartDelay
+			a.restartDelay = min(a.restartDelay*2, 30*time.Second)
+			a.mu.Unlock()
+			a.setState(StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
+			a.log.Warn("postgres exited by itself; restarting in place", "error", err.Error(), "in", delay.String())
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+			return nil, nil
+		case <-ctx.Done():
+			a.log.Info("shutdown requested: fast shutdown of postgres")
+			return nil, stop()
+		case in := <-a.instr:
+			if in.reclone && !a.IsPrimary() {
+				a.log.Info("stopping postgres to re-clone")
+				return &in, stop()
+			}
+		}
+	}
+}
+
+// cleanStaleLocks removes postmaster.pid and the socket lock left behind by a
+// postgres that was killed with its container, when the process they name is not a
+// running postgres (the agent only gets here when its own postgres has exited).
+func (a *Agent) cleanStaleLocks() {
+	socketLock := filepath.Join(a.cfg.RunDir, fmt.Sprintf(".s.PGSQL.%d.lock", a.cfg.Port))
+	for _, f := range []string{a.pidFile(), socketLock} {
+		pid, ok := lockFilePID(f)
+		if !ok || processIsPostgres(pid) {
+			continue
+		}
+		if err := os.Remove(f); err == nil {
+			a.log.Info("removed a stale lock file", "file", filepath.Base(f), "pid", pid)
+		}
+		if f == socketLock {
+			_ = os.Remove(strings.TrimSuffix(socketLock, ".lock"))
+		}
+	}
+}
+
+// lockFilePID returns the PID on the first line of a PostgreSQL lock file.
+func lockFilePID(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	first, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(first))
+	if err != nil || pid <= 0 {
+		return 0, true // unreadable lock: stale
+	}
+	return pid, true
+}
+
+// processIsPostgres reports whether pid is a live postgres process.
+func processIsPostgres(pid int) bool {
+	if pid == os.Getpid() {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(b) == 0 {
+		return false
+	}
+	argv0, _, _ := strings.Cut(string(b), "\x00")
+	return strings.HasPrefix(filepath.Base(strings.Fields(argv0 + " x")[0]), "postgres")
 }
 
 // connect opens a superuser connection over the private socket.
@@ -70,10 +161,13 @@ func (a *Agent) connect(ctx context.Context, database string) (*pgx.Conn, error)
 
 func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
 	for delay := 200 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
-		if a.exited.Load() {
+		if a.exited.Load() || ctx.Err() != nil {
 			return
 		}
-		err := a.ensureRoles(ctx)
+		err := a.promoteIfPending(ctx)
+		if err == nil {
+			err = a.ensureRoles(ctx)
+		}
 		if err == nil {
 			a.setUp.Store(true)
 			a.log.Info("application role, database and replication role are in place")
@@ -86,6 +180,30 @@ func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
 		case <-time.After(delay):
 		}
 	}
+}
+
+// promoteIfPending promotes a primary that starts from a standby's data directory
+// (rebuilt from a standby) to a new timeline.
+func (a *Agent) promoteIfPending(ctx context.Context) error {
+	if !a.promotePending() {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 70*time.Second)
+	defer cancel()
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var ok bool
+	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
+		return fmt.Errorf("promoting: %w", err)
+	}
+	if !ok {
+		return errors.New("promotion did not complete within 60s")
+	}
+	a.log.Info("promoted the rebuilt primary to a new timeline")
+	return nil
 }
 
 // ensureRoles creates or updates the replication role, the application role and
@@ -189,7 +307,17 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication
 
 // status queries PostgreSQL for the status endpoint.
 func (a *Agent) status(ctx context.Context) *Status {
-	st := &Status{Pod: a.cfg.PodName}
+	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: a.bootstrapped.Load()}
+	st.State, st.Message = a.currentState()
+	if a.hasData() {
+		st.SystemIdentifier, _ = readSystemID(a.cfg.PGData)
+		st.DataVersion, _ = readDataMajor(a.cfg.PGData)
+	}
+	if a.exited.Load() {
+		st.Error = "PostgreSQL is not running (" + string(st.State) + ")"
+		return st
+	}
+	st.Ready = a.isReady(ctx)
 	conn, err := a.connect(ctx, "postgres")
 	if err != nil {
 		st.Error = "connecting: " + err.Error()
@@ -238,6 +366,12 @@ func (a *Agent) status(ctx context.Context) *Status {
 		st.Replicas = append(st.Replicas, r)
 	}
 	rows.Close()
+	if st.Slots, err = listSlots(ctx, conn); err != nil {
+		st.Error = "querying replication slots: " + err.Error()
+	}
+	if st.OldestWALLSN, st.WALSegmentSize, err = oldestWAL(ctx, conn); err != nil {
+		st.Error = "querying the WAL directory: " + err.Error()
+	}
 	if err := a.writeCheck(ctx, conn); err != nil {
 		st.WriteError = err.Error()
 	} else {
@@ -262,6 +396,129 @@ func (a *Agent) writeCheck(ctx context.Context, conn *pgx.Conn) error {
 	return tx.Commit(ctx)
 }
 
+// listSlots returns the operator-managed physical replication slots.
+func listSlots(ctx context.Context, conn *pgx.Conn) ([]SlotStatus, error) {
+	rows, err := conn.Query(ctx, `SELECT slot_name::text, active, coalesce(wal_status, ''), coalesce(restart_lsn::text, '')
+		FROM pg_replication_slots WHERE slot_type = 'physical' AND starts_with(slot_name::text, $1) ORDER BY slot_name`, SlotPrefix)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SlotStatus, error) {
+		var s SlotStatus
+		err := r.Scan(&s.Name, &s.Active, &s.WALStatus, &s.RestartLSN)
+		return s, err
+	})
+}
+
+// oldestWAL returns the first LSN of the oldest WAL segment in pg_wal and the
+// segment size.
+func oldestWAL(ctx context.Context, conn *pgx.Conn) (string, uint64, error) {
+	var name string
+	var segSize int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(min(name), ''), pg_size_bytes(current_setting('wal_segment_size'))
+		FROM pg_ls_waldir() WHERE name ~ '^[0-9A-F]{24}$'`).Scan(&name, &segSize); err != nil {
+		return "", 0, err
+	}
+	if name == "" {
+		return "", uint64(segSize), nil
+	}
+	l, err := segmentStartLSN(name, uint64(segSize))
+	if err != nil {
+		return "", 0, err
+	}
+	return l.String(), uint64(segSize), nil
+}
+
+// syncSlots makes the operator-managed slots exactly names: missing ones are
+// created (reserving WAL at once), inactive ones not in names are dropped, and an
+// inactive slot that lost its WAL (max_slot_wal_keep_size) is recreated so that
+// the re-cloned standby can use it.
+func (a *Agent) syncSlots(ctx context.Context, names []string) ([]SlotStatus, error) {
+	for _, n := range names {
+		if !slotNamePattern.MatchString(n) {
+			return nil, fmt.Errorf("invalid slot name %q", n)
+		}
+	}
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	var inRecovery bool
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+		return nil, err
+	}
+	if inRecovery {
+		return nil, errors.New("slots are managed on the primary only")
+	}
+	have, err := listSlots(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	present := map[string]bool{}
+	for _, s := range have {
+		switch {
+		case s.Active:
+			// In use: keep it (an unwanted one is dropped once its standby is gone).
+			present[s.Name] = true
+		case !want[s.Name]:
+			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", s.Name); err != nil {
+				return nil, fmt.Errorf("dropping slot %s: %w", s.Name, err)
+			}
+			a.log.Info("dropped replication slot", "slot", s.Name)
+		case s.WALStatus == "lost":
+			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", s.Name); err != nil {
+				return nil, fmt.Errorf("dropping lost slot %s: %w", s.Name, err)
+			}
+			a.log.Info("dropped a replication slot whose WAL was removed; recreating it", "slot", s.Name)
+		default:
+			present[s.Name] = true
+		}
+	}
+	for _, n := range names {
+		if present[n] {
+			continue
+		}
+		present[n] = true
+		if _, err := conn.Exec(ctx, "SELECT pg_create_physical_replication_slot($1, true)", n); err != nil {
+			return nil, fmt.Errorf("creating slot %s: %w", n, err)
+		}
+		a.log.Info("created replication slot", "slot", n)
+	}
+	return listSlots(ctx, conn)
+}
+
+var slotNamePattern = regexp.MustCompile(`^` + SlotPrefix + `[a-z0-9_]{1,58}$`)
+
+// isReady is the readiness verdict: PostgreSQL answers; a primary has its roles in
+// place; a standby streams from the primary with replay within MaxLagBytes of what
+// it received, so that the read-only Service never serves unboundedly stale data.
+func (a *Agent) isReady(ctx context.Context) bool {
+	if a.exited.Load() || !a.setUp.Load() {
+		return false
+	}
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return false
+	}
+	defer conn.Close(context.Background())
+	var inRecovery bool
+	var receiver string
+	var lag int64
+	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(), coalesce((SELECT status FROM pg_stat_wal_receiver LIMIT 1), ''),
+		coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint`).Scan(&inRecovery, &receiver, &lag); err != nil {
+		return false
+	}
+	if a.IsPrimary() {
+		return !inRecovery
+	}
+	return inRecovery && receiver == "streaming" && lag <= a.cfg.MaxLagBytes
+}
+
 // accepting reports whether PostgreSQL answers a query.
 func (a *Agent) accepting(ctx context.Context) bool {
 	conn, err := a.connect(ctx, "postgres")
@@ -275,3 +532,61 @@ func (a *Agent) accepting(ctx context.Context) bool {
 
 // pidFile is postmaster.pid, present while postgres runs.
 func (a *Agent) pidFile() string { return filepath.Join(a.cfg.PGData, "postmaster.pid") }
+
+// watchSecrets applies changes of the mounted Secret files without a restart: a new
+// application or replication password is set on the running primary (and the
+// replication passfile rewritten everywhere), a new agent token replaces the old
+// one, which stays accepted for TokenGrace.
+func (a *Agent) watchSecrets(ctx context.Context) {
+	digest := func(dir, name string) string {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return ""
+		}
+		sum := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
+		return hex.EncodeToString(sum[:])
+	}
+	appPw := digest(a.cfg.CredentialsDir, CredentialsPasswordFile)
+	replPw := digest(a.cfg.InternalDir, InternalReplicationPasswordFile)
+	t := time.NewTicker(a.cfg.SecretPoll)
+	defer t.Stop()
+	pending := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if tok, err := a.readSecret(a.cfg.InternalDir, InternalAgentTokenFile); err == nil {
+			a.mu.Lock()
+			if string(a.token) != tok {
+				a.prevToken, a.prevUntil, a.token = a.token, time.Now().Add(a.cfg.TokenGrace), []byte(tok)
+				a.log.Info("agent token changed; the previous one is accepted for a grace period", "grace", a.cfg.TokenGrace.String())
+			}
+			a.mu.Unlock()
+		}
+		if d := digest(a.cfg.InternalDir, InternalReplicationPasswordFile); d != "" && d != replPw {
+			replPw = d
+			if err := a.writePassfile(); err != nil {
+				a.log.Error("rewriting the replication passfile", "error", err.Error())
+			}
+			a.log.Info("replication password changed")
+			pending = true
+		}
+		if d := digest(a.cfg.CredentialsDir, CredentialsPasswordFile); d != "" && d != appPw {
+			appPw = d
+			a.log.Info("application password changed")
+			pending = true
+		}
+		if pending && a.IsPrimary() && a.setUp.Load() && !a.exited.Load() {
+			if err := a.ensureRoles(ctx); err != nil {
+				a.log.Warn("applying changed passwords; will retry", "error", err.Error())
+				continue
+			}
+			a.log.Info("changed passwords applied to the running primary")
+			pending = false
+		} else if pending && !a.IsPrimary() {
+			pending = false
+		}
+	}
+}

@@ -91,7 +91,8 @@ func Run(args []string) error {
 	if err := (&database.Reconciler{
 		Client:     mgr.GetClient(),
 		Recorder:   mgr.GetEventRecorder("database-controller"),
-		Instances:  database.NewHTTPInstanceStatusSource(),
+		Instances:  database.NewHTTPInstanceClient(),
+		APIReader:  mgr.GetAPIReader(),
 		AgentImage: agentImage,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the database controller: %w", err)

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -88,10 +89,25 @@ func StartManager(mgr manager.Manager) (ctx context.Context, stop func() error) 
 // FreePort returns a TCP port that was free on the loopback interface.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		// Never hand out the same port twice in one test binary: a port returned
+		// earlier may not be bound yet by the server it was meant for.
+		if !handedOut[p] {
+			handedOut[p] = true
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+var (
+	portsMu   sync.Mutex
+	handedOut = map[int]bool{}
+)

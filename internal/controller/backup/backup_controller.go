@@ -112,9 +112,8 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 			}
 			return ctrl.Result{}, err
 		}
-		if !db.Status.Ready {
-			return r.pending(b, databasev1.ReasonDatabaseNotReady,
-				fmt.Sprintf("Waiting for Database %s to be Ready (phase %q)", db.Name, db.Status.Phase))
+		if ok, why := primaryAvailable(db); !ok {
+			return r.pending(b, databasev1.ReasonDatabaseNotReady, why)
 		}
 		if wait, err := r.ensureStorage(ctx, b.Namespace, target, isDefault); err != nil || wait != "" {
 			if err != nil {

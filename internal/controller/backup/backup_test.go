@@ -339,3 +339,15 @@ func TestS3BackupWaitsForItsCredentialsSecretThenMountsIt(t *testing.T) {
 		t.Errorf("the S3 credentials must be a mounted Secret, not arguments")
 	}
 }
+
+// A degraded standby (Database Verifying, not Ready) must not stop backups: they
+// wait for the primary only.
+func TestBackupRunsWhenOnlyAStandbyIsDegraded(t *testing.T) {
+	ns := newNamespace(t)
+	setDatabaseStatus(t, ns, "test-db", databasev1.PhaseVerifying, false)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, oneShot)
+	waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonDatabaseNotReady)
+	setDatabaseStatus(t, ns, "test-db", databasev1.PhaseVerifying, true)
+	waitBackup(t, ns, "test-backup", databasev1.BackupInProgress, databasev1.ReasonJobRunning)
+}

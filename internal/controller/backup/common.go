@@ -199,3 +199,18 @@ func databaseImage(db *databasev1.Database) string {
 	}
 	return databasev1.DefaultImage
 }
+
+// primaryAvailable reports whether a Backup or Restore can run against db: its
+// primary accepts writes and is routed (condition PrimaryAvailable), whatever the
+// state of its standbys — a degraded standby must not stop backups.
+func primaryAvailable(db *databasev1.Database) (bool, string) {
+	c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionPrimaryAvailable)
+	if c != nil && c.Status == metav1.ConditionTrue {
+		return true, ""
+	}
+	why := fmt.Sprintf("Waiting for the primary of Database %s to be available (phase %q)", db.Name, db.Status.Phase)
+	if c != nil {
+		why += ": " + c.Message
+	}
+	return false, why
+}

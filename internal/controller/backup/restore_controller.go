@@ -71,8 +71,8 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 			}
 			return ctrl.Result{}, err
 		}
-		if !db.Status.Ready {
-			return r.pending(rs, databasev1.ReasonDatabaseNotReady, fmt.Sprintf("Waiting for Database %s to be Ready (phase %q)", db.Name, db.Status.Phase))
+		if ok, why := primaryAvailable(db); !ok {
+			return r.pending(rs, databasev1.ReasonDatabaseNotReady, why)
 		}
 		b, msg, err := r.completedBackup(ctx, rs)
 		if err != nil {

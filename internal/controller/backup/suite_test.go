@@ -113,9 +113,20 @@ func mustApply(t *testing.T, ns, manifest string) {
 	}
 }
 
-// readyDatabase creates a Database and marks it Ready, as the Database controller
-// would.
+// readyDatabase creates a Database and marks it Ready (its primary available), as
+// the Database controller would.
 func readyDatabase(t *testing.T, ns, name string, ready bool) {
+	t.Helper()
+	phase := databasev1.PhaseProvisioning
+	if ready {
+		phase = databasev1.PhaseReady
+	}
+	setDatabaseStatus(t, ns, name, phase, ready)
+}
+
+// setDatabaseStatus creates a Database and sets its phase and PrimaryAvailable
+// condition, as the Database controller would.
+func setDatabaseStatus(t *testing.T, ns, name string, phase databasev1.Phase, primaryAvailable bool) {
 	t.Helper()
 	db := &databasev1.Database{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
@@ -128,11 +139,14 @@ func readyDatabase(t *testing.T, ns, name string, ready bool) {
 		if err := k8s.Get(testCtx, client.ObjectKeyFromObject(db), db); err != nil {
 			return err.Error()
 		}
-		db.Status.Ready = ready
-		db.Status.Phase = databasev1.PhaseProvisioning
-		if ready {
-			db.Status.Phase = databasev1.PhaseReady
+		db.Status.Ready = phase == databasev1.PhaseReady
+		db.Status.Phase = phase
+		pa := metav1.ConditionFalse
+		if primaryAvailable {
+			pa = metav1.ConditionTrue
 		}
+		meta.SetStatusCondition(&db.Status.Conditions, metav1.Condition{Type: databasev1.ConditionPrimaryAvailable, Status: pa,
+			Reason: "Test", Message: "set by the test", ObservedGeneration: db.Generation})
 		db.Status.Image = "postgres:15.18"
 		if err := k8s.Status().Update(testCtx, db); err != nil {
 			return err.Error()

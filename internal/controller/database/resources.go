@@ -194,6 +194,8 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			"--credentials-dir="+instance.DefaultCredentialsDir,
 			"--internal-dir="+instance.DefaultInternalDir,
 			"--run-dir="+instance.DefaultRunDir,
+			"--max-lag-bytes="+strconv.FormatInt(maxLagBytes(db), 10),
+			"--max-slot-wal-keep-size="+maxSlotWALKeepSize(db),
 		).
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
@@ -204,8 +206,9 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			corev1ac.ContainerPort().WithName(portNamePostgres).WithContainerPort(instance.PostgresPort).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName(portNameAgent).WithContainerPort(instance.AgentPort).WithProtocol(corev1.ProtocolTCP),
 		).
-		// Cloning a large primary can take long: allow an hour to start.
-		WithStartupProbe(probe(instance.PathStartup, 10, 360)).
+		// The agent answers as soon as it runs; it supervises a clone (however long
+		// a clone that progresses takes) and restarts PostgreSQL itself.
+		WithStartupProbe(probe(instance.PathStartup, 5, 60)).
 		WithReadinessProbe(probe(instance.PathReadyz, 5, 3)).
 		WithLivenessProbe(probe(instance.PathHealthz, 10, 6)).
 		WithSecurityContext(restricted).
@@ -283,6 +286,19 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
 					))))
+}
+
+// maxSlotWALKeepSize is max_slot_wal_keep_size in MB: spec.maxSlotWALKeepSize, or
+// a quarter of the volume, at least 64MB.
+func maxSlotWALKeepSize(db *databasev1.Database) string {
+	var bytes int64
+	if q := db.Spec.MaxSlotWALKeepSize; q != nil {
+		bytes = q.Value()
+	} else if size, err := resource.ParseQuantity(db.Spec.Storage.Size); err == nil {
+		bytes = size.Value() / 4
+	}
+	mb := max(bytes>>20, 64)
+	return strconv.FormatInt(mb, 10) + "MB"
 }
 
 // specHash returns a short hash of an apply configuration; recorded in

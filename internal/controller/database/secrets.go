@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
@@ -53,25 +54,30 @@ func postgresURI(user, password, host, port, database string) string {
 	return u.String()
 }
 
-// ensureSecret creates the Secret name with data() if it does not exist. An existing
-// Secret is never overwritten: passwords are generated once.
-func (r *Reconciler) ensureSecret(ctx context.Context, db *databasev1.Database, name string, data func() (map[string][]byte, error)) error {
-	var existing corev1.Secret
-	err := r.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: name}, &existing)
+// ensureSecret returns the Secret name, creating it with data() when it does not
+// exist (created is then true). An existing Secret is never regenerated: passwords
+// are generated once. A Secret of that name that this Database does not own is a
+// conflict: it is neither adopted nor overwritten (nil is returned).
+func (r *Reconciler) ensureSecret(ctx context.Context, db *databasev1.Database, obs *observation, name string,
+	data func() (map[string][]byte, error)) (secret *corev1.Secret, created bool, err error) {
+	key := types.NamespacedName{Namespace: db.Namespace, Name: name}
+	existing := &corev1.Secret{}
+	err = r.Get(ctx, key, existing)
 	if err == nil {
-		if !metav1.IsControlledBy(&existing, db) {
-			return fmt.Errorf("secret %s exists and is not owned by Database %s", name, db.Name)
+		if !metav1.IsControlledBy(existing, db) {
+			conflict(obs, "Secret", existing, db)
+			return nil, false, nil
 		}
-		return nil
+		return existing, false, nil
 	}
 	if !apierrors.IsNotFound(err) {
-		return fmt.Errorf("getting secret %s: %w", name, err)
+		return nil, false, fmt.Errorf("getting secret %s: %w", name, err)
 	}
 	d, err := data()
 	if err != nil {
-		return err
+		return nil, false, err
 	}
-	secret := &corev1.Secret{
+	secret = &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      name,
 			Namespace: db.Namespace,
@@ -81,29 +87,66 @@ func (r *Reconciler) ensureSecret(ctx context.Context, db *databasev1.Database, 
 		Data: d,
 	}
 	if err := controllerutil.SetControllerReference(db, secret, r.Scheme()); err != nil {
-		return fmt.Errorf("owning secret %s: %w", name, err)
+		return nil, false, fmt.Errorf("owning secret %s: %w", name, err)
 	}
 	if err := r.Create(ctx, secret, client.FieldOwner(FieldOwner)); err != nil {
-		if apierrors.IsAlreadyExists(err) {
-			// Created meanwhile (stale cache): keep the existing one.
-			return nil
+		if !apierrors.IsAlreadyExists(err) {
+			return nil, false, fmt.Errorf("creating secret %s: %w", name, err)
 		}
-		return fmt.Errorf("creating secret %s: %w", name, err)
+		// The cache holds only Secrets we label: read the one that exists directly.
+		if r.APIReader == nil {
+			return nil, false, fmt.Errorf("secret %s exists but is not in the cache", name)
+		}
+		if err := r.APIReader.Get(ctx, key, existing); err != nil {
+			return nil, false, fmt.Errorf("getting secret %s: %w", name, err)
+		}
+		if !metav1.IsControlledBy(existing, db) {
+			conflict(obs, "Secret", existing, db)
+			return nil, false, nil
+		}
+		return existing, false, nil
 	}
-	return nil
+	return secret, true, nil
 }
 
-func (r *Reconciler) ensureSecrets(ctx context.Context, db *databasev1.Database) error {
-	if err := r.ensureSecret(ctx, db, credentialsSecretName(db), func() (map[string][]byte, error) {
+// reconcileSecrets creates the two Secrets once, keeps the derived keys of the
+// credentials Secret (uri, host, ...) consistent with its password (so an edited
+// password is reflected in uri), writes the recorded system identifier into the
+// internal Secret for the agents, and remembers the agent tokens.
+func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	initialised := db.Status.SystemIdentifier != ""
+	cred, created, err := r.ensureSecret(ctx, db, obs, credentialsSecretName(db), func() (map[string][]byte, error) {
 		pw, err := generatePassword(32)
 		if err != nil {
 			return nil, err
 		}
 		return credentialsData(db, pw), nil
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	return r.ensureSecret(ctx, db, internalSecretName(db), func() (map[string][]byte, error) {
+	if created && initialised && r.Recorder != nil {
+		r.Recorder.Eventf(db, nil, corev1.EventTypeWarning, "CredentialsRegenerated", "RegenerateSecret",
+			"Secret %s was missing and was recreated with a new password; the instances apply it to the running primary", cred.Name)
+	}
+	if cred != nil && !created {
+		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]))
+		if len(cred.Data[instance.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
+			patch := client.MergeFrom(cred.DeepCopy())
+			if cred.Data == nil {
+				cred.Data = map[string][]byte{}
+			}
+			for k, v := range want {
+				cred.Data[k] = v
+			}
+			if err := r.Patch(ctx, cred, patch, client.FieldOwner(FieldOwner)); err != nil {
+				return fmt.Errorf("refreshing the derived keys of secret %s: %w", cred.Name, err)
+			}
+			logf.FromContext(ctx).Info("credentials Secret changed: derived keys (uri) refreshed", "secret", cred.Name)
+		}
+	}
+
+	internal, created, err := r.ensureSecret(ctx, db, obs, internalSecretName(db), func() (map[string][]byte, error) {
 		repl, err := generatePassword(32)
 		if err != nil {
 			return nil, err
@@ -112,10 +155,72 @@ func (r *Reconciler) ensureSecrets(ctx context.Context, db *databasev1.Database)
 		if err != nil {
 			return nil, err
 		}
-		return map[string][]byte{
+		d := map[string][]byte{
 			"replication-username":                   []byte(instance.ReplicationUser),
 			instance.InternalReplicationPasswordFile: []byte(repl),
 			instance.InternalAgentTokenFile:          []byte(token),
-		}, nil
+		}
+		if db.Status.SystemIdentifier != "" {
+			d[instance.InternalSystemIDFile] = []byte(db.Status.SystemIdentifier)
+		}
+		return d, nil
 	})
+	if err != nil {
+		return err
+	}
+	if internal == nil {
+		return nil
+	}
+	if created && initialised && r.Recorder != nil {
+		r.Recorder.Eventf(db, nil, corev1.EventTypeWarning, "InternalSecretRegenerated", "RegenerateSecret",
+			"Secret %s was missing and was recreated with a new replication password and agent token", internal.Name)
+	}
+	if id := db.Status.SystemIdentifier; id != "" && string(internal.Data[instance.InternalSystemIDFile]) != id {
+		if err := r.recordSystemID(ctx, internal, id); err != nil {
+			return err
+		}
+	}
+	obs.SecretSystemID = string(internal.Data[instance.InternalSystemIDFile])
+	obs.Tokens = r.rememberToken(db, string(internal.Data[instance.InternalAgentTokenFile]))
+	return nil
+}
+
+// recordSystemID writes the system identifier into the internal Secret, where
+// every agent reads it before starting PostgreSQL.
+func (r *Reconciler) recordSystemID(ctx context.Context, internal *corev1.Secret, id string) error {
+	patch := client.MergeFrom(internal.DeepCopy())
+	if internal.Data == nil {
+		internal.Data = map[string][]byte{}
+	}
+	internal.Data[instance.InternalSystemIDFile] = []byte(id)
+	if err := r.Patch(ctx, internal, patch, client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("recording the system identifier in secret %s: %w", internal.Name, err)
+	}
+	return nil
+}
+
+func sameData(have, want map[string][]byte) bool {
+	for k, v := range want {
+		if string(have[k]) != string(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// rememberToken returns the tokens to try: the Secret's, then the one used before
+// it changed (the agents pick up a new token only when the kubelet refreshes the
+// mounted file).
+func (r *Reconciler) rememberToken(db *databasev1.Database, token string) []string {
+	v, _ := r.tokens.Load(db.UID)
+	prev, _ := v.([]string)
+	if len(prev) > 0 && prev[0] == token {
+		return prev
+	}
+	out := []string{token}
+	if len(prev) > 0 && prev[0] != "" {
+		out = append(out, prev[0])
+	}
+	r.tokens.Store(db.UID, out)
+	return out
 }

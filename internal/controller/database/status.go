@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,22 +19,62 @@ import (
 
 // observation is everything Reconcile saw; deriveStatus turns it into a status.
 type observation struct {
+	// Now is the time of the observation; ReadyGrace and StallAfter the hysteresis
+	// settings.
+	Now                    time.Time
+	ReadyGrace, StallAfter time.Duration
 	// StatefulSet is nil until it exists.
 	StatefulSet *appsv1.StatefulSet
 	// Pods are the instance pods, ordered by name.
 	Pods []corev1.Pod
 	// Instances maps pod name to what its agent reported.
 	Instances map[string]InstanceReport
+	// Tokens are the agent tokens to try (current first).
+	Tokens []string
+	// SecretSystemID is the system identifier found in the internal Secret.
+	SecretSystemID string
 	// Refusal explains why the spec cannot be applied (e.g. a major version change);
 	// empty when there is none.
 	Refusal string
-	// ReconcileErr is an error of this reconcile, reported in the Ready condition.
+	// Conflicts name children with our names that this Database does not own.
+	Conflicts []string
+	// ReconcileErr joins the errors of this reconcile's steps.
 	ReconcileErr error
+	// ObserveErr is set when the pods or endpoints could not be listed: the
+	// observation of the instances is missing.
+	ObserveErr error
 	// RunningImage is the image the StatefulSet runs.
 	RunningImage string
 	// RoutedPods are the pods the read-write Service's EndpointSlices list as ready
 	// endpoints: where connections to status.endpoint actually go.
 	RoutedPods map[string]bool
+	// Storage is the verdict on volume expansion (nil: not observed).
+	Storage *conditionVerdict
+	// Identity is the system identifier to record (nil: nothing new).
+	Identity *identity
+	// Recloning maps standby pods the operator asked to re-clone to why.
+	Recloning map[string]string
+	// RecoveryError explains why the recover-primary-from annotation was not acted
+	// on.
+	RecoveryError string
+}
+
+// identity is a system identifier recorded for the first time.
+type identity struct {
+	SystemID    string
+	DataVersion int
+	Pod         string
+	// Adopted: the data directory existed before (not created by our initdb).
+	Adopted bool
+	// FromSecret: recovered from the internal Secret (the status had lost it).
+	FromSecret bool
+}
+
+// conditionVerdict is a condition's status with its reason and message.
+type conditionVerdict struct {
+	Status  metav1.ConditionStatus
+	Reason  string
+	Message string
 }
 
 // verdict is a phase with the reason and message that explain it.
@@ -45,24 +86,58 @@ type verdict struct {
 
 // deriveStatus computes the status of db from what was observed. It is pure: the
 // same inputs give the same status, and conditions keep their transition times when
-// their status does not change.
+// their status does not change (new transitions are stamped with obs.Now).
 func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseStatus {
-	if obs.ReconcileErr != nil {
-		// What was observed is incomplete: keep the last known state of the database
-		// (phase, readiness) and report the operator's error in Reconciling, rather
-		// than guess a phase from half an observation. observedGeneration is not
-		// advanced: the current spec has not been applied.
-		st := *db.Status.DeepCopy()
-		setCondition(&st, db.Generation, databasev1.ConditionReconciling, metav1.ConditionTrue, databasev1.ReasonReconcileError, obs.ReconcileErr.Error())
-		return st
-	}
+	prev := db.Status
 	st := databasev1.DatabaseStatus{
 		ObservedGeneration: db.Generation,
 		SecretName:         credentialsSecretName(db),
 		Selector:           labels.SelectorFromSet(selectorLabels(db)).String(),
 		Image:              obs.RunningImage,
-		Conditions:         append([]metav1.Condition(nil), db.Status.Conditions...),
+		SystemIdentifier:   prev.SystemIdentifier,
+		DataVersion:        prev.DataVersion,
+		Conditions:         append([]metav1.Condition(nil), prev.Conditions...),
 	}
+	if st.Image == "" {
+		st.Image = prev.Image
+	}
+	set := func(typ string, status metav1.ConditionStatus, reason, message string) {
+		setCondition(&st, db.Generation, obs.Now, typ, status, reason, message)
+	}
+
+	// Identity.
+	if obs.Identity != nil && st.SystemIdentifier == "" {
+		st.SystemIdentifier = obs.Identity.SystemID
+		st.DataVersion = int32(obs.Identity.DataVersion)
+		switch {
+		case obs.Identity.FromSecret:
+			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonBootstrapped,
+				fmt.Sprintf("System identifier %s recovered from Secret %s", st.SystemIdentifier, internalSecretName(db)))
+		case obs.Identity.Adopted:
+			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonAdoptedExistingData,
+				fmt.Sprintf("Adopted the existing data directory found on %s (system identifier %s, PostgreSQL %d): its volume held data from an earlier Database; no initdb was run",
+					obs.Identity.Pod, obs.Identity.SystemID, obs.Identity.DataVersion))
+		default:
+			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonBootstrapped,
+				fmt.Sprintf("Cluster initialised by initdb on %s: system identifier %s, PostgreSQL %d; no instance will ever run initdb again",
+					obs.Identity.Pod, obs.Identity.SystemID, obs.Identity.DataVersion))
+		}
+	} else if st.SystemIdentifier == "" {
+		set(databasev1.ConditionInitialized, metav1.ConditionFalse, databasev1.ReasonNotInitialized, "Waiting for the primary to initialise the cluster")
+	}
+
+	if obs.ObserveErr != nil {
+		// Without the instances nothing can be said about the database: keep the last
+		// known phase and readiness and report the error.
+		st.Phase, st.Ready = prev.Phase, prev.Ready
+		st.Replicas, st.ReadyReplicas = prev.Replicas, prev.ReadyReplicas
+		st.Endpoint, st.ReadOnlyEndpoint = prev.Endpoint, prev.ReadOnlyEndpoint
+		st.CurrentPrimary, st.PostgresVersion = prev.CurrentPrimary, prev.PostgresVersion
+		st.ObservedGeneration = prev.ObservedGeneration
+		setReconcileError(&st, db, obs, set)
+		return st
+	}
+
 	if obs.StatefulSet != nil {
 		st.Replicas = obs.StatefulSet.Status.Replicas
 		st.ReadyReplicas = obs.StatefulSet.Status.ReadyReplicas
@@ -74,7 +149,23 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.PostgresVersion = p.ServerVersion
 	}
 
-	v := decide(db, obs)
+	pa := primaryAvailability(db, obs)
+	set(databasev1.ConditionPrimaryAvailable, pa.Status, pa.Reason, pa.Message)
+	rh := replicasHealth(db, obs)
+	set(databasev1.ConditionReplicasHealthy, rh.Status, rh.Reason, rh.Message)
+	if obs.Storage != nil {
+		set(databasev1.ConditionStorageResized, obs.Storage.Status, obs.Storage.Reason, obs.Storage.Message)
+	}
+
+	v := decide(db, obs, st.SystemIdentifier)
+	if v.Phase != databasev1.PhaseReady && v.Phase != databasev1.PhaseFailed && prev.Phase == databasev1.PhaseReady &&
+		prev.ObservedGeneration == db.Generation {
+		// Hysteresis: a Ready Database leaves Ready only when a failing check lasts.
+		if since, ok := degradedSince(st); ok && obs.Now.Sub(since) < obs.ReadyGrace {
+			v = verdict{databasev1.PhaseReady, databasev1.ReasonDegraded,
+				fmt.Sprintf("%s (failing for %s; Ready is kept for up to %s)", v.Message, obs.Now.Sub(since).Round(time.Second), obs.ReadyGrace)}
+		}
+	}
 	st.Phase = v.Phase
 	st.Ready = v.Phase == databasev1.PhaseReady
 
@@ -82,40 +173,154 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	if st.Ready {
 		ready = metav1.ConditionTrue
 	}
-	setCondition(&st, db.Generation, databasev1.ConditionReady, ready, v.Reason, v.Message)
+	set(databasev1.ConditionReady, ready, v.Reason, v.Message)
 
 	switch v.Phase {
 	case databasev1.PhaseReady:
-		setCondition(&st, db.Generation, databasev1.ConditionReconciling, metav1.ConditionFalse, databasev1.ReasonSucceeded, "The Database matches its spec")
-		setCondition(&st, db.Generation, databasev1.ConditionStalled, metav1.ConditionFalse, databasev1.ReasonSucceeded, "No blocking problem")
+		set(databasev1.ConditionReconciling, metav1.ConditionFalse, databasev1.ReasonSucceeded, "The Database matches its spec")
+		set(databasev1.ConditionStalled, metav1.ConditionFalse, databasev1.ReasonSucceeded, "No blocking problem")
 	case databasev1.PhaseFailed:
-		setCondition(&st, db.Generation, databasev1.ConditionReconciling, metav1.ConditionFalse, v.Reason, "Waiting for a change of the spec")
-		setCondition(&st, db.Generation, databasev1.ConditionStalled, metav1.ConditionTrue, v.Reason, v.Message)
+		set(databasev1.ConditionReconciling, metav1.ConditionFalse, v.Reason, "Waiting for a change by the user")
+		set(databasev1.ConditionStalled, metav1.ConditionTrue, v.Reason, v.Message)
 	default:
-		setCondition(&st, db.Generation, databasev1.ConditionReconciling, metav1.ConditionTrue, v.Reason, v.Message)
-		setCondition(&st, db.Generation, databasev1.ConditionStalled, metav1.ConditionFalse, databasev1.ReasonSucceeded, "No blocking problem")
+		set(databasev1.ConditionReconciling, metav1.ConditionTrue, v.Reason, v.Message)
+		set(databasev1.ConditionStalled, metav1.ConditionFalse, databasev1.ReasonSucceeded, "No blocking problem")
+	}
+	if obs.ReconcileErr != nil {
+		st.ObservedGeneration = prev.ObservedGeneration
+		if st.ObservedGeneration == 0 {
+			st.ObservedGeneration = db.Generation
+		}
+		setReconcileError(&st, db, obs, set)
 	}
 	return st
 }
 
-func setCondition(st *databasev1.DatabaseStatus, gen int64, typ string, status metav1.ConditionStatus, reason, message string) {
-	meta.SetStatusCondition(&st.Conditions, metav1.Condition{
+// setReconcileError reports a failing step in Reconciling; when it keeps failing
+// for the same generation longer than StallAfter, Stalled says so.
+func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, obs observation, set func(string, metav1.ConditionStatus, string, string)) {
+	err := obs.ReconcileErr
+	if err == nil {
+		err = obs.ObserveErr
+	}
+	if err == nil {
+		return
+	}
+	prevRec := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionReconciling)
+	set(databasev1.ConditionReconciling, metav1.ConditionTrue, databasev1.ReasonReconcileError, err.Error())
+	if prevRec != nil && prevRec.Reason == databasev1.ReasonReconcileError && prevRec.Status == metav1.ConditionTrue &&
+		prevRec.ObservedGeneration == db.Generation && obs.Now.Sub(prevRec.LastTransitionTime.Time) >= obs.StallAfter {
+		set(databasev1.ConditionStalled, metav1.ConditionTrue, databasev1.ReasonReconcileError,
+			fmt.Sprintf("The same step has been failing for over %s: %v", obs.StallAfter, err))
+	}
+}
+
+// degradedSince is when the first of PrimaryAvailable and ReplicasHealthy turned
+// False, if one is False.
+func degradedSince(st databasev1.DatabaseStatus) (time.Time, bool) {
+	var since time.Time
+	found := false
+	for _, typ := range []string{databasev1.ConditionPrimaryAvailable, databasev1.ConditionReplicasHealthy} {
+		c := meta.FindStatusCondition(st.Conditions, typ)
+		if c == nil || c.Status != metav1.ConditionFalse {
+			continue
+		}
+		if !found || c.LastTransitionTime.Time.Before(since) {
+			since, found = c.LastTransitionTime.Time, true
+		}
+	}
+	return since, found
+}
+
+func setCondition(st *databasev1.DatabaseStatus, gen int64, now time.Time, typ string, status metav1.ConditionStatus, reason, message string) {
+	c := metav1.Condition{
 		Type:               typ,
 		Status:             status,
 		Reason:             reason,
 		Message:            message,
 		ObservedGeneration: gen,
-	})
+	}
+	if old := meta.FindStatusCondition(st.Conditions, typ); old == nil || old.Status != status {
+		c.LastTransitionTime = metav1.NewTime(now.Truncate(time.Second))
+	}
+	meta.SetStatusCondition(&st.Conditions, c)
+}
+
+// refusing reports whether an agent state is a refusal to start.
+func refusing(s instance.State) bool {
+	return s == instance.StateDataMissing || s == instance.StateForeignData || s == instance.StateVersionMismatch
+}
+
+// agentRefusal returns the first instance whose agent refuses to start, by name.
+func agentRefusal(obs observation) (string, *instance.Status) {
+	for _, n := range podNames(obs) {
+		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && refusing(r.Status.State) {
+			return n, r.Status
+		}
+	}
+	return "", nil
+}
+
+func podNames(obs observation) []string {
+	names := make([]string, 0, len(obs.Pods))
+	for _, p := range obs.Pods {
+		names = append(names, p.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// standbyNames returns the running standbys (by agent report) other than pod.
+func standbyNames(obs observation, except string) []string {
+	var out []string
+	for _, n := range podNames(obs) {
+		if r, ok := obs.Instances[n]; ok && n != except && r.Err == nil && r.Status != nil && r.Status.Running && r.Status.Role == instance.RoleReplica {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // decide walks the phases in order and stops at the first that is not complete.
-func decide(db *databasev1.Database, obs observation) verdict {
+func decide(db *databasev1.Database, obs observation, systemID string) verdict {
+	if len(obs.Conflicts) > 0 {
+		return verdict{databasev1.PhaseFailed, databasev1.ReasonChildConflict, strings.Join(obs.Conflicts, "; ")}
+	}
 	if obs.Refusal != "" {
 		return verdict{databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, obs.Refusal}
+	}
+	if pod, st := agentRefusal(obs); st != nil {
+		switch st.State {
+		case instance.StateDataMissing:
+			msg := fmt.Sprintf("Primary %s has no data directory on its volume (PVC %s-%s) although the Database was initialised (system identifier %s); "+
+				"the operator refuses to create a new, empty database", pod, volumeData, pod, systemID)
+			if standbys := standbyNames(obs, pod); len(standbys) > 0 {
+				msg += fmt.Sprintf(". The data is on standby %s: to rebuild the primary from it, run "+
+					"kubectl annotate database %s %s=%s", standbys[0], db.Name, databasev1.AnnotationRecoverPrimaryFrom, standbys[0])
+			} else {
+				msg += ". No standby holds a copy: restore a Backup into a new Database, or put the volume back"
+			}
+			if obs.RecoveryError != "" {
+				msg += ". " + obs.RecoveryError
+			}
+			return verdict{databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, msg}
+		case instance.StateForeignData:
+			return verdict{databasev1.PhaseFailed, databasev1.ReasonPrimaryDataForeign,
+				fmt.Sprintf("Primary %s (PVC %s-%s): %s", pod, volumeData, pod, st.Message)}
+		case instance.StateVersionMismatch:
+			return verdict{databasev1.PhaseFailed, databasev1.ReasonDataVersionMismatch,
+				fmt.Sprintf("Instance %s: its data directory is PostgreSQL %d but image %s runs PostgreSQL %d; PostgreSQL was not started. "+
+					"Set spec.image back to a PostgreSQL %d image (the instance is then recreated with it)", pod, st.DataVersion, podImage(obs, pod), st.BinaryVersion, st.DataVersion)}
+		}
 	}
 	sts := obs.StatefulSet
 	if sts == nil {
 		return verdict{databasev1.PhasePending, databasev1.ReasonCreating, "Creating the Secrets, Services and StatefulSet"}
+	}
+	for _, n := range podNames(obs) {
+		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && r.Status.State == instance.StateRecovering {
+			return verdict{databasev1.PhaseDeploying, databasev1.ReasonRecoveringPrimary, fmt.Sprintf("Primary %s: %s", n, r.Status.Message)}
+		}
 	}
 	want := replicas(db)
 	s := sts.Status
@@ -138,11 +343,28 @@ func decide(db *databasev1.Database, obs observation) verdict {
 		return verdict{databasev1.PhaseDeploying, databasev1.ReasonScaling,
 			fmt.Sprintf("%d of %d instances ready", s.ReadyReplicas, want)}
 	}
-	if v, ok := verify(db, obs); !ok {
-		return v
+	if pa := primaryAvailability(db, obs); pa.Status != metav1.ConditionTrue {
+		return verdict{databasev1.PhaseVerifying, pa.Reason, pa.Message}
+	}
+	if rh := replicasHealth(db, obs); rh.Status != metav1.ConditionTrue {
+		return verdict{databasev1.PhaseVerifying, rh.Reason, rh.Message}
 	}
 	return verdict{databasev1.PhaseReady, databasev1.ReasonChecksPassed,
 		fmt.Sprintf("Primary %s accepts writes; %d standby(s) streaming within the lag threshold", primaryOf(obs).Pod, want-1)}
+}
+
+func podImage(obs observation, pod string) string {
+	for _, p := range obs.Pods {
+		if p.Name != pod {
+			continue
+		}
+		for _, c := range p.Spec.Containers {
+			if c.Name == containerPostgres {
+				return c.Image
+			}
+		}
+	}
+	return "(unknown)"
 }
 
 // primaryOf returns the status of the one instance that reports itself primary, or
@@ -166,56 +388,104 @@ func maxLagBytes(db *databasev1.Database) int64 {
 	if db.Spec.MaxReplicationLag != nil {
 		return db.Spec.MaxReplicationLag.Value()
 	}
-	return 16 << 20
+	return 64 << 20
 }
 
-// verify is the consistency check: exactly one primary, it accepts a write, and
-// every other instance streams from it with replay lag under the threshold.
-func verify(db *databasev1.Database, obs observation) (verdict, bool) {
-	fail := func(reason, format string, args ...any) (verdict, bool) {
-		return verdict{databasev1.PhaseVerifying, reason, fmt.Sprintf(format, args...)}, false
+// primaryAvailability: exactly one primary, it accepts a write, and the read-write
+// Service routes to it. It says nothing about the standbys.
+func primaryAvailability(db *databasev1.Database, obs observation) conditionVerdict {
+	fail := func(reason, format string, args ...any) conditionVerdict {
+		return conditionVerdict{metav1.ConditionFalse, reason, fmt.Sprintf(format, args...)}
 	}
-	names := make([]string, 0, len(obs.Pods))
-	for _, p := range obs.Pods {
-		names = append(names, p.Name)
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	var primaries []string
+	var unreachable []string
+	for _, n := range podNames(obs) {
 		r, ok := obs.Instances[n]
 		switch {
 		case !ok:
-			return fail(databasev1.ReasonInstanceUnreachable, "Instance %s has not reported its status yet", n)
+			unreachable = append(unreachable, n+" has not reported its status yet")
 		case r.Err != nil:
-			return fail(databasev1.ReasonInstanceUnreachable, "Instance %s: %v", n, r.Err)
-		case r.Status == nil || !r.Status.Running:
-			msg := ""
-			if r.Status != nil && r.Status.Error != "" {
-				msg = ": " + r.Status.Error
-			}
-			return fail(databasev1.ReasonInstanceUnreachable, "Instance %s: PostgreSQL is not accepting connections%s", n, msg)
-		}
-	}
-	var primaries []string
-	for _, n := range names {
-		if obs.Instances[n].Status.Role == instance.RolePrimary {
+			unreachable = append(unreachable, fmt.Sprintf("%s: %v", n, r.Err))
+		case r.Status != nil && r.Status.Running && r.Status.Role == instance.RolePrimary:
 			primaries = append(primaries, n)
 		}
 	}
-	if len(primaries) != 1 {
+	switch {
+	case len(primaries) > 1:
 		return fail(databasev1.ReasonPrimaryUnknown, "Expected exactly one primary, found %d: [%s]", len(primaries), strings.Join(primaries, ", "))
+	case len(primaries) == 0 && len(unreachable) > 0:
+		return fail(databasev1.ReasonInstanceUnreachable, "No primary is reporting: %s", strings.Join(unreachable, "; "))
+	case len(primaries) == 0:
+		msg := "No instance reports itself as a running primary"
+		if len(obs.Pods) == 0 {
+			msg = "No instance pod exists yet"
+		}
+		for _, n := range podNames(obs) {
+			if r := obs.Instances[n]; r.Status != nil && instance.Ordinal(n) == 0 {
+				if r.Status.Error != "" {
+					msg += fmt.Sprintf("; %s: %s", n, r.Status.Error)
+				}
+				if r.Status.Message != "" {
+					msg += fmt.Sprintf(" (%s)", r.Status.Message)
+				}
+			}
+		}
+		return fail(databasev1.ReasonPrimaryUnknown, "%s", msg)
 	}
 	primary := obs.Instances[primaries[0]].Status
 	if !primary.Writable {
 		return fail(databasev1.ReasonPrimaryNotWritable, "Primary %s does not accept writes: %s", primary.Pod, primary.WriteError)
+	}
+	if !obs.RoutedPods[primary.Pod] {
+		return fail(databasev1.ReasonServiceNotRouting, "Service %s does not route to primary %s yet", readWriteServiceName(db), primary.Pod)
+	}
+	return conditionVerdict{metav1.ConditionTrue, databasev1.ReasonPrimaryAvailable,
+		fmt.Sprintf("Primary %s accepts writes and Service %s routes to it", primary.Pod, readWriteServiceName(db))}
+}
+
+// replicasHealth: every standby the spec asks for exists and streams from the
+// primary within maxReplicationLag.
+func replicasHealth(db *databasev1.Database, obs observation) conditionVerdict {
+	fail := func(reason, format string, args ...any) conditionVerdict {
+		return conditionVerdict{metav1.ConditionFalse, reason, fmt.Sprintf(format, args...)}
+	}
+	want := replicas(db)
+	if want == 1 {
+		return conditionVerdict{metav1.ConditionTrue, databasev1.ReasonNoStandbys, "No standbys are configured (replicas: 1)"}
+	}
+	primary := primaryOf(obs)
+	if primary == nil {
+		return fail(databasev1.ReasonPrimaryUnknown, "Standbys cannot be checked without a primary")
 	}
 	streaming := make(map[string]instance.ReplicaStatus, len(primary.Replicas))
 	for _, rs := range primary.Replicas {
 		streaming[rs.ApplicationName] = rs
 	}
 	limit := maxLagBytes(db)
-	for _, n := range names {
+	stsName := statefulSetName(db)
+	for i := int32(0); i < want; i++ {
+		n := fmt.Sprintf("%s-%d", stsName, i)
 		if n == primary.Pod {
 			continue
+		}
+		if why, ok := obs.Recloning[n]; ok {
+			return fail(databasev1.ReasonStandbyRecloning, "Standby %s is being re-cloned: %s", n, why)
+		}
+		r, ok := obs.Instances[n]
+		switch {
+		case !ok:
+			return fail(databasev1.ReasonInstanceUnreachable, "Standby %s has not reported its status yet", n)
+		case r.Err != nil:
+			return fail(databasev1.ReasonInstanceUnreachable, "Standby %s: %v", n, r.Err)
+		case r.Status == nil || !r.Status.Running:
+			msg := ""
+			if r.Status != nil && r.Status.Error != "" {
+				msg = ": " + r.Status.Error
+			}
+			if r.Status != nil && r.Status.Message != "" {
+				msg += " (" + string(r.Status.State) + ": " + r.Status.Message + ")"
+			}
+			return fail(databasev1.ReasonInstanceUnreachable, "Standby %s: PostgreSQL is not accepting connections%s", n, msg)
 		}
 		rs, ok := streaming[n]
 		if !ok || rs.State != "streaming" {
@@ -230,8 +500,6 @@ func verify(db *databasev1.Database, obs observation) (verdict, bool) {
 				n, resource.NewQuantity(rs.LagBytes, resource.BinarySI).String(), resource.NewQuantity(limit, resource.BinarySI).String())
 		}
 	}
-	if !obs.RoutedPods[primary.Pod] {
-		return fail(databasev1.ReasonServiceNotRouting, "Service %s does not route to primary %s yet", readWriteServiceName(db), primary.Pod)
-	}
-	return verdict{}, true
+	return conditionVerdict{metav1.ConditionTrue, databasev1.ReasonStandbysHealthy,
+		fmt.Sprintf("%d standby(s) streaming from %s within %s", want-1, primary.Pod, resource.NewQuantity(limit, resource.BinarySI).String())}
 }

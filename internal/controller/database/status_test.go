@@ -4,10 +4,12 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -70,13 +72,13 @@ func TestDeriveStatusPhases(t *testing.T) {
 		{"statefulset spec not observed", observation{StatefulSet: func() *appsv1.StatefulSet { s := sts(2, 2, 2, "a", "a"); s.Generation = 3; return s }()},
 			databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, "observe"},
 		{"agent unreachable", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Err: errors.New("connection refused")}}},
+			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Err: errors.New("connection refused")}}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonInstanceUnreachable, "db-1: connection refused"},
 		{"agent not reported", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": healthy["db-0"]}},
+			Instances: map[string]InstanceReport{"db-0": healthy["db-0"]}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonInstanceUnreachable, "db-1"},
 		{"postgres down", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Status: &instance.Status{Pod: "db-1", Error: "no socket"}}}},
+			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Status: &instance.Status{Pod: "db-1", Error: "no socket"}}}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonInstanceUnreachable, "db-1: PostgreSQL is not accepting connections: no socket"},
 		{"two primaries", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: twoPrimaries},
 			databasev1.PhaseVerifying, databasev1.ReasonPrimaryUnknown, "found 2: [db-0, db-1]"},
@@ -87,18 +89,43 @@ func TestDeriveStatusPhases(t *testing.T) {
 			Instances: map[string]InstanceReport{"db-0": catchingUp, "db-1": healthy["db-1"]}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonReplicaNotStreaming, "db-1 is not streaming from primary db-0 (catchup)"},
 		{"standby lagging", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", map[string]int64{"db-1": 17 << 20}), "db-1": healthy["db-1"]}, RoutedPods: routed},
-			databasev1.PhaseVerifying, databasev1.ReasonReplicationLagHigh, "db-1 replay lag is 17Mi, above the 16Mi threshold"},
+			Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", map[string]int64{"db-1": 65 << 20}), "db-1": healthy["db-1"]}, RoutedPods: routed},
+			databasev1.PhaseVerifying, databasev1.ReasonReplicationLagHigh, "db-1 replay lag is 65Mi, above the 64Mi threshold"},
 		{"service not routing to the primary yet", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy},
 			databasev1.PhaseVerifying, databasev1.ReasonServiceNotRouting, "Service db does not route to primary db-0"},
 		{"healthy", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy, RoutedPods: routed},
 			databasev1.PhaseReady, databasev1.ReasonChecksPassed, "db-0 accepts writes; 1 standby"},
 		{"refused", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Refusal: "major change"},
 			databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, "major change"},
+		{"a child with our name that we do not own", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Conflicts: []string{"Service ns/db exists and is not owned by Database db"}},
+			databasev1.PhaseFailed, databasev1.ReasonChildConflict, "Service ns/db exists and is not owned"},
+		{"primary data missing, a standby holds the data", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateDataMissing, "empty"), "db-1": healthy["db-1"]}},
+			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, "PVC data-db-0) although the Database was initialised (system identifier 7001); the operator refuses to create a new, empty database. The data is on standby db-1: to rebuild the primary from it, run kubectl annotate database db database.example.com/recover-primary-from=db-1"},
+		{"primary data missing, no standby", observation{StatefulSet: sts(2, 0, 2, "a", "a"), Pods: pods("db-0"),
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateDataMissing, "empty")}},
+			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, "No standby holds a copy"},
+		{"primary data foreign", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateForeignData, "belongs to another cluster"), "db-1": healthy["db-1"]}},
+			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataForeign, "db-0 (PVC data-db-0): belongs to another cluster"},
+		{"data directory of another major", observation{StatefulSet: sts(2, 1, 2, "a", "b"), Pods: pods("db-0", "db-1"),
+			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": func() InstanceReport {
+				r := agentState("db-1", instance.StateVersionMismatch, "")
+				r.Status.DataVersion, r.Status.BinaryVersion = 15, 17
+				return r
+			}()}},
+			databasev1.PhaseFailed, databasev1.ReasonDataVersionMismatch, "Instance db-1: its data directory is PostgreSQL 15 but image (unknown) runs PostgreSQL 17"},
+		{"primary being rebuilt", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateRecovering, "cloning db-1"), "db-1": healthy["db-1"]}},
+			databasev1.PhaseDeploying, databasev1.ReasonRecoveringPrimary, "db-0: cloning db-1"},
+		{"standby re-cloned", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy, RoutedPods: routed,
+			Recloning: map[string]string{"db-1": "WAL removed"}},
+			databasev1.PhaseVerifying, databasev1.ReasonStandbyRecloning, "db-1 is being re-cloned: WAL removed"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			db := testDB(2)
+			db.Status.SystemIdentifier = "7001"
 			st := deriveStatus(db, tc.obs)
 			if st.Phase != tc.wantPhase {
 				t.Errorf("phase = %s, want %s", st.Phase, tc.wantPhase)
@@ -139,17 +166,250 @@ func TestDeriveStatusIsStableAndKeepsTransitionTimes(t *testing.T) {
 	}
 }
 
-func TestReconcileErrorKeepsTheLastObservationAndIsReportedInReconciling(t *testing.T) {
+func agentState(pod string, state instance.State, msg string) InstanceReport {
+	return InstanceReport{Status: &instance.Status{Pod: pod, State: state, Message: msg, Error: "PostgreSQL is not running"}}
+}
+
+func TestObservationErrorKeepsTheLastPhaseAndIsReportedInReconciling(t *testing.T) {
 	db := testDB(1)
 	db.Status.Phase, db.Status.Ready, db.Status.Endpoint, db.Status.ObservedGeneration = databasev1.PhaseReady, true, "db.ns.svc.cluster.local:5432", 2
-	st := deriveStatus(db, observation{ReconcileErr: errors.New("applying db: conflict")})
+	err := errors.New("listing pods: timeout")
+	st := deriveStatus(db, observation{ObserveErr: err, ReconcileErr: err, Now: time.Unix(5000, 0)})
 	c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReconciling)
-	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonReconcileError || c.Message != "applying db: conflict" {
+	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonReconcileError || c.Message != "listing pods: timeout" {
 		t.Errorf("Reconciling = %+v", c)
 	}
 	if st.Phase != databasev1.PhaseReady || !st.Ready || st.Endpoint != db.Status.Endpoint || st.ObservedGeneration != 2 {
-		t.Errorf("phase %s ready %v endpoint %q generation %d: an error must not rewrite what was known",
+		t.Errorf("phase %s ready %v endpoint %q generation %d: a missing observation must not rewrite what was known",
 			st.Phase, st.Ready, st.Endpoint, st.ObservedGeneration)
+	}
+}
+
+// A failing optional step (volume expansion, say) must not freeze the status: the
+// database is still observed and judged, the error is reported in Reconciling, and
+// Stalled once it has repeated for StallAfter on the same generation.
+func TestFailingStepDoesNotFreezeTheStatusAndStallsWhenItPersists(t *testing.T) {
+	db := testDB(1)
+	healthy := observation{StatefulSet: sts(1, 1, 1, "a", "a"), Pods: pods("db-0"),
+		Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", nil)}, RoutedPods: map[string]bool{"db-0": true},
+		StallAfter: 5 * time.Minute, ReadyGrace: 30 * time.Second}
+	obs := healthy
+	obs.Now = time.Unix(10000, 0)
+	obs.ReconcileErr = errors.New("storage: expanding volume data-db-0: forbidden")
+	st := deriveStatus(db, obs)
+	if st.Phase != databasev1.PhaseReady || !st.Ready {
+		t.Errorf("phase %s: a failing optional step must not hide a healthy database", st.Phase)
+	}
+	if c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReconciling); c == nil || c.Reason != databasev1.ReasonReconcileError || !strings.Contains(c.Message, "forbidden") {
+		t.Errorf("Reconciling = %+v", c)
+	}
+	if meta.IsStatusConditionTrue(st.Conditions, databasev1.ConditionStalled) {
+		t.Error("Stalled at the first failure")
+	}
+	db.Status = st
+	obs.Now = obs.Now.Add(6 * time.Minute)
+	st = deriveStatus(db, obs)
+	if c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionStalled); c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonReconcileError {
+		t.Errorf("Stalled after 6 minutes of the same failure = %+v", c)
+	}
+	db.Status = st
+	healthy.Now = obs.Now.Add(time.Minute)
+	st = deriveStatus(db, healthy)
+	if meta.IsStatusConditionTrue(st.Conditions, databasev1.ConditionStalled) || meta.IsStatusConditionTrue(st.Conditions, databasev1.ConditionReconciling) {
+		t.Errorf("conditions after the step succeeded again: %+v", st.Conditions)
+	}
+}
+
+// Ready leaves only when a failing check lasts ReadyGrace; the failing part is
+// named at once by PrimaryAvailable or ReplicasHealthy.
+func TestReadyHysteresis(t *testing.T) {
+	db := testDB(2)
+	routed := map[string]bool{"db-0": true}
+	obsAt := func(sec int64, lag int64) observation {
+		return observation{Now: time.Unix(sec, 0), ReadyGrace: 30 * time.Second, StallAfter: time.Hour,
+			StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), RoutedPods: routed,
+			Instances: map[string]InstanceReport{"db-0": primaryReport("db-0", map[string]int64{"db-1": lag}), "db-1": replicaReport("db-1")}}
+	}
+	steps := []struct {
+		at, lag          int64
+		phase            databasev1.Phase
+		reason           string
+		replicasHealthy  metav1.ConditionStatus
+		primaryAvailable metav1.ConditionStatus
+	}{
+		{0, 0, databasev1.PhaseReady, databasev1.ReasonChecksPassed, metav1.ConditionTrue, metav1.ConditionTrue},
+		{10, 100 << 20, databasev1.PhaseReady, databasev1.ReasonDegraded, metav1.ConditionFalse, metav1.ConditionTrue},
+		{30, 100 << 20, databasev1.PhaseReady, databasev1.ReasonDegraded, metav1.ConditionFalse, metav1.ConditionTrue},
+		{35, 0, databasev1.PhaseReady, databasev1.ReasonChecksPassed, metav1.ConditionTrue, metav1.ConditionTrue},
+		{50, 100 << 20, databasev1.PhaseReady, databasev1.ReasonDegraded, metav1.ConditionFalse, metav1.ConditionTrue},
+		{81, 100 << 20, databasev1.PhaseVerifying, databasev1.ReasonReplicationLagHigh, metav1.ConditionFalse, metav1.ConditionTrue},
+		{90, 0, databasev1.PhaseReady, databasev1.ReasonChecksPassed, metav1.ConditionTrue, metav1.ConditionTrue},
+	}
+	for _, s := range steps {
+		st := deriveStatus(db, obsAt(s.at, s.lag))
+		c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReady)
+		if st.Phase != s.phase || c.Reason != s.reason {
+			t.Errorf("t=%ds lag=%d: phase %s reason %s (%s), want %s %s", s.at, s.lag, st.Phase, c.Reason, c.Message, s.phase, s.reason)
+		}
+		if got := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReplicasHealthy).Status; got != s.replicasHealthy {
+			t.Errorf("t=%ds: ReplicasHealthy %s", s.at, got)
+		}
+		if got := meta.FindStatusCondition(st.Conditions, databasev1.ConditionPrimaryAvailable).Status; got != s.primaryAvailable {
+			t.Errorf("t=%ds: PrimaryAvailable %s", s.at, got)
+		}
+		db.Status = st
+	}
+}
+
+func TestIdentityIsRecordedOnceAndSaysWhetherDataWasAdopted(t *testing.T) {
+	tests := []struct {
+		name       string
+		id         *identity
+		wantReason string
+		wantMsg    string
+	}{
+		{"initdb", &identity{SystemID: "7001", DataVersion: 15, Pod: "db-0"}, databasev1.ReasonBootstrapped, "initialised by initdb on db-0: system identifier 7001, PostgreSQL 15"},
+		{"adopted", &identity{SystemID: "7002", DataVersion: 15, Pod: "db-0", Adopted: true}, databasev1.ReasonAdoptedExistingData, "Adopted the existing data directory found on db-0 (system identifier 7002, PostgreSQL 15)"},
+		{"from the secret", &identity{SystemID: "7003", FromSecret: true}, databasev1.ReasonBootstrapped, "7003 recovered from Secret db-internal"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			db := testDB(1)
+			st := deriveStatus(db, observation{Identity: tc.id, Now: time.Unix(1, 0)})
+			c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionInitialized)
+			if st.SystemIdentifier != tc.id.SystemID || c == nil || c.Status != metav1.ConditionTrue || c.Reason != tc.wantReason || !strings.Contains(c.Message, tc.wantMsg) {
+				t.Errorf("systemIdentifier %q Initialized %+v", st.SystemIdentifier, c)
+			}
+			// Recorded once: a later report does not change it.
+			db.Status = st
+			again := deriveStatus(db, observation{Identity: &identity{SystemID: "9999"}, Now: time.Unix(2, 0)})
+			if again.SystemIdentifier != tc.id.SystemID {
+				t.Errorf("system identifier changed to %s", again.SystemIdentifier)
+			}
+		})
+	}
+	st := deriveStatus(testDB(1), observation{})
+	if c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionInitialized); c == nil || c.Status != metav1.ConditionFalse || c.Reason != databasev1.ReasonNotInitialized {
+		t.Errorf("Initialized before any report = %+v", c)
+	}
+}
+
+func TestRecloneReason(t *testing.T) {
+	primary := func(mod func(*instance.Status)) *instance.Status {
+		p := &instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true, OldestWALLSN: "0/5000000", WALSegmentSize: 16 << 20,
+			Slots: []instance.SlotStatus{{Name: "pgop_db_1", WALStatus: "reserved"}}}
+		if mod != nil {
+			mod(p)
+		}
+		return p
+	}
+	standby := func(mod func(*instance.Status)) *instance.Status {
+		s := &instance.Status{Pod: "db-1", Role: instance.RoleReplica, Running: true, InRecovery: true, SystemIdentifier: "7001", ReplayLSN: "0/3000100"}
+		if mod != nil {
+			mod(s)
+		}
+		return s
+	}
+	tests := []struct {
+		name             string
+		primary, standby *instance.Status
+		want             string
+	}{
+		{"streaming per the primary", primary(func(p *instance.Status) {
+			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
+		}), standby(nil), ""},
+		{"streaming per the standby", primary(nil), standby(func(s *instance.Status) { s.WALReceiverStatus = "streaming" }), ""},
+		{"needs WAL that was removed", primary(nil), standby(nil), "stopped at WAL position 0/3000100 but the primary's oldest WAL starts at 0/5000000"},
+		{"behind but the WAL is still there", primary(func(p *instance.Status) { p.OldestWALLSN = "0/3000000" }), standby(nil), ""},
+		{"receive position counts", primary(nil), standby(func(s *instance.Status) { s.ReceiveLSN = "0/5000010" }), ""},
+		{"slot lost", primary(func(p *instance.Status) { p.Slots[0].WALStatus = "lost"; p.OldestWALLSN = "0/1000000" }), standby(nil), "slot pgop_db_1 lost the WAL"},
+		{"foreign data", primary(func(p *instance.Status) {
+			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
+		}), standby(func(s *instance.Status) { s.SystemIdentifier = "8888" }), "belongs to another cluster (system identifier 8888"},
+		{"not running: the agent decides", primary(nil), standby(func(s *instance.Status) { s.Running = false }), ""},
+		{"a primary is not re-cloned", primary(nil), standby(func(s *instance.Status) { s.Role = instance.RolePrimary }), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := recloneReason("7001", tc.primary, tc.standby)
+			if (tc.want == "") != (got == "") || !strings.Contains(got, tc.want) {
+				t.Errorf("recloneReason = %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestSlotsNeedSync(t *testing.T) {
+	want := []string{"pgop_db_1", "pgop_db_2"}
+	tests := []struct {
+		name string
+		have []instance.SlotStatus
+		sync bool
+	}{
+		{"none yet", nil, true},
+		{"exact", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}}, false},
+		{"one missing", []instance.SlotStatus{{Name: "pgop_db_1"}}, true},
+		{"an extra inactive one (scaled down)", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3"}}, true},
+		{"an extra active one is left until its standby is gone", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3", Active: true}}, false},
+		{"a lost inactive one is recreated", []instance.SlotStatus{{Name: "pgop_db_1", WALStatus: "lost"}, {Name: "pgop_db_2"}}, true},
+	}
+	for _, tc := range tests {
+		if got := slotsNeedSync(tc.have, want); got != tc.sync {
+			t.Errorf("%s: slotsNeedSync = %v", tc.name, got)
+		}
+	}
+}
+
+func TestMaxSlotWALKeepSize(t *testing.T) {
+	db := testDB(1)
+	if got := maxSlotWALKeepSize(db); got != "256MB" {
+		t.Errorf("default for 1Gi = %s, want a quarter, 256MB", got)
+	}
+	db.Spec.Storage.Size = "100Mi"
+	if got := maxSlotWALKeepSize(db); got != "64MB" {
+		t.Errorf("default for 100Mi = %s, want the 64MB floor", got)
+	}
+	q := resource.MustParse("2Gi")
+	db.Spec.MaxSlotWALKeepSize = &q
+	if got := maxSlotWALKeepSize(db); got != "2048MB" {
+		t.Errorf("explicit 2Gi = %s", got)
+	}
+}
+
+func TestTransitionsAreEventsOnceWithWarningsForDegradations(t *testing.T) {
+	cond := func(typ string, status metav1.ConditionStatus, reason string) metav1.Condition {
+		return metav1.Condition{Type: typ, Status: status, Reason: reason, Message: typ + " " + reason}
+	}
+	ready := databasev1.DatabaseStatus{Phase: databasev1.PhaseReady, Conditions: []metav1.Condition{
+		cond(databasev1.ConditionReady, metav1.ConditionTrue, databasev1.ReasonChecksPassed),
+		cond(databasev1.ConditionPrimaryAvailable, metav1.ConditionTrue, databasev1.ReasonPrimaryAvailable),
+		cond(databasev1.ConditionReplicasHealthy, metav1.ConditionTrue, databasev1.ReasonStandbysHealthy),
+	}}
+	degraded := databasev1.DatabaseStatus{Phase: databasev1.PhaseVerifying, Conditions: []metav1.Condition{
+		cond(databasev1.ConditionReady, metav1.ConditionFalse, databasev1.ReasonReplicationLagHigh),
+		cond(databasev1.ConditionPrimaryAvailable, metav1.ConditionTrue, databasev1.ReasonPrimaryAvailable),
+		cond(databasev1.ConditionReplicasHealthy, metav1.ConditionFalse, databasev1.ReasonReplicationLagHigh),
+	}}
+	if got := transitions(ready, ready); len(got) != 0 {
+		t.Errorf("no change gave %+v", got)
+	}
+	down := transitions(ready, degraded)
+	var types []string
+	for _, tr := range down {
+		types = append(types, tr.Type+"/"+tr.Reason+"/"+tr.Log)
+	}
+	want := []string{"Warning/PhaseVerifying/phase changed", "/ReplicationLagHigh/consistency check failed", "Warning/ReplicationLagHigh/ReplicasHealthy is False"}
+	if strings.Join(types, ",") != strings.Join(want, ",") {
+		t.Errorf("Ready → degraded: %v, want %v", types, want)
+	}
+	up := transitions(degraded, ready)
+	types = nil
+	for _, tr := range up {
+		types = append(types, tr.Type+"/"+tr.Reason+"/"+tr.Log)
+	}
+	want = []string{"Normal/PhaseReady/phase changed", "/ChecksPassed/consistency check passed", "Normal/StandbysStreaming/ReplicasHealthy recovered"}
+	if strings.Join(types, ",") != strings.Join(want, ",") {
+		t.Errorf("degraded → Ready: %v, want %v", types, want)
 	}
 }
 
@@ -190,7 +450,7 @@ func TestChooseImage(t *testing.T) {
 		{"major update refused", "postgres:17", running("postgres:15"), "", "postgres:15", true},
 		{"major downgrade refused", "postgres:14", running("postgres:15.2"), "", "postgres:15.2", true},
 		{"unknown running tag, server says 15", "postgres:17", running("postgres@sha256:abc"), "15.18", "postgres@sha256:abc", true},
-		{"unknown target tag allowed", "postgres:latest", running("postgres:15"), "", "postgres:latest", false},
+		{"unknown target tag allowed (the agents check it)", "postgres:latest", running("postgres:15"), "", "postgres:latest", false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -72,6 +73,8 @@ func runSuite(m *testing.M) int {
 	}
 	if err := (&Reconciler{
 		Client:             mgr.GetClient(),
+		APIReader:          mgr.GetAPIReader(),
+		ReadyGrace:         time.Second,
 		Recorder:           mgr.GetEventRecorder("database-controller"),
 		Instances:          instances,
 		AgentImage:         "postgres-operator:test",
@@ -98,25 +101,62 @@ func zapLevel() zapcore.Level {
 	return 1 // warnings and errors only
 }
 
-// fakeInstances plays the instance agents: tests set what each pod reports.
+// fakeInstances plays the instance agents: tests set what each pod reports and
+// read the instructions the operator gave.
 type fakeInstances struct {
 	mu      sync.Mutex
 	reports map[string]InstanceReport // key: namespace/pod
 	calls   atomic.Int64
+	// instructions lists "namespace/pod verb args" in order.
+	instructions []string
 }
 
-func (f *fakeInstances) Statuses(_ context.Context, pods []corev1.Pod, token string) map[string]InstanceReport {
+func (f *fakeInstances) Statuses(_ context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport {
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]InstanceReport{}
 	for _, p := range pods {
-		if token == "" {
+		if len(tokens) == 0 || tokens[0] == "" {
 			out[p.Name] = InstanceReport{Err: fmt.Errorf("no agent token")}
 			continue
 		}
 		if r, ok := f.reports[p.Namespace+"/"+p.Name]; ok {
 			out[p.Name] = r
+		}
+	}
+	return out
+}
+
+func (f *fakeInstances) record(pod *corev1.Pod, what string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.instructions = append(f.instructions, pod.Namespace+"/"+pod.Name+" "+what)
+}
+
+func (f *fakeInstances) SetSlots(_ context.Context, pod *corev1.Pod, _ []string, names []string) error {
+	f.record(pod, "slots "+strings.Join(names, ","))
+	return nil
+}
+
+func (f *fakeInstances) Reclone(_ context.Context, pod *corev1.Pod, _ []string) error {
+	f.record(pod, "reclone")
+	return nil
+}
+
+func (f *fakeInstances) Recover(_ context.Context, pod *corev1.Pod, _ []string, source string) error {
+	f.record(pod, "recover "+source)
+	return nil
+}
+
+// given returns the instructions given to pods of namespace ns.
+func (f *fakeInstances) given(ns string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, in := range f.instructions {
+		if strings.HasPrefix(in, ns+"/") {
+			out = append(out, strings.TrimPrefix(in, ns+"/"))
 		}
 	}
 	return out

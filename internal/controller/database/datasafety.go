@@ -1,0 +1,333 @@
+package database
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	storagev1 "k8s.io/api/storage/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
+)
+
+// reconcileStorage grows PersistentVolumeClaims whose request is below
+// spec.storage.size, after checking that their StorageClass allows expansion and
+// that they are bound; obs.Storage says how it went.
+func (r *Reconciler) reconcileStorage(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	want, err := resource.ParseQuantity(db.Spec.Storage.Size)
+	if err != nil {
+		return fmt.Errorf("parsing storage.size: %w", err)
+	}
+	var pvcs corev1.PersistentVolumeClaimList
+	if err := r.List(ctx, &pvcs, client.InNamespace(db.Namespace), client.MatchingLabels(selectorLabels(db))); err != nil {
+		return fmt.Errorf("listing volumes: %w", err)
+	}
+	var unsupported, unbound, resizing, failed []string
+	var firstErr error
+	classes := map[string]*storagev1.StorageClass{}
+	for i := range pvcs.Items {
+		pvc := &pvcs.Items[i]
+		if instance.Ordinal(pvc.Name) >= int(replicas(db)) {
+			continue // a retained volume of a scaled-down instance
+		}
+		have := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
+		if have.Cmp(want) >= 0 {
+			if capacity, ok := pvc.Status.Capacity[corev1.ResourceStorage]; ok && capacity.Cmp(want) < 0 {
+				resizing = append(resizing, pvc.Name)
+			}
+			continue
+		}
+		if pvc.Status.Phase != corev1.ClaimBound {
+			unbound = append(unbound, pvc.Name)
+			continue
+		}
+		className := ""
+		if pvc.Spec.StorageClassName != nil {
+			className = *pvc.Spec.StorageClassName
+		}
+		sc, seen := classes[className]
+		if !seen && className != "" {
+			sc = &storagev1.StorageClass{}
+			if err := r.Get(ctx, types.NamespacedName{Name: className}, sc); err != nil {
+				if !apierrors.IsNotFound(err) {
+					return fmt.Errorf("getting storage class %s: %w", className, err)
+				}
+				sc = nil
+			}
+			classes[className] = sc
+		}
+		if sc == nil || sc.AllowVolumeExpansion == nil || !*sc.AllowVolumeExpansion {
+			unsupported = append(unsupported, fmt.Sprintf("%s (StorageClass %q, %s)", pvc.Name, className, have.String()))
+			continue
+		}
+		patch := client.MergeFrom(pvc.DeepCopy())
+		pvc.Spec.Resources.Requests[corev1.ResourceStorage] = want
+		if err := r.Patch(ctx, pvc, patch, client.FieldOwner(FieldOwner)); err != nil {
+			failed = append(failed, fmt.Sprintf("%s: %v", pvc.Name, err))
+			if firstErr == nil {
+				firstErr = fmt.Errorf("expanding volume %s to %s: %w", pvc.Name, want.String(), err)
+			}
+			continue
+		}
+		logf.FromContext(ctx).Info("expanding volume", "pvc", pvc.Name, "from", have.String(), "to", want.String())
+		resizing = append(resizing, pvc.Name)
+	}
+	switch {
+	case len(unsupported) > 0:
+		obs.Storage = &conditionVerdict{metav1.ConditionFalse, databasev1.ReasonExpansionNotSupported,
+			fmt.Sprintf("spec.storage.size is %s but the StorageClass of these volumes does not allow expansion (allowVolumeExpansion is not true): %s. "+
+				"The volumes keep their size; the database is unaffected", want.String(), strings.Join(unsupported, ", "))}
+	case len(failed) > 0:
+		obs.Storage = &conditionVerdict{metav1.ConditionFalse, databasev1.ReasonExpansionFailed,
+			"Expanding volumes failed: " + strings.Join(failed, "; ")}
+	case len(unbound) > 0:
+		obs.Storage = &conditionVerdict{metav1.ConditionFalse, databasev1.ReasonVolumeNotBound,
+			fmt.Sprintf("Waiting for volumes to be bound before expanding them to %s: %s", want.String(), strings.Join(unbound, ", "))}
+	case len(resizing) > 0:
+		obs.Storage = &conditionVerdict{metav1.ConditionFalse, databasev1.ReasonStorageResizing,
+			fmt.Sprintf("Expanding volumes to %s: %s", want.String(), strings.Join(resizing, ", "))}
+	default:
+		obs.Storage = &conditionVerdict{metav1.ConditionTrue, databasev1.ReasonStorageResized,
+			fmt.Sprintf("Every volume has the requested size %s", want.String())}
+	}
+	return firstErr
+}
+
+// reconcileIdentity records the cluster's system identifier the first time a
+// primary reports it (initdb, or the adoption of retained volumes), or recovers it
+// from the internal Secret when the status lost it. It is written into the
+// internal Secret at once: from then on no agent runs initdb.
+func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	if db.Status.SystemIdentifier != "" {
+		return nil
+	}
+	if obs.SecretSystemID != "" {
+		obs.Identity = &identity{SystemID: obs.SecretSystemID, FromSecret: true}
+		if p := primaryOf(*obs); p != nil && p.SystemIdentifier == obs.SecretSystemID {
+			obs.Identity.DataVersion = p.DataVersion
+		}
+		return nil
+	}
+	p := primaryOf(*obs)
+	if p == nil || !p.Running || p.SystemIdentifier == "" {
+		return nil
+	}
+	obs.Identity = &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod, Adopted: !p.Bootstrapped}
+	internal := &corev1.Secret{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: internalSecretName(db)}, internal); err != nil {
+		return fmt.Errorf("getting the internal secret: %w", err)
+	}
+	if !metav1.IsControlledBy(internal, db) {
+		return nil
+	}
+	if err := r.recordSystemID(ctx, internal, p.SystemIdentifier); err != nil {
+		return err
+	}
+	logf.FromContext(ctx).Info("database identity recorded", "systemIdentifier", p.SystemIdentifier, "pod", p.Pod, "adopted", !p.Bootstrapped)
+	return nil
+}
+
+// desiredSlots are the replication slots the primary keeps: one per standby
+// ordinal of the spec.
+func desiredSlots(db *databasev1.Database) []string {
+	var out []string
+	for i := int32(1); i < replicas(db); i++ {
+		out = append(out, instance.SlotName(fmt.Sprintf("%s-%d", statefulSetName(db), i)))
+	}
+	return out
+}
+
+// slotsNeedSync reports whether the primary's managed slots differ from want, or a
+// wanted one lost its WAL and is not in use (the agent recreates it).
+func slotsNeedSync(have []instance.SlotStatus, want []string) bool {
+	w := map[string]bool{}
+	for _, n := range want {
+		w[n] = true
+	}
+	seen := 0
+	for _, s := range have {
+		if !w[s.Name] {
+			if !s.Active {
+				return true
+			}
+			continue
+		}
+		if s.WALStatus == "lost" && !s.Active {
+			return true
+		}
+		seen++
+	}
+	return seen != len(want)
+}
+
+// recloneReason says why a running standby can never catch up by streaming and
+// must be re-cloned, or "" when it can. It is pure: the operator acts on what the
+// primary and the standby report.
+func recloneReason(systemID string, primary, standby *instance.Status) string {
+	if standby == nil || primary == nil || !standby.Running || standby.Role != instance.RoleReplica {
+		return ""
+	}
+	if systemID != "" && standby.SystemIdentifier != "" && standby.SystemIdentifier != systemID {
+		return fmt.Sprintf("its data directory belongs to another cluster (system identifier %s, the Database's is %s)", standby.SystemIdentifier, systemID)
+	}
+	for _, r := range primary.Replicas {
+		if r.ApplicationName == standby.Pod && r.State == "streaming" {
+			return ""
+		}
+	}
+	if standby.WALReceiverStatus == "streaming" {
+		return ""
+	}
+	slot := instance.SlotName(standby.Pod)
+	for _, s := range primary.Slots {
+		if s.Name == slot && s.WALStatus == "lost" {
+			return fmt.Sprintf("its replication slot %s lost the WAL it needs (more than max_slot_wal_keep_size behind)", slot)
+		}
+	}
+	pos := instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
+	if instance.NeedsWALThatIsGone(pos, primary.OldestWALLSN, primary.WALSegmentSize) {
+		return fmt.Sprintf("it stopped at WAL position %s but the primary's oldest WAL starts at %s: the WAL it needs was removed", pos, primary.OldestWALLSN)
+	}
+	return ""
+}
+
+// reconcileReplication keeps one replication slot per standby on the primary,
+// re-clones standbys that can never catch up, and recreates an instance stuck on
+// a data-version mismatch once the spec's image was set back.
+func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	log := logf.FromContext(ctx)
+	var errs []error
+	pods := map[string]*corev1.Pod{}
+	for i := range obs.Pods {
+		pods[obs.Pods[i].Name] = &obs.Pods[i]
+	}
+	if p := primaryOf(*obs); p != nil && p.Running && pods[p.Pod] != nil {
+		want := desiredSlots(db)
+		if slotsNeedSync(p.Slots, want) {
+			if err := r.Instances.SetSlots(ctx, pods[p.Pod], obs.Tokens, want); err != nil {
+				errs = append(errs, fmt.Errorf("setting replication slots on %s: %w", p.Pod, err))
+			} else {
+				log.Info("replication slots synchronised", "primary", p.Pod, "slots", strings.Join(want, ","))
+			}
+		}
+		for _, n := range podNames(*obs) {
+			rep := obs.Instances[n]
+			if n == p.Pod || rep.Err != nil || rep.Status == nil {
+				continue
+			}
+			why := recloneReason(db.Status.SystemIdentifier, p, rep.Status)
+			if why == "" {
+				continue
+			}
+			if err := r.Instances.Reclone(ctx, pods[n], obs.Tokens); err != nil {
+				errs = append(errs, fmt.Errorf("asking standby %s to re-clone: %w", n, err))
+				continue
+			}
+			if obs.Recloning == nil {
+				obs.Recloning = map[string]string{}
+			}
+			obs.Recloning[n] = why
+			log.Info("re-cloning standby", "pod", n, "reason", why)
+			if r.Recorder != nil {
+				r.Recorder.Eventf(db, nil, corev1.EventTypeWarning, databasev1.ReasonStandbyRecloning, "Reclone",
+					"Standby %s is re-cloned from primary %s: %s", n, p.Pod, why)
+			}
+		}
+	}
+	// An instance that refused to start on a data directory of another major runs
+	// an image the StatefulSet no longer asks for once spec.image was set back: the
+	// StatefulSet controller would wait for it to become ready forever.
+	if obs.StatefulSet != nil {
+		want := runningImage(obs.StatefulSet)
+		names := podNames(*obs)
+		sort.Strings(names)
+		for _, n := range names {
+			rep := obs.Instances[n]
+			pod := pods[n]
+			if rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateVersionMismatch || pod.DeletionTimestamp != nil {
+				continue
+			}
+			if img := podImage(*obs, n); img == want {
+				continue
+			}
+			if err := r.Delete(ctx, pod, client.Preconditions{UID: &pod.UID}); err != nil && !apierrors.IsNotFound(err) {
+				errs = append(errs, fmt.Errorf("recreating pod %s with image %s: %w", n, want, err))
+				continue
+			}
+			log.Info("recreating an instance stuck on a data version mismatch with the reverted image", "pod", n, "image", want)
+			if r.Recorder != nil {
+				r.Recorder.Eventf(db, nil, corev1.EventTypeNormal, "RecreatingInstance", "Recreate",
+					"Pod %s refused to start with image %s (data directory of another major); recreating it with %s", n, podImage(*obs, n), want)
+			}
+		}
+	}
+	return joinErrs(errs)
+}
+
+// reconcileRecovery acts on the recover-primary-from annotation: a primary whose
+// data directory is missing is rebuilt by cloning the named standby.
+func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	source := db.Annotations[databasev1.AnnotationRecoverPrimaryFrom]
+	if source == "" {
+		return nil
+	}
+	primaryPod := statefulSetName(db) + "-0"
+	rep, ok := obs.Instances[primaryPod]
+	if !ok || rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateDataMissing {
+		return nil
+	}
+	src, ok := obs.Instances[source]
+	switch {
+	case instance.Ordinal(source) <= 0 || !strings.HasPrefix(source, statefulSetName(db)+"-"):
+		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q does not name a standby pod of this Database", databasev1.AnnotationRecoverPrimaryFrom, source)
+		return nil
+	case !ok || src.Err != nil || src.Status == nil || !src.Status.Running || src.Status.Role != instance.RoleReplica:
+		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q: that standby is not running", databasev1.AnnotationRecoverPrimaryFrom, source)
+		return nil
+	case src.Status.SystemIdentifier != db.Status.SystemIdentifier:
+		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q: that standby's system identifier %s is not the Database's %s",
+			databasev1.AnnotationRecoverPrimaryFrom, source, src.Status.SystemIdentifier, db.Status.SystemIdentifier)
+		return nil
+	}
+	var pod *corev1.Pod
+	for i := range obs.Pods {
+		if obs.Pods[i].Name == primaryPod {
+			pod = &obs.Pods[i]
+		}
+	}
+	if pod == nil {
+		return nil
+	}
+	if err := r.Instances.Recover(ctx, pod, obs.Tokens, source); err != nil {
+		return fmt.Errorf("asking %s to rebuild from %s: %w", primaryPod, source, err)
+	}
+	logf.FromContext(ctx).Info("rebuilding the primary from a standby", "primary", primaryPod, "source", source)
+	if r.Recorder != nil {
+		r.Recorder.Eventf(db, nil, corev1.EventTypeNormal, databasev1.ReasonRecoveringPrimary, "Recover",
+			"Rebuilding primary %s, whose data directory was missing, by cloning standby %s", primaryPod, source)
+	}
+	return nil
+}
+
+func joinErrs(errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(errs)-1, strings.Join(msgs[1:], "; "))
+}
