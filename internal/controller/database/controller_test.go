@@ -380,7 +380,9 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 		t.Errorf("Ready condition while scaling = %+v", c)
 	}
 
-	// Both pods ready, but the standby is not streaming yet: Verifying, naming it.
+	// Both pods ready and the Service routes, but the standby is not streaming
+	// yet: Verifying, naming it.
+	routeService(t, db, primaryPod)
 	createPod(t, db, 1)
 	instances.set(ns, "my-database-1", replicaReport("my-database-1"))
 	setStatefulSetStatus(t, ns, "my-database", 2, 2, true)
@@ -404,17 +406,8 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 		return ""
 	})
 
-	// Streaming within the threshold, but the Service does not route yet.
+	// Streaming within the threshold: Ready.
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", map[string]int64{"my-database-1": 1024}))
-	eventually(t, "ServiceNotRouting", func() string {
-		c := meta.FindStatusCondition(getDB(t, ns, "my-database").Status.Conditions, databasev1.ConditionReady)
-		if c == nil || c.Reason != databasev1.ReasonServiceNotRouting || !strings.Contains(c.Message, "my-database-0") {
-			return fmt.Sprintf("%+v", c)
-		}
-		return ""
-	})
-	// Routed: Ready.
-	routeService(t, db, primaryPod)
 	db = waitPhase(t, ns, "my-database", databasev1.PhaseReady)
 	if !db.Status.Ready || db.Status.CurrentPrimary != "my-database-0" || db.Status.PostgresVersion != "15.18" {
 		t.Errorf("ready status = %+v", db.Status)
@@ -427,12 +420,17 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 		}
 	}
 
-	// Lag above the threshold: leaves Ready with a reason naming the standby.
-	instances.set(ns, "my-database-0", primaryReport("my-database-0", map[string]int64{"my-database-1": 64 << 20}))
+	// Lag above the threshold: leaves Ready (after the grace period) with a reason
+	// naming the standby; the primary stays available.
+	instances.set(ns, "my-database-0", primaryReport("my-database-0", map[string]int64{"my-database-1": 100 << 20}))
 	db = waitPhase(t, ns, "my-database", databasev1.PhaseVerifying)
 	c = meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionReady)
 	if c.Reason != databasev1.ReasonReplicationLagHigh || !strings.Contains(c.Message, "my-database-1") {
 		t.Errorf("Ready condition = %+v; want ReplicationLagHigh naming my-database-1", c)
+	}
+	if !meta.IsStatusConditionTrue(db.Status.Conditions, databasev1.ConditionPrimaryAvailable) ||
+		meta.IsStatusConditionTrue(db.Status.Conditions, databasev1.ConditionReplicasHealthy) {
+		t.Errorf("a lagging standby must show in ReplicasHealthy, not PrimaryAvailable: %+v", db.Status.Conditions)
 	}
 
 	// Primary stops accepting writes.

@@ -110,14 +110,17 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	if db.Status.SystemIdentifier != "" {
 		return nil
 	}
+	p := primaryOf(*obs)
 	if obs.SecretSystemID != "" {
-		obs.Identity = &identity{SystemID: obs.SecretSystemID, FromSecret: true}
-		if p := primaryOf(*obs); p != nil && p.SystemIdentifier == obs.SecretSystemID {
-			obs.Identity.DataVersion = p.DataVersion
+		if p != nil && p.SystemIdentifier == obs.SecretSystemID {
+			// Recorded in the Secret by an earlier reconcile whose status write this
+			// one does not see yet: the same facts as then.
+			obs.Identity = &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod, Adopted: !p.Bootstrapped}
+			return nil
 		}
+		obs.Identity = &identity{SystemID: obs.SecretSystemID, FromSecret: true}
 		return nil
 	}
-	p := primaryOf(*obs)
 	if p == nil || !p.Running || p.SystemIdentifier == "" {
 		return nil
 	}

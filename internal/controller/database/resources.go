@@ -195,7 +195,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			"--internal-dir="+instance.DefaultInternalDir,
 			"--run-dir="+instance.DefaultRunDir,
 			"--max-lag-bytes="+strconv.FormatInt(maxLagBytes(db), 10),
-			"--max-slot-wal-keep-size="+maxSlotWALKeepSize(db),
+			"--max-slot-wal-keep-size="+maxSlotWALKeepSize(db, in.ClaimSize),
 		).
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
@@ -289,13 +289,14 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 }
 
 // maxSlotWALKeepSize is max_slot_wal_keep_size in MB: spec.maxSlotWALKeepSize, or
-// a quarter of the volume, at least 64MB.
-func maxSlotWALKeepSize(db *databasev1.Database) string {
+// a quarter of the volume as created (the claim template's size, so growing the
+// volumes does not restart the instances), at least 64MB.
+func maxSlotWALKeepSize(db *databasev1.Database, claim resource.Quantity) string {
 	var bytes int64
 	if q := db.Spec.MaxSlotWALKeepSize; q != nil {
 		bytes = q.Value()
-	} else if size, err := resource.ParseQuantity(db.Spec.Storage.Size); err == nil {
-		bytes = size.Value() / 4
+	} else {
+		bytes = claim.Value() / 4
 	}
 	mb := max(bytes>>20, 64)
 	return strconv.FormatInt(mb, 10) + "MB"

@@ -362,16 +362,15 @@ func TestSlotsNeedSync(t *testing.T) {
 
 func TestMaxSlotWALKeepSize(t *testing.T) {
 	db := testDB(1)
-	if got := maxSlotWALKeepSize(db); got != "256MB" {
+	if got := maxSlotWALKeepSize(db, resource.MustParse("1Gi")); got != "256MB" {
 		t.Errorf("default for 1Gi = %s, want a quarter, 256MB", got)
 	}
-	db.Spec.Storage.Size = "100Mi"
-	if got := maxSlotWALKeepSize(db); got != "64MB" {
+	if got := maxSlotWALKeepSize(db, resource.MustParse("100Mi")); got != "64MB" {
 		t.Errorf("default for 100Mi = %s, want the 64MB floor", got)
 	}
 	q := resource.MustParse("2Gi")
 	db.Spec.MaxSlotWALKeepSize = &q
-	if got := maxSlotWALKeepSize(db); got != "2048MB" {
+	if got := maxSlotWALKeepSize(db, resource.MustParse("1Gi")); got != "2048MB" {
 		t.Errorf("explicit 2Gi = %s", got)
 	}
 }

@@ -45,6 +45,30 @@ func TestCreateValidation(t *testing.T) {
 	}
 }
 
+// The Database's own name must give children that can exist: a DNS-1035 label of
+// at most 52 characters, not ending in a suffix of another Database's Services.
+func TestNameValidation(t *testing.T) {
+	ns := newNamespace(t)
+	tests := []struct{ name, wantMessage string }{
+		{strings.Repeat("a", 53), "at most 52 characters"},
+		{"my.database", "must be a DNS-1035 label"},
+		{"1database", "must be a DNS-1035 label"},
+		{"orders-ro", "must not end in -ro or -hl"},
+		{"orders-hl", "must not end in -ro or -hl"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := applyYAML(t, ns, strings.Replace(seedManifest, "name: my-database", "name: "+tc.name, 1))
+			if err == nil || !strings.Contains(err.Error(), tc.wantMessage) {
+				t.Errorf("name %q: error %v, want one containing %q", tc.name, err, tc.wantMessage)
+			}
+		})
+	}
+	if err := applyYAML(t, ns, strings.Replace(seedManifest, "name: my-database", "name: "+strings.Repeat("a", 52), 1)); err != nil {
+		t.Errorf("a 52-character name was refused: %v", err)
+	}
+}
+
 func TestUpdateValidation(t *testing.T) {
 	ns := newNamespace(t)
 	base := strings.Replace(seedManifest, "size: 10Gi", "size: 10Gi\n    storageClass: fast", 1)
@@ -89,7 +113,7 @@ func TestDefaults(t *testing.T) {
 	if db.Spec.Image != "postgres:17" || db.Spec.Replicas == nil || *db.Spec.Replicas != 1 {
 		t.Errorf("defaults: image %q replicas %v", db.Spec.Image, db.Spec.Replicas)
 	}
-	if db.Spec.MaxReplicationLag == nil || db.Spec.MaxReplicationLag.String() != "16Mi" {
+	if db.Spec.MaxReplicationLag == nil || db.Spec.MaxReplicationLag.String() != "64Mi" {
 		t.Errorf("default maxReplicationLag = %v", db.Spec.MaxReplicationLag)
 	}
 }
