@@ -10,6 +10,18 @@ import (
 	"time"
 )
 
+// waitChecksPassed waits for Ready with every check passing (not Ready kept by
+// the grace period while a check fails).
+func (c *cluster) waitChecksPassed(db string, timeout time.Duration) {
+	c.t.Helper()
+	c.eventually(timeout, db+" checks passed", func() string {
+		if r := c.condition(db, "Ready", "reason"); r != "ChecksPassed" {
+			return fmt.Sprintf("Ready reason %q: %s", r, c.condition(db, "Ready", "message"))
+		}
+		return ""
+	})
+}
+
 func (c *cluster) condition(db, typ, field string) string {
 	return c.jsonpath("database/"+db, fmt.Sprintf(`{.status.conditions[?(@.type=="%s")].%s}`, typ, field))
 }
@@ -84,6 +96,7 @@ func TestPrimaryVolumeLossNeverServesAnEmptyDatabase(t *testing.T) {
 	// The documented recovery.
 	c.must("annotate", "database", "my-database", "database.example.com/recover-primary-from=my-database-1")
 	c.waitPhase("my-database", "Ready", 6*time.Minute)
+	c.waitChecksPassed("my-database", 2*time.Minute)
 	c.serviceAnswers("my-database-1")
 	close(stop)
 	<-done
@@ -146,6 +159,7 @@ func TestStandbysHealAfterFallingBehind(t *testing.T) {
 	}
 	c.must("scale", "database/my-database", "--replicas=3")
 	c.waitPhase("my-database", "Ready", 2*readyTimeout)
+	c.waitChecksPassed("my-database", 2*readyTimeout)
 	for _, pod := range []string{"my-database-1", "my-database-2"} {
 		c.eventually(2*time.Minute, pod+" rows", func() string {
 			out, err := c.psql(pod, false, "SELECT count(*) FROM items")
@@ -157,7 +171,7 @@ func TestStandbysHealAfterFallingBehind(t *testing.T) {
 	}
 	slots, _ := c.kubectl("exec", "my-database-0", "-c", "postgres", "--", "psql", "-h", "/controller/run", "-U", "postgres", "-Atc",
 		"SELECT string_agg(slot_name || ':' || active, ',' ORDER BY slot_name) FROM pg_replication_slots")
-	if strings.TrimSpace(slots) != "pgop_my_database_1:t,pgop_my_database_2:t" {
+	if strings.TrimSpace(slots) != "pgop_my_database_1:true,pgop_my_database_2:true" {
 		t.Errorf("replication slots on the primary: %q", slots)
 	}
 }
@@ -207,7 +221,7 @@ func TestSecretsChildrenAndStorageConverge(t *testing.T) {
 		}
 		return ""
 	})
-	c.waitPhase("my-database", "Ready", readyTimeout)
+	c.waitChecksPassed("my-database", readyTimeout)
 
 	// 5. storage.size grown on the local StorageClass, which cannot expand.
 	c.must("patch", "database", "my-database", "--type", "merge", "-p", `{"spec":{"storage":{"size":"20Gi"}}}`)
@@ -221,7 +235,7 @@ func TestSecretsChildrenAndStorageConverge(t *testing.T) {
 		t.Errorf("phase %q after a refused expansion", phase)
 	}
 	c.must("delete", "pod", "my-database-0", "--wait=true")
-	c.waitPhase("my-database", "Ready", readyTimeout)
+	c.waitChecksPassed("my-database", readyTimeout)
 	c.eventually(time.Minute, "routing after a primary restart", func() string {
 		if out, err := c.kubectl("exec", "my-database-0", "-c", "postgres", "--", "psql", newURI, "-Atc", "SELECT 1"); err != nil {
 			return fmt.Sprintf("%v %s", err, out)
