@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -45,8 +46,13 @@ func run(ctx context.Context, stdin string, args ...string) (string, error) {
 	var buf bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &buf, &buf
 	err := cmd.Run()
-	return buf.String(), err
+	return klogLine.ReplaceAllString(buf.String(), ""), err
 }
+
+// klogLine matches kubectl's own log lines (e.g. "E1201 22:26:11.897913 25045
+// websocket.go:296] Unknown stream id 1, discarding message"), which it may write
+// into the output of `kubectl exec` and which are not the command's output.
+var klogLine = regexp.MustCompile(`(?m)^[EWI]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] .*\n?`)
 
 // cluster is one test's namespace.
 type cluster struct {
