@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"context"
+	"encoding/base64"
 	"fmt"
 	"strings"
 	"sync"
@@ -169,6 +171,43 @@ func TestStandbysHealAfterFallingBehind(t *testing.T) {
 			return ""
 		})
 	}
+	// The internal Secret deleted: recreated with a new replication password and
+	// agent token, applied without breaking replication or the operator's access.
+	c.must("delete", "secret", "my-database-internal")
+	c.eventually(time.Minute, "internal Secret recreated", func() string {
+		if id := c.jsonpath("secret/my-database-internal", "{.data.system-identifier}"); id == "" {
+			return "no system-identifier in the recreated Secret"
+		}
+		return ""
+	})
+	if out, err := c.psql("my-database-0", true, "INSERT INTO items VALUES (-1, 'after the internal Secret changed')"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	for _, pod := range []string{"my-database-1", "my-database-2"} {
+		c.eventually(time.Minute, pod+" streams the new row", func() string {
+			out, err := c.psql(pod, false, "SELECT count(*) FROM items WHERE id = -1")
+			if err != nil || strings.TrimSpace(out) != "1" {
+				return fmt.Sprintf("%v %s", err, out)
+			}
+			return ""
+		})
+	}
+	// Wait for the kubelet to refresh the mounted Secret in every pod.
+	want64 := c.jsonpath("secret/my-database-internal", "{.data.replication-password}")
+	for _, pod := range []string{"my-database-0", "my-database-1", "my-database-2"} {
+		c.eventually(3*time.Minute, pod+" sees the new internal Secret", func() string {
+			out, err := c.kubectl("exec", pod, "-c", "postgres", "--", "base64", "-w0", "/etc/postgres-operator/internal/replication-password")
+			if err != nil || strings.TrimSpace(out) != want64 {
+				return fmt.Sprintf("not refreshed yet (%v)", err)
+			}
+			return ""
+		})
+	}
+	time.Sleep(10 * time.Second) // the agents poll the files every 5s
+	c.waitChecksPassed("my-database", 2*time.Minute)
+	c.must("delete", "pod", "my-database-2", "--wait=true") // reconnects with the new replication password
+	c.waitChecksPassed("my-database", readyTimeout)
+
 	slots, _ := c.kubectl("exec", "my-database-0", "-c", "postgres", "--", "psql", "-h", "/controller/run", "-U", "postgres", "-Atc",
 		"SELECT string_agg(slot_name || ':' || active, ',' ORDER BY slot_name) FROM pg_replication_slots")
 	if strings.TrimSpace(slots) != "pgop_my_database_1:true,pgop_my_database_2:true" {
@@ -188,6 +227,10 @@ func TestSecretsChildrenAndStorageConverge(t *testing.T) {
 	// 3. Edit the credentials password: the new one works, the old one does not,
 	// and the Database stays Ready throughout.
 	oldURI := c.must("get", "secret", "my-database-credentials", "-o", "jsonpath={.data.uri}")
+	oldPassword, err := base64.StdEncoding.DecodeString(c.must("get", "secret", "my-database-credentials", "-o", "jsonpath={.data.password}"))
+	if err != nil || len(oldPassword) == 0 {
+		t.Fatalf("reading the generated password: %v", err)
+	}
 	c.must("patch", "secret", "my-database-credentials", "--type", "merge", "-p", `{"stringData":{"password":"E2e-Rotated-Passw0rd"}}`)
 	host := "my-database." + c.ns + ".svc.cluster.local"
 	newURI := "postgresql://admin:E2e-Rotated-Passw0rd@" + host + ":5432/mydb"
@@ -205,8 +248,13 @@ func TestSecretsChildrenAndStorageConverge(t *testing.T) {
 		t.Error("the uri key was not refreshed")
 	}
 	if out, err := c.kubectl("exec", "my-database-0", "-c", "postgres", "--", "psql",
-		"postgresql://admin:wrong-old@"+host+":5432/mydb", "-Atc", "SELECT 1"); err == nil {
-		t.Errorf("a wrong password logged in: %s", out)
+		"postgresql://admin:"+string(oldPassword)+"@"+host+":5432/mydb", "-Atc", "SELECT 1"); err == nil {
+		t.Errorf("the old password still logs in: %s", out)
+	}
+	// Lab 8.3's `kubectl logs ... | grep -i consistency`: the checks are narrated.
+	logs, _ := run(context.Background(), "", "logs", "-n", operatorNamespace, "deploy/postgres-operator-controller-manager", "--tail=-1")
+	if !strings.Contains(strings.ToLower(logs), "consistency check passed") {
+		t.Error("the operator log does not narrate the consistency checks")
 	}
 
 	// 4. Drift: the StatefulSet scaled to 0 by hand and an edited Service selector

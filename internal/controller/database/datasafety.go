@@ -182,6 +182,9 @@ func recloneReason(systemID string, primary, standby *instance.Status) string {
 	if systemID != "" && standby.SystemIdentifier != "" && standby.SystemIdentifier != systemID {
 		return fmt.Sprintf("its data directory belongs to another cluster (system identifier %s, the Database's is %s)", standby.SystemIdentifier, systemID)
 	}
+	if standby.Timeline > 0 && primary.Timeline > 0 && standby.Timeline > primary.Timeline {
+		return fmt.Sprintf("it is on timeline %d, which the primary (timeline %d) never had: its history diverged", standby.Timeline, primary.Timeline)
+	}
 	for _, r := range primary.Replicas {
 		if r.ApplicationName == standby.Pod && r.State == "streaming" {
 			return ""

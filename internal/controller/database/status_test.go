@@ -326,6 +326,10 @@ func TestRecloneReason(t *testing.T) {
 		{"foreign data", primary(func(p *instance.Status) {
 			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
 		}), standby(func(s *instance.Status) { s.SystemIdentifier = "8888" }), "belongs to another cluster (system identifier 8888"},
+		{"diverged: on a timeline the primary never had", primary(func(p *instance.Status) { p.Timeline = 1 }),
+			standby(func(s *instance.Status) { s.Timeline = 2; s.WALReceiverStatus = "streaming" }), "timeline 2, which the primary (timeline 1) never had"},
+		{"following a newer timeline of the primary", primary(func(p *instance.Status) { p.Timeline = 3; p.OldestWALLSN = "0/1000000" }),
+			standby(func(s *instance.Status) { s.Timeline = 2 }), ""},
 		{"not running: the agent decides", primary(nil), standby(func(s *instance.Status) { s.Running = false }), ""},
 		{"a primary is not re-cloned", primary(nil), standby(func(s *instance.Status) { s.Role = instance.RolePrimary }), ""},
 	}
