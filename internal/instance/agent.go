@@ -436,7 +436,7 @@ func (a *Agent) command(ctx context.Context, name string, args ...string) *exec.
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: a.cred}
 	// The passfile's path, never a password.
-	cmd.Env = append(os.Environ(), "PGPASSFILE="+a.passfile())
+	cmd.Env = append(os.Environ(), "PGPASSFILE="+a.passfile(), "PGCONNECT_TIMEOUT=10")
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second
 	return cmd
@@ -640,6 +640,8 @@ func (a *Agent) writeConfig() error {
 		// Every standby has a replication slot; wal_keep_size only covers a clone
 		// made before its slot exists.
 		"wal_keep_size = '64MB'",
+		// A standby notices a vanished primary within 30s (default 60s).
+		"wal_receiver_timeout = '30s'",
 		"password_encryption = 'scram-sha-256'",
 		"hba_file = " + q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
 		"ident_file = " + q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
@@ -657,6 +659,13 @@ func (a *Agent) writeConfig() error {
 			"passfile=" + postgres.ConninfoValue(a.passfile()),
 			"application_name=" + postgres.ConninfoValue(a.cfg.PodName),
 			"sslmode=prefer",
+			// A restarted primary comes back on a new pod IP: give up on the old one
+			// quickly instead of waiting out TCP's connect retries (~2 minutes).
+			"connect_timeout=5",
+			"keepalives=1",
+			"keepalives_idle=10",
+			"keepalives_interval=5",
+			"keepalives_count=3",
 		}, " ")
 		conf = append(conf, "primary_conninfo = "+q(conninfo))
 	}

@@ -607,7 +607,7 @@ func TestWriteConfig(t *testing.T) {
 			name:       "standby streams from the primary host with the passfile",
 			pod:        "db-1",
 			wantSignal: true,
-			wantInConf: []string{"primary_slot_name = 'pgop_db_1'", `primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer'`},
+			wantInConf: []string{"primary_slot_name = 'pgop_db_1'", `primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer connect_timeout=5 keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3'`},
 		},
 	}
 	for _, tc := range tests {

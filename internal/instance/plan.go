@@ -90,6 +90,14 @@ func planStart(f startFacts) (startAction, string) {
 				"refusing to create a new, empty cluster; the data lives on the standbys", f.ExpectedSystemID)
 		}
 	}
+	if f.DataSystemID == "" {
+		// PG_VERSION without a readable pg_control: an interrupted copy or a damaged
+		// volume, never a cluster to start or to build on.
+		if f.Primary {
+			return actionRefuseForeign, "the data directory is unusable (global/pg_control is missing or unreadable): refusing to start"
+		}
+		return actionReclone, "the data directory is unusable (global/pg_control is missing or unreadable): re-cloning the primary"
+	}
 	if f.DataMajor != 0 && f.BinaryMajor != 0 && f.DataMajor != f.BinaryMajor {
 		return actionRefuseVersion, fmt.Sprintf("the data directory is PostgreSQL %d but the image runs PostgreSQL %d: not starting; "+
 			"set spec.image back to a %d image", f.DataMajor, f.BinaryMajor, f.DataMajor)

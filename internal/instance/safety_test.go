@@ -35,6 +35,8 @@ func TestPlanStart(t *testing.T) {
 		{"primary with foreign data: refuse", startFacts{Primary: true, HasData: true, DataSystemID: "8", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionRefuseForeign, "system identifier 8, the Database's is 7"},
 		{"standby with foreign data: re-clone", startFacts{HasData: true, DataSystemID: "8", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionReclone, "re-cloning"},
 		{"standby with its own data", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionStart, ""},
+		{"primary with an unreadable pg_control: refuse", startFacts{Primary: true, HasData: true, ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionRefuseForeign, "unusable"},
+		{"standby with an unreadable pg_control: re-clone", startFacts{HasData: true, ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionReclone, "unusable"},
 		{"data of another major: never started, never deleted (primary)", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 17}, actionRefuseVersion, "PostgreSQL 15 but the image runs PostgreSQL 17"},
 		{"data of another major: never started, never deleted (standby, even foreign)", startFacts{HasData: true, DataSystemID: "8", ExpectedSystemID: "7", DataMajor: 17, BinaryMajor: 15}, actionRefuseVersion, "set spec.image back to a 17 image"},
 	}

@@ -75,6 +75,31 @@ func TestIdentityIsRecordedInStatusAndGivenToTheAgents(t *testing.T) {
 	if got := string(internal.Data[instance.InternalSystemIDFile]); got != "7301" {
 		t.Errorf("internal Secret system-identifier = %q: the agents would not know the Database is initialised", got)
 	}
+	// A deleted internal Secret comes back with the identity, so the agents still
+	// know the Database is initialised, and a Warning says it was regenerated.
+	oldToken := string(internal.Data[instance.InternalAgentTokenFile])
+	if err := k8s.Delete(testCtx, &internal); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "internal Secret recreated with the identity", func() string {
+		var now corev1.Secret
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &now); err != nil {
+			return err.Error()
+		}
+		if string(now.Data[instance.InternalSystemIDFile]) != "7301" || string(now.Data[instance.InternalAgentTokenFile]) == oldToken {
+			return "recreated without the identity, or with the old token"
+		}
+		var events corev1.EventList
+		if err := k8s.List(testCtx, &events, client.InNamespace(ns)); err != nil {
+			return err.Error()
+		}
+		for _, e := range events.Items {
+			if e.Reason == "InternalSecretRegenerated" && e.Type == corev1.EventTypeWarning {
+				return ""
+			}
+		}
+		return "no InternalSecretRegenerated event"
+	})
 	// The identity never changes afterwards, whatever an instance reports.
 	p := primaryReport("my-database-0", nil)
 	p.Status.SystemIdentifier = "9999"
