@@ -115,7 +115,7 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 		if p != nil && p.SystemIdentifier == obs.SecretSystemID {
 			// Recorded in the Secret by an earlier reconcile whose status write this
 			// one does not see yet: the same facts as then.
-			obs.Identity = &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod, Adopted: !p.Bootstrapped}
+			obs.Identity = newIdentity(db, p)
 			return nil
 		}
 		obs.Identity = &identity{SystemID: obs.SecretSystemID, FromSecret: true}
@@ -124,7 +124,7 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	if p == nil || !p.Running || p.SystemIdentifier == "" {
 		return nil
 	}
-	obs.Identity = &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod, Adopted: !p.Bootstrapped}
+	obs.Identity = newIdentity(db, p)
 	internal := &corev1.Secret{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: internalSecretName(db)}, internal); err != nil {
 		return fmt.Errorf("getting the internal secret: %w", err)
@@ -137,6 +137,21 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	}
 	logf.FromContext(ctx).Info("database identity recorded", "systemIdentifier", p.SystemIdentifier, "pod", p.Pod, "adopted", !p.Bootstrapped)
 	return nil
+}
+
+// newIdentity describes the identity a primary reports for the first time: made
+// by our initdb, found on the volume of a new Database (adopted), or that of a
+// cluster that already ran before the operator recorded identities (an upgrade).
+func newIdentity(db *databasev1.Database, p *instance.Status) *identity {
+	id := &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod}
+	switch {
+	case p.Bootstrapped:
+	case db.Status.CurrentPrimary != "":
+		id.Existing = true
+	default:
+		id.Adopted = true
+	}
+	return id
 }
 
 // desiredSlots are the replication slots the primary keeps: one per standby

@@ -68,6 +68,9 @@ type identity struct {
 	Adopted bool
 	// FromSecret: recovered from the internal Secret (the status had lost it).
 	FromSecret bool
+	// Existing: the cluster was already running under this Database before the
+	// operator recorded identities.
+	Existing bool
 }
 
 // conditionVerdict is a condition's status with its reason and message.
@@ -113,6 +116,10 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		case obs.Identity.FromSecret:
 			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonBootstrapped,
 				fmt.Sprintf("System identifier %s recovered from Secret %s", st.SystemIdentifier, internalSecretName(db)))
+		case obs.Identity.Existing:
+			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonBootstrapped,
+				fmt.Sprintf("Recorded system identifier %s (PostgreSQL %d) of the cluster already running on %s; no instance will ever run initdb again",
+					obs.Identity.SystemID, obs.Identity.DataVersion, obs.Identity.Pod))
 		case obs.Identity.Adopted:
 			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonAdoptedExistingData,
 				fmt.Sprintf("Adopted the existing data directory found on %s (system identifier %s, PostgreSQL %d): its volume held data from an earlier Database; no initdb was run",

@@ -271,6 +271,8 @@ func TestIdentityIsRecordedOnceAndSaysWhetherDataWasAdopted(t *testing.T) {
 		{"initdb", &identity{SystemID: "7001", DataVersion: 15, Pod: "db-0"}, databasev1.ReasonBootstrapped, "initialised by initdb on db-0: system identifier 7001, PostgreSQL 15"},
 		{"adopted", &identity{SystemID: "7002", DataVersion: 15, Pod: "db-0", Adopted: true}, databasev1.ReasonAdoptedExistingData, "Adopted the existing data directory found on db-0 (system identifier 7002, PostgreSQL 15)"},
 		{"from the secret", &identity{SystemID: "7003", FromSecret: true}, databasev1.ReasonBootstrapped, "7003 recovered from Secret db-internal"},
+		{"a cluster that ran before identities were recorded (operator upgrade)", &identity{SystemID: "7004", DataVersion: 15, Pod: "db-0", Existing: true},
+			databasev1.ReasonBootstrapped, "Recorded system identifier 7004 (PostgreSQL 15) of the cluster already running on db-0"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -291,6 +293,22 @@ func TestIdentityIsRecordedOnceAndSaysWhetherDataWasAdopted(t *testing.T) {
 	st := deriveStatus(testDB(1), observation{})
 	if c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionInitialized); c == nil || c.Status != metav1.ConditionFalse || c.Reason != databasev1.ReasonNotInitialized {
 		t.Errorf("Initialized before any report = %+v", c)
+	}
+}
+
+func TestNewIdentityTellsInitdbAdoptionAndUpgradeApart(t *testing.T) {
+	db := testDB(1)
+	p := &instance.Status{Pod: "db-0", SystemIdentifier: "7", DataVersion: 15, Bootstrapped: true}
+	if id := newIdentity(db, p); id.Adopted || id.Existing {
+		t.Errorf("initdb: %+v", id)
+	}
+	p.Bootstrapped = false
+	if id := newIdentity(db, p); !id.Adopted || id.Existing {
+		t.Errorf("new Database on retained volumes: %+v", id)
+	}
+	db.Status.CurrentPrimary = "db-0"
+	if id := newIdentity(db, p); id.Adopted || !id.Existing {
+		t.Errorf("running before the upgrade: %+v", id)
 	}
 }
 
