@@ -502,3 +502,62 @@ func TestStaleLockFiles(t *testing.T) {
 		t.Error("processIsPostgres")
 	}
 }
+
+// A standby that was down while more than max_slot_wal_keep_size of WAL was
+// written loses its slot's WAL (wal_status "lost"): the primary reports it, the
+// standby re-clones on request, and the slot is recreated so it streams again.
+func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
+	root := testRoot(t)
+	s := newSecrets(t, root)
+	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
+	primary := startInstanceWith(t, s, "primary", "db-0", pPort, pPort, func(c *Config) { c.MaxSlotWALKeepSize = "32MB" })
+	waitForAppLogin(t, pPort, s.appPassword)
+	execApp(t, pPort, s.appPassword, "CREATE TABLE items (id int, body text)")
+	setSlots(t, primary, s.token, SlotName("db-1"))
+	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
+	standby.waitStreaming(t, s.token)
+	if err := standby.stop(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		execApp(t, pPort, s.appPassword, fmt.Sprintf("INSERT INTO items SELECT g, repeat('x', 2000) FROM generate_series(%d, %d) g", i*10000, i*10000+9999))
+	}
+	c, err := primary.agent.connect(context.Background(), "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := c.Exec(context.Background(), "SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close(context.Background())
+	ps := primary.mustStatus(t, s.token)
+	if len(ps.Slots) != 1 || ps.Slots[0].WALStatus != "lost" {
+		t.Fatalf("slot after writing past max_slot_wal_keep_size: %+v", ps.Slots)
+	}
+	standby = startInstance(t, s, "standby", "db-1", sPort, pPort)
+	waitUntil(t, 60*time.Second, "the standby to run", func() error {
+		st, err := standby.status(s.token)
+		if err != nil || st.State != StateRunning || !st.Running {
+			return fmt.Errorf("standby %+v %v", st, err)
+		}
+		return nil
+	})
+	if code := post(t, standby.baseURL()+PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
+		t.Fatalf("POST /reclone = %d", code)
+	}
+	// What the operator does when it sees the lost, inactive slot.
+	got := setSlots(t, primary, s.token, SlotName("db-1"))
+	if len(got) != 1 || got[0].WALStatus == "lost" {
+		t.Fatalf("slot not recreated: %+v", got)
+	}
+	standby.waitStreaming(t, s.token)
+	want, _ := countItems(t, pPort, s.appPassword)
+	waitUntil(t, 30*time.Second, "equal rows", func() error {
+		if n, err := countItems(t, sPort, s.appPassword); err != nil || n != want {
+			return fmt.Errorf("standby rows %d (%v), want %d", n, err, want)
+		}
+		return nil
+	})
+}
