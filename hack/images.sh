@@ -8,7 +8,8 @@
 # PostgreSQL 15 (Debian bookworm) and 17 (Debian trixie) are laid out like the
 # official images: user postgres uid/gid 999, binaries on PATH,
 # PGDATA=/var/lib/postgresql/data. They are tagged docker.io/library/postgres:15,
-# :15.18 (a second tag, for minor-version rolling updates) and :17. versitygw:local
+# :15.18 (a second tag, for minor-version rolling updates) and :17 (also :latest,
+# a tag without a major). versitygw:local
 # is an S3-compatible server for the end-to-end suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -130,6 +131,11 @@ case "${1:-}" in
     import_archive "$IMAGES/postgres-15-bookworm.tar" docker.io/library/postgres:15
     import_archive "$IMAGES/postgres-15-bookworm.tar" docker.io/library/postgres:15.18
     import_archive "$IMAGES/postgres-17-trixie.tar" docker.io/library/postgres:17
+    # A tag that names no major version (what `latest` or a digest look like to the
+    # operator): the e2e suite changes a PostgreSQL 15 Database to it.
+    if ! ctr_ images ls -q | grep -qxF docker.io/library/postgres:latest; then
+      ctr_ images tag docker.io/library/postgres:17 docker.io/library/postgres:latest >/dev/null
+    fi
     import_archive "$IMAGES/versitygw.tar" docker.io/library/versitygw:local
     ;;
   operator-image) operator_image ;;

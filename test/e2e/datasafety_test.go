@@ -291,3 +291,51 @@ func TestSecretsChildrenAndStorageConverge(t *testing.T) {
 		return ""
 	})
 }
+
+// An image whose tag names no major (postgres:latest, here PostgreSQL 17) on a
+// PostgreSQL 15 Database: the first instance that runs it refuses to start on the
+// old data directory and stays up reporting why (no crash loop, the primary keeps
+// serving); setting spec.image back recovers without deleting a pod by hand.
+func TestImageOfAnotherMajorBehindATagWithoutAMajor(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(strings.Replace(myDatabase, "replicas: 1", "replicas: 2", 1))
+	c.waitPhase("my-database", "Ready", readyTimeout)
+	c.serviceAnswers("my-database-0")
+	if out, err := c.psql("my-database-0", true, "CREATE TABLE items AS SELECT 1 AS id"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	c.must("patch", "database", "my-database", "--type", "merge", "-p", `{"spec":{"image":"postgres:latest"}}`)
+	c.eventually(4*time.Minute, "DataVersionMismatch", func() string {
+		if r := c.condition("my-database", "Stalled", "reason"); r != "DataVersionMismatch" {
+			return fmt.Sprintf("Stalled reason %q: %s", r, c.condition("my-database", "Ready", "message"))
+		}
+		return ""
+	})
+	msg := c.condition("my-database", "Stalled", "message")
+	for _, want := range []string{"my-database-1", "PostgreSQL 15", "PostgreSQL 17", "postgres:latest"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("Stalled message %q lacks %q", msg, want)
+		}
+	}
+	time.Sleep(20 * time.Second)
+	if n := c.jsonpath("pod/my-database-1", `{.status.containerStatuses[?(@.name=="postgres")].restartCount}`); n != "0" {
+		t.Errorf("the refusing instance restarted %s times: a crash loop", n)
+	}
+	if img := c.jsonpath("pod/my-database-0", `{.spec.containers[?(@.name=="postgres")].image}`); img != "postgres:15" {
+		t.Errorf("the primary was moved to %s", img)
+	}
+	if c.condition("my-database", "PrimaryAvailable", "status") != "True" {
+		t.Errorf("PrimaryAvailable: %s", c.condition("my-database", "PrimaryAvailable", "message"))
+	}
+	if out, err := c.psql("my-database-0", true, "INSERT INTO items VALUES (2)"); err != nil {
+		t.Errorf("the primary stopped serving: %v %s", err, out)
+	}
+	c.must("patch", "database", "my-database", "--type", "merge", "-p", `{"spec":{"image":"postgres:15"}}`)
+	c.waitPhase("my-database", "Ready", readyTimeout)
+	c.eventually(time.Minute, "the standby has the rows", func() string {
+		if out, err := c.psql("my-database-1", false, "SELECT count(*) FROM items"); err != nil || strings.TrimSpace(out) != "2" {
+			return fmt.Sprintf("%v %s", err, out)
+		}
+		return ""
+	})
+}
