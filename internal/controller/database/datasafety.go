@@ -135,7 +135,7 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	if err := r.recordSystemID(ctx, internal, p.SystemIdentifier); err != nil {
 		return err
 	}
-	logf.FromContext(ctx).Info("database identity recorded", "systemIdentifier", p.SystemIdentifier, "pod", p.Pod, "adopted", !p.Bootstrapped)
+	logf.FromContext(ctx).Info("system identifier written to the internal Secret for the agents", "systemIdentifier", p.SystemIdentifier, "pod", p.Pod, "adopted", !p.Bootstrapped)
 	return nil
 }
 
