@@ -241,14 +241,15 @@ const (
 	ReasonDegraded = "Degraded"
 
 	// Identity and data safety.
-	ReasonBootstrapped        = "Bootstrapped"
-	ReasonAdoptedExistingData = "AdoptedExistingData"
-	ReasonNotInitialized      = "NotInitialized"
-	ReasonPrimaryDataMissing  = "PrimaryDataMissing"
-	ReasonPrimaryDataForeign  = "PrimaryDataForeign"
-	ReasonRecoveringPrimary   = "RecoveringPrimary"
-	ReasonDataVersionMismatch = "DataVersionMismatch"
-	ReasonStandbyRecloning    = "StandbyRecloning"
+	ReasonBootstrapped         = "Bootstrapped"
+	ReasonAdoptedExistingData  = "AdoptedExistingData"
+	ReasonNotInitialized       = "NotInitialized"
+	ReasonPrimaryDataMissing   = "PrimaryDataMissing"
+	ReasonPrimaryDataForeign   = "PrimaryDataForeign"
+	ReasonRecoveringPrimary    = "RecoveringPrimary"
+	ReasonDataVersionMismatch  = "DataVersionMismatch"
+	ReasonStandbyRecloning     = "StandbyRecloning"
+	ReasonRetainedDataConflict = "RetainedDataConflict"
 
 	// Children.
 	ReasonChildConflict = "ChildConflict"

@@ -2,7 +2,6 @@ package instance
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -143,6 +142,12 @@ type Agent struct {
 	recoverFrom string
 	// restartDelay is the next in-place restart backoff.
 	restartDelay time.Duration
+	// recloneRequested is set by the operator's re-clone instruction until the clone
+	// is installed.
+	recloneRequested bool
+	// walMissingAt is when PostgreSQL last logged that the WAL it asked its
+	// upstream for has already been removed (unix nanoseconds; 0: never).
+	walMissingAt atomic.Int64
 }
 
 // NewAgent returns an agent for cfg.
@@ -280,30 +285,43 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.bootstrapped.Store(true)
 		case actionClone, actionReclone:
 			if act == actionReclone {
+				// The old data directory stays in place until the new copy is
+				// complete (clone builds in a staging directory and swaps it in).
 				a.log.Warn("re-cloning", "reason", msg)
-				if err := a.wipe(); err != nil {
-					return err
-				}
 			}
 			a.setState(StateCloning, msg)
-			if err := a.clone(ctx, a.cfg.PrimaryHost, a.cfg.PrimaryPort); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
-				return err
-			}
-		case actionRecoverPrimary:
-			a.setState(StateRecovering, msg)
-			host, port := a.peerAddress(facts.RecoverFrom)
-			if err := a.clone(ctx, host, port); err != nil {
+			if err := a.clone(ctx, a.cfg.PrimaryHost, a.cfg.PrimaryPort, 0); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
 				return err
 			}
 			a.mu.Lock()
+			a.recloneRequested = false
+			a.mu.Unlock()
+			a.walMissingAt.Store(0)
+			a.drainInstructions()
+		case actionRecoverPrimary:
+			a.setState(StateRecovering, msg)
+			host, port := a.peerAddress(facts.RecoverFrom)
+			err := a.clone(ctx, host, port, 5)
+			a.mu.Lock()
 			a.recoverFrom = ""
 			a.mu.Unlock()
+			a.drainInstructions()
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				// Back to DataMissing: the operator (or a human) may name another
+				// standby.
+				a.log.Warn("rebuilding the primary failed", "source", facts.RecoverFrom, "error", err.Error())
+				a.setState(StateDataMissing, fmt.Sprintf("rebuilding from %s failed (%v); the data directory is still empty", facts.RecoverFrom, err))
+				select {
+				case <-ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
+			}
 		case actionStart:
 			in, err := a.runPostgres(ctx)
 			if err != nil {
@@ -311,9 +329,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			if in != nil && in.reclone {
 				a.log.Warn("re-cloning on the operator's request")
-				if err := a.wipe(); err != nil {
-					return err
-				}
+				a.mu.Lock()
+				a.recloneRequested = true
+				a.mu.Unlock()
 			}
 		default:
 			st, _ := refusalState(act)
@@ -346,8 +364,21 @@ func (a *Agent) facts() startFacts {
 	}
 	a.mu.Lock()
 	f.RecoverFrom = a.recoverFrom
+	f.RecloneRequested = a.recloneRequested
 	a.mu.Unlock()
 	return f
+}
+
+// drainInstructions drops instructions that arrived while the one just carried out
+// was under way (a second re-clone request for the same WAL gap, say).
+func (a *Agent) drainInstructions() {
+	for {
+		select {
+		case <-a.instr:
+		default:
+			return
+		}
+	}
 }
 
 // peerAddress is where another instance of the Database listens.
@@ -362,17 +393,6 @@ func (a *Agent) peerAddress(pod string) (string, int) {
 		return pod, a.cfg.PrimaryPort
 	}
 	return pod + "." + domain, a.cfg.PrimaryPort
-}
-
-// wipe removes the data directory of a standby that is re-cloned.
-func (a *Agent) wipe() error {
-	if a.IsPrimary() {
-		return errors.New("refusing to delete a primary's data directory")
-	}
-	if err := os.RemoveAll(a.cfg.PGData); err != nil {
-		return fmt.Errorf("removing the data directory to re-clone: %w", err)
-	}
-	return nil
 }
 
 func (a *Agent) dropPrivilegesForChildren() error {
@@ -531,7 +551,7 @@ func (a *Agent) initdb(ctx context.Context) error {
 // source may still be starting. An attempt that copies nothing for
 // CloneStallTimeout is stopped and retried; one that progresses runs as long as it
 // needs.
-func (a *Agent) clone(ctx context.Context, host string, port int) error {
+func (a *Agent) clone(ctx context.Context, host string, port int, maxAttempts int) error {
 	delay := a.cfg.CloneRetry
 	staging := a.stagingDir()
 	for attempt := 1; ; attempt++ {
@@ -565,6 +585,10 @@ func (a *Agent) clone(ctx context.Context, host string, port int) error {
 		}
 		if stalled.Load() {
 			a.log.Warn("pg_basebackup made no progress; retrying", "for", a.cfg.CloneStallTimeout.String())
+		}
+		if maxAttempts > 0 && attempt >= maxAttempts {
+			_ = os.RemoveAll(staging)
+			return fmt.Errorf("pg_basebackup from %s:%d failed %d times: %w", host, port, attempt, err)
 		}
 		a.log.Warn("pg_basebackup failed; retrying", "error", err.Error(), "in", delay.String())
 		st, _ := a.currentState()

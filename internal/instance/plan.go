@@ -71,6 +71,8 @@ type startFacts struct {
 	// RecoverFrom is a standby pod the operator asked a primary with missing data
 	// to be rebuilt from.
 	RecoverFrom string
+	// RecloneRequested: the operator asked this standby to re-clone (its WAL is gone).
+	RecloneRequested bool
 }
 
 // planStart decides what the agent does with its data directory. It never creates
@@ -101,6 +103,9 @@ func planStart(f startFacts) (startAction, string) {
 	if f.DataMajor != 0 && f.BinaryMajor != 0 && f.DataMajor != f.BinaryMajor {
 		return actionRefuseVersion, fmt.Sprintf("the data directory is PostgreSQL %d but the image runs PostgreSQL %d: not starting; "+
 			"set spec.image back to a %d image", f.DataMajor, f.BinaryMajor, f.DataMajor)
+	}
+	if f.RecloneRequested && !f.Primary {
+		return actionReclone, "the operator asked for a re-clone: the WAL this standby needs is gone from the primary"
 	}
 	if f.ExpectedSystemID != "" && f.DataSystemID != f.ExpectedSystemID {
 		if f.Primary {

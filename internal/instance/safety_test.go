@@ -37,6 +37,8 @@ func TestPlanStart(t *testing.T) {
 		{"standby with its own data", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionStart, ""},
 		{"primary with an unreadable pg_control: refuse", startFacts{Primary: true, HasData: true, ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionRefuseForeign, "unusable"},
 		{"standby with an unreadable pg_control: re-clone", startFacts{HasData: true, ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionReclone, "unusable"},
+		{"standby asked to re-clone", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15, RecloneRequested: true}, actionReclone, "operator asked"},
+		{"a re-clone request never touches a primary", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15, RecloneRequested: true}, actionStart, ""},
 		{"data of another major: never started, never deleted (primary)", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 17}, actionRefuseVersion, "PostgreSQL 15 but the image runs PostgreSQL 17"},
 		{"data of another major: never started, never deleted (standby, even foreign)", startFacts{HasData: true, DataSystemID: "8", ExpectedSystemID: "7", DataMajor: 17, BinaryMajor: 15}, actionRefuseVersion, "set spec.image back to a 17 image"},
 	}
@@ -390,6 +392,12 @@ func TestDataSafety(t *testing.T) {
 		if !NeedsWALThatIsGone(LaterLSN(st.ReplayLSN, st.ReceiveLSN), ps.OldestWALLSN, ps.WALSegmentSize) {
 			t.Fatalf("standby at %s/%s, primary oldest WAL %s: not detected as gone", st.ReplayLSN, st.ReceiveLSN, ps.OldestWALLSN)
 		}
+		waitUntil(t, 30*time.Second, "the standby to report its WAL missing", func() error {
+			if st := standby.mustStatus(t, s.token); !st.WALMissing {
+				return fmt.Errorf("walMissing false (receiver %q)", st.WALReceiverStatus)
+			}
+			return nil
+		})
 		if code := post(t, standby.baseURL()+PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
 			t.Fatalf("POST /reclone = %d", code)
 		}
@@ -486,17 +494,22 @@ func TestStaleLockFiles(t *testing.T) {
 	if err := os.MkdirAll(a.cfg.PGData, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	// A PID that is not a postgres process (this test binary) and one that does not
-	// exist: both stale.
-	writeTestFile(t, a.pidFile(), strconv.Itoa(os.Getpid())+"\n/pgdata\n")
+	// A lock naming a live process that is not postgres (PID reuse in a new
+	// container; here this test binary) is stale and removed, with its socket.
+	writeTestFile(t, a.pidFile(), "999999999\n/pgdata\n")
 	lock := filepath.Join(dir, ".s.PGSQL.5432.lock")
-	writeTestFile(t, lock, "999999999\n")
+	writeTestFile(t, lock, strconv.Itoa(os.Getpid())+"\n")
 	writeTestFile(t, filepath.Join(dir, ".s.PGSQL.5432"), "")
 	a.cleanStaleLocks()
-	for _, f := range []string{a.pidFile(), lock, filepath.Join(dir, ".s.PGSQL.5432")} {
+	for _, f := range []string{lock, filepath.Join(dir, ".s.PGSQL.5432")} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s not removed: %v", filepath.Base(f), err)
 		}
+	}
+	// A lock naming a dead PID is PostgreSQL's to judge (it also checks shared
+	// memory still attached by orphaned backends).
+	if _, err := os.Stat(a.pidFile()); err != nil {
+		t.Errorf("postmaster.pid of a dead PID was removed: %v", err)
 	}
 	if processIsPostgres(os.Getpid()) || processIsPostgres(999999999) {
 		t.Error("processIsPostgres")

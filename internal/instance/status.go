@@ -123,6 +123,10 @@ type Status struct {
 	WALSegmentSize uint64 `json:"walSegmentSize,omitempty"`
 	// Ready is the agent's own readiness verdict (what /readyz answers).
 	Ready bool `json:"ready"`
+	// WALMissing: this standby's upstream answered that the WAL it needs has
+	// already been removed (seen in PostgreSQL's log within two minutes, and not
+	// streaming since): it can only be re-cloned.
+	WALMissing bool `json:"walMissing,omitempty"`
 }
 
 // SlotStatus is one row of pg_replication_slots.

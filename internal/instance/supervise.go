@@ -1,11 +1,13 @@
 package instance
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +38,7 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 	a.cleanStaleLocks()
 	// Not CommandContext: cancellation must become a fast shutdown, not SIGKILL.
 	cmd := a.command(context.Background(), a.bins.Postgres, "-D", a.cfg.PGData)
+	cmd.Stderr = io.MultiWriter(os.Stderr, &lineWatcher{onLine: a.watchLogLine})
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting postgres: %w", err)
 	}
@@ -67,6 +70,10 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 	for {
 		select {
 		case err := <-done:
+			// Backends orphaned by a postmaster that died may still be attached
+			// to its shared memory: end the whole process group before a new
+			// postmaster can start.
+			killProcessGroup(cmd.Process.Pid)
 			a.exited.Store(true)
 			cancelSetup()
 			if err == nil {
@@ -91,7 +98,7 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 			return nil, stop()
 		case in := <-a.instr:
 			if in.reclone && !a.IsPrimary() {
-				a.log.Info("stopping postgres to re-clone")
+				a.setState(StateCloning, "stopping PostgreSQL to re-clone the primary")
 				return &in, stop()
 			}
 		}
@@ -99,13 +106,15 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 }
 
 // cleanStaleLocks removes postmaster.pid and the socket lock left behind by a
-// postgres that was killed with its container, when the process they name is not a
-// running postgres (the agent only gets here when its own postgres has exited).
+// postgres that was killed with its container when the PID they name now belongs
+// to another, live process (PID reuse in a new container: PostgreSQL would take it
+// for a running postmaster and refuse to start). A lock naming a dead PID is left
+// to PostgreSQL, whose own check also covers shared memory still in use.
 func (a *Agent) cleanStaleLocks() {
 	socketLock := filepath.Join(a.cfg.RunDir, fmt.Sprintf(".s.PGSQL.%d.lock", a.cfg.Port))
 	for _, f := range []string{a.pidFile(), socketLock} {
 		pid, ok := lockFilePID(f)
-		if !ok || processIsPostgres(pid) {
+		if !ok || pid <= 0 || !processAlive(pid) || processIsPostgres(pid) {
 			continue
 		}
 		if err := os.Remove(f); err == nil {
@@ -129,6 +138,62 @@ func lockFilePID(path string) (int, bool) {
 		return 0, true // unreadable lock: stale
 	}
 	return pid, true
+}
+
+// processAlive reports whether a process with pid exists.
+func processAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// killProcessGroup SIGKILLs what is left of the process group pgid (postgres runs
+// in its own group) and waits up to 10s for it to be gone.
+func killProcessGroup(pgid int) {
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	for i := 0; i < 100; i++ {
+		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// lineWatcher calls onLine for each complete line written to it.
+type lineWatcher struct {
+	buf    []byte
+	onLine func(string)
+}
+
+func (w *lineWatcher) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.onLine(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+	if len(w.buf) > 64<<10 {
+		w.buf = w.buf[:0]
+	}
+	return len(p), nil
+}
+
+// watchLogLine notices, in PostgreSQL's own log, that a standby asked its upstream
+// for WAL that is gone: the evidence that only a re-clone can help.
+func (a *Agent) watchLogLine(line string) {
+	if strings.Contains(line, "has already been removed") || strings.Contains(line, "can no longer get changes from replication slot") ||
+		strings.Contains(line, "has been invalidated") {
+		a.walMissingAt.Store(time.Now().UnixNano())
+	}
+}
+
+// walMissing reports whether the WAL this standby needs was reported gone within
+// the last two minutes.
+func (a *Agent) walMissing() bool {
+	at := a.walMissingAt.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < 2*time.Minute
 }
 
 // processIsPostgres reports whether pid is a live postgres process.
@@ -342,6 +407,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 			st.Error = "querying recovery: " + err.Error()
 		}
 		st.CurrentLSN = st.ReplayLSN
+		st.WALMissing = st.WALReceiverStatus != "streaming" && a.walMissing()
 		return st
 	}
 	st.Role = RolePrimary

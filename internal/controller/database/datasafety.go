@@ -31,6 +31,7 @@ func (r *Reconciler) reconcileStorage(ctx context.Context, db *databasev1.Databa
 	if err := r.List(ctx, &pvcs, client.InNamespace(db.Namespace), client.MatchingLabels(selectorLabels(db))); err != nil {
 		return fmt.Errorf("listing volumes: %w", err)
 	}
+	obs.PVCs = pvcs.Items
 	var unsupported, unbound, resizing, failed []string
 	var firstErr error
 	classes := map[string]*storagev1.StorageClass{}
@@ -124,6 +125,14 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	if p == nil || !p.Running || p.SystemIdentifier == "" {
 		return nil
 	}
+	if p.Bootstrapped {
+		if why := retainedDataConflict(db, *obs, p); why != "" {
+			// Recording this identity would make every retained standby volume
+			// "foreign" and re-clone it: the only copy of the earlier data.
+			obs.IdentityConflict = why
+			return nil
+		}
+	}
 	obs.Identity = newIdentity(db, p)
 	internal := &corev1.Secret{}
 	if err := r.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: internalSecretName(db)}, internal); err != nil {
@@ -137,6 +146,30 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 	}
 	logf.FromContext(ctx).Info("system identifier written to the internal Secret for the agents", "systemIdentifier", p.SystemIdentifier, "pod", p.Pod, "adopted", !p.Bootstrapped)
 	return nil
+}
+
+// retainedDataConflict explains why a cluster the primary has just initialised
+// must not be recorded: standby volumes older than the Database (kept from an
+// earlier Database of the same name) or standbys reporting another cluster's data.
+func retainedDataConflict(db *databasev1.Database, obs observation, p *instance.Status) string {
+	var old []string
+	for _, pvc := range obs.PVCs {
+		if instance.Ordinal(pvc.Name) > 0 && pvc.CreationTimestamp.Before(&db.CreationTimestamp) {
+			old = append(old, pvc.Name)
+		}
+	}
+	for _, n := range podNames(obs) {
+		if r := obs.Instances[n]; n != p.Pod && r.Status != nil && r.Status.SystemIdentifier != "" && r.Status.SystemIdentifier != p.SystemIdentifier {
+			old = append(old, fmt.Sprintf("%s (system identifier %s)", n, r.Status.SystemIdentifier))
+		}
+	}
+	if len(old) == 0 {
+		return ""
+	}
+	sort.Strings(old)
+	return fmt.Sprintf("Primary %s found an empty volume and initialised a new cluster (system identifier %s), but %s predate this Database and may hold "+
+		"the data of an earlier one: the operator records no identity and re-clones nothing. To start fresh, delete those PVCs; to keep the old data, "+
+		"leave them and do not write to this Database", p.Pod, p.SystemIdentifier, strings.Join(old, ", "))
 }
 
 // newIdentity describes the identity a primary reports for the first time: made
@@ -214,9 +247,12 @@ func recloneReason(systemID string, primary, standby *instance.Status) string {
 			return fmt.Sprintf("its replication slot %s lost the WAL it needs (more than max_slot_wal_keep_size behind)", slot)
 		}
 	}
-	pos := instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
-	if instance.NeedsWALThatIsGone(pos, primary.OldestWALLSN, primary.WALSegmentSize) {
-		return fmt.Sprintf("it stopped at WAL position %s but the primary's oldest WAL starts at %s: the WAL it needs was removed", pos, primary.OldestWALLSN)
+	// The evidence is the primary's own answer, as the standby logged it: a
+	// position comparison alone would also flag a standby that is still replaying
+	// its local WAL after a restart.
+	if standby.WALMissing {
+		pos := instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
+		return fmt.Sprintf("the primary answered that the WAL it needs has already been removed (it stopped at %s; the primary's oldest WAL starts at %s)", pos, primary.OldestWALLSN)
 	}
 	return ""
 }
@@ -303,6 +339,21 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	}
 	primaryPod := statefulSetName(db) + "-0"
 	rep, ok := obs.Instances[primaryPod]
+	if ok && rep.Err == nil && rep.Status != nil && rep.Status.Running && rep.Status.Role == instance.RolePrimary && rep.Status.Writable {
+		// Done (or never needed): the annotation must not rebuild the primary from a
+		// then stale standby after some later loss.
+		patch := client.MergeFrom(db.DeepCopy())
+		delete(db.Annotations, databasev1.AnnotationRecoverPrimaryFrom)
+		if err := r.Patch(ctx, db, patch); err != nil {
+			return fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationRecoverPrimaryFrom, err)
+		}
+		logf.FromContext(ctx).Info("primary available: recovery annotation removed", "primary", primaryPod)
+		if r.Recorder != nil {
+			r.Recorder.Eventf(db, nil, corev1.EventTypeNormal, "RecoveryComplete", "Recover",
+				"Primary %s accepts writes; annotation %s removed", primaryPod, databasev1.AnnotationRecoverPrimaryFrom)
+		}
+		return nil
+	}
 	if !ok || rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateDataMissing {
 		return nil
 	}
@@ -313,6 +364,9 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 		return nil
 	case !ok || src.Err != nil || src.Status == nil || !src.Status.Running || src.Status.Role != instance.RoleReplica:
 		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q: that standby is not running", databasev1.AnnotationRecoverPrimaryFrom, source)
+		return nil
+	case mostAdvancedOther(*obs, primaryPod, source) != "":
+		obs.RecoveryError = mostAdvancedOther(*obs, primaryPod, source)
 		return nil
 	case src.Status.SystemIdentifier != db.Status.SystemIdentifier:
 		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q: that standby's system identifier %s is not the Database's %s",
@@ -337,6 +391,22 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 			"Rebuilding primary %s, whose data directory was missing, by cloning standby %s", primaryPod, source)
 	}
 	return nil
+}
+
+// mostAdvancedOther explains why source must not be the recovery source: another
+// running standby has WAL it lacks.
+func mostAdvancedOther(obs observation, primaryPod, source string) string {
+	best, bestLSN := mostAdvancedStandby(obs, primaryPod)
+	if best == "" || best == source {
+		return ""
+	}
+	src := obs.Instances[source].Status
+	srcLSN := instance.LaterLSN(src.ReplayLSN, src.ReceiveLSN)
+	if instance.LaterLSN(srcLSN, bestLSN) == srcLSN {
+		return "" // as far as the most advanced
+	}
+	return fmt.Sprintf("Annotation %s=%q: standby %s is further ahead (%s, %s is at %s); rebuilding from %s would lose the transactions only %s has. Name %s instead",
+		databasev1.AnnotationRecoverPrimaryFrom, source, best, bestLSN, source, srcLSN, source, best, best)
 }
 
 func joinErrs(errs []error) error {

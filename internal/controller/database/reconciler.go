@@ -145,8 +145,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	log.V(1).Info("reconciled", "phase", newStatus.Phase)
 	switch {
 	case obs.ReconcileErr != nil:
-		// Retried with the controller's backoff.
-		return ctrl.Result{}, obs.ReconcileErr
+		// Not the controller's exponential backoff: one persistently failing step
+		// must not stop the instances from being watched.
+		return ctrl.Result{RequeueAfter: orDefault(r.RequeueProgressing, requeueWhileProgressing)}, nil
 	case newStatus.Phase == databasev1.PhaseReady && findConditionReason(newStatus, databasev1.ConditionReady) != databasev1.ReasonDegraded:
 		return ctrl.Result{RequeueAfter: orDefault(r.RequeueReady, requeueWhenReady)}, nil
 	default:

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -292,6 +293,14 @@ func TestSlotsAreKeptPerStandbyAndStandbysThatCannotCatchUpAreRecloned(t *testin
 	s := replicaReport("my-database-1")
 	s.Status.SystemIdentifier, s.Status.WALReceiverStatus, s.Status.ReplayLSN = "7305", "", "0/3000060"
 	instances.set(ns, "my-database-1", s)
+	for i := 0; i < 10; i++ {
+		if slices.Contains(instances.given(ns), "my-database-1 reclone") {
+			t.Fatal("re-cloned on a position comparison alone (a standby replaying local WAL after a restart looks the same)")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.Status.WALMissing = true
+	instances.set(ns, "my-database-1", s)
 	eventually(t, "re-clone instruction", func() string {
 		if !slices.Contains(instances.given(ns), "my-database-1 reclone") {
 			return fmt.Sprintf("instructions %v", instances.given(ns))
@@ -364,6 +373,17 @@ func TestMissingPrimaryDataStallsAndTheAnnotationRebuildsItFromAStandby(t *testi
 	eventually(t, "recover instruction", func() string {
 		if !slices.Contains(instances.given(ns), "my-database-0 recover my-database-1") {
 			return fmt.Sprintf("instructions %v", instances.given(ns))
+		}
+		return ""
+	})
+	// Rebuilt: the annotation is removed, so that a later loss does not rebuild
+	// from a then stale standby by itself.
+	p := primaryReport("my-database-0", map[string]int64{"my-database-1": 0})
+	p.Status.SystemIdentifier = "7306"
+	instances.set(ns, "my-database-0", p)
+	eventually(t, "annotation removed", func() string {
+		if v, ok := getDB(t, ns, "my-database").Annotations[databasev1.AnnotationRecoverPrimaryFrom]; ok {
+			return "still " + v
 		}
 		return ""
 	})

@@ -57,6 +57,11 @@ type observation struct {
 	// RecoveryError explains why the recover-primary-from annotation was not acted
 	// on.
 	RecoveryError string
+	// PVCs are the Database's volumes.
+	PVCs []corev1.PersistentVolumeClaim
+	// IdentityConflict explains why a freshly initialised cluster's identity is not
+	// recorded (volumes of an earlier Database with the same name hold data).
+	IdentityConflict string
 }
 
 // identity is a system identifier recorded for the first time.
@@ -203,9 +208,11 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	return st
 }
 
-// setReconcileError reports a failing step in Reconciling; when it keeps failing
-// for the same generation longer than StallAfter, Stalled says so.
-func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, obs observation, set func(string, metav1.ConditionStatus, string, string)) {
+// setReconcileError reports a failing step in Reconciling; when failures go on
+// for the same generation longer than StallAfter, Stalled says so. The streak
+// starts at the first failing reconcile (kept as the condition's transition time
+// while the reason stays ReconcileError), whatever the phase did meanwhile.
+func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, obs observation, _ func(string, metav1.ConditionStatus, string, string)) {
 	err := obs.ReconcileErr
 	if err == nil {
 		err = obs.ObserveErr
@@ -213,11 +220,21 @@ func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, o
 	if err == nil {
 		return
 	}
+	since := obs.Now.Truncate(time.Second)
 	prevRec := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionReconciling)
-	set(databasev1.ConditionReconciling, metav1.ConditionTrue, databasev1.ReasonReconcileError, err.Error())
 	if prevRec != nil && prevRec.Reason == databasev1.ReasonReconcileError && prevRec.Status == metav1.ConditionTrue &&
-		prevRec.ObservedGeneration == db.Generation && obs.Now.Sub(prevRec.LastTransitionTime.Time) >= obs.StallAfter {
-		set(databasev1.ConditionStalled, metav1.ConditionTrue, databasev1.ReasonReconcileError,
+		prevRec.ObservedGeneration == db.Generation {
+		since = prevRec.LastTransitionTime.Time
+	}
+	c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReconciling)
+	if c == nil {
+		st.Conditions = append(st.Conditions, metav1.Condition{Type: databasev1.ConditionReconciling})
+		c = &st.Conditions[len(st.Conditions)-1]
+	}
+	c.Status, c.Reason, c.Message, c.ObservedGeneration = metav1.ConditionTrue, databasev1.ReasonReconcileError, err.Error(), db.Generation
+	c.LastTransitionTime = metav1.NewTime(since)
+	if obs.Now.Sub(since) >= obs.StallAfter {
+		setCondition(st, db.Generation, obs.Now, databasev1.ConditionStalled, metav1.ConditionTrue, databasev1.ReasonReconcileError,
 			fmt.Sprintf("The same step has been failing for over %s: %v", obs.StallAfter, err))
 	}
 }
@@ -277,6 +294,21 @@ func podNames(obs observation) []string {
 	return names
 }
 
+// mostAdvancedStandby returns the running standby (other than except) with the
+// latest received or replayed WAL position: rebuilding a primary from any other
+// would lose the transactions only that one has.
+func mostAdvancedStandby(obs observation, except string) (string, string) {
+	best, bestLSN := "", ""
+	for _, n := range standbyNames(obs, except) {
+		st := obs.Instances[n].Status
+		pos := instance.LaterLSN(st.ReplayLSN, st.ReceiveLSN)
+		if best == "" || instance.LaterLSN(bestLSN, pos) != bestLSN {
+			best, bestLSN = n, pos
+		}
+	}
+	return best, bestLSN
+}
+
 // standbyNames returns the running standbys (by agent report) other than pod.
 func standbyNames(obs observation, except string) []string {
 	var out []string
@@ -293,6 +325,9 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 	if len(obs.Conflicts) > 0 {
 		return verdict{databasev1.PhaseFailed, databasev1.ReasonChildConflict, strings.Join(obs.Conflicts, "; ")}
 	}
+	if obs.IdentityConflict != "" {
+		return verdict{databasev1.PhaseFailed, databasev1.ReasonRetainedDataConflict, obs.IdentityConflict}
+	}
 	if obs.Refusal != "" {
 		return verdict{databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, obs.Refusal}
 	}
@@ -301,9 +336,13 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 		case instance.StateDataMissing:
 			msg := fmt.Sprintf("Primary %s has no data directory on its volume (PVC %s-%s) although the Database was initialised (system identifier %s); "+
 				"the operator refuses to create a new, empty database", pod, volumeData, pod, systemID)
-			if standbys := standbyNames(obs, pod); len(standbys) > 0 {
-				msg += fmt.Sprintf(". The data is on standby %s: to rebuild the primary from it, run "+
-					"kubectl annotate database %s %s=%s", standbys[0], db.Name, databasev1.AnnotationRecoverPrimaryFrom, standbys[0])
+			if best, lsn := mostAdvancedStandby(obs, pod); best != "" {
+				at := ""
+				if lsn != "" {
+					at = " (the most advanced, at " + lsn + ")"
+				}
+				msg += fmt.Sprintf(". The data is on standby %s%s: to rebuild the primary from it, run "+
+					"kubectl annotate database %s %s=%s", best, at, db.Name, databasev1.AnnotationRecoverPrimaryFrom, best)
 			} else {
 				msg += ". No standby holds a copy: restore a Backup into a new Database, or put the volume back"
 			}

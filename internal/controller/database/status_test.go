@@ -337,9 +337,9 @@ func TestRecloneReason(t *testing.T) {
 			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
 		}), standby(nil), ""},
 		{"streaming per the standby", primary(nil), standby(func(s *instance.Status) { s.WALReceiverStatus = "streaming" }), ""},
-		{"needs WAL that was removed", primary(nil), standby(nil), "stopped at WAL position 0/3000100 but the primary's oldest WAL starts at 0/5000000"},
-		{"behind but the WAL is still there", primary(func(p *instance.Status) { p.OldestWALLSN = "0/3000000" }), standby(nil), ""},
-		{"receive position counts", primary(nil), standby(func(s *instance.Status) { s.ReceiveLSN = "0/5000010" }), ""},
+		{"the primary answered that the WAL is gone", primary(nil), standby(func(s *instance.Status) { s.WALMissing = true }),
+			"has already been removed (it stopped at 0/3000100; the primary's oldest WAL starts at 0/5000000)"},
+		{"behind the primary's oldest WAL but still replaying locally (just restarted): no evidence, no re-clone", primary(nil), standby(nil), ""},
 		{"slot lost", primary(func(p *instance.Status) { p.Slots[0].WALStatus = "lost"; p.OldestWALLSN = "0/1000000" }), standby(nil), "slot pgop_db_1 lost the WAL"},
 		{"foreign data", primary(func(p *instance.Status) {
 			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
@@ -507,5 +507,57 @@ func TestCredentialsURIEscapes(t *testing.T) {
 	got := postgresURI("admin", "p@ss/w:rd", "db.ns.svc.cluster.local", "5432", "mydb")
 	if got != "postgresql://admin:p%40ss%2Fw%3Ard@db.ns.svc.cluster.local:5432/mydb" {
 		t.Errorf("uri = %s", got)
+	}
+}
+
+func TestRetainedDataConflictKeepsAFreshInitdbFromBeingRecorded(t *testing.T) {
+	db := testDB(2)
+	db.CreationTimestamp = metav1.Unix(2000, 0)
+	pvc := func(name string, created int64) corev1.PersistentVolumeClaim {
+		return corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.Unix(created, 0)}}
+	}
+	p := &instance.Status{Pod: "db-0", SystemIdentifier: "new", Bootstrapped: true}
+	if why := retainedDataConflict(db, observation{PVCs: []corev1.PersistentVolumeClaim{pvc("data-db-0", 2001), pvc("data-db-1", 2002)}}, p); why != "" {
+		t.Errorf("volumes of this Database flagged: %s", why)
+	}
+	why := retainedDataConflict(db, observation{PVCs: []corev1.PersistentVolumeClaim{pvc("data-db-0", 2001), pvc("data-db-1", 1000)}}, p)
+	if !strings.Contains(why, "data-db-1 predate this Database") || !strings.Contains(why, "re-clones nothing") {
+		t.Errorf("retained standby volume: %q", why)
+	}
+	obs := observation{Pods: pods("db-0", "db-1"), Instances: map[string]InstanceReport{
+		"db-0": {Status: p}, "db-1": {Status: &instance.Status{Pod: "db-1", SystemIdentifier: "old"}}}}
+	if why := retainedDataConflict(db, obs, p); !strings.Contains(why, "db-1 (system identifier old)") {
+		t.Errorf("standby of another cluster: %q", why)
+	}
+	st := deriveStatus(db, observation{StatefulSet: sts(2, 1, 1, "a", "a"), IdentityConflict: why})
+	if st.Phase != databasev1.PhaseFailed || st.SystemIdentifier != "" || meta.FindStatusCondition(st.Conditions, databasev1.ConditionStalled).Reason != databasev1.ReasonRetainedDataConflict {
+		t.Errorf("status with a conflict: phase %s id %q %+v", st.Phase, st.SystemIdentifier, st.Conditions)
+	}
+}
+
+func TestRecoveryNamesTheMostAdvancedStandby(t *testing.T) {
+	standby := func(name, replay, receive string) InstanceReport {
+		return InstanceReport{Status: &instance.Status{Pod: name, Role: instance.RoleReplica, Running: true, ReplayLSN: replay, ReceiveLSN: receive}}
+	}
+	obs := observation{Pods: pods("db-0", "db-1", "db-2"), Instances: map[string]InstanceReport{
+		"db-0": agentState("db-0", instance.StateDataMissing, ""),
+		"db-1": standby("db-1", "0/5000000", "0/5000000"),
+		"db-2": standby("db-2", "0/4000000", "0/6000000"),
+	}}
+	if best, lsn := mostAdvancedStandby(obs, "db-0"); best != "db-2" || lsn != "0/6000000" {
+		t.Errorf("most advanced = %s %s", best, lsn)
+	}
+	if why := mostAdvancedOther(obs, "db-0", "db-1"); !strings.Contains(why, "standby db-2 is further ahead") {
+		t.Errorf("recovering from the lagging standby: %q", why)
+	}
+	if why := mostAdvancedOther(obs, "db-0", "db-2"); why != "" {
+		t.Errorf("recovering from the most advanced: %q", why)
+	}
+	db := testDB(3)
+	db.Status.SystemIdentifier = "7"
+	obs.StatefulSet = sts(3, 2, 3, "a", "a")
+	c := meta.FindStatusCondition(deriveStatus(db, obs).Conditions, databasev1.ConditionStalled)
+	if c == nil || !strings.Contains(c.Message, "recover-primary-from=db-2") {
+		t.Errorf("Stalled = %+v", c)
 	}
 }
