@@ -64,7 +64,10 @@ func TestPrimaryVolumeLossNeverServesAnEmptyDatabase(t *testing.T) {
 				return
 			case <-time.After(time.Second):
 			}
-			out, err := c.psql("my-database-1", true, "SELECT count(*) FROM items")
+			// A client with a connect timeout, as applications have: a SYN to the
+			// deleted pod's address would otherwise hang for minutes.
+			out, err := c.kubectl("exec", "my-database-1", "-c", "postgres", "--", "sh", "-c",
+				`PGCONNECT_TIMEOUT=3 psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -Atc "SET statement_timeout = '3s'; SELECT count(*) FROM items"`)
 			mu.Lock()
 			if err == nil {
 				seen = append(seen, strings.TrimSpace(out))
