@@ -2,6 +2,7 @@ package database
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -305,9 +306,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 	// StatefulSet controller would wait for it to become ready forever.
 	if obs.StatefulSet != nil {
 		want := runningImage(obs.StatefulSet)
-		names := podNames(*obs)
-		sort.Strings(names)
-		for _, n := range names {
+		for _, n := range podNames(*obs) {
 			rep := obs.Instances[n]
 			pod := pods[n]
 			if rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateVersionMismatch || pod.DeletionTimestamp != nil {
@@ -327,7 +326,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 			}
 		}
 	}
-	return joinErrs(errs)
+	return errors.Join(errs...)
 }
 
 // reconcileRecovery acts on the recover-primary-from annotation: a primary whose
@@ -407,18 +406,4 @@ func mostAdvancedOther(obs observation, primaryPod, source string) string {
 	}
 	return fmt.Sprintf("Annotation %s=%q: standby %s is further ahead (%s, %s is at %s); rebuilding from %s would lose the transactions only %s has. Name %s instead",
 		databasev1.AnnotationRecoverPrimaryFrom, source, best, bestLSN, source, srcLSN, source, best, best)
-}
-
-func joinErrs(errs []error) error {
-	switch len(errs) {
-	case 0:
-		return nil
-	case 1:
-		return errs[0]
-	}
-	msgs := make([]string, len(errs))
-	for i, e := range errs {
-		msgs[i] = e.Error()
-	}
-	return fmt.Errorf("%w (and %d more: %s)", errs[0], len(errs)-1, strings.Join(msgs[1:], "; "))
 }

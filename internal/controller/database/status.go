@@ -146,7 +146,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.Endpoint, st.ReadOnlyEndpoint = prev.Endpoint, prev.ReadOnlyEndpoint
 		st.CurrentPrimary, st.PostgresVersion = prev.CurrentPrimary, prev.PostgresVersion
 		st.ObservedGeneration = prev.ObservedGeneration
-		setReconcileError(&st, db, obs, set)
+		setReconcileError(&st, db, obs)
 		return st
 	}
 
@@ -203,7 +203,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		if st.ObservedGeneration == 0 {
 			st.ObservedGeneration = db.Generation
 		}
-		setReconcileError(&st, db, obs, set)
+		setReconcileError(&st, db, obs)
 	}
 	return st
 }
@@ -212,7 +212,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 // for the same generation longer than StallAfter, Stalled says so. The streak
 // starts at the first failing reconcile (kept as the condition's transition time
 // while the reason stays ReconcileError), whatever the phase did meanwhile.
-func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, obs observation, _ func(string, metav1.ConditionStatus, string, string)) {
+func setReconcileError(st *databasev1.DatabaseStatus, db *databasev1.Database, obs observation) {
 	err := obs.ReconcileErr
 	if err == nil {
 		err = obs.ObserveErr
