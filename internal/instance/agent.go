@@ -104,7 +104,8 @@ var walSizePattern = regexp.MustCompile(`^[0-9]{1,9}MB$`)
 
 // instruction is a request of the operator that changes what the agent does.
 type instruction struct {
-	// reclone: a standby wipes its data directory and clones the primary again.
+	// reclone: a standby clones the primary again (its data directory is replaced
+	// once the new copy is complete).
 	reclone bool
 	// recoverFrom: a primary with missing data is rebuilt from this standby.
 	recoverFrom string
