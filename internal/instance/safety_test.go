@@ -353,19 +353,7 @@ func TestDataSafety(t *testing.T) {
 		before := primary.mustStatus(t, s.token).OldestWALLSN
 		// Write WAL well past wal_keep_size (64MB), switching segments, then
 		// checkpoint twice so the old segments are removed.
-		for i := 0; i < 8; i++ {
-			execApp(t, pPort, s.appPassword, fmt.Sprintf("INSERT INTO items SELECT g, repeat('x', 2000) FROM generate_series(%d, %d) g", 1000+i*10000, 1000+i*10000+9999))
-		}
-		c, err := primary.agent.connect(context.Background(), "postgres")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := 0; i < 3; i++ {
-			if _, err := c.Exec(context.Background(), "SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		c.Close(context.Background())
+		writeWAL(t, primary, s, 1000, 8)
 		ps := primary.mustStatus(t, s.token)
 		if ps.OldestWALLSN == before {
 			t.Fatalf("the primary kept all its WAL (oldest %s)", before)
@@ -532,19 +520,7 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 	if err := standby.stop(); err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 6; i++ {
-		execApp(t, pPort, s.appPassword, fmt.Sprintf("INSERT INTO items SELECT g, repeat('x', 2000) FROM generate_series(%d, %d) g", i*10000, i*10000+9999))
-	}
-	c, err := primary.agent.connect(context.Background(), "postgres")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := 0; i < 3; i++ {
-		if _, err := c.Exec(context.Background(), "SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.Close(context.Background())
+	writeWAL(t, primary, s, 0, 6)
 	ps := primary.mustStatus(t, s.token)
 	if len(ps.Slots) != 1 || ps.Slots[0].WALStatus != "lost" {
 		t.Fatalf("slot after writing past max_slot_wal_keep_size: %+v", ps.Slots)
@@ -573,4 +549,25 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// writeWAL inserts batches of 10,000 rows of ~2 kB into items from id first (about
+// 20 MB of WAL each), then switches segments and checkpoints so that WAL no slot
+// or wal_keep_size holds is removed.
+func writeWAL(t *testing.T, primary *testInstance, s testSecrets, first, batches int) {
+	t.Helper()
+	for i := 0; i < batches; i++ {
+		from := first + i*10000
+		execApp(t, primary.cfg.Port, s.appPassword, fmt.Sprintf("INSERT INTO items SELECT g, repeat('x', 2000) FROM generate_series(%d, %d) g", from, from+9999))
+	}
+	c, err := primary.agent.connect(context.Background(), "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	for i := 0; i < 3; i++ {
+		if _, err := c.Exec(context.Background(), "SELECT pg_switch_wal(); CHECKPOINT"); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

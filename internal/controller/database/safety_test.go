@@ -53,6 +53,21 @@ func readyDatabase(t *testing.T, ns string, replicaCount int32, sysID string, ed
 	return waitPhase(t, ns, "my-database", databasev1.PhaseReady)
 }
 
+// findEvent returns "" when namespace ns has an event of that type and reason
+// whose message contains msg, else what is missing.
+func findEvent(ns, typ, reason, msg string) string {
+	var events corev1.EventList
+	if err := k8s.List(testCtx, &events, client.InNamespace(ns)); err != nil {
+		return err.Error()
+	}
+	for _, e := range events.Items {
+		if e.Type == typ && e.Reason == reason && strings.Contains(e.Message, msg) {
+			return ""
+		}
+	}
+	return fmt.Sprintf("no %s event %s (%q) among %d", typ, reason, msg, len(events.Items))
+}
+
 func condition(t *testing.T, ns, typ string) *metav1.Condition {
 	t.Helper()
 	return meta.FindStatusCondition(getDB(t, ns, "my-database").Status.Conditions, typ)
@@ -90,16 +105,7 @@ func TestIdentityIsRecordedInStatusAndGivenToTheAgents(t *testing.T) {
 		if string(now.Data[instance.InternalSystemIDFile]) != "7301" || string(now.Data[instance.InternalAgentTokenFile]) == oldToken {
 			return "recreated without the identity, or with the old token"
 		}
-		var events corev1.EventList
-		if err := k8s.List(testCtx, &events, client.InNamespace(ns)); err != nil {
-			return err.Error()
-		}
-		for _, e := range events.Items {
-			if e.Reason == "InternalSecretRegenerated" && e.Type == corev1.EventTypeWarning {
-				return ""
-			}
-		}
-		return "no InternalSecretRegenerated event"
+		return findEvent(ns, corev1.EventTypeWarning, "InternalSecretRegenerated", "")
 	})
 	// The identity never changes afterwards, whatever an instance reports.
 	p := primaryReport("my-database-0", nil)
@@ -307,17 +313,8 @@ func TestSlotsAreKeptPerStandbyAndStandbysThatCannotCatchUpAreRecloned(t *testin
 		}
 		return ""
 	})
-	var events corev1.EventList
 	eventually(t, "StandbyRecloning event", func() string {
-		if err := k8s.List(testCtx, &events, client.InNamespace(ns)); err != nil {
-			return err.Error()
-		}
-		for _, e := range events.Items {
-			if e.Reason == databasev1.ReasonStandbyRecloning && e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, "removed") {
-				return ""
-			}
-		}
-		return fmt.Sprintf("%d events", len(events.Items))
+		return findEvent(ns, corev1.EventTypeWarning, databasev1.ReasonStandbyRecloning, "removed")
 	})
 	// Scale down: the primary is told to keep no slot.
 	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:15", 1)); err != nil {
@@ -428,15 +425,6 @@ func TestEditedPasswordRefreshesTheURIAndADeletedSecretIsRecreatedWithAWarning(t
 		if string(now.Data["password"]) == old || len(now.Data["password"]) != 32 {
 			return "password not regenerated"
 		}
-		var events corev1.EventList
-		if err := k8s.List(testCtx, &events, client.InNamespace(ns)); err != nil {
-			return err.Error()
-		}
-		for _, e := range events.Items {
-			if e.Reason == "CredentialsRegenerated" && e.Type == corev1.EventTypeWarning {
-				return ""
-			}
-		}
-		return "no CredentialsRegenerated event"
+		return findEvent(ns, corev1.EventTypeWarning, "CredentialsRegenerated", "")
 	})
 }
