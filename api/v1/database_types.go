@@ -72,6 +72,73 @@ type DatabaseSpec struct {
 	// automatically. Default: a quarter of storage.size, at least 64Mi.
 	// +optional
 	MaxSlotWALKeepSize *resource.Quantity `json:"maxSlotWALKeepSize,omitempty"`
+
+	// Failover configures the primary's Lease, its self-fencing and automatic
+	// failover. The defaults suit most clusters.
+	// +kubebuilder:default={}
+	// +optional
+	Failover FailoverSpec `json:"failover,omitempty"`
+
+	// Affinity of the instance pods. When unset, a preferred pod anti-affinity
+	// spreads the instances of a Database across nodes.
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+
+	// Tolerations of the instance pods.
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// NodeSelector of the instance pods.
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// TopologySpreadConstraints of the instance pods.
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+}
+
+// FailoverSpec holds the timings of the primary's Lease and of failover. The
+// primary's agent renews the Lease every retryPeriodSeconds; its readiness drops
+// after two retry periods without a renewal, and once renewDeadlineSeconds pass
+// without one it shuts PostgreSQL down immediately (self-fencing), before a
+// standby can take the Lease, which needs leaseDurationSeconds without a renewal.
+// A Database with one instance takes the Lease once and neither renews it nor
+// fences (there is nobody to fail over to).
+// +kubebuilder:validation:XValidation:rule="self.renewDeadlineSeconds + 2 <= self.leaseDurationSeconds",message="failover.renewDeadlineSeconds must be at least 2 seconds shorter than failover.leaseDurationSeconds, so that a primary that cannot renew its Lease has stopped accepting writes before a standby can take the Lease"
+// +kubebuilder:validation:XValidation:rule="self.retryPeriodSeconds * 2 <= self.renewDeadlineSeconds",message="failover.retryPeriodSeconds must be at most half of failover.renewDeadlineSeconds, so that a primary tries to renew its Lease at least twice before it fences itself"
+type FailoverSpec struct {
+	// LeaseDurationSeconds is how long a standby waits, after the primary's last
+	// renewal it observed, before it may take the Lease of a primary that did not
+	// release it (a killed or partitioned primary).
+	// +kubebuilder:default=15
+	// +kubebuilder:validation:Minimum=5
+	// +kubebuilder:validation:Maximum=300
+	// +optional
+	LeaseDurationSeconds int32 `json:"leaseDurationSeconds,omitempty"`
+
+	// RenewDeadlineSeconds is how long the primary keeps accepting writes without
+	// renewing its Lease; then it shuts PostgreSQL down immediately.
+	// +kubebuilder:default=10
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=290
+	// +optional
+	RenewDeadlineSeconds int32 `json:"renewDeadlineSeconds,omitempty"`
+
+	// RetryPeriodSeconds is how often the primary renews the Lease and the standbys
+	// read it: one Lease write per retry period per Database with standbys.
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=60
+	// +optional
+	RetryPeriodSeconds int32 `json:"retryPeriodSeconds,omitempty"`
+
+	// FailoverDelaySeconds is how long the primary must have failed before the
+	// operator starts a failover (0: at once).
+	// +kubebuilder:default=0
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=3600
+	// +optional
+	FailoverDelaySeconds int32 `json:"failoverDelaySeconds,omitempty"`
 }
 
 // StorageSpec describes the volume of each instance.
@@ -92,7 +159,7 @@ type StorageSpec struct {
 }
 
 // Phase is the lifecycle phase of a Database.
-// +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed
+// +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed;FailingOver;SwitchingOver
 type Phase string
 
 const (
@@ -113,7 +180,70 @@ const (
 	// PhaseFailed: the spec cannot be realised without a change by the user (see the
 	// Stalled condition). Running instances are left untouched.
 	PhaseFailed Phase = "Failed"
+	// PhaseFailingOver: the primary failed; the operator fences it and promotes
+	// the most advanced standby.
+	PhaseFailingOver Phase = "FailingOver"
+	// PhaseSwitchingOver: a requested switchover (or a rolling update) moves the
+	// primary to another instance.
+	PhaseSwitchingOver Phase = "SwitchingOver"
 )
+
+// PrimaryChangeKind is what started a change of primary.
+// +kubebuilder:validation:Enum=Failover;Switchover
+type PrimaryChangeKind string
+
+const (
+	// PrimaryChangeFailover: the primary failed.
+	PrimaryChangeFailover PrimaryChangeKind = "Failover"
+	// PrimaryChangeSwitchover: a switchover was requested (annotation, rolling
+	// update, scale-down).
+	PrimaryChangeSwitchover PrimaryChangeKind = "Switchover"
+)
+
+// PrimaryChangePhase is the state of a change of primary (the state machine of
+// internal/controller/database/failover.go).
+// +kubebuilder:validation:Enum=Detected;Fencing;Promoting;Completed;Aborted
+type PrimaryChangePhase string
+
+const (
+	// PrimaryChangeDetected: the primary failed; the operator waits
+	// failoverDelaySeconds before acting.
+	PrimaryChangeDetected PrimaryChangePhase = "Detected"
+	// PrimaryChangeFencing: no instance is the target primary; the old primary's
+	// role label is removed and the standbys stop streaming, so that their WAL
+	// positions are final when the candidate is chosen.
+	PrimaryChangeFencing PrimaryChangePhase = "Fencing"
+	// PrimaryChangePromoting: the candidate is the target primary; it takes the
+	// Lease (once released or expired) and promotes.
+	PrimaryChangePromoting PrimaryChangePhase = "Promoting"
+	// PrimaryChangeCompleted: the candidate reports being primary and holds the
+	// Lease.
+	PrimaryChangeCompleted PrimaryChangePhase = "Completed"
+	// PrimaryChangeAborted: the change was abandoned (the old primary recovered
+	// before it was fenced, or the switchover target failed); see the message.
+	PrimaryChangeAborted PrimaryChangePhase = "Aborted"
+)
+
+// PrimaryChange is a change of primary, in progress or finished.
+type PrimaryChange struct {
+	// Kind is Failover or Switchover.
+	Kind PrimaryChangeKind `json:"kind"`
+	// Phase is the state of the change.
+	Phase PrimaryChangePhase `json:"phase"`
+	// From is the primary being replaced.
+	From string `json:"from,omitempty"`
+	// To is the chosen new primary (empty until chosen).
+	To string `json:"to,omitempty"`
+	// Message explains the phase (why the primary counts as failed, why a
+	// candidate was chosen or why none can be).
+	Message string `json:"message,omitempty"`
+	// StartedAt is when the change began; PhaseSince when its phase last changed.
+	StartedAt  metav1.Time `json:"startedAt"`
+	PhaseSince metav1.Time `json:"phaseSince"`
+	// FinishedAt is set once the change completed or was aborted.
+	// +optional
+	FinishedAt *metav1.Time `json:"finishedAt,omitempty"`
+}
 
 // DatabaseStatus defines the observed state of a Database.
 type DatabaseStatus struct {
@@ -153,9 +283,29 @@ type DatabaseStatus struct {
 	// +optional
 	Selector string `json:"selector,omitempty"`
 
-	// CurrentPrimary is the pod that reports itself as the primary.
+	// CurrentPrimary is the pod that reports itself as the primary and holds the
+	// primary Lease.
 	// +optional
 	CurrentPrimary string `json:"currentPrimary,omitempty"`
+
+	// TargetPrimary is the pod the operator wants as primary; the agents act on
+	// it (through the Lease's annotation). Empty while a failover chooses a
+	// candidate. The operator changes it only with optimistic concurrency.
+	// +optional
+	TargetPrimary string `json:"targetPrimary,omitempty"`
+
+	// Timeline is the primary's PostgreSQL timeline; each promotion starts a new
+	// one.
+	// +optional
+	Timeline int64 `json:"timeline,omitempty"`
+
+	// PrimaryChange is the failover or switchover in progress.
+	// +optional
+	PrimaryChange *PrimaryChange `json:"primaryChange,omitempty"`
+
+	// LastPrimaryChange is the outcome of the last failover or switchover.
+	// +optional
+	LastPrimaryChange *PrimaryChange `json:"lastPrimaryChange,omitempty"`
 
 	// Image is the image the StatefulSet currently runs.
 	// +optional
@@ -219,6 +369,17 @@ const (
 // the primary reports its data missing.
 const AnnotationRecoverPrimaryFrom = "database.example.com/recover-primary-from"
 
+// AnnotationSwitchoverTo, set on a Database to the name of one of its standby pods
+// (or "auto" for the most advanced healthy standby), asks for a switchover: the
+// primary checkpoints, stops, releases its Lease and reports its final WAL
+// position, and the target is promoted once it has received it. The annotation is
+// removed when the switchover completed or was refused; the outcome is in
+// status.lastPrimaryChange and an event.
+const AnnotationSwitchoverTo = "database.example.com/switchover-to"
+
+// SwitchoverAuto as the value of AnnotationSwitchoverTo picks the best standby.
+const SwitchoverAuto = "auto"
+
 // Condition reasons.
 const (
 	ReasonCreating                = "Creating"
@@ -254,6 +415,17 @@ const (
 	// Children.
 	ReasonChildConflict = "ChildConflict"
 
+	// Failover and switchover.
+	ReasonFailingOver        = "FailingOver"
+	ReasonSwitchingOver      = "SwitchingOver"
+	ReasonFailoverCompleted  = "FailoverCompleted"
+	ReasonSwitchoverComplete = "SwitchoverCompleted"
+	ReasonSwitchoverRefused  = "SwitchoverRefused"
+	ReasonPrimaryFailed      = "PrimaryFailed"
+	ReasonNoFailoverTarget   = "NoFailoverCandidate"
+	ReasonPrimaryChangeAbort = "PrimaryChangeAborted"
+	ReasonRollingUpdateStall = "RollingUpdateStalled"
+
 	// Availability facts.
 	ReasonPrimaryAvailable = "PrimaryAvailable"
 	ReasonNoStandbys       = "NoStandbys"
@@ -275,6 +447,7 @@ const (
 // +kubebuilder:printcolumn:name="Replicas",type="integer",JSONPath=".spec.replicas"
 // +kubebuilder:printcolumn:name="Ready",type="boolean",JSONPath=".status.ready"
 // +kubebuilder:printcolumn:name="Primary",type="string",JSONPath=".status.currentPrimary",priority=1
+// +kubebuilder:printcolumn:name="Timeline",type="integer",JSONPath=".status.timeline",priority=1
 // +kubebuilder:printcolumn:name="Endpoint",type="string",JSONPath=".status.endpoint"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
 // +kubebuilder:validation:XValidation:rule="self.metadata.name.size() <= 52",message="the Database name must be at most 52 characters, so that its StatefulSet's pod names and labels fit"

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -30,8 +32,16 @@ type Config struct {
 	InternalDir    string
 	RunDir         string
 	PodName        string
-	PrimaryHost    string
-	// PrimaryPort is the primary's PostgreSQL port; Port when zero.
+	// PodUID is this pod's UID: with the name, the identity that holds the Lease.
+	PodUID string
+	// PeerDomain is the headless Service's domain: another instance of the
+	// Database is <pod>.<PeerDomain> (standbys stream from the target primary's
+	// pod DNS name, never through the read-write Service).
+	PeerDomain string
+	// PrimaryHost and PrimaryPort: without PeerDomain or PeerAddress, the address
+	// of every peer (tests with one primary).
+	PrimaryHost string
+	// PrimaryPort is the peers' PostgreSQL port; Port when zero.
 	PrimaryPort     int
 	Port            int
 	AgentPort       int
@@ -60,9 +70,21 @@ type Config struct {
 	// MaxSlotWALKeepSize is max_slot_wal_keep_size ("256MB"); unlimited when empty.
 	MaxSlotWALKeepSize string
 	// PeerAddress returns the host and port of another instance of the Database
-	// (the source of a primary's recovery); derived from PrimaryHost when nil.
+	// (the primary a standby follows, the source of a recovery or a rewind);
+	// derived from PeerDomain, else PrimaryHost, when nil.
 	PeerAddress func(pod string) (string, int)
-	Log         *slog.Logger
+
+	// Leases is the primary Lease. When nil, LeaseName (with LeaseNamespace) names
+	// it on the API server (in-cluster credentials); when that is empty too, a
+	// process-local Lease whose target is ordinal 0 is used (an agent run without
+	// Kubernetes).
+	Leases                   LeaseStore
+	LeaseName, LeaseNamespace string
+	// LeaseDuration, RenewDeadline and RetryPeriod: see the Database's
+	// spec.failover (defaults 15s, 10s, 2s).
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+
+	Log *slog.Logger
 }
 
 // Run parses the instance subcommand's flags and runs the agent until ctx is
@@ -74,8 +96,15 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
 	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket and the replication passfile")
-	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of this pod; ordinal 0 is the primary")
-	fs.StringVar(&cfg.PrimaryHost, "primary-host", "", "host a standby clones and streams from")
+	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of this pod")
+	fs.StringVar(&cfg.PodUID, "pod-uid", os.Getenv("POD_UID"), "UID of this pod (with the name, the Lease holder identity)")
+	fs.StringVar(&cfg.PeerDomain, "peer-domain", "", "domain of the other instances' pod DNS names (the headless Service)")
+	fs.StringVar(&cfg.PrimaryHost, "primary-host", "", "address of the primary when there is no --peer-domain")
+	fs.StringVar(&cfg.LeaseName, "lease-name", "", "name of the Database's primary Lease")
+	fs.StringVar(&cfg.LeaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the primary Lease")
+	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 15*time.Second, "lease duration")
+	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 10*time.Second, "renew deadline: the primary fences itself after it")
+	fs.DurationVar(&cfg.RetryPeriod, "retry-period", 2*time.Second, "lease retry period")
 	fs.IntVar(&cfg.Port, "port", PostgresPort, "PostgreSQL port")
 	fs.IntVar(&cfg.PrimaryPort, "primary-port", 0, "PostgreSQL port of the primary (default: --port)")
 	fs.IntVar(&cfg.AgentPort, "agent-port", AgentPort, "agent HTTP port")
@@ -94,6 +123,15 @@ func Run(ctx context.Context, args []string) error {
 		return fmt.Errorf("--max-slot-wal-keep-size %q: want a number of MB such as 256MB", cfg.MaxSlotWALKeepSize)
 	}
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	if cfg.LeaseName != "" {
+		rc, err := rest.InClusterConfig()
+		if err != nil {
+			return fmt.Errorf("API server credentials for the Lease: %w", err)
+		}
+		if cfg.Leases, err = NewKubeLeaseStore(rc, cfg.LeaseNamespace, cfg.LeaseName); err != nil {
+			return err
+		}
+	}
 	// SIGTERM (pod deletion) and SIGINT become a fast shutdown of PostgreSQL.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -149,6 +187,19 @@ type Agent struct {
 	// walMissingAt is when PostgreSQL last logged that the WAL it asked its
 	// upstream for has already been removed (unix nanoseconds; 0: never).
 	walMissingAt atomic.Int64
+
+	// lease keeps the primary Lease.
+	lease *leaseKeeper
+	// primary is set while PostgreSQL runs as the primary (started as one while
+	// holding the Lease, or promoted).
+	primary atomic.Bool
+	// following is the pod the running standby streams from ("" when none).
+	following string
+	// postmaster is the PID of the running postmaster (0 when none).
+	postmaster atomic.Int64
+	// fenced is set when this primary shut PostgreSQL down because it could not
+	// renew the Lease.
+	fenced atomic.Bool
 }
 
 // NewAgent returns an agent for cfg.
@@ -177,9 +228,26 @@ func NewAgent(cfg Config) *Agent {
 	if cfg.MaxLagBytes == 0 {
 		cfg.MaxLagBytes = 64 << 20
 	}
+	if cfg.LeaseDuration == 0 {
+		cfg.LeaseDuration = 15 * time.Second
+	}
+	if cfg.RenewDeadline == 0 {
+		cfg.RenewDeadline = 10 * time.Second
+	}
+	if cfg.RetryPeriod == 0 {
+		cfg.RetryPeriod = 2 * time.Second
+	}
+	if cfg.PodUID == "" {
+		cfg.PodUID = "local"
+	}
+	if cfg.Leases == nil {
+		i := strings.LastIndex(cfg.PodName, "-")
+		cfg.Leases = NewMemoryLeaseStore(cfg.PodName[:max(i, 0)]+"-0", 1)
+	}
 	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), state: StateStarting}
 	a.exited.Store(true)
 	a.restartDelay = cfg.RestartBackoff
+	a.lease = newLeaseKeeper(cfg.Leases, LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
 	return a
 }
 
@@ -196,8 +264,11 @@ func Ordinal(pod string) int {
 	return n
 }
 
-// IsPrimary reports whether this instance bootstraps as the primary.
-func (a *Agent) IsPrimary() bool { return Ordinal(a.cfg.PodName) == 0 }
+// isTarget reports whether the Lease names this instance as the target primary.
+func (a *Agent) isTarget() bool {
+	v := a.lease.view()
+	return v.Known && v.Target == a.cfg.PodName
+}
 
 // Addr returns the address of the HTTP server once it listens.
 func (a *Agent) Addr() net.Addr {
@@ -266,14 +337,34 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.writePassfile(); err != nil {
 		return err
 	}
-	if !a.IsPrimary() {
-		a.setUp.Store(true)
-	}
 	go a.watchSecrets(ctx)
+	leaseCtx, stopLease := context.WithCancel(context.Background())
+	defer stopLease()
+	go a.lease.run(leaseCtx, func(msg string, args ...any) { a.log.Info(msg, args...) })
 
 	for ctx.Err() == nil {
-		facts := a.facts()
+		v := a.lease.view()
+		if !v.Known {
+			a.setState(StateWaitingForLease, "reading the primary Lease: "+orString(v.LastErr, "no answer yet"))
+			a.waitLease(ctx, time.Second)
+			continue
+		}
+		facts := a.facts(v)
 		act, msg := planStart(facts)
+		a.lease.setWant(facts.Primary)
+		if facts.Primary && (act == actionInitdb || act == actionStart || act == actionRecoverPrimary) && !v.Held {
+			// Never initdb, start writable or promote without the Lease.
+			a.setState(StateWaitingForLease, leaseWaitMessage(v))
+			a.waitLease(ctx, time.Second)
+			continue
+		}
+		if !facts.Primary && (act == actionClone || act == actionReclone || act == actionStart) && v.Target == "" {
+			if act != actionStart || a.wasPrimary() {
+				a.setState(StateWaitingForLease, "no target primary yet (a failover is choosing one)")
+				a.waitLease(ctx, time.Second)
+				continue
+			}
+		}
 		switch act {
 		case actionInitdb:
 			a.setState(StateInitializing, msg)
@@ -291,7 +382,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Warn("re-cloning", "reason", msg)
 			}
 			a.setState(StateCloning, msg)
-			if err := a.clone(ctx, a.cfg.PrimaryHost, a.cfg.PrimaryPort, 0); err != nil {
+			host, port := a.peerAddress(v.Target)
+			if err := a.clone(ctx, host, port, 0); err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}
@@ -324,7 +416,21 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}
 		case actionStart:
-			in, err := a.runPostgres(ctx)
+			if !facts.Primary && a.wasPrimary() {
+				// A former primary never starts writable: it rewinds onto the
+				// target's timeline (or is re-cloned) and follows it.
+				if err := a.rewind(ctx, v.Target); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					a.log.Warn("rewinding the former primary failed; re-cloning it", "error", err.Error())
+					a.mu.Lock()
+					a.recloneRequested = true
+					a.mu.Unlock()
+				}
+				continue
+			}
+			in, err := a.runPostgres(ctx, facts.Primary)
 			if err != nil {
 				return err
 			}
@@ -353,9 +459,38 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// facts reads what planStart needs from the volume and the mounted Secret.
-func (a *Agent) facts() startFacts {
-	f := startFacts{Primary: a.IsPrimary(), HasData: a.hasData(), BinaryMajor: a.binaryMajor}
+// waitLease waits for a change of the Lease view, ctx or d.
+func (a *Agent) waitLease(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-a.lease.changed:
+	case <-time.After(d):
+	}
+}
+
+func orString(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// leaseWaitMessage explains why the target primary does not hold the Lease yet.
+func leaseWaitMessage(v leaseView) string {
+	switch {
+	case v.LastErr != "":
+		return "waiting for the primary Lease: " + v.LastErr
+	case v.Holder == "":
+		return "taking the primary Lease"
+	default:
+		return fmt.Sprintf("waiting for the primary Lease held by %s: it may be taken in %s unless renewed", v.Holder, v.ExpiresIn.Round(time.Second))
+	}
+}
+
+// facts reads what planStart needs from the volume, the mounted Secret and the
+// Lease.
+func (a *Agent) facts(v leaseView) startFacts {
+	f := startFacts{Primary: v.Target == a.cfg.PodName, HasData: a.hasData(), BinaryMajor: a.binaryMajor}
 	if id, err := os.ReadFile(filepath.Join(a.cfg.InternalDir, InternalSystemIDFile)); err == nil {
 		f.ExpectedSystemID = strings.TrimSpace(string(id))
 	}
@@ -387,13 +522,10 @@ func (a *Agent) peerAddress(pod string) (string, int) {
 	if a.cfg.PeerAddress != nil {
 		return a.cfg.PeerAddress(pod)
 	}
-	// The primary host is <statefulset>-0.<headless service>[...]: peers share the
-	// domain part.
-	_, domain, _ := strings.Cut(a.cfg.PrimaryHost, ".")
-	if domain == "" {
-		return pod, a.cfg.PrimaryPort
+	if a.cfg.PeerDomain != "" {
+		return pod + "." + a.cfg.PeerDomain, a.cfg.PrimaryPort
 	}
-	return pod + "." + domain, a.cfg.PrimaryPort
+	return a.cfg.PrimaryHost, a.cfg.PrimaryPort
 }
 
 func (a *Agent) dropPrivilegesForChildren() error {
@@ -438,16 +570,17 @@ func (a *Agent) hasData() bool {
 	return err == nil
 }
 
-// promotePending is true when a primary's data directory is a standby's (a primary
-// rebuilt from a standby, or interrupted while promoting): it starts in recovery
-// and is promoted to a new timeline once it accepts connections.
-func (a *Agent) promotePending() bool {
-	if !a.IsPrimary() {
-		return false
-	}
+// inRecoveryOnDisk is true when the data directory starts in recovery
+// (standby.signal): a standby's, or a primary's rebuilt from a standby or
+// interrupted while promoting.
+func (a *Agent) inRecoveryOnDisk() bool {
 	_, err := os.Stat(filepath.Join(a.cfg.PGData, "standby.signal"))
 	return err == nil
 }
+
+// wasPrimary is true when the data directory was last run as a primary: it may
+// hold WAL the new primary never had.
+func (a *Agent) wasPrimary() bool { return a.hasData() && !a.inRecoveryOnDisk() }
 
 // command prepares a PostgreSQL program to run as the postgres user (when the
 // agent is root) in its own process group. Ending ctx sends SIGTERM to the whole
@@ -642,8 +775,7 @@ func dirSize(dir string) int64 {
 }
 
 // writeConfig rewrites the configuration the agent owns, at every start.
-func (a *Agent) writeConfig() error {
-	primary := a.IsPrimary()
+func (a *Agent) writeConfig(primary bool) error {
 	var quoteErr error
 	q := func(v string) string {
 		quoted, err := postgres.QuoteConfString(v)
@@ -659,6 +791,8 @@ func (a *Agent) writeConfig() error {
 		"unix_socket_directories = " + q(a.cfg.RunDir),
 		"unix_socket_permissions = 0700",
 		"wal_level = replica",
+		// pg_rewind needs hint bits in WAL when data checksums are off.
+		"wal_log_hints = on",
 		"hot_standby = on",
 		"max_wal_senders = 10",
 		"max_replication_slots = 10",
@@ -674,12 +808,13 @@ func (a *Agent) writeConfig() error {
 	if a.cfg.MaxSlotWALKeepSize != "" {
 		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
 	}
-	if !primary {
+	if !primary && a.following != "" {
+		host, port := a.peerAddress(a.following)
 		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
 		conninfo := strings.Join([]string{
-			"host=" + postgres.ConninfoValue(a.cfg.PrimaryHost),
-			"port=" + strconv.Itoa(a.cfg.PrimaryPort),
+			"host=" + postgres.ConninfoValue(host),
+			"port=" + strconv.Itoa(port),
 			"user=" + ReplicationUser,
 			"passfile=" + postgres.ConninfoValue(a.passfile()),
 			"application_name=" + postgres.ConninfoValue(a.cfg.PodName),
@@ -719,6 +854,8 @@ func (a *Agent) writeConfig() error {
 		"local   all          postgres                    peer map=operator",
 		"local   all          all                         scram-sha-256",
 		"host    replication  " + ReplicationUser + "  all      scram-sha-256",
+		// pg_rewind reads the new primary's files through the postgres database.
+		"host    postgres     " + ReplicationUser + "  all      scram-sha-256",
 		"host    all          " + ReplicationUser + "  all      reject",
 		"host    all          postgres           all      reject",
 		"host    all          all                all      scram-sha-256",
@@ -732,8 +869,8 @@ func (a *Agent) writeConfig() error {
 	}
 
 	if primary {
-		// A primary rebuilt from a standby keeps its standby.signal until it is
-		// promoted (promotePending).
+		// A primary whose data is a standby's keeps its standby.signal until it
+		// is promoted.
 		return nil
 	}
 	return a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)

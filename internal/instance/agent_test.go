@@ -362,12 +362,26 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
-	t.Run("replication role cannot log in to databases over TCP", func(t *testing.T) {
-		cfg, _ := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable", pPort, ReplicationUser))
+	t.Run("replication role logs in only to the postgres database, for pg_rewind, and reads no table", func(t *testing.T) {
+		cfg, _ := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", pPort, ReplicationUser, testAppDB))
 		cfg.Password = testReplPassword
 		if c, err := pgx.ConnectConfig(ctx, cfg); err == nil {
 			c.Close(ctx)
-			t.Error("the replication role logged in to a database")
+			t.Error("the replication role logged in to the application database")
+		}
+		cfg, _ = pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable", pPort, ReplicationUser))
+		cfg.Password = testReplPassword
+		c, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("pg_rewind's connection as the replication role: %v", err)
+		}
+		defer c.Close(ctx)
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_authid").Scan(&n); err == nil {
+			t.Error("the replication role read pg_authid")
+		}
+		if _, err := c.Exec(ctx, "SELECT pg_catalog.pg_ls_dir('global', false, false)"); err != nil {
+			t.Errorf("pg_rewind's pg_ls_dir grant is missing: %v", err)
 		}
 	})
 
@@ -618,8 +632,12 @@ func TestWriteConfig(t *testing.T) {
 			writeTestFile(t, filepath.Join(pgdata, "pg_hba.conf"), "host all all all trust\n")
 			a := NewAgent(Config{PGData: pgdata, RunDir: filepath.Join(dir, "run"), PodName: tc.pod, PrimaryHost: `prim'ary`,
 				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", MaxSlotWALKeepSize: "256MB", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			primary := tc.pod == "db-0"
+			if !primary {
+				a.following = "db-0"
+			}
 			for range 2 {
-				if err := a.writeConfig(); err != nil {
+				if err := a.writeConfig(primary); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -659,6 +677,7 @@ func TestWriteConfig(t *testing.T) {
 				"local all postgres peer map=operator",
 				"local all all scram-sha-256",
 				"host replication streaming_replica all scram-sha-256",
+				"host postgres streaming_replica all scram-sha-256",
 				"host all streaming_replica all reject",
 				"host all postgres all reject",
 				"host all all all scram-sha-256",
@@ -683,7 +702,7 @@ func TestWriteConfigRefusesALineBreakInAValue(t *testing.T) {
 	writeTestFile(t, filepath.Join(pgdata, "postgresql.conf"), "")
 	a := NewAgent(Config{PGData: pgdata, RunDir: dir, PodName: "db-0", Port: 5432, ListenAddresses: "*\nfsync = off",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := a.writeConfig(); err == nil {
+	if err := a.writeConfig(true); err == nil {
 		t.Error("a listen address with a line break was written")
 	}
 }

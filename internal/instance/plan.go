@@ -39,6 +39,23 @@ const (
 	// StateVersionMismatch: the data directory's major version differs from the
 	// image's PostgreSQL; the agent does not start PostgreSQL (no crash loop).
 	StateVersionMismatch State = "VersionMismatch"
+	// StateWaitingForLease: the agent cannot read the primary Lease yet, or it is
+	// the target primary and waits for the Lease to be released or to expire, or
+	// a former primary waits for a new target before it rewinds.
+	StateWaitingForLease State = "WaitingForLease"
+	// StatePromoting: a standby that became the target holds the Lease and is
+	// being promoted.
+	StatePromoting State = "Promoting"
+	// StateDemoting: a primary that is no longer the target checkpoints, stops
+	// and releases the Lease.
+	StateDemoting State = "Demoting"
+	// StateFenced: the primary could not renew the Lease within the renew
+	// deadline and shut PostgreSQL down immediately; it starts again only as the
+	// holder of the Lease, or as a standby of the new primary.
+	StateFenced State = "Fenced"
+	// StateRewinding: a former primary runs pg_rewind onto the new primary's
+	// timeline before it starts as a standby.
+	StateRewinding State = "Rewinding"
 )
 
 // startAction is what the agent does next with its data directory.
@@ -57,7 +74,7 @@ const (
 
 // startFacts is what the start-up decision depends on.
 type startFacts struct {
-	// Primary: this instance is the primary (ordinal 0).
+	// Primary: this instance is the target primary named by the Lease.
 	Primary bool
 	// HasData: PGDATA holds a complete data directory (PG_VERSION and pg_control).
 	HasData bool

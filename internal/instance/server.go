@@ -48,7 +48,7 @@ func (a *Agent) serve() (*http.Server, error) {
 			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		if !a.IsPrimary() || a.exited.Load() {
+		if !a.primary.Load() || a.exited.Load() {
 			http.Error(w, "not a running primary", http.StatusConflict)
 			return
 		}
@@ -63,7 +63,7 @@ func (a *Agent) serve() (*http.Server, error) {
 	}))
 	mux.HandleFunc("POST "+PathReclone, a.authenticated(func(w http.ResponseWriter, _ *http.Request) {
 		st, _ := a.currentState()
-		if a.IsPrimary() || (st != StateRunning && st != StateRestarting) {
+		if a.primary.Load() || a.isTarget() || (st != StateRunning && st != StateRestarting) {
 			http.Error(w, "only a running standby re-clones (state "+string(st)+")", http.StatusConflict)
 			return
 		}
@@ -76,7 +76,7 @@ func (a *Agent) serve() (*http.Server, error) {
 			return
 		}
 		st, _ := a.currentState()
-		if !a.IsPrimary() || st != StateDataMissing {
+		if !a.isTarget() || st != StateDataMissing {
 			http.Error(w, "only a primary whose data is missing is recovered (state "+string(st)+")", http.StatusConflict)
 			return
 		}
@@ -106,7 +106,7 @@ func (a *Agent) serve() (*http.Server, error) {
 func (a *Agent) isPeer(pod string) bool {
 	i := strings.LastIndex(a.cfg.PodName, "-")
 	j := strings.LastIndex(pod, "-")
-	return i > 0 && j > 0 && pod != a.cfg.PodName && pod[:j] == a.cfg.PodName[:i] && Ordinal(pod) > 0
+	return i > 0 && j > 0 && pod != a.cfg.PodName && pod[:j] == a.cfg.PodName[:i] && Ordinal(pod) >= 0
 }
 
 // send passes an instruction to the main loop without blocking.

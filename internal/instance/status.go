@@ -123,6 +123,16 @@ type Status struct {
 	WALSegmentSize uint64 `json:"walSegmentSize,omitempty"`
 	// Ready is the agent's own readiness verdict (what /readyz answers).
 	Ready bool `json:"ready"`
+	// Target is the target primary the Lease names; HoldsLease is true when this
+	// instance holds the Lease (and renews it in time); Following is the pod a
+	// standby streams from; Fenced is true after this primary shut PostgreSQL
+	// down because it could not renew the Lease; LeaseError is the last error
+	// reading or writing the Lease.
+	Target     string `json:"target,omitempty"`
+	HoldsLease bool   `json:"holdsLease,omitempty"`
+	Following  string `json:"following,omitempty"`
+	Fenced     bool   `json:"fenced,omitempty"`
+	LeaseError string `json:"leaseError,omitempty"`
 	// WALMissing: this standby's upstream answered that the WAL it needs has
 	// already been removed (seen in PostgreSQL's log within two minutes, and not
 	// streaming since): it can only be re-cloned.

@@ -22,17 +22,29 @@ import (
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
-// runPostgres runs one lifetime of postgres. It returns (nil, nil) when ctx ended
-// (after a fast shutdown) or when postgres exited by itself (after the restart
-// backoff: the caller re-plans and starts it again, in place); it returns an
+// runPostgres runs one lifetime of postgres, as the primary (asPrimary: this
+// agent is the target and holds the Lease) or as a standby of the target. It
+// returns (nil, nil) when ctx ended (after a fast shutdown), when postgres exited
+// by itself (after the restart backoff), after a demotion or a fence (the caller
+// re-plans: a former primary rewinds before it starts again), and returns an
 // instruction that needs postgres stopped (a re-clone) after stopping it.
-func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
+//
+// While it runs it follows the Lease: a standby that becomes the target promotes
+// once it holds the Lease; a standby whose target changes streams from the new
+// one; a primary that is no longer the target checkpoints, stops and releases the
+// Lease with its final WAL position; a primary that cannot renew the Lease within
+// the renew deadline shuts down immediately (never a smart shutdown).
+func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, error) {
 	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
 	// handling may have widened it.
 	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil {
 		return nil, fmt.Errorf("restricting the data directory: %w", err)
 	}
-	if err := a.writeConfig(); err != nil {
+	a.following = ""
+	if !asPrimary {
+		a.following = a.lease.view().Target
+	}
+	if err := a.writeConfig(asPrimary); err != nil {
 		return nil, err
 	}
 	a.cleanStaleLocks()
@@ -44,29 +56,50 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 	}
 	started := time.Now()
 	a.exited.Store(false)
+	a.fenced.Store(false)
+	a.postmaster.Store(int64(cmd.Process.Pid))
+	a.primary.Store(asPrimary && !a.inRecoveryOnDisk())
 	a.setState(StateRunning, "PostgreSQL is running")
-	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", a.IsPrimary())
+	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", a.following)
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
 	setupCtx, cancelSetup := context.WithCancel(ctx)
 	defer cancelSetup()
-	if a.IsPrimary() {
-		a.setUp.Store(false)
+	a.setUp.Store(!asPrimary)
+	if asPrimary {
 		go a.ensureRolesWhenUp(setupCtx)
 	}
 
-	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		err := <-done
+	stopped := func(err error) error {
 		a.exited.Store(true)
+		a.primary.Store(false)
+		a.postmaster.Store(0)
 		var exitErr *exec.ExitError
 		if err != nil && !errors.As(err, &exitErr) {
 			return fmt.Errorf("waiting for postgres: %w", err)
 		}
-		a.log.Info("postgres stopped")
 		return nil
 	}
+	stop := func() error {
+		_ = cmd.Process.Signal(syscall.SIGINT)
+		err := stopped(<-done)
+		a.log.Info("postgres stopped")
+		return err
+	}
+	fence := func(why string) error {
+		// Immediate shutdown: every session ends now, nothing more is committed.
+		_ = cmd.Process.Signal(syscall.SIGQUIT)
+		a.fenced.Store(true)
+		a.setUp.Store(false)
+		a.log.Error("fencing: PostgreSQL shut down immediately", "reason", why)
+		a.setState(StateFenced, why)
+		err := stopped(<-done)
+		killProcessGroup(cmd.Process.Pid)
+		return err
+	}
+	fenceTick := time.NewTicker(200 * time.Millisecond)
+	defer fenceTick.Stop()
 	for {
 		select {
 		case err := <-done:
@@ -74,7 +107,7 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 			// to its shared memory: end the whole process group before a new
 			// postmaster can start.
 			killProcessGroup(cmd.Process.Pid)
-			a.exited.Store(true)
+			_ = stopped(nil)
 			cancelSetup()
 			if err == nil {
 				err = errors.New("exit status 0")
@@ -94,15 +127,167 @@ func (a *Agent) runPostgres(ctx context.Context) (*instruction, error) {
 			}
 			return nil, nil
 		case <-ctx.Done():
+			if asPrimary && a.lease.view().Held {
+				a.log.Info("shutdown requested: the primary stops and releases the Lease")
+				return nil, a.demote(cmd, stop)
+			}
 			a.log.Info("shutdown requested: fast shutdown of postgres")
 			return nil, stop()
 		case in := <-a.instr:
-			if in.reclone && !a.IsPrimary() {
+			if in.reclone && !asPrimary {
 				a.setState(StateCloning, "stopping PostgreSQL to re-clone the primary")
 				return &in, stop()
 			}
+		case <-a.lease.changed:
+			v := a.lease.view()
+			me := a.cfg.PodName
+			switch {
+			case asPrimary && v.Holder != LeaseHolder(me, a.cfg.PodUID):
+				return nil, fence(fmt.Sprintf("the primary Lease is held by %q: another instance may be primary", v.Holder))
+			case asPrimary && v.Target != me:
+				a.log.Info("no longer the target primary: demoting", "target", v.Target)
+				return nil, a.demote(cmd, stop)
+			case !asPrimary && v.Target == me:
+				a.lease.setWant(true)
+				if v.Held {
+					asPrimary = true
+					a.setUp.Store(false)
+					a.setState(StatePromoting, "this standby is the target primary and holds the Lease: promoting")
+					go a.ensureRolesWhenUp(setupCtx)
+				}
+			case !asPrimary && v.Target != a.following:
+				a.log.Info("following a new primary", "from", a.following, "to", v.Target)
+				a.following = v.Target
+				if err := a.writeConfig(false); err != nil {
+					a.log.Error("rewriting the standby configuration", "error", err.Error())
+				} else if err := a.reload(ctx); err != nil {
+					a.log.Warn("reloading the configuration", "error", err.Error())
+				}
+			}
+		case <-fenceTick.C:
+			if !asPrimary {
+				continue
+			}
+			v := a.lease.view()
+			if !v.Fencing {
+				continue // a single instance has nobody to fail over to: never fence
+			}
+			since, held := a.lease.sinceRenew()
+			switch {
+			case !held:
+				return nil, fence("this primary does not hold the Lease")
+			case since > a.cfg.RenewDeadline:
+				return nil, fence(fmt.Sprintf("the primary Lease was not renewed for %s (renew deadline %s): %s",
+					since.Round(time.Millisecond), a.cfg.RenewDeadline, orString(v.LastErr, "no answer")))
+			}
 		}
 	}
+}
+
+// demote stops a primary that holds the Lease cleanly: a checkpoint (so that the
+// shutdown is short), a fast shutdown (sessions end; the WAL senders send every
+// record up to the shutdown checkpoint to the connected standbys), then the Lease
+// is released with the shutdown checkpoint's position, which the next primary
+// waits to have received before it promotes.
+func (a *Agent) demote(cmd *exec.Cmd, stop func() error) error {
+	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
+	a.setUp.Store(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if conn, err := a.connect(ctx, "postgres"); err == nil {
+		if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+			a.log.Warn("checkpoint before the shutdown", "error", err.Error())
+		}
+		conn.Close(context.Background())
+	}
+	if err := stop(); err != nil {
+		return err
+	}
+	final, err := a.checkpointLSN(ctx)
+	if err != nil {
+		// Without a final position the Lease is not released: the next primary
+		// waits for it to expire.
+		a.log.Error("reading the final WAL position; keeping the Lease until it expires", "error", err.Error())
+		return nil
+	}
+	if err := a.lease.release(ctx, final, 5*time.Second); err != nil {
+		a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
+		return nil
+	}
+	a.log.Info("primary stopped and Lease released", "finalLSN", final)
+	return nil
+}
+
+// checkpointLSN is the latest checkpoint location of a stopped data directory.
+func (a *Agent) checkpointLSN(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, a.bins.PgControldata, "-D", a.cfg.PGData).Output()
+	if err != nil {
+		return "", fmt.Errorf("pg_controldata: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Latest checkpoint location" {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", errors.New("pg_controldata printed no latest checkpoint location")
+}
+
+// reload makes PostgreSQL re-read its configuration.
+func (a *Agent) reload(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, "SELECT pg_reload_conf()")
+	return err
+}
+
+// rewind makes a former primary's data directory a standby of target: pg_rewind
+// (which first completes crash recovery if the primary did not stop cleanly)
+// brings it onto target's timeline; then it starts in recovery. It retries while
+// the new primary is still starting.
+func (a *Agent) rewind(ctx context.Context, target string) error {
+	host, port := a.peerAddress(target)
+	conninfo := strings.Join([]string{
+		"host=" + postgres.ConninfoValue(host),
+		"port=" + strconv.Itoa(port),
+		"user=" + ReplicationUser,
+		"dbname=postgres",
+		"passfile=" + postgres.ConninfoValue(a.passfile()),
+		"connect_timeout=5",
+	}, " ")
+	var err error
+	for attempt := 1; attempt <= 5; attempt++ {
+		a.setState(StateRewinding, fmt.Sprintf("rewinding the former primary onto the timeline of %s (attempt %d)", target, attempt))
+		a.log.Info("rewinding the former primary", "source", target, "attempt", attempt)
+		if err = a.writeConfig(true); err != nil {
+			return err
+		}
+		cmd := a.command(ctx, filepath.Join(a.bins.Dir, "pg_rewind"), "--target-pgdata="+a.cfg.PGData, "--source-server="+conninfo)
+		if err = cmd.Run(); err == nil {
+			if err := a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600); err != nil {
+				return err
+			}
+			a.log.Info("former primary rewound; starting as a standby", "primary", target)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.log.Warn("pg_rewind failed", "error", err.Error(), "attempt", attempt)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
+		if v := a.lease.view(); v.Target != target {
+			return fmt.Errorf("the target primary changed from %s to %q during the rewind", target, v.Target)
+		}
+	}
+	return fmt.Errorf("pg_rewind from %s: %w", target, err)
 }
 
 // cleanStaleLocks removes postmaster.pid and the socket lock left behind by a
@@ -247,12 +432,12 @@ func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
 	}
 }
 
-// promoteIfPending promotes a primary that starts from a standby's data directory
-// (rebuilt from a standby) to a new timeline.
+// promoteIfPending promotes the target primary while PostgreSQL is in recovery
+// (a standby that became the target, a primary rebuilt from a standby) to a new
+// timeline, only while it holds the Lease and, after a switchover, only once it
+// has received WAL past the old primary's final position. A checkpoint follows,
+// so that the new timeline is recorded and the old primary can rewind onto it.
 func (a *Agent) promoteIfPending(ctx context.Context) error {
-	if !a.promotePending() {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, 70*time.Second)
 	defer cancel()
 	conn, err := a.connect(ctx, "postgres")
@@ -260,6 +445,27 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
+	var inRecovery bool
+	var received string
+	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_receive_lsn()::text, '')").Scan(&inRecovery, &received); err != nil {
+		return err
+	}
+	if !inRecovery {
+		a.primary.Store(true)
+		return nil
+	}
+	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
+		return errors.New("not promoting: this instance does not hold the primary Lease as the target")
+	}
+	if final, change := a.lease.acquired(); final != "" && change != ChangeFailover {
+		f, err1 := parseLSN(final)
+		r, err2 := parseLSN(received)
+		if err1 != nil || err2 != nil || r <= f {
+			a.setState(StatePromoting, fmt.Sprintf("waiting to receive the old primary's WAL up to its final position %s (received %s)", final, orString(received, "nothing")))
+			return fmt.Errorf("not promoting before WAL past %s is received (received %q)", final, received)
+		}
+	}
+	a.setState(StatePromoting, "promoting to primary")
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
 		return fmt.Errorf("promoting: %w", err)
@@ -267,7 +473,12 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	if !ok {
 		return errors.New("promotion did not complete within 60s")
 	}
-	a.log.Info("promoted the rebuilt primary to a new timeline")
+	a.primary.Store(true)
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		a.log.Warn("checkpoint after the promotion", "error", err.Error())
+	}
+	a.setState(StateRunning, "PostgreSQL is running (promoted)")
+	a.log.Info("promoted to primary on a new timeline")
 	return nil
 }
 
@@ -314,6 +525,14 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	}
 	if err := ensureRole(ctx, conn, ReplicationUser, replPassword, "REPLICATION"); err != nil {
 		return err
+	}
+	// What pg_rewind needs of its source, and nothing more (PostgreSQL's
+	// documented grants for a non-superuser rewind).
+	for _, fn := range []string{"pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
+		"pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)"} {
+		if _, err := conn.Exec(ctx, "GRANT EXECUTE ON FUNCTION pg_catalog."+fn+" TO "+postgres.QuoteIdentifier(ReplicationUser)); err != nil {
+			return fmt.Errorf("granting %s for pg_rewind: %w", fn, err)
+		}
 	}
 	if err := ensureRole(ctx, conn, appUser, appPassword, "NOREPLICATION"); err != nil {
 		return err
@@ -374,6 +593,11 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication
 func (a *Agent) status(ctx context.Context) *Status {
 	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: a.bootstrapped.Load()}
 	st.State, st.Message = a.currentState()
+	v := a.lease.view()
+	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, a.fenced.Load(), v.LastErr
+	if !a.primary.Load() {
+		st.Following = a.following
+	}
 	if a.hasData() {
 		st.SystemIdentifier, _ = readSystemID(a.cfg.PGData)
 		st.DataVersion, _ = readDataMajor(a.cfg.PGData)
@@ -579,7 +803,17 @@ func (a *Agent) isReady(ctx context.Context) bool {
 		coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint`).Scan(&inRecovery, &receiver, &lag); err != nil {
 		return false
 	}
-	if a.IsPrimary() {
+	if a.primary.Load() {
+		// A primary serves only while it holds the Lease as the target and, with
+		// standbys, renewed it within two retry periods: it leaves the Services
+		// well before it fences itself.
+		v := a.lease.view()
+		if !v.Held || v.Target != a.cfg.PodName {
+			return false
+		}
+		if since, ok := a.lease.sinceRenew(); v.Fencing && (!ok || since > 2*a.cfg.RetryPeriod+a.cfg.RetryPeriod/2) {
+			return false
+		}
 		return !inRecovery
 	}
 	return inRecovery && receiver == "streaming" && lag <= a.cfg.MaxLagBytes
@@ -644,14 +878,14 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			a.log.Info("application password changed")
 			pending = true
 		}
-		if pending && a.IsPrimary() && a.setUp.Load() && !a.exited.Load() {
+		if pending && a.primary.Load() && a.setUp.Load() && !a.exited.Load() {
 			if err := a.ensureRoles(ctx); err != nil {
 				a.log.Warn("applying changed passwords; will retry", "error", err.Error())
 				continue
 			}
 			a.log.Info("changed passwords applied to the running primary")
 			pending = false
-		} else if pending && !a.IsPrimary() {
+		} else if pending && !a.primary.Load() {
 			pending = false
 		}
 	}

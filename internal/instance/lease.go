@@ -1,0 +1,445 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/rest"
+)
+
+// Annotations of the primary Lease. The operator writes the target primary, the
+// number of instances and the kind of change; the agent that releases the Lease
+// writes its final WAL position.
+const (
+	// LeaseAnnotationTarget is the pod that should be primary ("" while a failover
+	// chooses one): the mirror of the Database's status.targetPrimary.
+	LeaseAnnotationTarget = "database.example.com/target-primary"
+	// LeaseAnnotationInstances is spec.replicas. With one instance the primary
+	// neither renews the Lease nor fences itself.
+	LeaseAnnotationInstances = "database.example.com/instances"
+	// LeaseAnnotationChange is "failover" or "switchover" while the target changes.
+	LeaseAnnotationChange = "database.example.com/change"
+	// LeaseAnnotationFinalLSN is the position of the shutdown checkpoint of a
+	// primary that stopped cleanly and released the Lease: in a switchover the
+	// target promotes only once it has received WAL past it.
+	LeaseAnnotationFinalLSN = "database.example.com/final-lsn"
+
+	// ChangeFailover and ChangeSwitchover are the values of LeaseAnnotationChange.
+	ChangeFailover   = "failover"
+	ChangeSwitchover = "switchover"
+)
+
+// LeaseHolder is the Lease's holderIdentity for a pod: its name and UID, because a
+// StatefulSet gives a recreated pod the same name.
+func LeaseHolder(pod, uid string) string { return pod + "/" + uid }
+
+// HolderPod returns the pod name of a holderIdentity.
+func HolderPod(holder string) string {
+	pod, _, _ := strings.Cut(holder, "/")
+	return pod
+}
+
+// LeaseStore reads and writes the Database's primary Lease. Update is a
+// compare-and-swap on the resourceVersion of the Lease passed in.
+type LeaseStore interface {
+	Get(ctx context.Context) (*coordinationv1.Lease, error)
+	Update(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error)
+}
+
+// kubeLeaseStore is a LeaseStore on the API server.
+type kubeLeaseStore struct {
+	leases coordinationv1client.LeaseInterface
+	name   string
+}
+
+// NewKubeLeaseStore returns a LeaseStore for the Lease namespace/name, reached with
+// cfg (in a pod: the per-Database ServiceAccount, allowed get and update of that
+// one Lease and nothing else).
+func NewKubeLeaseStore(cfg *rest.Config, namespace, name string) (LeaseStore, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.Timeout = 5 * time.Second
+	c, err := coordinationv1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("lease client: %w", err)
+	}
+	return &kubeLeaseStore{leases: c.Leases(namespace), name: name}, nil
+}
+
+func (s *kubeLeaseStore) Get(ctx context.Context) (*coordinationv1.Lease, error) {
+	return s.leases.Get(ctx, s.name, metav1.GetOptions{})
+}
+
+func (s *kubeLeaseStore) Update(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	return s.leases.Update(ctx, l, metav1.UpdateOptions{FieldManager: "postgres-operator-instance"})
+}
+
+// MemoryLeaseStore is a process-local Lease for an agent run without an API server
+// (tests of single features, or outside Kubernetes): target is fixed at creation.
+type MemoryLeaseStore struct {
+	mu    sync.Mutex
+	lease coordinationv1.Lease
+	rv    int
+}
+
+// NewMemoryLeaseStore returns a Lease whose target primary is target.
+func NewMemoryLeaseStore(target string, instances int) *MemoryLeaseStore {
+	s := &MemoryLeaseStore{}
+	s.lease.Name = "memory"
+	s.lease.Annotations = map[string]string{LeaseAnnotationTarget: target, LeaseAnnotationInstances: strconv.Itoa(instances)}
+	s.lease.ResourceVersion = "1"
+	s.rv = 1
+	return s
+}
+
+func (s *MemoryLeaseStore) Get(context.Context) (*coordinationv1.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lease.DeepCopy(), nil
+}
+
+func (s *MemoryLeaseStore) Update(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l.ResourceVersion != s.lease.ResourceVersion {
+		return nil, apierrors.NewConflict(coordinationv1.Resource("leases"), l.Name, errors.New("the object has been modified"))
+	}
+	s.rv++
+	s.lease = *l.DeepCopy()
+	s.lease.ResourceVersion = strconv.Itoa(s.rv)
+	return s.lease.DeepCopy(), nil
+}
+
+// SetAnnotation changes an annotation as the operator would.
+func (s *MemoryLeaseStore) SetAnnotation(key, value string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rv++
+	s.lease.Annotations[key] = value
+	s.lease.ResourceVersion = strconv.Itoa(s.rv)
+}
+
+// leaseView is what the agent knows of the Lease.
+type leaseView struct {
+	// Known: the Lease was read at least once.
+	Known bool
+	// Target is the pod that should be primary ("" while a failover chooses one).
+	Target string
+	// Instances is the number of instances (fencing and renewal only when > 1).
+	Instances int
+	// Change is ChangeFailover or ChangeSwitchover while the target changes.
+	Change string
+	// FinalLSN is the released primary's final WAL position.
+	FinalLSN string
+	// Holder is the holderIdentity; Held is true when it is this agent and, with
+	// more than one instance, the last renewal is within the renew deadline.
+	Holder string
+	Held   bool
+	// Fencing: this agent holds the Lease in a Database with standbys (as of its
+	// last write of the Lease): it renews it and fences itself when it cannot.
+	Fencing bool
+	// ExpiresIn is how long a foreign holder still has before this agent may take
+	// the Lease.
+	ExpiresIn time.Duration
+	// LastErr is the last error reading or writing the Lease.
+	LastErr string
+}
+
+// leaseKeeper reads the Lease every retry period, renews it while this agent is
+// primary, takes it when this agent is the target and the Lease is free or
+// expired, and releases it after a clean demotion. Time is measured on the local
+// monotonic clock: a foreign holder's record must stay unchanged for a full lease
+// duration, as this agent observed it, before the Lease is taken.
+type leaseKeeper struct {
+	store                     LeaseStore
+	me                        string
+	duration, deadline, retry time.Duration
+	now                       func() time.Time
+
+	mu          sync.Mutex
+	lease       *coordinationv1.Lease
+	lastErr     string
+	recordKey   string
+	recordSince time.Time
+	lastRenew   time.Time
+	want        bool
+	releaseLSN  *string
+	// finalLSNAtAcquire is the final-lsn annotation found when the Lease was taken.
+	finalLSNAtAcquire string
+	changeAtAcquire   string
+	// fencing is whether the Lease had more than one instance at our last write.
+	fencing bool
+	changed           chan struct{}
+	kickC             chan struct{}
+}
+
+func newLeaseKeeper(store LeaseStore, me string, duration, deadline, retry time.Duration) *leaseKeeper {
+	return &leaseKeeper{store: store, me: me, duration: duration, deadline: deadline, retry: retry, now: time.Now,
+		changed: make(chan struct{}, 1), kickC: make(chan struct{}, 1)}
+}
+
+func (k *leaseKeeper) notify() {
+	select {
+	case k.changed <- struct{}{}:
+	default:
+	}
+}
+
+func annotationInt(l *coordinationv1.Lease, key string, def int) int {
+	if v, ok := l.Annotations[key]; ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+	}
+	return def
+}
+
+func holderOf(l *coordinationv1.Lease) string {
+	if l == nil || l.Spec.HolderIdentity == nil {
+		return ""
+	}
+	return *l.Spec.HolderIdentity
+}
+
+// view returns what the agent knows of the Lease now.
+func (k *leaseKeeper) view() leaseView {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.viewLocked()
+}
+
+func (k *leaseKeeper) viewLocked() leaseView {
+	v := leaseView{LastErr: k.lastErr}
+	if k.lease == nil {
+		return v
+	}
+	l := k.lease
+	v.Known = true
+	v.Target = l.Annotations[LeaseAnnotationTarget]
+	v.Instances = annotationInt(l, LeaseAnnotationInstances, 1)
+	v.Change = l.Annotations[LeaseAnnotationChange]
+	v.FinalLSN = l.Annotations[LeaseAnnotationFinalLSN]
+	v.Holder = holderOf(l)
+	if v.Holder == k.me && !k.lastRenew.IsZero() {
+		v.Fencing = k.fencing
+		v.Held = !k.fencing || k.now().Sub(k.lastRenew) < k.deadline
+	}
+	if v.Holder != "" && v.Holder != k.me {
+		v.ExpiresIn = max(0, k.duration-k.now().Sub(k.recordSince))
+	}
+	return v
+}
+
+// sinceRenew is the time since the last successful renewal (0 if never held).
+func (k *leaseKeeper) sinceRenew() (time.Duration, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.lastRenew.IsZero() || holderOf(k.lease) != k.me {
+		return 0, false
+	}
+	return k.now().Sub(k.lastRenew), true
+}
+
+// setWant says whether this agent wants to hold the Lease (it is the target).
+func (k *leaseKeeper) setWant(w bool) {
+	k.mu.Lock()
+	changed := k.want != w
+	k.want = w
+	k.mu.Unlock()
+	if changed && w {
+		k.kick()
+	}
+}
+
+// kick makes the loop run an iteration now.
+func (k *leaseKeeper) kick() {
+	select {
+	case k.kickC <- struct{}{}:
+	default:
+	}
+}
+
+// release asks the loop to give the Lease up, recording finalLSN, and waits up to
+// timeout for it to be done.
+func (k *leaseKeeper) release(ctx context.Context, finalLSN string, timeout time.Duration) error {
+	k.mu.Lock()
+	k.releaseLSN = &finalLSN
+	k.want = false
+	k.mu.Unlock()
+	k.kick()
+	deadline := time.After(timeout)
+	for {
+		k.mu.Lock()
+		done := k.releaseLSN == nil
+		k.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-deadline:
+			return errors.New("the Lease could not be released in time")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// acquired returns the final LSN and the change kind found on the Lease when this
+// agent took it.
+func (k *leaseKeeper) acquired() (string, string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.finalLSNAtAcquire, k.changeAtAcquire
+}
+
+// run keeps the Lease until ctx ends.
+func (k *leaseKeeper) run(ctx context.Context, log func(msg string, args ...any)) {
+	for ctx.Err() == nil {
+		k.tick(ctx, log)
+		interval := k.retry
+		if v := k.view(); v.Known && v.Instances <= 1 && v.Target == HolderPod(k.me) && v.Held {
+			// A single instance writes nothing at steady state and reads rarely.
+			interval = 5 * k.retry
+		}
+		select {
+		case <-ctx.Done():
+		case <-k.kickC:
+		case <-time.After(interval):
+		}
+	}
+}
+
+// tick reads the Lease and, when needed, renews, takes or releases it.
+func (k *leaseKeeper) tick(ctx context.Context, log func(msg string, args ...any)) {
+	before := k.view()
+	defer func() {
+		after := k.view()
+		if after.Target != before.Target || after.Held != before.Held || after.Holder != before.Holder ||
+			after.Instances != before.Instances || after.Known != before.Known || after.FinalLSN != before.FinalLSN {
+			k.notify()
+		}
+	}()
+	for attempt := 0; attempt < 2; attempt++ {
+		l, err := k.store.Get(ctx)
+		if err != nil {
+			k.fail(err)
+			return
+		}
+		k.observe(l)
+		upd, what := k.decide(l)
+		if upd == nil {
+			return
+		}
+		got, err := k.store.Update(ctx, upd)
+		if apierrors.IsConflict(err) {
+			continue // someone wrote in between: decide again on a fresh read
+		}
+		if err != nil {
+			k.fail(err)
+			return
+		}
+		k.wrote(got, what)
+		if what != "renewed" {
+			log("primary lease "+what, "holder", holderOf(got))
+		}
+		return
+	}
+}
+
+func (k *leaseKeeper) fail(err error) {
+	k.mu.Lock()
+	k.lastErr = err.Error()
+	k.mu.Unlock()
+}
+
+// observe records a read: the record's local "unchanged since" time restarts
+// whenever its holder, renew time or transitions change.
+func (k *leaseKeeper) observe(l *coordinationv1.Lease) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	key := holderOf(l) + "|"
+	if l.Spec.RenewTime != nil {
+		key += l.Spec.RenewTime.UTC().Format(time.RFC3339Nano)
+	}
+	if l.Spec.LeaseTransitions != nil {
+		key += "|" + strconv.Itoa(int(*l.Spec.LeaseTransitions))
+	}
+	if key != k.recordKey {
+		k.recordKey, k.recordSince = key, k.now()
+	}
+	k.lease = l
+	k.lastErr = ""
+}
+
+// decide returns the update to make, if any, and what it does.
+func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	holder := holderOf(l)
+	target := l.Annotations[LeaseAnnotationTarget]
+	instances := annotationInt(l, LeaseAnnotationInstances, 1)
+	now := metav1.NewMicroTime(k.now())
+	upd := l.DeepCopy()
+	if upd.Annotations == nil {
+		upd.Annotations = map[string]string{}
+	}
+	switch {
+	case holder == k.me && k.releaseLSN != nil:
+		upd.Spec.HolderIdentity = nil
+		upd.Annotations[LeaseAnnotationFinalLSN] = *k.releaseLSN
+		return upd, "released"
+	case holder == k.me && target == HolderPod(k.me) && (instances > 1 || k.lastRenew.IsZero()):
+		upd.Spec.RenewTime = &now
+		return upd, "renewed"
+	case holder != k.me && k.want && target == HolderPod(k.me) &&
+		(holder == "" || k.now().Sub(k.recordSince) >= k.duration):
+		upd.Spec.HolderIdentity = &k.me
+		upd.Spec.AcquireTime = &now
+		upd.Spec.RenewTime = &now
+		d := int32(k.duration / time.Second)
+		upd.Spec.LeaseDurationSeconds = &d
+		n := int32(0)
+		if l.Spec.LeaseTransitions != nil {
+			n = *l.Spec.LeaseTransitions
+		}
+		if holder != "" || n == 0 {
+			n++
+		}
+		upd.Spec.LeaseTransitions = &n
+		k.finalLSNAtAcquire = l.Annotations[LeaseAnnotationFinalLSN]
+		k.changeAtAcquire = l.Annotations[LeaseAnnotationChange]
+		delete(upd.Annotations, LeaseAnnotationFinalLSN)
+		if holder == "" {
+			return upd, "acquired (it was free)"
+		}
+		return upd, "acquired (the previous holder " + holder + " did not renew it for the lease duration)"
+	}
+	return nil, ""
+}
+
+// wrote records a successful write.
+func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.lease = l
+	k.lastErr = ""
+	k.fencing = annotationInt(l, LeaseAnnotationInstances, 1) > 1
+	switch what {
+	case "released":
+		k.releaseLSN = nil
+		k.lastRenew = time.Time{}
+	default:
+		k.lastRenew = k.now()
+	}
+	// Our own write is a change of the record too.
+	k.recordKey = ""
+}
