@@ -78,7 +78,7 @@ type Config struct {
 	// it on the API server (in-cluster credentials); when that is empty too, a
 	// process-local Lease whose target is ordinal 0 is used (an agent run without
 	// Kubernetes).
-	Leases                   LeaseStore
+	Leases                    LeaseStore
 	LeaseName, LeaseNamespace string
 	// LeaseDuration, RenewDeadline and RetryPeriod: see the Database's
 	// spec.failover (defaults 15s, 10s, 2s).

@@ -177,8 +177,8 @@ type leaseKeeper struct {
 	changeAtAcquire   string
 	// fencing is whether the Lease had more than one instance at our last write.
 	fencing bool
-	changed           chan struct{}
-	kickC             chan struct{}
+	changed chan struct{}
+	kickC   chan struct{}
 }
 
 func newLeaseKeeper(store LeaseStore, me string, duration, deadline, retry time.Duration) *leaseKeeper {

@@ -2,6 +2,8 @@ package database
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -14,5 +16,10 @@ func CacheOptions() cache.Options {
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Label: managed},
 		&corev1.Pod{}:    {Label: managed},
+		// The instances' access objects and disruption budgets.
+		&corev1.ServiceAccount{}:        {Label: managed},
+		&rbacv1.Role{}:                  {Label: managed},
+		&rbacv1.RoleBinding{}:           {Label: managed},
+		&policyv1.PodDisruptionBudget{}: {Label: managed},
 	}}
 }

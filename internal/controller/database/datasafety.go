@@ -188,12 +188,14 @@ func newIdentity(db *databasev1.Database, p *instance.Status) *identity {
 	return id
 }
 
-// desiredSlots are the replication slots the primary keeps: one per standby
+// desiredSlots are the replication slots the primary keeps: one per other
 // ordinal of the spec.
-func desiredSlots(db *databasev1.Database) []string {
+func desiredSlots(db *databasev1.Database, primary string) []string {
 	var out []string
-	for i := int32(1); i < replicas(db); i++ {
-		out = append(out, instance.SlotName(fmt.Sprintf("%s-%d", statefulSetName(db), i)))
+	for i := int32(0); i < replicas(db); i++ {
+		if pod := fmt.Sprintf("%s-%d", statefulSetName(db), i); pod != primary {
+			out = append(out, instance.SlotName(pod))
+		}
 	}
 	return out
 }
@@ -269,7 +271,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 		pods[obs.Pods[i].Name] = &obs.Pods[i]
 	}
 	if p := primaryOf(*obs); p != nil && p.Running && pods[p.Pod] != nil {
-		want := desiredSlots(db)
+		want := desiredSlots(db, p.Pod)
 		if slotsNeedSync(p.Slots, want) {
 			if err := r.Instances.SetSlots(ctx, pods[p.Pod], obs.Tokens, want); err != nil {
 				errs = append(errs, fmt.Errorf("setting replication slots on %s: %w", p.Pod, err))
@@ -336,7 +338,7 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	if source == "" {
 		return nil
 	}
-	primaryPod := statefulSetName(db) + "-0"
+	primaryPod := db.Status.TargetPrimary
 	rep, ok := obs.Instances[primaryPod]
 	if ok && rep.Err == nil && rep.Status != nil && rep.Status.Running && rep.Status.Role == instance.RolePrimary && rep.Status.Writable {
 		// Done (or never needed): the annotation must not rebuild the primary from a
@@ -358,7 +360,7 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	}
 	src, ok := obs.Instances[source]
 	switch {
-	case instance.Ordinal(source) <= 0 || !strings.HasPrefix(source, statefulSetName(db)+"-"):
+	case source == primaryPod || instance.Ordinal(source) < 0 || !strings.HasPrefix(source, statefulSetName(db)+"-"):
 		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q does not name a standby pod of this Database", databasev1.AnnotationRecoverPrimaryFrom, source)
 		return nil
 	case !ok || src.Err != nil || src.Status == nil || !src.Status.Running || src.Status.Role != instance.RoleReplica:

@@ -15,6 +15,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -31,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
 )
 
 // Requeue intervals: the agents' state is not watchable, so it is polled.
@@ -103,12 +106,16 @@ func (r *Reconciler) steps() []step {
 	return []step{
 		{"secrets", r.reconcileSecrets},
 		{"services", r.reconcileServices},
+		{"access", r.reconcileAccess},
 		{"statefulset", r.reconcileStatefulSet},
 		{"storage", r.reconcileStorage},
 		{"instances", r.observeInstances},
+		{"failover", r.reconcileHA},
 		{"identity", r.reconcileIdentity},
 		{"replication", r.reconcileReplication},
 		{"recovery", r.reconcileRecovery},
+		{"rollout", r.reconcileRollout},
+		{"disruption", r.reconcileDisruptionBudgets},
 	}
 }
 
@@ -148,8 +155,17 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		// Not the controller's exponential backoff: one persistently failing step
 		// must not stop the instances from being watched.
 		return ctrl.Result{RequeueAfter: orDefault(r.RequeueProgressing, requeueWhileProgressing)}, nil
+	case newStatus.PrimaryChange != nil:
+		// A failover or switchover advances on what the agents report: look often.
+		return ctrl.Result{RequeueAfter: min(time.Second, orDefault(r.RequeueProgressing, requeueWhileProgressing))}, nil
 	case newStatus.Phase == databasev1.PhaseReady && findConditionReason(newStatus, databasev1.ConditionReady) != databasev1.ReasonDegraded:
-		return ctrl.Result{RequeueAfter: orDefault(r.RequeueReady, requeueWhenReady)}, nil
+		every := orDefault(r.RequeueReady, requeueWhenReady)
+		if replicas(db) > 1 {
+			// A primary that fails without an event (a partition) is noticed
+			// within a lease duration.
+			every = min(every, leaseDuration(db))
+		}
+		return ctrl.Result{RequeueAfter: every}, nil
 	default:
 		// Failed is re-checked too: a refusal reported by an agent (missing data,
 		// version mismatch) can clear without a spec change.
@@ -209,6 +225,23 @@ func (r *Reconciler) reconcileStatefulSet(ctx context.Context, db *databasev1.Da
 		conflict(obs, "StatefulSet", sts, db)
 		return nil
 	}
+	if sts != nil && sts.DeletionTimestamp == nil && sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
+		// podManagementPolicy is immutable: a StatefulSet of an earlier version of
+		// the operator is deleted without its pods (they keep running and are
+		// adopted by the new one) and recreated.
+		orphan := metav1.DeletePropagationOrphan
+		if err := r.Delete(ctx, sts, client.PropagationPolicy(orphan), client.Preconditions{UID: &sts.UID}); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("replacing the StatefulSet to change its pod management policy: %w", err)
+		}
+		logf.FromContext(ctx).Info("StatefulSet deleted without its pods, to be recreated with podManagementPolicy Parallel and updateStrategy OnDelete")
+		r.applied.Delete("StatefulSet/" + db.Namespace + "/" + sts.Name)
+		obs.StatefulSet = sts
+		return nil
+	}
+	if sts != nil && sts.DeletionTimestamp != nil {
+		obs.StatefulSet = sts
+		return nil // being replaced: recreated once it is gone
+	}
 	// What exists is observed even if the apply below fails.
 	obs.StatefulSet = sts
 	img, refusal := chooseImage(db, sts)
@@ -237,9 +270,6 @@ func (r *Reconciler) observeInstances(ctx context.Context, db *databasev1.Databa
 	}
 	obs.Pods = pods
 	obs.Instances = r.Instances.Statuses(ctx, pods, obs.Tokens)
-	if err := r.labelRoles(ctx, pods, obs.Instances); err != nil {
-		return err
-	}
 	if obs.RoutedPods, err = r.routedPods(ctx, db); err != nil {
 		obs.ObserveErr = err
 		return err
@@ -332,7 +362,12 @@ func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Databa
 			}
 		}
 	}
-	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size})
+	n := replicas(db)
+	if o := int32(instance.Ordinal(db.Status.TargetPrimary)); o >= n {
+		// Never remove the primary's ordinal: a switchover to a lower one first.
+		n = o + 1
+	}
+	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n})
 	var live client.Object
 	if existing != nil {
 		live = existing
@@ -384,40 +419,6 @@ func (r *Reconciler) listPods(ctx context.Context, db *databasev1.Database) ([]c
 		return nil, fmt.Errorf("listing pods: %w", err)
 	}
 	return pods.Items, nil
-}
-
-// labelRoles sets the role label of each pod to what its agent reports, touching only
-// pods whose label differs. Pods whose agent did not answer keep their label: a
-// primary that is briefly unreachable still receives traffic.
-func (r *Reconciler) labelRoles(ctx context.Context, pods []corev1.Pod, reports map[string]InstanceReport) error {
-	for i := range pods {
-		pod := &pods[i]
-		rep, ok := reports[pod.Name]
-		if ok && rep.Err == nil && rep.Status != nil && refusing(rep.Status.State) && pod.Labels[LabelRole] != "" {
-			// An instance that refuses to start must not keep a role label a
-			// Service could route by once it answers again.
-			patch := client.MergeFrom(pod.DeepCopy())
-			delete(pod.Labels, LabelRole)
-			if err := r.Patch(ctx, pod, patch, client.FieldOwner(FieldOwner)); err != nil {
-				return fmt.Errorf("removing the role label of pod %s: %w", pod.Name, err)
-			}
-			logf.FromContext(ctx).Info("instance role label removed: the instance refuses to start", "pod", pod.Name, "state", rep.Status.State)
-			continue
-		}
-		if !ok || rep.Err != nil || rep.Status == nil || rep.Status.Role == "" || pod.Labels[LabelRole] == rep.Status.Role {
-			continue
-		}
-		patch := client.MergeFrom(pod.DeepCopy())
-		if pod.Labels == nil {
-			pod.Labels = map[string]string{}
-		}
-		pod.Labels[LabelRole] = rep.Status.Role
-		if err := r.Patch(ctx, pod, patch, client.FieldOwner(FieldOwner)); err != nil {
-			return fmt.Errorf("labelling pod %s as %s: %w", pod.Name, rep.Status.Role, err)
-		}
-		logf.FromContext(ctx).Info("instance role changed", "pod", pod.Name, "role", rep.Status.Role)
-	}
-	return nil
 }
 
 // patchStatus writes the status only when it changed; the transitions it makes
@@ -533,6 +534,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&rbacv1.Role{}).
+		Owns(&rbacv1.RoleBinding{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToDatabase)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(sliceToDatabase)).
 		Named("database").

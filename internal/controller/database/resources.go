@@ -163,6 +163,9 @@ type statefulSetInput struct {
 	// existing StatefulSet keeps the size it was created with; growth is applied to
 	// the PersistentVolumeClaims directly.
 	ClaimSize resource.Quantity
+	// Replicas is the StatefulSet's replicas: spec.replicas, or more while the
+	// primary's ordinal is beyond it (a scale-down waits for a switchover).
+	Replicas int32
 }
 
 func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.StatefulSetApplyConfiguration {
@@ -189,7 +192,13 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithImagePullPolicy(corev1.PullIfNotPresent).
 		WithCommand(agentBinaryPath, "instance",
 			"--pod-name=$(POD_NAME)",
-			"--primary-host="+fmt.Sprintf("%s-0.%s", statefulSetName(db), headlessServiceName(db)),
+			"--pod-uid=$(POD_UID)",
+			"--peer-domain="+headlessServiceName(db),
+			"--lease-name="+leaseName(db),
+			"--lease-namespace=$(POD_NAMESPACE)",
+			"--lease-duration="+leaseDuration(db).String(),
+			"--renew-deadline="+renewDeadline(db).String(),
+			"--retry-period="+retryPeriod(db).String(),
 			"--pgdata="+instance.DefaultPGData,
 			"--credentials-dir="+instance.DefaultCredentialsDir,
 			"--internal-dir="+instance.DefaultInternalDir,
@@ -200,6 +209,10 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
 				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
+			corev1ac.EnvVar().WithName("POD_UID").WithValueFrom(corev1ac.EnvVarSource().
+				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.uid"))),
+			corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().
+				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace"))),
 			corev1ac.EnvVar().WithName("PGDATA").WithValue(instance.DefaultPGData),
 		).
 		WithPorts(
@@ -209,7 +222,9 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		// The agent answers as soon as it runs; it supervises a clone (however long
 		// a clone that progresses takes) and restarts PostgreSQL itself.
 		WithStartupProbe(probe(instance.PathStartup, 5, 60)).
-		WithReadinessProbe(probe(instance.PathReadyz, 5, 3)).
+		// Readiness follows the Lease closely: a primary that cannot renew leaves
+		// the Services within seconds, well before it fences itself.
+		WithReadinessProbe(probe(instance.PathReadyz, 1, 2).WithTimeoutSeconds(1)).
 		WithLivenessProbe(probe(instance.PathHealthz, 10, 6)).
 		WithSecurityContext(restricted).
 		WithVolumeMounts(
@@ -247,18 +262,22 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		claim.Spec.WithStorageClassName(*db.Spec.Storage.StorageClass)
 	}
 
+	podSpec := corev1ac.PodSpec()
+	scheduling(db, podSpec)
+
 	return appsv1ac.StatefulSet(statefulSetName(db), db.Namespace).
 		WithLabels(labels).
 		WithOwnerReferences(ownerReference(db)).
 		WithSpec(appsv1ac.StatefulSetSpec().
-			WithReplicas(replicas(db)).
+			WithReplicas(in.Replicas).
 			WithServiceName(headlessServiceName(db)).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(db))).
-			// Ordered: a standby clones the primary (ordinal 0), so it starts after it.
-			WithPodManagementPolicy(appsv1.OrderedReadyPodManagement).
-			// RollingUpdate replaces pods from the highest ordinal down: standbys
-			// first, the primary (ordinal 0) last.
-			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.RollingUpdateStatefulSetStrategyType)).
+			// Parallel: a dead instance of a low ordinal must not keep the others
+			// from starting (any ordinal may be primary).
+			WithPodManagementPolicy(appsv1.ParallelPodManagement).
+			// OnDelete: the operator replaces pods itself, standbys first and the
+			// primary only after a switchover (rollout.go).
+			WithUpdateStrategy(appsv1ac.StatefulSetUpdateStrategy().WithType(appsv1.OnDeleteStatefulSetStrategyType)).
 			// Volumes outlive the Database and scale-downs: data is never lost by a
 			// delete.
 			WithPersistentVolumeClaimRetentionPolicy(appsv1ac.StatefulSetPersistentVolumeClaimRetentionPolicy().
@@ -267,9 +286,12 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			WithVolumeClaimTemplates(claim).
 			WithTemplate(corev1ac.PodTemplateSpec().
 				WithLabels(labels).
-				WithSpec(corev1ac.PodSpec().
+				WithSpec(podSpec.
 					WithEnableServiceLinks(false).
-					WithAutomountServiceAccountToken(false).
+					// The token of a ServiceAccount that may get and update the
+					// Database's Lease and nothing else.
+					WithServiceAccountName(instanceAccountName(db)).
+					WithAutomountServiceAccountToken(true).
 					WithTerminationGracePeriodSeconds(60).
 					WithSecurityContext(corev1ac.PodSecurityContext().
 						WithRunAsUser(postgresUID).
@@ -286,6 +308,50 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
 					))))
+}
+
+// scheduling sets the pod's affinity (by default a preferred anti-affinity that
+// spreads the instances across nodes), tolerations, node selector and topology
+// spread constraints from the spec.
+func scheduling(db *databasev1.Database, spec *corev1ac.PodSpecApplyConfiguration) {
+	if db.Spec.Affinity != nil {
+		var a corev1ac.AffinityApplyConfiguration
+		if convert(db.Spec.Affinity, &a) == nil {
+			spec.WithAffinity(&a)
+		}
+	} else {
+		spec.WithAffinity(corev1ac.Affinity().WithPodAntiAffinity(corev1ac.PodAntiAffinity().
+			WithPreferredDuringSchedulingIgnoredDuringExecution(corev1ac.WeightedPodAffinityTerm().
+				WithWeight(100).
+				WithPodAffinityTerm(corev1ac.PodAffinityTerm().
+					WithTopologyKey(corev1.LabelHostname).
+					WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(db)))))))
+	}
+	for i := range db.Spec.Tolerations {
+		var t corev1ac.TolerationApplyConfiguration
+		if convert(&db.Spec.Tolerations[i], &t) == nil {
+			spec.WithTolerations(&t)
+		}
+	}
+	if len(db.Spec.NodeSelector) > 0 {
+		spec.WithNodeSelector(db.Spec.NodeSelector)
+	}
+	for i := range db.Spec.TopologySpreadConstraints {
+		var c corev1ac.TopologySpreadConstraintApplyConfiguration
+		if convert(&db.Spec.TopologySpreadConstraints[i], &c) == nil {
+			spec.WithTopologySpreadConstraints(&c)
+		}
+	}
+}
+
+// convert copies a typed API object into its apply configuration (the JSON forms
+// are the same).
+func convert(from, to any) error {
+	b, err := json.Marshal(from)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, to)
 }
 
 // maxSlotWALKeepSize is max_slot_wal_keep_size in MB: spec.maxSlotWALKeepSize, or

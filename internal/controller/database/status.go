@@ -7,6 +7,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -62,6 +63,15 @@ type observation struct {
 	// IdentityConflict explains why a freshly initialised cluster's identity is not
 	// recorded (volumes of an earlier Database with the same name hold data).
 	IdentityConflict string
+	// Lease is the primary Lease as last read (nil: not observed).
+	Lease *coordinationv1.Lease
+	// Unlabel are pods whose role label the failover state machine removed.
+	Unlabel []string
+	// SwitchoverBlocked explains why a switchover the rollout or a scale-down
+	// needs cannot start yet.
+	SwitchoverBlocked string
+	// Rollout is the rolling update's decision (nil: not evaluated).
+	Rollout *rolloutDecision
 }
 
 // identity is a system identifier recorded for the first time.
@@ -104,7 +114,12 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		Image:              obs.RunningImage,
 		SystemIdentifier:   prev.SystemIdentifier,
 		DataVersion:        prev.DataVersion,
-		Conditions:         append([]metav1.Condition(nil), prev.Conditions...),
+		// The failover state machine writes these itself (optimistic concurrency).
+		TargetPrimary:     prev.TargetPrimary,
+		PrimaryChange:     prev.PrimaryChange,
+		LastPrimaryChange: prev.LastPrimaryChange,
+		Timeline:          prev.Timeline,
+		Conditions:        append([]metav1.Condition(nil), prev.Conditions...),
 	}
 	if st.Image == "" {
 		st.Image = prev.Image
@@ -145,6 +160,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.Replicas, st.ReadyReplicas = prev.Replicas, prev.ReadyReplicas
 		st.Endpoint, st.ReadOnlyEndpoint = prev.Endpoint, prev.ReadOnlyEndpoint
 		st.CurrentPrimary, st.PostgresVersion = prev.CurrentPrimary, prev.PostgresVersion
+		st.Timeline = prev.Timeline
 		st.ObservedGeneration = prev.ObservedGeneration
 		setReconcileError(&st, db, obs)
 		return st
@@ -159,6 +175,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	if p := primaryOf(obs); p != nil {
 		st.CurrentPrimary = p.Pod
 		st.PostgresVersion = p.ServerVersion
+		st.Timeline = p.Timeline
 	}
 
 	pa := primaryAvailability(db, obs)
@@ -363,6 +380,12 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 	if sts == nil {
 		return verdict{databasev1.PhasePending, databasev1.ReasonCreating, "Creating the Secrets, Services and StatefulSet"}
 	}
+	if c := db.Status.PrimaryChange; c != nil {
+		if c.Kind == databasev1.PrimaryChangeSwitchover {
+			return verdict{databasev1.PhaseSwitchingOver, databasev1.ReasonSwitchingOver, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
+		}
+		return verdict{databasev1.PhaseFailingOver, databasev1.ReasonFailingOver, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
+	}
 	for _, n := range podNames(obs) {
 		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && r.Status.State == instance.StateRecovering {
 			return verdict{databasev1.PhaseDeploying, databasev1.ReasonRecoveringPrimary, fmt.Sprintf("Primary %s: %s", n, r.Status.Message)}
@@ -378,12 +401,18 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 	if sts.Spec.Replicas != nil {
 		stsReplicas = *sts.Spec.Replicas
 	}
+	if obs.SwitchoverBlocked != "" && stsReplicas != want {
+		return verdict{databasev1.PhaseDeploying, databasev1.ReasonScaling, obs.SwitchoverBlocked}
+	}
 	if s.ObservedGeneration < sts.Generation || stsReplicas != want {
 		return verdict{databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, "Waiting for the StatefulSet controller to observe the new spec"}
 	}
-	if s.UpdateRevision != "" && s.CurrentRevision != s.UpdateRevision {
-		return verdict{databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate,
-			fmt.Sprintf("Rolling update: %d of %d instances updated (standbys first, primary last)", s.UpdatedReplicas, want)}
+	if ro := obs.Rollout; ro != nil && ro.State != rolloutIdle {
+		msg := fmt.Sprintf("Rolling update: %d of %d instances updated; %s", s.UpdatedReplicas, want, ro.Message)
+		if obs.SwitchoverBlocked != "" {
+			msg += "; " + obs.SwitchoverBlocked
+		}
+		return verdict{databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, msg}
 	}
 	if s.ReadyReplicas != want || s.Replicas != want {
 		return verdict{databasev1.PhaseDeploying, databasev1.ReasonScaling,
@@ -467,7 +496,7 @@ func primaryAvailability(db *databasev1.Database, obs observation) conditionVerd
 			msg = "No instance pod exists yet"
 		}
 		for _, n := range podNames(obs) {
-			if r := obs.Instances[n]; r.Status != nil && instance.Ordinal(n) == 0 {
+			if r := obs.Instances[n]; r.Status != nil && n == db.Status.TargetPrimary {
 				if r.Status.Error != "" {
 					msg += fmt.Sprintf("; %s: %s", n, r.Status.Error)
 				}

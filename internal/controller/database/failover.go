@@ -1,0 +1,396 @@
+package database
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
+)
+
+// The change-of-primary state machine. Its states are the PrimaryChangePhase
+// constants of the API:
+//
+//	(none) --primary failed--> Detected --failoverDelay--> Fencing --candidate chosen--> Promoting --candidate primary + Lease--> Completed
+//	(none) --switchover requested--> Promoting
+//	Detected --primary recovered--> Aborted
+//	Promoting (failover) --candidate lost--> Fencing
+//
+// Fencing sets the target primary to "" (the agents read it from the Lease): the
+// old primary, if it still runs, demotes itself; the standbys stop streaming, so
+// the candidate is chosen from WAL positions that can no longer move (the
+// switchover race of cloudnative-pg #11114 cannot happen). decideHA is pure: it
+// maps what the operator observed to the next state, the target primary and the
+// role labels to remove at once.
+
+// fencingTimeout bounds how long Fencing waits for the standbys to report that
+// they stopped streaming; the ones that did not answer are then ignored.
+const fencingTimeout = 10 * time.Second
+
+// leaseObs is what the operator read of the primary Lease.
+type leaseObs struct {
+	Exists    bool
+	Holder    string
+	RenewTime time.Time
+	Duration  time.Duration
+}
+
+// podObs is what the operator knows of an instance pod.
+type podObs struct {
+	UID         string
+	Terminating bool
+	// Ready is the kubelet's Ready condition.
+	Ready bool
+	// Updated: the pod runs the StatefulSet's update revision.
+	Updated bool
+}
+
+// haInput is everything decideHA looks at.
+type haInput struct {
+	Now           time.Time
+	StatefulSet   string
+	Replicas      int
+	FailoverDelay time.Duration
+	MaxLagBytes   int64
+	Target        string
+	Change        *databasev1.PrimaryChange
+	Lease         leaseObs
+	Pods          map[string]podObs
+	Reports       map[string]InstanceReport
+	// SwitchoverTo is the switchover request (annotation value, "auto", or "" for
+	// none); SwitchoverWhy says who asked (annotation, rolling update, scale-down).
+	SwitchoverTo, SwitchoverWhy string
+}
+
+// haDecision is what decideHA wants done.
+type haDecision struct {
+	// Target is the target primary to record (and mirror on the Lease).
+	Target string
+	// Change is the change in progress (nil: none).
+	Change *databasev1.PrimaryChange
+	// Finished is set when a change completed or was aborted in this step.
+	Finished *databasev1.PrimaryChange
+	// LeaseChange is instance.ChangeFailover, ChangeSwitchover or "".
+	LeaseChange string
+	// Unlabel are pods whose role label must be removed now.
+	Unlabel []string
+	// SwitchoverRefused explains why a requested switchover is not done.
+	SwitchoverRefused string
+}
+
+func (d haDecision) changed(in haInput) bool {
+	return d.Target != in.Target || d.Finished != nil || !samePrimaryChange(d.Change, in.Change)
+}
+
+func samePrimaryChange(a, b *databasev1.PrimaryChange) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Kind == b.Kind && a.Phase == b.Phase && a.From == b.From && a.To == b.To && a.Message == b.Message
+}
+
+func (in haInput) report(pod string) *instance.Status {
+	r, ok := in.Reports[pod]
+	if !ok || r.Err != nil || r.Status == nil {
+		return nil
+	}
+	return r.Status
+}
+
+// primaryFailure explains why the target primary counts as failed ("" when it
+// does not). A primary that answers and holds the Lease is never failed, whatever
+// its readiness; a primary whose data is missing waits for the recovery procedure.
+func primaryFailure(in haInput) string {
+	if in.Target == "" {
+		return ""
+	}
+	pod, exists := in.Pods[in.Target]
+	switch {
+	case !exists:
+		return fmt.Sprintf("pod %s is gone", in.Target)
+	case pod.Terminating:
+		return fmt.Sprintf("pod %s is being deleted", in.Target)
+	}
+	holder := in.Lease.Holder
+	if holder != "" && instance.HolderPod(holder) == in.Target && holder != instance.LeaseHolder(in.Target, pod.UID) {
+		return fmt.Sprintf("pod %s was replaced: the Lease is still held by its previous incarnation (%s)", in.Target, holder)
+	}
+	st := in.report(in.Target)
+	if st != nil && refusing(st.State) {
+		return ""
+	}
+	if st != nil && st.Fenced {
+		return fmt.Sprintf("%s fenced itself: it could not renew the Lease (%s)", in.Target, st.Message)
+	}
+	expired := holder != "" && !in.Lease.RenewTime.IsZero() && in.Now.Sub(in.Lease.RenewTime) > in.Lease.Duration
+	switch {
+	case st == nil && !pod.Ready:
+		why := "no answer"
+		if r, ok := in.Reports[in.Target]; ok && r.Err != nil {
+			why = r.Err.Error()
+		}
+		return fmt.Sprintf("%s is not ready and its agent does not answer (%s)", in.Target, why)
+	case expired && (st == nil || !st.HoldsLease):
+		return fmt.Sprintf("the Lease of %s was not renewed for %s", in.Target, in.Now.Sub(in.Lease.RenewTime).Round(time.Second))
+	}
+	return ""
+}
+
+// candidate is a standby that may become primary.
+type candidate struct {
+	Pod      string
+	Timeline int64
+	LSN      string
+}
+
+// candidates are the running standbys (excluding except) of an ordinal below
+// Replicas, best first: the highest timeline, then the most WAL received, then
+// the name.
+func candidates(in haInput, except string) []candidate {
+	var out []candidate
+	for pod := range in.Pods {
+		st := in.report(pod)
+		if pod == except || st == nil || !st.Running || st.Role != instance.RoleReplica || refusing(st.State) ||
+			instance.Ordinal(pod) < 0 || instance.Ordinal(pod) >= in.Replicas || in.Pods[pod].Terminating {
+			continue
+		}
+		out = append(out, candidate{Pod: pod, Timeline: st.Timeline, LSN: instance.LaterLSN(st.ReceiveLSN, st.ReplayLSN)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Timeline != b.Timeline {
+			return a.Timeline > b.Timeline
+		}
+		if a.LSN != b.LSN {
+			return instance.LaterLSN(a.LSN, b.LSN) == a.LSN
+		}
+		return a.Pod < b.Pod
+	})
+	return out
+}
+
+// writablePrimaries are the instances other than except that report a writable
+// primary.
+func writablePrimaries(in haInput, except string) []string {
+	var out []string
+	for pod := range in.Pods {
+		if st := in.report(pod); pod != except && st != nil && st.Role == instance.RolePrimary && st.Writable {
+			out = append(out, pod)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// promoted reports whether pod is primary as the operator requires before it
+// labels it: it reports primary, holds the Lease, and the Lease names it.
+func promoted(in haInput, pod string) bool {
+	st := in.report(pod)
+	p, ok := in.Pods[pod]
+	return st != nil && ok && st.Role == instance.RolePrimary && st.HoldsLease && in.Lease.Holder == instance.LeaseHolder(pod, p.UID)
+}
+
+// decideHA is the state machine's transition function.
+func decideHA(in haInput) haDecision {
+	d := haDecision{Target: in.Target, Change: in.Change}
+	now := metav1.NewTime(in.Now.Truncate(time.Second))
+	phase := func(c *databasev1.PrimaryChange, p databasev1.PrimaryChangePhase, msg string) *databasev1.PrimaryChange {
+		n := *c
+		if n.Phase != p {
+			n.PhaseSince = now
+		}
+		n.Phase, n.Message = p, msg
+		return &n
+	}
+	finish := func(c *databasev1.PrimaryChange, p databasev1.PrimaryChangePhase, msg string) {
+		f := phase(c, p, msg)
+		f.FinishedAt = &now
+		d.Finished, d.Change = f, nil
+	}
+
+	if in.Target == "" && in.Change == nil {
+		// First target: the instance already primary (a Database created before
+		// targets were recorded), else ordinal 0.
+		d.Target = in.StatefulSet + "-0"
+		for pod := range in.Pods {
+			if st := in.report(pod); st != nil && st.Role == instance.RolePrimary && st.Writable {
+				d.Target = pod
+			}
+		}
+		return d
+	}
+
+	if in.Change == nil {
+		if why := primaryFailure(in); why != "" && in.Replicas > 1 {
+			c := &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeFailover, Phase: databasev1.PrimaryChangeDetected,
+				From: in.Target, Message: "Primary failed: " + why, StartedAt: now, PhaseSince: now}
+			d.Change = c
+			d.Unlabel = []string{in.Target}
+			if in.FailoverDelay > 0 {
+				c.Message += fmt.Sprintf("; failing over after %s unless it recovers", in.FailoverDelay)
+				return d
+			}
+			in.Change = c
+		} else if in.SwitchoverTo != "" {
+			return decideSwitchover(in, d, now)
+		} else {
+			return d
+		}
+	}
+
+	c := in.Change
+	switch c.Phase {
+	case databasev1.PrimaryChangeDetected:
+		why := primaryFailure(in)
+		if why == "" {
+			finish(c, databasev1.PrimaryChangeAborted, fmt.Sprintf("Primary %s recovered within the failover delay", c.From))
+			return d
+		}
+		d.Unlabel = []string{c.From}
+		if in.Now.Sub(c.StartedAt.Time) < in.FailoverDelay {
+			return d
+		}
+		d.Target = ""
+		d.LeaseChange = instance.ChangeFailover
+		d.Change = phase(c, databasev1.PrimaryChangeFencing, "Primary failed: "+strings.TrimPrefix(c.Message, "Primary failed: ")+
+			"; no instance is the target: the standbys stop streaming before the most advanced one is chosen")
+		return d
+
+	case databasev1.PrimaryChangeFencing:
+		d.Target, d.LeaseChange = "", instance.ChangeFailover
+		d.Unlabel = []string{c.From}
+		if w := writablePrimaries(in, ""); len(w) > 0 {
+			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for %s to stop accepting writes before a standby is promoted", strings.Join(w, ", ")))
+			return d
+		}
+		var streaming []string
+		for pod := range in.Pods {
+			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && (st.WALReceiverStatus == "streaming" || st.Target != "") {
+				streaming = append(streaming, pod)
+			}
+		}
+		sort.Strings(streaming)
+		if len(streaming) > 0 && in.Now.Sub(c.PhaseSince.Time) < fencingTimeout {
+			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for standbys %s to stop streaming", strings.Join(streaming, ", ")))
+			return d
+		}
+		cands := candidates(in, c.From)
+		if len(cands) == 0 {
+			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("No standby can be promoted: none of ordinal below %d reports running in recovery", in.Replicas))
+			return d
+		}
+		best := cands[0]
+		d.Target = best.Pod
+		n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s: the most advanced standby (timeline %d, WAL received up to %s)", best.Pod, best.Timeline, best.LSN))
+		n.To = best.Pod
+		d.Change = n
+		return d
+
+	case databasev1.PrimaryChangePromoting:
+		d.Target = c.To
+		d.LeaseChange = instance.ChangeFailover
+		if c.Kind == databasev1.PrimaryChangeSwitchover {
+			d.LeaseChange = instance.ChangeSwitchover
+		}
+		if c.From != c.To {
+			d.Unlabel = []string{c.From}
+		}
+		if promoted(in, c.To) {
+			kind := "Failover"
+			if c.Kind == databasev1.PrimaryChangeSwitchover {
+				kind = "Switchover"
+			}
+			finish(c, databasev1.PrimaryChangeCompleted, fmt.Sprintf("%s from %s to %s completed in %s", kind, c.From, c.To, in.Now.Sub(c.StartedAt.Time).Round(time.Second)))
+			d.LeaseChange = ""
+			return d
+		}
+		p, exists := in.Pods[c.To]
+		if !exists || p.Terminating {
+			// The candidate is gone before it promoted: choose again.
+			d.Target, d.LeaseChange = "", instance.ChangeFailover
+			n := phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Candidate %s disappeared before it was promoted; choosing again", c.To))
+			n.Kind, n.To = databasev1.PrimaryChangeFailover, ""
+			d.Change = n
+			return d
+		}
+		msg := fmt.Sprintf("Waiting for %s to take the Lease and promote", c.To)
+		if st := in.report(c.To); st != nil && st.Message != "" {
+			msg += ": " + st.Message
+		}
+		d.Change = phase(c, databasev1.PrimaryChangePromoting, msg)
+		return d
+	}
+	return d
+}
+
+// decideSwitchover starts a requested switchover, or refuses it.
+func decideSwitchover(in haInput, d haDecision, now metav1.Time) haDecision {
+	refuse := func(format string, args ...any) haDecision {
+		d.SwitchoverRefused = fmt.Sprintf(format, args...)
+		return d
+	}
+	if !promoted(in, in.Target) {
+		return refuse("the primary %s is not running with the Lease", in.Target)
+	}
+	to := in.SwitchoverTo
+	if to == databasev1.SwitchoverAuto {
+		to = ""
+		for _, c := range candidates(in, in.Target) {
+			if healthyStandby(in, c.Pod) == "" {
+				to = c.Pod
+				break
+			}
+		}
+		if to == "" {
+			return refuse("no standby is streaming within the lag threshold")
+		}
+	}
+	if to == in.Target {
+		return refuse("%s is already the primary", to)
+	}
+	if why := healthyStandby(in, to); why != "" {
+		return refuse("%s", why)
+	}
+	d.Target = to
+	d.LeaseChange = instance.ChangeSwitchover
+	d.Unlabel = []string{in.Target}
+	d.Change = &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeSwitchover, Phase: databasev1.PrimaryChangePromoting,
+		From: in.Target, To: to, StartedAt: now, PhaseSince: now,
+		Message: fmt.Sprintf("Switchover to %s (%s): the primary checkpoints, stops and releases the Lease; %s promotes once it has received its final WAL", to, in.SwitchoverWhy, to)}
+	return d
+}
+
+// healthyStandby explains why pod cannot be a switchover target ("" when it can).
+func healthyStandby(in haInput, pod string) string {
+	p, ok := in.Pods[pod]
+	if !ok || p.Terminating {
+		return fmt.Sprintf("%s is not an instance of this Database", pod)
+	}
+	if o := instance.Ordinal(pod); o < 0 || o >= in.Replicas {
+		return fmt.Sprintf("%s is beyond spec.replicas (%d)", pod, in.Replicas)
+	}
+	st := in.report(pod)
+	if st == nil || !st.Running || st.Role != instance.RoleReplica {
+		return fmt.Sprintf("%s is not a running standby", pod)
+	}
+	primary := in.report(in.Target)
+	if primary == nil {
+		return "the primary does not report"
+	}
+	for _, r := range primary.Replicas {
+		if r.ApplicationName == pod {
+			if r.State != "streaming" {
+				return fmt.Sprintf("%s is not streaming (%s)", pod, r.State)
+			}
+			if in.MaxLagBytes > 0 && r.LagBytes > in.MaxLagBytes {
+				return fmt.Sprintf("%s lags %d bytes behind, above maxReplicationLag", pod, r.LagBytes)
+			}
+			return ""
+		}
+	}
+	return fmt.Sprintf("%s is not connected to the primary", pod)
+}

@@ -1,0 +1,441 @@
+package database
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+	policyv1ac "k8s.io/client-go/applyconfigurations/policy/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
+)
+
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;patch
+// +kubebuilder:rbac:groups="",resources=serviceaccounts,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
+
+func leaseName(db *databasev1.Database) string           { return db.Name + "-primary" }
+func instanceAccountName(db *databasev1.Database) string { return db.Name + "-instance" }
+func primaryPDBName(db *databasev1.Database) string      { return db.Name + "-primary" }
+
+// Failover timings with their defaults (the CRD defaults them too).
+func leaseDuration(db *databasev1.Database) time.Duration {
+	return secondsOr(db.Spec.Failover.LeaseDurationSeconds, 15)
+}
+func renewDeadline(db *databasev1.Database) time.Duration {
+	return secondsOr(db.Spec.Failover.RenewDeadlineSeconds, 10)
+}
+func retryPeriod(db *databasev1.Database) time.Duration {
+	return secondsOr(db.Spec.Failover.RetryPeriodSeconds, 2)
+}
+func failoverDelay(db *databasev1.Database) time.Duration {
+	return time.Duration(db.Spec.Failover.FailoverDelaySeconds) * time.Second
+}
+
+func secondsOr(v int32, def int) time.Duration {
+	if v <= 0 {
+		return time.Duration(def) * time.Second
+	}
+	return time.Duration(v) * time.Second
+}
+
+// buildInstanceAccess returns the instance pods' ServiceAccount and the Role and
+// RoleBinding that let it get and update the Database's primary Lease, and
+// nothing else.
+func buildInstanceAccess(db *databasev1.Database) (*corev1ac.ServiceAccountApplyConfiguration, *rbacv1ac.RoleApplyConfiguration, *rbacv1ac.RoleBindingApplyConfiguration) {
+	sa := corev1ac.ServiceAccount(instanceAccountName(db), db.Namespace).
+		WithLabels(podLabels(db)).
+		WithOwnerReferences(ownerReference(db)).
+		WithAutomountServiceAccountToken(false)
+	role := rbacv1ac.Role(instanceAccountName(db), db.Namespace).
+		WithLabels(podLabels(db)).
+		WithOwnerReferences(ownerReference(db)).
+		WithRules(rbacv1ac.PolicyRule().
+			WithAPIGroups(coordinationv1.GroupName).
+			WithResources("leases").
+			WithResourceNames(leaseName(db)).
+			WithVerbs("get", "update"))
+	rb := rbacv1ac.RoleBinding(instanceAccountName(db), db.Namespace).
+		WithLabels(podLabels(db)).
+		WithOwnerReferences(ownerReference(db)).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("Role").WithName(instanceAccountName(db))).
+		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(instanceAccountName(db)).WithNamespace(db.Namespace))
+	return sa, role, rb
+}
+
+// reconcileAccess applies the instances' ServiceAccount, Role and RoleBinding and
+// creates the primary Lease; obs.Lease is the Lease as the API server has it
+// (read directly: Leases are renewed every few seconds and are not cached).
+func (r *Reconciler) reconcileAccess(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	sa, role, rb := buildInstanceAccess(db)
+	var errs []error
+	key := types.NamespacedName{Namespace: db.Namespace, Name: instanceAccountName(db)}
+	liveSA, liveRole, liveRB := &corev1.ServiceAccount{}, &rbacv1.Role{}, &rbacv1.RoleBinding{}
+	for _, c := range []struct {
+		kind string
+		ac   applyConfiguration
+		live client.Object
+		rv   func() *string
+	}{
+		{"ServiceAccount", sa, liveSA, func() *string { return sa.ResourceVersion }},
+		{"Role", role, liveRole, func() *string { return role.ResourceVersion }},
+		{"RoleBinding", rb, liveRB, func() *string { return rb.ResourceVersion }},
+	} {
+		var live client.Object = c.live
+		if err := r.Get(ctx, key, c.live); apierrors.IsNotFound(err) {
+			live = nil
+		} else if err != nil {
+			errs = append(errs, fmt.Errorf("getting %s %s: %w", c.kind, key.Name, err))
+			continue
+		} else if !metav1.IsControlledBy(c.live, db) {
+			conflict(obs, c.kind, c.live, db)
+			continue
+		}
+		if err := r.applyIfChanged(ctx, c.kind, c.ac, live, c.rv); err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	lease := &coordinationv1.Lease{}
+	err := r.reader().Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: leaseName(db)}, lease)
+	switch {
+	case apierrors.IsNotFound(err):
+		lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: leaseName(db), Namespace: db.Namespace, Labels: podLabels(db),
+			Annotations: map[string]string{instance.LeaseAnnotationInstances: strconv.Itoa(int(replicas(db)))},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: databasev1.GroupVersion.String(), Kind: "Database", Name: db.Name, UID: db.UID,
+				Controller: ptrTo(true), BlockOwnerDeletion: ptrTo(true)}}}}
+		if err := r.Create(ctx, lease, client.FieldOwner(FieldOwner)); err != nil {
+			errs = append(errs, fmt.Errorf("creating the primary Lease: %w", err))
+		} else {
+			obs.Lease = lease
+		}
+	case err != nil:
+		errs = append(errs, fmt.Errorf("getting the primary Lease: %w", err))
+	case !metav1.IsControlledBy(lease, db):
+		conflict(obs, "Lease", lease, db)
+	default:
+		obs.Lease = lease
+	}
+	return errors.Join(errs...)
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
+func (r *Reconciler) reader() client.Reader {
+	if r.APIReader != nil {
+		return r.APIReader
+	}
+	return r.Client
+}
+
+func observeLease(l *coordinationv1.Lease) leaseObs {
+	if l == nil {
+		return leaseObs{}
+	}
+	o := leaseObs{Exists: true}
+	if l.Spec.HolderIdentity != nil {
+		o.Holder = *l.Spec.HolderIdentity
+	}
+	if l.Spec.RenewTime != nil {
+		o.RenewTime = l.Spec.RenewTime.Time
+	}
+	if l.Spec.LeaseDurationSeconds != nil {
+		o.Duration = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+	}
+	return o
+}
+
+// observePods summarises the instance pods for the state machines.
+func observePods(obs observation) map[string]podObs {
+	out := map[string]podObs{}
+	update := ""
+	if obs.StatefulSet != nil {
+		update = obs.StatefulSet.Status.UpdateRevision
+	}
+	for _, p := range obs.Pods {
+		o := podObs{UID: string(p.UID), Terminating: p.DeletionTimestamp != nil, Updated: update != "" && p.Labels["controller-revision-hash"] == update}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				o.Ready = true
+			}
+		}
+		out[p.Name] = o
+	}
+	return out
+}
+
+// reconcileHA runs the change-of-primary state machine: it records the target
+// primary and the change in progress in the status (with optimistic
+// concurrency), mirrors the target on the Lease for the agents, and labels the
+// instances: primary only for the target that reports primary and holds the
+// Lease; a failed primary's label goes at once.
+func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	if obs.StatefulSet == nil || obs.Lease == nil || obs.ObserveErr != nil {
+		return nil
+	}
+	log := logf.FromContext(ctx)
+	in := haInput{
+		Now: obs.Now, StatefulSet: statefulSetName(db), Replicas: int(replicas(db)), FailoverDelay: failoverDelay(db),
+		MaxLagBytes: maxLagBytes(db), Target: db.Status.TargetPrimary, Change: db.Status.PrimaryChange,
+		Lease: observeLease(obs.Lease), Pods: observePods(*obs), Reports: obs.Instances,
+	}
+	annotation := db.Annotations[databasev1.AnnotationSwitchoverTo]
+	switch {
+	case annotation != "":
+		in.SwitchoverTo, in.SwitchoverWhy = annotation, "requested by annotation "+databasev1.AnnotationSwitchoverTo
+	case in.Target != "" && instance.Ordinal(in.Target) >= in.Replicas:
+		in.SwitchoverTo, in.SwitchoverWhy = databasev1.SwitchoverAuto, fmt.Sprintf("scale-down to %d instances removes the primary's ordinal", in.Replicas)
+	default:
+		if ro := decideRollout(rolloutInputFrom(db, *obs, in)); ro.Switchover {
+			in.SwitchoverTo, in.SwitchoverWhy = databasev1.SwitchoverAuto, "rolling update: the primary is the last instance on the old revision"
+		}
+	}
+	d := decideHA(in)
+	if d.changed(in) {
+		before := db.DeepCopy()
+		db.Status.TargetPrimary = d.Target
+		db.Status.PrimaryChange = d.Change
+		if d.Finished != nil {
+			db.Status.LastPrimaryChange = d.Finished
+		}
+		if err := r.Status().Patch(ctx, db, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner)); err != nil {
+			before.DeepCopyInto(db)
+			return fmt.Errorf("recording target primary %q: %w", d.Target, err)
+		}
+		log.Info("target primary recorded", "target", d.Target, "from", before.Status.TargetPrimary)
+		r.haEvents(db, before.Status.PrimaryChange, d.Change, d.Finished)
+	}
+	var errs []error
+	if annotation != "" && (d.SwitchoverRefused != "" || d.Finished != nil || (d.Change == nil && in.Change == nil)) {
+		if d.SwitchoverRefused != "" && in.SwitchoverTo != "" {
+			r.event(db, corev1.EventTypeWarning, databasev1.ReasonSwitchoverRefused, "Switchover",
+				fmt.Sprintf("Switchover to %s refused: %s", annotation, d.SwitchoverRefused))
+			log.Info("switchover refused", "to", annotation, "reason", d.SwitchoverRefused)
+		}
+		patch := client.MergeFrom(db.DeepCopy())
+		delete(db.Annotations, databasev1.AnnotationSwitchoverTo)
+		if err := r.Patch(ctx, db, patch); err != nil {
+			errs = append(errs, fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationSwitchoverTo, err))
+		}
+	} else if d.SwitchoverRefused != "" && in.SwitchoverWhy != "" {
+		obs.SwitchoverBlocked = fmt.Sprintf("Switchover (%s) not possible yet: %s", in.SwitchoverWhy, d.SwitchoverRefused)
+	}
+	if err := r.syncLease(ctx, db, obs, db.Status.TargetPrimary, d.LeaseChange); err != nil {
+		errs = append(errs, err)
+	}
+	obs.Unlabel = d.Unlabel
+	if err := r.labelRoles(ctx, db, obs); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) event(db *databasev1.Database, typ, reason, action, msg string) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(db, nil, typ, reason, action, "%s", msg)
+	}
+}
+
+// haEvents emits one event per change of the state machine's phase.
+func (r *Reconciler) haEvents(db *databasev1.Database, old, cur, finished *databasev1.PrimaryChange) {
+	for _, e := range primaryChangeEvents(old, cur, finished) {
+		r.event(db, e.Type, e.Reason, e.Action, e.Message)
+	}
+}
+
+// primaryChangeEvents lists the events of a transition of the state machine.
+func primaryChangeEvents(old, cur, finished *databasev1.PrimaryChange) []transition {
+	var out []transition
+	if cur != nil && (old == nil || old.Phase != cur.Phase || old.To != cur.To) {
+		typ, reason := corev1.EventTypeWarning, databasev1.ReasonFailingOver
+		if cur.Kind == databasev1.PrimaryChangeSwitchover {
+			typ, reason = corev1.EventTypeNormal, databasev1.ReasonSwitchingOver
+		}
+		out = append(out, transition{Type: typ, Reason: reason, Action: string(cur.Phase), Message: cur.Message})
+	}
+	if finished != nil {
+		typ, reason := corev1.EventTypeNormal, databasev1.ReasonFailoverCompleted
+		switch {
+		case finished.Phase == databasev1.PrimaryChangeAborted:
+			reason = databasev1.ReasonPrimaryChangeAbort
+		case finished.Kind == databasev1.PrimaryChangeSwitchover:
+			reason = databasev1.ReasonSwitchoverComplete
+		}
+		out = append(out, transition{Type: typ, Reason: reason, Action: string(finished.Phase), Message: finished.Message})
+	}
+	return out
+}
+
+// syncLease mirrors the target primary, the number of instances and the kind of
+// change on the Lease, with optimistic concurrency (the agents renew it
+// concurrently: a conflict is retried on a fresh read).
+func (r *Reconciler) syncLease(ctx context.Context, db *databasev1.Database, obs *observation, target, change string) error {
+	want := map[string]string{instance.LeaseAnnotationTarget: target, instance.LeaseAnnotationInstances: strconv.Itoa(int(replicas(db))),
+		instance.LeaseAnnotationChange: change}
+	for attempt := 0; attempt < 3; attempt++ {
+		l := obs.Lease
+		same := true
+		for k, v := range want {
+			if have, ok := l.Annotations[k]; have != v || (!ok && v != "") {
+				same = false
+			}
+		}
+		if same {
+			return nil
+		}
+		upd := l.DeepCopy()
+		if upd.Annotations == nil {
+			upd.Annotations = map[string]string{}
+		}
+		for k, v := range want {
+			if v == "" && k == instance.LeaseAnnotationChange {
+				delete(upd.Annotations, k)
+				continue
+			}
+			upd.Annotations[k] = v
+		}
+		err := r.Patch(ctx, upd, client.MergeFromWithOptions(l, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
+		if err == nil {
+			obs.Lease = upd
+			return nil
+		}
+		if !apierrors.IsConflict(err) {
+			return fmt.Errorf("setting the target primary on the Lease: %w", err)
+		}
+		fresh := &coordinationv1.Lease{}
+		if err := r.reader().Get(ctx, client.ObjectKeyFromObject(l), fresh); err != nil {
+			return fmt.Errorf("re-reading the Lease: %w", err)
+		}
+		obs.Lease = fresh
+	}
+	return errors.New("setting the target primary on the Lease: conflicts with the agents' renewals; retrying")
+}
+
+// roleFor is the role label a pod should carry ("" for none) and whether the
+// operator knows enough to decide (an unreachable pod keeps its label, unless it
+// is a failed primary).
+func roleFor(db *databasev1.Database, obs observation, pod *corev1.Pod) (string, bool) {
+	for _, u := range obs.Unlabel {
+		if u == pod.Name {
+			return "", true
+		}
+	}
+	rep, ok := obs.Instances[pod.Name]
+	if !ok || rep.Err != nil || rep.Status == nil {
+		return "", false
+	}
+	st := rep.Status
+	switch {
+	case refusing(st.State):
+		return "", true
+	case st.Role == instance.RolePrimary:
+		holder := ""
+		if obs.Lease != nil && obs.Lease.Spec.HolderIdentity != nil {
+			holder = *obs.Lease.Spec.HolderIdentity
+		}
+		if pod.Name == db.Status.TargetPrimary && st.HoldsLease && holder == instance.LeaseHolder(pod.Name, string(pod.UID)) {
+			return instance.RolePrimary, true
+		}
+		return "", true
+	case st.Role == instance.RoleReplica:
+		return instance.RoleReplica, true
+	}
+	return "", false
+}
+
+// labelRoles sets each pod's role label to roleFor, touching only pods whose
+// label differs.
+func (r *Reconciler) labelRoles(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	for i := range obs.Pods {
+		pod := &obs.Pods[i]
+		role, known := roleFor(db, *obs, pod)
+		if !known || pod.Labels[LabelRole] == role || pod.DeletionTimestamp != nil && role != "" {
+			continue
+		}
+		patch := client.MergeFrom(pod.DeepCopy())
+		if role == "" {
+			delete(pod.Labels, LabelRole)
+		} else {
+			if pod.Labels == nil {
+				pod.Labels = map[string]string{}
+			}
+			pod.Labels[LabelRole] = role
+		}
+		if err := r.Patch(ctx, pod, patch, client.FieldOwner(FieldOwner)); err != nil {
+			return fmt.Errorf("labelling pod %s as %q: %w", pod.Name, role, err)
+		}
+		logf.FromContext(ctx).Info("instance role label changed", "pod", pod.Name, "role", role)
+	}
+	return nil
+}
+
+// buildDisruptionBudgets returns, for a Database with standbys, a budget that lets
+// at most one instance go down voluntarily and one that protects the primary (a
+// node drain waits for a switchover).
+func buildDisruptionBudgets(db *databasev1.Database) []*policyv1ac.PodDisruptionBudgetApplyConfiguration {
+	all := policyv1ac.PodDisruptionBudget(db.Name, db.Namespace).
+		WithLabels(podLabels(db)).
+		WithOwnerReferences(ownerReference(db)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMaxUnavailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(db))))
+	primary := policyv1ac.PodDisruptionBudget(primaryPDBName(db), db.Namespace).
+		WithLabels(podLabels(db)).
+		WithOwnerReferences(ownerReference(db)).
+		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
+			WithMinAvailable(intstr.FromInt32(1)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), instance.RolePrimary))))
+	return []*policyv1ac.PodDisruptionBudgetApplyConfiguration{all, primary}
+}
+
+// reconcileDisruptionBudgets applies the budgets while the Database has standbys
+// and deletes them otherwise (a single instance must stay drainable).
+func (r *Reconciler) reconcileDisruptionBudgets(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	var errs []error
+	for _, pdb := range buildDisruptionBudgets(db) {
+		live := &policyv1.PodDisruptionBudget{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: *pdb.Name}, live)
+		switch {
+		case err == nil && !metav1.IsControlledBy(live, db):
+			conflict(obs, "PodDisruptionBudget", live, db)
+			continue
+		case err != nil && !apierrors.IsNotFound(err):
+			errs = append(errs, fmt.Errorf("getting PodDisruptionBudget %s: %w", *pdb.Name, err))
+			continue
+		}
+		exists := err == nil
+		if replicas(db) <= 1 {
+			if exists {
+				if err := r.Delete(ctx, live); err != nil && !apierrors.IsNotFound(err) {
+					errs = append(errs, fmt.Errorf("deleting PodDisruptionBudget %s: %w", *pdb.Name, err))
+				}
+			}
+			continue
+		}
+		var l client.Object
+		if exists {
+			l = live
+		}
+		if err := r.applyIfChanged(ctx, "PodDisruptionBudget", pdb, l, func() *string { return pdb.ResourceVersion }); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

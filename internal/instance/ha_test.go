@@ -1,0 +1,318 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/example/postgres-operator/internal/testenv"
+)
+
+// tcpProxy forwards to an address until cut: then it drops every connection and
+// refuses new ones (an instance partitioned from the API server).
+type tcpProxy struct {
+	ln     net.Listener
+	target string
+	cutOff atomic.Bool
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+}
+
+func newTCPProxy(t *testing.T, target string) *tcpProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &tcpProxy{ln: ln, target: target, conns: map[net.Conn]bool{}}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if p.cutOff.Load() {
+				c.Close()
+				continue
+			}
+			go p.forward(c)
+		}
+	}()
+	return p
+}
+
+func (p *tcpProxy) forward(c net.Conn) {
+	up, err := net.Dial("tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	p.conns[c], p.conns[up] = true, true
+	p.mu.Unlock()
+	go func() { _, _ = io.Copy(up, c); up.Close() }()
+	_, _ = io.Copy(c, up)
+	c.Close()
+}
+
+func (p *tcpProxy) cut() {
+	p.cutOff.Store(true)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.Close()
+	}
+	p.conns = map[net.Conn]bool{}
+}
+
+func (p *tcpProxy) heal() { p.cutOff.Store(false) }
+
+// via returns cfg pointed at the proxy.
+func (p *tcpProxy) via(cfg *rest.Config) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	u, _ := url.Parse(cfg.Host)
+	c.Host = "https://" + p.ln.Addr().String()
+	c.TLSClientConfig.ServerName = u.Hostname()
+	return c
+}
+
+// The HA contract of the agent, against a real kube-apiserver and real
+// PostgreSQL: only the holder of the Lease is primary; a switchover moves the
+// primary without losing a committed row (the target waits for the old primary's
+// final WAL position); a primary cut off from the API server stops accepting
+// writes before its Lease can be taken; the standby takes the Lease only after
+// the lease duration and promotes; the old primary, healed, rewinds and follows.
+func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
+	root := testRoot(t)
+	env, err := testenv.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	leases := coordinationv1client.NewForConfigOrDie(cfg).Leases("default")
+	ctx := context.Background()
+	if _, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "db-primary", Annotations: map[string]string{
+		LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The operator's side: change the target as the failover/switchover state
+	// machine does.
+	setTarget := func(target, change string) {
+		t.Helper()
+		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			l.Annotations[LeaseAnnotationTarget] = target
+			l.Annotations[LeaseAnnotationChange] = change
+			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	s := newSecrets(t, root)
+	ports := map[string]int{"db-0": testenv.FreePort(t), "db-1": testenv.FreePort(t)}
+	proxies := map[string]*tcpProxy{}
+	u, _ := url.Parse(cfg.Host)
+	start := func(name, pod string) *testInstance {
+		proxies[pod] = newTCPProxy(t, u.Host)
+		store, err := NewKubeLeaseStore(proxies[pod].via(cfg), "default", "db-primary")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return startInstanceWith(t, s, name, pod, ports[pod], 0, func(c *Config) {
+			c.Leases = store
+			c.PodUID = "uid-" + pod
+			c.PeerAddress = func(p string) (string, int) { return "127.0.0.1", ports[p] }
+			c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = 4*time.Second, 2*time.Second, 300*time.Millisecond
+		})
+	}
+	waitPrimary := func(ti *testInstance) *Status {
+		t.Helper()
+		var st *Status
+		waitUntil(t, 90*time.Second, ti.cfg.PodName+" to be a writable primary holding the Lease", func() error {
+			var err error
+			if st, err = ti.status(s.token); err != nil {
+				return err
+			}
+			if st.Role != RolePrimary || !st.Writable || !st.HoldsLease || !st.Ready {
+				return fmt.Errorf("%s: role %q writable %v lease %v ready %v state %s %s %s", ti.cfg.PodName, st.Role, st.Writable, st.HoldsLease, st.Ready, st.State, st.Message, st.Error)
+			}
+			return nil
+		})
+		return st
+	}
+	waitFollowing := func(ti *testInstance, primary string) {
+		t.Helper()
+		waitUntil(t, 90*time.Second, ti.cfg.PodName+" to stream from "+primary, func() error {
+			st, err := ti.status(s.token)
+			if err != nil {
+				return err
+			}
+			if st.Role != RoleReplica || st.Following != primary || st.WALReceiverStatus != "streaming" {
+				return fmt.Errorf("%s: role %q following %q receiver %q state %s %s", ti.cfg.PodName, st.Role, st.Following, st.WALReceiverStatus, st.State, st.Message)
+			}
+			return nil
+		})
+	}
+
+	db0 := start("a", "db-0")
+	st := waitPrimary(db0)
+	if st.Timeline != 1 {
+		t.Errorf("timeline %d, want 1", st.Timeline)
+	}
+	setSlots(t, db0, s.token, SlotName("db-1"))
+	db1 := start("b", "db-1")
+	waitFollowing(db1, "db-0")
+	if st := db1.mustStatus(t, s.token); st.HoldsLease || st.Role != RoleReplica {
+		t.Errorf("standby status %+v", st)
+	}
+	waitForAppLogin(t, ports["db-0"], s.appPassword)
+	execApp(t, ports["db-0"], s.appPassword, "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 1000)")
+
+	t.Run("switchover: the target promotes after the old primary's final WAL, nothing is lost", func(t *testing.T) {
+		// Writes go on until the old primary stops them.
+		var acked atomic.Int64
+		acked.Store(1000)
+		stopWriting := make(chan struct{})
+		writerDone := make(chan struct{})
+		go func() {
+			defer close(writerDone)
+			for id := 1001; ; id++ {
+				select {
+				case <-stopWriting:
+					return
+				default:
+				}
+				c, err := appConn(ctx, ports["db-0"], s.appPassword, testAppDB)
+				if err != nil {
+					return
+				}
+				_, err = c.Exec(ctx, "INSERT INTO items VALUES ($1)", id)
+				c.Close(ctx)
+				if err != nil {
+					return
+				}
+				acked.Store(int64(id))
+			}
+		}()
+		time.Sleep(300 * time.Millisecond)
+		setTarget("db-1", ChangeSwitchover)
+		st := waitPrimary(db1)
+		close(stopWriting)
+		<-writerDone
+		if st.Timeline != 2 {
+			t.Errorf("new primary's timeline %d, want 2", st.Timeline)
+		}
+		setSlots(t, db1, s.token, SlotName("db-0"))
+		waitFollowing(db0, "db-1")
+		n, err := countItems(t, ports["db-1"], s.appPassword)
+		if err != nil || int64(n) < acked.Load() {
+			t.Errorf("the new primary has %d rows (%v); %d were acknowledged by the old one", n, err, acked.Load())
+		}
+		l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
+		if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != LeaseHolder("db-1", "uid-db-1") {
+			t.Errorf("lease after the switchover: %+v %v", l, err)
+		}
+	})
+
+	t.Run("a primary cut off from the API server fences itself before the standby can take the Lease", func(t *testing.T) {
+		var lastWrite atomic.Int64 // unix nanos of the last acknowledged write on db-1
+		stopProbe := make(chan struct{})
+		probeDone := make(chan struct{})
+		go func() {
+			defer close(probeDone)
+			for id := 100000; ; id++ {
+				select {
+				case <-stopProbe:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				c, err := appConn(ctx, ports["db-1"], s.appPassword, testAppDB)
+				if err != nil {
+					continue
+				}
+				wctx, cancel := context.WithTimeout(ctx, time.Second)
+				_, err = c.Exec(wctx, "INSERT INTO items VALUES ($1)", id)
+				cancel()
+				c.Close(ctx)
+				if err == nil {
+					lastWrite.Store(time.Now().UnixNano())
+				}
+			}
+		}()
+		time.Sleep(300 * time.Millisecond)
+		cutAt := time.Now()
+		proxies["db-1"].cut()
+		waitUntil(t, 30*time.Second, "db-1 to fence itself", func() error {
+			st, err := db1.status(s.token)
+			if err != nil {
+				return err
+			}
+			if !st.Fenced || st.Writable || st.Ready {
+				return fmt.Errorf("db-1 fenced %v writable %v ready %v state %s", st.Fenced, st.Writable, st.Ready, st.State)
+			}
+			return nil
+		})
+		// The operator would now see the Lease expire and fail over.
+		setTarget("db-0", ChangeFailover)
+		waitPrimary(db0)
+		promotedAt := time.Now()
+		close(stopProbe)
+		<-probeDone
+		last := time.Unix(0, lastWrite.Load())
+		if d := last.Sub(cutAt); d > 2*time.Second+500*time.Millisecond {
+			t.Errorf("the cut-off primary acknowledged a write %s after the cut (renew deadline 2s)", d)
+		}
+		if !last.Before(promotedAt) {
+			t.Errorf("two writable primaries: db-1's last write at %s, db-0 promoted at %s", last, promotedAt)
+		}
+		if d := promotedAt.Sub(cutAt); d < 4*time.Second {
+			t.Errorf("db-0 became primary %s after the cut, before the 4s lease duration", d)
+		}
+		t.Logf("cut at 0s; db-1's last acknowledged write at %s; db-0 writable at %s", last.Sub(cutAt).Round(time.Millisecond), promotedAt.Sub(cutAt).Round(time.Millisecond))
+	})
+
+	t.Run("the healed old primary rewinds and follows, never writable", func(t *testing.T) {
+		setSlots(t, db0, s.token, SlotName("db-1"))
+		proxies["db-1"].heal()
+		waitFollowing(db1, "db-0")
+		st := db1.mustStatus(t, s.token)
+		if st.Writable || st.Role != RoleReplica {
+			t.Errorf("healed old primary: %+v", st)
+		}
+		execApp(t, ports["db-0"], s.appPassword, "INSERT INTO items VALUES (-1)")
+		waitUntil(t, 30*time.Second, "the row to reach the rewound standby", func() error {
+			n, err := countItems(t, ports["db-1"], s.appPassword)
+			m, err2 := countItems(t, ports["db-0"], s.appPassword)
+			if err := errors.Join(err, err2); err != nil {
+				return err
+			}
+			if n != m {
+				return fmt.Errorf("standby %d rows, primary %d", n, m)
+			}
+			return nil
+		})
+	})
+}
