@@ -104,8 +104,8 @@ type DatabaseSpec struct {
 // standby can take the Lease, which needs leaseDurationSeconds without a renewal.
 // A Database with one instance takes the Lease once and neither renews it nor
 // fences (there is nobody to fail over to).
-// +kubebuilder:validation:XValidation:rule="self.renewDeadlineSeconds + 2 <= self.leaseDurationSeconds",message="failover.renewDeadlineSeconds must be at least 2 seconds shorter than failover.leaseDurationSeconds, so that a primary that cannot renew its Lease has stopped accepting writes before a standby can take the Lease"
-// +kubebuilder:validation:XValidation:rule="self.retryPeriodSeconds * 2 <= self.renewDeadlineSeconds",message="failover.retryPeriodSeconds must be at most half of failover.renewDeadlineSeconds, so that a primary tries to renew its Lease at least twice before it fences itself"
+// +kubebuilder:validation:XValidation:rule="(has(self.renewDeadlineSeconds) ? self.renewDeadlineSeconds : 10) + 2 <= (has(self.leaseDurationSeconds) ? self.leaseDurationSeconds : 15)",message="failover.renewDeadlineSeconds must be at least 2 seconds shorter than failover.leaseDurationSeconds, so that a primary that cannot renew its Lease has stopped accepting writes before a standby can take the Lease"
+// +kubebuilder:validation:XValidation:rule="(has(self.retryPeriodSeconds) ? self.retryPeriodSeconds : 2) * 2 <= (has(self.renewDeadlineSeconds) ? self.renewDeadlineSeconds : 10)",message="failover.retryPeriodSeconds must be at most half of failover.renewDeadlineSeconds, so that a primary tries to renew its Lease at least twice before it fences itself"
 type FailoverSpec struct {
 	// LeaseDurationSeconds is how long a standby waits, after the primary's last
 	// renewal it observed, before it may take the Lease of a primary that did not

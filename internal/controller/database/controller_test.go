@@ -123,7 +123,7 @@ func createPod(t *testing.T, db *databasev1.Database, ordinal int) *corev1.Pod {
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      fmt.Sprintf("%s-%d", db.Name, ordinal),
 			Namespace: db.Namespace,
-			Labels:    podLabels(db),
+			Labels:    withRevision(podLabels(db), "rev-1"),
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres", Image: "postgres:15"}}},
 	}
@@ -156,8 +156,15 @@ func routeService(t *testing.T, db *databasev1.Database, pod *corev1.Pod) {
 	}
 }
 
+func withRevision(l map[string]string, rev string) map[string]string {
+	l["controller-revision-hash"] = rev
+	return l
+}
+
+// primaryReport is what the agent of a primary that holds the Lease reports (the
+// fake agents take the Lease for it, as the real ones do).
 func primaryReport(pod string, standbys map[string]int64) InstanceReport {
-	st := &instance.Status{Pod: pod, Role: instance.RolePrimary, Running: true, Writable: true, ServerVersion: "15.18"}
+	st := &instance.Status{Pod: pod, Role: instance.RolePrimary, Running: true, Writable: true, ServerVersion: "15.18", HoldsLease: true, Target: pod, Timeline: 1}
 	for name, lag := range standbys {
 		st.Replicas = append(st.Replicas, instance.ReplicaStatus{ApplicationName: name, State: "streaming", LagBytes: lag})
 	}

@@ -57,10 +57,12 @@ type haInput struct {
 	FailoverDelay time.Duration
 	MaxLagBytes   int64
 	Target        string
-	Change        *databasev1.PrimaryChange
-	Lease         leaseObs
-	Pods          map[string]podObs
-	Reports       map[string]InstanceReport
+	// CurrentPrimary is status.currentPrimary: the last pod seen as primary.
+	CurrentPrimary string
+	Change         *databasev1.PrimaryChange
+	Lease          leaseObs
+	Pods           map[string]podObs
+	Reports        map[string]InstanceReport
 	// SwitchoverTo is the switchover request (annotation value, "auto", or "" for
 	// none); SwitchoverWhy says who asked (annotation, rolling update, scale-down).
 	SwitchoverTo, SwitchoverWhy string
@@ -106,6 +108,11 @@ func (in haInput) report(pod string) *instance.Status {
 // its readiness; a primary whose data is missing waits for the recovery procedure.
 func primaryFailure(in haInput) string {
 	if in.Target == "" {
+		return ""
+	}
+	if instance.HolderPod(in.Lease.Holder) != in.Target && in.CurrentPrimary != in.Target {
+		// Never primary yet (bootstrap, or still taking the Lease): nothing to
+		// fail over from.
 		return ""
 	}
 	pod, exists := in.Pods[in.Target]

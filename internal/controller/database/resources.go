@@ -262,6 +262,9 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		claim.Spec.WithStorageClassName(*db.Spec.Storage.StorageClass)
 	}
 
+	if in.Replicas == 0 {
+		in.Replicas = replicas(db)
+	}
 	podSpec := corev1ac.PodSpec()
 	scheduling(db, podSpec)
 

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
@@ -45,8 +46,19 @@ func TestStatefulSetRunsTheAgentWithSecretsAsFilesOnly(t *testing.T) {
 			t.Errorf("%s probe path %q", name, p)
 		}
 	}
-	if *spec.SecurityContext.RunAsUser != postgresUID || !*spec.SecurityContext.RunAsNonRoot || *spec.AutomountServiceAccountToken {
-		t.Errorf("pod security context %+v, automount %v", spec.SecurityContext, *spec.AutomountServiceAccountToken)
+	if *spec.SecurityContext.RunAsUser != postgresUID || !*spec.SecurityContext.RunAsNonRoot {
+		t.Errorf("pod security context %+v", spec.SecurityContext)
+	}
+	// The only API credential in the pod: the per-Database ServiceAccount that may
+	// get and update the primary Lease.
+	if !*spec.AutomountServiceAccountToken || *spec.ServiceAccountName != "db-instance" {
+		t.Errorf("service account %v automount %v", spec.ServiceAccountName, *spec.AutomountServiceAccountToken)
+	}
+	if *ac.Spec.PodManagementPolicy != appsv1.ParallelPodManagement || *ac.Spec.UpdateStrategy.Type != appsv1.OnDeleteStatefulSetStrategyType {
+		t.Errorf("pod management %s, update strategy %s", *ac.Spec.PodManagementPolicy, *ac.Spec.UpdateStrategy.Type)
+	}
+	if a := spec.Affinity; a == nil || a.PodAntiAffinity == nil || len(a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution) != 1 {
+		t.Errorf("default anti-affinity %+v", spec.Affinity)
 	}
 	if *c.SecurityContext.AllowPrivilegeEscalation || c.SecurityContext.Capabilities.Drop[0] != "ALL" {
 		t.Errorf("container security context %+v", c.SecurityContext)

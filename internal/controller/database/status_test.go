@@ -68,7 +68,8 @@ func TestDeriveStatusPhases(t *testing.T) {
 		{"no statefulset yet", observation{}, databasev1.PhasePending, databasev1.ReasonCreating, ""},
 		{"nothing ready", observation{StatefulSet: sts(2, 0, 0, "a", "a")}, databasev1.PhaseProvisioning, databasev1.ReasonInstancesStarting, "db-0"},
 		{"scaling up", observation{StatefulSet: sts(2, 1, 1, "a", "a")}, databasev1.PhaseDeploying, databasev1.ReasonScaling, "1 of 2"},
-		{"rolling update", observation{StatefulSet: sts(2, 2, 1, "a", "b")}, databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, "1 of 2"},
+		{"rolling update", observation{StatefulSet: sts(2, 2, 1, "a", "b"), Rollout: &rolloutDecision{State: rolloutReplaceStandby, Message: "replacing standby db-1"}},
+			databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, "1 of 2 instances updated; replacing standby db-1"},
 		{"statefulset spec not observed", observation{StatefulSet: func() *appsv1.StatefulSet { s := sts(2, 2, 2, "a", "a"); s.Generation = 3; return s }()},
 			databasev1.PhaseDeploying, databasev1.ReasonRollingUpdate, "observe"},
 		{"agent unreachable", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
@@ -559,5 +560,27 @@ func TestRecoveryNamesTheMostAdvancedStandby(t *testing.T) {
 	c := meta.FindStatusCondition(deriveStatus(db, obs).Conditions, databasev1.ConditionStalled)
 	if c == nil || !strings.Contains(c.Message, "recover-primary-from=db-2") {
 		t.Errorf("Stalled = %+v", c)
+	}
+}
+
+// A change of primary in progress is the phase: FailingOver or SwitchingOver,
+// with the state machine's message, and the target survives the status rewrite.
+func TestDeriveStatusDuringAChangeOfPrimary(t *testing.T) {
+	for _, kind := range []databasev1.PrimaryChangeKind{databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeSwitchover} {
+		db := testDB(2)
+		db.Status.TargetPrimary = "db-1"
+		db.Status.PrimaryChange = &databasev1.PrimaryChange{Kind: kind, Phase: databasev1.PrimaryChangePromoting, From: "db-0", To: "db-1", Message: "Promoting db-1"}
+		st := deriveStatus(db, observation{StatefulSet: sts(2, 2, 2, "a", "a")})
+		want := databasev1.PhaseFailingOver
+		if kind == databasev1.PrimaryChangeSwitchover {
+			want = databasev1.PhaseSwitchingOver
+		}
+		c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionReady)
+		if st.Phase != want || c == nil || c.Message != "Promoting: Promoting db-1" || st.TargetPrimary != "db-1" || st.PrimaryChange == nil {
+			t.Errorf("%s: phase %s, Ready %+v, target %q", kind, st.Phase, c, st.TargetPrimary)
+		}
+		if !meta.IsStatusConditionTrue(st.Conditions, databasev1.ConditionReconciling) {
+			t.Errorf("%s: Reconciling is not True", kind)
+		}
 	}
 }

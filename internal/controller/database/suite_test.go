@@ -12,13 +12,17 @@ import (
 	"time"
 
 	"go.uber.org/zap/zapcore"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/scheme"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -111,7 +115,7 @@ type fakeInstances struct {
 	instructions []string
 }
 
-func (f *fakeInstances) Statuses(_ context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport {
+func (f *fakeInstances) Statuses(ctx context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport {
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -123,9 +127,31 @@ func (f *fakeInstances) Statuses(_ context.Context, pods []corev1.Pod, tokens []
 		}
 		if r, ok := f.reports[p.Namespace+"/"+p.Name]; ok {
 			out[p.Name] = r
+			if r.Status != nil && r.Status.HoldsLease {
+				f.takeLease(ctx, &p)
+			}
 		}
 	}
 	return out
+}
+
+// takeLease plays an agent that reports holding the Lease: the Lease names it.
+func (f *fakeInstances) takeLease(ctx context.Context, p *corev1.Pod) {
+	db := p.Labels[LabelDatabase]
+	var l coordinationv1.Lease
+	if err := k8s.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: db + "-primary"}, &l); err != nil {
+		return
+	}
+	holder := instance.LeaseHolder(p.Name, string(p.UID))
+	if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == holder {
+		return
+	}
+	l.Spec.HolderIdentity = &holder
+	now := metav1.NewMicroTime(time.Now())
+	l.Spec.RenewTime = &now
+	d := int32(15)
+	l.Spec.LeaseDurationSeconds = &d
+	_ = k8s.Update(ctx, &l)
 }
 
 func (f *fakeInstances) record(pod *corev1.Pod, what string) {
