@@ -91,8 +91,14 @@ func TestDecideHA(t *testing.T) {
 			wantTarget: "db-0",
 		},
 		{
-			name:        "primary pod deleted: fencing at once, label removed, target cleared",
-			in:          func() haInput { in := haWorld(); p := in.Pods["db-0"]; p.Terminating = true; in.Pods["db-0"] = p; return in },
+			name: "primary pod deleted: fencing at once, label removed, target cleared",
+			in: func() haInput {
+				in := haWorld()
+				p := in.Pods["db-0"]
+				p.Terminating = true
+				in.Pods["db-0"] = p
+				return in
+			},
 			wantTarget:  "",
 			wantPhase:   databasev1.PrimaryChangeFencing,
 			wantUnlabel: []string{"db-0"},

@@ -330,4 +330,3 @@ func mustSTS(t *testing.T, ns string) *appsv1.StatefulSet {
 	}
 	return sts
 }
-
