@@ -147,8 +147,8 @@ type leaseView struct {
 	// last write of the Lease): it renews it and fences itself when it cannot.
 	Fencing bool
 	// ExpiresIn is how long a foreign holder still has before this agent may take
-	// the Lease.
-	ExpiresIn time.Duration
+	// the Lease; HolderSilentFor how long its record has not changed.
+	ExpiresIn, HolderSilentFor time.Duration
 	// LastErr is the last error reading or writing the Lease.
 	LastErr string
 }
@@ -233,7 +233,8 @@ func (k *leaseKeeper) viewLocked() leaseView {
 		v.Held = !k.fencing || k.now().Sub(k.lastRenew) < k.deadline
 	}
 	if v.Holder != "" && v.Holder != k.me {
-		v.ExpiresIn = max(0, k.duration-k.now().Sub(k.recordSince))
+		v.HolderSilentFor = k.now().Sub(k.recordSince)
+		v.ExpiresIn = max(0, k.duration-v.HolderSilentFor)
 	}
 	return v
 }
@@ -396,6 +397,13 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 	case holder == k.me && k.releaseLSN != nil:
 		upd.Spec.HolderIdentity = nil
 		upd.Annotations[LeaseAnnotationFinalLSN] = *k.releaseLSN
+		return upd, "released"
+	case holder == k.me && target != HolderPod(k.me) && !k.want:
+		// Held from before (PostgreSQL is not running as primary, e.g. after a
+		// fence or a crash) and no longer the target: let the new target have it
+		// without waiting out the duration.
+		upd.Spec.HolderIdentity = nil
+		delete(upd.Annotations, LeaseAnnotationFinalLSN)
 		return upd, "released"
 	case holder == k.me && target == HolderPod(k.me) && (instances > 1 || k.lastRenew.IsZero()):
 		upd.Spec.RenewTime = &now

@@ -42,7 +42,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	}
 	a.following = ""
 	if !asPrimary {
-		a.following = a.lease.view().Target
+		a.following = a.upstream(a.lease.view())
 	}
 	if err := a.writeConfig(asPrimary); err != nil {
 		return nil, err
@@ -155,17 +155,12 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 					a.setState(StatePromoting, "this standby is the target primary and holds the Lease: promoting")
 					go a.ensureRolesWhenUp(setupCtx)
 				}
-			case !asPrimary && v.Target != a.following:
-				a.log.Info("following a new primary", "from", a.following, "to", v.Target)
-				a.following = v.Target
-				if err := a.writeConfig(false); err != nil {
-					a.log.Error("rewriting the standby configuration", "error", err.Error())
-				} else if err := a.reload(ctx); err != nil {
-					a.log.Warn("reloading the configuration", "error", err.Error())
-				}
+			case !asPrimary:
+				a.follow(ctx, v)
 			}
 		case <-fenceTick.C:
 			if !asPrimary {
+				a.follow(ctx, a.lease.view())
 				continue
 			}
 			v := a.lease.view()
@@ -181,6 +176,40 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 					since.Round(time.Millisecond), a.cfg.RenewDeadline, orString(v.LastErr, "no answer")))
 			}
 		}
+	}
+}
+
+// upstream is the pod a standby streams from. While a failover chooses a new
+// primary (no target) it keeps streaming from the old one until that one released
+// the Lease after its clean shutdown (its last WAL is then received) or has been
+// silent for the renew deadline (it has fenced itself by then): only then does it
+// stop, so that its position is final when the operator compares the standbys.
+func (a *Agent) upstream(v leaseView) string {
+	switch {
+	case v.Target == a.cfg.PodName:
+		// Becoming the primary: keep receiving the old primary's last WAL.
+		return a.following
+	case v.Target != "":
+		return v.Target
+	case v.Holder == "" || v.HolderSilentFor >= a.cfg.RenewDeadline:
+		return ""
+	}
+	return a.following
+}
+
+// follow points a running standby at its upstream, with a reload (PostgreSQL 13
+// and later reload primary_conninfo without a restart).
+func (a *Agent) follow(ctx context.Context, v leaseView) {
+	up := a.upstream(v)
+	if up == a.following {
+		return
+	}
+	a.log.Info("following a new upstream", "from", a.following, "to", up)
+	a.following = up
+	if err := a.writeConfig(false); err != nil {
+		a.log.Error("rewriting the standby configuration", "error", err.Error())
+	} else if err := a.reload(ctx); err != nil {
+		a.log.Warn("reloading the configuration", "error", err.Error())
 	}
 }
 

@@ -27,10 +27,6 @@ import (
 // maps what the operator observed to the next state, the target primary and the
 // role labels to remove at once.
 
-// fencingTimeout bounds how long Fencing waits for the standbys to report that
-// they stopped streaming; the ones that did not answer are then ignored.
-const fencingTimeout = 10 * time.Second
-
 // leaseObs is what the operator read of the primary Lease.
 type leaseObs struct {
 	Exists    bool
@@ -56,7 +52,12 @@ type haInput struct {
 	Replicas      int
 	FailoverDelay time.Duration
 	MaxLagBytes   int64
-	Target        string
+	// FencingTimeout bounds how long Fencing waits for the standbys to report
+	// that they stopped streaming (they stop once the old primary released the
+	// Lease or was silent for the renew deadline); the ones that did not are then
+	// ignored.
+	FencingTimeout time.Duration
+	Target         string
 	// CurrentPrimary is status.currentPrimary: the last pod seen as primary.
 	CurrentPrimary string
 	Change         *databasev1.PrimaryChange
@@ -281,7 +282,7 @@ func decideHA(in haInput) haDecision {
 			}
 		}
 		sort.Strings(streaming)
-		if len(streaming) > 0 && in.Now.Sub(c.PhaseSince.Time) < fencingTimeout {
+		if len(streaming) > 0 && in.Now.Sub(c.PhaseSince.Time) < in.FencingTimeout {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for standbys %s to stop streaming", strings.Join(streaming, ", ")))
 			return d
 		}

@@ -18,7 +18,7 @@ var haNow = time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
 // streaming standbys, all pods ready.
 func haWorld() haInput {
 	in := haInput{
-		Now: haNow, StatefulSet: "db", Replicas: 3, MaxLagBytes: 64 << 20, Target: "db-0",
+		Now: haNow, StatefulSet: "db", Replicas: 3, MaxLagBytes: 64 << 20, FencingTimeout: 15 * time.Second, Target: "db-0",
 		Lease: leaseObs{Exists: true, Holder: instance.LeaseHolder("db-0", "u0"), RenewTime: haNow.Add(-time.Second), Duration: 15 * time.Second},
 		Pods:  map[string]podObs{"db-0": {UID: "u0", Ready: true, Updated: true}, "db-1": {UID: "u1", Ready: true, Updated: true}, "db-2": {UID: "u2", Ready: true, Updated: true}},
 		Reports: map[string]InstanceReport{
@@ -264,7 +264,7 @@ func TestDecideHA(t *testing.T) {
 				delete(in.Reports, "db-0")
 				in.Target = ""
 				in.Reports["db-2"] = InstanceReport{Status: &instance.Status{Pod: "db-2", Running: true, Role: instance.RoleReplica, Target: "db-0", WALReceiverStatus: "streaming"}}
-				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-11*time.Second))
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-16*time.Second))
 				return in
 			},
 			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,

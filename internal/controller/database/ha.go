@@ -193,7 +193,7 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 	log := logf.FromContext(ctx)
 	in := haInput{
 		Now: obs.Now, StatefulSet: statefulSetName(db), Replicas: int(replicas(db)), FailoverDelay: failoverDelay(db),
-		MaxLagBytes: maxLagBytes(db), Target: db.Status.TargetPrimary, CurrentPrimary: db.Status.CurrentPrimary, Change: db.Status.PrimaryChange,
+		MaxLagBytes: maxLagBytes(db), FencingTimeout: renewDeadline(db) + 5*time.Second, Target: db.Status.TargetPrimary, CurrentPrimary: db.Status.CurrentPrimary, Change: db.Status.PrimaryChange,
 		Lease: observeLease(obs.Lease), Pods: observePods(*obs), Reports: obs.Instances,
 	}
 	annotation := db.Annotations[databasev1.AnnotationSwitchoverTo]
