@@ -9,8 +9,11 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -147,7 +150,13 @@ func (w *writer) finish() ([]int, time.Duration) {
 	<-w.done
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]int(nil), w.acked...), w.maxGap
+	return append([]int(nil), w.acked...), max(w.maxGap, time.Since(w.lastOK))
+}
+
+func (w *writer) failures() (int, string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.errors, w.lastErr
 }
 
 // missing returns the acknowledged ids the database does not have.
@@ -274,13 +283,21 @@ func TestFailoverOnPrimaryDeletionAndHardKill(t *testing.T) {
 		t.Errorf("acknowledged rows lost after a clean primary shutdown: %v", lost)
 	}
 
+	// A hard kill: the agent and PostgreSQL get SIGKILL on this host (the
+	// kubelet would otherwise still give the container two seconds to release
+	// the Lease), and the pod object is force-deleted, as after a node loss.
 	w.resetGap()
+	c.killAgent(first)
 	c.must("delete", "pod", first, "--grace-period=0", "--force")
 	second := c.waitNewPrimary("ha", first, 3*time.Minute)
 	c.waitChecksPassed("ha", 3*time.Minute)
 	acked, gap2 := w.finish()
 	maxPrimaries, samples := labels.finish()
-	t.Logf("hard kill of %s: %s is primary; longest write gap %s", first, second, gap2.Round(100*time.Millisecond))
+	n, last := w.failures()
+	t.Logf("hard kill of %s: %s is primary; longest write gap %s (%d failed writes, last: %s)", first, second, gap2.Round(100*time.Millisecond), n, last)
+	if gap2 < 15*time.Second {
+		t.Errorf("write gap %s after a hard kill, shorter than the 15s lease duration: the Lease was taken early", gap2)
+	}
 	if gap2 > 15*time.Second+20*time.Second {
 		t.Errorf("write gap %s after a hard kill (goal ≤ lease duration + 5s)", gap2)
 	}
@@ -304,9 +321,41 @@ func TestFailoverOnPrimaryDeletionAndHardKill(t *testing.T) {
 		}
 		return ""
 	})
-	if _, err := c.psql(old, false, "INSERT INTO acked (id) VALUES (-1)"); err == nil {
-		t.Errorf("the former primary %s accepts writes", old)
+	for _, p := range []string{"ha-0", "ha-1", "ha-2"} {
+		if _, err := c.psql(p, false, "INSERT INTO acked (id) VALUES (-1)"); err == nil && p != second {
+			t.Errorf("%s accepts writes; the primary is %s", p, second)
+		}
 	}
+}
+
+// killAgent sends SIGKILL to the instance agent of pod (PID 1 of its postgres
+// container) on this host: the container dies with PostgreSQL, with no chance to
+// release the Lease.
+func (c *cluster) killAgent(pod string) {
+	c.t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) > 2 && args[1] == "instance" && slices.Contains(args, "--pod-name="+pod) && slices.Contains(args, "--lease-namespace="+c.ns) {
+			if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+				c.t.Fatalf("killing the agent of %s (pid %d): %v", pod, pid, err)
+			}
+			c.t.Logf("SIGKILL to the agent of %s (pid %d)", pod, pid)
+			return
+		}
+	}
+	c.t.Fatalf("no agent process of %s/%s on this host", c.ns, pod)
 }
 
 func (w *writer) peekGap() ([]int, time.Duration) {

@@ -387,15 +387,16 @@ func (r *Reconciler) labelRoles(ctx context.Context, db *databasev1.Database, ob
 }
 
 // buildDisruptionBudgets returns, for a Database with standbys, a budget that lets
-// at most one instance go down voluntarily and one that protects the primary (a
-// node drain waits for a switchover).
+// at most one standby go down voluntarily and one that protects the primary (a
+// node drain waits for a switchover). They select disjoint pods (role=replica,
+// role=primary): the eviction API refuses a pod that matches two budgets.
 func buildDisruptionBudgets(db *databasev1.Database) []*policyv1ac.PodDisruptionBudgetApplyConfiguration {
 	all := policyv1ac.PodDisruptionBudget(db.Name, db.Namespace).
 		WithLabels(podLabels(db)).
 		WithOwnerReferences(ownerReference(db)).
 		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
 			WithMaxUnavailable(intstr.FromInt32(1)).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(db))))
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), instance.RoleReplica))))
 	primary := policyv1ac.PodDisruptionBudget(primaryPDBName(db), db.Namespace).
 		WithLabels(podLabels(db)).
 		WithOwnerReferences(ownerReference(db)).

@@ -82,7 +82,8 @@ func TestInstancesGetALeaseOnlyRoleAndTheLeaseNamesTheTarget(t *testing.T) {
 		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-primary"}, &primary); err != nil {
 			return err.Error()
 		}
-		if all.Spec.MaxUnavailable.IntValue() != 1 || primary.Spec.MinAvailable.IntValue() != 1 || primary.Spec.Selector.MatchLabels[LabelRole] != instance.RolePrimary {
+		if all.Spec.MaxUnavailable.IntValue() != 1 || all.Spec.Selector.MatchLabels[LabelRole] != instance.RoleReplica ||
+			primary.Spec.MinAvailable.IntValue() != 1 || primary.Spec.Selector.MatchLabels[LabelRole] != instance.RolePrimary {
 			return fmt.Sprintf("budgets %+v %+v", all.Spec, primary.Spec)
 		}
 		return ""
