@@ -479,10 +479,15 @@ func podNetns(t *testing.T, ip string) string {
 }
 
 // partition drops, inside the pod's own network namespace, its traffic to the
-// API server and to the other instances; heal removes the rules.
-func partition(t *testing.T, netns string, peers []string) (heal func()) {
+// API server (its Service address, and its real address on port apiPort: the
+// host shares that address, and this test's probes come from it) and all traffic
+// to and from the other instances; heal removes the rules.
+func partition(t *testing.T, netns string, peers, apiServiceIPs []string, apiIP, apiPort string) (heal func()) {
 	t.Helper()
-	var rules [][]string
+	rules := [][]string{{"OUTPUT", "-d", apiIP, "-p", "tcp", "--dport", apiPort, "-j", "DROP"}}
+	for _, ip := range apiServiceIPs {
+		rules = append(rules, []string{"OUTPUT", "-d", ip, "-j", "DROP"})
+	}
 	for _, p := range peers {
 		rules = append(rules, []string{"OUTPUT", "-d", p, "-j", "DROP"}, []string{"INPUT", "-s", p, "-j", "DROP"})
 	}
@@ -515,10 +520,9 @@ func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 	oldIP := c.jsonpath("pod/"+old, "{.status.podIP}")
 	otherIP := c.jsonpath("pod/"+other, "{.status.podIP}")
 	apiIPs := []string{c.must("get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}")}
-	for _, a := range strings.Fields(c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}")) {
-		apiIPs = append(apiIPs, a)
-	}
-	for _, ip := range append([]string{oldIP, otherIP}, apiIPs...) {
+	apiIP := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}")
+	apiPort := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].ports[0].port}")
+	for _, ip := range append([]string{oldIP, otherIP, apiIP}, apiIPs...) {
 		if net.ParseIP(ip) == nil {
 			t.Fatalf("bad address %q", ip)
 		}
@@ -575,7 +579,7 @@ func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 	}()
 	time.Sleep(2 * time.Second)
 	cut := time.Now()
-	heal := partition(t, netns, append([]string{otherIP}, apiIPs...))
+	heal := partition(t, netns, []string{otherIP}, apiIPs, apiIP, apiPort)
 	t.Cleanup(heal)
 	c.waitNewPrimary("ha", old, 3*time.Minute)
 	promoted := time.Now()

@@ -82,7 +82,7 @@ type Reconciler struct {
 
 type appliedRecord struct{ hash, resourceVersion string }
 
-// +kubebuilder:rbac:groups=database.example.com,resources=databases,verbs=get;list;watch
+// +kubebuilder:rbac:groups=database.example.com,resources=databases,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=database.example.com,resources=databases/status,verbs=get;patch;update
 // +kubebuilder:rbac:groups=database.example.com,resources=databases/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch;create;patch
