@@ -119,6 +119,12 @@ bench-backup: build ## Backup/restore throughput vs raw pg_dump/pg_restore and p
 	hack/ensure-postgres.sh >/dev/null
 	go run ./hack/tools/bench-backup -manager bin/manager -scale $${SCALE:-70}
 
+.PHONY: bench-failover
+bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.
+	hack/localkube.sh up
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-10} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
+
 .PHONY: check
 check: test e2e ## Everything CI runs: unit, envtest and PostgreSQL tests, then the e2e suite.
 

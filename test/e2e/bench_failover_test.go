@@ -1,0 +1,103 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBenchFailover is `make bench-failover`, a benchmark rather than a test: it
+// runs only when BENCH_FAILOVER_TRIALS is set. Each trial, under a client writing a
+// row every 100 ms through the read-write Service, causes one event: a graceful
+// deletion of the primary pod (1 s grace), a hard kill (SIGKILL of its agent and
+// PostgreSQL on this host, then a forced deletion of the pod), or a switchover by
+// annotation. It prints the p50/p95/max of the longest write gap per trial and the
+// acknowledged rows lost, next to the baseline measured in the same run: the
+// longest gap of the same client over the same time with no event.
+func TestBenchFailover(t *testing.T) {
+	trials, _ := strconv.Atoi(os.Getenv("BENCH_FAILOVER_TRIALS"))
+	if trials <= 0 {
+		t.Skip("set BENCH_FAILOVER_TRIALS (make bench-failover) to run the failover benchmark")
+	}
+	c := newCluster(t)
+	c.mustApply(haDatabase)
+	c.waitPhase("ha", "Ready", readyTimeout)
+	c.waitChecksPassed("ha", 3*time.Minute)
+	w := c.startWriter("ha")
+
+	type result struct {
+		gaps []time.Duration
+		lost int
+	}
+	results := map[string]*result{}
+	kinds := []string{"baseline (no event)", "graceful delete", "hard kill", "switchover"}
+	for _, k := range kinds {
+		results[k] = &result{}
+	}
+	for i := 0; i < trials; i++ {
+		for _, kind := range kinds {
+			c.waitChecksPassed("ha", 4*time.Minute)
+			time.Sleep(2 * time.Second)
+			before := len(w.snapshot())
+			primary := c.primary("ha")
+			w.resetGap()
+			start := time.Now()
+			switch kind {
+			case "graceful delete":
+				c.must("delete", "pod", primary, "--grace-period=1", "--wait=false")
+				c.waitNewPrimary("ha", primary, 3*time.Minute)
+			case "hard kill":
+				c.killAgent(primary)
+				c.must("delete", "pod", primary, "--grace-period=0", "--force")
+				c.waitNewPrimary("ha", primary, 3*time.Minute)
+			case "switchover":
+				c.must("annotate", "database", "ha", "database.example.com/switchover-to=auto", "--overwrite")
+				c.waitNewPrimary("ha", primary, 3*time.Minute)
+			default:
+				time.Sleep(5 * time.Second)
+			}
+			// Writes resumed: the gap is over.
+			c.eventually(time.Minute, "writes to resume", func() string {
+				if n := len(w.snapshot()); n <= before+5 {
+					return fmt.Sprintf("%d rows acknowledged since the event", n-before)
+				}
+				return ""
+			})
+			_, gap := w.peekGapSinceReset()
+			results[kind].gaps = append(results[kind].gaps, gap)
+			t.Logf("trial %d %-20s primary %s → %s: longest write gap %s (event to new primary %s)", i+1, kind, primary, c.primary("ha"),
+				gap.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
+		}
+	}
+	acked, _ := w.finish()
+	lost := c.missing("ha", acked)
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nfailover benchmark: %d trial(s) per event, 3 instances, asynchronous replication, a write every 100 ms\n", trials)
+	fmt.Fprintf(&b, "%-22s %8s %8s %8s\n", "event", "p50", "p95", "max")
+	for _, k := range kinds {
+		g := results[k].gaps
+		sort.Slice(g, func(i, j int) bool { return g[i] < g[j] })
+		fmt.Fprintf(&b, "%-22s %8s %8s %8s\n", k, pct(g, 50), pct(g, 95), pct(g, 100))
+	}
+	fmt.Fprintf(&b, "acknowledged rows: %d, lost: %d\n", len(acked), len(lost))
+	t.Log(b.String())
+	fmt.Println(b.String())
+}
+
+func pct(sorted []time.Duration, p int) string {
+	if len(sorted) == 0 {
+		return "-"
+	}
+	i := (len(sorted)*p + 99) / 100
+	i = min(max(i-1, 0), len(sorted)-1)
+	return sorted[i].Round(100 * time.Millisecond).String()
+}
+
+// peekGapSinceReset is the longest gap since resetGap, including the current one.
+func (w *writer) peekGapSinceReset() ([]int, time.Duration) { return w.peekGap() }
