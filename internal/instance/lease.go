@@ -405,7 +405,10 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 		upd.Spec.HolderIdentity = nil
 		delete(upd.Annotations, LeaseAnnotationFinalLSN)
 		return upd, "released"
-	case holder == k.me && target == HolderPod(k.me) && (instances > 1 || k.lastRenew.IsZero()):
+	case holder == k.me && target == HolderPod(k.me) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
+		// With standbys: every retry period. With one instance: once, so that
+		// the Lease records that this primary no longer fences (after a
+		// scale-down) and then never again.
 		upd.Spec.RenewTime = &now
 		return upd, "renewed"
 	case holder != k.me && k.want && target == HolderPod(k.me) &&

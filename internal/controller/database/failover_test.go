@@ -517,6 +517,11 @@ func TestDecideRollout(t *testing.T) {
 			in.Pods["db-1"] = podObs{Terminating: true}
 			return in
 		}, rolloutWaiting, "", "db-1"},
+		{"upgrade from the previous version: a primary without Lease support is replaced in place last", func() rolloutInput {
+			in := updated(base(), "db-1", "db-2")
+			in.LegacyPrimary = true
+			return in
+		}, rolloutReplacePrimary, "db-0", "previous version"},
 		{"a single instance is replaced in place", func() rolloutInput {
 			return rolloutInput{Replicas: 1, Target: "db-0", PrimaryOK: true, Pods: map[string]podObs{"db-0": {Ready: true}}, Lag: map[string]int64{}}
 		}, rolloutReplacePrimary, "db-0", ""},
@@ -531,5 +536,25 @@ func TestDecideRollout(t *testing.T) {
 				t.Errorf("message %q, want %q", d.Message, tc.wantMsg)
 			}
 		})
+	}
+}
+
+// A primary started by the previous version's agent (no Lease) keeps its label
+// during the operator upgrade; an agent of this version never looks like one.
+func TestLegacyPrimaryKeepsItsLabelUntilReplaced(t *testing.T) {
+	legacy := &instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true, Writable: true, State: instance.StateRunning}
+	if !legacyPrimary(legacy) {
+		t.Error("a primary reporting no Lease fields is not recognised as the previous version's")
+	}
+	for name, st := range map[string]*instance.Status{
+		"current agent holding the Lease": {Role: instance.RolePrimary, State: instance.StateRunning, Target: "db-0", HoldsLease: true},
+		"current agent demoting":          {Role: instance.RolePrimary, State: instance.StateDemoting},
+		"fenced":                          {Role: instance.RolePrimary, State: instance.StateRunning, Fenced: true},
+		"cannot reach the API server":     {Role: instance.RolePrimary, State: instance.StateRunning, LeaseError: "timeout"},
+		"standby":                         {Role: instance.RoleReplica, State: instance.StateRunning},
+	} {
+		if legacyPrimary(st) {
+			t.Errorf("%s taken for a previous-version primary", name)
+		}
 	}
 }

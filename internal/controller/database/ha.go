@@ -353,11 +353,23 @@ func roleFor(db *databasev1.Database, obs observation, pod *corev1.Pod) (string,
 		if pod.Name == db.Status.TargetPrimary && st.HoldsLease && holder == instance.LeaseHolder(pod.Name, string(pod.UID)) {
 			return instance.RolePrimary, true
 		}
+		if pod.Name == db.Status.TargetPrimary && legacyPrimary(st) {
+			// Started by an agent of the previous version, which knows no Lease:
+			// it keeps serving until the rolling update replaces it.
+			return instance.RolePrimary, true
+		}
 		return "", true
 	case st.Role == instance.RoleReplica:
 		return instance.RoleReplica, true
 	}
 	return "", false
+}
+
+// legacyPrimary reports whether st is a primary run by an agent of the previous
+// version of the operator, which reports no Lease fields (an agent of this version
+// running a primary always reports its target).
+func legacyPrimary(st *instance.Status) bool {
+	return st != nil && st.Role == instance.RolePrimary && st.State == instance.StateRunning && st.Target == "" && !st.HoldsLease && !st.Fenced && st.LeaseError == ""
 }
 
 // labelRoles sets each pod's role label to roleFor, touching only pods whose

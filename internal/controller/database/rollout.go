@@ -52,6 +52,9 @@ type rolloutInput struct {
 	Lag map[string]int64
 	// PrimaryOK: the target reports primary and holds the Lease.
 	PrimaryOK bool
+	// LegacyPrimary: the target runs an agent of the previous version (no Lease):
+	// it cannot switch over, so it is replaced in place, once.
+	LegacyPrimary bool
 	// Waiting explains per pod why a container does not run (image pull errors).
 	Waiting map[string]string
 }
@@ -68,6 +71,9 @@ type rolloutDecision struct {
 func rolloutInputFrom(db *databasev1.Database, obs observation, in haInput) rolloutInput {
 	ri := rolloutInput{Replicas: int(replicas(db)), Target: in.Target, Changing: in.Change != nil, Pods: in.Pods, Reports: obs.Instances,
 		Lag: map[string]int64{}, PrimaryOK: promoted(in, in.Target), Waiting: map[string]string{}}
+	if p := in.report(in.Target); legacyPrimary(p) {
+		ri.PrimaryOK, ri.LegacyPrimary = true, true
+	}
 	if p := in.report(in.Target); p != nil {
 		for _, r := range p.Replicas {
 			if r.State == "streaming" {
@@ -167,9 +173,13 @@ func decideRollout(in rolloutInput) rolloutDecision {
 		return rolloutDecision{State: rolloutReplaceStandby, Delete: oldStandbys[0],
 			Message: fmt.Sprintf("replacing standby %s (%d standby(s) on the old revision; the primary last, after a switchover)", oldStandbys[0], len(oldStandbys))}
 	}
-	if in.Replicas > 1 {
+	if in.Replicas > 1 && !in.LegacyPrimary {
 		return rolloutDecision{State: rolloutSwitchover, Switchover: true,
 			Message: fmt.Sprintf("every standby runs the new revision: switching over from %s before replacing it", in.Target)}
+	}
+	if in.LegacyPrimary {
+		return rolloutDecision{State: rolloutReplacePrimary, Delete: in.Target,
+			Message: fmt.Sprintf("replacing primary %s in place: its agent is of the previous version and cannot switch over (once, on the operator upgrade)", in.Target)}
 	}
 	return rolloutDecision{State: rolloutReplacePrimary, Delete: in.Target,
 		Message: fmt.Sprintf("replacing the only instance %s (a single instance cannot switch over)", in.Target)}

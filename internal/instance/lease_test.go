@@ -1,0 +1,108 @@
+package instance
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// The keeper's decisions on a process-local Lease: a single instance takes the
+// Lease once and never writes again; with standbys it renews; scaling down to one
+// instance stops renewing *and* fencing (the regression: a primary fenced itself
+// after a scale-down because its last write still said "standbys").
+func TestLeaseKeeperRenewsOnlyWithStandbysAndStopsFencingAfterAScaleDown(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	store := NewMemoryLeaseStore("db-0", 1)
+	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k.now = func() time.Time { return now }
+	log := func(string, ...any) {}
+	writes := func() int { store.mu.Lock(); defer store.mu.Unlock(); return store.rv }
+
+	k.setWant(true)
+	k.tick(ctx, log)
+	if v := k.view(); !v.Held || v.Fencing {
+		t.Fatalf("single instance after the first tick: %+v", v)
+	}
+	w := writes()
+	for i := 0; i < 5; i++ {
+		now = now.Add(30 * time.Second)
+		k.tick(ctx, log)
+	}
+	if writes() != w {
+		t.Errorf("a single instance wrote the Lease %d times at steady state", writes()-w)
+	}
+	if v := k.view(); !v.Held {
+		t.Errorf("a single instance lost the Lease without renewing: %+v", v)
+	}
+
+	// Scale up: renewals and fencing.
+	store.SetAnnotation(LeaseAnnotationInstances, "3")
+	k.tick(ctx, log)
+	if v := k.view(); !v.Held || !v.Fencing {
+		t.Fatalf("with standbys: %+v", v)
+	}
+	now = now.Add(11 * time.Second)
+	if v := k.view(); v.Held {
+		t.Errorf("held %s after the last renewal, beyond the 10s renew deadline: %+v", 11*time.Second, v)
+	}
+	k.tick(ctx, log)
+	if v := k.view(); !v.Held {
+		t.Errorf("not held after a renewal: %+v", v)
+	}
+
+	// Scale down: one more write, then no fencing and no writes.
+	store.SetAnnotation(LeaseAnnotationInstances, "1")
+	k.tick(ctx, log)
+	w = writes()
+	now = now.Add(time.Minute)
+	k.tick(ctx, log)
+	if v := k.view(); !v.Held || v.Fencing || writes() != w {
+		t.Errorf("after a scale-down to one instance: %+v, %d writes", v, writes()-w)
+	}
+}
+
+// A standby takes the Lease of a silent holder only after the lease duration on
+// its own clock, at once when it was released, and never when it is not the
+// target.
+func TestLeaseKeeperTakesTheLeaseOnlyAsTargetAfterTheDuration(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	store := NewMemoryLeaseStore("db-0", 2)
+	log := func(string, ...any) {}
+	old := newLeaseKeeper(store, LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
+	old.now = func() time.Time { return now }
+	old.setWant(true)
+	old.tick(ctx, log)
+	next := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	next.now = func() time.Time { return now }
+	next.setWant(true)
+	next.tick(ctx, log)
+	if v := next.view(); v.Holder != LeaseHolder("db-0", "u0") {
+		t.Fatalf("db-1 took the Lease while not the target: %+v", v)
+	}
+	store.SetAnnotation(LeaseAnnotationTarget, "db-1")
+	now = now.Add(14 * time.Second)
+	next.tick(ctx, log)
+	if v := next.view(); v.Held {
+		t.Fatalf("taken after 14s of silence, before the 15s duration: %+v", v)
+	}
+	now = now.Add(2 * time.Second)
+	next.tick(ctx, log)
+	if v := next.view(); !v.Held || v.Holder != LeaseHolder("db-1", "u1") {
+		t.Fatalf("not taken after the duration: %+v", v)
+	}
+	// The old holder learns it lost the Lease.
+	old.tick(ctx, log)
+	if v := old.view(); v.Held {
+		t.Errorf("the old holder still believes it holds the Lease: %+v", v)
+	}
+	// A clean release is taken at once.
+	store.SetAnnotation(LeaseAnnotationTarget, "db-0")
+	next.setWant(false)
+	next.tick(ctx, log)
+	old.tick(ctx, log)
+	if v := old.view(); !v.Held {
+		t.Errorf("a released Lease was not taken at once: %+v", v)
+	}
+}
