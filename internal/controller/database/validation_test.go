@@ -29,6 +29,13 @@ func TestCreateValidation(t *testing.T) {
 		{"username streaming_replica", "username: admin", "username: streaming_replica", "username must not be a reserved name"},
 		{"empty image", "image: postgres:14", "image: \"\"", "image must not be empty"},
 		{"missing databaseName", "  databaseName: mydb\n", "", "spec.databaseName: Required value"},
+		{"renew deadline too close to the lease duration", "size: 10Gi", "size: 10Gi\n  failover:\n    leaseDurationSeconds: 11",
+			"failover.renewDeadlineSeconds must be at least 2 seconds shorter than failover.leaseDurationSeconds"},
+		{"retry period above half the renew deadline", "size: 10Gi", "size: 10Gi\n  failover:\n    retryPeriodSeconds: 6",
+			"failover.retryPeriodSeconds must be at most half of failover.renewDeadlineSeconds"},
+		{"lease duration below 5s", "size: 10Gi", "size: 10Gi\n  failover:\n    leaseDurationSeconds: 4\n    renewDeadlineSeconds: 2\n    retryPeriodSeconds: 1",
+			"spec.failover.leaseDurationSeconds in body should be greater than or equal to 5"},
+		{"negative failover delay", "size: 10Gi", "size: 10Gi\n  failover:\n    failoverDelaySeconds: -1", "spec.failover.failoverDelaySeconds in body should be greater than or equal to 0"},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
