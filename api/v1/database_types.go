@@ -11,6 +11,7 @@ import (
 const DefaultImage = "postgres:17"
 
 // DatabaseSpec defines the desired state of a PostgreSQL database.
+// +kubebuilder:validation:XValidation:rule="!has(self.synchronousReplicas) || self.synchronousReplicas < (has(self.replicas) ? self.replicas : 1)",message="synchronousReplicas must be below replicas: it counts standbys, and a Database has replicas-1 of them"
 type DatabaseSpec struct {
 	// Image is the PostgreSQL container image, e.g. "postgres:17". Any image laid out
 	// like the official postgres images works (binaries on PATH or under
@@ -72,6 +73,17 @@ type DatabaseSpec struct {
 	// automatically. Default: a quarter of storage.size, at least 64Mi.
 	// +optional
 	MaxSlotWALKeepSize *resource.Quantity `json:"maxSlotWALKeepSize,omitempty"`
+
+	// SynchronousReplicas is the number of standbys that must confirm each commit
+	// before it is acknowledged (PostgreSQL's quorum "ANY n" over all standbys);
+	// 0, the default, is asynchronous replication. With n > 0 no acknowledged
+	// commit is lost by a failover: the operator promotes only a standby that is
+	// guaranteed to have every one (at least replicas-n of the replicas-1
+	// standbys must report), and writes wait while fewer than n standbys stream.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=9
+	// +optional
+	SynchronousReplicas int32 `json:"synchronousReplicas,omitempty"`
 
 	// Failover configures the primary's Lease, its self-fencing and automatic
 	// failover. The defaults suit most clusters.

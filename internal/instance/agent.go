@@ -195,6 +195,8 @@ type Agent struct {
 	primary atomic.Bool
 	// following is the pod the running standby streams from ("" when none).
 	following string
+	// syncNames is the synchronous_standby_names the running primary was given.
+	syncNames string
 	// postmaster is the PID of the running postmaster (0 when none).
 	postmaster atomic.Int64
 	// fenced is set when this primary shut PostgreSQL down because it could not
@@ -808,6 +810,12 @@ func (a *Agent) writeConfig(primary bool) error {
 	if a.cfg.MaxSlotWALKeepSize != "" {
 		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
 	}
+	if primary {
+		a.syncNames = synchronousStandbyNames(a.cfg.PodName, a.lease.view())
+		if a.syncNames != "" {
+			conf = append(conf, "synchronous_standby_names = "+q(a.syncNames))
+		}
+	}
 	if !primary && a.following != "" {
 		host, port := a.peerAddress(a.following)
 		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
@@ -874,6 +882,27 @@ func (a *Agent) writeConfig(primary bool) error {
 		return nil
 	}
 	return a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)
+}
+
+// synchronousStandbyNames is the quorum a primary waits for: ANY n of the other
+// instances (standbys report their pod name as application_name), or "" for
+// asynchronous replication.
+func synchronousStandbyNames(me string, v leaseView) string {
+	n := min(v.Synchronous, v.Instances-1)
+	if n <= 0 {
+		return ""
+	}
+	i := strings.LastIndex(me, "-")
+	if i < 0 {
+		return ""
+	}
+	var names []string
+	for o := 0; o < v.Instances; o++ {
+		if pod := fmt.Sprintf("%s-%d", me[:i], o); pod != me {
+			names = append(names, `"`+pod+`"`)
+		}
+	}
+	return fmt.Sprintf("ANY %d (%s)", n, strings.Join(names, ", "))
 }
 
 // operatorConfFile is the file in PGDATA holding the settings the agent owns;

@@ -26,6 +26,9 @@ const (
 	// LeaseAnnotationInstances is spec.replicas. With one instance the primary
 	// neither renews the Lease nor fences itself.
 	LeaseAnnotationInstances = "database.example.com/instances"
+	// LeaseAnnotationSynchronous is spec.synchronousReplicas: the quorum of
+	// standbys the primary waits for at each commit.
+	LeaseAnnotationSynchronous = "database.example.com/synchronous-replicas"
 	// LeaseAnnotationChange is "failover" or "switchover" while the target changes.
 	LeaseAnnotationChange = "database.example.com/change"
 	// LeaseAnnotationFinalLSN is the position of the shutdown checkpoint of a
@@ -135,6 +138,8 @@ type leaseView struct {
 	Target string
 	// Instances is the number of instances (fencing and renewal only when > 1).
 	Instances int
+	// Synchronous is the number of standbys that confirm each commit (0: async).
+	Synchronous int
 	// Change is ChangeFailover or ChangeSwitchover while the target changes.
 	Change string
 	// FinalLSN is the released primary's final WAL position.
@@ -225,6 +230,7 @@ func (k *leaseKeeper) viewLocked() leaseView {
 	v.Known = true
 	v.Target = l.Annotations[LeaseAnnotationTarget]
 	v.Instances = annotationInt(l, LeaseAnnotationInstances, 1)
+	v.Synchronous = annotationInt(l, LeaseAnnotationSynchronous, 0)
 	v.Change = l.Annotations[LeaseAnnotationChange]
 	v.FinalLSN = l.Annotations[LeaseAnnotationFinalLSN]
 	v.Holder = holderOf(l)
@@ -325,7 +331,8 @@ func (k *leaseKeeper) tick(ctx context.Context, log func(msg string, args ...any
 	defer func() {
 		after := k.view()
 		if after.Target != before.Target || after.Held != before.Held || after.Holder != before.Holder ||
-			after.Instances != before.Instances || after.Known != before.Known || after.FinalLSN != before.FinalLSN {
+			after.Instances != before.Instances || after.Known != before.Known || after.FinalLSN != before.FinalLSN ||
+			after.Synchronous != before.Synchronous {
 			k.notify()
 		}
 	}()

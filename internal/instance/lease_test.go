@@ -106,3 +106,22 @@ func TestLeaseKeeperTakesTheLeaseOnlyAsTargetAfterTheDuration(t *testing.T) {
 		t.Errorf("a released Lease was not taken at once: %+v", v)
 	}
 }
+
+func TestSynchronousStandbyNames(t *testing.T) {
+	tests := []struct {
+		me   string
+		v    leaseView
+		want string
+	}{
+		{"db-0", leaseView{Instances: 3, Synchronous: 0}, ""},
+		{"db-0", leaseView{Instances: 3, Synchronous: 1}, `ANY 1 ("db-1", "db-2")`},
+		{"db-2", leaseView{Instances: 3, Synchronous: 2}, `ANY 2 ("db-0", "db-1")`},
+		{"db-0", leaseView{Instances: 1, Synchronous: 1}, ""},               // no standby: never block writes
+		{"db-1", leaseView{Instances: 2, Synchronous: 5}, `ANY 1 ("db-0")`}, // capped at the standbys there are
+	}
+	for _, tc := range tests {
+		if got := synchronousStandbyNames(tc.me, tc.v); got != tc.want {
+			t.Errorf("%s %+v: %q, want %q", tc.me, tc.v, got, tc.want)
+		}
+	}
+}

@@ -147,6 +147,14 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 			case asPrimary && v.Target != me:
 				a.log.Info("no longer the target primary: demoting", "target", v.Target)
 				return nil, a.demote(cmd, stop)
+			case asPrimary && synchronousStandbyNames(me, v) != a.syncNames:
+				if err := a.writeConfig(true); err != nil {
+					a.log.Error("rewriting the primary configuration", "error", err.Error())
+				} else if err := a.reload(ctx); err != nil {
+					a.log.Warn("reloading the configuration", "error", err.Error())
+				} else {
+					a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.syncNames)
+				}
 			case !asPrimary && v.Target == me:
 				a.lease.setWant(true)
 				if v.Held {

@@ -52,6 +52,9 @@ type haInput struct {
 	Replicas      int
 	FailoverDelay time.Duration
 	MaxLagBytes   int64
+	// Synchronous is spec.synchronousReplicas: each acknowledged commit is on at
+	// least that many of the Replicas-1 standbys.
+	Synchronous int
 	// FencingTimeout bounds how long Fencing waits for the standbys to report
 	// that they stopped streaming (they stop once the old primary released the
 	// Lease or was silent for the renew deadline); the ones that did not are then
@@ -289,6 +292,14 @@ func decideHA(in haInput) haDecision {
 		cands := candidates(in, c.From)
 		if len(cands) == 0 {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("No standby can be promoted: none of ordinal below %d reports running in recovery", in.Replicas))
+			return d
+		}
+		if need := in.Replicas - in.Synchronous; in.Synchronous > 0 && len(cands) < need {
+			// Every acknowledged commit is on Synchronous of the Replicas-1
+			// standbys: only Replicas-Synchronous of them, compared, are sure to
+			// include one that has them all.
+			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Synchronous replication (%d): %d standby(s) report, %d are needed to be sure the promoted one has every acknowledged commit",
+				in.Synchronous, len(cands), need))
 			return d
 		}
 		best := cands[0]

@@ -257,6 +257,32 @@ func TestDecideHA(t *testing.T) {
 			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
 		},
 		{
+			name: "synchronous replication: not promoted while too few standbys report to be sure of every acknowledged commit",
+			in: func() haInput {
+				in := stopped(haWorld())
+				delete(in.Pods, "db-0")
+				delete(in.Reports, "db-0")
+				delete(in.Reports, "db-2") // ANY 1 of 2: the commit may be only on db-2
+				in.Target, in.Synchronous = "", 1
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Minute))
+				return in
+			},
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantMessage: "2 are needed",
+		},
+		{
+			name: "synchronous replication: with enough standbys reporting, the most advanced is promoted",
+			in: func() haInput {
+				in := stopped(haWorld())
+				delete(in.Pods, "db-0")
+				delete(in.Reports, "db-0")
+				in.Target, in.Synchronous = "", 1
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Second))
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+		{
 			name: "unanswered standbys are ignored after the fencing timeout",
 			in: func() haInput {
 				in := stopped(haWorld())

@@ -193,7 +193,7 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 	log := logf.FromContext(ctx)
 	in := haInput{
 		Now: obs.Now, StatefulSet: statefulSetName(db), Replicas: int(replicas(db)), FailoverDelay: failoverDelay(db),
-		MaxLagBytes: maxLagBytes(db), FencingTimeout: renewDeadline(db) + 5*time.Second, Target: db.Status.TargetPrimary, CurrentPrimary: db.Status.CurrentPrimary, Change: db.Status.PrimaryChange,
+		Synchronous: int(db.Spec.SynchronousReplicas), MaxLagBytes: maxLagBytes(db), FencingTimeout: renewDeadline(db) + 5*time.Second, Target: db.Status.TargetPrimary, CurrentPrimary: db.Status.CurrentPrimary, Change: db.Status.PrimaryChange,
 		Lease: observeLease(obs.Lease), Pods: observePods(*obs), Reports: obs.Instances,
 	}
 	annotation := db.Annotations[databasev1.AnnotationSwitchoverTo]
@@ -288,7 +288,7 @@ func primaryChangeEvents(old, cur, finished *databasev1.PrimaryChange) []transit
 // concurrently: a conflict is retried on a fresh read).
 func (r *Reconciler) syncLease(ctx context.Context, db *databasev1.Database, obs *observation, target, change string) error {
 	want := map[string]string{instance.LeaseAnnotationTarget: target, instance.LeaseAnnotationInstances: strconv.Itoa(int(replicas(db))),
-		instance.LeaseAnnotationChange: change}
+		instance.LeaseAnnotationChange: change, instance.LeaseAnnotationSynchronous: strconv.Itoa(int(db.Spec.SynchronousReplicas))}
 	for attempt := 0; attempt < 3; attempt++ {
 		l := obs.Lease
 		same := true

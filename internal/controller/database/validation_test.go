@@ -35,6 +35,7 @@ func TestCreateValidation(t *testing.T) {
 			"failover.retryPeriodSeconds must be at most half of failover.renewDeadlineSeconds"},
 		{"lease duration below 5s", "size: 10Gi", "size: 10Gi\n  failover:\n    leaseDurationSeconds: 4\n    renewDeadlineSeconds: 2\n    retryPeriodSeconds: 1",
 			"spec.failover.leaseDurationSeconds in body should be greater than or equal to 5"},
+		{"synchronous replicas not below replicas", "replicas: 1", "replicas: 2\n  synchronousReplicas: 2", "synchronousReplicas must be below replicas"},
 		{"negative failover delay", "size: 10Gi", "size: 10Gi\n  failover:\n    failoverDelaySeconds: -1", "spec.failover.failoverDelaySeconds in body should be greater than or equal to 0"},
 	}
 	for i, tc := range tests {
