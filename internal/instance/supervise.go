@@ -297,7 +297,23 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 		"connect_timeout=5",
 	}, " ")
 	var err error
-	for attempt := 1; attempt <= 5; attempt++ {
+	for attempt := 1; attempt <= 5; {
+		if v := a.lease.view(); v.Target != target {
+			return fmt.Errorf("the target primary changed from %s to %q before the rewind", target, v.Target)
+		}
+		// Only a source that is primary on a later timeline, recorded by its
+		// post-promotion checkpoint: rewinding from a target that has not promoted
+		// yet finds "the same timeline", rewinds nothing, and leaves this
+		// instance ahead of the new primary's fork point.
+		if why := a.rewindSourceNotReady(ctx, conninfo); why != "" {
+			a.setState(StateRewinding, fmt.Sprintf("waiting for %s to be promoted before rewinding: %s", target, why))
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
+		}
 		a.setState(StateRewinding, fmt.Sprintf("rewinding the former primary onto the timeline of %s (attempt %d)", target, attempt))
 		a.log.Info("rewinding the former primary", "source", target, "attempt", attempt)
 		if err = a.writeConfig(true); err != nil {
@@ -320,11 +336,51 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 			return ctx.Err()
 		case <-time.After(time.Duration(attempt) * time.Second):
 		}
-		if v := a.lease.view(); v.Target != target {
-			return fmt.Errorf("the target primary changed from %s to %q during the rewind", target, v.Target)
-		}
+		attempt++
 	}
 	return fmt.Errorf("pg_rewind from %s: %w", target, err)
+}
+
+// rewindSourceNotReady explains why the rewind source is not yet a primary on a
+// later timeline than this data directory's ("" when it is).
+func (a *Agent) rewindSourceNotReady(ctx context.Context, conninfo string) string {
+	local, err := a.localTimeline(ctx)
+	if err != nil {
+		return err.Error()
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(cctx, conninfo)
+	if err != nil {
+		return "connecting: " + err.Error()
+	}
+	defer conn.Close(context.Background())
+	var inRecovery bool
+	var tl int64
+	if err := conn.QueryRow(cctx, "SELECT pg_is_in_recovery(), (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())").Scan(&inRecovery, &tl); err != nil {
+		return "querying: " + err.Error()
+	}
+	switch {
+	case inRecovery:
+		return "it is still in recovery"
+	case tl <= local:
+		return fmt.Sprintf("its checkpoint is on timeline %d, this data directory's on %d", tl, local)
+	}
+	return ""
+}
+
+// localTimeline is the timeline of this (stopped) data directory's last checkpoint.
+func (a *Agent) localTimeline(ctx context.Context) (int64, error) {
+	out, err := exec.CommandContext(ctx, a.bins.PgControldata, "-D", a.cfg.PGData).Output()
+	if err != nil {
+		return 0, fmt.Errorf("pg_controldata: %w", err)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Latest checkpoint's TimeLineID" {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("pg_controldata printed no checkpoint timeline")
 }
 
 // cleanStaleLocks removes postmaster.pid and the socket lock left behind by a
@@ -566,7 +622,9 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	// What pg_rewind needs of its source, and nothing more (PostgreSQL's
 	// documented grants for a non-superuser rewind).
 	for _, fn := range []string{"pg_ls_dir(text, boolean, boolean)", "pg_stat_file(text, boolean)",
-		"pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)"} {
+		"pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)",
+		// and the former primary's check that the source is promoted.
+		"pg_control_checkpoint()"} {
 		if _, err := conn.Exec(ctx, "GRANT EXECUTE ON FUNCTION pg_catalog."+fn+" TO "+postgres.QuoteIdentifier(ReplicationUser)); err != nil {
 			return fmt.Errorf("granting %s for pg_rewind: %w", fn, err)
 		}
