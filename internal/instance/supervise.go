@@ -257,16 +257,21 @@ func (a *Agent) demote(cmd *exec.Cmd, stop func() error) error {
 
 // checkpointLSN is the latest checkpoint location of a stopped data directory.
 func (a *Agent) checkpointLSN(ctx context.Context) (string, error) {
+	return a.controlData(ctx, "Latest checkpoint location")
+}
+
+// controlData returns one field of pg_controldata's output for PGDATA.
+func (a *Agent) controlData(ctx context.Context, field string) (string, error) {
 	out, err := exec.CommandContext(ctx, a.bins.PgControldata, "-D", a.cfg.PGData).Output()
 	if err != nil {
 		return "", fmt.Errorf("pg_controldata: %w", err)
 	}
 	for _, line := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Latest checkpoint location" {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == field {
 			return strings.TrimSpace(v), nil
 		}
 	}
-	return "", errors.New("pg_controldata printed no latest checkpoint location")
+	return "", fmt.Errorf("pg_controldata printed no %q", field)
 }
 
 // reload makes PostgreSQL re-read its configuration.
@@ -371,16 +376,11 @@ func (a *Agent) rewindSourceNotReady(ctx context.Context, conninfo string) strin
 
 // localTimeline is the timeline of this (stopped) data directory's last checkpoint.
 func (a *Agent) localTimeline(ctx context.Context) (int64, error) {
-	out, err := exec.CommandContext(ctx, a.bins.PgControldata, "-D", a.cfg.PGData).Output()
+	v, err := a.controlData(ctx, "Latest checkpoint's TimeLineID")
 	if err != nil {
-		return 0, fmt.Errorf("pg_controldata: %w", err)
+		return 0, err
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "Latest checkpoint's TimeLineID" {
-			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
-	}
-	return 0, errors.New("pg_controldata printed no checkpoint timeline")
+	return strconv.ParseInt(v, 10, 64)
 }
 
 // cleanStaleLocks removes postmaster.pid and the socket lock left behind by a
