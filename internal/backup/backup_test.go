@@ -352,3 +352,27 @@ func TestParseLocation(t *testing.T) {
 		}
 	}
 }
+
+func TestJobNamesAndLabelValuesFitForAnyObjectName(t *testing.T) {
+	long := strings.Repeat("a", 62)
+	longer := strings.Repeat("a", 61) + "b"
+	names := map[string]bool{}
+	for _, n := range []string{"short", long, longer, strings.Repeat("x", 253)} {
+		for _, suffix := range []string{"backup", "delete", "restore"} {
+			j := JobName(n, suffix)
+			if len(j) > 63 || !strings.HasSuffix(j, "-"+suffix) || names[j] {
+				t.Errorf("JobName(%d chars, %s) = %q (len %d, duplicate %v)", len(n), suffix, j, len(j), names[j])
+			}
+			names[j] = true
+		}
+		if v := LabelValue(n); len(v) > 63 || (len(n) <= 63 && v != n) {
+			t.Errorf("LabelValue(%d chars) = %q", len(n), v)
+		}
+	}
+	if JobName("short", "backup") != "short-backup" {
+		t.Errorf("short names are kept as they are: %q", JobName("short", "backup"))
+	}
+	if LabelValue(strings.Repeat("y", 80)) == LabelValue(strings.Repeat("y", 79)+"z") {
+		t.Error("two long names gave the same label value")
+	}
+}

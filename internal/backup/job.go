@@ -1,6 +1,8 @@
 package backup
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 
@@ -47,10 +49,25 @@ const (
 // JobName returns a Job name for an object name and a suffix, within 63 characters.
 func JobName(name, suffix string) string {
 	n := name + "-" + suffix
-	if len(n) > 63 {
-		n = strings.TrimRight(n[:63], "-.")
+	if len(n) <= 63 {
+		return n
 	}
-	return n
+	// Truncated names of two long objects (or the backup and delete Jobs of one)
+	// must not meet: keep a hash of the whole name and the suffix.
+	sum := sha256.Sum256([]byte(name))
+	keep := 63 - len(suffix) - 1 - 9
+	return strings.TrimRight(name[:keep], "-.") + "-" + hex.EncodeToString(sum[:])[:8] + "-" + suffix
+}
+
+// LabelValue is s when it is a valid label value length, else a truncation with a
+// hash of the whole (label values are at most 63 characters; object names may be
+// 253).
+func LabelValue(s string) string {
+	if len(s) <= 63 {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	return strings.TrimRight(s[:54], "-._") + "-" + hex.EncodeToString(sum[:])[:8]
 }
 
 // BuildJob returns the Job. Secrets are mounted as files; nothing secret is in its

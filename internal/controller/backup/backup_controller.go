@@ -103,6 +103,10 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
+	if err == nil && !metav1.IsControlledBy(job, b) {
+		// A Job of an earlier Backup of the same name: its result is not ours.
+		return r.removeForeignJob(ctx, b, job)
+	}
 	if apierrors.IsNotFound(err) {
 		// Not started yet: everything it needs must be there.
 		db := &databasev1.Database{}
@@ -127,7 +131,7 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
 			Database: db, Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": b.Name},
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return ctrl.Result{}, fmt.Errorf("creating backup job: %w", err)
@@ -219,12 +223,25 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 		return ctrl.Result{}, client.IgnoreNotFound(r.patchFinalizer(ctx, b, controllerutil.RemoveFinalizer))
 	}
 	if b.Status.Phase != databasev1.BackupCompleted && b.Status.Phase != databasev1.BackupFailed {
-		// A run in progress: its Job goes with the Backup; its upload is aborted or
-		// its partial file removed by the engine when the pod is killed.
-		if b.Status.Phase == databasev1.BackupInProgress {
-			return ctrl.Result{RequeueAfter: waitRequeue}, r.deleteJob(ctx, b.Namespace, b.Status.JobName)
+		// A run in progress: its Job is stopped (the engine aborts the upload or
+		// removes its partial file when the pod is killed) and the Backup is
+		// released once the Job is gone.
+		name := b.Status.JobName
+		if name == "" {
+			name = enginepkg.JobName(b.Name, "backup")
 		}
-		return release()
+		job := &batchv1.Job{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: name}, job)
+		switch {
+		case apierrors.IsNotFound(err) || (err == nil && !metav1.IsControlledBy(job, b)):
+			return release()
+		case err != nil:
+			return ctrl.Result{}, err
+		}
+		if err := r.deleteJob(ctx, b.Namespace, name); err != nil {
+			return ctrl.Result{}, err
+		}
+		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
 	target, _, ok, err := resolveTarget(b, r.Defaults)
 	if err != nil || !ok {
@@ -233,16 +250,28 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 	jobName := enginepkg.JobName(b.Name, "delete")
 	job := &batchv1.Job{}
 	err = r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
+	if err == nil && !metav1.IsControlledBy(job, b) {
+		return r.removeForeignJob(ctx, b, job)
+	}
 	if apierrors.IsNotFound(err) {
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
 			Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": b.Name},
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		// The operator image has no shell and no PostgreSQL: run the binary directly.
 		job.Spec.Template.Spec.Containers[0].Command[0] = "/manager"
 		job.Spec.Template.Spec.InitContainers = nil
-		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+		err := r.Create(ctx, job, client.FieldOwner(FieldOwner))
+		if apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) {
+			// The namespace is being deleted: no Job can run in it any more. Release
+			// the Backup (a deleted namespace must never hang) and say what is left.
+			r.event(b, corev1.EventTypeWarning, "ArtifactNotDeleted",
+				fmt.Sprintf("The namespace is being deleted, so no Job can delete the artifact: %s is left in place", b.Status.BackupLocation))
+			logf.FromContext(ctx).Info("artifact left in place: namespace terminating", "location", b.Status.BackupLocation)
+			return release()
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return ctrl.Result{}, fmt.Errorf("creating artifact deletion job: %w", err)
 		}
 		return ctrl.Result{}, nil
@@ -272,6 +301,25 @@ func (r *BackupReconciler) patchFinalizer(ctx context.Context, b *databasev1.Bac
 	return r.Patch(ctx, b, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 }
 
+// removeForeignJob deletes a Job that has this Backup's Job name but belongs to
+// another (earlier) object, and waits for it to go: a re-created Backup never
+// takes over a finished Job it did not create.
+func (r *BackupReconciler) removeForeignJob(ctx context.Context, b *databasev1.Backup, job *batchv1.Job) (ctrl.Result, error) {
+	if job.DeletionTimestamp == nil {
+		if err := r.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground), client.Preconditions{UID: &job.UID}); err != nil && !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("removing job %s of an earlier object: %w", job.Name, err)
+		}
+		logf.FromContext(ctx).Info("removed a job of an earlier object with the same name", "job", job.Name)
+	}
+	return ctrl.Result{RequeueAfter: time.Second}, nil
+}
+
+func (r *BackupReconciler) event(b *databasev1.Backup, typ, reason, msg string) {
+	if r.Recorder != nil {
+		r.Recorder.Eventf(b, nil, typ, reason, "Delete", "%s", msg)
+	}
+}
+
 func (r *BackupReconciler) deleteJob(ctx context.Context, ns, name string) error {
 	if name == "" {
 		return nil
@@ -291,7 +339,7 @@ func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.
 		return r.failed(b, databasev1.ReasonInvalidSchedule, fmt.Sprintf("Invalid schedule %q: %v", b.Spec.Schedule, err))
 	}
 	var runs databasev1.BackupList
-	if err := r.List(ctx, &runs, client.InNamespace(b.Namespace), client.MatchingLabels{LabelSchedule: b.Name}); err != nil {
+	if err := r.List(ctx, &runs, client.InNamespace(b.Namespace), client.MatchingLabels{LabelSchedule: enginepkg.LabelValue(b.Name)}); err != nil {
 		return ctrl.Result{}, err
 	}
 	now := r.Clock.Now()
@@ -343,7 +391,7 @@ func (r *BackupReconciler) createRun(ctx context.Context, b *databasev1.Backup, 
 	run := &databasev1.Backup{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: b.Namespace,
-			Labels:          map[string]string{LabelSchedule: b.Name, LabelManagedBy: ManagedBy},
+			Labels:          map[string]string{LabelSchedule: enginepkg.LabelValue(b.Name), LabelManagedBy: ManagedBy},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(b, "Backup")},
 		},
 		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3},

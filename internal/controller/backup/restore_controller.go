@@ -63,6 +63,15 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
+	if err == nil && !metav1.IsControlledBy(job, rs) {
+		// A Job of an earlier Restore of the same name: it never completes this one.
+		if job.DeletionTimestamp == nil {
+			if err := r.Delete(ctx, job, client.PropagationPolicy(metav1.DeletePropagationBackground), client.Preconditions{UID: &job.UID}); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("removing job %s of an earlier Restore: %w", job.Name, err)
+			}
+		}
+		return r.pending(rs, databasev1.ReasonJobRunning, fmt.Sprintf("Removing Job %s, left by an earlier Restore of the same name", job.Name))
+	}
 	if apierrors.IsNotFound(err) {
 		db := &databasev1.Database{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.DatabaseRef.Name}, db); err != nil {
@@ -94,7 +103,7 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 			Database: db, Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": rs.Name},
+			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
 		})
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
@@ -144,7 +153,7 @@ func (r *RestoreReconciler) completedBackup(ctx context.Context, rs *databasev1.
 		return b, "", nil
 	}
 	var runs databasev1.BackupList
-	if err := r.List(ctx, &runs, client.InNamespace(rs.Namespace), client.MatchingLabels{LabelSchedule: b.Name}); err != nil {
+	if err := r.List(ctx, &runs, client.InNamespace(rs.Namespace), client.MatchingLabels{LabelSchedule: enginepkg.LabelValue(b.Name)}); err != nil {
 		return nil, "", err
 	}
 	completed := byPhase(runs.Items, databasev1.BackupCompleted)
@@ -212,8 +221,12 @@ func (r *RestoreReconciler) restoresOf(field string) handler.MapFunc {
 // restoresOfBackup maps a Backup (or a run of a schedule) to the Restores naming it.
 func (r *RestoreReconciler) restoresOfBackup(ctx context.Context, o client.Object) []ctrl.Request {
 	out := r.find(ctx, o.GetNamespace(), backupRefField, o.GetName())
-	if parent := o.GetLabels()[LabelSchedule]; parent != "" {
-		out = append(out, r.find(ctx, o.GetNamespace(), backupRefField, parent)...)
+	if o.GetLabels()[LabelSchedule] != "" {
+		// The label may be a hashed form of a long schedule name: the parent is
+		// the run's controller.
+		if ref := metav1.GetControllerOf(o); ref != nil && ref.Kind == "Backup" {
+			out = append(out, r.find(ctx, o.GetNamespace(), backupRefField, ref.Name)...)
+		}
 	}
 	return out
 }
