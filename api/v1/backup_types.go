@@ -30,6 +30,18 @@ type BackupSpec struct {
 	// +optional
 	Retention *int32 `json:"retention,omitempty"`
 
+	// TimeZone is the IANA time zone the schedule is evaluated in, e.g.
+	// "Europe/Paris"; UTC when empty. An unknown zone fails the Backup with
+	// reason InvalidSchedule.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	TimeZone string `json:"timeZone,omitempty"`
+
+	// Suspend stops a scheduled Backup from creating runs (existing runs and
+	// retention are unaffected).
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
 	// StorageLocation is where artifacts go: s3://bucket[/prefix] on an
 	// S3-compatible store (see s3), or pvc://claim[/path], a PersistentVolumeClaim
 	// in the Backup's namespace. Empty: the operator's default location
@@ -137,6 +149,14 @@ const (
 	ReasonScheduled         = "Scheduled"
 	ReasonBackupNotFound    = "BackupNotFound"
 	ReasonBackupNotComplete = "BackupNotCompleted"
+	// ReasonRestoreInProgress: a Backup waits while a Restore of its Database
+	// runs; ReasonBackupInProgress: a Restore waits while a Backup of its
+	// Database runs (a backup overlapping a restore could dump a half-restored
+	// database).
+	ReasonRestoreInProgress = "RestoreInProgress"
+	ReasonBackupInProgress  = "BackupInProgress"
+	// ReasonSuspended: a scheduled Backup with spec.suspend creates no runs.
+	ReasonSuspended = "Suspended"
 )
 
 // +kubebuilder:object:root=true
@@ -203,6 +223,12 @@ type RestoreStatus struct {
 	// JobName is the Job that runs (or ran) the restore.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// BackupName is the Backup restored: spec.backupRef, or for a scheduled
+	// Backup the run that was its newest completed one when this Restore first
+	// found one (it does not move to a later run; retention keeps it while this
+	// Restore has not finished).
+	// +optional
+	BackupName string `json:"backupName,omitempty"`
 	// ObservedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`

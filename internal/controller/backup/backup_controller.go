@@ -119,6 +119,12 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		if ok, why := primaryAvailable(db); !ok {
 			return r.pending(b, databasev1.ReasonDatabaseNotReady, why)
 		}
+		if rs, err := restoreRunning(ctx, r, b.Namespace, db.Name); err != nil || rs != "" {
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			return r.pending(b, databasev1.ReasonRestoreInProgress, fmt.Sprintf("Waiting for Restore %s of Database %s to finish", rs, db.Name))
+		}
 		if wait, err := r.ensureStorage(ctx, b.Namespace, target, isDefault); err != nil || wait != "" {
 			if err != nil {
 				return ctrl.Result{}, err
@@ -243,8 +249,14 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 		}
 		return ctrl.Result{RequeueAfter: time.Second}, nil
 	}
-	target, _, ok, err := resolveTarget(b, r.Defaults)
-	if err != nil || !ok {
+	if b.Status.BackupLocation == "" {
+		return release() // nothing was written
+	}
+	// The artifact is deleted where status says it was written, never at a
+	// location recomputed from the spec and the current defaults.
+	target, key, err := restoreTarget(b, r.Defaults)
+	if err != nil {
+		r.event(b, corev1.EventTypeWarning, "ArtifactNotDeleted", fmt.Sprintf("Cannot delete %s: %v", b.Status.BackupLocation, err))
 		return release()
 	}
 	jobName := enginepkg.JobName(b.Name, "delete")
@@ -256,7 +268,7 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 	if apierrors.IsNotFound(err) {
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
-			Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
+			Target: target, Key: key, Owner: ownerRef(b, "Backup"),
 			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		// The operator image has no shell and no PostgreSQL: run the binary directly.
@@ -338,16 +350,37 @@ func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.
 	if err != nil {
 		return r.failed(b, databasev1.ReasonInvalidSchedule, fmt.Sprintf("Invalid schedule %q: %v", b.Spec.Schedule, err))
 	}
+	// UTC unless spec.timeZone names another zone: never the operator's local time.
+	loc := time.UTC
+	if b.Spec.TimeZone != "" {
+		if loc, err = time.LoadLocation(b.Spec.TimeZone); err != nil {
+			return r.failed(b, databasev1.ReasonInvalidSchedule, fmt.Sprintf("Unknown spec.timeZone %q: use an IANA zone such as Europe/Paris", b.Spec.TimeZone))
+		}
+	}
 	var runs databasev1.BackupList
 	if err := r.List(ctx, &runs, client.InNamespace(b.Namespace), client.MatchingLabels{LabelSchedule: enginepkg.LabelValue(b.Name)}); err != nil {
 		return ctrl.Result{}, err
 	}
-	now := r.Clock.Now()
-	last := b.CreationTimestamp.Time
+	now := r.Clock.Now().In(loc)
+	last := b.CreationTimestamp.Time.In(loc)
 	if b.Status.LastScheduledTime != nil {
-		last = b.Status.LastScheduledTime.Time
+		last = b.Status.LastScheduledTime.Time.In(loc)
 	}
 	due := latestSlot(sched, last, now)
+	if b.Spec.Suspend {
+		// No runs while suspended, and none to catch up on when resumed.
+		if !due.IsZero() {
+			t := metav1.NewTime(due)
+			b.Status.LastScheduledTime = &t
+		}
+		if err := r.applyRetention(ctx, b, runs.Items); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.summarise(b, runs.Items)
+		setCondition(&b.Status.Conditions, b.Generation, databasev1.ConditionReady, metav1.ConditionTrue, databasev1.ReasonSuspended,
+			"The schedule is suspended (spec.suspend): no runs are created")
+		return ctrl.Result{RequeueAfter: sched.Next(now).Sub(now) + time.Second}, nil
+	}
 	active := false
 	for _, run := range runs.Items {
 		if run.Status.Phase == "" || run.Status.Phase == databasev1.BackupPending || run.Status.Phase == databasev1.BackupInProgress {
@@ -418,8 +451,12 @@ func (r *BackupReconciler) applyRetention(ctx context.Context, b *databasev1.Bac
 	if len(failed) > 3 {
 		drop = append(drop, failed[3:]...)
 	}
+	inUse, err := r.runsInUse(ctx, b.Namespace)
+	if err != nil {
+		return err
+	}
 	for i := range drop {
-		if drop[i].DeletionTimestamp != nil {
+		if drop[i].DeletionTimestamp != nil || inUse[drop[i].Name] {
 			continue
 		}
 		if err := r.Delete(ctx, &drop[i]); client.IgnoreNotFound(err) != nil {
@@ -428,6 +465,37 @@ func (r *BackupReconciler) applyRetention(ctx context.Context, b *databasev1.Bac
 		logf.FromContext(ctx).Info("expired backup run deleted", "run", drop[i].Name)
 	}
 	return nil
+}
+
+// runsInUse are the Backups that unfinished Restores of the namespace restore
+// from: retention never deletes those.
+func (r *BackupReconciler) runsInUse(ctx context.Context, ns string) (map[string]bool, error) {
+	var restores databasev1.RestoreList
+	if err := r.List(ctx, &restores, client.InNamespace(ns)); err != nil {
+		return nil, fmt.Errorf("listing restores: %w", err)
+	}
+	out := map[string]bool{}
+	for _, rs := range restores.Items {
+		if rs.Status.Phase != databasev1.RestoreCompleted && rs.Status.Phase != databasev1.RestoreFailed && rs.Status.BackupName != "" {
+			out[rs.Status.BackupName] = true
+		}
+	}
+	return out, nil
+}
+
+// restoreRunning names an unfinished Restore of database in ns that has a Job
+// ("" when none).
+func restoreRunning(ctx context.Context, c client.Reader, ns, database string) (string, error) {
+	var restores databasev1.RestoreList
+	if err := c.List(ctx, &restores, client.InNamespace(ns)); err != nil {
+		return "", fmt.Errorf("listing restores: %w", err)
+	}
+	for _, rs := range restores.Items {
+		if rs.Spec.DatabaseRef.Name == database && rs.Status.Phase == databasev1.RestoreInProgress {
+			return rs.Name, nil
+		}
+	}
+	return "", nil
 }
 
 // byPhase returns the runs in a phase, newest first: run names end with the unix

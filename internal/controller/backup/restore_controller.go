@@ -94,6 +94,13 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 			}
 			return r.pending(rs, reason, msg)
 		}
+		rs.Status.BackupName = b.Name
+		if running, err := backupRunning(ctx, r, rs.Namespace, db.Name); err != nil || running != "" {
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			return r.pending(rs, databasev1.ReasonBackupInProgress, fmt.Sprintf("Waiting for Backup %s of Database %s to finish", running, db.Name))
+		}
 		target, key, err := restoreTarget(b, r.Defaults)
 		if err != nil {
 			rs.Status.Phase = databasev1.RestoreFailed
@@ -132,6 +139,20 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 	return ctrl.Result{}, nil
 }
 
+// backupRunning names a Backup of database in ns whose Job runs ("" when none).
+func backupRunning(ctx context.Context, c client.Reader, ns, database string) (string, error) {
+	var backups databasev1.BackupList
+	if err := c.List(ctx, &backups, client.InNamespace(ns)); err != nil {
+		return "", fmt.Errorf("listing backups: %w", err)
+	}
+	for _, b := range backups.Items {
+		if b.Spec.DatabaseRef.Name == database && b.Spec.Schedule == "" && b.Status.Phase == databasev1.BackupInProgress {
+			return b.Name, nil
+		}
+	}
+	return "", nil
+}
+
 func jobCompletion(job *batchv1.Job) *metav1.Time {
 	return job.Status.CompletionTime
 }
@@ -151,6 +172,17 @@ func (r *RestoreReconciler) completedBackup(ctx context.Context, rs *databasev1.
 			return nil, fmt.Sprintf("Waiting for Backup %s to complete (phase %q)", b.Name, b.Status.Phase), nil
 		}
 		return b, "", nil
+	}
+	if rs.Status.BackupName != "" {
+		// Resolved once: a later run never replaces the one chosen first.
+		run := &databasev1.Backup{}
+		if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Status.BackupName}, run); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, fmt.Sprintf("Backup run %s, chosen for this Restore, no longer exists", rs.Status.BackupName), nil
+			}
+			return nil, "", err
+		}
+		return run, "", nil
 	}
 	var runs databasev1.BackupList
 	if err := r.List(ctx, &runs, client.InNamespace(rs.Namespace), client.MatchingLabels{LabelSchedule: enginepkg.LabelValue(b.Name)}); err != nil {

@@ -102,7 +102,9 @@ func TestRestoreOfAScheduleUsesItsNewestCompletedRun(t *testing.T) {
 	ns := newNamespace(t)
 	readyDatabase(t, ns, "test-db", true)
 	createPVC(t, ns, "mybackups")
-	mustApply(t, ns, strings.Replace(scheduled, "name: nightly", "name: test-backup", 1))
+	// Suspended: the schedule's own runs (the shared fake clock has moved) must
+	// not run now, or the Restore would rightly wait for them.
+	mustApply(t, ns, strings.Replace(strings.Replace(scheduled, "name: nightly", "name: test-backup", 1), "retention: 2", "retention: 2\n  suspend: true", 1))
 	// Two runs complete; the restore must use the newer.
 	for _, name := range []string{"test-backup-1000", "test-backup-2000"} {
 		run := &databasev1.Backup{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{LabelSchedule: "test-backup"}},
