@@ -164,7 +164,9 @@ func TestLatestSlotInATimeZone(t *testing.T) {
 	var _ cron.Schedule = sched
 }
 
-func objKey(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func objKey(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 func waitRunsOf(t *testing.T, ns, parent string, want int) []databasev1.Backup {
 	t.Helper()
