@@ -130,13 +130,7 @@ func TestDeletingACompletedBackupDeletesItsArtifactFirst(t *testing.T) {
 		t.Fatal("not being deleted")
 	}
 	finishJob(t, del, true, "")
-	testenv.Eventually(t, "backup gone", func() string {
-		err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "test-backup"}, &databasev1.Backup{})
-		if err == nil {
-			return "still there"
-		}
-		return ""
-	})
+	waitGone(t, ns, "test-backup")
 }
 
 const scheduled = `

@@ -14,21 +14,6 @@ import (
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
-func waitRestorePhase(t *testing.T, ns string, phase databasev1.RestorePhase, reason string) {
-	t.Helper()
-	testenv.Eventually(t, "restore "+string(phase)+" "+reason, func() string {
-		rs := &databasev1.Restore{}
-		if err := k8s.Get(testCtx, objKey(ns, "test-restore"), rs); err != nil {
-			return err.Error()
-		}
-		c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionReady)
-		if rs.Status.Phase != phase || (reason != "" && (c == nil || c.Reason != reason)) {
-			return "phase " + string(rs.Status.Phase)
-		}
-		return ""
-	})
-}
-
 // A Backup and a Restore of the same Database never run at once: a backup that
 // overlaps a restore could dump a half-restored database.
 func TestBackupsAndRestoresOfOneDatabaseAreMutuallyExclusive(t *testing.T) {
@@ -42,11 +27,11 @@ func TestBackupsAndRestoresOfOneDatabaseAreMutuallyExclusive(t *testing.T) {
 	// A restore runs: a new Backup of the same Database waits for it.
 	mustApply(t, ns, testRestore)
 	restoreJob := getJob(t, ns, "test-restore-restore")
-	waitRestorePhase(t, ns, databasev1.RestoreInProgress, "")
+	waitRestore(t, ns, databasev1.RestoreInProgress, "")
 	mustApply(t, ns, strings.Replace(oneShot, "name: test-backup", "name: during-restore", 1))
 	waitBackup(t, ns, "during-restore", databasev1.BackupPending, databasev1.ReasonRestoreInProgress)
 	finishJob(t, restoreJob, true, "")
-	waitRestorePhase(t, ns, databasev1.RestoreCompleted, "")
+	waitRestore(t, ns, databasev1.RestoreCompleted, "")
 	backupJob := getJob(t, ns, "during-restore-backup")
 
 	// That backup runs: a new Restore waits for it.
@@ -90,7 +75,7 @@ func TestARestoreKeepsTheScheduledRunItChoseAndRetentionSparesIt(t *testing.T) {
 	}
 	waitBackup(t, ns, second.Name, databasev1.BackupInProgress, "")
 	mustApply(t, ns, testRestore)
-	waitRestorePhase(t, ns, databasev1.RestorePending, databasev1.ReasonBackupInProgress)
+	waitRestore(t, ns, databasev1.RestorePending, databasev1.ReasonBackupInProgress)
 	rs := &databasev1.Restore{}
 	if err := k8s.Get(testCtx, objKey(ns, "test-restore"), rs); err != nil || rs.Status.BackupName != first.Name {
 		t.Fatalf("status.backupName %q, want %s (%v)", rs.Status.BackupName, first.Name, err)
@@ -113,7 +98,7 @@ func TestARestoreKeepsTheScheduledRunItChoseAndRetentionSparesIt(t *testing.T) {
 	}
 	// Once the Restore finished, retention applies again.
 	finishJob(t, restoreJob, true, "")
-	waitRestorePhase(t, ns, databasev1.RestoreCompleted, "")
+	waitRestore(t, ns, databasev1.RestoreCompleted, "")
 	poke(t, ns, "test-backup")
 	if got := waitRunsOf(t, ns, "test-backup", 1); got[0].Name != second.Name {
 		t.Errorf("retention kept %s, want the newest %s", got[0].Name, second.Name)

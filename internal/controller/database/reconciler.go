@@ -363,9 +363,16 @@ func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Databa
 		}
 	}
 	n := replicas(db)
-	if o := int32(instance.Ordinal(db.Status.TargetPrimary)); o >= n {
-		// Never remove the primary's ordinal: a switchover to a lower one first.
-		n = o + 1
+	// Never remove the primary's ordinal: a switchover to a lower one first, and
+	// the old primary's pod stays until that switchover completed.
+	keep := []string{db.Status.TargetPrimary, db.Status.CurrentPrimary}
+	if c := db.Status.PrimaryChange; c != nil {
+		keep = append(keep, c.From, c.To)
+	}
+	for _, p := range keep {
+		if o := int32(instance.Ordinal(p)); o >= n {
+			n = o + 1
+		}
 	}
 	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n})
 	var live client.Object
