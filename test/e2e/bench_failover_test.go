@@ -80,7 +80,7 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 				}
 				return ""
 			})
-			_, gap := w.peekGap()
+			gap := w.peekGap()
 			results[kind].gaps = append(results[kind].gaps, gap)
 			t.Logf("%s: trial %d %-20s primary %s → %s: longest write gap %s (event to new primary %s)", mode, i+1, kind, primary, c.primary("ha"),
 				gap.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))

@@ -175,11 +175,11 @@ func runs(t *testing.T, ns, parent string) []databasev1.Backup {
 	return out
 }
 
-func waitRuns(t *testing.T, ns string, want int) []databasev1.Backup {
+func waitRuns(t *testing.T, ns, parent string, want int) []databasev1.Backup {
 	t.Helper()
 	var got []databasev1.Backup
 	testenv.Eventually(t, fmt.Sprintf("%d runs", want), func() string {
-		got = runs(t, ns, "nightly")
+		got = runs(t, ns, parent)
 		if len(got) != want {
 			names := []string{}
 			for _, r := range got {
@@ -224,7 +224,7 @@ func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *test
 	// The first slot passes: exactly one run, named after the slot.
 	fake.Step(10 * time.Minute)
 	poke(t, ns, "nightly")
-	first := waitRuns(t, ns, 1)[0]
+	first := waitRuns(t, ns, "nightly", 1)[0]
 	testenv.Eventually(t, "lastScheduledTime of the run", func() string {
 		b = getBackup(t, ns, "nightly")
 		if b.Status.LastScheduledTime == nil || first.Name != fmt.Sprintf("nightly-%d", b.Status.LastScheduledTime.Unix()) {
@@ -249,7 +249,7 @@ func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *test
 	// Ten hours of downtime: one run, not sixty.
 	fake.Step(10 * time.Hour)
 	poke(t, ns, "nightly")
-	second := waitRuns(t, ns, 2)
+	second := waitRuns(t, ns, "nightly", 2)
 	time.Sleep(300 * time.Millisecond)
 	if n := len(runs(t, ns, "nightly")); n != 2 {
 		t.Fatalf("%d runs after downtime", n)
@@ -261,12 +261,12 @@ func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *test
 	// A third completed run: retention 2 deletes the oldest.
 	fake.Step(10 * time.Minute)
 	poke(t, ns, "nightly")
-	waitRuns(t, ns, 3)
+	waitRuns(t, ns, "nightly", 3)
 	for _, r := range runs(t, ns, "nightly") {
 		complete(t, r)
 	}
 	poke(t, ns, "nightly")
-	kept := waitRuns(t, ns, 2)
+	kept := waitRuns(t, ns, "nightly", 2)
 	for _, r := range kept {
 		if r.Name == first.Name {
 			t.Errorf("retention kept the oldest run %s", r.Name)

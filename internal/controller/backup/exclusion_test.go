@@ -61,14 +61,14 @@ func TestARestoreKeepsTheScheduledRunItChoseAndRetentionSparesIt(t *testing.T) {
 	mustApply(t, ns, strings.Replace(strings.Replace(scheduled, "name: nightly", "name: test-backup", 1), "retention: 2", "retention: 1", 1))
 	fake.Step(10 * time.Minute)
 	poke(t, ns, "test-backup")
-	first := waitRunsOf(t, ns, "test-backup", 1)[0]
+	first := waitRuns(t, ns, "test-backup", 1)[0]
 	complete(t, first)
 	// A second run is in progress when the Restore is created: the Restore
 	// chooses the first (the newest completed) and waits for the backup.
 	fake.Step(10 * time.Minute)
 	poke(t, ns, "test-backup")
 	var second databasev1.Backup
-	for _, r := range waitRunsOf(t, ns, "test-backup", 2) {
+	for _, r := range waitRuns(t, ns, "test-backup", 2) {
 		if r.Name != first.Name {
 			second = r
 		}
@@ -100,7 +100,7 @@ func TestARestoreKeepsTheScheduledRunItChoseAndRetentionSparesIt(t *testing.T) {
 	finishJob(t, restoreJob, true, "")
 	waitRestore(t, ns, databasev1.RestoreCompleted, "")
 	poke(t, ns, "test-backup")
-	if got := waitRunsOf(t, ns, "test-backup", 1); got[0].Name != second.Name {
+	if got := waitRuns(t, ns, "test-backup", 1); got[0].Name != second.Name {
 		t.Errorf("retention kept %s, want the newest %s", got[0].Name, second.Name)
 	}
 }
@@ -151,16 +151,4 @@ func TestLatestSlotInATimeZone(t *testing.T) {
 
 func objKey(ns, name string) types.NamespacedName {
 	return types.NamespacedName{Namespace: ns, Name: name}
-}
-
-func waitRunsOf(t *testing.T, ns, parent string, want int) []databasev1.Backup {
-	t.Helper()
-	var got []databasev1.Backup
-	testenv.Eventually(t, "runs", func() string {
-		if got = runs(t, ns, parent); len(got) != want {
-			return "wrong number of runs"
-		}
-		return ""
-	})
-	return got
 }
