@@ -9,6 +9,7 @@ import (
 // schedule, one per schedule slot.
 // +kubebuilder:validation:XValidation:rule="has(self.schedule) || self == oldSelf",message="the spec of a one-shot Backup (without schedule) is immutable; create a new Backup instead"
 // +kubebuilder:validation:XValidation:rule="!has(self.s3) || !has(self.storageLocation) || self.storageLocation.startsWith('s3://')",message="s3 settings apply only to an s3:// storageLocation"
+// +kubebuilder:validation:XValidation:rule="self.databaseRef.name != ''",message="databaseRef.name must name a Database"
 type BackupSpec struct {
 	// DatabaseRef names the Database (in the Backup's namespace) to back up.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
@@ -19,7 +20,12 @@ type BackupSpec struct {
 	// the slot>, owned by this one; a missed slot runs once when the operator comes
 	// back (no catch-up storm), and a slot is skipped while a child still runs.
 	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:XValidation:rule="self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+)$')",message="schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly or @yearly"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') ? self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$') : size(self.split(' ').filter(f, f != '')) == 5",message="schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly or @yearly"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[0].matches('^([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?(,([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?)*$')",message="the minute field of schedule must be 0-59: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[1].matches('^([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?(,([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?)*$')",message="the hour field of schedule must be 0-23: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[2].matches('^([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?)(,([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?))*$')",message="the day-of-month field of schedule must be 1-31: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[3].matches('^([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?(,([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?)*$')",message="the month field of schedule must be 1-12 or jan-dec: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[4].matches('^([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?)(,([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?))*$')",message="the day-of-week field of schedule must be 0-7 or sun-sat: *, a value or a range a-b, optionally with /step, comma-separated"
 	// +optional
 	Schedule string `json:"schedule,omitempty"`
 
@@ -157,6 +163,9 @@ const (
 	ReasonBackupInProgress  = "BackupInProgress"
 	// ReasonSuspended: a scheduled Backup with spec.suspend creates no runs.
 	ReasonSuspended = "Suspended"
+	// ReasonArtifactOfOtherDatabase: the artifact's manifest names another
+	// Database (UID) and spec.allowOtherDatabase is not set.
+	ReasonArtifactOfOtherDatabase = "ArtifactOfOtherDatabase"
 )
 
 // +kubebuilder:object:root=true
@@ -188,14 +197,61 @@ type BackupList struct {
 	Items           []Backup `json:"items"`
 }
 
-// RestoreSpec defines a restore of a Backup into a Database. It is immutable.
+// RestoreSpec defines a restore of a Backup (or of an artifact at a bare
+// location) into a Database. It is immutable.
+//
+// The restore is exact and atomic: the artifact is restored into a new database
+// on the primary, as the superuser (owners, GRANTs and extensions as they were),
+// then swapped in by renames while connections to the application database are
+// refused and its sessions terminated; the previous content is kept as a
+// pre-restore copy (status.previousDatabase) for keepPreviousFor.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="the spec of a Restore is immutable; create a new Restore instead"
+// +kubebuilder:validation:XValidation:rule="self.databaseRef.name != ''",message="databaseRef.name must name a Database"
+// +kubebuilder:validation:XValidation:rule="(has(self.backupRef) && self.backupRef.name != '') != has(self.source)",message="set exactly one of backupRef (a Backup) and source (a bare artifact location)"
 type RestoreSpec struct {
 	// DatabaseRef names the Database (in the Restore's namespace) to restore into.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
 	// BackupRef names the Backup to restore. For a scheduled Backup, its newest
-	// completed run is used.
-	BackupRef corev1.LocalObjectReference `json:"backupRef"`
+	// completed run when the Restore first finds one is used (status.backupName).
+	// +optional
+	BackupRef corev1.LocalObjectReference `json:"backupRef,omitempty"`
+	// Source is an artifact at a bare location, for disaster recovery when the
+	// Backup objects are gone (another cluster's backups, a lost namespace).
+	// +optional
+	Source *RestoreSource `json:"source,omitempty"`
+	// AllowOtherDatabase permits restoring an artifact that a different Database
+	// (another UID: another namespace or cluster, or a deleted and re-created
+	// Database) wrote. Without it such a restore fails with reason
+	// ArtifactOfOtherDatabase, so a shared bucket never restores the wrong data.
+	// +optional
+	AllowOtherDatabase bool `json:"allowOtherDatabase,omitempty"`
+	// KeepPreviousFor is how long the pre-restore copy of the database is kept
+	// (it accepts no connections; see the README for undoing a restore with it).
+	// "0s" drops it as soon as the restore is swapped in.
+	// +kubebuilder:default="24h"
+	// +optional
+	KeepPreviousFor *metav1.Duration `json:"keepPreviousFor,omitempty"`
+	// ParallelJobs is pg_restore's --jobs. With more than one the artifact is
+	// spooled, uncompressed, on the primary's data volume during the restore
+	// (when it has room; else it is streamed with one job).
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=16
+	// +optional
+	ParallelJobs *int32 `json:"parallelJobs,omitempty"`
+}
+
+// RestoreSource is an artifact at a storage location, without a Backup object.
+type RestoreSource struct {
+	// Location is the artifact's URL as a Backup's status.backupLocation shows it:
+	// s3://bucket/key or pvc://claim/key. Its manifest (<key>.manifest.json) must
+	// be next to it.
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[^ ]+$') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/[^ ]+$')",message="source.location must be s3://bucket/key or pvc://claim/key"
+	Location string `json:"location"`
+	// S3 configures access to an s3:// location.
+	// +optional
+	S3 *S3Config `json:"s3,omitempty"`
 }
 
 // RestorePhase is the phase of a Restore.
@@ -223,6 +279,20 @@ type RestoreStatus struct {
 	// JobName is the Job that runs (or ran) the restore.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// PreviousDatabase is the pre-restore copy of the database (it accepts no
+	// connections), kept until PreviousDatabaseDropAfter.
+	// +optional
+	PreviousDatabase string `json:"previousDatabase,omitempty"`
+	// PreviousDatabaseDropAfter is when the primary drops the pre-restore copy.
+	// +optional
+	PreviousDatabaseDropAfter *metav1.Time `json:"previousDatabaseDropAfter,omitempty"`
+	// TerminatedSessions is how many sessions the swap terminated.
+	// +optional
+	TerminatedSessions int32 `json:"terminatedSessions,omitempty"`
+	// Duration is how long the restore took on the primary (receive, restore,
+	// ANALYZE, swap).
+	// +optional
+	Duration string `json:"duration,omitempty"`
 	// BackupName is the Backup restored: spec.backupRef, or for a scheduled
 	// Backup the run that was its newest completed one when this Restore first
 	// found one (it does not move to a later run; retention keeps it while this

@@ -373,6 +373,10 @@ const (
 	// ConditionStorageResized is True when every volume has the size of
 	// spec.storage.size; False with a reason while it grows or when it cannot.
 	ConditionStorageResized = "StorageResized"
+	// ConditionRestoring is True while a Restore of this Database runs: it is
+	// built in a separate database on the primary and swapped in at the end (the
+	// application database's sessions are terminated then); backups wait.
+	ConditionRestoring = "Restoring"
 )
 
 // AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby
@@ -409,6 +413,9 @@ const (
 	ReasonMajorVersionUnsupported = "MajorVersionChangeUnsupported"
 	ReasonReconcileError          = "ReconcileError"
 	ReasonSucceeded               = "Succeeded"
+	// ReasonRestoreRunning (Restoring True) and ReasonNoRestore (False).
+	ReasonRestoreRunning = "RestoreRunning"
+	ReasonNoRestore      = "NoRestore"
 	// ReasonDegraded: Ready stays True while a failing check is within its grace
 	// period.
 	ReasonDegraded = "Degraded"

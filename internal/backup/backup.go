@@ -1,9 +1,9 @@
 // Package backup runs logical backups and restores: pg_dump's custom-format output
 // is streamed through zstd and SHA-256 straight into an object store (no temporary
-// file, no whole-backup buffer), verified by reading it back through
-// `pg_restore --list`, and described by a manifest stored next to it. Restores
-// verify the checksum before touching the database and apply the dump in a single
-// transaction.
+// file, no whole-backup buffer), verified by reading all of it back through
+// `pg_restore`, and described by a manifest stored next to it. Restores verify the
+// checksum, then hand the artifact to the primary's agent, which restores it into
+// a scratch database and swaps it in (internal/instance/restore.go).
 package backup
 
 import (
@@ -24,6 +24,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -53,12 +54,20 @@ type Options struct {
 	Key string
 	// Location is the human-readable URL of Key, recorded in the manifest.
 	Location string
+	// DatabaseUID and DatabaseObject (namespace/name) identify the Database
+	// backed up, recorded in the manifest.
+	DatabaseUID, DatabaseObject string
 }
 
 // Manifest describes an artifact; it is stored next to it once the artifact is
 // verified, so an artifact without a manifest is never taken as valid.
 type Manifest struct {
-	Location         string    `json:"location"`
+	Location string `json:"location"`
+	// DatabaseUID is the UID of the Database object backed up: a restore into
+	// another Database must be allowed explicitly.
+	DatabaseUID string `json:"databaseUID,omitempty"`
+	// DatabaseObject is its namespace/name.
+	DatabaseObject   string    `json:"databaseObject,omitempty"`
 	Database         string    `json:"database"`
 	ServerVersion    string    `json:"serverVersion"`
 	PgDumpVersion    string    `json:"pgDumpVersion"`
@@ -73,7 +82,8 @@ type Manifest struct {
 // Run backs up the database and returns the verified artifact's manifest. On any
 // failure nothing is left in the store.
 func Run(ctx context.Context, o Options) (*Manifest, error) {
-	m := &Manifest{Location: o.Location, Database: o.Conn.Database, Format: Format, StartTime: time.Now().UTC()}
+	m := &Manifest{Location: o.Location, Database: o.Conn.Database, Format: Format, StartTime: time.Now().UTC(),
+		DatabaseUID: o.DatabaseUID, DatabaseObject: o.DatabaseObject}
 	var err error
 	if m.PgDumpVersion, err = version(ctx, o.PgDump); err != nil {
 		return nil, err
@@ -153,8 +163,10 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 	return m, nil
 }
 
-// verify streams the artifact through SHA-256 and `pg_restore --list` and returns
-// the server version the dump was taken from.
+// verify reads the stored artifact back in full: through SHA-256 (compared with
+// the upload's), zstd (which checks every frame) and `pg_restore` writing the whole
+// SQL script to nowhere, so every data block of the archive is decoded, not only
+// its table of contents. It returns the server version the dump was taken from.
 func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestore string) (string, error) {
 	rc, err := store.Get(ctx, key)
 	if err != nil {
@@ -167,7 +179,7 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 		return "", err
 	}
 	defer dec.Close()
-	cmd := exec.CommandContext(ctx, pgRestore, "--list")
+	cmd := exec.CommandContext(ctx, pgRestore, "--file=-")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return "", err
@@ -182,7 +194,7 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 		return "", err
 	}
 	// Feed pg_restore through Read only (the decoder's WriteTo would latch the
-	// broken pipe of an early exit); it may stop reading once it has the TOC.
+	// broken pipe of an early exit).
 	fed := make(chan error, 1)
 	go func() {
 		_, err := io.Copy(stdin, struct{ io.Reader }{dec})
@@ -190,28 +202,34 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 		fed <- err
 	}()
 	serverVersion := ""
-	sc := bufio.NewScanner(stdout)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), ";     Dumped from database version: "); ok {
+	br := bufio.NewReaderSize(stdout, 64<<10)
+	for i := 0; i < 64 && serverVersion == ""; i++ {
+		line, err := br.ReadSlice('\n')
+		if v, ok := strings.CutPrefix(string(line), "-- Dumped from database version "); ok {
 			serverVersion = strings.TrimSpace(v)
 		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			break
+		}
 	}
-	_, _ = io.Copy(io.Discard, stdout)
+	_, _ = io.Copy(io.Discard, br)
 	werr := cmd.Wait()
 	ferr := <-fed
 	if werr != nil {
-		return "", fmt.Errorf("pg_restore --list: %w: %s", werr, stderr.String())
+		return "", fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, stderr.String())
 	}
 	if ferr != nil && !errors.Is(ferr, syscall.EPIPE) {
 		return "", fmt.Errorf("reading the artifact: %w", ferr)
 	}
-	// Decompress (zstd checks its frames) and hash the rest of the stream.
+	// Whatever pg_restore did not need is decompressed and hashed too.
 	if _, err := io.Copy(io.Discard, struct{ io.Reader }{dec}); err != nil {
 		return "", fmt.Errorf("reading the artifact: %w", err)
 	}
 	if got := hex.EncodeToString(hash.Sum(nil)); got != wantSHA {
 		return "", fmt.Errorf("checksum mismatch: stored %s, expected %s", got, wantSHA)
+	}
+	if serverVersion == "" {
+		return "", errors.New("the archive names no server version")
 	}
 	return serverVersion, nil
 }
@@ -230,47 +248,67 @@ func ReadManifest(ctx context.Context, store objectstore.Store, key string) (*Ma
 	return &m, nil
 }
 
+// ErrOtherDatabase starts the error of a restore refused because the artifact
+// belongs to another Database.
+const ErrOtherDatabase = "refusing to restore an artifact of another database"
+
 // RestoreOptions of a restore.
 type RestoreOptions struct {
-	PgRestore string
-	Conn      Conn
-	Store     objectstore.Store
-	Key       string
+	Store objectstore.Store
+	Key   string
+	// ExpectSHA256 is the checksum the Backup's status recorded; the manifest
+	// must agree ("" skips this check, for bare artifact locations).
+	ExpectSHA256 string
+	// ExpectDatabaseUID is the UID of the Database restored into; an artifact
+	// whose manifest names another is refused unless AllowOtherDatabase.
+	ExpectDatabaseUID  string
+	AllowOtherDatabase bool
+	// Agent is the client of the primary's agent and AgentURL its address.
+	Agent    *instance.Client
+	AgentURL string
+	// Request is what the agent is told (ID, Jobs, KeepPreviousSeconds); the
+	// checksum and size come from the manifest.
+	Request instance.RestoreRequest
 }
 
-// Restore verifies the artifact against its manifest, then restores it with
-// pg_restore in a single transaction that stops at the first error: objects in the
-// dump are dropped and recreated (--clean --if-exists), other objects are kept, and
-// a failure or interruption rolls everything back, leaving the database as it was.
-func Restore(ctx context.Context, o RestoreOptions) error {
+// Restore verifies the artifact against its manifest (a whole read of the stored
+// bytes), then streams it, read again, to the primary's agent, which restores it
+// into a scratch database and swaps that in only if the bytes it received have
+// the manifest's checksum (see internal/instance/restore.go). A failure or an
+// interruption before the swap leaves the database as it was.
+func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, error) {
 	m, err := ReadManifest(ctx, o.Store, o.Key)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	if o.ExpectSHA256 != "" && m.SHA256 != o.ExpectSHA256 {
+		return nil, fmt.Errorf("refusing to restore: the manifest's sha256 %s is not the Backup's %s", m.SHA256, o.ExpectSHA256)
+	}
+	if o.ExpectDatabaseUID != "" && m.DatabaseUID != "" && m.DatabaseUID != o.ExpectDatabaseUID && !o.AllowOtherDatabase {
+		return nil, fmt.Errorf("%s: Database %s (UID %s) wrote it, not this one (UID %s); set spec.allowOtherDatabase to restore it anyway",
+			ErrOtherDatabase, m.DatabaseObject, m.DatabaseUID, o.ExpectDatabaseUID)
 	}
 	if err := checksum(ctx, o.Store, o.Key, m.SHA256); err != nil {
-		return fmt.Errorf("refusing to restore: %w", err)
+		return nil, fmt.Errorf("refusing to restore: %w", err)
 	}
 	rc, err := o.Store.Get(ctx, o.Key)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rc.Close()
 	hash := sha256.New()
-	dec, err := zstd.NewReader(io.TeeReader(rc, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	req := o.Request
+	req.SHA256, req.UncompressedBytes = m.SHA256, m.UncompressedSize
+	res, err := o.Agent.Restore(ctx, o.AgentURL, req, io.TeeReader(rc, hash))
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("restoring (the database is unchanged unless the agent swapped it in): %w", err)
 	}
-	defer dec.Close()
-	cmd := exec.CommandContext(ctx, o.PgRestore, "--single-transaction", "--exit-on-error", "--clean", "--if-exists",
-		"--no-owner", "--no-privileges", "--no-password", "--dbname="+o.Conn.Database)
-	cmd.Env = o.Conn.env()
-	cmd.Stdin = dec
-	stderr := &tailBuffer{max: 8 << 10}
-	cmd.Stderr = stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("pg_restore (rolled back): %w: %s", err, stderr.String())
+	if got := hex.EncodeToString(hash.Sum(nil)); got != m.SHA256 {
+		// The agent compared what it received and swapped: this read differs
+		// only if the store changed under us. Report it loudly.
+		return res, fmt.Errorf("the artifact changed while it was restored (sha256 %s, manifest %s)", got, m.SHA256)
 	}
-	return nil
+	return res, nil
 }
 
 func checksum(ctx context.Context, store objectstore.Store, key, want string) error {

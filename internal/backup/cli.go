@@ -6,10 +6,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
 )
@@ -20,14 +22,17 @@ const (
 	StorageMount = "/backup-storage"
 	// S3CredentialsDir holds the files accessKeyId and secretAccessKey.
 	S3CredentialsDir = "/etc/postgres-operator/s3"
+	// AgentTokenDir holds the agent-token file in a restore Job.
+	AgentTokenDir = "/etc/postgres-operator/agent"
 	// TerminationLog receives the result, read by the operator from the pod status.
 	TerminationLog = "/dev/termination-log"
 )
 
 // Result is what a backup Job reports in its termination message.
 type Result struct {
-	Manifest *Manifest `json:"manifest,omitempty"`
-	Error    string    `json:"error,omitempty"`
+	Manifest *Manifest               `json:"manifest,omitempty"`
+	Restore  *instance.RestoreResult `json:"restore,omitempty"`
+	Error    string                  `json:"error,omitempty"`
 }
 
 // Command runs the `backup` subcommand: `backup run|restore|delete [flags]`.
@@ -49,6 +54,16 @@ func Command(ctx context.Context, args []string) error {
 	s3PathStyle := fs.Bool("s3-path-style", false, "path-style bucket addressing")
 	s3Creds := fs.String("s3-credentials-dir", S3CredentialsDir, "directory with accessKeyId and secretAccessKey files")
 	storageMount := fs.String("storage-mount", StorageMount, "mount point of a pvc:// location's claim")
+	agentURL := fs.String("agent-url", "", "restore: base URL of the primary's agent")
+	agentTokenDir := fs.String("agent-token-dir", AgentTokenDir, "restore: directory with the agent-token file")
+	expectSHA := fs.String("expect-sha256", "", "restore: the Backup's recorded checksum")
+	restoreID := fs.String("restore-id", "", "restore: identity of this restore (names its scratch database)")
+	jobs := fs.Int("jobs", 2, "restore: pg_restore parallel jobs")
+	keepPrevious := fs.Int64("keep-previous-seconds", 86400, "restore: how long the pre-restore copy is kept")
+	sessionTimeout := fs.Int("session-timeout-seconds", 30, "restore: bound on waiting for terminated sessions to end")
+	databaseUID := fs.String("database-uid", "", "run: UID of the Database, recorded in the manifest; restore: refuse artifacts of another")
+	databaseObject := fs.String("database-object", "", "run: namespace/name of the Database, recorded in the manifest")
+	allowOther := fs.Bool("allow-other-database", false, "restore: restore an artifact another Database wrote")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -77,8 +92,25 @@ func Command(ctx context.Context, args []string) error {
 				return err
 			}
 		}
-		if action == "delete" {
+		switch action {
+		case "delete":
 			return Delete(ctx, store, *key)
+		case "restore":
+			token, err := readFile(*agentTokenDir, instance.InternalAgentTokenFile)
+			if err != nil {
+				return err
+			}
+			res, err := Restore(ctx, RestoreOptions{Store: store, Key: *key, ExpectSHA256: *expectSHA,
+				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther,
+				Agent: instance.NewClient(&http.Client{}, token), AgentURL: *agentURL,
+				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
+					SessionTimeoutSeconds: *sessionTimeout}})
+			if res != nil {
+				writeResult(*termLog, Result{Restore: res})
+				b, _ := json.Marshal(res)
+				fmt.Println(string(b))
+			}
+			return err
 		}
 		bins, err := postgres.FindBinaries(*binDir)
 		if err != nil {
@@ -91,7 +123,7 @@ func Command(ctx context.Context, args []string) error {
 		switch action {
 		case "run":
 			m, err := Run(ctx, Options{PgDump: bins.PgDump, PgRestore: bins.PgRestore, Conn: conn, Store: store,
-				Key: *key, Location: loc.URL(*key)})
+				Key: *key, Location: loc.URL(*key), DatabaseUID: *databaseUID, DatabaseObject: *databaseObject})
 			if err != nil {
 				return err
 			}
@@ -99,8 +131,6 @@ func Command(ctx context.Context, args []string) error {
 			b, _ := json.Marshal(m)
 			fmt.Println(string(b))
 			return nil
-		case "restore":
-			return Restore(ctx, RestoreOptions{PgRestore: bins.PgRestore, Conn: conn, Store: store, Key: *key})
 		default:
 			return fmt.Errorf("unknown backup action %q", action)
 		}

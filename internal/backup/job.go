@@ -12,6 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -39,6 +40,28 @@ type JobSpec struct {
 	Key      string
 	Owner    metav1.OwnerReference
 	Labels   map[string]string
+	// Restore is set for a restore Job.
+	Restore *RestoreJob
+}
+
+// RestoreJob is what a restore Job needs beyond the artifact: the primary's agent
+// (reached with the token from the Database's internal Secret, the only key
+// mounted) and how the agent is to restore.
+type RestoreJob struct {
+	// AgentURL is the primary pod's agent, e.g. http://db-0.db-hl.ns.svc:8000.
+	AgentURL string
+	// InternalSecret is the Database's internal Secret (its agent-token key).
+	InternalSecret string
+	// ID names the scratch database (the Restore's UID, without dashes).
+	ID string
+	// ExpectSHA256 is the Backup's recorded checksum ("" for a bare location).
+	ExpectSHA256 string
+	// DatabaseUID is the target Database's; AllowOtherDatabase lets an artifact
+	// of another through.
+	DatabaseUID         string
+	AllowOtherDatabase  bool
+	Jobs                int
+	KeepPreviousSeconds int64
 }
 
 const (
@@ -78,8 +101,17 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		"--key=" + s.Key, "--run-dir=" + controllerMount + "/run"}
 	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
 	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
-	if s.Database != nil {
+	if r := s.Restore; r != nil {
+		args = append(args, "--agent-url="+r.AgentURL, "--agent-token-dir="+AgentTokenDir, "--restore-id="+r.ID,
+			"--expect-sha256="+r.ExpectSHA256, fmt.Sprintf("--jobs=%d", r.Jobs), fmt.Sprintf("--keep-previous-seconds=%d", r.KeepPreviousSeconds),
+			"--database-uid="+r.DatabaseUID, fmt.Sprintf("--allow-other-database=%t", r.AllowOtherDatabase))
+		mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),
+			Items: []corev1.KeyToPath{{Key: instance.InternalAgentTokenFile, Path: instance.InternalAgentTokenFile}}}}})
+	} else if s.Database != nil {
 		args = append(args, fmt.Sprintf("--host=%s.%s.svc.cluster.local", s.Database.Name, s.Database.Namespace), "--port=5432",
+			"--database-uid="+string(s.Database.UID), "--database-object="+s.Database.Namespace+"/"+s.Database.Name,
 			"--credentials-dir="+credentialsMount)
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: credentialsMount, ReadOnly: true})
 		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{

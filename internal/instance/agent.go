@@ -202,6 +202,9 @@ type Agent struct {
 	// fenced is set when this primary shut PostgreSQL down because it could not
 	// renew the Lease.
 	fenced atomic.Bool
+	// restoreMu guards currentRestore, the restore running (one at a time).
+	restoreMu      sync.Mutex
+	currentRestore *restoreSlot
 }
 
 // NewAgent returns an agent for cfg.
@@ -335,6 +338,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
+	go a.dropExpiredCopies(ctx, time.Minute)
 
 	if err := a.writePassfile(); err != nil {
 		return err

@@ -87,6 +87,8 @@ func (a *Agent) serve() (*http.Server, error) {
 		a.send(w, instruction{recoverFrom: req.Source})
 	}))
 
+	mux.HandleFunc("PUT "+PathRestore, a.authenticated(a.handleRestore))
+
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.AgentAddress, strconv.Itoa(a.cfg.AgentPort)))
 	if err != nil {
 		return nil, fmt.Errorf("agent HTTP listener: %w", err)

@@ -66,6 +66,8 @@ type RecoverRequest struct {
 type Status struct {
 	// Pod is the name of the pod the agent runs in.
 	Pod string `json:"pod"`
+	// Restoring is the ID of the restore this (primary) instance is applying.
+	Restoring string `json:"restoring,omitempty"`
 	// Role is RolePrimary or RoleReplica, as PostgreSQL itself reports it
 	// (pg_is_in_recovery()).
 	Role string `json:"role,omitempty"`

@@ -688,6 +688,7 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication
 func (a *Agent) status(ctx context.Context) *Status {
 	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: a.bootstrapped.Load()}
 	st.State, st.Message = a.currentState()
+	st.Restoring = a.restoreInProgress()
 	v := a.lease.view()
 	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, a.fenced.Load(), v.LastErr
 	if !a.primary.Load() {

@@ -3,6 +3,9 @@
 package e2e
 
 import (
+	"bytes"
+	"io"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -261,15 +264,21 @@ spec:
 		return ""
 	})
 	loc := c.jsonpath("backup/s3-nightly", "{.status.backupLocation}")
-	if !strings.HasPrefix(loc, "s3://backups/e2e/"+c.ns+"/s3-db/s3-nightly-") {
+	// <prefix>/<namespace>/<database>/<database UID>/<run>-<run UID>.dump.zst
+	dbUID := c.jsonpath("database/s3-db", "{.metadata.uid}")
+	if !strings.HasPrefix(loc, "s3://backups/e2e/"+c.ns+"/s3-db/"+dbUID+"/s3-nightly-") {
 		t.Errorf("backupLocation %q", loc)
 	}
 	// Stop the schedule from adding runs while the restore runs.
 	c.must("patch", "backup", "s3-nightly", "--type=merge", "-p", `{"spec":{"schedule":"0 0 1 1 *"}}`)
 
-	if out, err := c.psql("s3-db-0", true, "TRUNCATE t"); err != nil {
+	if out, err := c.psql("s3-db-0", true, "TRUNCATE t; CREATE TABLE after_backup (x int)"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
+	// A client sits idle in a transaction holding a lock on the restored table:
+	// the restore must neither wait for it forever nor let it see a half state.
+	idle := c.idleInTransaction("s3-db-0", "BEGIN; LOCK TABLE t IN ACCESS SHARE MODE; SELECT 'locked';")
+	start := time.Now()
 	c.mustApply(`
 apiVersion: database.example.com/v1
 kind: Restore
@@ -280,10 +289,116 @@ spec:
   backupRef: {name: s3-nightly}
 `)
 	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "restore/s3-restore", "--timeout=300s")
+	t.Logf("restore with an idle-in-transaction client completed in %s", time.Since(start).Round(time.Second))
+	if err := idle(); err == nil {
+		t.Error("the idle-in-transaction session survived the restore")
+	}
 	if got := sum(); got != original {
 		t.Errorf("data after restore %s, want %s", got, original)
 	}
+	if out, err := c.psql("s3-db-0", true, "SELECT count(*) FROM pg_class WHERE relname = 'after_backup'"); err != nil || strings.TrimSpace(out) != "0" {
+		t.Errorf("a table created after the backup survived the restore: %v %s", err, out)
+	}
 	if got := c.jsonpath("restore/s3-restore", "{.status.backupLocation}"); got != loc {
 		t.Errorf("restored %s, want the newest run %s", got, loc)
+	}
+	if n := c.jsonpath("restore/s3-restore", "{.status.terminatedSessions}"); n == "" || n == "0" {
+		t.Errorf("terminatedSessions = %q, want the idle session counted", n)
+	}
+	prev := c.jsonpath("restore/s3-restore", "{.status.previousDatabase}")
+	if out, err := c.psql("s3-db-0", false, "SELECT datallowconn FROM pg_database WHERE datname = '"+prev+"'"); err != nil || strings.TrimSpace(out) != "f" {
+		t.Errorf("pre-restore copy %q: %v %s", prev, err, out)
+	}
+	c.eventually(time.Minute, "Restoring False", func() string {
+		if got := c.jsonpath("database/s3-db", `{.status.conditions[?(@.type=="Restoring")].reason}`); got != "NoRestore" {
+			return got
+		}
+		return ""
+	})
+
+	// Disaster recovery: a new Database from the bare artifact location, with no
+	// Backup object. Another Database's artifact needs allowOtherDatabase.
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Database
+metadata:
+  name: s3-clone
+spec:
+  image: postgres:15
+  databaseName: testdb
+  username: admin
+  storage:
+    size: "1Gi"
+`)
+	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/s3-clone", "--timeout=240s")
+	source := `
+  source:
+    location: ` + loc + `
+    s3:
+      endpoint: http://s3:7070
+      forcePathStyle: true
+      credentialsSecret: {name: s3-creds}
+`
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: clone-refused
+spec:
+  databaseRef: {name: s3-clone}` + source)
+	c.must("wait", "--for=jsonpath={.status.phase}=Failed", "restore/clone-refused", "--timeout=300s")
+	if got := c.jsonpath("restore/clone-refused", `{.status.conditions[?(@.type=="Stalled")].reason}`); got != "ArtifactOfOtherDatabase" {
+		t.Errorf("restore of another Database's artifact: reason %q", got)
+	}
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: clone
+spec:
+  databaseRef: {name: s3-clone}
+  allowOtherDatabase: true
+  keepPreviousFor: 0s` + source)
+	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "restore/clone", "--timeout=300s")
+	out, err := c.psql("s3-clone-0", true, "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t")
+	if err != nil || strings.TrimSpace(out) != original {
+		t.Errorf("clone data %q (%v), want %s", out, err, original)
+	}
+	if prev := c.jsonpath("restore/clone", "{.status.previousDatabase}"); prev != "" {
+		t.Errorf("keepPreviousFor 0s kept %q", prev)
+	}
+}
+
+// idleInTransaction runs sql in a psql session on pod and leaves it open, idle
+// in its transaction; the returned function sends one more statement, ends the
+// input and returns psql's exit (an error when the server ended the session).
+func (c *cluster) idleInTransaction(pod, sql string) func() error {
+	c.t.Helper()
+	cmd := exec.Command("kubectl", "-n", c.ns, "exec", "-i", pod, "-c", "postgres", "--", "sh", "-c",
+		`psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -At`)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { stdin.Close(); _ = cmd.Process.Kill() })
+	if _, err := io.WriteString(stdin, sql+"\n"); err != nil {
+		c.t.Fatal(err)
+	}
+	c.eventually(30*time.Second, "the idle transaction to hold its lock", func() string {
+		got, _ := c.psql(pod, false, "SELECT count(*) FROM pg_stat_activity WHERE state = 'idle in transaction'")
+		if strings.TrimSpace(got) != "1" {
+			return "idle in transaction: " + got + " " + out.String()
+		}
+		return ""
+	})
+	return func() error {
+		_, _ = io.WriteString(stdin, "SELECT 1;\n")
+		stdin.Close()
+		return cmd.Wait()
 	}
 }

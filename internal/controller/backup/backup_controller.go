@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/robfig/cron/v3"
@@ -77,9 +78,18 @@ func (r *BackupReconciler) failed(b *databasev1.Backup, reason, msg string) (ctr
 	return ctrl.Result{}, nil
 }
 
-// artifactKey is where a Backup's artifact goes inside its location.
-func artifactKey(b *databasev1.Backup, t enginepkg.Target) string {
-	return t.Location.Key(fmt.Sprintf("%s/%s/%s.dump.zst", b.Namespace, b.Spec.DatabaseRef.Name, b.Name))
+// artifactKey is where a Backup's artifact goes inside its location:
+// <namespace>/<database>/<database UID>/<backup>-<backup UID prefix>.dump.zst.
+// The Database's UID keeps clusters (and re-created Databases) that share a bucket
+// apart; the Backup's keeps a re-created Backup of the same name from overwriting
+// an artifact its predecessor left.
+func artifactKey(b *databasev1.Backup, db *databasev1.Database, t enginepkg.Target) string {
+	return t.Location.Key(fmt.Sprintf("%s/%s/%s/%s-%s.dump.zst", b.Namespace, db.Name, db.UID, b.Name, shortUID(b.UID)))
+}
+
+func shortUID(uid types.UID) string {
+	s := strings.ReplaceAll(string(uid), "-", "")
+	return s[:min(len(s), 8)]
 }
 
 // reconcileRun drives a one-shot Backup: wait for the Database and storage, run
@@ -136,16 +146,21 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		}
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
-			Database: db, Target: target, Key: artifactKey(b, target), Owner: ownerRef(b, "Backup"),
+			Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
 			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return ctrl.Result{}, fmt.Errorf("creating backup job: %w", err)
 		}
-		logf.FromContext(ctx).Info("backup job created", "job", jobName, "location", target.Location.URL(artifactKey(b, target)))
+		// Recorded once: deletion and restores use this, never a recomputed one.
+		b.Status.BackupLocation = target.Location.URL(artifactKey(b, db, target))
+		logf.FromContext(ctx).Info("backup job created", "job", jobName, "location", b.Status.BackupLocation)
 	}
 	b.Status.JobName = jobName
-	b.Status.BackupLocation = target.Location.URL(artifactKey(b, target))
+	if b.Status.BackupLocation == "" {
+		// A Job created before the location was recorded: its --key says.
+		b.Status.BackupLocation = jobLocation(job, target)
+	}
 	switch stateOf(job) {
 	case jobSucceeded:
 		res, err := jobResult(ctx, r, job)
@@ -172,6 +187,18 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is running pg_dump")
 		return ctrl.Result{}, nil
 	}
+}
+
+// jobLocation is the artifact URL of a backup Job, from its --key argument.
+func jobLocation(job *batchv1.Job, t enginepkg.Target) string {
+	for _, c := range job.Spec.Template.Spec.Containers {
+		for _, a := range c.Command {
+			if k, ok := strings.CutPrefix(a, "--key="); ok {
+				return t.Location.URL(k)
+			}
+		}
+	}
+	return ""
 }
 
 // ensureStorage checks the claim of a pvc:// target, creating the default one.

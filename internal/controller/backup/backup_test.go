@@ -58,7 +58,9 @@ func TestBackupWaitsForDatabaseAndStorageThenRunsAJobWithTheDatabaseImage(t *tes
 		t.Errorf("job image %s, want the Database's running image", c.Image)
 	}
 	args := strings.Join(c.Command, " ")
-	for _, want := range []string{"backup run", "--location=pvc://mybackups", "--key=daily/" + ns + "/test-db/test-backup.dump.zst", "--host=test-db." + ns + ".svc.cluster.local"} {
+	key := artifactKeyOf(t, ns, "test-backup", "daily")
+	for _, want := range []string{"backup run", "--location=pvc://mybackups", "--key=" + key, "--host=test-db." + ns + ".svc.cluster.local",
+		"--database-uid=", "--database-object=" + ns + "/test-db"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("job command %q lacks %q", args, want)
 		}
@@ -66,7 +68,7 @@ func TestBackupWaitsForDatabaseAndStorageThenRunsAJobWithTheDatabaseImage(t *tes
 	if strings.Contains(strings.ToLower(args), "password") || len(c.Env) != 0 {
 		t.Errorf("secrets in arguments or environment: %q %v", args, c.Env)
 	}
-	if b.Status.BackupLocation != "pvc://mybackups/daily/"+ns+"/test-db/test-backup.dump.zst" {
+	if b.Status.BackupLocation != "pvc://mybackups/"+key {
 		t.Errorf("backupLocation = %s", b.Status.BackupLocation)
 	}
 
@@ -122,7 +124,7 @@ func TestDeletingACompletedBackupDeletesItsArtifactFirst(t *testing.T) {
 	}
 	del := getJob(t, ns, "test-backup-delete")
 	args := strings.Join(del.Spec.Template.Spec.Containers[0].Command, " ")
-	if !strings.HasPrefix(args, "/manager backup delete") || !strings.Contains(args, "--key=daily/"+ns+"/test-db/test-backup.dump.zst") ||
+	if !strings.HasPrefix(args, "/manager backup delete") || !strings.Contains(args, "--key="+artifactKeyOf(t, ns, "test-backup", "daily")) ||
 		del.Spec.Template.Spec.Containers[0].Image != "operator:test" {
 		t.Errorf("delete job: %s %q", del.Spec.Template.Spec.Containers[0].Image, args)
 	}
@@ -288,12 +290,31 @@ func TestBackupValidation(t *testing.T) {
 		{"storageLocation: pvc://mybackups/daily", "storageLocation: s3://B", "storageLocation must be s3://bucket[/prefix] or pvc://claim[/path]"},
 		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"every day\"", "schedule must be a 5-field cron expression"},
 		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"* * * *\"", "schedule must be a 5-field cron expression"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"61 * * * *\"", "the minute field of schedule must be 0-59"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"0 24 * * *\"", "the hour field of schedule must be 0-23"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"0 0 0 * *\"", "the day-of-month field of schedule must be 1-31"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"0 0 * 13 *\"", "the month field of schedule must be 1-12 or jan-dec"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"0 0 * * 8\"", "the day-of-week field of schedule must be 0-7 or sun-sat"},
+		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  schedule: \"@every\"", "schedule must be a 5-field cron expression"},
+		{"databaseRef:\n    name: test-db", "databaseRef: {}", "databaseRef.name must name a Database"},
 		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  retention: 0", "spec.retention in body should be greater than or equal to 1"},
 		{"storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  s3:\n    endpoint: http://x\n    credentialsSecret: {name: s}", "s3 settings apply only to an s3:// storageLocation"},
 	} {
 		manifest := strings.Replace(oneShot, tc.from, tc.to, 1)
 		if err := apply(t, ns, manifest); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v; want %q", tc.to, err, tc.want)
+		}
+	}
+}
+
+// TestValidSchedulesAreAccepted: the per-field rules accept what cron accepts.
+func TestValidSchedulesAreAccepted(t *testing.T) {
+	ns := newNamespace(t)
+	for i, sched := range []string{"0 3 * * *", "*/15 * * * *", "0,30 8-18/2 1-15 jan-jun mon-fri", "59 23 31 12 7", "0 0 ? * SUN", "@daily", "5  4 * * *"} {
+		manifest := strings.Replace(strings.Replace(oneShot, "storageLocation: pvc://mybackups/daily", "storageLocation: pvc://mybackups\n  suspend: true\n  schedule: \""+sched+"\"", 1),
+			"name: test-backup", fmt.Sprintf("name: valid-%d", i), 1)
+		if err := apply(t, ns, manifest); err != nil {
+			t.Errorf("schedule %q refused: %v", sched, err)
 		}
 	}
 }
@@ -317,7 +338,7 @@ func TestS3BackupWaitsForItsCredentialsSecretThenMountsIt(t *testing.T) {
 	job := getJob(t, ns, "test-backup-backup")
 	c := job.Spec.Template.Spec.Containers[0]
 	args := strings.Join(c.Command, " ")
-	for _, want := range []string{"--location=s3://my-bucket", "--key=pg/" + ns + "/test-db/test-backup.dump.zst",
+	for _, want := range []string{"--location=s3://my-bucket", "--key=" + artifactKeyOf(t, ns, "test-backup", "pg"),
 		"--s3-endpoint=http://minio.storage.svc:9000", "--s3-path-style=true"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("command %q lacks %q", args, want)

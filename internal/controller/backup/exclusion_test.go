@@ -84,7 +84,7 @@ func TestARestoreKeepsTheScheduledRunItChoseAndRetentionSparesIt(t *testing.T) {
 	// Restore uses; the Restore still restores the first.
 	complete(t, second)
 	restoreJob := getJob(t, ns, "test-restore-restore")
-	if args := strings.Join(restoreJob.Spec.Template.Spec.Containers[0].Command, " "); !strings.Contains(args, first.Name+".dump.zst") {
+	if args := strings.Join(restoreJob.Spec.Template.Spec.Containers[0].Command, " "); !strings.Contains(args, "/"+first.Name+"-") {
 		t.Fatalf("restore job %q does not restore %s", args, first.Name)
 	}
 	poke(t, ns, "test-backup")

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,6 +20,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -73,16 +76,86 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 		return r.pending(rs, databasev1.ReasonJobRunning, fmt.Sprintf("Removing Job %s, left by an earlier Restore of the same name", job.Name))
 	}
 	if apierrors.IsNotFound(err) {
-		db := &databasev1.Database{}
-		if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.DatabaseRef.Name}, db); err != nil {
-			if apierrors.IsNotFound(err) {
-				return r.pending(rs, databasev1.ReasonDatabaseNotFound, fmt.Sprintf("Waiting for Database %s to exist", rs.Spec.DatabaseRef.Name))
+		return r.start(ctx, rs, jobName)
+	}
+	rs.Status.JobName = jobName
+	switch stateOf(job) {
+	case jobSucceeded:
+		rs.Status.Phase = databasev1.RestoreCompleted
+		now := metav1.NewTime(r.Clock.Now())
+		if c := jobCompletion(job); c != nil {
+			now = *c
+		}
+		rs.Status.RestoreTime = &now
+		msg := "The artifact's checksum was verified; it was restored into a new database and swapped in"
+		if res, err := jobResult(ctx, r, job); err == nil && res != nil && res.Restore != nil {
+			out := res.Restore
+			rs.Status.PreviousDatabase = out.PreviousDatabase
+			rs.Status.TerminatedSessions = int32(out.TerminatedSessions)
+			rs.Status.Duration = (time.Duration(out.Seconds*1000) * time.Millisecond).String()
+			if !out.PreviousDropAfter.IsZero() {
+				t := metav1.NewTime(out.PreviousDropAfter)
+				rs.Status.PreviousDatabaseDropAfter = &t
 			}
-			return ctrl.Result{}, err
+			msg += fmt.Sprintf(" (%d tables, %d parallel jobs, %s", out.Tables, out.Jobs, rs.Status.Duration)
+			if out.TerminatedSessions > 0 {
+				msg += fmt.Sprintf("; %d sessions were terminated", out.TerminatedSessions)
+				if r.Recorder != nil {
+					r.Recorder.Eventf(rs, nil, corev1.EventTypeWarning, "SessionsTerminated", "Restore",
+						"%d sessions of Database %s were terminated to swap in the restored database", out.TerminatedSessions, rs.Spec.DatabaseRef.Name)
+				}
+			}
+			msg += ")"
+			if out.PreviousDatabase != "" {
+				msg += fmt.Sprintf("; the previous content is kept as database %s until %s", out.PreviousDatabase, out.PreviousDropAfter.Format(time.RFC3339))
+			}
 		}
-		if ok, why := primaryAvailable(db); !ok {
-			return r.pending(rs, databasev1.ReasonDatabaseNotReady, why)
+		conditionsFor(&rs.Status.Conditions, rs.Generation, true, false, databasev1.ReasonCompleted, msg)
+	case jobFailed:
+		rs.Status.Phase = databasev1.RestoreFailed
+		msg := jobFailureMessage(ctx, r, job)
+		reason := databasev1.ReasonJobFailed
+		if strings.Contains(msg, enginepkg.ErrOtherDatabase) {
+			reason = databasev1.ReasonArtifactOfOtherDatabase
 		}
+		conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, reason,
+			msg+" (the restore is swapped in only once complete: the database is unchanged)")
+	default:
+		rs.Status.Phase = databasev1.RestoreInProgress
+		conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, databasev1.ReasonJobRunning,
+			"Job "+jobName+" is restoring into a new database on the primary; the application database is unchanged until the swap")
+	}
+	return ctrl.Result{}, nil
+}
+
+// start creates the restore Job once everything it needs is there, or says what
+// the Restore waits for.
+func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, jobName string) (ctrl.Result, error) {
+	var err error
+	db := &databasev1.Database{}
+	if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.DatabaseRef.Name}, db); err != nil {
+		if apierrors.IsNotFound(err) {
+			return r.pending(rs, databasev1.ReasonDatabaseNotFound, fmt.Sprintf("Waiting for Database %s to exist", rs.Spec.DatabaseRef.Name))
+		}
+		return ctrl.Result{}, err
+	}
+	if ok, why := primaryAvailable(db); !ok || db.Status.CurrentPrimary == "" {
+		if why == "" {
+			why = fmt.Sprintf("Waiting for Database %s to report its primary", db.Name)
+		}
+		return r.pending(rs, databasev1.ReasonDatabaseNotReady, why)
+	}
+	var target enginepkg.Target
+	var key, sha string
+	if src := rs.Spec.Source; src != nil {
+		target, key, err = sourceTarget(src, r.Defaults)
+		if err != nil {
+			rs.Status.Phase = databasev1.RestoreFailed
+			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonNoStorageLocation, err.Error())
+			return ctrl.Result{}, nil
+		}
+		rs.Status.BackupLocation = src.Location
+	} else {
 		b, msg, err := r.completedBackup(ctx, rs)
 		if err != nil {
 			return ctrl.Result{}, err
@@ -95,48 +168,98 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 			return r.pending(rs, reason, msg)
 		}
 		rs.Status.BackupName = b.Name
-		if running, err := backupRunning(ctx, r, rs.Namespace, db.Name); err != nil || running != "" {
-			if err != nil {
-				return ctrl.Result{}, err
-			}
-			return r.pending(rs, databasev1.ReasonBackupInProgress, fmt.Sprintf("Waiting for Backup %s of Database %s to finish", running, db.Name))
-		}
-		target, key, err := restoreTarget(b, r.Defaults)
-		if err != nil {
+		if target, key, err = restoreTarget(b, r.Defaults); err != nil {
 			rs.Status.Phase = databasev1.RestoreFailed
 			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonNoStorageLocation, err.Error())
 			return ctrl.Result{}, nil
 		}
-		job = enginepkg.BuildJob(enginepkg.JobSpec{
-			Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
-			Database: db, Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
-		})
-		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
-			return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
+		rs.Status.BackupLocation, sha = b.Status.BackupLocation, b.Status.SHA256
+	}
+	if running, err := backupRunning(ctx, r, rs.Namespace, db.Name); err != nil || running != "" {
+		if err != nil {
+			return ctrl.Result{}, err
 		}
-		rs.Status.BackupLocation = b.Status.BackupLocation
+		return r.pending(rs, databasev1.ReasonBackupInProgress, fmt.Sprintf("Waiting for Backup %s of Database %s to finish", running, db.Name))
+	}
+	if other, err := otherRestoreRunning(ctx, r, rs); err != nil || other != "" {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.pending(rs, databasev1.ReasonRestoreInProgress, fmt.Sprintf("Waiting for Restore %s of Database %s to finish", other, db.Name))
+	}
+	keep := int64(24 * 3600)
+	if rs.Spec.KeepPreviousFor != nil {
+		keep = int64(rs.Spec.KeepPreviousFor.Seconds())
+	}
+	jobs := 2
+	if rs.Spec.ParallelJobs != nil {
+		jobs = int(*rs.Spec.ParallelJobs)
+	}
+	job := enginepkg.BuildJob(enginepkg.JobSpec{
+		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
+		Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
+		Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
+		Restore: &enginepkg.RestoreJob{
+			AgentURL:       fmt.Sprintf("http://%s.%s-hl.%s.svc.cluster.local:%d", db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort),
+			InternalSecret: db.Name + "-internal", ID: restoreID(rs), ExpectSHA256: sha,
+			DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep,
+		},
+	})
+	if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
+		return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
 	}
 	rs.Status.JobName = jobName
-	switch stateOf(job) {
-	case jobSucceeded:
-		rs.Status.Phase = databasev1.RestoreCompleted
-		now := metav1.NewTime(r.Clock.Now())
-		if c := jobCompletion(job); c != nil {
-			now = *c
-		}
-		rs.Status.RestoreTime = &now
-		conditionsFor(&rs.Status.Conditions, rs.Generation, true, false, databasev1.ReasonCompleted,
-			"The artifact's checksum was verified and it was restored in a single transaction")
-	case jobFailed:
-		rs.Status.Phase = databasev1.RestoreFailed
-		conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonJobFailed,
-			jobFailureMessage(ctx, r, job)+" (the restore ran in one transaction: the database is unchanged)")
-	default:
-		rs.Status.Phase = databasev1.RestoreInProgress
-		conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is restoring")
-	}
+	rs.Status.Phase = databasev1.RestoreInProgress
+	conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, databasev1.ReasonJobRunning,
+		"Job "+jobName+" is restoring into a new database on the primary; the application database is unchanged until the swap")
 	return ctrl.Result{}, nil
+}
+
+// restoreID is the Restore's identity for the agent (it names the scratch
+// database): its UID without dashes.
+func restoreID(rs *databasev1.Restore) string {
+	id := strings.ReplaceAll(string(rs.UID), "-", "")
+	if len(id) > 32 {
+		id = id[:32]
+	}
+	return id
+}
+
+// otherRestoreRunning names another Restore of the same Database that runs.
+func otherRestoreRunning(ctx context.Context, c client.Reader, rs *databasev1.Restore) (string, error) {
+	var restores databasev1.RestoreList
+	if err := c.List(ctx, &restores, client.InNamespace(rs.Namespace)); err != nil {
+		return "", fmt.Errorf("listing restores: %w", err)
+	}
+	for _, o := range restores.Items {
+		if o.UID != rs.UID && o.Spec.DatabaseRef.Name == rs.Spec.DatabaseRef.Name && o.Status.Phase == databasev1.RestoreInProgress {
+			return o.Name, nil
+		}
+	}
+	return "", nil
+}
+
+// sourceTarget resolves a bare artifact location.
+func sourceTarget(src *databasev1.RestoreSource, d Defaults) (enginepkg.Target, string, error) {
+	u, err := url.Parse(src.Location)
+	if err != nil || u.Host == "" || strings.TrimPrefix(u.Path, "/") == "" {
+		return enginepkg.Target{}, "", fmt.Errorf("source.location %q is not s3://bucket/key or pvc://claim/key", src.Location)
+	}
+	loc, err := objectstore.ParseLocation(u.Scheme + "://" + u.Host)
+	if err != nil {
+		return enginepkg.Target{}, "", err
+	}
+	t := enginepkg.Target{Location: loc}
+	if loc.Scheme == "s3" {
+		t.S3 = src.S3
+		if t.S3 == nil {
+			t.S3 = d.S3
+		}
+		if t.S3 == nil {
+			return enginepkg.Target{}, "", fmt.Errorf("source.location %s is on S3 but source.s3 is not set and the operator has no default S3 settings", src.Location)
+		}
+	}
+	return t, strings.TrimPrefix(u.Path, "/"), nil
 }
 
 // backupRunning names a Backup of database in ns whose Job runs ("" when none).

@@ -3,13 +3,16 @@ package backup
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -55,14 +58,37 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 	createPVC(t, ns, "mybackups")
 	mustApply(t, ns, oneShot)
 	waitRestore(t, ns, databasev1.RestorePending, databasev1.ReasonBackupNotComplete)
-	finishJob(t, getJob(t, ns, "test-backup-backup"), true, resultMessage(&enginepkg.Manifest{SizeBytes: 5}, ""))
+	finishJob(t, getJob(t, ns, "test-backup-backup"), true, resultMessage(&enginepkg.Manifest{SizeBytes: 5, SHA256: strings.Repeat("c", 64)}, ""))
 
 	rs := waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
 	job := getJob(t, ns, "test-restore-restore")
+	db := &databasev1.Database{}
+	if err := k8s.Get(testCtx, client.ObjectKey{Namespace: ns, Name: "test-db"}, db); err != nil {
+		t.Fatal(err)
+	}
 	args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
-	for _, want := range []string{"backup restore", "--location=pvc://mybackups", "--key=daily/" + ns + "/test-db/test-backup.dump.zst"} {
+	for _, want := range []string{"backup restore", "--location=pvc://mybackups", "--key=" + artifactKeyOf(t, ns, "test-backup", "daily"),
+		// the primary's agent, by its pod DNS name
+		"--agent-url=http://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
+		"--restore-id=" + strings.ReplaceAll(string(rs.UID), "-", ""),
+		// the checksum the Backup recorded, compared with the manifest's
+		"--expect-sha256=" + strings.Repeat("c", 64),
+		"--database-uid=" + string(db.UID), "--allow-other-database=false",
+		"--jobs=2", "--keep-previous-seconds=86400"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("restore job command %q lacks %q", args, want)
+		}
+	}
+	// Only the agent token is mounted: no application or superuser credentials.
+	for _, v := range job.Spec.Template.Spec.Volumes {
+		if v.Secret == nil {
+			continue
+		}
+		if v.Secret.SecretName == "test-db-credentials" {
+			t.Errorf("the restore Job mounts the application credentials")
+		}
+		if v.Secret.SecretName == "test-db-internal" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "agent-token") {
+			t.Errorf("the restore Job mounts more of the internal Secret than the agent token: %+v", v.Secret.Items)
 		}
 	}
 	if job.Spec.Template.Spec.Containers[0].Image != "postgres:15.18" {
@@ -71,10 +97,20 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 	if ref := metav1.GetControllerOf(job); ref == nil || ref.UID != rs.UID {
 		t.Errorf("job not owned by the Restore")
 	}
-	finishJob(t, job, true, "")
+	dropAfter := time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC)
+	finishJob(t, job, true, restoreResultMessage(&instance.RestoreResult{Database: "app", PreviousDatabase: "app_prerestore_20261202t040000",
+		PreviousDropAfter: dropAfter, TerminatedSessions: 3, Jobs: 2, Tables: 12, Seconds: 4.2}))
 	rs = waitRestore(t, ns, databasev1.RestoreCompleted, databasev1.ReasonCompleted)
 	if rs.Status.RestoreTime == nil {
 		t.Error("restoreTime not set")
+	}
+	if rs.Status.PreviousDatabase != "app_prerestore_20261202t040000" || rs.Status.PreviousDatabaseDropAfter == nil ||
+		!rs.Status.PreviousDatabaseDropAfter.Time.Equal(dropAfter) || rs.Status.TerminatedSessions != 3 || rs.Status.Duration != "4.2s" {
+		t.Errorf("status = %+v", rs.Status)
+	}
+	if c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionReady); c == nil ||
+		!strings.Contains(c.Message, "kept as database app_prerestore_20261202t040000") || !strings.Contains(c.Message, "3 sessions were terminated") {
+		t.Errorf("Ready = %+v", c)
 	}
 	if err := apply(t, ns, strings.Replace(testRestore, "name: test-backup", "name: other", 1)); err == nil ||
 		!strings.Contains(err.Error(), "the spec of a Restore is immutable") {
@@ -119,7 +155,49 @@ func TestRestoreOfAScheduleUsesItsNewestCompletedRun(t *testing.T) {
 	}
 	mustApply(t, ns, testRestore)
 	job := getJob(t, ns, "test-restore-restore")
-	if args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " "); !strings.Contains(args, "test-backup-2000.dump.zst") {
+	if args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " "); !strings.Contains(args, "/test-backup-2000-") {
 		t.Errorf("restore of a schedule uses %q, want the newest run", args)
+	}
+}
+
+func TestRestoreValidation(t *testing.T) {
+	ns := newNamespace(t)
+	for _, tc := range []struct{ from, to, want string }{
+		{"databaseRef:\n    name: test-db", "databaseRef: {}", "databaseRef.name must name a Database"},
+		{"  backupRef:\n    name: test-backup\n", "", "set exactly one of backupRef (a Backup) and source (a bare artifact location)"},
+		{"  backupRef:\n    name: test-backup\n", "  backupRef:\n    name: test-backup\n  source:\n    location: s3://bucket/a/b.dump.zst\n", "set exactly one of backupRef"},
+		{"  backupRef:\n    name: test-backup\n", "  source:\n    location: s3://bucket\n", "source.location must be s3://bucket/key or pvc://claim/key"},
+		{"  backupRef:\n    name: test-backup\n", "  backupRef:\n    name: test-backup\n  parallelJobs: 0\n", "should be greater than or equal to 1"},
+	} {
+		if err := apply(t, ns, strings.Replace(testRestore, tc.from, tc.to, 1)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v; want %q", tc.to, err, tc.want)
+		}
+	}
+}
+
+// TestRestoreFromABareLocationNeedsNoBackupObject: disaster recovery from an
+// artifact URL; the Job checks the manifest alone (no recorded checksum), and an
+// artifact another Database wrote fails with its own reason unless allowed.
+func TestRestoreFromABareLocationNeedsNoBackupObject(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	const loc = "pvc://old-backups/prod/db/0b1c/nightly-1796223000-abcd1234.dump.zst"
+	mustApply(t, ns, strings.Replace(testRestore, "  backupRef:\n    name: test-backup\n", "  source:\n    location: "+loc+"\n  keepPreviousFor: 1h\n  parallelJobs: 4\n", 1))
+	rs := waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
+	if rs.Status.BackupLocation != loc || rs.Status.BackupName != "" {
+		t.Errorf("status = %+v", rs.Status)
+	}
+	job := getJob(t, ns, "test-restore-restore")
+	args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
+	for _, want := range []string{"--location=pvc://old-backups", "--key=prod/db/0b1c/nightly-1796223000-abcd1234.dump.zst",
+		"--expect-sha256= ", "--jobs=4", "--keep-previous-seconds=3600", "--allow-other-database=false"} {
+		if !strings.Contains(args+" ", want) {
+			t.Errorf("restore job command %q lacks %q", args, want)
+		}
+	}
+	finishJob(t, job, false, resultMessage(nil, enginepkg.ErrOtherDatabase+": Database prod/db (UID 0b1c) wrote it, not this one"))
+	rs = waitRestore(t, ns, databasev1.RestoreFailed, databasev1.ReasonArtifactOfOtherDatabase)
+	if c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionStalled); c == nil || !strings.Contains(c.Message, "prod/db") {
+		t.Errorf("Stalled = %+v", c)
 	}
 }

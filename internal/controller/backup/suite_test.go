@@ -23,6 +23,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/controller/database"
 	"github.com/example/postgres-operator/internal/scheme"
 	"github.com/example/postgres-operator/internal/testenv"
@@ -148,11 +149,22 @@ func setDatabaseStatus(t *testing.T, ns, name string, phase databasev1.Phase, pr
 		meta.SetStatusCondition(&db.Status.Conditions, metav1.Condition{Type: databasev1.ConditionPrimaryAvailable, Status: pa,
 			Reason: "Test", Message: "set by the test", ObservedGeneration: db.Generation})
 		db.Status.Image = "postgres:15.18"
+		db.Status.CurrentPrimary = name + "-0"
 		if err := k8s.Status().Update(testCtx, db); err != nil {
 			return err.Error()
 		}
 		return ""
 	})
+}
+
+// artifactKeyOf is the key a Backup's artifact gets under prefix.
+func artifactKeyOf(t *testing.T, ns, backup, prefix string) string {
+	t.Helper()
+	b, db := getBackup(t, ns, backup), &databasev1.Database{}
+	if err := k8s.Get(testCtx, client.ObjectKey{Namespace: ns, Name: b.Spec.DatabaseRef.Name}, db); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s/%s/%s/%s/%s-%s.dump.zst", prefix, ns, db.Name, db.UID, b.Name, strings.ReplaceAll(string(b.UID), "-", "")[:8])
 }
 
 func createPVC(t *testing.T, ns, name string) {
@@ -247,6 +259,11 @@ func finishJob(t *testing.T, job *batchv1.Job, succeeded bool, message string) {
 		}
 		return ""
 	})
+}
+
+func restoreResultMessage(r *instance.RestoreResult) string {
+	b, _ := json.Marshal(enginepkg.Result{Restore: r})
+	return string(b)
 }
 
 func resultMessage(m *enginepkg.Manifest, errMsg string) string {

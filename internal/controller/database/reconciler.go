@@ -116,7 +116,29 @@ func (r *Reconciler) steps() []step {
 		{"recovery", r.reconcileRecovery},
 		{"rollout", r.reconcileRollout},
 		{"disruption", r.reconcileDisruptionBudgets},
+		{"restores", r.observeRestores},
 	}
+}
+
+// observeRestores finds the running Restores of the Database (for its Restoring
+// condition).
+func (r *Reconciler) observeRestores(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	var list databasev1.RestoreList
+	if err := r.List(ctx, &list, client.InNamespace(db.Namespace)); err != nil {
+		return fmt.Errorf("listing restores: %w", err)
+	}
+	obs.Restores, obs.RestoresObserved = map[string]string{}, true
+	for _, rs := range list.Items {
+		if rs.Spec.DatabaseRef.Name != db.Name || rs.Status.Phase != databasev1.RestoreInProgress {
+			continue
+		}
+		what := rs.Status.BackupLocation
+		if rs.Status.BackupName != "" {
+			what = "Backup " + rs.Status.BackupName
+		}
+		obs.Restores[rs.Name] = what
+	}
+	return nil
 }
 
 // Reconcile moves one Database towards its spec. It never waits: it applies what is
@@ -547,8 +569,18 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToDatabase)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(sliceToDatabase)).
+		Watches(&databasev1.Restore{}, handler.EnqueueRequestsFromMapFunc(restoreToDatabase)).
 		Named("database").
 		Complete(r)
+}
+
+// restoreToDatabase maps a Restore to the Database it restores into.
+func restoreToDatabase(_ context.Context, o client.Object) []ctrl.Request {
+	rs, ok := o.(*databasev1.Restore)
+	if !ok || rs.Spec.DatabaseRef.Name == "" {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.DatabaseRef.Name}}}
 }
 
 // sliceToDatabase maps an EndpointSlice of a Service the operator manages (the

@@ -58,6 +58,11 @@ type observation struct {
 	// RecoveryError explains why the recover-primary-from annotation was not acted
 	// on.
 	RecoveryError string
+	// Restores are the Restores of this Database that run (InProgress), by name,
+	// with what they restore; RestoresObserved is false when they could not be
+	// listed (the condition is then left as it was).
+	Restores         map[string]string
+	RestoresObserved bool
 	// PVCs are the Database's volumes.
 	PVCs []corev1.PersistentVolumeClaim
 	// IdentityConflict explains why a freshly initialised cluster's identity is not
@@ -185,6 +190,10 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	if obs.Storage != nil {
 		set(databasev1.ConditionStorageResized, obs.Storage.Status, obs.Storage.Reason, obs.Storage.Message)
 	}
+	if obs.RestoresObserved {
+		r := restoring(obs)
+		set(databasev1.ConditionRestoring, r.Status, r.Reason, r.Message)
+	}
 
 	v := decide(db, obs, st.SystemIdentifier)
 	if v.Phase != databasev1.PhaseReady && v.Phase != databasev1.PhaseFailed && prev.Phase == databasev1.PhaseReady &&
@@ -223,6 +232,25 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		setReconcileError(&st, db, obs)
 	}
 	return st
+}
+
+// restoring is the Restoring condition: True while a Restore runs, naming it and
+// what the primary's agent reports.
+func restoring(obs observation) conditionVerdict {
+	if len(obs.Restores) == 0 {
+		return conditionVerdict{metav1.ConditionFalse, databasev1.ReasonNoRestore, "No Restore of this Database is running"}
+	}
+	names := make([]string, 0, len(obs.Restores))
+	for n := range obs.Restores {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	msg := fmt.Sprintf("Restore %s is restoring %s into a separate database on the primary; the application database is unchanged "+
+		"until the restored one is swapped in (its sessions are terminated then); backups wait", names[0], obs.Restores[names[0]])
+	if p := primaryOf(obs); p != nil && p.Restoring != "" {
+		msg += "; the primary's agent is applying it"
+	}
+	return conditionVerdict{metav1.ConditionTrue, databasev1.ReasonRestoreRunning, msg}
 }
 
 // setReconcileError reports a failing step in Reconciling; when failures go on

@@ -584,3 +584,49 @@ func TestDeriveStatusDuringAChangeOfPrimary(t *testing.T) {
 		}
 	}
 }
+
+// TestRestoringCondition: True naming the running Restore while one runs, False
+// when none, and untouched when the Restores could not be listed.
+func TestRestoringCondition(t *testing.T) {
+	primary := primaryReport("db-0", nil)
+	applying := primaryReport("db-0", nil)
+	applying.Status.Restoring = "abc"
+	for _, tc := range []struct {
+		name        string
+		obs         observation
+		prev        *metav1.Condition
+		want        metav1.ConditionStatus
+		wantReason  string
+		wantMessage string
+	}{
+		{"not listed: no condition", observation{}, nil, "", "", ""},
+		{"not listed: the last one is kept", observation{}, &metav1.Condition{Type: databasev1.ConditionRestoring, Status: metav1.ConditionTrue, Reason: databasev1.ReasonRestoreRunning, Message: "old"},
+			metav1.ConditionTrue, databasev1.ReasonRestoreRunning, "old"},
+		{"none running", observation{RestoresObserved: true, Restores: map[string]string{}}, nil, metav1.ConditionFalse, databasev1.ReasonNoRestore, "No Restore"},
+		{"one running", observation{RestoresObserved: true, Restores: map[string]string{"r1": "Backup nightly-1"},
+			Pods: pods("db-0"), Instances: map[string]InstanceReport{"db-0": primary}},
+			nil, metav1.ConditionTrue, databasev1.ReasonRestoreRunning, "Restore r1 is restoring Backup nightly-1"},
+		{"the agent applies it", observation{RestoresObserved: true, Restores: map[string]string{"r1": "s3://b/k"},
+			Pods: pods("db-0"), Instances: map[string]InstanceReport{"db-0": applying}},
+			nil, metav1.ConditionTrue, databasev1.ReasonRestoreRunning, "the primary's agent is applying it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			db := testDB(1)
+			if tc.prev != nil {
+				db.Status.Conditions = []metav1.Condition{*tc.prev}
+			}
+			tc.obs.StatefulSet = sts(1, 1, 1, "a", "a")
+			st := deriveStatus(db, tc.obs)
+			c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionRestoring)
+			if tc.want == "" {
+				if c != nil {
+					t.Fatalf("Restoring = %+v, want none", c)
+				}
+				return
+			}
+			if c == nil || c.Status != tc.want || c.Reason != tc.wantReason || !strings.Contains(c.Message, tc.wantMessage) {
+				t.Errorf("Restoring = %+v, want %s %s %q", c, tc.want, tc.wantReason, tc.wantMessage)
+			}
+		})
+	}
+}

@@ -1,0 +1,342 @@
+package backup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/objectstore"
+)
+
+// These tests restore real artifacts into a real PostgreSQL through its agent,
+// the way the restore Job does, and check the database, not just the answer.
+
+// query returns the first column of each row of sql, run as the superuser in db.
+func (p *pg) query(t *testing.T, db, sql string) []string {
+	t.Helper()
+	c, err := p.superConnect(context.Background(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	rows, err := c.Query(context.Background(), sql)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
+		var v any
+		err := r.Scan(&v)
+		return fmt.Sprint(v), err
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return out
+}
+
+func (p *pg) backup(t *testing.T, store objectstore.Store, key string) *Manifest {
+	t.Helper()
+	m, err := Run(context.Background(), Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store, Key: key})
+	if err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+	return m
+}
+
+// TestRestoreIsExactlyTheDatabaseAtBackupTime: objects created after the backup
+// (including ones that depend on dumped objects) are gone, GRANTs and owners are
+// as they were, extensions a superuser installed work, and the database's own
+// settings and grants carry over; the previous content is kept as a pre-restore
+// copy that accepts no connections.
+func TestRestoreIsExactlyTheDatabaseAtBackupTime(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.super(t, "postgres", `CREATE ROLE reader NOLOGIN; CREATE ROLE other_owner NOLOGIN;
+		ALTER DATABASE appdb SET work_mem = '7MB'; GRANT CONNECT ON DATABASE appdb TO reader`)
+	p.super(t, "appdb", `CREATE EXTENSION hstore; CREATE EXTENSION postgres_fdw;
+		CREATE TABLE public.owned_elsewhere (id int PRIMARY KEY); ALTER TABLE public.owned_elsewhere OWNER TO other_owner;
+		GRANT SELECT ON public.owned_elsewhere TO appuser`)
+	p.exec(t, `CREATE TABLE items (id int PRIMARY KEY, attrs hstore, name text);
+		INSERT INTO items SELECT i, hstore('k', i::text), 'item ' || i FROM generate_series(1, 5000) i;
+		GRANT SELECT ON items TO reader;
+		CREATE VIEW item_names AS SELECT name FROM items`)
+	store := objectstore.Dir{Root: t.TempDir()}
+	p.backup(t, store, "exact.dump.zst")
+	wantRows := p.query(t, "appdb", "SELECT md5(string_agg(i::text, ',' ORDER BY id)) FROM items i")
+
+	// After the backup: dependent objects, independent ones, lost grants, changed rows.
+	p.exec(t, `CREATE VIEW later_view AS SELECT id FROM items;
+		CREATE TABLE later_child (item int REFERENCES items(id));
+		CREATE TABLE later_table (x int); INSERT INTO later_table VALUES (1);
+		REVOKE SELECT ON items FROM reader;
+		DELETE FROM items WHERE id > 100`)
+
+	res, err := p.restore(ctx, store, "exact.dump.zst", "exact1", 2)
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if res.Jobs != 2 || res.Database != "appdb" || !strings.HasPrefix(res.PreviousDatabase, "appdb"+instance.PreRestoreInfix) {
+		t.Errorf("result = %+v", res)
+	}
+	if got := p.query(t, "appdb", "SELECT md5(string_agg(i::text, ',' ORDER BY id)) FROM items i"); got[0] != wantRows[0] {
+		t.Errorf("items differ from the backup: %v, want %v", got, wantRows)
+	}
+	for _, tc := range []struct{ what, sql, want string }{
+		{"objects created after the backup are gone", `SELECT count(*) FROM pg_class WHERE relname IN ('later_view', 'later_child', 'later_table')`, "0"},
+		{"the view of the backup is back", `SELECT count(*) FROM pg_views WHERE viewname = 'item_names'`, "1"},
+		{"the revoked GRANT is back", `SELECT has_table_privilege('reader', 'items', 'SELECT')`, "true"},
+		{"owners are as they were", `SELECT tableowner FROM pg_tables WHERE tablename = 'owned_elsewhere'`, "other_owner"},
+		{"the application's objects belong to it", `SELECT tableowner FROM pg_tables WHERE tablename = 'items'`, "appuser"},
+		{"the superuser's extension works", `SELECT (attrs -> 'k') FROM items WHERE id = 4242`, "4242"},
+		{"an untrusted extension is restored", `SELECT count(*) FROM pg_extension WHERE extname = 'postgres_fdw'`, "1"},
+		{"the database belongs to the application", `SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'appdb'`, "appuser"},
+		{"database settings carry over", `SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase WHERE d.datname = 'appdb'`, "work_mem=7MB"},
+		{"database grants carry over", `SELECT has_database_privilege('reader', 'appdb', 'CONNECT')`, "true"},
+		{"planner statistics exist", `SELECT count(*) > 0 FROM pg_stats WHERE tablename = 'items'`, "true"},
+		{"no scratch database is left", `SELECT count(*) FROM pg_database WHERE datname LIKE 'pgo\_restoring\_%'`, "0"},
+	} {
+		if got := p.query(t, "appdb", tc.sql); len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: %s = %v, want %s", tc.what, tc.sql, got, tc.want)
+		}
+	}
+	// The application user can work in the restored database at once.
+	p.exec(t, "INSERT INTO items VALUES (9999, NULL, 'after')")
+
+	// The previous content is kept, closed to connections, with its drop time.
+	prev := res.PreviousDatabase
+	if got := p.query(t, "postgres", fmt.Sprintf(`SELECT datallowconn::text || ' ' || shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = '%s'`, prev)); len(got) != 1 ||
+		!strings.HasPrefix(got[0], "false postgres-operator pre-restore copy; dropped after ") {
+		t.Errorf("pre-restore copy %s: %v", prev, got)
+	}
+	p.super(t, "postgres", fmt.Sprintf(`ALTER DATABASE %q WITH ALLOW_CONNECTIONS true`, prev))
+	if got := p.query(t, prev, "SELECT count(*) FROM later_table"); got[0] != "1" {
+		t.Errorf("the pre-restore copy lost its content: %v", got)
+	}
+}
+
+// TestRestoreTerminatesBlockingSessionsWithinABound: an idle-in-transaction client
+// holding a lock on a restored table neither blocks the restore nor is waited
+// for; it is terminated and counted, and readers never see a half-restored table.
+func TestRestoreTerminatesBlockingSessionsWithinABound(t *testing.T) {
+	p := startPostgres(t)
+	p.seed(t)
+	ctx := context.Background()
+	store := objectstore.Dir{Root: t.TempDir()}
+	p.backup(t, store, "busy.dump.zst")
+	original := p.checksums(t)
+	p.exec(t, "DELETE FROM kinds WHERE id > 10")
+
+	idle, err := p.connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close(context.Background())
+	if _, err := idle.Exec(ctx, "BEGIN; LOCK TABLE kinds IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	// Readers during the restore see the old rows or the new, never a mix.
+	var stop atomic.Bool
+	var badReads atomic.Int64
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for !stop.Load() {
+			c, err := p.connect(ctx)
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			var n int
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := c.QueryRow(qctx, "SELECT count(*) FROM pgbench_branches").Scan(&n); err == nil && n != 2 {
+				badReads.Add(1)
+			}
+			cancel()
+			c.Close(context.Background())
+		}
+	}()
+	start := time.Now()
+	res, err := p.restore(ctx, store, "busy.dump.zst", "busy", 2)
+	took := time.Since(start)
+	stop.Store(true)
+	<-readerDone
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if res.TerminatedSessions < 1 {
+		t.Errorf("terminated %d sessions, want the idle transaction's at least", res.TerminatedSessions)
+	}
+	if took > 60*time.Second {
+		t.Errorf("restore took %s with an idle transaction", took)
+	}
+	if badReads.Load() != 0 {
+		t.Errorf("%d reads saw a half-restored table", badReads.Load())
+	}
+	if _, err := idle.Exec(ctx, "SELECT 1"); err == nil {
+		t.Error("the idle transaction survived the swap")
+	}
+	if d := equalSums(original, p.checksums(t)); d != "" {
+		t.Errorf("tables differ after restore: %s", d)
+	}
+}
+
+// failingStore serves the artifact but breaks the second read of it half way, as
+// when the restore Job is killed mid-stream.
+type failingStore struct {
+	objectstore.Store
+	gets atomic.Int64
+	cut  int64
+}
+
+func (f *failingStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
+	rc, err := f.Store.Get(ctx, key)
+	if err != nil || strings.HasSuffix(key, ManifestSuffix) || f.gets.Add(1) != 2 {
+		return rc, err
+	}
+	return struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(io.LimitReader(rc, f.cut), errReader{}), rc}, nil
+}
+
+type errReader struct{}
+
+func (errReader) Read([]byte) (int, error) { return 0, errors.New("connection reset (job killed)") }
+
+// TestARestoreInterruptedMidwayLeavesTheOldDatabase: the stream breaks half way,
+// or the agent receives bytes that do not match the manifest: the application
+// database is exactly the old one, nothing of the attempt is left, and the next
+// restore works.
+func TestARestoreInterruptedMidwayLeavesTheOldDatabase(t *testing.T) {
+	p := startPostgres(t)
+	p.seed(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	store := objectstore.Dir{Root: root}
+	m := p.backup(t, store, "cut.dump.zst")
+	original := p.checksums(t)
+	p.exec(t, "DELETE FROM pgbench_accounts WHERE aid > 1000; CREATE TABLE after_backup (x int)")
+	before := p.checksums(t)
+	unchanged := func(t *testing.T) {
+		t.Helper()
+		// The agent may still be cleaning up after the client gave up (as after
+		// a killed Job): wait until it reports no restore.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, err := instance.NewClient(nil, "t").GetStatus(ctx, "http://"+p.agent.Addr().String())
+			if err == nil && st.Restoring == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the agent still restores: %+v %v", st, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if d := equalSums(before, p.checksums(t)); d != "" {
+			t.Errorf("the database changed: %s", d)
+		}
+		if got := p.query(t, "appdb", "SELECT count(*) FROM pg_class WHERE relname = 'after_backup'"); got[0] != "1" {
+			t.Error("the old database was replaced")
+		}
+		if got := p.query(t, "postgres", `SELECT count(*) FROM pg_database WHERE datname LIKE 'pgo\_restoring\_%' OR datname LIKE '%\_prerestore\_%'`); got[0] != "0" {
+			t.Errorf("%s databases left by the attempt", got[0])
+		}
+	}
+	for _, jobs := range []int{1, 2} {
+		t.Run(fmt.Sprintf("stream cut with %d jobs", jobs), func(t *testing.T) {
+			fs := &failingStore{Store: store, cut: m.SizeBytes / 2}
+			_, err := Restore(ctx, RestoreOptions{Store: fs, Key: "cut.dump.zst", Agent: instance.NewClient(&http.Client{}, "t"),
+				AgentURL: "http://" + p.agent.Addr().String(), Request: instance.RestoreRequest{ID: fmt.Sprintf("cut%d", jobs), Jobs: jobs, KeepPreviousSeconds: 60}})
+			if err == nil {
+				t.Fatal("a restore whose stream broke succeeded")
+			}
+			unchanged(t)
+		})
+	}
+	t.Run("bytes that do not match the manifest", func(t *testing.T) {
+		pristine, err := os.ReadFile(filepath.Join(root, "cut.dump.zst"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := bytes.Clone(pristine)
+		forged[len(forged)/2] ^= 0x01
+		for _, jobs := range []int{1, 2} {
+			_, err := instance.NewClient(&http.Client{}, "t").Restore(ctx, "http://"+p.agent.Addr().String(),
+				instance.RestoreRequest{ID: "forged", SHA256: m.SHA256, UncompressedBytes: m.UncompressedSize, Jobs: jobs}, bytes.NewReader(forged))
+			if err == nil || !strings.Contains(err.Error(), "500") {
+				t.Fatalf("the agent did not refuse bytes that do not match the manifest (%d jobs): %v", jobs, err)
+			}
+			unchanged(t)
+		}
+	})
+	t.Run("the next restore works", func(t *testing.T) {
+		if _, err := p.restore(ctx, store, "cut.dump.zst", "after", 2); err != nil {
+			t.Fatal(err)
+		}
+		if d := equalSums(original, p.checksums(t)); d != "" {
+			t.Errorf("tables differ after restore: %s", d)
+		}
+	})
+}
+
+// TestRestoreOfThousandsOfTables: no single transaction, so the lock table is no
+// limit (one transaction ran out of locks at about 1,200 tables).
+func TestRestoreOfThousandsOfTables(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.exec(t, `DO $$ BEGIN FOR i IN 1..2000 LOOP
+		EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text); INSERT INTO t%s VALUES (1, %L)', i, i, 'v' || i);
+		END LOOP; END $$`)
+	store := objectstore.Dir{Root: t.TempDir()}
+	p.backup(t, store, "many.dump.zst")
+	p.exec(t, "DROP TABLE t1, t2, t3")
+	res, err := p.restore(ctx, store, "many.dump.zst", "many", 2)
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
+	if res.Tables != 2000 {
+		t.Errorf("restored %d tables, want 2000", res.Tables)
+	}
+	if got := p.query(t, "appdb", "SELECT v FROM t2"); len(got) != 1 || got[0] != "v2" {
+		t.Errorf("t2 = %v", got)
+	}
+}
+
+// TestTheAgentRefusesRestoresItCannotDo: bad requests and a second concurrent
+// restore are refused with a reason.
+func TestTheAgentRefusesRestoresItCannotDo(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	c := instance.NewClient(&http.Client{}, "t")
+	url := "http://" + p.agent.Addr().String()
+	for _, tc := range []struct {
+		name string
+		req  instance.RestoreRequest
+		want string
+	}{
+		{"bad id", instance.RestoreRequest{ID: "Bad-ID", SHA256: strings.Repeat("a", 64)}, "invalid restore id"},
+		{"bad checksum", instance.RestoreRequest{ID: "ok", SHA256: "abc"}, "invalid sha256"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.Restore(ctx, url, tc.req, strings.NewReader("x"))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	if _, err := instance.NewClient(&http.Client{}, "wrong").Restore(ctx, url, instance.RestoreRequest{ID: "x"}, strings.NewReader("")); !errors.Is(err, instance.ErrUnauthorized) {
+		t.Errorf("wrong token: %v", err)
+	}
+}

@@ -1,0 +1,636 @@
+package instance
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/example/postgres-operator/internal/postgres"
+)
+
+// Restores are applied by the primary's agent, as the superuser over the private
+// socket, so that the result is exactly the database as it was dumped (owners,
+// GRANTs, extensions a superuser installed):
+//
+//  1. the artifact (zstd-compressed pg_dump custom format) is received from the
+//     restore Job and, when the volume has room, spooled decompressed next to the
+//     data directory so pg_restore can run in parallel; else it is streamed into a
+//     single pg_restore;
+//  2. it is restored into a new scratch database; the application database is not
+//     touched, and no client can connect to the scratch database;
+//  3. the received bytes' SHA-256 must equal the manifest's (which the Job compared
+//     with the Backup's status), and pg_restore must exit cleanly: else the scratch
+//     database is dropped and nothing changed;
+//  4. ANALYZE, then the swap: connections to the application database are refused
+//     and its sessions terminated (bounded), then in one transaction the
+//     application database is renamed to a pre-restore copy and the scratch
+//     database takes its name, owner, settings and database-level grants.
+//
+// An interruption at any point (the Job killed, the agent or the pod killed) leaves
+// either the old database (the scratch one is dropped now or on the next restore) or
+// the restored one: the swap is a single transaction. The pre-restore copy accepts
+// no connections and is dropped by the primary's agent once its time is up (a
+// comment on it records when).
+
+// PathRestore (PUT, authenticated) restores the request body into the application
+// database; the RestoreRequest is JSON in the HeaderRestoreRequest header.
+const (
+	PathRestore          = "/restore"
+	HeaderRestoreRequest = "X-Restore-Request"
+	// ScratchPrefix names the databases restores are built in.
+	ScratchPrefix = "pgo_restoring_"
+	// PreRestoreInfix is in the name of every pre-restore copy.
+	PreRestoreInfix = "_prerestore_"
+	// preRestoreComment starts the comment on a pre-restore copy, followed by the
+	// RFC 3339 time after which it is dropped.
+	preRestoreComment = "postgres-operator pre-restore copy; dropped after "
+)
+
+// RestoreRequest describes the artifact in the body of PUT /restore.
+type RestoreRequest struct {
+	// ID names the scratch database (lower-case letters and digits).
+	ID string `json:"id"`
+	// SHA256 of the body (the compressed artifact), from its verified manifest.
+	SHA256 string `json:"sha256"`
+	// UncompressedBytes is the archive's size, to decide whether it can be spooled.
+	UncompressedBytes int64 `json:"uncompressedBytes"`
+	// Jobs is pg_restore's parallelism (1: stream, no spool).
+	Jobs int `json:"jobs"`
+	// KeepPreviousSeconds: how long the pre-restore copy is kept (0: dropped at once).
+	KeepPreviousSeconds int64 `json:"keepPreviousSeconds"`
+	// SessionTimeoutSeconds bounds the wait for sessions to end once terminated
+	// (default 30).
+	SessionTimeoutSeconds int `json:"sessionTimeoutSeconds,omitempty"`
+}
+
+// RestoreResult is the answer of PUT /restore.
+type RestoreResult struct {
+	Database string `json:"database"`
+	// PreviousDatabase is the pre-restore copy ("" when it was dropped at once).
+	PreviousDatabase  string    `json:"previousDatabase,omitempty"`
+	PreviousDropAfter time.Time `json:"previousDropAfter,omitempty"`
+	// TerminatedSessions is how many sessions the swap terminated.
+	TerminatedSessions int `json:"terminatedSessions"`
+	// Jobs is the parallelism pg_restore ran with (1 when streamed).
+	Jobs int `json:"jobs"`
+	// Tables is the number of tables in the restored database.
+	Tables int `json:"tables"`
+	// Seconds is the time from the first byte received to the swap.
+	Seconds float64 `json:"seconds"`
+}
+
+var restoreIDPattern = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
+
+var errNotPrimary = errors.New("not a running primary")
+
+func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
+	var req RestoreRequest
+	if err := json.Unmarshal([]byte(r.Header.Get(HeaderRestoreRequest)), &req); err != nil {
+		http.Error(w, "invalid "+HeaderRestoreRequest+" header: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if !restoreIDPattern.MatchString(req.ID) {
+		http.Error(w, "invalid restore id (lower-case letters and digits, at most 32)", http.StatusBadRequest)
+		return
+	}
+	if b, err := hex.DecodeString(req.SHA256); err != nil || len(b) != sha256.Size {
+		http.Error(w, "invalid sha256", http.StatusBadRequest)
+		return
+	}
+	ctx, end, err := a.beginRestore(r.Context(), req.ID)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	defer end()
+	res, err := a.restore(ctx, req, r.Body)
+	if err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, errNotPrimary) {
+			code = http.StatusConflict
+		}
+		a.log.Warn("restore failed; the application database is unchanged", "id", req.ID, "error", err.Error())
+		http.Error(w, err.Error(), code)
+		return
+	}
+	a.log.Info("restore swapped in", "id", req.ID, "previous", res.PreviousDatabase,
+		"terminatedSessions", res.TerminatedSessions, "jobs", res.Jobs, "seconds", res.Seconds)
+	writeJSON(w, http.StatusOK, res)
+}
+
+// restoreSlot is a running restore.
+type restoreSlot struct {
+	id     string
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// beginRestore admits one restore at a time. A retry of the running one (same ID:
+// the Job's pod was replaced while the agent still worked on the previous
+// attempt) cancels that attempt and waits, boundedly, for its cleanup.
+func (a *Agent) beginRestore(ctx context.Context, id string) (context.Context, func(), error) {
+	for {
+		a.restoreMu.Lock()
+		cur := a.currentRestore
+		if cur == nil {
+			rctx, cancel := context.WithCancel(ctx)
+			slot := &restoreSlot{id: id, cancel: cancel, done: make(chan struct{})}
+			a.currentRestore = slot
+			a.restoreMu.Unlock()
+			return rctx, func() {
+				cancel()
+				a.restoreMu.Lock()
+				a.currentRestore = nil
+				a.restoreMu.Unlock()
+				close(slot.done)
+			}, nil
+		}
+		a.restoreMu.Unlock()
+		if cur.id != id {
+			return nil, nil, fmt.Errorf("restore %s is running on this instance", cur.id)
+		}
+		cur.cancel()
+		select {
+		case <-cur.done:
+		case <-time.After(60 * time.Second):
+			return nil, nil, fmt.Errorf("the previous attempt of restore %s did not stop within 60s", id)
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// restoreInProgress is the ID of the running restore ("" when none).
+func (a *Agent) restoreInProgress() string {
+	a.restoreMu.Lock()
+	defer a.restoreMu.Unlock()
+	if a.currentRestore == nil {
+		return ""
+	}
+	return a.currentRestore.id
+}
+
+func (a *Agent) runningPrimary() bool {
+	return a.primary.Load() && !a.exited.Load() && a.isTarget()
+}
+
+func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader) (*RestoreResult, error) {
+	start := time.Now()
+	if !a.runningPrimary() {
+		return nil, errNotPrimary
+	}
+	appDB, err := a.readSecret(a.cfg.CredentialsDir, CredentialsDatabaseFile)
+	if err != nil {
+		return nil, err
+	}
+	appUser, err := a.readSecret(a.cfg.CredentialsDir, CredentialsUsernameFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateNames(appUser, appDB); err != nil {
+		return nil, err
+	}
+	if appDB == "postgres" {
+		return nil, errors.New("refusing to restore into the maintenance database postgres")
+	}
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	if err := dropScratchDatabases(ctx, conn); err != nil {
+		return nil, err
+	}
+	var encoding, collate, ctype string
+	if err := conn.QueryRow(ctx, `SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = $1`,
+		appDB).Scan(&encoding, &collate, &ctype); err != nil {
+		return nil, fmt.Errorf("reading database %s: %w", appDB, err)
+	}
+	scratch := ScratchPrefix + req.ID
+	qs := postgres.QuoteIdentifier(scratch)
+	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE template0 ENCODING %s LC_COLLATE %s LC_CTYPE %s",
+		qs, postgres.QuoteLiteral(encoding), postgres.QuoteLiteral(collate), postgres.QuoteLiteral(ctype))); err != nil {
+		return nil, fmt.Errorf("creating the scratch database: %w", err)
+	}
+	swapped := false
+	defer func() {
+		if !swapped {
+			// Nothing of the attempt stays (a killed agent's is dropped by the
+			// next restore).
+			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if _, err := conn.Exec(dctx, "DROP DATABASE IF EXISTS "+qs+" WITH (FORCE)"); err != nil {
+				a.log.Warn("dropping the scratch database", "database", scratch, "error", err.Error())
+			}
+		}
+	}()
+	// Only the superuser works in it until the swap.
+	if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+qs+" FROM PUBLIC"); err != nil {
+		return nil, err
+	}
+
+	jobs, err := a.pgRestore(ctx, req, body, scratch)
+	if err != nil {
+		return nil, err
+	}
+	res := &RestoreResult{Database: appDB, Jobs: jobs}
+	sc, err := a.connect(ctx, scratch)
+	if err != nil {
+		return nil, err
+	}
+	err = sc.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`).Scan(&res.Tables)
+	if err == nil {
+		// Planner statistics are not in a dump: without them the first queries
+		// after the swap would run on guesses.
+		_, err = sc.Exec(ctx, "ANALYZE")
+	}
+	sc.Close(context.Background())
+	if err != nil {
+		return nil, fmt.Errorf("analyzing the restored database: %w", err)
+	}
+	if !a.runningPrimary() {
+		return nil, errNotPrimary
+	}
+
+	prev := ""
+	var dropAfter time.Time
+	name := appDB
+	if len(name) > 63-len(PreRestoreInfix)-15 {
+		name = name[:63-len(PreRestoreInfix)-15]
+	}
+	prev = name + PreRestoreInfix + start.UTC().Format("20060102t150405")
+	dropAfter = start.Add(time.Duration(req.KeepPreviousSeconds) * time.Second).UTC().Truncate(time.Second)
+	timeout := time.Duration(req.SessionTimeoutSeconds) * time.Second
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	n, err := a.swap(ctx, conn, appDB, scratch, prev, dropAfter, timeout)
+	res.TerminatedSessions = n
+	if err != nil {
+		return res, err
+	}
+	swapped = true
+	res.PreviousDatabase, res.PreviousDropAfter = prev, dropAfter
+	if req.KeepPreviousSeconds <= 0 {
+		if _, err := conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+postgres.QuoteIdentifier(prev)+" WITH (FORCE)"); err != nil {
+			a.log.Warn("dropping the pre-restore copy", "database", prev, "error", err.Error())
+		} else {
+			res.PreviousDatabase, res.PreviousDropAfter = "", time.Time{}
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// dropScratchDatabases drops what interrupted restores left.
+func dropScratchDatabases(ctx context.Context, conn *pgx.Conn) error {
+	rows, err := conn.Query(ctx, `SELECT datname FROM pg_database WHERE starts_with(datname, $1)`, ScratchPrefix)
+	if err != nil {
+		return err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+postgres.QuoteIdentifier(n)+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("dropping %s, left by an interrupted restore: %w", n, err)
+		}
+	}
+	return nil
+}
+
+// pgRestore restores the body into database scratch and checks its SHA-256;
+// it returns the parallelism used.
+func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reader, scratch string) (int, error) {
+	hash := sha256.New()
+	dec, err := zstd.NewReader(io.TeeReader(body, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	if err != nil {
+		return 0, err
+	}
+	defer dec.Close()
+	checkSum := func() error {
+		// The rest of the stream (pg_restore may stop before its end) is
+		// decompressed too: zstd checks every frame.
+		if _, err := io.Copy(io.Discard, struct{ io.Reader }{dec}); err != nil {
+			return fmt.Errorf("reading the artifact: %w", err)
+		}
+		if got := hex.EncodeToString(hash.Sum(nil)); got != req.SHA256 {
+			return fmt.Errorf("checksum mismatch: received sha256 %s, manifest says %s (truncated or corrupted in transit)", got, req.SHA256)
+		}
+		return nil
+	}
+	jobs := max(req.Jobs, 1)
+	spool := ""
+	if jobs > 1 {
+		dir := filepath.Join(filepath.Dir(a.cfg.PGData), ".restore-spool")
+		if free, err := freeBytes(filepath.Dir(a.cfg.PGData)); err == nil && free > req.UncompressedBytes+req.UncompressedBytes/10+(256<<20) {
+			spool = filepath.Join(dir, "archive.dump")
+		} else {
+			a.log.Info("not enough free space to spool the archive: restoring it streamed, with one job",
+				"needBytes", req.UncompressedBytes, "freeBytes", free)
+			jobs = 1
+		}
+		_ = os.RemoveAll(dir)
+		if spool != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return 0, err
+			}
+			if err := a.chown(dir); err != nil {
+				return 0, err
+			}
+			defer os.RemoveAll(dir)
+		}
+	}
+	args := []string{"--exit-on-error", "--no-password", "--host=" + a.cfg.RunDir, "--port=" + strconv.Itoa(a.cfg.Port),
+		"--username=postgres", "--dbname=" + scratch}
+	var stdin io.Reader
+	if spool != "" {
+		f, err := os.OpenFile(spool, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return 0, err
+		}
+		_, err = io.Copy(f, struct{ io.Reader }{dec})
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return 0, fmt.Errorf("receiving the artifact: %w", err)
+		}
+		if err := checkSum(); err != nil {
+			return 0, err
+		}
+		if err := a.chown(spool); err != nil {
+			return 0, err
+		}
+		args = append(args, "--jobs="+strconv.Itoa(jobs), spool)
+	} else {
+		stdin = struct{ io.Reader }{dec}
+	}
+	cmd := a.command(ctx, a.bins.PgRestore, args...)
+	cmd.Stdin = stdin
+	stderr := &tail{max: 2 << 10}
+	cmd.Stderr = stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("restore interrupted: %w", ctx.Err())
+		}
+		return 0, fmt.Errorf("pg_restore: %w: %s", err, stderr.String())
+	}
+	if spool == "" {
+		if err := checkSum(); err != nil {
+			return 0, err
+		}
+	}
+	return jobs, nil
+}
+
+// swap puts database scratch in the place of appDB. Connections to both are
+// refused and their sessions terminated, for at most timeout; then one
+// transaction renames appDB to prev and scratch to appDB, which takes appDB's
+// owner, per-database settings and grants. It returns how many sessions it
+// terminated.
+func (a *Agent) swap(ctx context.Context, conn *pgx.Conn, appDB, scratch, prev string, dropAfter time.Time, timeout time.Duration) (int, error) {
+	qa, qs, qp := postgres.QuoteIdentifier(appDB), postgres.QuoteIdentifier(scratch), postgres.QuoteIdentifier(prev)
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+qs+" WITH ALLOW_CONNECTIONS false"); err != nil {
+		return 0, err
+	}
+	if _, err := conn.Exec(ctx, "ALTER DATABASE "+qa+" WITH ALLOW_CONNECTIONS false"); err != nil {
+		return 0, err
+	}
+	reopened := false
+	reopen := func() {
+		if reopened {
+			return
+		}
+		if _, err := conn.Exec(context.Background(), "ALTER DATABASE "+qa+" WITH ALLOW_CONNECTIONS true"); err != nil {
+			a.log.Warn("allowing connections to the application database again", "error", err.Error())
+		}
+	}
+	defer reopen()
+	terminated := 0
+	deadline := time.Now().Add(timeout)
+	for {
+		var n, left int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)), count(*)
+			FROM pg_stat_activity WHERE datname IN ($1, $2) AND pid <> pg_backend_pid()`, appDB, scratch).Scan(&n, &left); err != nil {
+			return terminated, err
+		}
+		terminated += n
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return terminated, fmt.Errorf("%d sessions of database %s did not end within %s of being terminated", left, appDB, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return terminated, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return terminated, err
+	}
+	defer func() { _ = tx.Rollback(context.Background()) }()
+	var owner string
+	var oldOID uint32
+	if err := tx.QueryRow(ctx, `SELECT oid, pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1`, appDB).Scan(&oldOID, &owner); err != nil {
+		return terminated, err
+	}
+	// Database-level settings and grants are not in a dump (no --create): carry
+	// over the live database's.
+	rows, err := tx.Query(ctx, `SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setdatabase = $1 AND setrole = 0`, oldOID)
+	if err != nil {
+		return terminated, err
+	}
+	settings, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return terminated, err
+	}
+	rows, err = tx.Query(ctx, `SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END
+		FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
+		WHERE d.oid = $1 AND a.grantee <> d.datdba`, oldOID)
+	if err != nil {
+		return terminated, err
+	}
+	type grant struct{ priv, grantee string }
+	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
+		var g grant
+		err := r.Scan(&g.priv, &g.grantee)
+		return g, err
+	})
+	if err != nil {
+		return terminated, err
+	}
+	stmts := []string{
+		"ALTER DATABASE " + qa + " RENAME TO " + qp,
+		"ALTER DATABASE " + qs + " RENAME TO " + qa,
+		"ALTER DATABASE " + qa + " OWNER TO " + postgres.QuoteIdentifier(owner),
+		"COMMENT ON DATABASE " + qp + " IS " + postgres.QuoteLiteral(preRestoreComment+dropAfter.Format(time.RFC3339)),
+	}
+	for _, s := range settings {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			continue
+		}
+		stmts = append(stmts, "ALTER DATABASE "+qa+" SET "+postgres.QuoteIdentifier(k)+" = "+postgres.QuoteLiteral(v))
+	}
+	for _, g := range grants {
+		stmts = append(stmts, "GRANT "+g.priv+" ON DATABASE "+qa+" TO "+g.grantee)
+	}
+	stmts = append(stmts, "ALTER DATABASE "+qa+" WITH ALLOW_CONNECTIONS true")
+	for _, s := range stmts {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return terminated, fmt.Errorf("swapping in the restored database (rolled back): %w", err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return terminated, fmt.Errorf("swapping in the restored database: %w", err)
+	}
+	// The new appDB accepts connections; the copy under prev keeps refusing them.
+	reopened = true
+	return terminated, nil
+}
+
+// dropExpiredCopies drops pre-restore copies whose time is up, once a minute while
+// this instance is the primary.
+func (a *Agent) dropExpiredCopies(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.runningPrimary() || a.restoreInProgress() != "" {
+			continue
+		}
+		if err := a.dropExpiredCopiesOnce(ctx, time.Now()); err != nil {
+			a.log.Info("dropping expired pre-restore copies", "error", err.Error())
+		}
+	}
+}
+
+func (a *Agent) dropExpiredCopiesOnce(ctx context.Context, now time.Time) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	rows, err := conn.Query(ctx, `SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database
+		WHERE strpos(datname, $1) > 0`, PreRestoreInfix)
+	if err != nil {
+		return err
+	}
+	type copyDB struct{ name, comment string }
+	dbs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (copyDB, error) {
+		var c copyDB
+		err := r.Scan(&c.name, &c.comment)
+		return c, err
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range dbs {
+		ts, ok := strings.CutPrefix(d.comment, preRestoreComment)
+		if !ok {
+			continue // not ours, or the user changed it to keep the copy
+		}
+		after, err := time.Parse(time.RFC3339, ts)
+		if err != nil || now.Before(after) {
+			continue
+		}
+		if _, err := conn.Exec(ctx, "DROP DATABASE IF EXISTS "+postgres.QuoteIdentifier(d.name)+" WITH (FORCE)"); err != nil {
+			return fmt.Errorf("dropping %s: %w", d.name, err)
+		}
+		a.log.Info("dropped an expired pre-restore copy", "database", d.name)
+	}
+	return nil
+}
+
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// tail keeps the last max bytes written.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.max {
+		t.b = t.b[len(t.b)-t.max:]
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
+}
+
+// Restore sends the artifact to the primary's agent at baseURL and waits for the
+// swap. The client must have no timeout: a restore takes as long as it takes (the
+// Job's deadline bounds it).
+func (c *Client) Restore(ctx context.Context, baseURL string, req RestoreRequest, body io.Reader) (*RestoreResult, error) {
+	meta, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPut, baseURL+PathRestore, body)
+	if err != nil {
+		return nil, err
+	}
+	hr.Header.Set("Authorization", "Bearer "+c.token)
+	hr.Header.Set(HeaderRestoreRequest, string(meta))
+	hr.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return nil, ErrUnauthorized
+	}
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		return nil, fmt.Errorf("the primary's agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	var res RestoreResult
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&res); err != nil {
+		return nil, fmt.Errorf("decoding the restore result: %w", err)
+	}
+	return &res, nil
+}
