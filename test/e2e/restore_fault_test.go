@@ -1,0 +1,147 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+const faultDB = `
+apiVersion: database.example.com/v1
+kind: Database
+metadata:
+  name: fault-db
+spec:
+  image: postgres:15
+  databaseName: testdb
+  username: admin
+  storage:
+    size: "2Gi"
+`
+
+// TestARestoreWhoseJobIsKilledLeavesTheOldDatabaseThenCompletes kills the restore
+// Job's pod (grace 0) while the primary is building the restored database: readers
+// only ever see the old content or the restored one, never a mix or an empty
+// table; the Job's retry completes the restore and nothing of the killed attempt
+// is left.
+func TestARestoreWhoseJobIsKilledLeavesTheOldDatabaseThenCompletes(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(faultDB)
+	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/fault-db", "--timeout=240s")
+	c.serviceAnswers("fault-db-0")
+	// Big enough that the restore takes a few seconds.
+	if out, err := c.psql("fault-db-0", true, `CREATE TABLE big (id int PRIMARY KEY, v text);
+		INSERT INTO big SELECT i, md5(i::text) || md5((i+1)::text) FROM generate_series(1, 1500000) i`); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: fault-backup
+spec:
+  databaseRef: {name: fault-db}
+`)
+	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "backup/fault-backup", "--timeout=300s")
+	// After the backup: the "old" content has 10 rows.
+	if out, err := c.psql("fault-db-0", true, "DELETE FROM big WHERE id > 10"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+
+	// Readers, all along.
+	ctx, stop := context.WithCancel(context.Background())
+	seen := make(chan map[string]int, 1)
+	go func() {
+		counts := map[string]int{}
+		for ctx.Err() == nil {
+			out, err := c.psql("fault-db-0", true, "SELECT count(*) FROM big")
+			if err == nil {
+				counts[strings.TrimSpace(out)]++
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+		seen <- counts
+	}()
+
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: fault-restore
+spec:
+  databaseRef: {name: fault-db}
+  backupRef: {name: fault-backup}
+`)
+	scratch := func() string {
+		out, _ := c.psql("fault-db-0", false, `SELECT count(*) FROM pg_database WHERE datname LIKE 'pgo\_restoring\_%'`)
+		return strings.TrimSpace(out)
+	}
+	c.eventually(3*time.Minute, "the primary to build the restored database", func() string {
+		if n := scratch(); n != "1" {
+			return "scratch databases: " + n
+		}
+		return ""
+	})
+	c.must("delete", "pod", "-l", "batch.kubernetes.io/job-name=fault-restore-restore", "--grace-period=0", "--force", "--wait=false")
+	if out, err := c.psql("fault-db-0", true, "SELECT count(*) FROM big"); err != nil || strings.TrimSpace(out) != "10" {
+		t.Errorf("right after the kill the database is not the old one: %v %q", err, out)
+	}
+	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "restore/fault-restore", "--timeout=300s")
+	stop()
+	counts := <-seen
+	for k := range counts {
+		if k != "10" && k != "1500000" {
+			t.Errorf("a reader saw %s rows (old 10, restored 1500000): %v", k, counts)
+		}
+	}
+	if out, err := c.psql("fault-db-0", true, "SELECT count(*) FROM big"); err != nil || strings.TrimSpace(out) != "1500000" {
+		t.Errorf("after the restore: %v %q", err, out)
+	}
+	if n := scratch(); n != "0" {
+		t.Errorf("%s scratch databases left", n)
+	}
+	if failed := c.jsonpath("job/fault-restore-restore", "{.status.failed}"); failed == "" || failed == "0" {
+		t.Errorf("the Job records no failed pod (failed=%q): the kill did not hit a running restore", failed)
+	}
+	t.Logf("reads during the restore: %v", counts)
+}
+
+// TestDeletingANamespaceWithBackupsFinishes: a namespace holding a Completed and
+// an InProgress Backup (and its Database) is gone within two minutes: no
+// finalizer waits for a Job the terminating namespace cannot run.
+func TestDeletingANamespaceWithBackupsFinishes(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(faultDB)
+	c.must("wait", "--for=jsonpath={.status.phase}=Ready", "database/fault-db", "--timeout=240s")
+	c.serviceAnswers("fault-db-0")
+	if out, err := c.psql("fault-db-0", true, `CREATE TABLE big AS SELECT i, md5(i::text) v FROM generate_series(1, 2000000) i`); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: done
+spec:
+  databaseRef: {name: fault-db}
+`)
+	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "backup/done", "--timeout=300s")
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: running
+spec:
+  databaseRef: {name: fault-db}
+`)
+	c.must("wait", "--for=jsonpath={.status.phase}=InProgress", "backup/running", "--timeout=120s")
+	start := time.Now()
+	if out, err := run(context.Background(), "", "delete", "namespace", c.ns, "--timeout=120s"); err != nil {
+		t.Fatalf("namespace %s not gone within 2 minutes: %v\n%s\n%s", c.ns, err, out,
+			func() string { o, _ := c.kubectl("get", "backups", "-o", "yaml"); return o }())
+	}
+	t.Logf("namespace deleted in %s", time.Since(start).Round(time.Second))
+}
