@@ -115,9 +115,9 @@ e2e: ## End-to-end suite on the local cluster (brings it up and deploys the oper
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
 
 .PHONY: bench-backup
-bench-backup: build ## Backup/restore throughput vs raw pg_dump/pg_restore and peak RSS, on a ~1 GiB database.
+bench-backup: build ## Backup/restore vs pg_dump -Z0 / pg_restore ceilings, parallel restore, pod peak memory; realistic (~3:1) and pgbench data, medians of RUNS=3.
 	hack/ensure-postgres.sh >/dev/null
-	go run ./hack/tools/bench-backup -manager bin/manager -scale $${SCALE:-70}
+	go run ./hack/tools/bench-backup -manager bin/manager -rows $${ROWS:-600000} -scale $${SCALE:-30} -runs $${RUNS:-3}
 
 .PHONY: bench-failover
 bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.

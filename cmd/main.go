@@ -58,7 +58,29 @@ func installAgent(args []string) error {
 	if err != nil {
 		return fmt.Errorf("locating own executable: %w", err)
 	}
-	return copyExecutable(self, args[0])
+	if err := copyExecutable(self, args[0]); err != nil {
+		return err
+	}
+	// The image's CA bundle goes along: the Jobs that run this binary in a
+	// postgres image (which may have none) use it for https:// object stores.
+	if err := copyFile(systemCABundle, filepath.Join(filepath.Dir(args[0]), backup.CABundleFile), 0o644); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	return nil
+}
+
+const systemCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
 }
 
 func copyExecutable(src, dst string) error {

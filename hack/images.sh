@@ -84,6 +84,9 @@ operator_image() {
   if [ ! -f "$out" ]; then
     local tmp; tmp=$(mktemp -d "$IMAGES/.operator-XXXXXX"); TMPDIRS+=("$tmp")
     install -D -m 0755 bin/manager "$tmp/rootfs/manager"
+    # A CA bundle, as in the distroless base of the Dockerfile: the Jobs copy it
+    # for https:// object stores.
+    [ ! -f /etc/ssl/certs/ca-certificates.crt ] || install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$tmp/rootfs/etc/ssl/certs/ca-certificates.crt"
     mkimage -rootfs "$tmp/rootfs" -o "$out" -tag "$name" -tag docker.io/library/postgres-operator:latest \
       -entrypoint '["/manager"]' -user 65532:65532
     # Keep the newest few.

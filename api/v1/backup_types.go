@@ -9,7 +9,7 @@ import (
 // schedule, one per schedule slot.
 // +kubebuilder:validation:XValidation:rule="has(self.schedule) || self == oldSelf",message="the spec of a one-shot Backup (without schedule) is immutable; create a new Backup instead"
 // +kubebuilder:validation:XValidation:rule="!has(self.s3) || !has(self.storageLocation) || self.storageLocation.startsWith('s3://')",message="s3 settings apply only to an s3:// storageLocation"
-// +kubebuilder:validation:XValidation:rule="self.databaseRef.name != ''",message="databaseRef.name must name a Database"
+// +kubebuilder:validation:XValidation:rule="size(self.databaseRef.name) > 0",message="databaseRef.name must name a Database"
 type BackupSpec struct {
 	// DatabaseRef names the Database (in the Backup's namespace) to back up.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
@@ -20,12 +20,12 @@ type BackupSpec struct {
 	// the slot>, owned by this one; a missed slot runs once when the operator comes
 	// back (no catch-up storm), and a slot is skipped while a child still runs.
 	// +kubebuilder:validation:MaxLength=128
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') ? self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$') : size(self.split(' ').filter(f, f != '')) == 5",message="schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly or @yearly"
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[0].matches('^([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?(,([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?)*$')",message="the minute field of schedule must be 0-59: *, a value or a range a-b, optionally with /step, comma-separated"
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[1].matches('^([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?(,([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?)*$')",message="the hour field of schedule must be 0-23: *, a value or a range a-b, optionally with /step, comma-separated"
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[2].matches('^([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?)(,([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?))*$')",message="the day-of-month field of schedule must be 1-31: *, a value or a range a-b, optionally with /step, comma-separated"
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[3].matches('^([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?(,([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?)*$')",message="the month field of schedule must be 1-12 or jan-dec: *, a value or a range a-b, optionally with /step, comma-separated"
-	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, f != '')) != 5 || self.split(' ').filter(f, f != '')[4].matches('^([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?)(,([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?))*$')",message="the day-of-week field of schedule must be 0-7 or sun-sat: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') ? self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$') : size(self.split(' ').filter(f, size(f) > 0)) == 5",message="schedule must be a 5-field cron expression (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly or @yearly"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, size(f) > 0)) != 5 || self.split(' ').filter(f, size(f) > 0)[0].matches('^([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?(,([*]|[0-5]?[0-9](-[0-5]?[0-9])?)(/[1-9][0-9]?)?)*$')",message="the minute field of schedule must be 0-59: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, size(f) > 0)) != 5 || self.split(' ').filter(f, size(f) > 0)[1].matches('^([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?(,([*]|(1?[0-9]|2[0-3])(-(1?[0-9]|2[0-3]))?)(/[1-9][0-9]?)?)*$')",message="the hour field of schedule must be 0-23: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, size(f) > 0)) != 5 || self.split(' ').filter(f, size(f) > 0)[2].matches('^([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?)(,([?]|([*]|([1-9]|[12][0-9]|3[01])(-([1-9]|[12][0-9]|3[01]))?)(/[1-9][0-9]?)?))*$')",message="the day-of-month field of schedule must be 1-31: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, size(f) > 0)) != 5 || self.split(' ').filter(f, size(f) > 0)[3].matches('^([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?(,([*]|([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec))(-([1-9]|1[0-2]|(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)))?)(/[1-9][0-9]?)?)*$')",message="the month field of schedule must be 1-12 or jan-dec: *, a value or a range a-b, optionally with /step, comma-separated"
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('@') || size(self.split(' ').filter(f, size(f) > 0)) != 5 || self.split(' ').filter(f, size(f) > 0)[4].matches('^([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?)(,([?]|([*]|([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat))(-([0-7]|(?i:sun|mon|tue|wed|thu|fri|sat)))?)(/[1-9][0-9]?)?))*$')",message="the day-of-week field of schedule must be 0-7 or sun-sat: *, a value or a range a-b, optionally with /step, comma-separated"
 	// +optional
 	Schedule string `json:"schedule,omitempty"`
 
@@ -42,6 +42,13 @@ type BackupSpec struct {
 	// +kubebuilder:validation:MaxLength=64
 	// +optional
 	TimeZone string `json:"timeZone,omitempty"`
+
+	// StartingDeadlineSeconds: a slot whose run cannot start within this many
+	// seconds of its time (the operator was down) is skipped with a Warning
+	// event instead of running late. Without it, the latest missed slot runs.
+	// +kubebuilder:validation:Minimum=10
+	// +optional
+	StartingDeadlineSeconds *int64 `json:"startingDeadlineSeconds,omitempty"`
 
 	// Suspend stops a scheduled Backup from creating runs (existing runs and
 	// retention are unaffected).
@@ -79,6 +86,12 @@ type S3Config struct {
 	// CredentialsSecret names a Secret in the Backup's namespace with keys
 	// accessKeyId and secretAccessKey.
 	CredentialsSecret corev1.LocalObjectReference `json:"credentialsSecret"`
+	// CASecret names a key of a Secret (in the same namespace) holding the PEM
+	// certificates of a private certificate authority to trust for an https://
+	// endpoint. Public CAs are trusted without it: the Jobs get the operator
+	// image's CA bundle (the official postgres images may have none).
+	// +optional
+	CASecret *corev1.SecretKeySelector `json:"caSecret,omitempty"`
 }
 
 // BackupPhase is the phase of a Backup.
@@ -163,6 +176,9 @@ const (
 	ReasonBackupInProgress  = "BackupInProgress"
 	// ReasonSuspended: a scheduled Backup with spec.suspend creates no runs.
 	ReasonSuspended = "Suspended"
+	// ReasonLastRunFailed: a scheduled Backup is not Ready while its latest
+	// finished run failed.
+	ReasonLastRunFailed = "LastRunFailed"
 	// ReasonArtifactOfOtherDatabase: the artifact's manifest names another
 	// Database (UID) and spec.allowOtherDatabase is not set.
 	ReasonArtifactOfOtherDatabase = "ArtifactOfOtherDatabase"
@@ -206,8 +222,8 @@ type BackupList struct {
 // refused and its sessions terminated; the previous content is kept as a
 // pre-restore copy (status.previousDatabase) for keepPreviousFor.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="the spec of a Restore is immutable; create a new Restore instead"
-// +kubebuilder:validation:XValidation:rule="self.databaseRef.name != ''",message="databaseRef.name must name a Database"
-// +kubebuilder:validation:XValidation:rule="(has(self.backupRef) && self.backupRef.name != '') != has(self.source)",message="set exactly one of backupRef (a Backup) and source (a bare artifact location)"
+// +kubebuilder:validation:XValidation:rule="size(self.databaseRef.name) > 0",message="databaseRef.name must name a Database"
+// +kubebuilder:validation:XValidation:rule="(has(self.backupRef) && size(self.backupRef.name) > 0) != has(self.source)",message="set exactly one of backupRef (a Backup) and source (a bare artifact location)"
 type RestoreSpec struct {
 	// DatabaseRef names the Database (in the Restore's namespace) to restore into.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`

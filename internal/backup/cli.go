@@ -22,6 +22,11 @@ const (
 	StorageMount = "/backup-storage"
 	// S3CredentialsDir holds the files accessKeyId and secretAccessKey.
 	S3CredentialsDir = "/etc/postgres-operator/s3"
+	// S3CADir holds ca.crt, a private CA for an https:// S3 endpoint.
+	S3CADir = "/etc/postgres-operator/s3-ca"
+	// CABundleFile is the operator image's CA bundle, copied next to the agent
+	// binary by install-agent.
+	CABundleFile = "ca-certificates.crt"
 	// AgentTokenDir holds the agent-token file in a restore Job.
 	AgentTokenDir = "/etc/postgres-operator/agent"
 	// TerminationLog receives the result, read by the operator from the pod status.
@@ -52,6 +57,8 @@ func Command(ctx context.Context, args []string) error {
 	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL")
 	s3Region := fs.String("s3-region", "us-east-1", "S3 region")
 	s3PathStyle := fs.Bool("s3-path-style", false, "path-style bucket addressing")
+	s3CABundle := fs.String("s3-ca-bundle", "", "CA bundle of the operator image (used when the file exists)")
+	s3CAFile := fs.String("s3-ca-file", "", "PEM certificates of a private CA to trust (must exist)")
 	s3Creds := fs.String("s3-credentials-dir", S3CredentialsDir, "directory with accessKeyId and secretAccessKey files")
 	storageMount := fs.String("storage-mount", StorageMount, "mount point of a pvc:// location's claim")
 	agentURL := fs.String("agent-url", "", "restore: base URL of the primary's agent")
@@ -86,8 +93,15 @@ func Command(ctx context.Context, args []string) error {
 			if err != nil {
 				return err
 			}
+			var cas []string
+			if _, err := os.Stat(*s3CABundle); *s3CABundle != "" && err == nil {
+				cas = append(cas, *s3CABundle)
+			}
+			if *s3CAFile != "" {
+				cas = append(cas, *s3CAFile)
+			}
 			store, err = objectstore.NewS3(objectstore.S3Options{Endpoint: *s3Endpoint, Region: *s3Region,
-				ForcePathStyle: *s3PathStyle, AccessKeyID: ak, SecretKey: sk, Bucket: loc.Bucket})
+				ForcePathStyle: *s3PathStyle, AccessKeyID: ak, SecretKey: sk, Bucket: loc.Bucket, CAFiles: cas})
 			if err != nil {
 				return err
 			}

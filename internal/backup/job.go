@@ -93,6 +93,13 @@ func LabelValue(s string) string {
 	return strings.TrimRight(s[:54], "-._") + "-" + hex.EncodeToString(sum[:])[:8]
 }
 
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
 // BuildJob returns the Job. Secrets are mounted as files; nothing secret is in its
 // arguments or environment.
 func BuildJob(s JobSpec) *batchv1.Job {
@@ -126,7 +133,14 @@ func BuildJob(s JobSpec) *batchv1.Job {
 	case "s3":
 		if s.Target.S3 != nil {
 			args = append(args, "--s3-endpoint="+s.Target.S3.Endpoint, "--s3-region="+s.Target.S3.Region,
-				fmt.Sprintf("--s3-path-style=%t", s.Target.S3.ForcePathStyle), "--s3-credentials-dir="+S3CredentialsDir)
+				fmt.Sprintf("--s3-path-style=%t", s.Target.S3.ForcePathStyle), "--s3-credentials-dir="+S3CredentialsDir,
+				"--s3-ca-bundle="+controllerMount+"/"+CABundleFile)
+			if ca := s.Target.S3.CASecret; ca != nil {
+				args = append(args, "--s3-ca-file="+S3CADir+"/ca.crt")
+				mounts = append(mounts, corev1.VolumeMount{Name: "s3-ca", MountPath: S3CADir, ReadOnly: true})
+				volumes = append(volumes, corev1.Volume{Name: "s3-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: ca.Name, DefaultMode: ptr.To[int32](0o440), Items: []corev1.KeyToPath{{Key: orDefault(ca.Key, "ca.crt"), Path: "ca.crt"}}}}})
+			}
 			mounts = append(mounts, corev1.VolumeMount{Name: "s3", MountPath: S3CredentialsDir, ReadOnly: true})
 			volumes = append(volumes, corev1.Volume{Name: "s3", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: s.Target.S3.CredentialsSecret.Name, DefaultMode: ptr.To[int32](0o440)}}})

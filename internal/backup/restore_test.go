@@ -192,7 +192,7 @@ func TestRestoreTerminatesBlockingSessionsWithinABound(t *testing.T) {
 	}
 }
 
-// failingStore serves the artifact but breaks the second read of it half way, as
+// failingStore serves the artifact but breaks the read of it half way, as
 // when the restore Job is killed mid-stream.
 type failingStore struct {
 	objectstore.Store
@@ -202,7 +202,7 @@ type failingStore struct {
 
 func (f *failingStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	rc, err := f.Store.Get(ctx, key)
-	if err != nil || strings.HasSuffix(key, ManifestSuffix) || f.gets.Add(1) != 2 {
+	if err != nil || strings.HasSuffix(key, ManifestSuffix) || f.gets.Add(1) != 1 {
 		return rc, err
 	}
 	return struct {

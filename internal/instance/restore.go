@@ -37,7 +37,7 @@ import (
 //  3. the received bytes' SHA-256 must equal the manifest's (which the Job compared
 //     with the Backup's status), and pg_restore must exit cleanly: else the scratch
 //     database is dropped and nothing changed;
-//  4. ANALYZE, then the swap: connections to the application database are refused
+//  4. ANALYZE (vacuumdb --analyze-only, as parallel as the restore), then the swap: connections to the application database are refused
 //     and its sessions terminated (bounded), then in one transaction the
 //     application database is renamed to a pre-restore copy and the scratch
 //     database takes its name, owner, settings and database-level grants.
@@ -93,6 +93,9 @@ type RestoreResult struct {
 	Tables int `json:"tables"`
 	// Seconds is the time from the first byte received to the swap.
 	Seconds float64 `json:"seconds"`
+	// Phases are the seconds spent in each step: prepare (scratch database),
+	// restore (receive, spool, pg_restore), analyze, swap.
+	Phases map[string]float64 `json:"phases,omitempty"`
 }
 
 var restoreIDPattern = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
@@ -245,23 +248,33 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 		return nil, err
 	}
 
+	phases := map[string]float64{"prepare": time.Since(start).Seconds()}
+	t0 := time.Now()
 	jobs, err := a.pgRestore(ctx, req, body, scratch)
 	if err != nil {
 		return nil, err
 	}
-	res := &RestoreResult{Database: appDB, Jobs: jobs}
+	phases["restore"] = time.Since(t0).Seconds()
+	t0 = time.Now()
+	res := &RestoreResult{Database: appDB, Jobs: jobs, Phases: phases}
 	sc, err := a.connect(ctx, scratch)
 	if err != nil {
 		return nil, err
 	}
 	err = sc.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`).Scan(&res.Tables)
+	sc.Close(context.Background())
 	if err == nil {
 		// Planner statistics are not in a dump: without them the first queries
-		// after the swap would run on guesses.
-		_, err = sc.Exec(ctx, "ANALYZE")
+		// after the swap would run on guesses. In parallel, like the restore.
+		cmd := a.command(ctx, filepath.Join(a.bins.Dir, "vacuumdb"), "--analyze-only", "--quiet", "--no-password",
+			"--jobs="+strconv.Itoa(jobs), "--host="+a.cfg.RunDir, "--port="+strconv.Itoa(a.cfg.Port), "--username=postgres", "--dbname="+scratch)
+		stderr := &tail{max: 1 << 10}
+		cmd.Stderr = stderr
+		if rerr := cmd.Run(); rerr != nil {
+			err = fmt.Errorf("%w: %s", rerr, stderr.String())
+		}
 	}
-	sc.Close(context.Background())
 	if err != nil {
 		return nil, fmt.Errorf("analyzing the restored database: %w", err)
 	}
@@ -281,7 +294,10 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
+	phases["analyze"] = time.Since(t0).Seconds()
+	t0 = time.Now()
 	n, err := a.swap(ctx, conn, appDB, scratch, prev, dropAfter, timeout)
+	phases["swap"] = time.Since(t0).Seconds()
 	res.TerminatedSessions = n
 	if err != nil {
 		return res, err
@@ -326,11 +342,12 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 		return 0, err
 	}
 	defer dec.Close()
+	src := &errRecorder{r: dec}
 	checkSum := func() error {
 		// The rest of the stream (pg_restore may stop before its end) is
 		// decompressed too: zstd checks every frame.
-		if _, err := io.Copy(io.Discard, struct{ io.Reader }{dec}); err != nil {
-			return fmt.Errorf("reading the artifact: %w", err)
+		if _, err := io.Copy(io.Discard, src); err != nil {
+			return fmt.Errorf("the artifact is corrupted or truncated: %w", err)
 		}
 		if got := hex.EncodeToString(hash.Sum(nil)); got != req.SHA256 {
 			return fmt.Errorf("checksum mismatch: received sha256 %s, manifest says %s (truncated or corrupted in transit)", got, req.SHA256)
@@ -367,12 +384,15 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 		if err != nil {
 			return 0, err
 		}
-		_, err = io.Copy(f, struct{ io.Reader }{dec})
+		_, err = io.Copy(f, src)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return 0, fmt.Errorf("receiving the artifact: %w", err)
+			if src.err != nil {
+				return 0, fmt.Errorf("the artifact is corrupted or truncated: %w", err)
+			}
+			return 0, fmt.Errorf("spooling the artifact: %w", err)
 		}
 		if err := checkSum(); err != nil {
 			return 0, err
@@ -382,7 +402,7 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 		}
 		args = append(args, "--jobs="+strconv.Itoa(jobs), spool)
 	} else {
-		stdin = struct{ io.Reader }{dec}
+		stdin = src
 	}
 	cmd := a.command(ctx, a.bins.PgRestore, args...)
 	cmd.Stdin = stdin
@@ -391,6 +411,10 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
 			return 0, fmt.Errorf("restore interrupted: %w", ctx.Err())
+		}
+		if src.err != nil {
+			// pg_restore failed because its input did.
+			return 0, fmt.Errorf("the artifact is corrupted or truncated: %w", src.err)
 		}
 		return 0, fmt.Errorf("pg_restore: %w: %s", err, stderr.String())
 	}
@@ -576,6 +600,20 @@ func freeBytes(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * st.Bsize, nil
+}
+
+// errRecorder remembers the first error other than EOF its reader returned.
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // tail keeps the last max bytes written.

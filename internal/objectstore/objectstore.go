@@ -5,9 +5,12 @@ package objectstore
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path"
@@ -177,6 +180,30 @@ type S3Options struct {
 	Bucket         string
 	// PartSize bounds the memory of an upload: one part is buffered at a time.
 	PartSize uint64
+	// CAFiles are PEM bundles of certificate authorities trusted for an https://
+	// endpoint, in addition to the system's (which an official postgres image
+	// may not have at all).
+	CAFiles []string
+}
+
+// tlsTransport trusts the system's roots plus those in files.
+func tlsTransport(files []string) (*http.Transport, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	for _, f := range files {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("reading the CA bundle: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("no PEM certificates in the CA bundle %s", f)
+		}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return tr, nil
 }
 
 // S3 stores objects in a bucket of an S3-compatible store.
@@ -196,12 +223,18 @@ func NewS3(o S3Options) (*S3, error) {
 	if o.ForcePathStyle {
 		lookup = minio.BucketLookupPath
 	}
-	c, err := minio.New(u.Host, &minio.Options{
+	mo := &minio.Options{
 		Creds:        credentials.NewStaticV4(o.AccessKeyID, o.SecretKey, ""),
 		Secure:       u.Scheme == "https",
 		Region:       o.Region,
 		BucketLookup: lookup,
-	})
+	}
+	if u.Scheme == "https" && len(o.CAFiles) > 0 {
+		if mo.Transport, err = tlsTransport(o.CAFiles); err != nil {
+			return nil, err
+		}
+	}
+	c, err := minio.New(u.Host, mo)
 	if err != nil {
 		return nil, fmt.Errorf("s3 client: %w", err)
 	}

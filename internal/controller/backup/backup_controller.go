@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -408,10 +409,39 @@ func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.
 			"The schedule is suspended (spec.suspend): no runs are created")
 		return ctrl.Result{RequeueAfter: sched.Next(now).Sub(now) + time.Second}, nil
 	}
-	active := false
+	active, pending := false, []databasev1.Backup{}
 	for _, run := range runs.Items {
-		if run.Status.Phase == "" || run.Status.Phase == databasev1.BackupPending || run.Status.Phase == databasev1.BackupInProgress {
+		switch run.Status.Phase {
+		case databasev1.BackupInProgress:
 			active = true
+		case "", databasev1.BackupPending:
+			pending = append(pending, run)
+		}
+	}
+	late := !due.IsZero() && b.Spec.StartingDeadlineSeconds != nil &&
+		now.Sub(due) > time.Duration(*b.Spec.StartingDeadlineSeconds)*time.Second
+	switch {
+	case late:
+		// Too late for this slot (the operator was down): skipped, not run now.
+		if r.Recorder != nil {
+			r.Recorder.Eventf(b, nil, corev1.EventTypeWarning, "MissedStartingDeadline", "Schedule",
+				"Skipped the run of %s: it is %s late, past startingDeadlineSeconds %d", due.UTC().Format(time.RFC3339),
+				now.Sub(due).Round(time.Second), *b.Spec.StartingDeadlineSeconds)
+		}
+		t := metav1.NewTime(due)
+		b.Status.LastScheduledTime = &t
+		due = time.Time{}
+	case !due.IsZero() && !active && len(pending) > 0:
+		// A run that never started (its Database was not available, say) does
+		// not block the schedule forever: the new slot supersedes it.
+		for i := range pending {
+			if err := r.Delete(ctx, &pending[i], client.Preconditions{UID: &pending[i].UID}); err != nil && !apierrors.IsNotFound(err) {
+				return ctrl.Result{}, fmt.Errorf("removing superseded run %s: %w", pending[i].Name, err)
+			}
+			if r.Recorder != nil {
+				r.Recorder.Eventf(b, nil, corev1.EventTypeWarning, "SupersededPendingRun", "Schedule",
+					"Run %s never started and was replaced by the run of %s", pending[i].Name, due.UTC().Format(time.RFC3339))
+			}
 		}
 	}
 	if !due.IsZero() {
@@ -568,8 +598,32 @@ func (r *BackupReconciler) summarise(b *databasev1.Backup, runs []databasev1.Bac
 		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonScheduled, msg)
 	default:
 		b.Status.Phase = newest.Status.Phase
+		if f := latestFinished(runs); f != nil && f.Status.Phase == databasev1.BackupFailed {
+			// The schedule is not Ready while its latest finished run failed: a
+			// schedule whose backups silently stopped working must show it.
+			why := ""
+			if c := meta.FindStatusCondition(f.Status.Conditions, databasev1.ConditionStalled); c != nil {
+				why = ": " + c.Message
+			}
+			conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonLastRunFailed,
+				fmt.Sprintf("%s; the latest run %s failed%s", msg, f.Name, why))
+			return
+		}
 		conditionsFor(&b.Status.Conditions, b.Generation, b.Status.BackupCount > 0, false, databasev1.ReasonScheduled, msg)
 	}
+}
+
+// latestFinished is the newest run that Completed or Failed (names end with the
+// slot's unix time).
+func latestFinished(runs []databasev1.Backup) *databasev1.Backup {
+	var out *databasev1.Backup
+	for i := range runs {
+		p := runs[i].Status.Phase
+		if (p == databasev1.BackupCompleted || p == databasev1.BackupFailed) && (out == nil || runs[i].Name > out.Name) {
+			out = &runs[i]
+		}
+	}
+	return out
 }
 
 // SetupWithManager watches Backups, their Jobs and runs, and the Databases they

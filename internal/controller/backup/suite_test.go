@@ -23,8 +23,8 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/controller/database"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/scheme"
 	"github.com/example/postgres-operator/internal/testenv"
 )

@@ -1,0 +1,144 @@
+package backup
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/testenv"
+)
+
+// stepToSlot moves the shared fake clock to offset past the next */10 slot.
+func stepToSlot(offset time.Duration) {
+	now := fake.Now()
+	next := now.Truncate(10 * time.Minute).Add(10 * time.Minute).Add(offset)
+	fake.Step(next.Sub(now))
+}
+
+func readyReason(t *testing.T, ns, name string) (string, string) {
+	t.Helper()
+	c := meta.FindStatusCondition(getBackup(t, ns, name).Status.Conditions, databasev1.ConditionReady)
+	if c == nil {
+		return "", ""
+	}
+	return string(c.Status) + "/" + c.Reason, c.Message
+}
+
+// TestAScheduleShowsFailedRunsSupersedesStuckOnesAndHonoursItsDeadline: the
+// schedule is not Ready while its latest finished run failed (and says why); a
+// run that never started does not block later slots; a slot missed by more than
+// startingDeadlineSeconds is skipped, not run late.
+func TestAScheduleShowsFailedRunsSupersedesStuckOnesAndHonoursItsDeadline(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, strings.Replace(scheduled, "name: nightly", "name: sched", 1))
+
+	// A failing run: the schedule says so.
+	stepToSlot(5 * time.Second)
+	poke(t, ns, "sched")
+	failed := waitRuns(t, ns, "sched", 1)[0]
+	job := &batchv1.Job{}
+	testenv.Eventually(t, "the run's job", func() string {
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: failed.Name + "-backup"}, job); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	finishJob(t, job, false, resultMessage(nil, "pg_dump failed: out of shared memory"))
+	waitBackup(t, ns, failed.Name, databasev1.BackupFailed, "")
+	poke(t, ns, "sched")
+	testenv.Eventually(t, "schedule not Ready after a failed run", func() string {
+		got, msg := readyReason(t, ns, "sched")
+		if got != "False/"+databasev1.ReasonLastRunFailed || !strings.Contains(msg, failed.Name) || !strings.Contains(msg, "out of shared memory") {
+			return got + " " + msg
+		}
+		return ""
+	})
+
+	// The Database becomes unavailable: the next run stays Pending; the slot
+	// after supersedes it.
+	readyDatabase(t, ns, "test-db", false)
+	stepToSlot(5 * time.Second)
+	poke(t, ns, "sched")
+	var stuck databasev1.Backup
+	testenv.Eventually(t, "a pending run", func() string {
+		for _, r := range runs(t, ns, "sched") {
+			if r.Name != failed.Name && r.Status.Phase == databasev1.BackupPending {
+				stuck = r
+				return ""
+			}
+		}
+		return "no pending run"
+	})
+	stepToSlot(5 * time.Second)
+	poke(t, ns, "sched")
+	testenv.Eventually(t, "the stuck run replaced", func() string {
+		names := []string{}
+		replaced := false
+		for _, r := range runs(t, ns, "sched") {
+			names = append(names, r.Name)
+			if r.Name == stuck.Name {
+				return "still there: " + strings.Join(names, ",")
+			}
+			if r.Name != failed.Name {
+				replaced = true
+			}
+		}
+		if !replaced {
+			return "no new run: " + strings.Join(names, ",")
+		}
+		return ""
+	})
+
+	// The run completes; the schedule is Ready again.
+	readyDatabase(t, ns, "test-db", true)
+	for _, r := range runs(t, ns, "sched") {
+		if r.Name != failed.Name {
+			complete(t, r)
+		}
+	}
+	poke(t, ns, "sched")
+	testenv.Eventually(t, "schedule Ready again", func() string {
+		if got, msg := readyReason(t, ns, "sched"); got != "True/"+databasev1.ReasonScheduled {
+			return got + " " + msg
+		}
+		return ""
+	})
+
+	// With a starting deadline, a slot missed by five minutes is skipped.
+	b := getBackup(t, ns, "sched")
+	patch := client.MergeFrom(b.DeepCopy())
+	b.Spec.StartingDeadlineSeconds = ptrTo(int64(60))
+	if err := k8s.Patch(testCtx, b, patch); err != nil {
+		t.Fatal(err)
+	}
+	before := len(runs(t, ns, "sched"))
+	stepToSlot(5 * time.Minute)
+	poke(t, ns, "sched")
+	testenv.Eventually(t, "the late slot recorded as scheduled", func() string {
+		b := getBackup(t, ns, "sched")
+		if b.Status.LastScheduledTime == nil || fake.Now().Sub(b.Status.LastScheduledTime.Time) != 5*time.Minute {
+			return fmt.Sprintf("lastScheduledTime %v, now %v", b.Status.LastScheduledTime, fake.Now())
+		}
+		return ""
+	})
+	if n := len(runs(t, ns, "sched")); n != before {
+		t.Fatalf("a run past its starting deadline was created (%d runs, %d before)", n, before)
+	}
+	// The next slot, on time, runs.
+	stepToSlot(5 * time.Second)
+	poke(t, ns, "sched")
+	waitRuns(t, ns, "sched", before+1)
+	_ = enginepkg.Format
+}
+
+func ptrTo[T any](v T) *T { return &v }
