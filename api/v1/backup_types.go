@@ -10,6 +10,7 @@ import (
 // +kubebuilder:validation:XValidation:rule="has(self.schedule) || self == oldSelf",message="the spec of a one-shot Backup (without schedule) is immutable; create a new Backup instead"
 // +kubebuilder:validation:XValidation:rule="!has(self.s3) || !has(self.storageLocation) || self.storageLocation.startsWith('s3://')",message="s3 settings apply only to an s3:// storageLocation"
 // +kubebuilder:validation:XValidation:rule="size(self.databaseRef.name) > 0",message="databaseRef.name must name a Database"
+// +kubebuilder:validation:XValidation:rule="!has(self.verify) || has(self.schedule)",message="verify (restore drills) needs a schedule: it drills the schedule's newest run"
 type BackupSpec struct {
 	// DatabaseRef names the Database (in the Backup's namespace) to back up.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
@@ -67,6 +68,46 @@ type BackupSpec struct {
 	// S3 configures access to an s3:// storageLocation.
 	// +optional
 	S3 *S3Config `json:"s3,omitempty"`
+
+	// Verify schedules restore drills of a scheduled Backup: at each of its slots
+	// the newest completed run is restored into a scratch database on the
+	// primary (never touching the application database), every table's row
+	// count is compared with the one counted at backup time, the scratch
+	// database is dropped, and status.lastVerification records the outcome and
+	// the measured restore time (RTO); condition Verified says whether the last
+	// drill succeeded.
+	// +optional
+	Verify *BackupVerify `json:"verify,omitempty"`
+}
+
+// BackupVerify configures restore drills.
+type BackupVerify struct {
+	// Schedule of the drills: a 5-field cron expression or a macro such as
+	// @weekly, in the Backup's timeZone.
+	// +kubebuilder:validation:MaxLength=128
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[^ ]+( +[^ ]+){4})$')",message="verify.schedule must be a 5-field cron expression or @hourly, @daily, @weekly, @monthly or @yearly"
+	Schedule string `json:"schedule"`
+}
+
+// VerificationStatus is the outcome of the last restore drill.
+type VerificationStatus struct {
+	// Time is when the drill finished.
+	Time metav1.Time `json:"time"`
+	// BackupName is the run that was restored.
+	BackupName string `json:"backupName,omitempty"`
+	// JobName is the drill's Job.
+	JobName string `json:"jobName,omitempty"`
+	// Succeeded is true when every table came back with its rows.
+	Succeeded bool `json:"succeeded"`
+	// Message says what was compared, or what failed.
+	Message string `json:"message,omitempty"`
+	// RestoreDuration is the measured time to restore the run (the RTO of a
+	// restore of this size, without the swap).
+	// +optional
+	RestoreDuration string `json:"restoreDuration,omitempty"`
+	// Tables is how many tables were restored and compared.
+	// +optional
+	Tables int32 `json:"tables,omitempty"`
 }
 
 // S3Config is how to reach an S3-compatible object store.
@@ -124,6 +165,13 @@ type BackupStatus struct {
 	// LastScheduledTime is the last schedule slot a run was created for.
 	// +optional
 	LastScheduledTime *metav1.Time `json:"lastScheduledTime,omitempty"`
+	// LastVerificationScheduledTime is the last slot of spec.verify.schedule
+	// that was handled.
+	// +optional
+	LastVerificationScheduledTime *metav1.Time `json:"lastVerificationScheduledTime,omitempty"`
+	// LastVerification is the outcome of the last restore drill.
+	// +optional
+	LastVerification *VerificationStatus `json:"lastVerification,omitempty"`
 	// BackupCount is the number of completed runs of a schedule that are kept.
 	// +optional
 	BackupCount int32 `json:"backupCount,omitempty"`
@@ -179,6 +227,15 @@ const (
 	// ReasonLastRunFailed: a scheduled Backup is not Ready while its latest
 	// finished run failed.
 	ReasonLastRunFailed = "LastRunFailed"
+	// ConditionVerified is True when the last restore drill of a scheduled
+	// Backup succeeded.
+	ConditionVerified           = "Verified"
+	ReasonVerificationSucceeded = "VerificationSucceeded"
+	ReasonVerificationFailed    = "VerificationFailed"
+	ReasonVerificationNotYetRun = "VerificationNotYetRun"
+	// ReasonVerificationInProgress: a Restore waits for a restore drill of its
+	// Database (the primary restores one at a time).
+	ReasonVerificationInProgress = "VerificationInProgress"
 	// ReasonArtifactOfOtherDatabase: the artifact's manifest names another
 	// Database (UID) and spec.allowOtherDatabase is not set.
 	ReasonArtifactOfOtherDatabase = "ArtifactOfOtherDatabase"

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // Format describes the artifact: pg_dump custom format, compressed with zstd.
@@ -67,16 +69,19 @@ type Manifest struct {
 	// another Database must be allowed explicitly.
 	DatabaseUID string `json:"databaseUID,omitempty"`
 	// DatabaseObject is its namespace/name.
-	DatabaseObject   string    `json:"databaseObject,omitempty"`
-	Database         string    `json:"database"`
-	ServerVersion    string    `json:"serverVersion"`
-	PgDumpVersion    string    `json:"pgDumpVersion"`
-	Format           string    `json:"format"`
-	SizeBytes        int64     `json:"sizeBytes"`
-	UncompressedSize int64     `json:"uncompressedBytes"`
-	SHA256           string    `json:"sha256"`
-	StartTime        time.Time `json:"startTime"`
-	EndTime          time.Time `json:"endTime"`
+	DatabaseObject   string `json:"databaseObject,omitempty"`
+	Database         string `json:"database"`
+	ServerVersion    string `json:"serverVersion"`
+	PgDumpVersion    string `json:"pgDumpVersion"`
+	Format           string `json:"format"`
+	SizeBytes        int64  `json:"sizeBytes"`
+	UncompressedSize int64  `json:"uncompressedBytes"`
+	SHA256           string `json:"sha256"`
+	// Tables are the rows of each table in the archive (schema.table), counted
+	// while verifying it; restore drills compare them with what they restored.
+	Tables    map[string]int64 `json:"tables,omitempty"`
+	StartTime time.Time        `json:"startTime"`
+	EndTime   time.Time        `json:"endTime"`
 }
 
 // Run backs up the database and returns the verified artifact's manifest. On any
@@ -93,7 +98,7 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, o.PgDump, "--format=custom", "--compress=0", "--no-password")
 	cmd.Env = o.Conn.env()
-	stderr := &tailBuffer{max: 8 << 10}
+	stderr := &postgres.Tail{Max: 8 << 10}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -148,12 +153,12 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 	m.SizeBytes, m.UncompressedSize, m.SHA256 = size, raw, hex.EncodeToString(hash.Sum(nil))
 
 	// Verify: the stored bytes have the checksum and form a readable archive.
-	serverVersion, err := verify(ctx, o.Store, o.Key, m.SHA256, o.PgRestore)
+	serverVersion, tables, err := verify(ctx, o.Store, o.Key, m.SHA256, o.PgRestore)
 	if err != nil {
 		_ = o.Store.Delete(context.Background(), o.Key)
 		return nil, fmt.Errorf("verifying the artifact: %w", err)
 	}
-	m.ServerVersion = serverVersion
+	m.ServerVersion, m.Tables = serverVersion, tables
 	m.EndTime = time.Now().UTC()
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if _, err := o.Store.Put(ctx, o.Key+ManifestSuffix, bytes.NewReader(b)); err != nil {
@@ -167,31 +172,31 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 // the upload's), zstd (which checks every frame) and `pg_restore` writing the whole
 // SQL script to nowhere, so every data block of the archive is decoded, not only
 // its table of contents. It returns the server version the dump was taken from.
-func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestore string) (string, error) {
+func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestore string) (string, map[string]int64, error) {
 	rc, err := store.Get(ctx, key)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer rc.Close()
 	hash := sha256.New()
 	dec, err := zstd.NewReader(io.TeeReader(rc, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	defer dec.Close()
 	cmd := exec.CommandContext(ctx, pgRestore, "--file=-")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	stderr := &tailBuffer{max: 4 << 10}
+	stderr := &postgres.Tail{Max: 4 << 10}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
-		return "", err
+		return "", nil, err
 	}
 	// Feed pg_restore through Read only (the decoder's WriteTo would latch the
 	// broken pipe of an early exit).
@@ -201,37 +206,73 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 		stdin.Close()
 		fed <- err
 	}()
-	serverVersion := ""
-	br := bufio.NewReaderSize(stdout, 64<<10)
-	for i := 0; i < 64 && serverVersion == ""; i++ {
-		line, err := br.ReadSlice('\n')
-		if v, ok := strings.CutPrefix(string(line), "-- Dumped from database version "); ok {
-			serverVersion = strings.TrimSpace(v)
-		}
-		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			break
-		}
-	}
-	_, _ = io.Copy(io.Discard, br)
+	serverVersion, tables := scanScript(bufio.NewReaderSize(stdout, 256<<10))
 	werr := cmd.Wait()
 	ferr := <-fed
 	if werr != nil {
-		return "", fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, stderr.String())
+		return "", nil, fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, stderr.String())
 	}
 	if ferr != nil && !errors.Is(ferr, syscall.EPIPE) {
-		return "", fmt.Errorf("reading the artifact: %w", ferr)
+		return "", nil, fmt.Errorf("reading the artifact: %w", ferr)
 	}
 	// Whatever pg_restore did not need is decompressed and hashed too.
 	if _, err := io.Copy(io.Discard, struct{ io.Reader }{dec}); err != nil {
-		return "", fmt.Errorf("reading the artifact: %w", err)
+		return "", nil, fmt.Errorf("reading the artifact: %w", err)
 	}
 	if got := hex.EncodeToString(hash.Sum(nil)); got != wantSHA {
-		return "", fmt.Errorf("checksum mismatch: stored %s, expected %s", got, wantSHA)
+		return "", nil, fmt.Errorf("checksum mismatch: stored %s, expected %s", got, wantSHA)
 	}
 	if serverVersion == "" {
-		return "", errors.New("the archive names no server version")
+		return "", nil, errors.New("the archive names no server version")
 	}
-	return serverVersion, nil
+	return serverVersion, tables, nil
+}
+
+// scanScript reads pg_restore's SQL script to its end: the server version from
+// its header, and the rows of each table's COPY block.
+func scanScript(br *bufio.Reader) (string, map[string]int64) {
+	version, tables, table := "", map[string]int64{}, ""
+	whole := true // the previous slice ended a line
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			start := whole
+			whole = line[len(line)-1] == '\n'
+			switch {
+			case !start:
+			case table != "":
+				// A row is counted at its first slice (long rows span several).
+				if string(line) == "\\.\n" {
+					table = ""
+				} else {
+					tables[table]++
+				}
+			case bytes.HasPrefix(line, []byte("COPY ")) && bytes.HasSuffix(line, []byte(" FROM stdin;\n")):
+				table = copyTarget(strings.TrimPrefix(string(line), "COPY "))
+				tables[table] += 0
+			case version == "" && bytes.HasPrefix(line, []byte("-- Dumped from database version ")):
+				version = strings.TrimSpace(strings.TrimPrefix(string(line), "-- Dumped from database version "))
+			}
+		}
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return version, tables
+		}
+	}
+}
+
+// copyTarget is the qualified table name at the start of a COPY statement's rest
+// (up to the first space outside double quotes).
+func copyTarget(rest string) string {
+	quoted := false
+	for i, r := range rest {
+		switch {
+		case r == '"':
+			quoted = !quoted
+		case r == ' ' && !quoted:
+			return rest[:i]
+		}
+	}
+	return rest
 }
 
 // ReadManifest reads the manifest of key.
@@ -246,6 +287,29 @@ func ReadManifest(ctx context.Context, store objectstore.Store, key string) (*Ma
 		return nil, fmt.Errorf("decoding the manifest: %w", err)
 	}
 	return &m, nil
+}
+
+// compareRows checks that every table of the manifest was restored with its rows.
+func compareRows(want, got map[string]int64) error {
+	if len(want) == 0 {
+		return errors.New("the manifest has no row counts (a backup made before drills existed): nothing to compare")
+	}
+	var diffs []string
+	for t, n := range want {
+		if g, ok := got[t]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s missing", t))
+		} else if g != n {
+			diffs = append(diffs, fmt.Sprintf("%s has %d rows, the backup %d", t, g, n))
+		}
+	}
+	if len(diffs) > 0 {
+		sort.Strings(diffs)
+		if len(diffs) > 5 {
+			diffs = append(diffs[:5], fmt.Sprintf("and %d more", len(diffs)-5))
+		}
+		return fmt.Errorf("the restored tables differ from the backup: %s", strings.Join(diffs, "; "))
+	}
+	return nil
 }
 
 // ErrOtherDatabase starts the error of a restore refused because the artifact
@@ -304,6 +368,11 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 	if err != nil {
 		return nil, fmt.Errorf("restoring (the database is unchanged unless the agent swapped it in): %w", err)
 	}
+	if req.VerifyOnly {
+		if err := compareRows(m.Tables, res.RowCounts); err != nil {
+			return res, fmt.Errorf("restore drill: %w", err)
+		}
+	}
 	if got := hex.EncodeToString(hash.Sum(nil)); got != m.SHA256 {
 		// The agent compared what it received and swapped: this read differs
 		// only if the store changed under us. Report it loudly.
@@ -327,27 +396,4 @@ func version(ctx context.Context, bin string) (string, error) {
 		return "", fmt.Errorf("running %s --version: %w", bin, err)
 	}
 	return strings.TrimSpace(string(out)), nil
-}
-
-// tailBuffer keeps the last max bytes written (for error messages).
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = t.b[len(t.b)-t.max:]
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
 }

@@ -71,6 +71,7 @@ func Command(ctx context.Context, args []string) error {
 	databaseUID := fs.String("database-uid", "", "run: UID of the Database, recorded in the manifest; restore: refuse artifacts of another")
 	databaseObject := fs.String("database-object", "", "run: namespace/name of the Database, recorded in the manifest")
 	allowOther := fs.Bool("allow-other-database", false, "restore: restore an artifact another Database wrote")
+	verifyOnly := fs.Bool("verify-only", false, "restore: a drill (restore into a scratch database, compare row counts, drop it)")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -118,7 +119,7 @@ func Command(ctx context.Context, args []string) error {
 				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther,
 				Agent: instance.NewClient(&http.Client{}, token), AgentURL: *agentURL,
 				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
-					SessionTimeoutSeconds: *sessionTimeout}})
+					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})
 			if res != nil {
 				writeResult(*termLog, Result{Restore: res})
 				b, _ := json.Marshal(res)

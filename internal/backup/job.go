@@ -62,6 +62,8 @@ type RestoreJob struct {
 	AllowOtherDatabase  bool
 	Jobs                int
 	KeepPreviousSeconds int64
+	// VerifyOnly makes it a restore drill.
+	VerifyOnly bool
 }
 
 const (
@@ -112,6 +114,9 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		args = append(args, "--agent-url="+r.AgentURL, "--agent-token-dir="+AgentTokenDir, "--restore-id="+r.ID,
 			"--expect-sha256="+r.ExpectSHA256, fmt.Sprintf("--jobs=%d", r.Jobs), fmt.Sprintf("--keep-previous-seconds=%d", r.KeepPreviousSeconds),
 			"--database-uid="+r.DatabaseUID, fmt.Sprintf("--allow-other-database=%t", r.AllowOtherDatabase))
+		if r.VerifyOnly {
+			args = append(args, "--verify-only")
+		}
 		mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
 		volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),

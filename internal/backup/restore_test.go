@@ -1,8 +1,10 @@
 package backup
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -338,5 +340,76 @@ func TestTheAgentRefusesRestoresItCannotDo(t *testing.T) {
 	}
 	if _, err := instance.NewClient(&http.Client{}, "wrong").Restore(ctx, url, instance.RestoreRequest{ID: "x"}, strings.NewReader("")); !errors.Is(err, instance.ErrUnauthorized) {
 		t.Errorf("wrong token: %v", err)
+	}
+}
+
+// TestARestoreDrillComparesRowCountsAndChangesNothing: the backup's verification
+// counts every table's rows into the manifest; a drill restores the artifact
+// into a scratch database, compares, drops it, and leaves the application
+// database alone; a drill whose counts differ fails and says where.
+func TestARestoreDrillComparesRowCountsAndChangesNothing(t *testing.T) {
+	p := startPostgres(t)
+	p.seed(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	store := objectstore.Dir{Root: root}
+	m := p.backup(t, store, "drill.dump.zst")
+	if m.Tables["public.kinds"] != 2000 || m.Tables["public.pgbench_branches"] != 2 || m.Tables["public.pgbench_accounts"] != 200000 {
+		t.Fatalf("manifest row counts = %v", m.Tables)
+	}
+	p.exec(t, "DELETE FROM kinds WHERE id > 10; CREATE TABLE after_backup (x int)")
+	before := p.checksums(t)
+	drill := func(id string) (*instance.RestoreResult, error) {
+		return Restore(ctx, RestoreOptions{Store: store, Key: "drill.dump.zst", Agent: instance.NewClient(&http.Client{}, "t"),
+			AgentURL: "http://" + p.agent.Addr().String(), Request: instance.RestoreRequest{ID: id, Jobs: 2, VerifyOnly: true}})
+	}
+	res, err := drill("drill1")
+	if err != nil {
+		t.Fatalf("drill: %v", err)
+	}
+	if res.RowCounts["public.kinds"] != 2000 || res.PreviousDatabase != "" || res.Seconds <= 0 {
+		t.Errorf("drill result = %+v", res)
+	}
+	if d := equalSums(before, p.checksums(t)); d != "" {
+		t.Errorf("a drill changed the database: %s", d)
+	}
+	if got := p.query(t, "postgres", `SELECT count(*) FROM pg_database WHERE datname LIKE 'pgo\_restoring\_%' OR datname LIKE '%\_prerestore\_%'`); got[0] != "0" {
+		t.Errorf("%s databases left by the drill", got[0])
+	}
+
+	// A manifest that disagrees with the archive: the drill fails, naming it.
+	forged := *m
+	forged.Tables = map[string]int64{}
+	for k, v := range m.Tables {
+		forged.Tables[k] = v
+	}
+	forged.Tables["public.kinds"] = 1999
+	b, _ := json.Marshal(forged)
+	if err := os.WriteFile(filepath.Join(root, "drill.dump.zst"+ManifestSuffix), b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := drill("drill2"); err == nil || !strings.Contains(err.Error(), "public.kinds has 2000 rows, the backup 1999") {
+		t.Errorf("drill against wrong counts: %v", err)
+	}
+	if d := equalSums(before, p.checksums(t)); d != "" {
+		t.Errorf("a failed drill changed the database: %s", d)
+	}
+}
+
+func TestCopyTargetAndScriptRowCounts(t *testing.T) {
+	for in, want := range map[string]string{
+		`public.t (a, b) FROM stdin;`:       "public.t",
+		`public."my table" (a) FROM stdin;`: `public."my table"`,
+		`"Sch ema"."T" FROM stdin;`:         `"Sch ema"."T"`,
+	} {
+		if got := copyTarget(in); got != want {
+			t.Errorf("copyTarget(%q) = %q, want %q", in, got, want)
+		}
+	}
+	script := "--\n-- Dumped from database version 15.18 (Debian)\n--\nCOPY public.a (x) FROM stdin;\n1\n2\n\\.\n" +
+		"COPY public.\"b c\" (x) FROM stdin;\n" + strings.Repeat("y", 300<<10) + "\n3\n\\.\nCOPY public.empty (x) FROM stdin;\n\\.\n"
+	v, tables := scanScript(bufio.NewReaderSize(strings.NewReader(script), 4096))
+	if v != "15.18 (Debian)" || tables["public.a"] != 2 || tables[`public."b c"`] != 2 || tables["public.empty"] != 0 || len(tables) != 3 {
+		t.Errorf("scanScript = %q %v", v, tables)
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -74,6 +73,10 @@ type RestoreRequest struct {
 	Jobs int `json:"jobs"`
 	// KeepPreviousSeconds: how long the pre-restore copy is kept (0: dropped at once).
 	KeepPreviousSeconds int64 `json:"keepPreviousSeconds"`
+	// VerifyOnly makes a restore drill: the artifact is restored into the
+	// scratch database, its rows counted and the scratch database dropped; the
+	// application database is not touched.
+	VerifyOnly bool `json:"verifyOnly,omitempty"`
 	// SessionTimeoutSeconds bounds the wait for sessions to end once terminated
 	// (default 30).
 	SessionTimeoutSeconds int `json:"sessionTimeoutSeconds,omitempty"`
@@ -93,6 +96,8 @@ type RestoreResult struct {
 	Tables int `json:"tables"`
 	// Seconds is the time from the first byte received to the swap.
 	Seconds float64 `json:"seconds"`
+	// RowCounts are the rows of each restored table (drills only).
+	RowCounts map[string]int64 `json:"rowCounts,omitempty"`
 	// Phases are the seconds spent in each step: prepare (scratch database),
 	// restore (receive, spool, pg_restore), analyze, swap.
 	Phases map[string]float64 `json:"phases,omitempty"`
@@ -263,13 +268,25 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	}
 	err = sc.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`).Scan(&res.Tables)
+	if err == nil && req.VerifyOnly {
+		// A drill: count what was restored, then the scratch database goes
+		// (deferred drop); the application database is never touched.
+		res.RowCounts, err = rowCounts(ctx, sc)
+		sc.Close(context.Background())
+		if err != nil {
+			return nil, fmt.Errorf("counting the restored rows: %w", err)
+		}
+		phases["count"] = time.Since(t0).Seconds()
+		res.Seconds = time.Since(start).Seconds()
+		return res, nil
+	}
 	sc.Close(context.Background())
 	if err == nil {
 		// Planner statistics are not in a dump: without them the first queries
 		// after the swap would run on guesses. In parallel, like the restore.
 		cmd := a.command(ctx, filepath.Join(a.bins.Dir, "vacuumdb"), "--analyze-only", "--quiet", "--no-password",
 			"--jobs="+strconv.Itoa(jobs), "--host="+a.cfg.RunDir, "--port="+strconv.Itoa(a.cfg.Port), "--username=postgres", "--dbname="+scratch)
-		stderr := &tail{max: 1 << 10}
+		stderr := &postgres.Tail{Max: 1 << 10}
 		cmd.Stderr = stderr
 		if rerr := cmd.Run(); rerr != nil {
 			err = fmt.Errorf("%w: %s", rerr, stderr.String())
@@ -313,6 +330,30 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	}
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
+}
+
+// rowCounts counts the rows of every table (schema.table, quoted as pg_dump
+// quotes them).
+func rowCounts(ctx context.Context, conn *pgx.Conn) (map[string]int64, error) {
+	rows, err := conn.Query(ctx, `SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
+		JOIN pg_namespace n ON n.oid = c.relnamespace
+		WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`)
+	if err != nil {
+		return nil, err
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64, len(names))
+	for _, n := range names {
+		var c int64
+		if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+n).Scan(&c); err != nil {
+			return nil, fmt.Errorf("counting %s: %w", n, err)
+		}
+		out[n] = c
+	}
+	return out, nil
 }
 
 // dropScratchDatabases drops what interrupted restores left.
@@ -406,7 +447,7 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 	}
 	cmd := a.command(ctx, a.bins.PgRestore, args...)
 	cmd.Stdin = stdin
-	stderr := &tail{max: 2 << 10}
+	stderr := &postgres.Tail{Max: 2 << 10}
 	cmd.Stderr = stderr
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
@@ -415,6 +456,13 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 		if src.err != nil {
 			// pg_restore failed because its input did.
 			return 0, fmt.Errorf("the artifact is corrupted or truncated: %w", src.err)
+		}
+		if spool == "" {
+			// Streamed: corrupted bytes may reach pg_restore before zstd or the
+			// checksum can tell. Read the rest to say which it was.
+			if cerr := checkSum(); cerr != nil {
+				return 0, cerr
+			}
 		}
 		return 0, fmt.Errorf("pg_restore: %w: %s", err, stderr.String())
 	}
@@ -614,29 +662,6 @@ func (e *errRecorder) Read(p []byte) (int, error) {
 		e.err = err
 	}
 	return n, err
-}
-
-// tail keeps the last max bytes written.
-type tail struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = t.b[len(t.b)-t.max:]
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.b))
 }
 
 // Restore sends the artifact to the primary's agent at baseURL and waits for the

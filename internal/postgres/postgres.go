@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -156,4 +157,30 @@ func PgpassLine(user, password string) string {
 // ConninfoValue quotes a value for a libpq keyword/value connection string.
 func ConninfoValue(s string) string {
 	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", `\'`) + "'"
+}
+
+// Tail keeps the last Max bytes written to it: the end of a program's stderr, for
+// error messages.
+type Tail struct {
+	Max int
+	mu  sync.Mutex
+	b   []byte
+}
+
+// Write keeps the end of p.
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > t.Max {
+		t.b = t.b[len(t.b)-t.Max:]
+	}
+	return len(p), nil
+}
+
+// String is what was kept, trimmed.
+func (t *Tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.b))
 }

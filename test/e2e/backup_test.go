@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -141,6 +142,53 @@ spec:
 	}
 }
 
+// s3Server is a Service and a pod of the S3-compatible server (versitygw) with
+// bucket "backups", the root credentials of Secret s3-creds, and TLS from the
+// tls.crt and tls.key of Secret tlsSecret when it is set.
+func s3Server(name string, port int, tlsSecret string) string {
+	args, mounts, volumes := fmt.Sprintf(`["--port", ":%d", "posix", "/data"]`, port), "", ""
+	if tlsSecret != "" {
+		args = fmt.Sprintf(`["--port", ":%d", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key", "posix", "/data"]`, port)
+		mounts = ", {name: tls, mountPath: /tls}"
+		volumes = "\n  - {name: tls, secret: {secretName: " + tlsSecret + "}}"
+	}
+	return fmt.Sprintf(`
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[1]s}
+spec:
+  selector: {app: %[1]s}
+  ports: [{name: s3, port: %[2]d}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: %[1]s
+  labels: {app: %[1]s}
+spec:
+  securityContext: {runAsUser: 999, runAsNonRoot: true, fsGroup: 999}
+  initContainers:
+  - name: bucket
+    image: postgres:15
+    command: ["mkdir", "-p", "/data/backups"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  containers:
+  - name: s3
+    image: versitygw:local
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: ROOT_ACCESS_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: accessKeyId}}}
+    - {name: ROOT_SECRET_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: secretAccessKey}}}
+    args: %[3]s
+    ports: [{containerPort: %[2]d}]
+    readinessProbe: {tcpSocket: {port: %[2]d}}
+    volumeMounts: [{name: data, mountPath: /data}%[4]s]
+  volumes:
+  - {name: data, emptyDir: {}}%[5]s
+`, name, port, args, mounts, volumes)
+}
+
 // volumeFiles lists the files of a PersistentVolumeClaim from a short-lived pod.
 func (c *cluster) volumeFiles(claim string) string {
 	c.t.Helper()
@@ -182,41 +230,7 @@ metadata:
 stringData:
   accessKeyId: e2e-access
   secretAccessKey: e2e-secret-key-123
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: s3
-spec:
-  selector: {app: s3}
-  ports: [{name: s3, port: 7070}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: s3
-  labels: {app: s3}
-spec:
-  securityContext: {runAsUser: 999, runAsNonRoot: true, fsGroup: 999}
-  initContainers:
-  - name: bucket
-    image: postgres:15
-    command: ["mkdir", "-p", "/data/backups"]
-    volumeMounts: [{name: data, mountPath: /data}]
-  containers:
-  - name: s3
-    image: versitygw:local
-    imagePullPolicy: IfNotPresent
-    env:
-    - {name: ROOT_ACCESS_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: accessKeyId}}}
-    - {name: ROOT_SECRET_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: secretAccessKey}}}
-    args: ["--port", ":7070", "posix", "/data"]
-    ports: [{containerPort: 7070}]
-    readinessProbe: {tcpSocket: {port: 7070}}
-    volumeMounts: [{name: data, mountPath: /data}]
-  volumes:
-  - {name: data, emptyDir: {}}
-`)
+` + s3Server("s3", 7070, ""))
 	c.mustApply(strings.ReplaceAll(`
 apiVersion: database.example.com/v1
 kind: Database
@@ -254,6 +268,7 @@ spec:
   databaseRef: {name: s3-db}
   schedule: "* * * * *"
   retention: 1
+  verify: {schedule: "* * * * *"}   # restore drills, every minute
   storageLocation: s3://backups/e2e
   s3:
     endpoint: http://s3:7070
@@ -272,8 +287,24 @@ spec:
 	if !strings.HasPrefix(loc, "s3://backups/e2e/"+c.ns+"/s3-db/"+dbUID+"/s3-nightly-") {
 		t.Errorf("backupLocation %q", loc)
 	}
-	// Stop the schedule from adding runs while the restore runs.
-	c.must("patch", "backup", "s3-nightly", "--type=merge", "-p", `{"spec":{"schedule":"0 0 1 1 *"}}`)
+	// A restore drill restores a run into a scratch database on the primary and
+	// compares every table's rows with the backup's counts.
+	c.eventually(4*time.Minute, "a successful restore drill", func() string {
+		got := c.jsonpath("backup/s3-nightly", `{.status.conditions[?(@.type=="Verified")].reason} {.status.lastVerification.restoreDuration} {.status.lastVerification.tables}`)
+		if !strings.HasPrefix(got, "VerificationSucceeded ") || strings.HasSuffix(got, " ") {
+			return got + " " + c.jsonpath("backup/s3-nightly", `{.status.conditions[?(@.type=="Verified")].message}`)
+		}
+		return ""
+	})
+	t.Logf("restore drill: %s", c.jsonpath("backup/s3-nightly", "{.status.lastVerification.message}"))
+	// Stop the schedule from adding runs and drills while the restore runs.
+	c.must("patch", "backup", "s3-nightly", "--type=merge", "-p", `{"spec":{"schedule":"0 0 1 1 *","verify":null}}`)
+	c.eventually(2*time.Minute, "no drill running", func() string {
+		if out := c.must("get", "jobs", "-l", "database.example.com/verify=s3-nightly", "-o", "jsonpath={.items[*].status.active}"); strings.TrimSpace(out) != "" {
+			return "active drill jobs: " + out
+		}
+		return ""
+	})
 
 	if out, err := c.psql("s3-db-0", true, "TRUNCATE t; CREATE TABLE after_backup (x int)"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -404,40 +435,7 @@ metadata: {name: s3-private-ca}
 stringData:
   ca.crt: |
 ` + indent(read(tf.CA)) + `
----
-apiVersion: v1
-kind: Service
-metadata: {name: s3tls}
-spec:
-  selector: {app: s3tls}
-  ports: [{name: s3, port: 7443}]
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: s3tls
-  labels: {app: s3tls}
-spec:
-  securityContext: {runAsUser: 999, runAsNonRoot: true, fsGroup: 999}
-  initContainers:
-  - name: bucket
-    image: postgres:15
-    command: ["mkdir", "-p", "/data/backups"]
-    volumeMounts: [{name: data, mountPath: /data}]
-  containers:
-  - name: s3
-    image: versitygw:local
-    imagePullPolicy: IfNotPresent
-    env:
-    - {name: ROOT_ACCESS_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: accessKeyId}}}
-    - {name: ROOT_SECRET_KEY, valueFrom: {secretKeyRef: {name: s3-creds, key: secretAccessKey}}}
-    args: ["--port", ":7443", "--cert", "/tls/tls.crt", "--key", "/tls/tls.key", "posix", "/data"]
-    readinessProbe: {tcpSocket: {port: 7443}}
-    volumeMounts: [{name: data, mountPath: /data}, {name: tls, mountPath: /tls}]
-  volumes:
-  - {name: data, emptyDir: {}}
-  - {name: tls, secret: {secretName: s3tls-cert}}
-`)
+` + s3Server("s3tls", 7443, "s3tls-cert"))
 	c.must("wait", "--for=condition=Ready", "pod/s3tls", "--timeout=120s")
 	c.mustApply(`
 apiVersion: database.example.com/v1

@@ -22,6 +22,18 @@ spec:
     size: "2Gi"
 `
 
+// oneShotBackup is a Backup of db to the default location.
+func oneShotBackup(name, db string) string {
+	return `
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: ` + name + `
+spec:
+  databaseRef: {name: ` + db + `}
+`
+}
+
 // TestARestoreWhoseJobIsKilledLeavesTheOldDatabaseThenCompletes kills the restore
 // Job's pod (grace 0) while the primary is building the restored database: readers
 // only ever see the old content or the restored one, never a mix or an empty
@@ -37,14 +49,7 @@ func TestARestoreWhoseJobIsKilledLeavesTheOldDatabaseThenCompletes(t *testing.T)
 		INSERT INTO big SELECT i, md5(i::text) || md5((i+1)::text) FROM generate_series(1, 1500000) i`); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	c.mustApply(`
-apiVersion: database.example.com/v1
-kind: Backup
-metadata:
-  name: fault-backup
-spec:
-  databaseRef: {name: fault-db}
-`)
+	c.mustApply(oneShotBackup("fault-backup", "fault-db"))
 	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "backup/fault-backup", "--timeout=300s")
 	// After the backup: the "old" content has 10 rows.
 	if out, err := c.psql("fault-db-0", true, "DELETE FROM big WHERE id > 10"); err != nil {
@@ -120,23 +125,9 @@ func TestDeletingANamespaceWithBackupsFinishes(t *testing.T) {
 	if out, err := c.psql("fault-db-0", true, `CREATE TABLE big AS SELECT i, md5(i::text) v FROM generate_series(1, 2000000) i`); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	c.mustApply(`
-apiVersion: database.example.com/v1
-kind: Backup
-metadata:
-  name: done
-spec:
-  databaseRef: {name: fault-db}
-`)
+	c.mustApply(oneShotBackup("done", "fault-db"))
 	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "backup/done", "--timeout=300s")
-	c.mustApply(`
-apiVersion: database.example.com/v1
-kind: Backup
-metadata:
-  name: running
-spec:
-  databaseRef: {name: fault-db}
-`)
+	c.mustApply(oneShotBackup("running", "fault-db"))
 	c.must("wait", "--for=jsonpath={.status.phase}=InProgress", "backup/running", "--timeout=120s")
 	start := time.Now()
 	if out, err := run(context.Background(), "", "delete", "namespace", c.ns, "--timeout=120s"); err != nil {

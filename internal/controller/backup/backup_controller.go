@@ -414,8 +414,14 @@ func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.
 		switch run.Status.Phase {
 		case databasev1.BackupInProgress:
 			active = true
-		case "", databasev1.BackupPending:
-			pending = append(pending, run)
+		case databasev1.BackupPending:
+			// Stuck: waiting for its Database or storage. A run that waits for
+			// a Restore starts when it ends; one not yet reconciled is new.
+			if c := meta.FindStatusCondition(run.Status.Conditions, databasev1.ConditionReady); c == nil || c.Reason != databasev1.ReasonRestoreInProgress {
+				pending = append(pending, run)
+			}
+		case "":
+			active = true
 		}
 	}
 	late := !due.IsZero() && b.Spec.StartingDeadlineSeconds != nil &&
@@ -461,8 +467,15 @@ func (r *BackupReconciler) reconcileSchedule(ctx context.Context, b *databasev1.
 		return ctrl.Result{}, err
 	}
 	r.summarise(b, runs.Items)
-	next := sched.Next(now)
-	return ctrl.Result{RequeueAfter: next.Sub(now) + time.Second}, nil
+	requeue := sched.Next(now).Sub(now) + time.Second
+	verifyIn, err := r.reconcileVerify(ctx, b, loc, now, runs.Items)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if verifyIn > 0 && verifyIn < requeue {
+		requeue = verifyIn
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
 }
 
 // latestSlot returns the latest schedule time in (after, now], or zero.

@@ -181,6 +181,12 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		}
 		return r.pending(rs, databasev1.ReasonBackupInProgress, fmt.Sprintf("Waiting for Backup %s of Database %s to finish", running, db.Name))
 	}
+	if drill, err := drillRunning(ctx, r, rs.Namespace, db.Name); err != nil || drill != "" {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.pending(rs, databasev1.ReasonVerificationInProgress, fmt.Sprintf("Waiting for restore drill %s of Database %s to finish", drill, db.Name))
+	}
 	if other, err := otherRestoreRunning(ctx, r, rs); err != nil || other != "" {
 		if err != nil {
 			return ctrl.Result{}, err

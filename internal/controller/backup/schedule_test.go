@@ -13,6 +13,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -142,3 +143,109 @@ func TestAScheduleShowsFailedRunsSupersedesStuckOnesAndHonoursItsDeadline(t *tes
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestRestoreDrillsRunOnTheirScheduleAndReportTheirOutcome: spec.verify starts a
+// verify-only restore Job of the newest completed run at each of its slots; a
+// Restore of the Database waits for it; the outcome and the measured restore
+// time land in status.lastVerification and condition Verified, failures too.
+func TestRestoreDrillsRunOnTheirScheduleAndReportTheirOutcome(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, strings.Replace(strings.Replace(scheduled, "name: nightly", "name: drilled", 1),
+		"retention: 2", "retention: 2\n  verify:\n    schedule: \"5-59/10 * * * *\"", 1))
+	stepToSlot(5 * time.Second)
+	poke(t, ns, "drilled")
+	run := waitRuns(t, ns, "drilled", 1)[0]
+	complete(t, run)
+	poke(t, ns, "drilled")
+	if got, _ := verifiedReason(t, ns, "drilled"); got != "False/"+databasev1.ReasonVerificationNotYetRun {
+		t.Errorf("Verified before any drill = %s", got)
+	}
+
+	// The drill slot, five minutes later.
+	fake.Step(5 * time.Minute)
+	poke(t, ns, "drilled")
+	drill := waitDrill(t, ns, "drilled")
+	args := strings.Join(drill.Spec.Template.Spec.Containers[0].Command, " ")
+	for _, want := range []string{"backup restore", "--verify-only", "--restore-id=v", "--agent-url=http://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
+		"/" + run.Name + "-"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("drill job command %q lacks %q", args, want)
+		}
+	}
+	// A Restore of the Database waits for the drill.
+	mustApply(t, ns, strings.Replace(testRestore, "name: test-backup", "name: drilled", 1))
+	waitRestore(t, ns, databasev1.RestorePending, databasev1.ReasonVerificationInProgress)
+	finishJob(t, drill, true, restoreResultMessage(&instance.RestoreResult{Database: "app", Jobs: 2, Seconds: 12.5,
+		RowCounts: map[string]int64{"public.a": 1, "public.b": 2}}))
+	poke(t, ns, "drilled")
+	testenv.Eventually(t, "the drill recorded", func() string {
+		b := getBackup(t, ns, "drilled")
+		v := b.Status.LastVerification
+		if v == nil || !v.Succeeded || v.RestoreDuration != "12.5s" || v.Tables != 2 || v.BackupName != run.Name {
+			return fmt.Sprintf("lastVerification %+v", v)
+		}
+		if got, msg := verifiedReason(t, ns, "drilled"); got != "True/"+databasev1.ReasonVerificationSucceeded || !strings.Contains(msg, "all 2 tables match") {
+			return got + " " + msg
+		}
+		return ""
+	})
+	rs := waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
+	finishJob(t, getJob(t, ns, "test-restore-restore"), true, restoreResultMessage(&instance.RestoreResult{Database: "app"}))
+	waitRestore(t, ns, databasev1.RestoreCompleted, databasev1.ReasonCompleted)
+	_ = rs
+
+	// The next drill fails: Verified says why.
+	stepToSlot(5*time.Minute + 5*time.Second)
+	poke(t, ns, "drilled")
+	var next *batchv1.Job
+	testenv.Eventually(t, "the second drill", func() string {
+		j := waitDrill(t, ns, "drilled")
+		if j.Name == drill.Name {
+			return "still the first drill"
+		}
+		next = j
+		return ""
+	})
+	finishJob(t, next, false, resultMessage(nil, "restore drill: the restored tables differ from the backup: public.a has 0 rows, the backup 1"))
+	poke(t, ns, "drilled")
+	testenv.Eventually(t, "the failed drill recorded", func() string {
+		got, msg := verifiedReason(t, ns, "drilled")
+		if got != "False/"+databasev1.ReasonVerificationFailed || !strings.Contains(msg, "public.a has 0 rows, the backup 1") {
+			return got + " " + msg
+		}
+		return ""
+	})
+}
+
+func verifiedReason(t *testing.T, ns, name string) (string, string) {
+	t.Helper()
+	c := meta.FindStatusCondition(getBackup(t, ns, name).Status.Conditions, databasev1.ConditionVerified)
+	if c == nil {
+		return "", ""
+	}
+	return string(c.Status) + "/" + c.Reason, c.Message
+}
+
+// waitDrill returns the newest drill Job of a schedule.
+func waitDrill(t *testing.T, ns, name string) *batchv1.Job {
+	t.Helper()
+	var newest *batchv1.Job
+	testenv.Eventually(t, "a drill job", func() string {
+		var jobs batchv1.JobList
+		if err := k8s.List(testCtx, &jobs, client.InNamespace(ns), client.MatchingLabels{LabelVerify: name}); err != nil {
+			return err.Error()
+		}
+		for i := range jobs.Items {
+			if newest == nil || jobs.Items[i].CreationTimestamp.After(newest.CreationTimestamp.Time) || jobs.Items[i].Name > newest.Name {
+				newest = &jobs.Items[i]
+			}
+		}
+		if newest == nil {
+			return "none"
+		}
+		return ""
+	})
+	return newest
+}
