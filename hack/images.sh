@@ -99,9 +99,11 @@ operator_image() {
 ctr_() { ctr --address "$CONTAINERD_ADDRESS" -n k8s.io "$@"; }
 
 # import_archive ARCHIVE NAME: import unless NAME is already there.
+# (grep without -q reads all of the list: with -q it may exit first, and under
+# pipefail the SIGPIPE of ctr would read as "not there".)
 import_archive() {
   local archive="$1" name="$2"
-  if ctr_ images ls -q | grep -qxF "$name"; then
+  if ctr_ images ls -q | grep -xF "$name" >/dev/null; then
     return 0
   fi
   log "importing $name"
@@ -136,7 +138,7 @@ case "${1:-}" in
     import_archive "$IMAGES/postgres-17-trixie.tar" docker.io/library/postgres:17
     # A tag that names no major version (what `latest` or a digest look like to the
     # operator): the e2e suite changes a PostgreSQL 15 Database to it.
-    if ! ctr_ images ls -q | grep -qxF docker.io/library/postgres:latest; then
+    if ! ctr_ images ls -q | grep -xF docker.io/library/postgres:latest >/dev/null; then
       ctr_ images tag docker.io/library/postgres:17 docker.io/library/postgres:latest >/dev/null
     fi
     import_archive "$IMAGES/versitygw.tar" docker.io/library/versitygw:local
