@@ -461,7 +461,8 @@ down() {
     fi
   done
   log "unmounting and removing network namespaces, bridge and cgroups"
-  grep -F " $STATE/" /proc/mounts | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # (No mount left is fine: grep's status must not end the script under pipefail.)
+  { grep -F " $STATE/" /proc/mounts || true; } | awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   for n in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$n" 2>/dev/null || true; done
   ip link delete "$BRIDGE" 2>/dev/null || true
   local d
