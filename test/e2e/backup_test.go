@@ -299,12 +299,20 @@ spec:
 	t.Logf("restore drill: %s", c.jsonpath("backup/s3-nightly", "{.status.lastVerification.message}"))
 	// Stop the schedule from adding runs and drills while the restore runs.
 	c.must("patch", "backup", "s3-nightly", "--type=merge", "-p", `{"spec":{"schedule":"0 0 1 1 *","verify":null}}`)
-	c.eventually(2*time.Minute, "no drill running", func() string {
-		if out := c.must("get", "jobs", "-l", "database.example.com/verify=s3-nightly", "-o", "jsonpath={.items[*].status.active}"); strings.TrimSpace(out) != "" {
-			return "active drill jobs: " + out
+	c.eventually(2*time.Minute, "no drill or run active", func() string {
+		if out := c.must("get", "jobs", "-o", "jsonpath={.items[*].status.active}"); strings.TrimSpace(out) != "" {
+			return "active jobs: " + out
 		}
 		return ""
 	})
+	// Runs went on while the drill was awaited (retention 1): the newest
+	// completed run now (names end with their slot's unix time).
+	completed := strings.Fields(c.must("get", "backups", "-l", "database.example.com/schedule=s3-nightly", "--sort-by=.metadata.name",
+		"-o", `jsonpath={.items[?(@.status.phase=="Completed")].status.backupLocation}`))
+	if len(completed) == 0 {
+		t.Fatal("no completed run")
+	}
+	loc = completed[len(completed)-1]
 
 	if out, err := c.psql("s3-db-0", true, "TRUNCATE t; CREATE TABLE after_backup (x int)"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
