@@ -206,7 +206,7 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
 		Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
 		Restore: &enginepkg.RestoreJob{
-			AgentURL:       fmt.Sprintf("http://%s.%s-hl.%s.svc.cluster.local:%d", db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort),
+			AgentURL:       agentURL(db),
 			InternalSecret: db.Name + "-internal", ID: restoreID(rs), ExpectSHA256: sha,
 			DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep,
 		},
@@ -243,29 +243,6 @@ func otherRestoreRunning(ctx context.Context, c client.Reader, rs *databasev1.Re
 		}
 	}
 	return "", nil
-}
-
-// sourceTarget resolves a bare artifact location.
-func sourceTarget(src *databasev1.RestoreSource, d Defaults) (enginepkg.Target, string, error) {
-	u, err := url.Parse(src.Location)
-	if err != nil || u.Host == "" || strings.TrimPrefix(u.Path, "/") == "" {
-		return enginepkg.Target{}, "", fmt.Errorf("source.location %q is not s3://bucket/key or pvc://claim/key", src.Location)
-	}
-	loc, err := objectstore.ParseLocation(u.Scheme + "://" + u.Host)
-	if err != nil {
-		return enginepkg.Target{}, "", err
-	}
-	t := enginepkg.Target{Location: loc}
-	if loc.Scheme == "s3" {
-		t.S3 = src.S3
-		if t.S3 == nil {
-			t.S3 = d.S3
-		}
-		if t.S3 == nil {
-			return enginepkg.Target{}, "", fmt.Errorf("source.location %s is on S3 but source.s3 is not set and the operator has no default S3 settings", src.Location)
-		}
-	}
-	return t, strings.TrimPrefix(u.Path, "/"), nil
 }
 
 // backupRunning names a Backup of database in ns whose Job runs ("" when none).
@@ -327,9 +304,20 @@ func (r *RestoreReconciler) completedBackup(ctx context.Context, rs *databasev1.
 // restoreTarget recovers the location and key from the Backup's status and its
 // (or the default) S3 settings.
 func restoreTarget(b *databasev1.Backup, d Defaults) (enginepkg.Target, string, error) {
-	u, err := url.Parse(b.Status.BackupLocation)
-	if err != nil || u.Host == "" {
-		return enginepkg.Target{}, "", fmt.Errorf("Backup %s has no usable backupLocation %q", b.Name, b.Status.BackupLocation)
+	return artifactTarget(b.Status.BackupLocation, b.Spec.S3, d, "Backup "+b.Name)
+}
+
+// sourceTarget resolves a bare artifact location.
+func sourceTarget(src *databasev1.RestoreSource, d Defaults) (enginepkg.Target, string, error) {
+	return artifactTarget(src.Location, src.S3, d, "source.location")
+}
+
+// artifactTarget splits an artifact URL (s3://bucket/key, pvc://claim/key) into
+// its store and key, with s3 settings, or the default ones, for s3://.
+func artifactTarget(location string, s3 *databasev1.S3Config, d Defaults, what string) (enginepkg.Target, string, error) {
+	u, err := url.Parse(location)
+	if err != nil || u.Host == "" || strings.TrimPrefix(u.Path, "/") == "" {
+		return enginepkg.Target{}, "", fmt.Errorf("%s: %q is not s3://bucket/key or pvc://claim/key", what, location)
 	}
 	loc, err := objectstore.ParseLocation(u.Scheme + "://" + u.Host)
 	if err != nil {
@@ -337,15 +325,19 @@ func restoreTarget(b *databasev1.Backup, d Defaults) (enginepkg.Target, string, 
 	}
 	t := enginepkg.Target{Location: loc}
 	if loc.Scheme == "s3" {
-		t.S3 = b.Spec.S3
-		if t.S3 == nil {
+		if t.S3 = s3; t.S3 == nil {
 			t.S3 = d.S3
 		}
 		if t.S3 == nil {
-			return enginepkg.Target{}, "", fmt.Errorf("Backup %s is on S3 but has no s3 settings", b.Name)
+			return enginepkg.Target{}, "", fmt.Errorf("%s is on S3 but has no s3 settings and the operator has no default ones", what)
 		}
 	}
 	return t, strings.TrimPrefix(u.Path, "/"), nil
+}
+
+// agentURL is the primary's agent, by its pod DNS name.
+func agentURL(db *databasev1.Database) string {
+	return fmt.Sprintf("http://%s.%s-hl.%s.svc.cluster.local:%d", db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort)
 }
 
 // SetupWithManager watches Restores, their Jobs, and the Databases and Backups

@@ -15,7 +15,6 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 )
 
 // Restore drills (spec.verify of a scheduled Backup): at each slot of
@@ -89,7 +88,7 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 		Labels: map[string]string{LabelManagedBy: ManagedBy, LabelVerify: enginepkg.LabelValue(b.Name),
 			LabelVerifyDatabase: enginepkg.LabelValue(db.Name), "database.example.com/verified-run": enginepkg.LabelValue(run.Name)},
 		Restore: &enginepkg.RestoreJob{
-			AgentURL:       fmt.Sprintf("http://%s.%s-hl.%s.svc.cluster.local:%d", db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort),
+			AgentURL:       agentURL(db),
 			InternalSecret: db.Name + "-internal", ID: "v" + shortUID(b.UID) + strconv.FormatInt(due.Unix(), 36),
 			ExpectSHA256: run.Status.SHA256, DatabaseUID: string(db.UID), Jobs: 2, VerifyOnly: true,
 		},
