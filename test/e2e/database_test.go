@@ -60,6 +60,13 @@ func TestDatabaseLifecycle(t *testing.T) {
 			return ""
 		})
 	}
+	// Ready alone may still be the one-instance Ready of before the patch.
+	c.eventually(readyTimeout, "two ready instances", func() string {
+		if r := c.jsonpath("database/my-database", "{.status.readyReplicas}"); r != "2" {
+			return "readyReplicas " + r
+		}
+		return ""
+	})
 	c.waitPhase("my-database", "Ready", readyTimeout)
 	if role := c.jsonpath("pod/my-database-1", "{.metadata.labels.role}"); role != "replica" {
 		t.Errorf("my-database-1 role label = %q", role)
