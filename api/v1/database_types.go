@@ -46,7 +46,7 @@ type DatabaseSpec struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	// +kubebuilder:validation:XValidation:rule="self.matches('^[a-z_][a-z0-9_]*$')",message="username must be a lowercase PostgreSQL identifier: a letter or underscore followed by letters, digits or underscores"
-	// +kubebuilder:validation:XValidation:rule="!(self in ['postgres', 'streaming_replica']) && !self.startsWith('pg_')",message="username must not be a reserved name (postgres, streaming_replica, or starting with pg_)"
+	// +kubebuilder:validation:XValidation:rule="!(self in ['postgres', 'streaming_replica', 'postgres_operator_monitor']) && !self.startsWith('pg_')",message="username must not be a reserved name (postgres, streaming_replica, postgres_operator_monitor, or starting with pg_)"
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="username is immutable"
 	Username string `json:"username"`
 

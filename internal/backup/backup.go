@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"sort"
 	"strings"
@@ -132,7 +133,9 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 		werr := cmd.Wait()
 		switch {
 		case werr != nil:
-			pw.CloseWithError(fmt.Errorf("pg_dump failed: %w: %s", werr, stderr.String()))
+			// pg_dump's messages can quote rows: whole in the Job's log only.
+			fmt.Fprintf(os.Stderr, "pg_dump failed: %v\n%s\n", werr, stderr.String())
+			pw.CloseWithError(fmt.Errorf("pg_dump failed: %w: %s", werr, postgres.Summary(stderr.String())))
 		case err != nil:
 			pw.CloseWithError(fmt.Errorf("compressing the dump: %w", err))
 		case raw == 0:
@@ -210,7 +213,8 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 	werr := cmd.Wait()
 	ferr := <-fed
 	if werr != nil {
-		return "", nil, fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, stderr.String())
+		fmt.Fprintf(os.Stderr, "pg_restore could not read the archive: %v\n%s\n", werr, stderr.String())
+		return "", nil, fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, postgres.Summary(stderr.String()))
 	}
 	if ferr != nil && !errors.Is(ferr, syscall.EPIPE) {
 		return "", nil, fmt.Errorf("reading the artifact: %w", ferr)

@@ -64,6 +64,7 @@ func startPostgres(t *testing.T) *pg {
 		logs = os.Stderr
 	}
 	agent := instance.NewAgent(instance.Config{
+		AppUser: "appuser", AppDatabase: "appdb",
 		PGData: filepath.Join(root, "db", "data", "pgdata"), CredentialsDir: filepath.Join(root, "credentials"),
 		InternalDir: filepath.Join(root, "internal"), RunDir: filepath.Join(root, "db", "run"), PodName: "db-0",
 		Port: p.port, AgentAddress: "127.0.0.1", ListenAddresses: "127.0.0.1",

@@ -27,11 +27,16 @@ import (
 // Config is the agent's configuration. Secrets are never part of it: they are read
 // from files in CredentialsDir and InternalDir.
 type Config struct {
-	PGData         string
-	CredentialsDir string
-	InternalDir    string
-	RunDir         string
-	PodName        string
+	// AppUser and AppDatabase are the application role and its database, from the
+	// Database's spec (validated by the CRD and again by the agent). They are never
+	// read from the credentials Secret: whoever can edit a Secret must not choose
+	// which database the superuser hands over.
+	AppUser, AppDatabase string
+	PGData               string
+	CredentialsDir       string
+	InternalDir          string
+	RunDir               string
+	PodName              string
 	// PodUID is this pod's UID: with the name, the identity that holds the Lease.
 	PodUID string
 	// PeerDomain is the headless Service's domain: another instance of the
@@ -92,6 +97,8 @@ type Config struct {
 func Run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("instance", flag.ContinueOnError)
 	cfg := Config{}
+	fs.StringVar(&cfg.AppUser, "app-user", "", "application role (the Database's spec.username)")
+	fs.StringVar(&cfg.AppDatabase, "app-database", "", "application database (the Database's spec.databaseName)")
 	fs.StringVar(&cfg.PGData, "pgdata", DefaultPGData, "PostgreSQL data directory")
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
@@ -118,6 +125,9 @@ func Run(ctx context.Context, args []string) error {
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if err := validateNames(cfg.AppUser, cfg.AppDatabase); err != nil {
+		return fmt.Errorf("--app-user/--app-database: %w", err)
 	}
 	if cfg.MaxSlotWALKeepSize != "" && !walSizePattern.MatchString(cfg.MaxSlotWALKeepSize) {
 		return fmt.Errorf("--max-slot-wal-keep-size %q: want a number of MB such as 256MB", cfg.MaxSlotWALKeepSize)
@@ -202,6 +212,8 @@ type Agent struct {
 	// fenced is set when this primary shut PostgreSQL down because it could not
 	// renew the Lease.
 	fenced atomic.Bool
+	// probes is the probe loop's last reading of PostgreSQL.
+	probes probeCache
 	// restoreMu guards currentRestore, the restore running (one at a time).
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
@@ -306,6 +318,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if Ordinal(a.cfg.PodName) < 0 {
 		return fmt.Errorf("pod name %q has no ordinal suffix", a.cfg.PodName)
 	}
+	if err := validateNames(a.cfg.AppUser, a.cfg.AppDatabase); err != nil {
+		return err
+	}
 	var err error
 	if a.bins, err = postgres.FindBinaries(a.cfg.BinDir); err != nil {
 		return err
@@ -339,6 +354,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.dropExpiredCopies(ctx, time.Minute)
+	go a.probeLoop(ctx)
 
 	if err := a.writePassfile(); err != nil {
 		return err
@@ -864,18 +880,22 @@ func (a *Agent) writeConfig(primary bool) error {
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
 		"# TYPE  DATABASE     USER               ADDRESS  METHOD",
 		"local   all          postgres                    peer map=operator",
+		"local   postgres     " + MonitorUser + "  peer map=operator",
+		"local   all          " + MonitorUser + "  reject",
 		"local   all          all                         scram-sha-256",
 		"host    replication  " + ReplicationUser + "  all      scram-sha-256",
 		// pg_rewind reads the new primary's files through the postgres database.
 		"host    postgres     " + ReplicationUser + "  all      scram-sha-256",
 		"host    all          " + ReplicationUser + "  all      reject",
 		"host    all          postgres           all      reject",
+		"host    all          " + MonitorUser + "  all      reject",
 		"host    all          all                all      scram-sha-256",
 	}, "\n") + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_hba.conf"), hba, 0o600); err != nil {
 		return err
 	}
-	ident := "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\noperator  postgres  postgres\noperator  root  postgres\n"
+	ident := "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\noperator  postgres  postgres\noperator  root  postgres\n" +
+		"operator  postgres  " + MonitorUser + "\noperator  root  " + MonitorUser + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_ident.conf"), ident, 0o600); err != nil {
 		return err
 	}

@@ -96,6 +96,8 @@ func testConfig(s testSecrets, name, pod string, port, primaryPort int) Config {
 		agentPort = freePort()
 	}
 	cfg := Config{
+		AppUser:         testAppUser,
+		AppDatabase:     testAppDB,
 		PGData:          filepath.Join(s.dir, name, "data", "pgdata"),
 		CredentialsDir:  s.credentials,
 		InternalDir:     s.internal,
@@ -439,9 +441,13 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	})
 
 	t.Run("standby is ready and reports its replay position", func(t *testing.T) {
-		if code, body := standby.get(PathReadyz, ""); code != http.StatusOK {
-			t.Errorf("standby readiness = %d %s", code, body)
-		}
+		// Readiness follows the probe loop's reading (every half second).
+		waitUntil(t, 5*time.Second, "standby readiness", func() error {
+			if code, body := standby.get(PathReadyz, ""); code != http.StatusOK {
+				return fmt.Errorf("standby readiness = %d %s", code, body)
+			}
+			return nil
+		})
 		st := standby.mustStatus(t, s.token)
 		if !st.Running || !st.InRecovery || st.Writable || st.ReplayLSN == "" || st.ReceiveLSN == "" || st.CurrentLSN != st.ReplayLSN || st.ReplayLagBytes < 0 || st.Error != "" {
 			t.Errorf("standby status %+v", st)
@@ -496,6 +502,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		// The exported entry point, with the flags the pod passes.
 		agentPort := testenv.FreePort(t)
 		args := []string{
+			"--app-user=" + testAppUser, "--app-database=" + testAppDB,
 			"--pgdata=" + primary.cfg.PGData, "--credentials-dir=" + s.credentials, "--internal-dir=" + s.internal,
 			"--run-dir=" + primary.cfg.RunDir, "--pod-name=db-0", "--primary-host=127.0.0.1",
 			"--port=" + strconv.Itoa(pPort), "--agent-port=" + strconv.Itoa(agentPort), "--agent-address=127.0.0.1",
@@ -675,11 +682,14 @@ func TestWriteConfig(t *testing.T) {
 			}
 			wantRules := []string{
 				"local all postgres peer map=operator",
+				"local postgres " + MonitorUser + " peer map=operator",
+				"local all " + MonitorUser + " reject",
 				"local all all scram-sha-256",
 				"host replication streaming_replica all scram-sha-256",
 				"host postgres streaming_replica all scram-sha-256",
 				"host all streaming_replica all reject",
 				"host all postgres all reject",
+				"host all " + MonitorUser + " all reject",
 				"host all all all scram-sha-256",
 			}
 			if strings.Join(rules, "\n") != strings.Join(wantRules, "\n") {
@@ -707,13 +717,24 @@ func TestWriteConfigRefusesALineBreakInAValue(t *testing.T) {
 	}
 }
 
-func TestValidateNamesRefusesReservedRolesAndTemplates(t *testing.T) {
+func TestValidateNamesRefusesReservedRolesDatabasesAndNonIdentifiers(t *testing.T) {
 	tests := []struct {
 		user, db string
 		ok       bool
 	}{
 		{"app", "app", true},
-		{"app", "postgres", true},
+		{"_a1", "b_2", true},
+		{"app", strings.Repeat("d", 63), true},
+		{"app", strings.Repeat("d", 64), false},
+		// The maintenance database is the superuser's: never handed over.
+		{"app", "postgres", false},
+		{"app", "pg_db", false},
+		{MonitorUser, "app", false},
+		{"App", "app", false},
+		{"app", `a"b`, false},
+		{"", "app", false},
+		{"app", "", false},
+		{"1app", "app", false},
 		{"postgres", "app", false},
 		{ReplicationUser, "app", false},
 		{"pg_monitor", "app", false},
@@ -732,6 +753,9 @@ func TestRunRejectsBadFlagsAndPodNamesWithoutOrdinal(t *testing.T) {
 		{"--no-such-flag"},
 		{"--pod-name=db", "--bin-dir=/nonexistent"},
 		{"--pod-name=db-0", "stray"},
+		{"--pod-name=db-0", "--app-user=app"},
+		{"--pod-name=db-0", "--app-user=app", "--app-database=postgres"},
+		{"--pod-name=db-0", "--app-user=postgres", "--app-database=app"},
 	} {
 		if err := Run(context.Background(), args); err == nil {
 			t.Errorf("Run(%q) succeeded", args)

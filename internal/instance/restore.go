@@ -23,9 +23,11 @@ import (
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
-// Restores are applied by the primary's agent, as the superuser over the private
-// socket, so that the result is exactly the database as it was dumped (owners,
-// GRANTs, extensions a superuser installed):
+// Restores are applied by the primary's agent over the private socket, so that
+// the result is exactly the database as it was dumped (owners, GRANTs, extensions
+// a superuser installed) while nothing of the archive, which the application role
+// wrote, runs as the superuser (pgRestore: the data is loaded as each table's
+// owner):
 //
 //  1. the artifact (zstd-compressed pg_dump custom format) is received from the
 //     restore Job and, when the volume has room, spooled decompressed next to the
@@ -203,19 +205,9 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	if !a.runningPrimary() {
 		return nil, errNotPrimary
 	}
-	appDB, err := a.readSecret(a.cfg.CredentialsDir, CredentialsDatabaseFile)
-	if err != nil {
-		return nil, err
-	}
-	appUser, err := a.readSecret(a.cfg.CredentialsDir, CredentialsUsernameFile)
-	if err != nil {
-		return nil, err
-	}
+	appDB, appUser := a.cfg.AppDatabase, a.cfg.AppUser
 	if err := validateNames(appUser, appDB); err != nil {
 		return nil, err
-	}
-	if appDB == "postgres" {
-		return nil, errors.New("refusing to restore into the maintenance database postgres")
 	}
 	conn, err := a.connect(ctx, "postgres")
 	if err != nil {
@@ -232,8 +224,10 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	}
 	scratch := ScratchPrefix + req.ID
 	qs := postgres.QuoteIdentifier(scratch)
-	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE template0 ENCODING %s LC_COLLATE %s LC_CTYPE %s",
-		qs, postgres.QuoteLiteral(encoding), postgres.QuoteLiteral(collate), postgres.QuoteLiteral(ctype))); err != nil {
+	// Owned by the application role, like the database it replaces (the swap
+	// gives it the live database's owner).
+	if _, err := conn.Exec(ctx, fmt.Sprintf("CREATE DATABASE %s OWNER %s TEMPLATE template0 ENCODING %s LC_COLLATE %s LC_CTYPE %s",
+		qs, postgres.QuoteIdentifier(appUser), postgres.QuoteLiteral(encoding), postgres.QuoteLiteral(collate), postgres.QuoteLiteral(ctype))); err != nil {
 		return nil, fmt.Errorf("creating the scratch database: %w", err)
 	}
 	swapped := false
@@ -248,7 +242,7 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 			}
 		}
 	}()
-	// Only the superuser works in it until the swap.
+	// No one else connects to it until the swap.
 	if _, err := conn.Exec(ctx, "REVOKE ALL ON DATABASE "+qs+" FROM PUBLIC"); err != nil {
 		return nil, err
 	}
@@ -289,7 +283,8 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 		stderr := &postgres.Tail{Max: 1 << 10}
 		cmd.Stderr = stderr
 		if rerr := cmd.Run(); rerr != nil {
-			err = fmt.Errorf("%w: %s", rerr, stderr.String())
+			a.log.Warn("vacuumdb failed", "error", rerr.Error(), "stderr", stderr.String())
+			err = fmt.Errorf("%w: %s", rerr, postgres.Summary(stderr.String()))
 		}
 	}
 	if err != nil {
@@ -376,6 +371,16 @@ func dropScratchDatabases(ctx context.Context, conn *pgx.Conn) error {
 
 // pgRestore restores the body into database scratch and checks its SHA-256;
 // it returns the parallelism used.
+//
+// The archive was written by the application role, so nothing in it may run as
+// the superuser: its data (whose COPY evaluates CHECK and domain constraints and
+// generated columns, which can call the role's functions) is loaded as each
+// table's owner (--use-set-session-authorization). The schema before and after
+// the data is created by the superuser, so that objects of other owners and
+// extensions a superuser installed are restored as they were: creating them runs
+// no code of the archive, and PostgreSQL runs index expressions, materialized
+// views and foreign-key checks as the table's owner. A streamed restore (one
+// pass over the archive) creates everything as its owner.
 func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reader, scratch string) (int, error) {
 	hash := sha256.New()
 	dec, err := zstd.NewReader(io.TeeReader(body, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
@@ -441,30 +446,50 @@ func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reade
 		if err := a.chown(spool); err != nil {
 			return 0, err
 		}
-		args = append(args, "--jobs="+strconv.Itoa(jobs), spool)
 	} else {
 		stdin = src
 	}
-	cmd := a.command(ctx, a.bins.PgRestore, args...)
-	cmd.Stdin = stdin
-	stderr := &postgres.Tail{Max: 2 << 10}
-	cmd.Stderr = stderr
-	if err := cmd.Run(); err != nil {
+	run := func(args ...string) error {
+		cmd := a.command(ctx, a.bins.PgRestore, args...)
+		cmd.Stdin = stdin
+		stderr := &postgres.Tail{Max: 2 << 10}
+		cmd.Stderr = stderr
+		err := cmd.Run()
+		if err == nil {
+			return nil
+		}
 		if ctx.Err() != nil {
-			return 0, fmt.Errorf("restore interrupted: %w", ctx.Err())
+			return fmt.Errorf("restore interrupted: %w", ctx.Err())
 		}
 		if src.err != nil {
 			// pg_restore failed because its input did.
-			return 0, fmt.Errorf("the artifact is corrupted or truncated: %w", src.err)
+			return fmt.Errorf("the artifact is corrupted or truncated: %w", src.err)
 		}
 		if spool == "" {
 			// Streamed: corrupted bytes may reach pg_restore before zstd or the
 			// checksum can tell. Read the rest to say which it was.
 			if cerr := checkSum(); cerr != nil {
-				return 0, cerr
+				return cerr
 			}
 		}
-		return 0, fmt.Errorf("pg_restore: %w: %s", err, stderr.String())
+		// pg_restore's messages can quote the archive's data: they go to the
+		// agent's log, the caller gets only the last line's kind of failure.
+		a.log.Warn("pg_restore failed", "error", err.Error(), "stderr", stderr.String())
+		return fmt.Errorf("pg_restore: %w: %s", err, postgres.Summary(stderr.String()))
+	}
+	if spool != "" {
+		j := "--jobs=" + strconv.Itoa(jobs)
+		for _, pass := range [][]string{
+			{"--section=pre-data", spool},
+			{"--section=data", "--use-set-session-authorization", j, spool},
+			{"--section=post-data", j, spool},
+		} {
+			if err := run(append(append([]string(nil), args...), pass...)...); err != nil {
+				return 0, err
+			}
+		}
+	} else if err := run(append(args, "--use-set-session-authorization")...); err != nil {
+		return 0, err
 	}
 	if spool == "" {
 		if err := checkSum(); err != nil {

@@ -28,10 +28,10 @@ func (a *Agent) serve() (*http.Server, error) {
 	live := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
 	mux.HandleFunc("GET "+PathHealthz, live)
 	mux.HandleFunc("GET "+PathStartup, live)
-	mux.HandleFunc("GET "+PathReadyz, func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
-		defer cancel()
-		if !a.isReady(ctx) {
+	// Readiness is answered from the probe loop's last reading: a request costs
+	// no backend, however many arrive.
+	mux.HandleFunc("GET "+PathReadyz, func(w http.ResponseWriter, _ *http.Request) {
+		if !a.readyNow() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
@@ -162,12 +162,16 @@ type Client struct {
 	token string
 }
 
-// NewClient returns a client authenticating with token.
+// NewClient returns a client authenticating with token. It never follows a
+// redirect: an agent (or whatever answers at its address) cannot send the
+// operator's requests, and its credentials, elsewhere.
 func NewClient(h *http.Client, token string) *Client {
 	if h == nil {
 		h = &http.Client{Timeout: requestTimeout}
 	}
-	return &Client{http: h, token: token}
+	c := *h
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &Client{http: &c, token: token}
 }
 
 // ErrUnauthorized is returned when the agent refuses the token.

@@ -489,16 +489,27 @@ func processIsPostgres(pid int) bool {
 
 // connect opens a superuser connection over the private socket.
 func (a *Agent) connect(ctx context.Context, database string) (*pgx.Conn, error) {
+	return a.connectAs(ctx, "postgres", database)
+}
+
+// connectAs opens a connection over the private socket as role user (the
+// superuser or the monitoring role: peer authentication maps the postgres OS user
+// to these two only).
+func (a *Agent) connectAs(ctx context.Context, user, database string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
 		return nil, err
 	}
 	cfg.Host = a.cfg.RunDir
 	cfg.Port = uint16(a.cfg.Port)
-	cfg.User = "postgres"
+	cfg.User = user
 	cfg.Database = database
 	cfg.ConnectTimeout = 3 * time.Second
 	cfg.RuntimeParams["application_name"] = "postgres-operator-agent"
+	// Superuser sessions resolve names in pg_catalog only (temporary objects
+	// last): a function, operator or table someone created elsewhere never
+	// shadows the one the agent means.
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
@@ -576,23 +587,17 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 }
 
 // ensureRoles creates or updates the replication role, the application role and
-// its database from the mounted Secrets. Passwords are sent as SCRAM verifiers.
+// its database: the names come from the configuration (the Database's spec), the
+// passwords from the mounted Secrets, sent as SCRAM verifiers.
 func (a *Agent) ensureRoles(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	appUser, err := a.readSecret(a.cfg.CredentialsDir, CredentialsUsernameFile)
-	if err != nil {
+	appUser, appDB := a.cfg.AppUser, a.cfg.AppDatabase
+	if err := validateNames(appUser, appDB); err != nil {
 		return err
 	}
 	appPassword, err := a.readSecret(a.cfg.CredentialsDir, CredentialsPasswordFile)
 	if err != nil {
-		return err
-	}
-	appDB, err := a.readSecret(a.cfg.CredentialsDir, CredentialsDatabaseFile)
-	if err != nil {
-		return err
-	}
-	if err := validateNames(appUser, appDB); err != nil {
 		return err
 	}
 	replPassword, err := a.readSecret(a.cfg.InternalDir, InternalReplicationPasswordFile)
@@ -605,15 +610,15 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	}
 	defer conn.Close(context.Background())
 	var inRecovery bool
-	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&inRecovery); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_is_in_recovery()").Scan(&inRecovery); err != nil {
 		return err
 	}
 	if inRecovery {
 		return errors.New("the instance is in recovery")
 	}
 	// The statements below carry password verifiers: keep them out of the server
-	// log even when they fail or log_statement is set.
-	if _, err := conn.Exec(ctx, "SET log_statement = 'none'; SET log_min_error_statement = 'panic'"); err != nil {
+	// log and statistics even when they fail, are slow or are sampled.
+	if _, err := conn.Exec(ctx, quietSession); err != nil {
 		return err
 	}
 	if err := ensureRole(ctx, conn, ReplicationUser, replPassword, "REPLICATION"); err != nil {
@@ -632,31 +637,94 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	if err := ensureRole(ctx, conn, appUser, appPassword, "NOREPLICATION"); err != nil {
 		return err
 	}
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", appDB).Scan(&exists); err != nil {
+	if err := ensureMonitorRole(ctx, conn); err != nil {
 		return err
 	}
-	if !exists {
+	var owner string
+	err = conn.QueryRow(ctx, "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = $1", appDB).Scan(&owner)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
 		if _, err := conn.Exec(ctx, "CREATE DATABASE "+postgres.QuoteIdentifier(appDB)+" OWNER "+postgres.QuoteIdentifier(appUser)); err != nil {
 			return fmt.Errorf("creating database %s: %w", appDB, err)
 		}
-	} else if _, err := conn.Exec(ctx, "ALTER DATABASE "+postgres.QuoteIdentifier(appDB)+" OWNER TO "+postgres.QuoteIdentifier(appUser)); err != nil {
-		return fmt.Errorf("setting the owner of database %s: %w", appDB, err)
+	case err != nil:
+		return err
+	case owner != appUser:
+		// The application database (never postgres or a template: validateNames)
+		// belongs to the application role.
+		if _, err := conn.Exec(ctx, "ALTER DATABASE "+postgres.QuoteIdentifier(appDB)+" OWNER TO "+postgres.QuoteIdentifier(appUser)); err != nil {
+			return fmt.Errorf("setting the owner of database %s: %w", appDB, err)
+		}
 	}
-	_, err = conn.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+heartbeatTable+" (id int PRIMARY KEY, ts timestamptz NOT NULL)")
+	return dropLegacyHeartbeat(ctx, conn)
+}
+
+// quietSession keeps what a session sends out of every log and statistic
+// PostgreSQL keeps: statement, duration and sample logging, the debug dumps of
+// parse trees, and pg_stat_statements' record of utility statements.
+const quietSession = "SET log_statement = 'none'; SET log_min_error_statement = 'panic'; " +
+	"SET log_min_duration_statement = -1; SET log_min_duration_sample = -1; SET log_duration = off; " +
+	"SET log_statement_sample_rate = 0; SET log_transaction_sample_rate = 0; " +
+	"SET debug_print_parse = off; SET debug_print_rewritten = off; SET debug_print_plan = off; " +
+	"SET pg_stat_statements.track_utility = off"
+
+// dropLegacyHeartbeat drops the heartbeat table earlier versions kept in the
+// postgres database's public schema, when the superuser still owns it (a table
+// someone else recreated there is left alone: the superuser runs nothing of it).
+func dropLegacyHeartbeat(ctx context.Context, conn *pgx.Conn) error {
+	var owner string
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_get_userbyid(c.relowner) FROM pg_catalog.pg_class c
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relname = 'postgres_operator_heartbeat'`).Scan(&owner)
+	if errors.Is(err, pgx.ErrNoRows) || (err == nil && owner != "postgres") {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "DROP TABLE public.postgres_operator_heartbeat")
 	return err
 }
 
-const heartbeatTable = "public.postgres_operator_heartbeat"
+// namePattern is the CRD's rule for spec.username and spec.databaseName.
+var namePattern = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 
 // validateNames refuses application role and database names that would make the
-// agent alter a role or database it relies on.
+// agent alter a role or database it relies on (the CRD's rules, checked again).
 func validateNames(user, database string) error {
 	switch {
-	case user == "postgres" || user == ReplicationUser || strings.HasPrefix(user, "pg_"):
+	case !namePattern.MatchString(user):
+		return fmt.Errorf("the application user %q is not a lowercase PostgreSQL identifier", user)
+	case !namePattern.MatchString(database):
+		return fmt.Errorf("the application database %q is not a lowercase PostgreSQL identifier", database)
+	case user == "postgres" || user == ReplicationUser || user == MonitorUser || strings.HasPrefix(user, "pg_"):
 		return fmt.Errorf("the application user may not be %q: it is reserved", user)
-	case database == "template0" || database == "template1":
-		return fmt.Errorf("the application database may not be %q", database)
+	case database == "postgres" || database == "template0" || database == "template1" || strings.HasPrefix(database, "pg_"):
+		return fmt.Errorf("the application database may not be %q: it is reserved", database)
+	}
+	return nil
+}
+
+// ensureMonitorRole creates the monitoring role: pg_monitor, the checkpoint
+// function the status reads, no password (it logs in only by peer
+// authentication over the private socket), at most 5 connections.
+func ensureMonitorRole(ctx context.Context, conn *pgx.Conn) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)", MonitorUser).Scan(&exists); err != nil {
+		return err
+	}
+	verb := "ALTER"
+	if !exists {
+		verb = "CREATE"
+	}
+	q := postgres.QuoteIdentifier(MonitorUser)
+	for _, stmt := range []string{
+		verb + " ROLE " + q + " WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD NULL",
+		"GRANT pg_monitor TO " + q,
+		"GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_checkpoint() TO " + q,
+	} {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("monitoring role: %w", err)
+		}
 	}
 	return nil
 }
@@ -702,8 +770,8 @@ func (a *Agent) status(ctx context.Context) *Status {
 		st.Error = "PostgreSQL is not running (" + string(st.State) + ")"
 		return st
 	}
-	st.Ready = a.isReady(ctx)
-	conn, err := a.connect(ctx, "postgres")
+	st.Ready = a.readyNow()
+	conn, err := a.connectMonitor(ctx, "postgres")
 	if err != nil {
 		st.Error = "connecting: " + err.Error()
 		return st
@@ -766,7 +834,10 @@ func (a *Agent) status(ctx context.Context) *Status {
 	return st
 }
 
-// writeCheck commits a heartbeat row: proof that the primary accepts writes.
+// writeCheck commits a transaction that has a transaction ID: its commit record
+// is written and flushed (and, with synchronous replication, acknowledged), which
+// proves that the primary accepts writes, without any table someone else could
+// replace with one that runs code.
 func (a *Agent) writeCheck(ctx context.Context, conn *pgx.Conn) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
@@ -776,7 +847,7 @@ func (a *Agent) writeCheck(ctx context.Context, conn *pgx.Conn) error {
 	if _, err := tx.Exec(ctx, "SET LOCAL statement_timeout = '2s'"); err != nil {
 		return err
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO "+heartbeatTable+" (id, ts) VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET ts = excluded.ts"); err != nil {
+	if _, err := tx.Exec(ctx, "SELECT pg_catalog.pg_current_xact_id()"); err != nil {
 		return err
 	}
 	return tx.Commit(ctx)
@@ -879,52 +950,6 @@ func (a *Agent) syncSlots(ctx context.Context, names []string) ([]SlotStatus, er
 }
 
 var slotNamePattern = regexp.MustCompile(`^` + SlotPrefix + `[a-z0-9_]{1,58}$`)
-
-// isReady is the readiness verdict: PostgreSQL answers; a primary has its roles in
-// place; a standby streams from the primary with replay within MaxLagBytes of what
-// it received, so that the read-only Service never serves unboundedly stale data.
-func (a *Agent) isReady(ctx context.Context) bool {
-	if a.exited.Load() || !a.setUp.Load() {
-		return false
-	}
-	conn, err := a.connect(ctx, "postgres")
-	if err != nil {
-		return false
-	}
-	defer conn.Close(context.Background())
-	var inRecovery bool
-	var receiver string
-	var lag int64
-	if err := conn.QueryRow(ctx, `SELECT pg_is_in_recovery(), coalesce((SELECT status FROM pg_stat_wal_receiver LIMIT 1), ''),
-		coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint`).Scan(&inRecovery, &receiver, &lag); err != nil {
-		return false
-	}
-	if a.primary.Load() {
-		// A primary serves only while it holds the Lease as the target and, with
-		// standbys, renewed it within two retry periods: it leaves the Services
-		// well before it fences itself.
-		v := a.lease.view()
-		if !v.Held || v.Target != a.cfg.PodName {
-			return false
-		}
-		if since, ok := a.lease.sinceRenew(); v.Fencing && (!ok || since > 2*a.cfg.RetryPeriod+a.cfg.RetryPeriod/2) {
-			return false
-		}
-		return !inRecovery
-	}
-	return inRecovery && receiver == "streaming" && lag <= a.cfg.MaxLagBytes
-}
-
-// accepting reports whether PostgreSQL answers a query.
-func (a *Agent) accepting(ctx context.Context) bool {
-	conn, err := a.connect(ctx, "postgres")
-	if err != nil {
-		return false
-	}
-	defer conn.Close(context.Background())
-	var one int
-	return conn.QueryRow(ctx, "SELECT 1").Scan(&one) == nil
-}
 
 // pidFile is postmaster.pid, present while postgres runs.
 func (a *Agent) pidFile() string { return filepath.Join(a.cfg.PGData, "postmaster.pid") }

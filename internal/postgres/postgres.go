@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -183,4 +184,37 @@ func (t *Tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimSpace(string(t.b))
+}
+
+var (
+	quotedDouble = regexp.MustCompile(`"[^"\n]*"`)
+	quotedSingle = regexp.MustCompile(`'[^'\n]*'`)
+	parenthesed  = regexp.MustCompile(`\([^()\n]*\)`)
+)
+
+// Summary is what of a PostgreSQL program's stderr may go into a status or an
+// event: the first error line, without its DETAIL, CONTEXT or quoted and
+// parenthesised parts (where PostgreSQL puts values: "invalid input syntax for
+// type integer: "…"", "Failing row contains (…)"), at most 200 bytes. The whole
+// stderr belongs in the log of the process that ran the program only.
+func Summary(stderr string) string {
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	line := lines[len(lines)-1]
+	for _, l := range lines {
+		if ll := strings.ToLower(l); strings.Contains(ll, "error:") || strings.Contains(ll, "fatal:") {
+			line = l
+			break
+		}
+	}
+	if i := strings.Index(line, "DETAIL:"); i >= 0 {
+		line = line[:i]
+	}
+	line = quotedDouble.ReplaceAllString(line, `"…"`)
+	line = quotedSingle.ReplaceAllString(line, `'…'`)
+	line = parenthesed.ReplaceAllString(line, `(…)`)
+	line = strings.Join(strings.Fields(line), " ")
+	if len(line) > 200 {
+		line = strings.ToValidUTF8(line[:200], "") + "…"
+	}
+	return line
 }

@@ -166,3 +166,30 @@ func TestFindBinariesPrefersBinDirThenPathThenHighestDebianVersion(t *testing.T)
 		t.Error("a --bin-dir without programs was accepted")
 	}
 }
+
+func TestSummaryKeepsTheErrorAndDropsValues(t *testing.T) {
+	tests := []struct{ name, in, want string }{
+		{"check violation with the failing row",
+			"pg_restore: while PROCESSING TOC:\npg_restore: error: could not execute query: ERROR:  new row for relation \"t\" violates check constraint \"c\"\nDETAIL:  Failing row contains (1, canary-secret).\nCommand was: COPY public.t (id, v) FROM stdin;",
+			`pg_restore: error: could not execute query: ERROR: new row for relation "…" violates check constraint "…"`},
+		{"input syntax with the value",
+			`pg_dump: error: query failed: ERROR:  invalid input syntax for type integer: "canary-secret"`,
+			`pg_dump: error: query failed: ERROR: invalid input syntax for type integer: "…"`},
+		{"single-quoted value and detail on the same line",
+			`psql: FATAL:  password authentication failed for user 'canary-secret' DETAIL: x`,
+			`psql: FATAL: password authentication failed for user '…'`},
+		{"no error line: the last one", "first\nlast line", "last line"},
+		{"long line is cut", "error: " + strings.Repeat("x", 300), "error: " + strings.Repeat("x", 193) + "…"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := Summary(tc.in)
+			if got != tc.want {
+				t.Errorf("Summary() = %q, want %q", got, tc.want)
+			}
+			if strings.Contains(got, "canary-secret") {
+				t.Errorf("the summary kept a value: %q", got)
+			}
+		})
+	}
+}

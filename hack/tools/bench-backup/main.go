@@ -98,6 +98,7 @@ func run(rows, scale, runs int, manager string) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	agent := instance.NewAgent(instance.Config{
+		AppUser: "bench", AppDatabase: "benchdb",
 		PGData: filepath.Join(root, "db", "data", "pgdata"), CredentialsDir: filepath.Join(root, "credentials"),
 		InternalDir: filepath.Join(root, "internal"), RunDir: filepath.Join(root, "db", "run"), PodName: "bench-0",
 		Port: port, AgentAddress: "127.0.0.1", ListenAddresses: "127.0.0.1",

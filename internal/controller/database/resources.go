@@ -199,6 +199,9 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			"--lease-duration="+leaseDuration(db).String(),
 			"--renew-deadline="+renewDeadline(db).String(),
 			"--retry-period="+retryPeriod(db).String(),
+			// Names from the spec (validated by the CRD), never from a Secret.
+			"--app-user="+db.Spec.Username,
+			"--app-database="+db.Spec.DatabaseName,
 			"--pgdata="+instance.DefaultPGData,
 			"--credentials-dir="+instance.DefaultCredentialsDir,
 			"--internal-dir="+instance.DefaultInternalDir,

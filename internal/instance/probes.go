@@ -1,0 +1,178 @@
+package instance
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// MonitorUser is the role the agent reads PostgreSQL's state with: a member of
+// pg_monitor that may log in only over the private socket, as the postgres OS
+// user (peer authentication), with a small connection limit. The superuser is
+// used only for what needs it (roles, promotion, slots, restores).
+const MonitorUser = "postgres_operator_monitor"
+
+// probeInterval is how often the probe loop reads PostgreSQL's state; a reading
+// older than probeStaleAfter counts as no answer.
+const (
+	probeInterval   = 500 * time.Millisecond
+	probeStaleAfter = 3 * time.Second
+)
+
+// observation is what the probe loop last read from PostgreSQL. The kubelet's
+// probes are answered from it: a probe request never opens a backend, however
+// many arrive.
+type observation struct {
+	At time.Time
+	// OK: PostgreSQL answered.
+	OK         bool
+	InRecovery bool
+	// Receiver is pg_stat_wal_receiver's status ("" without a WAL receiver).
+	Receiver string
+	// ReplayLagBytes is received minus replayed WAL.
+	ReplayLagBytes int64
+}
+
+// probeCache holds the last observation.
+type probeCache struct {
+	mu  sync.Mutex
+	obs observation
+}
+
+func (c *probeCache) set(o observation) {
+	c.mu.Lock()
+	c.obs = o
+	c.mu.Unlock()
+}
+
+func (c *probeCache) get() observation {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.obs
+}
+
+// readinessInput is everything the readiness verdict depends on.
+type readinessInput struct {
+	Now time.Time
+	Obs observation
+	// Exited: no postgres process runs. SetUp: a primary's roles and database
+	// are in place (always true on a standby). Primary: it runs as the primary.
+	Exited, SetUp, Primary bool
+	Pod                    string
+	Lease                  leaseView
+	// SinceRenew is the time since this instance last renewed the Lease
+	// (Renewed false: it holds no renewal).
+	SinceRenew  time.Duration
+	Renewed     bool
+	RetryPeriod time.Duration
+	MaxLagBytes int64
+}
+
+// readiness is the readiness verdict with its reason: PostgreSQL answered
+// recently; a primary has its roles in place and holds the Lease as the target,
+// renewed within two and a half retry periods when it fences (it leaves the
+// Services well before it fences itself); a standby streams with its replay
+// within MaxLagBytes of what it received, so that the read-only Service never
+// serves unboundedly stale data.
+func readiness(in readinessInput) (bool, string) {
+	switch {
+	case in.Exited:
+		return false, "PostgreSQL is not running"
+	case !in.SetUp:
+		return false, "roles and database are not set up yet"
+	case !in.Obs.OK || in.Now.Sub(in.Obs.At) > probeStaleAfter:
+		return false, "PostgreSQL has not answered recently"
+	}
+	if in.Primary {
+		switch {
+		case !in.Lease.Held || in.Lease.Target != in.Pod:
+			return false, "does not hold the primary Lease as the target"
+		case in.Lease.Fencing && (!in.Renewed || in.SinceRenew > 2*in.RetryPeriod+in.RetryPeriod/2):
+			return false, "has not renewed the primary Lease recently"
+		case in.Obs.InRecovery:
+			return false, "still in recovery"
+		}
+		return true, "primary"
+	}
+	switch {
+	case !in.Obs.InRecovery:
+		return false, "not in recovery, yet not the primary"
+	case in.Obs.Receiver != "streaming":
+		return false, "not streaming from the primary"
+	case in.Obs.ReplayLagBytes > in.MaxLagBytes:
+		return false, "replay lags behind received WAL"
+	}
+	return true, "streaming standby"
+}
+
+// readyNow is the current readiness verdict.
+func (a *Agent) readyNow() bool {
+	since, renewed := a.lease.sinceRenew()
+	ok, _ := readiness(readinessInput{
+		Now: time.Now(), Obs: a.probes.get(),
+		Exited: a.exited.Load(), SetUp: a.setUp.Load(), Primary: a.primary.Load(),
+		Pod: a.cfg.PodName, Lease: a.lease.view(), SinceRenew: since, Renewed: renewed,
+		RetryPeriod: a.cfg.RetryPeriod, MaxLagBytes: a.cfg.MaxLagBytes,
+	})
+	return ok
+}
+
+// probeLoop keeps the probe cache current with one connection (re-opened when it
+// breaks) as the monitoring role.
+func (a *Agent) probeLoop(ctx context.Context) {
+	var conn *pgx.Conn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	t := time.NewTicker(probeInterval)
+	defer t.Stop()
+	for {
+		if a.exited.Load() {
+			if conn != nil {
+				conn.Close(context.Background())
+				conn = nil
+			}
+			a.probes.set(observation{At: time.Now()})
+		} else {
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if conn == nil {
+				conn, _ = a.connectMonitor(qctx, "postgres")
+			}
+			o := observation{At: time.Now()}
+			if conn != nil {
+				err := conn.QueryRow(qctx, `SELECT pg_catalog.pg_is_in_recovery(),
+					coalesce((SELECT status FROM pg_catalog.pg_stat_wal_receiver LIMIT 1), ''),
+					coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint`).
+					Scan(&o.InRecovery, &o.Receiver, &o.ReplayLagBytes)
+				if err == nil {
+					o.OK = true
+				} else {
+					conn.Close(context.Background())
+					conn = nil
+				}
+			}
+			cancel()
+			a.probes.set(o)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// connectMonitor connects as the monitoring role, or as the superuser while that
+// role does not exist yet (a new primary before its roles are set up, a standby
+// cloned before they were).
+func (a *Agent) connectMonitor(ctx context.Context, database string) (*pgx.Conn, error) {
+	conn, err := a.connectAs(ctx, MonitorUser, database)
+	if err == nil {
+		return conn, nil
+	}
+	return a.connectAs(ctx, "postgres", database)
+}
