@@ -31,7 +31,10 @@ func TestReadinessVerdict(t *testing.T) {
 			in.Obs = fresh
 			in.Obs.At = now.Add(-probeStaleAfter - time.Millisecond)
 		}), false},
-		{"primary without the Lease", with(func(in *readinessInput) { in.Primary, in.Obs = true, fresh; in.Lease = leaseView{Known: true, Target: "db-0"} }), false},
+		{"primary without the Lease", with(func(in *readinessInput) {
+			in.Primary, in.Obs = true, fresh
+			in.Lease = leaseView{Known: true, Target: "db-0"}
+		}), false},
 		{"primary that is not the target", with(func(in *readinessInput) {
 			in.Primary, in.Obs = true, fresh
 			in.Lease = leaseView{Known: true, Held: true, Target: "db-1"}
