@@ -33,10 +33,18 @@ type Config struct {
 	// which database the superuser hands over.
 	AppUser, AppDatabase string
 	PGData               string
-	CredentialsDir       string
-	InternalDir          string
-	RunDir               string
-	PodName              string
+	// TLSDir holds the server certificate, key and CA (TLSCertFile, TLSKeyFile,
+	// TLSCAFile). With it PostgreSQL listens with TLS, connections to other
+	// instances verify their certificate, and the agent serves HTTPS and requires a
+	// client certificate for everything but the probes. Empty: no TLS (tests).
+	TLSDir string
+	// TLSOptional lets network clients connect without TLS (spec.tls.mode
+	// Optional); by default pg_hba accepts only TLS connections.
+	TLSOptional    bool
+	CredentialsDir string
+	InternalDir    string
+	RunDir         string
+	PodName        string
 	// PodUID is this pod's UID: with the name, the identity that holds the Lease.
 	PodUID string
 	// PeerDomain is the headless Service's domain: another instance of the
@@ -99,6 +107,8 @@ func Run(ctx context.Context, args []string) error {
 	cfg := Config{}
 	fs.StringVar(&cfg.AppUser, "app-user", "", "application role (the Database's spec.username)")
 	fs.StringVar(&cfg.AppDatabase, "app-database", "", "application database (the Database's spec.databaseName)")
+	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "directory of the server certificate, key and CA (no TLS when empty)")
+	fs.BoolVar(&cfg.TLSOptional, "tls-optional", false, "accept network connections without TLS")
 	fs.StringVar(&cfg.PGData, "pgdata", DefaultPGData, "PostgreSQL data directory")
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
@@ -212,6 +222,8 @@ type Agent struct {
 	// fenced is set when this primary shut PostgreSQL down because it could not
 	// renew the Lease.
 	fenced atomic.Bool
+	// tlsState is the HTTPS server's current certificate and client CA pool.
+	tlsState tlsState
 	// probes is the probe loop's last reading of PostgreSQL.
 	probes probeCache
 	// restoreMu guards currentRestore, the restore running (one at a time).
@@ -341,6 +353,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	if err := a.prepareDirs(); err != nil {
+		return err
+	}
+	if err := a.installTLS(); err != nil {
 		return err
 	}
 
@@ -727,6 +742,8 @@ func (a *Agent) clone(ctx context.Context, host string, port int, maxAttempts in
 			"--checkpoint=fast",
 			"--no-password",
 		)
+		// verify-full against the Database's CA (or prefer without TLS).
+		cmd.Env = append(cmd.Env, a.sslEnv()...)
 		err := cmd.Run()
 		cancel()
 		if err == nil {
@@ -824,11 +841,20 @@ func (a *Agent) writeConfig(primary bool) error {
 		// A standby notices a vanished primary within 30s (default 60s).
 		"wal_receiver_timeout = '30s'",
 		"password_encryption = 'scram-sha-256'",
+		// Never log connection strings or statements with their parameters.
+		"log_parameter_max_length = 0",
+		"log_parameter_max_length_on_error = 0",
 		"hba_file = " + q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
 		"ident_file = " + q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
 	}
 	if a.cfg.MaxSlotWALKeepSize != "" {
 		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
+	}
+	if a.tlsEnabled() {
+		conf = append(conf, "ssl = on",
+			"ssl_cert_file = "+q(a.serverCertPath()),
+			"ssl_key_file = "+q(a.serverKeyPath()),
+			"ssl_min_protocol_version = 'TLSv1.2'")
 	}
 	if primary {
 		a.syncNames = synchronousStandbyNames(a.cfg.PodName, a.lease.view())
@@ -840,13 +866,12 @@ func (a *Agent) writeConfig(primary bool) error {
 		host, port := a.peerAddress(a.following)
 		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
-		conninfo := strings.Join([]string{
+		conninfo := strings.Join(append([]string{
 			"host=" + postgres.ConninfoValue(host),
 			"port=" + strconv.Itoa(port),
 			"user=" + ReplicationUser,
 			"passfile=" + postgres.ConninfoValue(a.passfile()),
 			"application_name=" + postgres.ConninfoValue(a.cfg.PodName),
-			"sslmode=prefer",
 			// A restarted primary comes back on a new pod IP: give up on the old one
 			// quickly instead of waiting out TCP's connect retries (~2 minutes).
 			"connect_timeout=5",
@@ -854,7 +879,7 @@ func (a *Agent) writeConfig(primary bool) error {
 			"keepalives_idle=10",
 			"keepalives_interval=5",
 			"keepalives_count=3",
-		}, " ")
+		}, a.sslConninfo()...), " ")
 		conf = append(conf, "primary_conninfo = "+q(conninfo))
 	}
 	if quoteErr != nil {
@@ -876,6 +901,12 @@ func (a *Agent) writeConfig(primary bool) error {
 		}
 	}
 
+	// Network connections: TLS only (hostssl; a connection without TLS matches
+	// no line and is refused), unless the Database allows plain ones.
+	host := "host   "
+	if a.tlsEnabled() && !a.cfg.TLSOptional {
+		host = "hostssl"
+	}
 	hba := strings.Join([]string{
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
 		"# TYPE  DATABASE     USER               ADDRESS  METHOD",
@@ -883,13 +914,13 @@ func (a *Agent) writeConfig(primary bool) error {
 		"local   postgres     " + MonitorUser + "  peer map=operator",
 		"local   all          " + MonitorUser + "  reject",
 		"local   all          all                         scram-sha-256",
-		"host    replication  " + ReplicationUser + "  all      scram-sha-256",
+		host + " replication  " + ReplicationUser + "  all      scram-sha-256",
 		// pg_rewind reads the new primary's files through the postgres database.
-		"host    postgres     " + ReplicationUser + "  all      scram-sha-256",
+		host + " postgres     " + ReplicationUser + "  all      scram-sha-256",
 		"host    all          " + ReplicationUser + "  all      reject",
 		"host    all          postgres           all      reject",
 		"host    all          " + MonitorUser + "  all      reject",
-		"host    all          all                all      scram-sha-256",
+		host + " all          all                all      scram-sha-256",
 	}, "\n") + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_hba.conf"), hba, 0o600); err != nil {
 		return err

@@ -338,11 +338,15 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	})
 
 	t.Run("probes: live and ready once postgres answers", func(t *testing.T) {
-		for _, p := range []string{PathReadyz, PathStartup, PathHealthz} {
-			if code, body := primary.get(p, ""); code != http.StatusOK {
-				t.Errorf("%s = %d %s", p, code, body)
+		// Readiness follows the probe loop's reading (every half second).
+		waitUntil(t, 5*time.Second, "the probes", func() error {
+			for _, p := range []string{PathReadyz, PathStartup, PathHealthz} {
+				if code, body := primary.get(p, ""); code != http.StatusOK {
+					return fmt.Errorf("%s = %d %s", p, code, body)
+				}
 			}
-		}
+			return nil
+		})
 	})
 
 	t.Run("status requires the token and reports a writable primary", func(t *testing.T) {
@@ -628,7 +632,7 @@ func TestWriteConfig(t *testing.T) {
 			name:       "standby streams from the primary host with the passfile",
 			pod:        "db-1",
 			wantSignal: true,
-			wantInConf: []string{"primary_slot_name = 'pgop_db_1'", `primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' sslmode=prefer connect_timeout=5 keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3'`},
+			wantInConf: []string{"primary_slot_name = 'pgop_db_1'", `primary_conninfo = 'host=''prim\\''ary'' port=7000 user=streaming_replica passfile=''` + "RUN" + `/pgpass'' application_name=''db-1'' connect_timeout=5 keepalives=1 keepalives_idle=10 keepalives_interval=5 keepalives_count=3 sslmode=prefer'`},
 		},
 	}
 	for _, tc := range tests {

@@ -139,6 +139,12 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			a.probes.set(observation{At: time.Now()})
 		} else {
 			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if conn != nil && conn.Config().User != MonitorUser && a.setUp.Load() {
+				// Connected as the superuser before the monitoring role
+				// existed: switch to it.
+				conn.Close(context.Background())
+				conn = nil
+			}
 			if conn == nil {
 				conn, _ = a.connectMonitor(qctx, "postgres")
 			}

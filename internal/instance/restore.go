@@ -701,7 +701,9 @@ func (c *Client) Restore(ctx context.Context, baseURL string, req RestoreRequest
 	if err != nil {
 		return nil, err
 	}
-	hr.Header.Set("Authorization", "Bearer "+c.token)
+	if c.token != "" {
+		hr.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	hr.Header.Set(HeaderRestoreRequest, string(meta))
 	hr.Header.Set("Content-Type", "application/octet-stream")
 	resp, err := c.http.Do(hr)

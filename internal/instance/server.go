@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,13 +88,16 @@ func (a *Agent) serve() (*http.Server, error) {
 		a.send(w, instruction{recoverFrom: req.Source})
 	}))
 
-	mux.HandleFunc("PUT "+PathRestore, a.authenticated(a.handleRestore))
+	mux.HandleFunc("PUT "+PathRestore, a.authenticatedAs(a.handleRestore, ClientOperator, ClientRestore))
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.AgentAddress, strconv.Itoa(a.cfg.AgentPort)))
 	if err != nil {
 		return nil, fmt.Errorf("agent HTTP listener: %w", err)
 	}
 	a.addr.Store(ln.Addr())
+	if a.tlsEnabled() {
+		ln = tls.NewListener(ln, a.serverTLSConfig())
+	}
 	close(a.ready)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
@@ -129,8 +133,24 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// authenticated admits the operator: with TLS, by its client certificate
+// (verified against the Database's CA by the handshake, common name
+// ClientOperator); without TLS (an agent run outside a pod), by the bearer token.
 func (a *Agent) authenticated(h http.HandlerFunc) http.HandlerFunc {
+	return a.authenticatedAs(h, ClientOperator)
+}
+
+// authenticatedAs admits the client certificate common names given.
+func (a *Agent) authenticatedAs(h http.HandlerFunc, names ...string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if a.tlsEnabled() {
+			if !clientIs(r, names...) {
+				http.Error(w, "a client certificate of the Database's CA is required", http.StatusUnauthorized)
+				return
+			}
+			h(w, r)
+			return
+		}
 		if !a.authorized(r) {
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
@@ -138,6 +158,21 @@ func (a *Agent) authenticated(h http.HandlerFunc) http.HandlerFunc {
 		}
 		h(w, r)
 	}
+}
+
+// clientIs reports whether the request came with a verified client certificate
+// for one of names.
+func clientIs(r *http.Request, names ...string) bool {
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || len(r.TLS.VerifiedChains[0]) == 0 {
+		return false
+	}
+	cn := r.TLS.VerifiedChains[0][0].Subject.CommonName
+	for _, n := range names {
+		if cn == n {
+			return true
+		}
+	}
+	return false
 }
 
 // authorized accepts the current token, and the previous one for TokenGrace after
@@ -190,7 +225,9 @@ func (c *Client) do(ctx context.Context, method, url string, body any) (*http.Re
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}

@@ -293,14 +293,14 @@ func (a *Agent) reload(ctx context.Context) error {
 // the new primary is still starting.
 func (a *Agent) rewind(ctx context.Context, target string) error {
 	host, port := a.peerAddress(target)
-	conninfo := strings.Join([]string{
+	conninfo := strings.Join(append([]string{
 		"host=" + postgres.ConninfoValue(host),
 		"port=" + strconv.Itoa(port),
 		"user=" + ReplicationUser,
 		"dbname=postgres",
 		"passfile=" + postgres.ConninfoValue(a.passfile()),
 		"connect_timeout=5",
-	}, " ")
+	}, a.sslConninfo()...), " ")
 	var err error
 	for attempt := 1; attempt <= 5; {
 		if v := a.lease.view(); v.Target != target {
@@ -967,6 +967,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		sum := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
 		return hex.EncodeToString(sum[:])
 	}
+	tlsDigest := a.tlsDigest()
 	appPw := digest(a.cfg.CredentialsDir, CredentialsPasswordFile)
 	replPw := digest(a.cfg.InternalDir, InternalReplicationPasswordFile)
 	t := time.NewTicker(a.cfg.SecretPoll)
@@ -985,6 +986,21 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 				a.log.Info("agent token changed; the previous one is accepted for a grace period", "grace", a.cfg.TokenGrace.String())
 			}
 			a.mu.Unlock()
+		}
+		if d := a.tlsDigest(); d != "" && d != tlsDigest {
+			// A renewed certificate (or CA): installed and loaded without a
+			// restart (PostgreSQL reloads its certificate on SIGHUP).
+			if err := a.installTLS(); err != nil {
+				a.log.Warn("installing the renewed TLS certificate; will retry", "error", err.Error())
+			} else {
+				tlsDigest = d
+				a.log.Info("TLS certificate changed: installed")
+				if !a.exited.Load() {
+					if err := a.reload(ctx); err != nil {
+						a.log.Warn("reloading PostgreSQL for the renewed certificate", "error", err.Error())
+					}
+				}
+			}
 		}
 		if d := digest(a.cfg.InternalDir, InternalReplicationPasswordFile); d != "" && d != replPw {
 			replPw = d
