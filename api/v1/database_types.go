@@ -91,6 +91,17 @@ type DatabaseSpec struct {
 	// +optional
 	Failover FailoverSpec `json:"failover,omitempty"`
 
+	// TLS configures the encryption of connections to PostgreSQL. Every
+	// Database has a certificate authority of its own (Secret <name>-ca) that
+	// issues the instances' server certificate (Secret <name>-server-tls,
+	// renewed a month before it expires); the credentials Secret carries the
+	// CA as ca.crt and a uri with sslmode=verify-full. Replication, clones,
+	// rewinds, backups and the operator's connections to the instance agents
+	// always use TLS and verify the certificate.
+	// +kubebuilder:default={}
+	// +optional
+	TLS TLSSpec `json:"tls,omitempty"`
+
 	// Affinity of the instance pods. When unset, a preferred pod anti-affinity
 	// spreads the instances of a Database across nodes.
 	// +optional
@@ -107,6 +118,28 @@ type DatabaseSpec struct {
 	// TopologySpreadConstraints of the instance pods.
 	// +optional
 	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+}
+
+// TLSMode says whether network clients must use TLS.
+// +kubebuilder:validation:Enum=Required;Optional
+type TLSMode string
+
+const (
+	// TLSRequired refuses network connections without TLS (the default).
+	TLSRequired TLSMode = "Required"
+	// TLSOptional also accepts application connections without TLS, for clients
+	// that cannot use it; the server still offers TLS to every client.
+	TLSOptional TLSMode = "Optional"
+)
+
+// TLSSpec configures TLS for application connections.
+type TLSSpec struct {
+	// Mode is Required (default: pg_hba accepts network connections only over
+	// TLS) or Optional (plain connections are accepted too; replication and the
+	// operator's connections still use TLS).
+	// +kubebuilder:default=Required
+	// +optional
+	Mode TLSMode `json:"mode,omitempty"`
 }
 
 // FailoverSpec holds the timings of the primary's Lease and of failover. The

@@ -41,11 +41,18 @@ const ManifestSuffix = ".manifest.json"
 // passfile (PGPASSFILE), never an argument or a variable holding it.
 type Conn struct {
 	Host, Port, User, Database, Passfile string
+	// SSLRootCert is the Database's CA: the connection then uses TLS and
+	// verifies the server's certificate and name (verify-full).
+	SSLRootCert string
 }
 
 func (c Conn) env() []string {
-	return []string{"PGHOST=" + c.Host, "PGPORT=" + c.Port, "PGUSER=" + c.User,
+	env := []string{"PGHOST=" + c.Host, "PGPORT=" + c.Port, "PGUSER=" + c.User,
 		"PGDATABASE=" + c.Database, "PGPASSFILE=" + c.Passfile, "PGCONNECT_TIMEOUT=10"}
+	if c.SSLRootCert != "" {
+		env = append(env, "PGSSLMODE=verify-full", "PGSSLROOTCERT="+c.SSLRootCert)
+	}
+	return env
 }
 
 // Options of a backup.

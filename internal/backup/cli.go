@@ -29,6 +29,9 @@ const (
 	CABundleFile = "ca-certificates.crt"
 	// AgentTokenDir holds the agent-token file in a restore Job.
 	AgentTokenDir = "/etc/postgres-operator/agent"
+	// AgentTLSDir holds a restore Job's client certificate for the agent
+	// (tls.crt, tls.key) and the Database's CA (ca.crt).
+	AgentTLSDir = "/etc/postgres-operator/agent-tls"
 	// TerminationLog receives the result, read by the operator from the pod status.
 	TerminationLog = "/dev/termination-log"
 )
@@ -62,7 +65,8 @@ func Command(ctx context.Context, args []string) error {
 	s3Creds := fs.String("s3-credentials-dir", S3CredentialsDir, "directory with accessKeyId and secretAccessKey files")
 	storageMount := fs.String("storage-mount", StorageMount, "mount point of a pvc:// location's claim")
 	agentURL := fs.String("agent-url", "", "restore: base URL of the primary's agent")
-	agentTokenDir := fs.String("agent-token-dir", AgentTokenDir, "restore: directory with the agent-token file")
+	agentTokenDir := fs.String("agent-token-dir", AgentTokenDir, "restore: directory with the agent-token file (an agent without TLS)")
+	agentTLSDir := fs.String("agent-tls-dir", "", "restore: directory with the client certificate and CA for an agent that serves HTTPS")
 	expectSHA := fs.String("expect-sha256", "", "restore: the Backup's recorded checksum")
 	restoreID := fs.String("restore-id", "", "restore: identity of this restore (names its scratch database)")
 	jobs := fs.Int("jobs", 2, "restore: pg_restore parallel jobs")
@@ -111,13 +115,13 @@ func Command(ctx context.Context, args []string) error {
 		case "delete":
 			return Delete(ctx, store, *key)
 		case "restore":
-			token, err := readFile(*agentTokenDir, instance.InternalAgentTokenFile)
+			agent, err := agentClient(*agentTLSDir, *agentTokenDir)
 			if err != nil {
 				return err
 			}
 			res, err := Restore(ctx, RestoreOptions{Store: store, Key: *key, ExpectSHA256: *expectSHA,
 				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther,
-				Agent: instance.NewClient(&http.Client{}, token), AgentURL: *agentURL,
+				Agent: agent, AgentURL: *agentURL,
 				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
 					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})
 			if res != nil {
@@ -156,6 +160,23 @@ func Command(ctx context.Context, args []string) error {
 	return err
 }
 
+// agentClient authenticates to the primary's agent with the client certificate
+// in tlsDir, or, without one, with the token in tokenDir.
+func agentClient(tlsDir, tokenDir string) (*instance.Client, error) {
+	if tlsDir != "" {
+		cfg, err := instance.ClientTLSConfig(tlsDir)
+		if err != nil {
+			return nil, err
+		}
+		return instance.NewClient(&http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}, ""), nil
+	}
+	token, err := readFile(tokenDir, instance.InternalAgentTokenFile)
+	if err != nil {
+		return nil, err
+	}
+	return instance.NewClient(&http.Client{}, token), nil
+}
+
 func readFile(dir, name string) (string, error) {
 	b, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
@@ -186,7 +207,16 @@ func connFromFiles(credentialsDir, runDir, host, port string) (Conn, error) {
 	if err := os.WriteFile(passfile, []byte(postgres.PgpassLine(user, password)), 0o600); err != nil {
 		return Conn{}, err
 	}
-	return Conn{Host: host, Port: port, User: user, Database: database, Passfile: passfile}, nil
+	c := Conn{Host: host, Port: port, User: user, Database: database, Passfile: passfile}
+	if ca := filepath.Join(credentialsDir, instance.TLSCAFile); fileExists(ca) {
+		c.SSLRootCert = ca
+	}
+	return c, nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // writeResult writes the termination message (bounded by Kubernetes to 4 KiB).

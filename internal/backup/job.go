@@ -50,8 +50,12 @@ type JobSpec struct {
 type RestoreJob struct {
 	// AgentURL is the primary pod's agent, e.g. http://db-0.db-hl.ns.svc:8000.
 	AgentURL string
-	// InternalSecret is the Database's internal Secret (its agent-token key).
+	// InternalSecret is the Database's internal Secret (its agent-token key),
+	// for an agent without TLS.
 	InternalSecret string
+	// TLSSecret is the Secret with the Job's client certificate and the
+	// Database's CA, for an agent that serves HTTPS; the token is not mounted.
+	TLSSecret string
 	// ID names the scratch database (the Restore's UID, without dashes).
 	ID string
 	// ExpectSHA256 is the Backup's recorded checksum ("" for a bare location).
@@ -117,10 +121,17 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		if r.VerifyOnly {
 			args = append(args, "--verify-only")
 		}
-		mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
-		volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-			SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),
-			Items: []corev1.KeyToPath{{Key: instance.InternalAgentTokenFile, Path: instance.InternalAgentTokenFile}}}}})
+		if r.TLSSecret != "" {
+			args = append(args, "--agent-tls-dir="+AgentTLSDir)
+			mounts = append(mounts, corev1.VolumeMount{Name: "agent-tls", MountPath: AgentTLSDir, ReadOnly: true})
+			volumes = append(volumes, corev1.Volume{Name: "agent-tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: r.TLSSecret, DefaultMode: ptr.To[int32](0o440)}}})
+		} else {
+			mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
+			volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),
+				Items: []corev1.KeyToPath{{Key: instance.InternalAgentTokenFile, Path: instance.InternalAgentTokenFile}}}}})
+		}
 	} else if s.Database != nil {
 		args = append(args, fmt.Sprintf("--host=%s.%s.svc.cluster.local", s.Database.Name, s.Database.Namespace), "--port=5432",
 			"--database-uid="+string(s.Database.UID), "--database-object="+s.Database.Namespace+"/"+s.Database.Name,

@@ -33,6 +33,8 @@ const (
 	DefaultCredentialsDir = "/etc/postgres-operator/credentials"
 	DefaultInternalDir    = "/etc/postgres-operator/internal"
 	DefaultRunDir         = "/controller/run"
+	// DefaultTLSDir is where instance pods mount the <name>-server-tls Secret.
+	DefaultTLSDir = "/etc/postgres-operator/tls"
 
 	// HTTP paths.
 	PathHealthz = "/healthz"

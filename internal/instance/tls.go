@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Files of the TLS directory (the Database's <name>-server-tls Secret): the
@@ -158,4 +161,55 @@ func (a *Agent) sslEnv() []string {
 	}
 	none := filepath.Join(a.cfg.RunDir, "no-client-cert")
 	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath(), "PGSSLCERT=" + none, "PGSSLKEY=" + none}
+}
+
+// tlsDirFlag is the instance subcommand's flag naming the TLS directory.
+const tlsDirFlag = "--tls-dir="
+
+// TLSDirArg is the argument that starts an agent with TLS from dir.
+func TLSDirArg(dir string) string { return tlsDirFlag + dir }
+
+// ContainerName is the name of the instance pods' container that runs the agent
+// and PostgreSQL.
+const ContainerName = "postgres"
+
+// RestoreTLSSecret is the name of the Secret with the client certificate
+// (ClientRestore) that the restore Jobs of Database database present.
+func RestoreTLSSecret(database string) string { return database + "-restore-tls" }
+
+// PodServesTLS reports whether an instance pod's agent was started with a TLS
+// directory, and so serves HTTPS and requires a client certificate: the
+// operator and restore Jobs choose their scheme and credentials by it while
+// pods of an earlier operator are replaced.
+func PodServesTLS(pod *corev1.Pod) bool {
+	for _, c := range pod.Spec.Containers {
+		if c.Name != ContainerName {
+			continue
+		}
+		for _, a := range c.Command {
+			if strings.HasPrefix(a, tlsDirFlag) && len(a) > len(tlsDirFlag) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ClientTLSConfig is the configuration of a client of the agents with the
+// client certificate in dir (TLSCertFile, TLSKeyFile) that trusts only the CA
+// there (TLSCAFile).
+func ClientTLSConfig(dir string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, TLSCertFile), filepath.Join(dir, TLSKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("loading the client certificate: %w", err)
+	}
+	ca, err := os.ReadFile(filepath.Join(dir, TLSCAFile))
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("the CA file holds no certificate")
+	}
+	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{pair}}, nil
 }

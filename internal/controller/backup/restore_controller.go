@@ -201,15 +201,16 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	if rs.Spec.ParallelJobs != nil {
 		jobs = int(*rs.Spec.ParallelJobs)
 	}
+	rj := &enginepkg.RestoreJob{ID: restoreID(rs), ExpectSHA256: sha,
+		DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep}
+	if err := agentAccess(ctx, r, db, rj); err != nil {
+		return ctrl.Result{}, err
+	}
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
 		Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
-		Restore: &enginepkg.RestoreJob{
-			AgentURL:       agentURL(db),
-			InternalSecret: db.Name + "-internal", ID: restoreID(rs), ExpectSHA256: sha,
-			DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep,
-		},
+		Restore: rj,
 	})
 	if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
@@ -335,9 +336,24 @@ func artifactTarget(location string, s3 *databasev1.S3Config, d Defaults, what s
 	return t, strings.TrimPrefix(u.Path, "/"), nil
 }
 
-// agentURL is the primary's agent, by its pod DNS name.
-func agentURL(db *databasev1.Database) string {
-	return fmt.Sprintf("http://%s.%s-hl.%s.svc.cluster.local:%d", db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort)
+// agentAccess fills in how a restore Job reaches the primary's agent, by its
+// pod DNS name: over HTTPS with the Database's restore client certificate when
+// the primary pod serves TLS, else over HTTP with the agent token (a pod of an
+// operator before TLS).
+func agentAccess(ctx context.Context, c client.Reader, db *databasev1.Database, rj *enginepkg.RestoreJob) error {
+	pod := &corev1.Pod{}
+	if err := c.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: db.Status.CurrentPrimary}, pod); err != nil {
+		return fmt.Errorf("reading the primary pod %s: %w", db.Status.CurrentPrimary, err)
+	}
+	scheme := "http"
+	if instance.PodServesTLS(pod) {
+		scheme = "https"
+		rj.TLSSecret = instance.RestoreTLSSecret(db.Name)
+	} else {
+		rj.InternalSecret = db.Name + "-internal"
+	}
+	rj.AgentURL = fmt.Sprintf("%s://%s.%s-hl.%s.svc.cluster.local:%d", scheme, db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort)
+	return nil
 }
 
 // SetupWithManager watches Restores, their Jobs, and the Databases and Backups

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -69,7 +70,9 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 	args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
 	for _, want := range []string{"backup restore", "--location=pvc://mybackups", "--key=" + artifactKeyOf(t, ns, "test-backup", "daily"),
 		// the primary's agent, by its pod DNS name
-		"--agent-url=http://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
+		"--agent-url=https://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
+		// authenticated by the Database's restore client certificate
+		"--agent-tls-dir=/etc/postgres-operator/agent-tls",
 		"--restore-id=" + strings.ReplaceAll(string(rs.UID), "-", ""),
 		// the checksum the Backup recorded, compared with the manifest's
 		"--expect-sha256=" + strings.Repeat("c", 64),
@@ -79,17 +82,16 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 			t.Errorf("restore job command %q lacks %q", args, want)
 		}
 	}
-	// Only the agent token is mounted: no application or superuser credentials.
+	// Only the restore client certificate is mounted: no application or
+	// superuser credentials, no agent token.
+	var secrets []string
 	for _, v := range job.Spec.Template.Spec.Volumes {
-		if v.Secret == nil {
-			continue
+		if v.Secret != nil {
+			secrets = append(secrets, v.Secret.SecretName)
 		}
-		if v.Secret.SecretName == "test-db-credentials" {
-			t.Errorf("the restore Job mounts the application credentials")
-		}
-		if v.Secret.SecretName == "test-db-internal" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != "agent-token") {
-			t.Errorf("the restore Job mounts more of the internal Secret than the agent token: %+v", v.Secret.Items)
-		}
+	}
+	if !slices.Equal(secrets, []string{"test-db-restore-tls"}) {
+		t.Errorf("the restore Job mounts Secrets %v, want only test-db-restore-tls", secrets)
 	}
 	if job.Spec.Template.Spec.Containers[0].Image != "postgres:15.18" {
 		t.Errorf("restore image %s", job.Spec.Template.Spec.Containers[0].Image)

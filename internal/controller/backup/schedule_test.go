@@ -168,8 +168,8 @@ func TestRestoreDrillsRunOnTheirScheduleAndReportTheirOutcome(t *testing.T) {
 	poke(t, ns, "drilled")
 	drill := waitDrill(t, ns, "drilled")
 	args := strings.Join(drill.Spec.Template.Spec.Containers[0].Command, " ")
-	for _, want := range []string{"backup restore", "--verify-only", "--restore-id=v", "--agent-url=http://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
-		"/" + run.Name + "-"} {
+	for _, want := range []string{"backup restore", "--verify-only", "--restore-id=v", "--agent-url=https://test-db-0.test-db-hl." + ns + ".svc.cluster.local:8000",
+		"--agent-tls-dir=/etc/postgres-operator/agent-tls", "/" + run.Name + "-"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("drill job command %q lacks %q", args, want)
 		}

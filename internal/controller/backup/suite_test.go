@@ -155,6 +155,15 @@ func setDatabaseStatus(t *testing.T, ns, name string, phase databasev1.Phase, pr
 		}
 		return ""
 	})
+	// The primary pod, as the StatefulSet creates it: its agent serves TLS.
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-0", Namespace: ns, Labels: map[string]string{LabelManagedBy: ManagedBy}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: instance.ContainerName, Image: "postgres:15.18",
+			Command: []string{"/controller/manager", "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
+	}
+	if err := k8s.Create(testCtx, pod); err != nil && !strings.Contains(err.Error(), "already exists") {
+		t.Fatal(err)
+	}
 }
 
 // artifactKeyOf is the key a Backup's artifact gets under prefix.

@@ -82,16 +82,17 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 	if err != nil {
 		return 0, err
 	}
+	rj := &enginepkg.RestoreJob{ID: "v" + shortUID(b.UID) + strconv.FormatInt(due.Unix(), 36),
+		ExpectSHA256: run.Status.SHA256, DatabaseUID: string(db.UID), Jobs: 2, VerifyOnly: true}
+	if err := agentAccess(ctx, r, db, rj); err != nil {
+		return 0, err
+	}
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: enginepkg.JobName(b.Name, fmt.Sprintf("verify-%d", due.Unix())), Namespace: b.Namespace, Action: "restore",
 		Image: databaseImage(db), AgentImage: r.AgentImage, Target: target, Key: key, Owner: ownerRef(b, "Backup"),
 		Labels: map[string]string{LabelManagedBy: ManagedBy, LabelVerify: enginepkg.LabelValue(b.Name),
 			LabelVerifyDatabase: enginepkg.LabelValue(db.Name), "database.example.com/verified-run": enginepkg.LabelValue(run.Name)},
-		Restore: &enginepkg.RestoreJob{
-			AgentURL:       agentURL(db),
-			InternalSecret: db.Name + "-internal", ID: "v" + shortUID(b.UID) + strconv.FormatInt(due.Unix(), 36),
-			ExpectSHA256: run.Status.SHA256, DatabaseUID: string(db.UID), Jobs: 2, VerifyOnly: true,
-		},
+		Restore: rj,
 	})
 	if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return 0, fmt.Errorf("creating the restore drill job: %w", err)

@@ -125,7 +125,8 @@ func createPod(t *testing.T, db *databasev1.Database, ordinal int) *corev1.Pod {
 			Namespace: db.Namespace,
 			Labels:    withRevision(podLabels(db), "rev-1"),
 		},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres", Image: "postgres:15"}}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres", Image: "postgres:15",
+			Command: []string{agentBinaryPath, "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
 	}
 	if err := k8s.Create(testCtx, pod); err != nil {
 		t.Fatal(err)
@@ -305,8 +306,9 @@ func TestApplyingThreeTimesKeepsOneOfEachChildAndTheSamePassword(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if len(stss.Items) != 1 || len(svcs.Items) != 3 || len(secrets.Items) != 2 {
-		t.Errorf("got %d statefulsets, %d services, %d secrets; want 1, 3, 2", len(stss.Items), len(svcs.Items), len(secrets.Items))
+	// Secrets: credentials, internal, and the TLS ones (CA, server, restore client).
+	if len(stss.Items) != 1 || len(svcs.Items) != 3 || len(secrets.Items) != 5 {
+		t.Errorf("got %d statefulsets, %d services, %d secrets; want 1, 3, 5", len(stss.Items), len(svcs.Items), len(secrets.Items))
 	}
 	if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-credentials"}, &creds); err != nil {
 		t.Fatal(err)

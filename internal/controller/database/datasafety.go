@@ -273,7 +273,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 	if p := primaryOf(*obs); p != nil && p.Running && pods[p.Pod] != nil {
 		want := desiredSlots(db, p.Pod)
 		if slotsNeedSync(p.Slots, want) {
-			if err := r.Instances.SetSlots(ctx, pods[p.Pod], obs.Tokens, want); err != nil {
+			if err := r.Instances.SetSlots(ctx, pods[p.Pod], obs.Agent, want); err != nil {
 				errs = append(errs, fmt.Errorf("setting replication slots on %s: %w", p.Pod, err))
 			} else {
 				log.Info("replication slots synchronised", "primary", p.Pod, "slots", strings.Join(want, ","))
@@ -288,7 +288,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 			if why == "" {
 				continue
 			}
-			if err := r.Instances.Reclone(ctx, pods[n], obs.Tokens); err != nil {
+			if err := r.Instances.Reclone(ctx, pods[n], obs.Agent); err != nil {
 				errs = append(errs, fmt.Errorf("asking standby %s to re-clone: %w", n, err))
 				continue
 			}
@@ -383,7 +383,7 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	if pod == nil {
 		return nil
 	}
-	if err := r.Instances.Recover(ctx, pod, obs.Tokens, source); err != nil {
+	if err := r.Instances.Recover(ctx, pod, obs.Agent, source); err != nil {
 		return fmt.Errorf("asking %s to rebuild from %s: %w", primaryPod, source, err)
 	}
 	logf.FromContext(ctx).Info("rebuilding the primary from a standby", "primary", primaryPod, "source", source)

@@ -21,15 +21,26 @@ type InstanceReport struct {
 	Err    error
 }
 
+// AgentAuth is how the operator authenticates to one Database's agents.
+type AgentAuth struct {
+	// HTTPS is the mutual-TLS client for agents that serve HTTPS (pods started
+	// with a TLS directory): it trusts only the Database's CA and presents the
+	// operator's client certificate.
+	HTTPS *http.Client
+	// Tokens are the bearer tokens (current first, then the previous one while
+	// the agents may still hold it) for agents of pods started without TLS,
+	// which an operator upgrade replaces.
+	Tokens []string
+}
+
 // InstanceClient talks to the instance agents: it reads their status and gives
 // them the few instructions only the operator can decide (replication slots,
-// re-clone, recovery of a primary). Every call tries the tokens in order: the
-// current agent token first, then the previous one while the agents still hold it.
+// re-clone, recovery of a primary).
 type InstanceClient interface {
-	Statuses(ctx context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport
-	SetSlots(ctx context.Context, pod *corev1.Pod, tokens []string, names []string) error
-	Reclone(ctx context.Context, pod *corev1.Pod, tokens []string) error
-	Recover(ctx context.Context, pod *corev1.Pod, tokens []string, source string) error
+	Statuses(ctx context.Context, pods []corev1.Pod, auth AgentAuth) map[string]InstanceReport
+	SetSlots(ctx context.Context, pod *corev1.Pod, auth AgentAuth, names []string) error
+	Reclone(ctx context.Context, pod *corev1.Pod, auth AgentAuth) error
+	Recover(ctx context.Context, pod *corev1.Pod, auth AgentAuth, source string) error
 }
 
 // HTTPInstanceClient calls agents over HTTP at <podIP>:<AgentPort>.
@@ -51,13 +62,26 @@ func agentURL(pod *corev1.Pod) (string, error) {
 	if pod.Status.PodIP == "" {
 		return "", fmt.Errorf("pod %s has no IP", pod.Name)
 	}
-	return "http://" + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(instance.AgentPort)), nil
+	scheme := "http://"
+	if instance.PodServesTLS(pod) {
+		scheme = "https://"
+	}
+	return scheme + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(instance.AgentPort)), nil
 }
 
-// withTokens calls f with each token until one is not refused.
-func (s *HTTPInstanceClient) withTokens(ctx context.Context, tokens []string, f func(ctx context.Context, c *instance.Client) error) error {
+// withAuth calls f with the mutual-TLS client for a pod that serves HTTPS, else
+// with each token until one is not refused.
+func (s *HTTPInstanceClient) withAuth(ctx context.Context, pod *corev1.Pod, auth AgentAuth, f func(ctx context.Context, c *instance.Client) error) error {
+	if instance.PodServesTLS(pod) {
+		if auth.HTTPS == nil {
+			return errors.New("no TLS client for the agent (the Database's CA is not available)")
+		}
+		rctx, cancel := context.WithTimeout(ctx, s.Timeout)
+		defer cancel()
+		return f(rctx, instance.NewClient(auth.HTTPS, ""))
+	}
 	err := errors.New("no agent token")
-	for _, t := range tokens {
+	for _, t := range auth.Tokens {
 		if t == "" {
 			continue
 		}
@@ -72,7 +96,7 @@ func (s *HTTPInstanceClient) withTokens(ctx context.Context, tokens []string, f 
 }
 
 // Statuses queries all pods concurrently.
-func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport {
+func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, auth AgentAuth) map[string]InstanceReport {
 	out := make(map[string]InstanceReport, len(pods))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -86,7 +110,7 @@ func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, to
 			defer wg.Done()
 			base, _ := agentURL(pod)
 			var st *instance.Status
-			err := s.withTokens(ctx, tokens, func(ctx context.Context, c *instance.Client) error {
+			err := s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error {
 				var err error
 				st, err = c.GetStatus(ctx, base)
 				return err
@@ -104,28 +128,28 @@ func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, to
 }
 
 // SetSlots sets the primary's replication slots.
-func (s *HTTPInstanceClient) SetSlots(ctx context.Context, pod *corev1.Pod, tokens []string, names []string) error {
+func (s *HTTPInstanceClient) SetSlots(ctx context.Context, pod *corev1.Pod, auth AgentAuth, names []string) error {
 	base, err := agentURL(pod)
 	if err != nil {
 		return err
 	}
-	return s.withTokens(ctx, tokens, func(ctx context.Context, c *instance.Client) error { return c.SetSlots(ctx, base, names) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.SetSlots(ctx, base, names) })
 }
 
 // Reclone asks a standby to clone the primary again.
-func (s *HTTPInstanceClient) Reclone(ctx context.Context, pod *corev1.Pod, tokens []string) error {
+func (s *HTTPInstanceClient) Reclone(ctx context.Context, pod *corev1.Pod, auth AgentAuth) error {
 	base, err := agentURL(pod)
 	if err != nil {
 		return err
 	}
-	return s.withTokens(ctx, tokens, func(ctx context.Context, c *instance.Client) error { return c.Reclone(ctx, base) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.Reclone(ctx, base) })
 }
 
 // Recover asks a primary whose data is missing to rebuild it from source.
-func (s *HTTPInstanceClient) Recover(ctx context.Context, pod *corev1.Pod, tokens []string, source string) error {
+func (s *HTTPInstanceClient) Recover(ctx context.Context, pod *corev1.Pod, auth AgentAuth, source string) error {
 	base, err := agentURL(pod)
 	if err != nil {
 		return err
 	}
-	return s.withTokens(ctx, tokens, func(ctx context.Context, c *instance.Client) error { return c.Recover(ctx, base, source) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.Recover(ctx, base, source) })
 }

@@ -2,18 +2,22 @@ package database
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/pki"
 )
 
 // After the agent token changed, the operator holds the new token before the
@@ -37,14 +41,14 @@ func TestInstanceClientFallsBackToThePreviousToken(t *testing.T) {
 	defer srv.Close()
 	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "db-0"}, Status: corev1.PodStatus{PodIP: "127.0.0.1"}}}
 	c := NewHTTPInstanceClient()
-	got := c.Statuses(context.Background(), pods, []string{"new-token", "old-token"})
+	got := c.Statuses(context.Background(), pods, AgentAuth{Tokens: []string{"new-token", "old-token"}})
 	if r := got["db-0"]; r.Err != nil || r.Status == nil || r.Status.Role != instance.RolePrimary {
 		t.Errorf("report = %+v", r)
 	}
 	if len(seen) != 2 || seen[0] != "Bearer new-token" || seen[1] != "Bearer old-token" {
 		t.Errorf("tokens tried: %v", seen)
 	}
-	if r := c.Statuses(context.Background(), pods, []string{"other"}); r["db-0"].Err == nil {
+	if r := c.Statuses(context.Background(), pods, AgentAuth{Tokens: []string{"other"}}); r["db-0"].Err == nil {
 		t.Error("a refused token gave no error")
 	}
 }
@@ -63,5 +67,87 @@ func TestRememberTokenKeepsThePreviousOne(t *testing.T) {
 	}
 	if got := r.rememberToken(db, "b"); len(got) != 2 || got[1] != "a" {
 		t.Errorf("after rotation = %v", got)
+	}
+}
+
+// A pod started with a TLS directory is reached over HTTPS with the operator's
+// client certificate from the Database's CA, and the agent's certificate is
+// verified against that CA only.
+func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
+	now := time.Now()
+	ca, err := pki.NewCA("ns/db", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &databasev1.Database{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", UID: "u1"}}
+	serve := func(ca pki.Pair) (*httptest.Server, *[]string) {
+		var clients []string
+		leaf, err := pki.Issue(ca, serverLeaf(db), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(ca.CertPEM)
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if len(r.TLS.VerifiedChains) > 0 {
+				clients = append(clients, r.TLS.VerifiedChains[0][0].Subject.CommonName)
+			}
+			if r.Header.Get("Authorization") != "" {
+				t.Error("a bearer token was sent over mutual TLS")
+			}
+			_ = json.NewEncoder(w).Encode(instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true})
+		}))
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(instance.AgentPort))
+		if err != nil {
+			t.Skipf("agent port %d is busy: %v", instance.AgentPort, err)
+		}
+		srv.Listener = ln
+		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+		srv.StartTLS()
+		return srv, &clients
+	}
+	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "db-0"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: instance.ContainerName,
+			Command: []string{"/controller/manager", "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
+		Status: corev1.PodStatus{PodIP: "127.0.0.1"}}}
+
+	r := &Reconciler{}
+	httpc, err := r.agentTLS(db, ca, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := r.agentTLS(db, ca, now); again != httpc {
+		t.Error("the client (and its certificate) is not reused while current")
+	}
+	c := NewHTTPInstanceClient()
+	srv, clients := serve(ca)
+	got := c.Statuses(context.Background(), pods, AgentAuth{HTTPS: httpc, Tokens: []string{"token"}})
+	srv.Close()
+	if rep := got["db-0"]; rep.Err != nil || rep.Status == nil || rep.Status.Role != instance.RolePrimary {
+		t.Errorf("report = %+v", rep)
+	}
+	if len(*clients) != 1 || (*clients)[0] != instance.ClientOperator {
+		t.Errorf("client certificates seen: %v", *clients)
+	}
+
+	// An agent whose certificate comes from another CA is not trusted.
+	other, err := pki.NewCA("ns/other", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ = serve(other)
+	got = c.Statuses(context.Background(), pods, AgentAuth{HTTPS: httpc})
+	srv.Close()
+	if rep := got["db-0"]; rep.Err == nil {
+		t.Error("an agent with a certificate of another CA was trusted")
+	}
+	// Without the Database's CA there is no way to reach a TLS agent, and no
+	// fallback to plain HTTP with the token.
+	if rep := c.Statuses(context.Background(), pods, AgentAuth{Tokens: []string{"token"}})["db-0"]; rep.Err == nil {
+		t.Error("a TLS agent was queried without the TLS client")
 	}
 }

@@ -78,6 +78,9 @@ type Reconciler struct {
 	// tokens remembers the agent tokens per Database (current, previous) so that a
 	// rotated token does not lock the operator out while agents still hold the old.
 	tokens sync.Map // types.UID -> []string
+	// agentClients holds the HTTPS client (and its client certificate) per
+	// Database for the agents.
+	agentClients sync.Map // types.UID -> *agentClient
 }
 
 type appliedRecord struct{ hash, resourceVersion string }
@@ -104,6 +107,7 @@ type step struct {
 
 func (r *Reconciler) steps() []step {
 	return []step{
+		{"tls", r.reconcileTLS},
 		{"secrets", r.reconcileSecrets},
 		{"services", r.reconcileServices},
 		{"access", r.reconcileAccess},
@@ -291,7 +295,7 @@ func (r *Reconciler) observeInstances(ctx context.Context, db *databasev1.Databa
 		return err
 	}
 	obs.Pods = pods
-	obs.Instances = r.Instances.Statuses(ctx, pods, obs.Tokens)
+	obs.Instances = r.Instances.Statuses(ctx, pods, obs.Agent)
 	if obs.RoutedPods, err = r.routedPods(ctx, db); err != nil {
 		obs.ObserveErr = err
 		return err

@@ -43,13 +43,14 @@ const (
 	// applies.
 	FieldOwner = "postgres-operator"
 
-	containerPostgres  = "postgres"
+	containerPostgres  = instance.ContainerName
 	containerBootstrap = "bootstrap-agent"
 	volumeData         = "data"
 	volumeController   = "controller"
 	volumeCredentials  = "credentials"
 	volumeInternal     = "internal"
 	volumeShm          = "shm"
+	volumeTLS          = "tls"
 
 	dataMountPath       = "/var/lib/postgresql/data"
 	controllerMountPath = "/controller"
@@ -176,7 +177,8 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 	}
 	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
 		return corev1ac.Probe().
-			WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString(portNameAgent))).
+			WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString(portNameAgent)).
+				WithScheme(corev1.URISchemeHTTPS)).
 			WithPeriodSeconds(period).
 			WithTimeoutSeconds(5).
 			WithFailureThreshold(failures)
@@ -186,11 +188,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
 		WithRunAsNonRoot(true)
 
-	container := corev1ac.Container().
-		WithName(containerPostgres).
-		WithImage(in.Image).
-		WithImagePullPolicy(corev1.PullIfNotPresent).
-		WithCommand(agentBinaryPath, "instance",
+	args := []string{agentBinaryPath, "instance",
 			"--pod-name=$(POD_NAME)",
 			"--pod-uid=$(POD_UID)",
 			"--peer-domain="+headlessServiceName(db),
@@ -208,7 +206,17 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			"--run-dir="+instance.DefaultRunDir,
 			"--max-lag-bytes="+strconv.FormatInt(maxLagBytes(db), 10),
 			"--max-slot-wal-keep-size="+maxSlotWALKeepSize(db, in.ClaimSize),
-		).
+			// TLS for PostgreSQL, replication and the agent's HTTPS endpoint.
+			instance.TLSDirArg(instance.DefaultTLSDir),
+	}
+	if db.Spec.TLS.Mode == databasev1.TLSOptional {
+		args = append(args, "--tls-optional")
+	}
+	container := corev1ac.Container().
+		WithName(containerPostgres).
+		WithImage(in.Image).
+		WithImagePullPolicy(corev1.PullIfNotPresent).
+		WithCommand(args...).
 		WithEnv(
 			corev1ac.EnvVar().WithName("POD_NAME").WithValueFrom(corev1ac.EnvVarSource().
 				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.name"))),
@@ -235,6 +243,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath),
 			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(instance.DefaultCredentialsDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(instance.DefaultInternalDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(instance.DefaultTLSDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
 		)
 	if res := db.Spec.Resources; len(res.Limits) > 0 || len(res.Requests) > 0 {
@@ -313,6 +322,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 						corev1ac.Volume().WithName(volumeShm).WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithMedium(corev1.StorageMediumMemory)),
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
+						secretVolume(volumeTLS, serverTLSSecretName(db)),
 					))))
 }
 
@@ -386,16 +396,25 @@ func specHash(v any) (string, error) {
 	return hex.EncodeToString(sum[:12]), nil
 }
 
-// credentialsData is the content of the <name>-credentials Secret.
-func credentialsData(db *databasev1.Database, password string) map[string][]byte {
+// credentialsData is the content of the <name>-credentials Secret: with the
+// Database's CA, its ca.crt, sslmode verify-full and a uri that asks for it
+// (clients add sslrootcert=<path of ca.crt>).
+func credentialsData(db *databasev1.Database, password string, caPEM []byte) map[string][]byte {
 	host := serviceHost(db, readWriteServiceName(db))
 	port := strconv.Itoa(instance.PostgresPort)
-	return map[string][]byte{
+	sslmode := ""
+	d := map[string][]byte{
 		"username": []byte(db.Spec.Username),
 		"password": []byte(password),
 		"database": []byte(db.Spec.DatabaseName),
 		"host":     []byte(host),
 		"port":     []byte(port),
-		"uri":      []byte(postgresURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName)),
 	}
+	if len(caPEM) > 0 {
+		sslmode = "verify-full"
+		d[instance.TLSCAFile] = caPEM
+		d["sslmode"] = []byte(sslmode)
+	}
+	d["uri"] = []byte(postgresURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName, sslmode))
+	return d
 }

@@ -44,12 +44,15 @@ func generatePassword(n int) (string, error) {
 	return string(out), nil
 }
 
-func postgresURI(user, password, host, port, database string) string {
+func postgresURI(user, password, host, port, database, sslmode string) string {
 	u := url.URL{
 		Scheme: "postgresql",
 		User:   url.UserPassword(user, password),
 		Host:   net.JoinHostPort(host, port),
 		Path:   "/" + database,
+	}
+	if sslmode != "" {
+		u.RawQuery = url.Values{"sslmode": {sslmode}}.Encode()
 	}
 	return u.String()
 }
@@ -120,7 +123,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		if err != nil {
 			return nil, err
 		}
-		return credentialsData(db, pw), nil
+		return credentialsData(db, pw, obs.CAPEM), nil
 	})
 	if err != nil {
 		return err
@@ -130,7 +133,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 			"Secret %s was missing and was recreated with a new password; the instances apply it to the running primary", cred.Name)
 	}
 	if cred != nil && !created {
-		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]))
+		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]), obs.CAPEM)
 		if len(cred.Data[instance.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
 			patch := client.MergeFrom(cred.DeepCopy())
 			if cred.Data == nil {
@@ -181,7 +184,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		}
 	}
 	obs.SecretSystemID = string(internal.Data[instance.InternalSystemIDFile])
-	obs.Tokens = r.rememberToken(db, string(internal.Data[instance.InternalAgentTokenFile]))
+	obs.Agent.Tokens = r.rememberToken(db, string(internal.Data[instance.InternalAgentTokenFile]))
 	return nil
 }
 

@@ -30,8 +30,12 @@ type observation struct {
 	Pods []corev1.Pod
 	// Instances maps pod name to what its agent reported.
 	Instances map[string]InstanceReport
-	// Tokens are the agent tokens to try (current first).
-	Tokens []string
+	// Agent is how the operator authenticates to the agents: its TLS client
+	// for agents that serve HTTPS, the bearer tokens (current first) for
+	// agents of pods created before TLS.
+	Agent AgentAuth
+	// CAPEM is the Database's CA certificate (nil when its Secret is not ours).
+	CAPEM []byte
 	// SecretSystemID is the system identifier found in the internal Secret.
 	SecretSystemID string
 	// Refusal explains why the spec cannot be applied (e.g. a major version change);

@@ -505,9 +505,13 @@ func TestGeneratePasswordIsRandomAlphanumeric(t *testing.T) {
 }
 
 func TestCredentialsURIEscapes(t *testing.T) {
-	got := postgresURI("admin", "p@ss/w:rd", "db.ns.svc.cluster.local", "5432", "mydb")
+	got := postgresURI("admin", "p@ss/w:rd", "db.ns.svc.cluster.local", "5432", "mydb", "")
 	if got != "postgresql://admin:p%40ss%2Fw%3Ard@db.ns.svc.cluster.local:5432/mydb" {
 		t.Errorf("uri = %s", got)
+	}
+	got = postgresURI("admin", "pw", "db.ns.svc.cluster.local", "5432", "mydb", "verify-full")
+	if got != "postgresql://admin:pw@db.ns.svc.cluster.local:5432/mydb?sslmode=verify-full" {
+		t.Errorf("uri with sslmode = %s", got)
 	}
 }
 

@@ -115,13 +115,19 @@ type fakeInstances struct {
 	instructions []string
 }
 
-func (f *fakeInstances) Statuses(ctx context.Context, pods []corev1.Pod, tokens []string) map[string]InstanceReport {
+func (f *fakeInstances) Statuses(ctx context.Context, pods []corev1.Pod, auth AgentAuth) map[string]InstanceReport {
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	out := map[string]InstanceReport{}
 	for _, p := range pods {
-		if len(tokens) == 0 || tokens[0] == "" {
+		// Like the HTTP client: an agent serving TLS is reached only with the
+		// operator's mutual-TLS client, an older one with the token.
+		if instance.PodServesTLS(&p) && auth.HTTPS == nil {
+			out[p.Name] = InstanceReport{Err: fmt.Errorf("no TLS client for the agent")}
+			continue
+		}
+		if !instance.PodServesTLS(&p) && (len(auth.Tokens) == 0 || auth.Tokens[0] == "") {
 			out[p.Name] = InstanceReport{Err: fmt.Errorf("no agent token")}
 			continue
 		}
@@ -160,17 +166,17 @@ func (f *fakeInstances) record(pod *corev1.Pod, what string) {
 	f.instructions = append(f.instructions, pod.Namespace+"/"+pod.Name+" "+what)
 }
 
-func (f *fakeInstances) SetSlots(_ context.Context, pod *corev1.Pod, _ []string, names []string) error {
+func (f *fakeInstances) SetSlots(_ context.Context, pod *corev1.Pod, _ AgentAuth, names []string) error {
 	f.record(pod, "slots "+strings.Join(names, ","))
 	return nil
 }
 
-func (f *fakeInstances) Reclone(_ context.Context, pod *corev1.Pod, _ []string) error {
+func (f *fakeInstances) Reclone(_ context.Context, pod *corev1.Pod, _ AgentAuth) error {
 	f.record(pod, "reclone")
 	return nil
 }
 
-func (f *fakeInstances) Recover(_ context.Context, pod *corev1.Pod, _ []string, source string) error {
+func (f *fakeInstances) Recover(_ context.Context, pod *corev1.Pod, _ AgentAuth, source string) error {
 	f.record(pod, "recover "+source)
 	return nil
 }
