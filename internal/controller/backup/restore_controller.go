@@ -209,7 +209,7 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
-		Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
+		Labels:  map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
 		Restore: rj,
 	})
 	if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {

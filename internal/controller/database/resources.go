@@ -189,25 +189,25 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithRunAsNonRoot(true)
 
 	args := []string{agentBinaryPath, "instance",
-			"--pod-name=$(POD_NAME)",
-			"--pod-uid=$(POD_UID)",
-			"--peer-domain="+headlessServiceName(db),
-			"--lease-name="+leaseName(db),
-			"--lease-namespace=$(POD_NAMESPACE)",
-			"--lease-duration="+leaseDuration(db).String(),
-			"--renew-deadline="+renewDeadline(db).String(),
-			"--retry-period="+retryPeriod(db).String(),
-			// Names from the spec (validated by the CRD), never from a Secret.
-			"--app-user="+db.Spec.Username,
-			"--app-database="+db.Spec.DatabaseName,
-			"--pgdata="+instance.DefaultPGData,
-			"--credentials-dir="+instance.DefaultCredentialsDir,
-			"--internal-dir="+instance.DefaultInternalDir,
-			"--run-dir="+instance.DefaultRunDir,
-			"--max-lag-bytes="+strconv.FormatInt(maxLagBytes(db), 10),
-			"--max-slot-wal-keep-size="+maxSlotWALKeepSize(db, in.ClaimSize),
-			// TLS for PostgreSQL, replication and the agent's HTTPS endpoint.
-			instance.TLSDirArg(instance.DefaultTLSDir),
+		"--pod-name=$(POD_NAME)",
+		"--pod-uid=$(POD_UID)",
+		"--peer-domain=" + headlessServiceName(db),
+		"--lease-name=" + leaseName(db),
+		"--lease-namespace=$(POD_NAMESPACE)",
+		"--lease-duration=" + leaseDuration(db).String(),
+		"--renew-deadline=" + renewDeadline(db).String(),
+		"--retry-period=" + retryPeriod(db).String(),
+		// Names from the spec (validated by the CRD), never from a Secret.
+		"--app-user=" + db.Spec.Username,
+		"--app-database=" + db.Spec.DatabaseName,
+		"--pgdata=" + instance.DefaultPGData,
+		"--credentials-dir=" + instance.DefaultCredentialsDir,
+		"--internal-dir=" + instance.DefaultInternalDir,
+		"--run-dir=" + instance.DefaultRunDir,
+		"--max-lag-bytes=" + strconv.FormatInt(maxLagBytes(db), 10),
+		"--max-slot-wal-keep-size=" + maxSlotWALKeepSize(db, in.ClaimSize),
+		// TLS for PostgreSQL, replication and the agent's HTTPS endpoint.
+		instance.TLSDirArg(instance.DefaultTLSDir),
 	}
 	if db.Spec.TLS.Mode == databasev1.TLSOptional {
 		args = append(args, "--tls-optional")
