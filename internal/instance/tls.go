@@ -149,9 +149,9 @@ func (a *Agent) sslConninfo() []string {
 	if !a.tlsEnabled() {
 		return []string{"sslmode=prefer"}
 	}
-	// No client certificate (libpq would otherwise look in the home directory).
-	none := filepath.Join(a.cfg.RunDir, "no-client-cert")
-	return []string{"sslmode=verify-full", "sslrootcert=" + a.caPath(), "sslcert=" + none, "sslkey=" + none}
+	// No sslcert/sslkey: the instances authenticate by password, and pgx (the
+	// agent's own connections) fails on a named file that does not exist.
+	return []string{"sslmode=verify-full", "sslrootcert=" + a.caPath()}
 }
 
 // sslEnv is sslConninfo for libpq programs given host and port as flags.
@@ -159,8 +159,7 @@ func (a *Agent) sslEnv() []string {
 	if !a.tlsEnabled() {
 		return []string{"PGSSLMODE=prefer"}
 	}
-	none := filepath.Join(a.cfg.RunDir, "no-client-cert")
-	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath(), "PGSSLCERT=" + none, "PGSSLKEY=" + none}
+	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath()}
 }
 
 // tlsDirFlag is the instance subcommand's flag naming the TLS directory.

@@ -246,3 +246,24 @@ func base64Lines(b []byte) string {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+// The agent's own connections to other instances (pgx: the rewind source
+// check) parse the same TLS settings as libpq's (primary_conninfo, pg_rewind).
+func TestPeerConninfoParsesForTheAgentsOwnConnections(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("ns/db", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: Config{TLSDir: dir, RunDir: dir}}
+	if err := os.WriteFile(a.caPath(), ca.CertPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(strings.Join(append([]string{"host=db-1.db-hl", "port=5432", "user=streaming_replica"}, a.sslConninfo()...), " "))
+	if err != nil {
+		t.Fatalf("pgx refuses the peer conninfo: %v", err)
+	}
+	if cfg.TLSConfig == nil || cfg.TLSConfig.ServerName != "db-1.db-hl" || cfg.TLSConfig.InsecureSkipVerify && cfg.TLSConfig.VerifyPeerCertificate == nil {
+		t.Errorf("TLS not verified: %+v", cfg.TLSConfig)
+	}
+}

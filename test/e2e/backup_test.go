@@ -172,6 +172,7 @@ spec:
   - name: bucket
     image: postgres:15
     command: ["mkdir", "-p", "/data/backups"]
+    securityContext: `+restrictedContext+`
     volumeMounts: [{name: data, mountPath: /data}]
   containers:
   - name: s3
@@ -183,6 +184,7 @@ spec:
     args: %[3]s
     ports: [{containerPort: %[2]d}]
     readinessProbe: {tcpSocket: {port: %[2]d}}
+    securityContext: `+restrictedContext+`
     volumeMounts: [{name: data, mountPath: /data}%[4]s]
   volumes:
   - {name: data, emptyDir: {}}%[5]s
@@ -206,6 +208,7 @@ spec:
     image: postgres:15
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "cd /b && find . -type f | sed 's|^./||' | sort"]
+    securityContext: `+restrictedContext+`
     volumeMounts: [{name: b, mountPath: /b}]
   volumes:
   - name: b
@@ -483,7 +486,7 @@ spec:
 func (c *cluster) idleInTransaction(pod, sql string) func() error {
 	c.t.Helper()
 	cmd := exec.Command("kubectl", "-n", c.ns, "exec", "-i", pod, "-c", "postgres", "--", "sh", "-c",
-		`psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -At`)
+		appPSQL+` -v ON_ERROR_STOP=1 -At`)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		c.t.Fatal(err)

@@ -68,7 +68,7 @@ func TestPrimaryVolumeLossNeverServesAnEmptyDatabase(t *testing.T) {
 			// A client with a connect timeout, as applications have: a SYN to the
 			// deleted pod's address would otherwise hang for minutes.
 			out, err := c.kubectl("exec", "my-database-1", "-c", "postgres", "--", "sh", "-c",
-				`PGCONNECT_TIMEOUT=3 PGOPTIONS="-c statement_timeout=3s" psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -Atc "SELECT count(*) FROM items"`)
+				`PGCONNECT_TIMEOUT=3 PGOPTIONS="-c statement_timeout=3s" `+appPSQL+` -v ON_ERROR_STOP=1 -Atc "SELECT count(*) FROM items"`)
 			mu.Lock()
 			if err == nil {
 				seen = append(seen, strings.TrimSpace(out))

@@ -72,6 +72,10 @@ func newCluster(t *testing.T) *cluster {
 	}
 	c := &cluster{t: t, ns: fmt.Sprintf("e2e-%s-%s", name, hex.EncodeToString(b))}
 	c.must("create", "namespace", c.ns)
+	// Every pod of the suite (instances, Jobs, the test's own) must meet the
+	// restricted Pod Security Standard: the API server refuses any other.
+	c.must("label", "namespace", c.ns, "pod-security.kubernetes.io/enforce=restricted",
+		"pod-security.kubernetes.io/enforce-version=latest")
 	t.Cleanup(func() {
 		if t.Failed() {
 			c.dump()
@@ -156,11 +160,19 @@ func (c *cluster) waitPhase(db, phase string, timeout time.Duration) {
 func (c *cluster) psql(pod string, viaService bool, sql string) (string, error) {
 	if viaService {
 		return c.kubectl("exec", pod, "-c", "postgres", "--", "sh", "-c",
-			`psql "$(cat /etc/postgres-operator/credentials/uri)" -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
+			appPSQL+` -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
 	}
 	return c.kubectl("exec", pod, "-c", "postgres", "--", "sh", "-c",
 		`psql -h /controller/run -U postgres -d "$(cat /etc/postgres-operator/credentials/database)" -v ON_ERROR_STOP=1 -Atc "$0"`, sql)
 }
+
+// appPSQL is psql as an application connects: the credentials Secret's uri
+// (sslmode=verify-full) with its ca.crt as the root certificate.
+const appPSQL = `PGSSLROOTCERT=/etc/postgres-operator/credentials/ca.crt psql "$(cat /etc/postgres-operator/credentials/uri)"`
+
+// restrictedContext is the container securityContext the restricted Pod
+// Security Standard requires, for the test's own pods.
+const restrictedContext = `{allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}, runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}`
 
 // serviceAnswers waits until the read-write Service answers from pod: Ready means
 // the Service's EndpointSlice lists the primary; kube-proxy programs the node

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,8 +72,22 @@ func (c *cluster) password(db string) string {
 	return string(b)
 }
 
+// connString connects to host (a ClusterIP, from this host) over TLS,
+// verifying the server's certificate against the Database's CA (verify-ca: the
+// certificate names the Service's DNS names, not its IP).
 func (c *cluster) connString(db, host string) string {
-	return fmt.Sprintf("host=%s port=5432 user=app dbname=app password=%s sslmode=disable connect_timeout=2", host, c.password(db))
+	c.t.Helper()
+	caFile := filepath.Join(os.TempDir(), c.ns+"-"+db+"-ca.crt")
+	if _, err := os.Stat(caFile); err != nil {
+		ca, err := base64.StdEncoding.DecodeString(c.must("get", "secret", db+"-credentials", "-o", `jsonpath={.data.ca\.crt}`))
+		if err != nil || len(ca) == 0 {
+			c.t.Fatalf("ca.crt of %s-credentials: %v", db, err)
+		}
+		if err := os.WriteFile(caFile, ca, 0o600); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return fmt.Sprintf("host=%s port=5432 user=app dbname=app password=%s sslmode=verify-ca sslrootcert=%s connect_timeout=2", host, c.password(db), caFile)
 }
 
 func (c *cluster) startWriter(db string) *writer {
