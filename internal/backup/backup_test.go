@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
 
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
@@ -394,5 +397,49 @@ func TestJobNamesAndLabelValuesFitForAnyObjectName(t *testing.T) {
 	}
 	if LabelValue(strings.Repeat("y", 80)) == LabelValue(strings.Repeat("y", 79)+"z") {
 		t.Error("two long names gave the same label value")
+	}
+}
+
+// Backup and restore Jobs meet the restricted Pod Security Standard, write
+// nothing outside their volumes, have bounded resources, and a restore Job
+// against an agent that serves TLS mounts only its client certificate.
+func TestJobsAreHardenedAndRestoreJobsUseTheClientCertificate(t *testing.T) {
+	loc, err := objectstore.ParseLocation("pvc://claim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &databasev1.Database{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns"}}
+	for _, s := range []JobSpec{
+		{Name: "b", Namespace: "ns", Action: "run", Image: "postgres:15", Target: Target{Location: loc}, Database: db},
+		{Name: "r", Namespace: "ns", Action: "restore", Image: "postgres:15", Target: Target{Location: loc},
+			Restore: &RestoreJob{AgentURL: "https://db-0.db-hl.ns.svc.cluster.local:8000", TLSSecret: "db-restore-tls", InternalSecret: "db-internal"}},
+	} {
+		job := BuildJob(s)
+		spec := job.Spec.Template.Spec
+		if spec.SecurityContext.SeccompProfile == nil || spec.SecurityContext.RunAsNonRoot == nil || !*spec.SecurityContext.RunAsNonRoot {
+			t.Errorf("%s: pod security context %+v", s.Name, spec.SecurityContext)
+		}
+		for _, c := range append(spec.InitContainers, spec.Containers...) {
+			sc := c.SecurityContext
+			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+				len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+				t.Errorf("%s/%s: security context %+v", s.Name, c.Name, sc)
+			}
+			if c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("%s/%s: no memory request or limit", s.Name, c.Name)
+			}
+		}
+		if s.Restore == nil {
+			continue
+		}
+		args := strings.Join(spec.Containers[0].Command, " ")
+		if !strings.Contains(args, "--agent-tls-dir="+AgentTLSDir) || strings.Contains(args, "--agent-token-dir") {
+			t.Errorf("restore command %s", args)
+		}
+		for _, v := range spec.Volumes {
+			if v.Secret != nil && v.Secret.SecretName != "db-restore-tls" {
+				t.Errorf("restore Job mounts Secret %s", v.Secret.SecretName)
+			}
+		}
 	}
 }

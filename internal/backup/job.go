@@ -8,6 +8,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -115,7 +116,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
 	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	if r := s.Restore; r != nil {
-		args = append(args, "--agent-url="+r.AgentURL, "--agent-token-dir="+AgentTokenDir, "--restore-id="+r.ID,
+		args = append(args, "--agent-url="+r.AgentURL, "--restore-id="+r.ID,
 			"--expect-sha256="+r.ExpectSHA256, fmt.Sprintf("--jobs=%d", r.Jobs), fmt.Sprintf("--keep-previous-seconds=%d", r.KeepPreviousSeconds),
 			"--database-uid="+r.DatabaseUID, fmt.Sprintf("--allow-other-database=%t", r.AllowOtherDatabase))
 		if r.VerifyOnly {
@@ -127,6 +128,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 			volumes = append(volumes, corev1.Volume{Name: "agent-tls", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: r.TLSSecret, DefaultMode: ptr.To[int32](0o440)}}})
 		} else {
+			args = append(args, "--agent-token-dir="+AgentTokenDir)
 			mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
 			volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),
@@ -166,7 +168,11 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		AllowPrivilegeEscalation: ptr.To(false),
 		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		RunAsNonRoot:             ptr.To(true),
+		ReadOnlyRootFilesystem:   ptr.To(true),
 	}
+	mounts = append(mounts, corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"})
+	volumes = append(volumes, corev1.Volume{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+		SizeLimit: ptr.To(resource.MustParse("64Mi"))}}})
 	return &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, Labels: s.Labels,
 			OwnerReferences: []metav1.OwnerReference{s.Owner}},
@@ -189,10 +195,20 @@ func BuildJob(s JobSpec) *batchv1.Job {
 						Command:         []string{"/manager", "install-agent", controllerMount + "/manager"},
 						VolumeMounts:    []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}},
 						SecurityContext: restricted,
+						Resources: corev1.ResourceRequirements{
+							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")},
+							Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")},
+						},
 					}},
 					Containers: []corev1.Container{{
 						Name: s.Action, Image: s.Image, ImagePullPolicy: corev1.PullIfNotPresent,
 						Command: args, VolumeMounts: mounts, SecurityContext: restricted,
+						// pg_dump/pg_restore and the streaming pipeline use
+						// ~20 MiB; the page cache of the read-back counts too.
+						Resources: corev1.ResourceRequirements{
+							Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
+							Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+						},
 						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 					}},
 					Volumes: volumes,

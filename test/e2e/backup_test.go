@@ -208,7 +208,7 @@ spec:
     image: postgres:15
     imagePullPolicy: IfNotPresent
     command: ["sh", "-c", "cd /b && find . -type f | sed 's|^./||' | sort"]
-    securityContext: `+restrictedContext+`
+    securityContext: ` + restrictedContext + `
     volumeMounts: [{name: b, mountPath: /b}]
   volumes:
   - name: b

@@ -51,6 +51,7 @@ const (
 	volumeInternal     = "internal"
 	volumeShm          = "shm"
 	volumeTLS          = "tls"
+	volumeTmp          = "tmp"
 
 	dataMountPath       = "/var/lib/postgresql/data"
 	controllerMountPath = "/controller"
@@ -61,6 +62,12 @@ const (
 
 	// postgresUID is the uid of the postgres user of the official images.
 	postgresUID int64 = 999
+)
+
+// Bounds of the instances' memory-backed /dev/shm and of /tmp.
+var (
+	shmSizeLimit = resource.MustParse("512Mi")
+	tmpSizeLimit = resource.MustParse("256Mi")
 )
 
 // Names of the children of a Database.
@@ -183,10 +190,13 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			WithTimeoutSeconds(5).
 			WithFailureThreshold(failures)
 	}
+	// Nothing is written outside the volumes: the data volume, the agent's
+	// emptyDir, /tmp and /dev/shm.
 	restricted := corev1ac.SecurityContext().
 		WithAllowPrivilegeEscalation(false).
 		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL")).
-		WithRunAsNonRoot(true)
+		WithRunAsNonRoot(true).
+		WithReadOnlyRootFilesystem(true)
 
 	args := []string{agentBinaryPath, "instance",
 		"--pod-name=$(POD_NAME)",
@@ -245,6 +255,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(instance.DefaultInternalDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(instance.DefaultTLSDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
+			corev1ac.VolumeMount().WithName(volumeTmp).WithMountPath("/tmp"),
 		)
 	if res := db.Spec.Resources; len(res.Limits) > 0 || len(res.Requests) > 0 {
 		rr := corev1ac.ResourceRequirements()
@@ -263,6 +274,10 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithImagePullPolicy(corev1.PullIfNotPresent).
 		WithCommand("/manager", "install-agent", agentBinaryPath).
 		WithSecurityContext(restricted).
+		// It copies one binary: small and bounded.
+		WithResources(corev1ac.ResourceRequirements().
+			WithRequests(corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("32Mi")}).
+			WithLimits(corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("128Mi")})).
 		WithVolumeMounts(corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath))
 
 	claim := corev1ac.PersistentVolumeClaim(volumeData, "").
@@ -319,7 +334,10 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 					WithContainers(container).
 					WithVolumes(
 						corev1ac.Volume().WithName(volumeController).WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
-						corev1ac.Volume().WithName(volumeShm).WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithMedium(corev1.StorageMediumMemory)),
+						// PostgreSQL's dynamic shared memory (parallel queries), bounded.
+						corev1ac.Volume().WithName(volumeShm).WithEmptyDir(corev1ac.EmptyDirVolumeSource().
+							WithMedium(corev1.StorageMediumMemory).WithSizeLimit(shmSizeLimit)),
+						corev1ac.Volume().WithName(volumeTmp).WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithSizeLimit(tmpSizeLimit)),
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
 						secretVolume(volumeTLS, serverTLSSecretName(db)),

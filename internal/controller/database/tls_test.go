@@ -41,7 +41,7 @@ func verifyLeaf(certPEM, caPEM []byte, name string, usage x509.ExtKeyUsage) erro
 	return err
 }
 
-func TestEveryDatabaseGetsACAAndCertificatesForItsServicesAndPods(t *testing.T) {
+func TestEveryDatabaseGetsACAAndCertificatesAndHardenedInstances(t *testing.T) {
 	ns := newNamespace(t)
 	if err := applyYAML(t, ns, seedManifest); err != nil {
 		t.Fatal(err)
@@ -118,6 +118,21 @@ func TestEveryDatabaseGetsACAAndCertificatesForItsServicesAndPods(t *testing.T) 
 	slices.Sort(mounted)
 	if want := []string{"my-database-credentials", "my-database-internal", "my-database-server-tls"}; !slices.Equal(mounted, want) {
 		t.Errorf("mounted Secrets %v, want %v", mounted, want)
+	}
+	// Every container writes only to its volumes, with bounded resources for
+	// the init container; /dev/shm is bounded.
+	for _, ct := range append(spec.InitContainers, spec.Containers...) {
+		if sc := ct.SecurityContext; sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			t.Errorf("container %s: root filesystem writable", ct.Name)
+		}
+	}
+	if spec.InitContainers[0].Resources.Limits.Memory().IsZero() {
+		t.Error("init container without a memory limit")
+	}
+	for _, v := range spec.Volumes {
+		if v.Name == volumeShm && (v.EmptyDir == nil || v.EmptyDir.SizeLimit == nil) {
+			t.Error("/dev/shm unbounded")
+		}
 	}
 	c := spec.Containers[0]
 	if !slices.Contains(c.Command, "--tls-dir="+instance.DefaultTLSDir) || slices.Contains(c.Command, "--tls-optional") {
