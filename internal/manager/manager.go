@@ -8,14 +8,17 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
@@ -24,17 +27,27 @@ import (
 	"github.com/example/postgres-operator/internal/scheme"
 )
 
+// The metrics endpoint authenticates and authorizes its clients through the
+// API server.
+// +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
+// +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
+
 // Run parses the manager's flags and runs it until SIGTERM.
 func Run(args []string) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
 		metricsAddr, probeAddr, agentImage string
+		metricsCertDir, watchNamespaces    string
 		leaderElect, secureMetrics         bool
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the metrics endpoint; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the health probe endpoint.")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, for running more than one manager.")
-	fs.BoolVar(&secureMetrics, "metrics-secure", false, "Serve metrics over HTTPS with authentication and authorization.")
+	fs.BoolVar(&secureMetrics, "metrics-secure", true,
+		"Serve metrics over HTTPS (self-signed unless --metrics-cert-dir), to clients whose bearer token the API server authenticates and authorizes for GET /metrics; false serves plain HTTP to anyone.")
+	fs.StringVar(&metricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics endpoint.")
+	fs.StringVar(&watchNamespaces, "watch-namespaces", "",
+		"Comma-separated namespaces to watch (namespace-scoped install: RoleBindings to the manager role in each); all namespaces when empty.")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("OPERATOR_IMAGE"),
 		"Image the instance pods copy the agent binary from; default: the image of the manager's own container (POD_NAME/POD_NAMESPACE).")
 	var defaults backupctrl.Defaults
@@ -65,14 +78,29 @@ func Run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
+	cacheOpts := database.CacheOptions()
+	if watchNamespaces != "" {
+		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range strings.Split(watchNamespaces, ",") {
+			if ns = strings.TrimSpace(ns); ns != "" {
+				cacheOpts.DefaultNamespaces[ns] = cache.Config{}
+			}
+		}
+	}
+	metricsOpts := metricsserver.Options{
+		BindAddress:   metricsAddr,
+		SecureServing: secureMetrics,
+		CertDir:       metricsCertDir,
+		// No HTTP/2 (CVE-2023-44487, CVE-2023-39325).
+		TLSOpts: []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
+	}
+	if secureMetrics {
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme: scheme.New(),
-		Cache:  database.CacheOptions(),
-		Metrics: metricsserver.Options{
-			BindAddress:   metricsAddr,
-			SecureServing: secureMetrics,
-			TLSOpts:       []func(*tls.Config){func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} }},
-		},
+		Scheme:  scheme.New(),
+		Cache:   cacheOpts,
+		Metrics: metricsOpts,
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "postgres-operator.database.example.com",

@@ -50,7 +50,7 @@ func TestSecurityGate(t *testing.T) {
 	c.eventually(readyTimeout, "a standby streaming over TLS", func() string {
 		out, err := c.kubectl("exec", "my-database-0", "-c", "postgres", "--", "psql", "-h", "/controller/run", "-U", "postgres", "-Atc",
 			"SELECT r.application_name || ':' || s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)")
-		if strings.TrimSpace(out) != "my-database-1:t" {
+		if strings.TrimSpace(out) != "my-database-1:true" {
 			return fmt.Sprintf("%v %s", err, out)
 		}
 		return ""
