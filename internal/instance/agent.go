@@ -44,7 +44,12 @@ type Config struct {
 	CredentialsDir string
 	InternalDir    string
 	RunDir         string
-	PodName        string
+	// SecretDir holds the agent's copies of secrets: the replication passfile and
+	// the TLS certificate, key and CA. In a pod it is a private directory on the
+	// memory-backed /dev/shm, so no key or password touches a disk; RunDir when
+	// empty.
+	SecretDir string
+	PodName   string
 	// PodUID is this pod's UID: with the name, the identity that holds the Lease.
 	PodUID string
 	// PeerDomain is the headless Service's domain: another instance of the
@@ -112,7 +117,8 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.PGData, "pgdata", DefaultPGData, "PostgreSQL data directory")
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
-	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket and the replication passfile")
+	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket")
+	fs.StringVar(&cfg.SecretDir, "secret-dir", "", "private directory for the passfile and TLS key (memory-backed in a pod); --run-dir when empty")
 	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of this pod")
 	fs.StringVar(&cfg.PodUID, "pod-uid", os.Getenv("POD_UID"), "UID of this pod (with the name, the Lease holder identity)")
 	fs.StringVar(&cfg.PeerDomain, "peer-domain", "", "domain of the other instances' pod DNS names (the headless Service)")
@@ -591,7 +597,7 @@ func (a *Agent) chown(path string) error {
 }
 
 func (a *Agent) prepareDirs() error {
-	for _, d := range []string{filepath.Dir(a.cfg.PGData), a.cfg.RunDir} {
+	for _, d := range []string{filepath.Dir(a.cfg.PGData), a.cfg.RunDir, a.secretDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
@@ -599,7 +605,18 @@ func (a *Agent) prepareDirs() error {
 			return err
 		}
 	}
+	if err := os.Chmod(a.secretDir(), 0o700); err != nil {
+		return err
+	}
 	return os.Chmod(a.cfg.RunDir, 0o700)
+}
+
+// secretDir is where the agent keeps its copies of secrets.
+func (a *Agent) secretDir() string {
+	if a.cfg.SecretDir != "" {
+		return a.cfg.SecretDir
+	}
+	return a.cfg.RunDir
 }
 
 func (a *Agent) hasData() bool {
@@ -651,7 +668,7 @@ func (a *Agent) install() error {
 	return nil
 }
 
-func (a *Agent) passfile() string { return filepath.Join(a.cfg.RunDir, "pgpass") }
+func (a *Agent) passfile() string { return filepath.Join(a.secretDir(), "pgpass") }
 
 // writePassfile writes the replication credential for pg_basebackup and
 // primary_conninfo; libpq reads it, so the password is in no argument or variable.

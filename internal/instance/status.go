@@ -33,6 +33,9 @@ const (
 	DefaultCredentialsDir = "/etc/postgres-operator/credentials"
 	DefaultInternalDir    = "/etc/postgres-operator/internal"
 	DefaultRunDir         = "/controller/run"
+	// PodSecretDir is the agent's secret directory in a pod: on the memory-backed
+	// /dev/shm volume.
+	PodSecretDir = "/dev/shm/postgres-operator"
 	// DefaultTLSDir is where instance pods mount the <name>-server-tls Secret.
 	DefaultTLSDir = "/etc/postgres-operator/tls"
 

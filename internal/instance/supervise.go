@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -293,14 +294,16 @@ func (a *Agent) reload(ctx context.Context) error {
 // the new primary is still starting.
 func (a *Agent) rewind(ctx context.Context, target string) error {
 	host, port := a.peerAddress(target)
-	conninfo := strings.Join(append([]string{
+	params := []string{
 		"host=" + postgres.ConninfoValue(host),
 		"port=" + strconv.Itoa(port),
 		"user=" + ReplicationUser,
 		"dbname=postgres",
 		"passfile=" + postgres.ConninfoValue(a.passfile()),
 		"connect_timeout=5",
-	}, a.sslConninfo()...), " ")
+	}
+	conninfo := strings.Join(append(slices.Clone(params), a.sslConninfo()...), " ")
+	pgxConninfo := strings.Join(append(slices.Clone(params), a.sslVerify()...), " ")
 	var err error
 	for attempt := 1; attempt <= 5; {
 		if v := a.lease.view(); v.Target != target {
@@ -310,7 +313,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 		// post-promotion checkpoint: rewinding from a target that has not promoted
 		// yet finds "the same timeline", rewinds nothing, and leaves this
 		// instance ahead of the new primary's fork point.
-		if why := a.rewindSourceNotReady(ctx, conninfo); why != "" {
+		if why := a.rewindSourceNotReady(ctx, pgxConninfo); why != "" {
 			a.setState(StateRewinding, fmt.Sprintf("waiting for %s to be promoted before rewinding: %s", target, why))
 			select {
 			case <-ctx.Done():

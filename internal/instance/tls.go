@@ -31,11 +31,11 @@ const (
 	ClientRestore  = "postgres-operator-restore"
 )
 
-// Copies in the private run directory (memory-backed in a pod), owned by the
+// Copies in the private secret directory (memory-backed in a pod), owned by the
 // postgres user with mode 0600, as PostgreSQL requires of its key.
-func (a *Agent) serverCertPath() string { return filepath.Join(a.cfg.RunDir, "server.crt") }
-func (a *Agent) serverKeyPath() string  { return filepath.Join(a.cfg.RunDir, "server.key") }
-func (a *Agent) caPath() string         { return filepath.Join(a.cfg.RunDir, "ca.crt") }
+func (a *Agent) serverCertPath() string { return filepath.Join(a.secretDir(), "server.crt") }
+func (a *Agent) serverKeyPath() string  { return filepath.Join(a.secretDir(), "server.key") }
+func (a *Agent) caPath() string         { return filepath.Join(a.secretDir(), "ca.crt") }
 
 func (a *Agent) tlsEnabled() bool { return a.cfg.TLSDir != "" }
 
@@ -142,16 +142,27 @@ func (a *Agent) serverTLSConfig() *tls.Config {
 	}
 }
 
-// sslConninfo is the TLS part of the connection strings to other instances:
+// sslVerify is the TLS part of the connection strings to other instances:
 // verify-full against the Database's CA (the pod DNS names are in the server
-// certificate), or prefer for an agent run without TLS (tests).
-func (a *Agent) sslConninfo() []string {
+// certificate), or prefer for an agent run without TLS (tests). pgx (the
+// agent's own connections) takes it as it is.
+func (a *Agent) sslVerify() []string {
 	if !a.tlsEnabled() {
 		return []string{"sslmode=prefer"}
 	}
-	// No sslcert/sslkey: the instances authenticate by password, and pgx (the
-	// agent's own connections) fails on a named file that does not exist.
 	return []string{"sslmode=verify-full", "sslrootcert=" + a.caPath()}
+}
+
+// sslConninfo is sslVerify for libpq, which also needs to be told there is no
+// client certificate: it would otherwise look in the home directory (and fail
+// on one it may not read); it ignores a named file that does not exist, which
+// pgx does not.
+func (a *Agent) sslConninfo() []string {
+	if !a.tlsEnabled() {
+		return a.sslVerify()
+	}
+	none := filepath.Join(a.secretDir(), "no-client-cert")
+	return append(a.sslVerify(), "sslcert="+none, "sslkey="+none)
 }
 
 // sslEnv is sslConninfo for libpq programs given host and port as flags.
@@ -159,7 +170,8 @@ func (a *Agent) sslEnv() []string {
 	if !a.tlsEnabled() {
 		return []string{"PGSSLMODE=prefer"}
 	}
-	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath()}
+	none := filepath.Join(a.secretDir(), "no-client-cert")
+	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath(), "PGSSLCERT=" + none, "PGSSLKEY=" + none}
 }
 
 // tlsDirFlag is the instance subcommand's flag naming the TLS directory.
@@ -212,3 +224,4 @@ func ClientTLSConfig(dir string) (*tls.Config, error) {
 	}
 	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{pair}}, nil
 }
+

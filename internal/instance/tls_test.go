@@ -114,7 +114,17 @@ func TestTLSEverywhere(t *testing.T) {
 	writeTLSDir(t, tlsDir, p.ca, p.server)
 	ctx := context.Background()
 	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
-	withTLS := func(c *Config) { c.TLSDir = tlsDir }
+	// Secret copies in a directory of their own (memory-backed in a pod).
+	// Like /dev/shm: world-writable and sticky.
+	shm := filepath.Join(root, "shm")
+	if err := os.Mkdir(shm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shm, 0o1777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	secretDir := filepath.Join(shm, "postgres-operator")
+	withTLS := func(c *Config) { c.TLSDir = tlsDir; c.SecretDir = secretDir }
 	primary := startInstanceWith(t, s, "primary", "db-0", pPort, pPort, withTLS)
 	base := "https://" + primary.agent.Addr().String()
 	operator := NewClient(p.httpsClient(t, &p.operator), "")
@@ -125,6 +135,24 @@ func TestTLSEverywhere(t *testing.T) {
 			return err
 		}
 		return c.Close(ctx)
+	})
+
+	t.Run("the key and the passfile are copied only into the secret directory", func(t *testing.T) {
+		for _, f := range []string{"server.key", "server.crt", "ca.crt", "pgpass"} {
+			st, err := os.Stat(filepath.Join(secretDir, f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode().Perm() != 0o600 {
+				t.Errorf("%s has mode %v, want 0600", f, st.Mode().Perm())
+			}
+			if _, err := os.Stat(filepath.Join(primary.cfg.RunDir, f)); err == nil {
+				t.Errorf("%s also in the run directory", f)
+			}
+		}
+		if st, err := os.Stat(secretDir); err != nil || st.Mode().Perm() != 0o700 {
+			t.Errorf("secret directory: %v %v", st.Mode(), err)
+		}
 	})
 
 	t.Run("a network connection without TLS is refused", func(t *testing.T) {
@@ -248,7 +276,8 @@ func base64Lines(b []byte) string {
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
 
 // The agent's own connections to other instances (pgx: the rewind source
-// check) parse the same TLS settings as libpq's (primary_conninfo, pg_rewind).
+// check) verify the peer like libpq's (primary_conninfo, pg_rewind), without
+// the libpq-only "no client certificate" file pgx cannot read.
 func TestPeerConninfoParsesForTheAgentsOwnConnections(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.NewCA("ns/db", time.Now())
@@ -259,7 +288,7 @@ func TestPeerConninfoParsesForTheAgentsOwnConnections(t *testing.T) {
 	if err := os.WriteFile(a.caPath(), ca.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := pgx.ParseConfig(strings.Join(append([]string{"host=db-1.db-hl", "port=5432", "user=streaming_replica"}, a.sslConninfo()...), " "))
+	cfg, err := pgx.ParseConfig(strings.Join(append([]string{"host=db-1.db-hl", "port=5432", "user=streaming_replica"}, a.sslVerify()...), " "))
 	if err != nil {
 		t.Fatalf("pgx refuses the peer conninfo: %v", err)
 	}

@@ -98,9 +98,9 @@ func Run(args []string) error {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme.New(),
-		Cache:   cacheOpts,
-		Metrics: metricsOpts,
+		Scheme:                 scheme.New(),
+		Cache:                  cacheOpts,
+		Metrics:                metricsOpts,
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "postgres-operator.database.example.com",

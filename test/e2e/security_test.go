@@ -118,6 +118,43 @@ func TestSecurityGate(t *testing.T) {
 		t.Errorf("200 probe requests opened %d sessions", after-before)
 	}
 
+	// The operator's metrics: HTTPS, only for a token allowed to GET /metrics.
+	opIP, err := run(context.Background(), "", "get", "pod", "-n", operatorNamespace, "-l", "control-plane=controller-manager",
+		"-o", "jsonpath={.items[0].status.podIP}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsURL := "https://" + net.JoinHostPort(strings.TrimSpace(opIP), "8443") + "/metrics"
+	metrics := func(token string) int {
+		req, _ := http.NewRequest(http.MethodGet, metricsURL, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := insecure.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := metrics(""); code != http.StatusUnauthorized && code != http.StatusForbidden {
+		t.Errorf("anonymous metrics request: %d", code)
+	}
+	c.must("create", "serviceaccount", "scraper")
+	crb := c.ns + "-scraper"
+	if out, err := run(context.Background(), "", "create", "clusterrolebinding", crb,
+		"--clusterrole=postgres-operator-metrics-reader", "--serviceaccount="+c.ns+":scraper"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	t.Cleanup(func() { _, _ = run(context.Background(), "", "delete", "clusterrolebinding", crb) })
+	token := c.must("create", "token", "scraper")
+	c.eventually(time.Minute, "metrics for the metrics-reader token", func() string {
+		if code := metrics(token); code != http.StatusOK {
+			return fmt.Sprintf("status %d", code)
+		}
+		return ""
+	})
+
 	// The Secret-driven escalation: whoever can edit the credentials Secret
 	// names the maintenance database and prepares traps for the superuser in the
 	// application database. The agent takes names from the spec and pins

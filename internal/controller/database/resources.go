@@ -214,6 +214,8 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		"--credentials-dir=" + instance.DefaultCredentialsDir,
 		"--internal-dir=" + instance.DefaultInternalDir,
 		"--run-dir=" + instance.DefaultRunDir,
+		// Passfile and TLS key copies in memory, never on a disk.
+		"--secret-dir=" + instance.PodSecretDir,
 		"--max-lag-bytes=" + strconv.FormatInt(maxLagBytes(db), 10),
 		"--max-slot-wal-keep-size=" + maxSlotWALKeepSize(db, in.ClaimSize),
 		// TLS for PostgreSQL, replication and the agent's HTTPS endpoint.
