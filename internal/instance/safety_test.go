@@ -208,6 +208,13 @@ func TestDataSafety(t *testing.T) {
 	waitForAppLogin(t, pPort, s.appPassword)
 	var systemID string
 	t.Run("a new primary reports its identity, version and that it ran initdb", func(t *testing.T) {
+		// Readiness follows the probe loop's next reading (every 500 ms).
+		waitUntil(t, 10*time.Second, "the primary to report ready", func() error {
+			if st := primary.mustStatus(t, s.token); !st.Ready {
+				return fmt.Errorf("not ready: %s", st.Message)
+			}
+			return nil
+		})
 		st := primary.mustStatus(t, s.token)
 		major := mustAtoi(t, serverMajor(t))
 		if st.SystemIdentifier == "" || st.SystemIdentifier == foreignID || !st.Bootstrapped || st.DataVersion != major || st.BinaryVersion != major || st.State != StateRunning || !st.Ready {

@@ -303,11 +303,16 @@ func TestProbesOpenNoBackend(t *testing.T) {
 	if p := <-peak; p > before+1 {
 		t.Errorf("200 probe requests raised the backends from %d to %d", before, p)
 	}
-	var monitorConns int
-	if err := c.QueryRow(context.Background(), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1", MonitorUser).Scan(&monitorConns); err != nil {
-		t.Fatal(err)
-	}
-	if monitorConns < 1 {
-		t.Error("the probe loop does not read as the monitoring role")
-	}
+	// The loop switches to the monitoring role at its next reading once the
+	// role exists.
+	waitUntil(t, 10*time.Second, "the probe loop to read as the monitoring role", func() error {
+		var monitorConns int
+		if err := c.QueryRow(context.Background(), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1", MonitorUser).Scan(&monitorConns); err != nil {
+			return err
+		}
+		if monitorConns < 1 {
+			return fmt.Errorf("no %s session", MonitorUser)
+		}
+		return nil
+	})
 }
