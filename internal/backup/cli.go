@@ -229,5 +229,5 @@ func writeResult(path string, r Result) {
 		r.Error = r.Error[:min(len(r.Error), 3000)]
 		b, _ = json.Marshal(r)
 	}
-	_ = os.WriteFile(path, b, 0o644)
+	_ = os.WriteFile(path, b, 0o600) // #nosec G703 -- the termination log path is the Job spec's
 }

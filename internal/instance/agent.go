@@ -375,7 +375,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		_ = srv.Shutdown(sctx)
 	}()
 	go a.dropExpiredCopies(ctx, time.Minute)
-	go a.probeLoop(ctx)
+	go a.probeLoop(ctx) // #nosec G118 -- the agent's own context
 
 	if err := a.writePassfile(); err != nil {
 		return err
@@ -605,10 +605,10 @@ func (a *Agent) prepareDirs() error {
 			return err
 		}
 	}
-	if err := os.Chmod(a.secretDir(), 0o700); err != nil {
+	if err := os.Chmod(a.secretDir(), 0o700); err != nil { // #nosec G302 -- a directory: owner only
 		return err
 	}
-	return os.Chmod(a.cfg.RunDir, 0o700)
+	return os.Chmod(a.cfg.RunDir, 0o700) // #nosec G302 -- a directory: owner only
 }
 
 // secretDir is where the agent keeps its copies of secrets.
@@ -695,7 +695,7 @@ func (a *Agent) readSecret(dir, name string) (string, error) {
 // writeFile atomically writes content, owned by the postgres user.
 func (a *Agent) writeFile(path, content string, mode os.FileMode) error {
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), mode); err != nil {
+	if err := os.WriteFile(tmp, []byte(content), mode); err != nil { // #nosec G703 -- paths under the agent's configured directories
 		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := os.Chmod(tmp, mode); err != nil {

@@ -38,7 +38,7 @@ import (
 func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, error) {
 	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
 	// handling may have widened it.
-	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil {
+	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil { // #nosec G302 -- a directory: owner only
 		return nil, fmt.Errorf("restricting the data directory: %w", err)
 	}
 	a.following = ""

@@ -103,7 +103,7 @@ func (d Dir) Put(ctx context.Context, key string, r io.Reader) (int64, error) {
 		return 0, err
 	}
 	partial := p + ".partial"
-	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	f, err := os.OpenFile(partial, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return 0, err
 	}
