@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -67,6 +68,10 @@ type Options struct {
 	// DatabaseUID and DatabaseObject (namespace/name) identify the Database
 	// backed up, recorded in the manifest.
 	DatabaseUID, DatabaseObject string
+	// ManifestKey is the Database's manifest key: the manifest is signed with
+	// it (HMAC-SHA256) so that a restore detects an edited one. Unsigned when
+	// empty.
+	ManifestKey []byte
 }
 
 // Manifest describes an artifact; it is stored next to it once the artifact is
@@ -90,6 +95,31 @@ type Manifest struct {
 	Tables    map[string]int64 `json:"tables,omitempty"`
 	StartTime time.Time        `json:"startTime"`
 	EndTime   time.Time        `json:"endTime"`
+	// HMAC authenticates everything above with the Database's manifest key
+	// (HMAC-SHA256 of the manifest's JSON without this field, hex).
+	HMAC string `json:"hmac,omitempty"`
+}
+
+// mac is the manifest's HMAC with key.
+func (m Manifest) mac(key []byte) string {
+	m.HMAC = ""
+	b, _ := json.Marshal(m)
+	h := hmac.New(sha256.New, key)
+	h.Write(b)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Sign sets the manifest's HMAC.
+func (m *Manifest) Sign(key []byte) { m.HMAC = m.mac(key) }
+
+// Authentic reports whether the manifest carries a valid HMAC for key.
+func (m *Manifest) Authentic(key []byte) bool {
+	want, err := hex.DecodeString(m.HMAC)
+	if err != nil || len(key) == 0 || m.HMAC == "" {
+		return false
+	}
+	got, _ := hex.DecodeString(m.mac(key))
+	return hmac.Equal(got, want)
 }
 
 // Run backs up the database and returns the verified artifact's manifest. On any
@@ -170,6 +200,9 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	m.ServerVersion, m.Tables = serverVersion, tables
 	m.EndTime = time.Now().UTC()
+	if len(o.ManifestKey) > 0 {
+		m.Sign(o.ManifestKey)
+	}
 	b, _ := json.MarshalIndent(m, "", "  ")
 	if _, err := o.Store.Put(ctx, o.Key+ManifestSuffix, bytes.NewReader(b)); err != nil {
 		_ = o.Store.Delete(context.Background(), o.Key)
@@ -327,6 +360,10 @@ func compareRows(want, got map[string]int64) error {
 // belongs to another Database.
 const ErrOtherDatabase = "refusing to restore an artifact of another database"
 
+// ErrUnauthenticated starts the error of a restore refused because the
+// artifact's manifest is not authenticated by the Database's key.
+const ErrUnauthenticated = "refusing to restore an artifact whose manifest is not authenticated"
+
 // RestoreOptions of a restore.
 type RestoreOptions struct {
 	Store objectstore.Store
@@ -338,6 +375,12 @@ type RestoreOptions struct {
 	// whose manifest names another is refused unless AllowOtherDatabase.
 	ExpectDatabaseUID  string
 	AllowOtherDatabase bool
+	// ManifestKey is the target Database's manifest key. A manifest it does not
+	// authenticate (edited, or written by another Database) is refused unless
+	// AllowOtherDatabase; one without an HMAC (written before manifests were
+	// signed) only when ExpectSHA256 vouches for the artifact. Nil skips the
+	// check (a Job of an operator before signed manifests).
+	ManifestKey []byte
 	// Agent is the client of the primary's agent and AgentURL its address.
 	Agent    *instance.Client
 	AgentURL string
@@ -356,6 +399,14 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 	m, err := ReadManifest(ctx, o.Store, o.Key)
 	if err != nil {
 		return nil, err
+	}
+	if o.ManifestKey != nil && !o.AllowOtherDatabase {
+		switch {
+		case m.HMAC == "" && o.ExpectSHA256 == "":
+			return nil, fmt.Errorf("%s: its manifest is not signed and no Backup vouches for its checksum; set spec.allowOtherDatabase to restore it anyway", ErrUnauthenticated)
+		case m.HMAC != "" && !m.Authentic(o.ManifestKey):
+			return nil, fmt.Errorf("%s: its manifest's signature does not verify with this Database's key (the manifest was edited, or another Database wrote it); set spec.allowOtherDatabase to restore it anyway", ErrUnauthenticated)
+		}
 	}
 	if o.ExpectSHA256 != "" && m.SHA256 != o.ExpectSHA256 {
 		return nil, fmt.Errorf("refusing to restore: the manifest's sha256 %s is not the Backup's %s", m.SHA256, o.ExpectSHA256)

@@ -32,6 +32,9 @@ const (
 	// AgentTLSDir holds a restore Job's client certificate for the agent
 	// (tls.crt, tls.key) and the Database's CA (ca.crt).
 	AgentTLSDir = "/etc/postgres-operator/agent-tls"
+	// ManifestKeyDir holds the Database's manifest-key file in backup and
+	// restore Jobs.
+	ManifestKeyDir = "/etc/postgres-operator/manifest-key"
 	// TerminationLog receives the result, read by the operator from the pod status.
 	TerminationLog = "/dev/termination-log"
 )
@@ -75,6 +78,7 @@ func Command(ctx context.Context, args []string) error {
 	databaseUID := fs.String("database-uid", "", "run: UID of the Database, recorded in the manifest; restore: refuse artifacts of another")
 	databaseObject := fs.String("database-object", "", "run: namespace/name of the Database, recorded in the manifest")
 	allowOther := fs.Bool("allow-other-database", false, "restore: restore an artifact another Database wrote")
+	manifestKeyDir := fs.String("manifest-key-dir", "", "run: sign the manifest, restore: authenticate it, with the manifest-key file there (none when empty)")
 	verifyOnly := fs.Bool("verify-only", false, "restore: a drill (restore into a scratch database, compare row counts, drop it)")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -111,6 +115,14 @@ func Command(ctx context.Context, args []string) error {
 				return err
 			}
 		}
+		var manifestKey []byte
+		if *manifestKeyDir != "" {
+			k, err := readFile(*manifestKeyDir, instance.InternalManifestKeyFile)
+			if err != nil || k == "" {
+				return fmt.Errorf("the Database's manifest key is missing: %v", err)
+			}
+			manifestKey = []byte(k)
+		}
 		switch action {
 		case "delete":
 			return Delete(ctx, store, *key)
@@ -120,7 +132,7 @@ func Command(ctx context.Context, args []string) error {
 				return err
 			}
 			res, err := Restore(ctx, RestoreOptions{Store: store, Key: *key, ExpectSHA256: *expectSHA,
-				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther,
+				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther, ManifestKey: manifestKey,
 				Agent: agent, AgentURL: *agentURL,
 				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
 					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})
@@ -142,7 +154,7 @@ func Command(ctx context.Context, args []string) error {
 		switch action {
 		case "run":
 			m, err := Run(ctx, Options{PgDump: bins.PgDump, PgRestore: bins.PgRestore, Conn: conn, Store: store,
-				Key: *key, Location: loc.URL(*key), DatabaseUID: *databaseUID, DatabaseObject: *databaseObject})
+				Key: *key, Location: loc.URL(*key), DatabaseUID: *databaseUID, DatabaseObject: *databaseObject, ManifestKey: manifestKey})
 			if err != nil {
 				return err
 			}

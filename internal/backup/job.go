@@ -43,6 +43,10 @@ type JobSpec struct {
 	Labels   map[string]string
 	// Restore is set for a restore Job.
 	Restore *RestoreJob
+	// ManifestKeySecret is the Secret (the Database's internal one) whose
+	// manifest-key signs the manifest of a backup and authenticates it for a
+	// restore; only that key is mounted.
+	ManifestKeySecret string
 }
 
 // RestoreJob is what a restore Job needs beyond the artifact: the primary's agent
@@ -141,6 +145,13 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: credentialsMount, ReadOnly: true})
 		volumes = append(volumes, corev1.Volume{Name: "credentials", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: s.Database.Name + "-credentials", DefaultMode: ptr.To[int32](0o440)}}})
+	}
+	if s.ManifestKeySecret != "" && s.Action != "delete" {
+		args = append(args, "--manifest-key-dir="+ManifestKeyDir)
+		mounts = append(mounts, corev1.VolumeMount{Name: "manifest-key", MountPath: ManifestKeyDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "manifest-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: s.ManifestKeySecret, DefaultMode: ptr.To[int32](0o440),
+			Items: []corev1.KeyToPath{{Key: instance.InternalManifestKeyFile, Path: instance.InternalManifestKeyFile}}}}})
 	}
 	switch s.Target.Location.Scheme {
 	case "pvc":

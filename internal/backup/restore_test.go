@@ -413,3 +413,62 @@ func TestCopyTargetAndScriptRowCounts(t *testing.T) {
 		t.Errorf("scanScript = %q %v", v, tables)
 	}
 }
+
+// A manifest signed with the Database's key restores; one another Database
+// signed, one edited after signing, or an unsigned one no Backup vouches for is
+// refused before the agent is called, unless the restore allows another
+// Database's artifacts.
+func TestRestoreAuthenticatesTheManifest(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.exec(t, `CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 100)`)
+	root := t.TempDir()
+	store := objectstore.Dir{Root: root}
+	key, other := []byte("this-database-key"), []byte("another-database-key")
+	m, err := Run(ctx, Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store,
+		Key: "signed.dump.zst", DatabaseUID: "uid-1", ManifestKey: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.HMAC == "" || !m.Authentic(key) || m.Authentic(other) {
+		t.Fatalf("manifest HMAC %q: authentic with its key %v, with another %v", m.HMAC, m.Authentic(key), m.Authentic(other))
+	}
+	unsigned := p.backup(t, store, "unsigned.dump.zst")
+
+	n := 0
+	drill := func(o RestoreOptions) error {
+		n++
+		o.Store, o.Agent, o.AgentURL = store, instance.NewClient(&http.Client{}, "t"), "http://"+p.agent.Addr().String()
+		o.Request = instance.RestoreRequest{ID: fmt.Sprintf("auth%d", n), Jobs: 1, VerifyOnly: true}
+		_, err := Restore(ctx, o)
+		return err
+	}
+	refused := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), ErrUnauthenticated) {
+			t.Errorf("%s: %v, want %q", what, err, ErrUnauthenticated)
+		}
+	}
+	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: key, ExpectDatabaseUID: "uid-1"}); err != nil {
+		t.Errorf("a manifest signed by the Database: %v", err)
+	}
+	refused("signed by another Database", drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other}))
+	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, AllowOtherDatabase: true}); err != nil {
+		t.Errorf("another Database's artifact with allowOtherDatabase: %v", err)
+	}
+	refused("unsigned, nothing vouches for it", drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key}))
+	if err := drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key, ExpectSHA256: unsigned.SHA256}); err != nil {
+		t.Errorf("an unsigned manifest whose checksum the Backup recorded: %v", err)
+	}
+
+	// Edited after signing: the Database it names.
+	path := filepath.Join(root, "signed.dump.zst"+ManifestSuffix)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, bytes.Replace(b, []byte(`"uid-1"`), []byte(`"uid-2"`), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	refused("edited after signing", drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: key, ExpectDatabaseUID: "uid-2"}))
+}

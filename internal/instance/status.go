@@ -27,6 +27,9 @@ const (
 	// Files in the internal directory (the Database's <name>-internal Secret).
 	InternalReplicationPasswordFile = "replication-password"
 	InternalAgentTokenFile          = "agent-token"
+	// InternalManifestKeyFile is the Database's key that authenticates its
+	// backup manifests (HMAC-SHA256); only backup and restore Jobs mount it.
+	InternalManifestKeyFile = "manifest-key"
 
 	// Paths inside the pod.
 	DefaultPGData         = "/var/lib/postgresql/data/pgdata"

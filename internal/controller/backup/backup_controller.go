@@ -148,6 +148,7 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
 			Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
+			ManifestKeySecret: db.Name + "-internal",
 			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {

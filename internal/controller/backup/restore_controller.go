@@ -208,7 +208,7 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	}
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
-		Target: target, Key: key, Owner: ownerRef(rs, "Restore"),
+		Target: target, Key: key, Owner: ownerRef(rs, "Restore"), ManifestKeySecret: db.Name + "-internal",
 		Labels:  map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
 		Restore: rj,
 	})

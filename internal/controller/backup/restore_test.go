@@ -82,16 +82,23 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 			t.Errorf("restore job command %q lacks %q", args, want)
 		}
 	}
-	// Only the restore client certificate is mounted: no application or
-	// superuser credentials, no agent token.
+	// Only the restore client certificate and the manifest key are mounted: no
+	// application or superuser credentials, no agent token.
 	var secrets []string
 	for _, v := range job.Spec.Template.Spec.Volumes {
-		if v.Secret != nil {
-			secrets = append(secrets, v.Secret.SecretName)
+		if v.Secret == nil {
+			continue
+		}
+		secrets = append(secrets, v.Secret.SecretName)
+		if v.Secret.SecretName == "test-db-internal" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != instance.InternalManifestKeyFile) {
+			t.Errorf("the restore Job mounts more of the internal Secret than the manifest key: %+v", v.Secret.Items)
 		}
 	}
-	if !slices.Equal(secrets, []string{"test-db-restore-tls"}) {
-		t.Errorf("the restore Job mounts Secrets %v, want only test-db-restore-tls", secrets)
+	if !slices.Equal(secrets, []string{"test-db-restore-tls", "test-db-internal"}) {
+		t.Errorf("the restore Job mounts Secrets %v, want test-db-restore-tls and the manifest key of test-db-internal", secrets)
+	}
+	if !strings.Contains(args, "--manifest-key-dir=") {
+		t.Error("the restore Job does not authenticate the manifest")
 	}
 	if job.Spec.Template.Spec.Containers[0].Image != "postgres:15.18" {
 		t.Errorf("restore image %s", job.Spec.Template.Spec.Containers[0].Image)

@@ -90,6 +90,7 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: enginepkg.JobName(b.Name, fmt.Sprintf("verify-%d", due.Unix())), Namespace: b.Namespace, Action: "restore",
 		Image: databaseImage(db), AgentImage: r.AgentImage, Target: target, Key: key, Owner: ownerRef(b, "Backup"),
+		ManifestKeySecret: db.Name + "-internal",
 		Labels: map[string]string{LabelManagedBy: ManagedBy, LabelVerify: enginepkg.LabelValue(b.Name),
 			LabelVerifyDatabase: enginepkg.LabelValue(db.Name), "database.example.com/verified-run": enginepkg.LabelValue(run.Name)},
 		Restore: rj,

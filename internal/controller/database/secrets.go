@@ -158,10 +158,15 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		if err != nil {
 			return nil, err
 		}
+		mkey, err := generatePassword(48)
+		if err != nil {
+			return nil, err
+		}
 		d := map[string][]byte{
 			"replication-username":                   []byte(instance.ReplicationUser),
 			instance.InternalReplicationPasswordFile: []byte(repl),
 			instance.InternalAgentTokenFile:          []byte(token),
+			instance.InternalManifestKeyFile:         []byte(mkey),
 		}
 		if db.Status.SystemIdentifier != "" {
 			d[instance.InternalSystemIDFile] = []byte(db.Status.SystemIdentifier)
@@ -183,6 +188,16 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 			return err
 		}
 	}
+	if len(internal.Data[instance.InternalManifestKeyFile]) == 0 {
+		// A Secret of an operator before signed manifests: add the key once.
+		mkey, err := generatePassword(48)
+		if err != nil {
+			return err
+		}
+		if err := r.patchSecretData(ctx, internal, instance.InternalManifestKeyFile, mkey); err != nil {
+			return err
+		}
+	}
 	obs.SecretSystemID = string(internal.Data[instance.InternalSystemIDFile])
 	obs.Agent.Tokens = r.rememberToken(db, string(internal.Data[instance.InternalAgentTokenFile]))
 	return nil
@@ -191,13 +206,18 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 // recordSystemID writes the system identifier into the internal Secret, where
 // every agent reads it before starting PostgreSQL.
 func (r *Reconciler) recordSystemID(ctx context.Context, internal *corev1.Secret, id string) error {
-	patch := client.MergeFrom(internal.DeepCopy())
-	if internal.Data == nil {
-		internal.Data = map[string][]byte{}
+	return r.patchSecretData(ctx, internal, instance.InternalSystemIDFile, id)
+}
+
+// patchSecretData sets one key of a Secret.
+func (r *Reconciler) patchSecretData(ctx context.Context, secret *corev1.Secret, key, value string) error {
+	patch := client.MergeFrom(secret.DeepCopy())
+	if secret.Data == nil {
+		secret.Data = map[string][]byte{}
 	}
-	internal.Data[instance.InternalSystemIDFile] = []byte(id)
-	if err := r.Patch(ctx, internal, patch, client.FieldOwner(FieldOwner)); err != nil {
-		return fmt.Errorf("recording the system identifier in secret %s: %w", internal.Name, err)
+	secret.Data[key] = []byte(value)
+	if err := r.Patch(ctx, secret, patch, client.FieldOwner(FieldOwner)); err != nil {
+		return fmt.Errorf("writing %s into secret %s: %w", key, secret.Name, err)
 	}
 	return nil
 }
