@@ -69,6 +69,12 @@ type BackupSpec struct {
 	// +optional
 	S3 *S3Config `json:"s3,omitempty"`
 
+	// Encryption encrypts the artifact in the backup Job, before it leaves for
+	// the store (age, X25519 with ChaCha20-Poly1305); restores decrypt it with
+	// the same Secret. The runs of a schedule take it when they are created.
+	// +optional
+	Encryption *BackupEncryption `json:"encryption,omitempty"`
+
 	// Verify schedules restore drills of a scheduled Backup: at each of its slots
 	// the newest completed run is restored into a scratch database on the
 	// primary (never touching the application database), every table's row
@@ -78,6 +84,17 @@ type BackupSpec struct {
 	// drill succeeded.
 	// +optional
 	Verify *BackupVerify `json:"verify,omitempty"`
+}
+
+// BackupEncryption names the key of client-side artifact encryption.
+type BackupEncryption struct {
+	// SecretName is a Secret in the Backup's namespace whose key "identity"
+	// holds an age X25519 identity (the AGE-SECRET-KEY-1… line of age-keygen).
+	// Artifacts are encrypted to its public key and restored with it: without
+	// the Secret they cannot be read.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	SecretName string `json:"secretName"`
 }
 
 // BackupVerify configures restore drills.
@@ -209,6 +226,9 @@ const (
 	ReasonDatabaseNotReady  = "DatabaseNotReady"
 	ReasonNoStorageLocation = "NoStorageLocation"
 	ReasonStorageNotFound   = "StorageNotFound"
+	// ReasonEncryptionKeyNotFound: the Secret with the age identity of
+	// spec.encryption (key "identity") is missing.
+	ReasonEncryptionKeyNotFound = "EncryptionKeyNotFound"
 	ReasonJobRunning        = "JobRunning"
 	ReasonJobFailed         = "JobFailed"
 	ReasonCompleted         = "Completed"
@@ -325,6 +345,9 @@ type RestoreSource struct {
 	// S3 configures access to an s3:// location.
 	// +optional
 	S3 *S3Config `json:"s3,omitempty"`
+	// Encryption is the key of an encrypted artifact.
+	// +optional
+	Encryption *BackupEncryption `json:"encryption,omitempty"`
 }
 
 // RestorePhase is the phase of a Restore.

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/example/postgres-operator/internal/instance"
@@ -72,6 +73,27 @@ type Options struct {
 	// it (HMAC-SHA256) so that a restore detects an edited one. Unsigned when
 	// empty.
 	ManifestKey []byte
+	// Identity encrypts the artifact to its recipient (age); nil: plain.
+	Identity *age.X25519Identity
+}
+
+// EncryptionAge is the manifest's name of age encryption to an X25519
+// recipient.
+const EncryptionAge = "age-x25519"
+
+// ParseIdentity reads an age X25519 identity (age-keygen's output: comment
+// lines and one AGE-SECRET-KEY-1… line).
+func ParseIdentity(text string) (*age.X25519Identity, error) {
+	ids, err := age.ParseIdentities(strings.NewReader(text))
+	if err != nil {
+		return nil, fmt.Errorf("reading the age identity: %w", err)
+	}
+	for _, id := range ids {
+		if x, ok := id.(*age.X25519Identity); ok {
+			return x, nil
+		}
+	}
+	return nil, errors.New("no age X25519 identity (AGE-SECRET-KEY-1…) found")
 }
 
 // Manifest describes an artifact; it is stored next to it once the artifact is
@@ -90,6 +112,12 @@ type Manifest struct {
 	SizeBytes        int64  `json:"sizeBytes"`
 	UncompressedSize int64  `json:"uncompressedBytes"`
 	SHA256           string `json:"sha256"`
+	// Encryption is EncryptionAge for an encrypted artifact (to Recipient);
+	// PlainSHA256 is then the SHA-256 of the compressed archive before
+	// encryption, what the restoring agent receives.
+	Encryption  string `json:"encryption,omitempty"`
+	Recipient   string `json:"recipient,omitempty"`
+	PlainSHA256 string `json:"plainSHA256,omitempty"`
 	// Tables are the rows of each table in the archive (schema.table), counted
 	// while verifying it; restore drills compare them with what they restored.
 	Tables    map[string]int64 `json:"tables,omitempty"`
@@ -148,14 +176,27 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 
 	// pg_dump → zstd → (sha256, store). The pipe is closed with an error unless
 	// pg_dump exits cleanly with output, so the store aborts the upload.
+	// With an identity: pg_dump → zstd → (plain sha256, age) → (sha256, store).
 	pr, pw := io.Pipe()
-	hash := sha256.New()
+	hash, plainHash := sha256.New(), sha256.New()
 	var raw int64
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		enc, err := zstd.NewWriter(io.MultiWriter(pw, hash), zstd.WithEncoderLevel(zstd.SpeedFastest),
+		var sealed io.WriteCloser
+		out := io.MultiWriter(pw, hash)
+		if o.Identity != nil {
+			w, err := age.Encrypt(out, o.Identity.Recipient())
+			if err != nil {
+				_ = stdout.Close()
+				_ = cmd.Wait()
+				pw.CloseWithError(fmt.Errorf("encrypting: %w", err))
+				return
+			}
+			sealed, out = w, io.MultiWriter(w, plainHash)
+		}
+		enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest),
 			zstd.WithEncoderConcurrency(2), zstd.WithWindowSize(4<<20))
 		if err != nil {
 			_ = stdout.Close()
@@ -166,6 +207,11 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 		raw, err = io.Copy(enc, stdout)
 		if cerr := enc.Close(); err == nil {
 			err = cerr
+		}
+		if sealed != nil {
+			if cerr := sealed.Close(); err == nil {
+				err = cerr
+			}
 		}
 		werr := cmd.Wait()
 		switch {
@@ -191,9 +237,12 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, perr
 	}
 	m.SizeBytes, m.UncompressedSize, m.SHA256 = size, raw, hex.EncodeToString(hash.Sum(nil))
+	if o.Identity != nil {
+		m.Encryption, m.Recipient, m.PlainSHA256 = EncryptionAge, o.Identity.Recipient().String(), hex.EncodeToString(plainHash.Sum(nil))
+	}
 
 	// Verify: the stored bytes have the checksum and form a readable archive.
-	serverVersion, tables, err := verify(ctx, o.Store, o.Key, m.SHA256, o.PgRestore)
+	serverVersion, tables, err := verify(ctx, o.Store, o.Key, m.SHA256, o.PgRestore, o.Identity)
 	if err != nil {
 		_ = o.Store.Delete(context.Background(), o.Key)
 		return nil, fmt.Errorf("verifying the artifact: %w", err)
@@ -215,14 +264,21 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 // the upload's), zstd (which checks every frame) and `pg_restore` writing the whole
 // SQL script to nowhere, so every data block of the archive is decoded, not only
 // its table of contents. It returns the server version the dump was taken from.
-func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestore string) (string, map[string]int64, error) {
+func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestore string, id *age.X25519Identity) (string, map[string]int64, error) {
 	rc, err := store.Get(ctx, key)
 	if err != nil {
 		return "", nil, err
 	}
 	defer rc.Close()
 	hash := sha256.New()
-	dec, err := zstd.NewReader(io.TeeReader(rc, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
+	var in io.Reader = io.TeeReader(rc, hash)
+	if id != nil {
+		// Every chunk is authenticated as it is decrypted.
+		if in, err = age.Decrypt(in, id); err != nil {
+			return "", nil, fmt.Errorf("decrypting the artifact: %w", err)
+		}
+	}
+	dec, err := zstd.NewReader(in, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
 	if err != nil {
 		return "", nil, err
 	}
@@ -364,6 +420,10 @@ const ErrOtherDatabase = "refusing to restore an artifact of another database"
 // artifact's manifest is not authenticated by the Database's key.
 const ErrUnauthenticated = "refusing to restore an artifact whose manifest is not authenticated"
 
+// ErrEncryptionKey starts the error of a restore of an encrypted artifact
+// without its key.
+const ErrEncryptionKey = "no key for the encrypted artifact"
+
 // RestoreOptions of a restore.
 type RestoreOptions struct {
 	Store objectstore.Store
@@ -375,6 +435,8 @@ type RestoreOptions struct {
 	// whose manifest names another is refused unless AllowOtherDatabase.
 	ExpectDatabaseUID  string
 	AllowOtherDatabase bool
+	// Identity decrypts an encrypted artifact.
+	Identity *age.X25519Identity
 	// ManifestKey is the target Database's manifest key. A manifest it does not
 	// authenticate (edited, or written by another Database) is refused unless
 	// AllowOtherDatabase; one without an HMAC (written before manifests were
@@ -418,6 +480,12 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 	// One read: the agent builds the restore in a scratch database and swaps it
 	// in only if the bytes it received have the manifest's checksum, so a
 	// corrupted artifact changes nothing and needs no separate pass first.
+	if m.Encryption != "" && m.Encryption != EncryptionAge {
+		return nil, fmt.Errorf("the artifact is encrypted with %q, which this operator cannot read", m.Encryption)
+	}
+	if m.Encryption != "" && (o.Identity == nil || o.Identity.Recipient().String() != m.Recipient) {
+		return nil, fmt.Errorf("%s: the artifact is encrypted to %s; name the Secret with its identity in spec.encryption", ErrEncryptionKey, m.Recipient)
+	}
 	rc, err := o.Store.Get(ctx, o.Key)
 	if err != nil {
 		return nil, err
@@ -426,7 +494,17 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 	hash := sha256.New()
 	req := o.Request
 	req.SHA256, req.UncompressedBytes = m.SHA256, m.UncompressedSize
-	res, err := o.Agent.Restore(ctx, o.AgentURL, req, io.TeeReader(rc, hash))
+	var body io.Reader = io.TeeReader(rc, hash)
+	if m.Encryption != "" {
+		// The agent receives the compressed archive: decrypted here, each
+		// chunk authenticated (a forged byte ends the stream, so nothing is
+		// swapped), and checked by the agent against the plain checksum.
+		if body, err = age.Decrypt(body, o.Identity); err != nil {
+			return nil, fmt.Errorf("decrypting the artifact: %w", err)
+		}
+		req.SHA256 = m.PlainSHA256
+	}
+	res, err := o.Agent.Restore(ctx, o.AgentURL, req, body)
 	if err != nil {
 		return nil, fmt.Errorf("restoring (the database is unchanged unless the agent swapped it in): %w", err)
 	}

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"filippo.io/age"
+
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
@@ -35,6 +37,10 @@ const (
 	// ManifestKeyDir holds the Database's manifest-key file in backup and
 	// restore Jobs.
 	ManifestKeyDir = "/etc/postgres-operator/manifest-key"
+	// EncryptionDir holds the identity file of the age key of an encrypted
+	// Backup; EncryptionIdentityFile is that key of the user's Secret.
+	EncryptionDir          = "/etc/postgres-operator/encryption"
+	EncryptionIdentityFile = "identity"
 	// TerminationLog receives the result, read by the operator from the pod status.
 	TerminationLog = "/dev/termination-log"
 )
@@ -78,6 +84,7 @@ func Command(ctx context.Context, args []string) error {
 	databaseUID := fs.String("database-uid", "", "run: UID of the Database, recorded in the manifest; restore: refuse artifacts of another")
 	databaseObject := fs.String("database-object", "", "run: namespace/name of the Database, recorded in the manifest")
 	allowOther := fs.Bool("allow-other-database", false, "restore: restore an artifact another Database wrote")
+	encryptionDir := fs.String("encryption-dir", "", "directory with the identity file of an age key: encrypt (run), decrypt (restore)")
 	manifestKeyDir := fs.String("manifest-key-dir", "", "run: sign the manifest, restore: authenticate it, with the manifest-key file there (none when empty)")
 	verifyOnly := fs.Bool("verify-only", false, "restore: a drill (restore into a scratch database, compare row counts, drop it)")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
@@ -123,6 +130,16 @@ func Command(ctx context.Context, args []string) error {
 			}
 			manifestKey = []byte(k)
 		}
+		var identity *age.X25519Identity
+		if *encryptionDir != "" {
+			text, err := readFile(*encryptionDir, EncryptionIdentityFile)
+			if err != nil {
+				return err
+			}
+			if identity, err = ParseIdentity(text); err != nil {
+				return err
+			}
+		}
 		switch action {
 		case "delete":
 			return Delete(ctx, store, *key)
@@ -132,7 +149,7 @@ func Command(ctx context.Context, args []string) error {
 				return err
 			}
 			res, err := Restore(ctx, RestoreOptions{Store: store, Key: *key, ExpectSHA256: *expectSHA,
-				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther, ManifestKey: manifestKey,
+				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther, ManifestKey: manifestKey, Identity: identity,
 				Agent: agent, AgentURL: *agentURL,
 				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
 					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})
@@ -154,7 +171,8 @@ func Command(ctx context.Context, args []string) error {
 		switch action {
 		case "run":
 			m, err := Run(ctx, Options{PgDump: bins.PgDump, PgRestore: bins.PgRestore, Conn: conn, Store: store,
-				Key: *key, Location: loc.URL(*key), DatabaseUID: *databaseUID, DatabaseObject: *databaseObject, ManifestKey: manifestKey})
+				Key: *key, Location: loc.URL(*key), DatabaseUID: *databaseUID, DatabaseObject: *databaseObject, ManifestKey: manifestKey,
+				Identity: identity})
 			if err != nil {
 				return err
 			}

@@ -47,6 +47,9 @@ type JobSpec struct {
 	// manifest-key signs the manifest of a backup and authenticates it for a
 	// restore; only that key is mounted.
 	ManifestKeySecret string
+	// EncryptionSecret is the user's Secret with the age identity of an
+	// encrypted Backup (its identity key only is mounted).
+	EncryptionSecret string
 }
 
 // RestoreJob is what a restore Job needs beyond the artifact: the primary's agent
@@ -152,6 +155,13 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		volumes = append(volumes, corev1.Volume{Name: "manifest-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: s.ManifestKeySecret, DefaultMode: ptr.To[int32](0o440),
 			Items: []corev1.KeyToPath{{Key: instance.InternalManifestKeyFile, Path: instance.InternalManifestKeyFile}}}}})
+	}
+	if s.EncryptionSecret != "" && s.Action != "delete" {
+		args = append(args, "--encryption-dir="+EncryptionDir)
+		mounts = append(mounts, corev1.VolumeMount{Name: "encryption", MountPath: EncryptionDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "encryption", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: s.EncryptionSecret, DefaultMode: ptr.To[int32](0o440),
+			Items: []corev1.KeyToPath{{Key: EncryptionIdentityFile, Path: EncryptionIdentityFile}}}}})
 	}
 	switch s.Target.Location.Scheme {
 	case "pvc":

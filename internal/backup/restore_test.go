@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/example/postgres-operator/internal/instance"
@@ -471,4 +472,72 @@ func TestRestoreAuthenticatesTheManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	refused("edited after signing", drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: key, ExpectDatabaseUID: "uid-2"}))
+}
+
+// An encrypted Backup: the stored artifact is age ciphertext, verified through
+// decryption; a restore needs the identity, refuses another one, and a forged
+// byte of ciphertext fails it without changing the database.
+func TestEncryptedArtifactsRestoreOnlyWithTheirKey(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.exec(t, `CREATE TABLE items (id int PRIMARY KEY, body text); INSERT INTO items SELECT g, 'secret row ' || g FROM generate_series(1, 2000) g`)
+	root := t.TempDir()
+	store := objectstore.Dir{Root: root}
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The identity as a Secret holds it: age-keygen's output with comments.
+	parsed, err := ParseIdentity("# created: now\n# public key: " + id.Recipient().String() + "\n" + id.String() + "\n")
+	if err != nil || parsed.String() != id.String() {
+		t.Fatalf("ParseIdentity: %v", err)
+	}
+	m, err := Run(ctx, Options{PgDump: p.bins.PgDump, PgRestore: p.bins.PgRestore, Conn: p.conn(), Store: store,
+		Key: "enc.dump.zst", Identity: parsed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Encryption != EncryptionAge || m.Recipient != id.Recipient().String() || m.PlainSHA256 == "" || m.PlainSHA256 == m.SHA256 || m.Tables["public.items"] != 2000 {
+		t.Fatalf("manifest %+v", m)
+	}
+	raw, err := os.ReadFile(filepath.Join(root, "enc.dump.zst"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(raw, []byte("age-encryption.org/v1")) || bytes.Contains(raw, []byte("secret row")) {
+		t.Fatal("the stored artifact is not age ciphertext")
+	}
+
+	n := 0
+	drill := func(ident *age.X25519Identity) error {
+		n++
+		_, err := Restore(ctx, RestoreOptions{Store: store, Key: "enc.dump.zst", Identity: ident, ExpectSHA256: m.SHA256,
+			Agent: instance.NewClient(&http.Client{}, "t"), AgentURL: "http://" + p.agent.Addr().String(),
+			Request: instance.RestoreRequest{ID: fmt.Sprintf("enc%d", n), Jobs: 1, VerifyOnly: true}})
+		return err
+	}
+	if err := drill(parsed); err != nil {
+		t.Errorf("restore with the identity: %v", err)
+	}
+	if err := drill(nil); err == nil || !strings.Contains(err.Error(), ErrEncryptionKey) {
+		t.Errorf("restore without the identity: %v", err)
+	}
+	other, _ := age.GenerateX25519Identity()
+	if err := drill(other); err == nil || !strings.Contains(err.Error(), ErrEncryptionKey) {
+		t.Errorf("restore with another identity: %v", err)
+	}
+
+	// One forged byte in the middle of the ciphertext (the manifest is left
+	// as it is, so only decryption can tell): the restore fails.
+	before := p.checksums(t)
+	raw[len(raw)/2] ^= 0x01
+	if err := os.WriteFile(filepath.Join(root, "enc.dump.zst"), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := drill(parsed); err == nil {
+		t.Error("a forged artifact was restored")
+	}
+	if d := equalSums(before, p.checksums(t)); d != "" {
+		t.Errorf("a failed restore changed the database: %s", d)
+	}
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"filippo.io/age"
 )
 
 // The security gate: TLS is required and verifiable with the Secret's CA, the
@@ -198,19 +200,46 @@ CREATE FUNCTION public.pg_current_wal_lsn() RETURNS pg_lsn LANGUAGE plpgsql AS $
 		}
 		return ""
 	})
-	// A backup and a restore handle the credentials too.
+	// An encrypted backup and its restore handle the credentials too.
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.must("create", "secret", "generic", "backup-key", "--from-literal=identity="+id.String())
+	primary := c.primary("my-database")
+	if _, err := c.psql(primary, true, "CREATE TABLE kept (x int); INSERT INTO kept VALUES (1), (2), (3)"); err != nil {
+		t.Fatal(err)
+	}
 	c.mustApply(`
 apiVersion: database.example.com/v1
 kind: Backup
 metadata: {name: canary-backup}
-spec: {databaseRef: {name: my-database}}
+spec: {databaseRef: {name: my-database}, encryption: {secretName: backup-key}}
 `)
-	c.eventually(5*time.Minute, "the backup to complete", func() string {
+	c.eventually(5*time.Minute, "the encrypted backup to complete", func() string {
 		if p := c.jsonpath("backup/canary-backup", "{.status.phase}"); p != "Completed" {
-			return "phase " + p
+			return "phase " + p + ": " + c.jsonpath("backup/canary-backup", `{.status.conditions[?(@.type=="Ready")].message}`)
 		}
 		return ""
 	})
+	if _, err := c.psql(primary, true, "INSERT INTO kept VALUES (4)"); err != nil {
+		t.Fatal(err)
+	}
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata: {name: canary-restore}
+spec: {databaseRef: {name: my-database}, backupRef: {name: canary-backup}, keepPreviousFor: 0s}
+`)
+	c.eventually(5*time.Minute, "the restore of the encrypted backup", func() string {
+		if p := c.jsonpath("restore/canary-restore", "{.status.phase}"); p != "Completed" {
+			return "phase " + p + ": " + c.jsonpath("restore/canary-restore", `{.status.conditions[?(@.type=="Ready")].message}`)
+		}
+		return ""
+	})
+	if got, err := c.psql(primary, true, "SELECT count(*) FROM kept"); err != nil || strings.TrimSpace(got) != "3" {
+		t.Errorf("rows after restoring the encrypted backup: %q %v", got, err)
+	}
 	places := map[string]string{}
 	add := func(what string, args ...string) {
 		out, err := run(context.Background(), "", args...)

@@ -142,13 +142,19 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 			}
 			return r.pending(b, databasev1.ReasonStorageNotFound, wait)
 		}
+		if wait, err := encryptionWait(ctx, r.APIReader, b.Namespace, b.Spec.Encryption); err != nil || wait != "" {
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			return r.pending(b, databasev1.ReasonEncryptionKeyNotFound, wait)
+		}
 		if err := r.patchFinalizer(ctx, b, controllerutil.AddFinalizer); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
 		}
 		job = enginepkg.BuildJob(enginepkg.JobSpec{
 			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
 			Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
-			ManifestKeySecret: db.Name + "-internal",
+			ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(b.Spec.Encryption),
 			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
 		})
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -498,7 +504,8 @@ func (r *BackupReconciler) createRun(ctx context.Context, b *databasev1.Backup, 
 			Labels:          map[string]string{LabelSchedule: enginepkg.LabelValue(b.Name), LabelManagedBy: ManagedBy},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(b, "Backup")},
 		},
-		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3},
+		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3,
+			Encryption: b.Spec.Encryption},
 	}
 	if err := r.Create(ctx, run, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating scheduled run %s: %w", name, err)

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -365,4 +366,54 @@ func TestBackupRunsWhenOnlyAStandbyIsDegraded(t *testing.T) {
 	waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonDatabaseNotReady)
 	setDatabaseStatus(t, ns, "test-db", databasev1.PhaseVerifying, true)
 	waitBackup(t, ns, "test-backup", databasev1.BackupInProgress, databasev1.ReasonJobRunning)
+}
+
+// An encrypted Backup waits for its key's Secret, then its Job mounts only the
+// identity key of it and encrypts; a Restore of it gets the same key, and the
+// manifest key of the Database.
+func TestEncryptedBackupsWaitForTheirKeyAndMountOnlyIt(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, oneShot+"  encryption: {secretName: backup-key}\n")
+	b := waitBackup(t, ns, "test-backup", databasev1.BackupPending, databasev1.ReasonEncryptionKeyNotFound)
+	if c := meta.FindStatusCondition(b.Status.Conditions, databasev1.ConditionReady); !strings.Contains(c.Message, "backup-key") {
+		t.Errorf("condition does not name the Secret: %s", c.Message)
+	}
+	key := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "backup-key", Namespace: ns},
+		StringData: map[string]string{"identity": "AGE-SECRET-KEY-1TEST", "unrelated": "x"}}
+	if err := k8s.Create(testCtx, key); err != nil {
+		t.Fatal(err)
+	}
+	waitBackup(t, ns, "test-backup", databasev1.BackupInProgress, databasev1.ReasonJobRunning)
+	job := getJob(t, ns, "test-backup-backup")
+	mounted := func(job *batchv1.Job) map[string][]string {
+		out := map[string][]string{}
+		for _, v := range job.Spec.Template.Spec.Volumes {
+			if v.Secret != nil {
+				var items []string
+				for _, it := range v.Secret.Items {
+					items = append(items, it.Key)
+				}
+				out[v.Secret.SecretName] = items
+			}
+		}
+		return out
+	}
+	if got := mounted(job); !slices.Equal(got["backup-key"], []string{"identity"}) || !slices.Equal(got["test-db-internal"], []string{"manifest-key"}) {
+		t.Errorf("backup Job mounts %v", got)
+	}
+	if args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " "); !strings.Contains(args, "--encryption-dir=") ||
+		!strings.Contains(args, "--manifest-key-dir=") {
+		t.Errorf("backup command %s", args)
+	}
+	finishJob(t, job, true, resultMessage(&enginepkg.Manifest{SizeBytes: 5, SHA256: strings.Repeat("e", 64),
+		Encryption: enginepkg.EncryptionAge}, ""))
+	waitBackup(t, ns, "test-backup", databasev1.BackupCompleted, databasev1.ReasonCompleted)
+
+	mustApply(t, ns, testRestore)
+	waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
+	if got := mounted(getJob(t, ns, "test-restore-restore")); !slices.Equal(got["backup-key"], []string{"identity"}) {
+		t.Errorf("restore Job mounts %v", got)
+	}
 }

@@ -10,9 +10,11 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -213,4 +215,28 @@ func primaryAvailable(db *databasev1.Database) (bool, string) {
 		why += ": " + c.Message
 	}
 	return false, why
+}
+
+// encryptionWait says what an encrypted Backup or Restore waits for: the
+// Secret with the age identity ("" once it is there). The operator checks that
+// the key exists and never reads it further.
+func encryptionWait(ctx context.Context, c client.Reader, ns string, e *databasev1.BackupEncryption) (string, error) {
+	if e == nil {
+		return "", nil
+	}
+	s := &corev1.Secret{}
+	err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: e.SecretName}, s)
+	if apierrors.IsNotFound(err) || (err == nil && len(s.Data[enginepkg.EncryptionIdentityFile]) == 0) {
+		return fmt.Sprintf("Waiting for the encryption Secret %s with key %s (an age identity, AGE-SECRET-KEY-1…)",
+			e.SecretName, enginepkg.EncryptionIdentityFile), nil
+	}
+	return "", err
+}
+
+// encryptionSecret is the Secret name of e ("" without encryption).
+func encryptionSecret(e *databasev1.BackupEncryption) string {
+	if e == nil {
+		return ""
+	}
+	return e.SecretName
 }

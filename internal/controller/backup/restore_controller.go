@@ -147,7 +147,9 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	}
 	var target enginepkg.Target
 	var key, sha string
+	var encryption *databasev1.BackupEncryption
 	if src := rs.Spec.Source; src != nil {
+		encryption = src.Encryption
 		target, key, err = sourceTarget(src, r.Defaults)
 		if err != nil {
 			rs.Status.Phase = databasev1.RestoreFailed
@@ -174,6 +176,13 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 			return ctrl.Result{}, nil
 		}
 		rs.Status.BackupLocation, sha = b.Status.BackupLocation, b.Status.SHA256
+		encryption = b.Spec.Encryption
+	}
+	if wait, err := encryptionWait(ctx, r.APIReader, rs.Namespace, encryption); err != nil || wait != "" {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.pending(rs, databasev1.ReasonEncryptionKeyNotFound, wait)
 	}
 	if running, err := backupRunning(ctx, r, rs.Namespace, db.Name); err != nil || running != "" {
 		if err != nil {
@@ -209,6 +218,7 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"), ManifestKeySecret: db.Name + "-internal",
+		EncryptionSecret: encryptionSecret(encryption),
 		Labels:  map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
 		Restore: rj,
 	})

@@ -78,6 +78,9 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 	if rs, err := restoreRunning(ctx, r, b.Namespace, db.Name); err != nil || rs != "" {
 		return waitRequeue, err
 	}
+	if wait, err := encryptionWait(ctx, r.APIReader, b.Namespace, run.Spec.Encryption); err != nil || wait != "" {
+		return waitRequeue, err // the slot stays due until the key is there
+	}
 	target, key, err := restoreTarget(&run, r.Defaults)
 	if err != nil {
 		return 0, err
@@ -90,7 +93,7 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 	job := enginepkg.BuildJob(enginepkg.JobSpec{
 		Name: enginepkg.JobName(b.Name, fmt.Sprintf("verify-%d", due.Unix())), Namespace: b.Namespace, Action: "restore",
 		Image: databaseImage(db), AgentImage: r.AgentImage, Target: target, Key: key, Owner: ownerRef(b, "Backup"),
-		ManifestKeySecret: db.Name + "-internal",
+		ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(run.Spec.Encryption),
 		Labels: map[string]string{LabelManagedBy: ManagedBy, LabelVerify: enginepkg.LabelValue(b.Name),
 			LabelVerifyDatabase: enginepkg.LabelValue(db.Name), "database.example.com/verified-run": enginepkg.LabelValue(run.Name)},
 		Restore: rj,
