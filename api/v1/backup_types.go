@@ -229,13 +229,13 @@ const (
 	// ReasonEncryptionKeyNotFound: the Secret with the age identity of
 	// spec.encryption (key "identity") is missing.
 	ReasonEncryptionKeyNotFound = "EncryptionKeyNotFound"
-	ReasonJobRunning        = "JobRunning"
-	ReasonJobFailed         = "JobFailed"
-	ReasonCompleted         = "Completed"
-	ReasonInvalidSchedule   = "InvalidSchedule"
-	ReasonScheduled         = "Scheduled"
-	ReasonBackupNotFound    = "BackupNotFound"
-	ReasonBackupNotComplete = "BackupNotCompleted"
+	ReasonJobRunning            = "JobRunning"
+	ReasonJobFailed             = "JobFailed"
+	ReasonCompleted             = "Completed"
+	ReasonInvalidSchedule       = "InvalidSchedule"
+	ReasonScheduled             = "Scheduled"
+	ReasonBackupNotFound        = "BackupNotFound"
+	ReasonBackupNotComplete     = "BackupNotCompleted"
 	// ReasonRestoreInProgress: a Backup waits while a Restore of its Database
 	// runs; ReasonBackupInProgress: a Restore waits while a Backup of its
 	// Database runs (a backup overlapping a restore could dump a half-restored

@@ -219,8 +219,8 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"), ManifestKeySecret: db.Name + "-internal",
 		EncryptionSecret: encryptionSecret(encryption),
-		Labels:  map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
-		Restore: rj,
+		Labels:           map[string]string{LabelManagedBy: ManagedBy, "database.example.com/restore": enginepkg.LabelValue(rs.Name)},
+		Restore:          rj,
 	})
 	if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 		return ctrl.Result{}, fmt.Errorf("creating restore job: %w", err)
