@@ -429,6 +429,9 @@ func TestJobsAreHardenedAndRestoreJobsUseTheClientCertificate(t *testing.T) {
 				t.Errorf("%s/%s: no memory request or limit", s.Name, c.Name)
 			}
 		}
+		if args := strings.Join(spec.Containers[0].Command, " "); !strings.Contains(args, "--run-dir="+instance.PodSecretDir) {
+			t.Errorf("%s: the passfile is not in memory: %s", s.Name, args)
+		}
 		if s.Restore == nil {
 			continue
 		}

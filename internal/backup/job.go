@@ -119,7 +119,8 @@ func orDefault(s, d string) string {
 func BuildJob(s JobSpec) *batchv1.Job {
 	args := []string{controllerMount + "/manager", "backup", s.Action,
 		"--location=" + s.Target.Location.Scheme + "://" + s.Target.Location.Bucket,
-		"--key=" + s.Key, "--run-dir=" + controllerMount + "/run"}
+		// The passfile goes to the container's memory-backed /dev/shm.
+		"--key=" + s.Key, "--run-dir=" + instance.PodSecretDir}
 	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
 	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	if r := s.Restore; r != nil {

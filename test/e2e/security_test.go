@@ -120,6 +120,35 @@ func TestSecurityGate(t *testing.T) {
 		t.Errorf("200 probe requests opened %d sessions", after-before)
 	}
 
+	// Rotation: the server certificate's Secret deleted, a new certificate from
+	// the same CA is issued, and PostgreSQL and the agent serve it without a
+	// restart, while the Database stays Ready and clients keep verifying it.
+	pgAddr, agentAddr := net.JoinHostPort(ip, "5432"), net.JoinHostPort(ip, "8000")
+	oldPG, err1 := servedSerial(pgAddr, true)
+	oldAgent, err2 := servedSerial(agentAddr, false)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("reading the served certificates: %v %v", err1, err2)
+	}
+	restarts := c.jsonpath("pod/my-database-0", "{.status.containerStatuses[0].restartCount}")
+	c.must("delete", "secret", "my-database-server-tls")
+	c.eventually(4*time.Minute, "the reissued certificate to be served", func() string {
+		if phase := c.jsonpath("database/my-database", "{.status.phase}"); phase != "Ready" {
+			t.Errorf("phase %s during the rotation", phase)
+		}
+		pg, err1 := servedSerial(pgAddr, true)
+		agent, err2 := servedSerial(agentAddr, false)
+		if err1 != nil || err2 != nil || pg == oldPG || agent == oldAgent {
+			return fmt.Sprintf("PostgreSQL serves %s (was %s), the agent %s (was %s): %v %v", pg, oldPG, agent, oldAgent, err1, err2)
+		}
+		return ""
+	})
+	if got := c.jsonpath("pod/my-database-0", "{.status.containerStatuses[0].restartCount}"); got != restarts {
+		t.Errorf("the instance restarted for the rotation: %s → %s restarts", restarts, got)
+	}
+	if _, err := c.psql("my-database-0", true, "SELECT 1"); err != nil {
+		t.Errorf("verify-full after the rotation: %v", err)
+	}
+
 	// The operator's metrics: HTTPS, only for a token allowed to GET /metrics.
 	opIP, err := run(context.Background(), "", "get", "pod", "-n", operatorNamespace, "-l", "control-plane=controller-manager",
 		"-o", "jsonpath={.items[0].status.podIP}")
@@ -276,4 +305,30 @@ spec: {databaseRef: {name: my-database}, backupRef: {name: canary-backup}, keepP
 		}
 	}
 	t.Logf("canary searched in %d places", len(places))
+}
+
+// servedSerial returns the serial number of the certificate served at addr:
+// PostgreSQL's after an SSLRequest, or the agent's HTTPS one.
+func servedSerial(addr string, postgres bool) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if postgres {
+		// SSLRequest: length 8, code 80877103; the server answers 'S'.
+		if _, err := conn.Write([]byte{0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f}); err != nil {
+			return "", err
+		}
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(conn, b); err != nil || b[0] != 'S' {
+			return "", fmt.Errorf("no TLS offered: %q %v", b, err)
+		}
+	}
+	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // #nosec G402 -- only reads which certificate is served
+	if err := tc.Handshake(); err != nil {
+		return "", err
+	}
+	return tc.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
 }
