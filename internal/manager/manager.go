@@ -79,14 +79,7 @@ func Run(args []string) error {
 		return fmt.Errorf("loading kubeconfig: %w", err)
 	}
 	cacheOpts := database.CacheOptions()
-	if watchNamespaces != "" {
-		cacheOpts.DefaultNamespaces = map[string]cache.Config{}
-		for _, ns := range strings.Split(watchNamespaces, ",") {
-			if ns = strings.TrimSpace(ns); ns != "" {
-				cacheOpts.DefaultNamespaces[ns] = cache.Config{}
-			}
-		}
-	}
+	cacheOpts.DefaultNamespaces = watched(watchNamespaces)
 	metricsOpts := metricsserver.Options{
 		BindAddress:   metricsAddr,
 		SecureServing: secureMetrics,
@@ -161,4 +154,19 @@ func ownImage(ctx context.Context, c client.Reader) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("pod %s/%s has no container named manager", ns, name)
+}
+
+// watched is the cache's namespaces for --watch-namespaces: nil (all) when
+// empty.
+func watched(list string) map[string]cache.Config {
+	var out map[string]cache.Config
+	for _, ns := range strings.Split(list, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			if out == nil {
+				out = map[string]cache.Config{}
+			}
+			out[ns] = cache.Config{}
+		}
+	}
+	return out
 }
