@@ -135,15 +135,8 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 	if cred != nil && !created {
 		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]), obs.CAPEM)
 		if len(cred.Data[instance.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
-			patch := client.MergeFrom(cred.DeepCopy())
-			if cred.Data == nil {
-				cred.Data = map[string][]byte{}
-			}
-			for k, v := range want {
-				cred.Data[k] = v
-			}
-			if err := r.Patch(ctx, cred, patch, client.FieldOwner(FieldOwner)); err != nil {
-				return fmt.Errorf("refreshing the derived keys of secret %s: %w", cred.Name, err)
+			if err := r.patchSecretData(ctx, cred, want); err != nil {
+				return fmt.Errorf("refreshing the derived keys: %w", err)
 			}
 			logf.FromContext(ctx).Info("credentials Secret changed: derived keys (uri) refreshed", "secret", cred.Name)
 		}
@@ -194,7 +187,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		if err != nil {
 			return err
 		}
-		if err := r.patchSecretData(ctx, internal, instance.InternalManifestKeyFile, mkey); err != nil {
+		if err := r.patchSecretData(ctx, internal, map[string][]byte{instance.InternalManifestKeyFile: []byte(mkey)}); err != nil {
 			return err
 		}
 	}
@@ -206,18 +199,20 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 // recordSystemID writes the system identifier into the internal Secret, where
 // every agent reads it before starting PostgreSQL.
 func (r *Reconciler) recordSystemID(ctx context.Context, internal *corev1.Secret, id string) error {
-	return r.patchSecretData(ctx, internal, instance.InternalSystemIDFile, id)
+	return r.patchSecretData(ctx, internal, map[string][]byte{instance.InternalSystemIDFile: []byte(id)})
 }
 
-// patchSecretData sets one key of a Secret.
-func (r *Reconciler) patchSecretData(ctx context.Context, secret *corev1.Secret, key, value string) error {
+// patchSecretData sets keys of a Secret (merge patch: the others stay).
+func (r *Reconciler) patchSecretData(ctx context.Context, secret *corev1.Secret, data map[string][]byte) error {
 	patch := client.MergeFrom(secret.DeepCopy())
 	if secret.Data == nil {
 		secret.Data = map[string][]byte{}
 	}
-	secret.Data[key] = []byte(value)
+	for k, v := range data {
+		secret.Data[k] = v
+	}
 	if err := r.Patch(ctx, secret, patch, client.FieldOwner(FieldOwner)); err != nil {
-		return fmt.Errorf("writing %s into secret %s: %w", key, secret.Name, err)
+		return fmt.Errorf("patching secret %s: %w", secret.Name, err)
 	}
 	return nil
 }

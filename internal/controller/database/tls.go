@@ -10,7 +10,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
@@ -118,15 +117,8 @@ func (r *Reconciler) ensureLeaf(ctx context.Context, db *databasev1.Database, ob
 	if err != nil {
 		return err
 	}
-	patch := client.MergeFrom(secret.DeepCopy())
-	if secret.Data == nil {
-		secret.Data = map[string][]byte{}
-	}
-	for k, v := range data {
-		secret.Data[k] = v
-	}
-	if err := r.Patch(ctx, secret, patch, client.FieldOwner(FieldOwner)); err != nil {
-		return fmt.Errorf("renewing the certificate in secret %s: %w", name, err)
+	if err := r.patchSecretData(ctx, secret, data); err != nil {
+		return fmt.Errorf("renewing the certificate: %w", err)
 	}
 	logf.FromContext(ctx).Info("certificate reissued", "secret", name, "reason", reason)
 	if r.Recorder != nil {
