@@ -259,6 +259,9 @@ const (
 	// ReasonArtifactOfOtherDatabase: the artifact's manifest names another
 	// Database (UID) and spec.allowOtherDatabase is not set.
 	ReasonArtifactOfOtherDatabase = "ArtifactOfOtherDatabase"
+	// ReasonManifestNotAuthenticated: the artifact's manifest is not signed with
+	// the Database's manifest key (edited, or signed by another Database).
+	ReasonManifestNotAuthenticated = "ManifestNotAuthenticated"
 )
 
 // +kubebuilder:object:root=true

@@ -462,6 +462,15 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 	if err != nil {
 		return nil, err
 	}
+	if o.ExpectSHA256 != "" && m.SHA256 != o.ExpectSHA256 {
+		return nil, fmt.Errorf("refusing to restore: the manifest's sha256 %s is not the Backup's %s", m.SHA256, o.ExpectSHA256)
+	}
+	if o.ExpectDatabaseUID != "" && m.DatabaseUID != "" && m.DatabaseUID != o.ExpectDatabaseUID && !o.AllowOtherDatabase {
+		return nil, fmt.Errorf("%s: Database %s (UID %s) wrote it, not this one (UID %s); set spec.allowOtherDatabase to restore it anyway",
+			ErrOtherDatabase, m.DatabaseObject, m.DatabaseUID, o.ExpectDatabaseUID)
+	}
+	// Then the signature: a manifest that names this Database was signed with
+	// its key.
 	if o.ManifestKey != nil && !o.AllowOtherDatabase {
 		switch {
 		case m.HMAC == "" && o.ExpectSHA256 == "":
@@ -470,22 +479,15 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 			return nil, fmt.Errorf("%s: its manifest's signature does not verify with this Database's key (the manifest was edited, or another Database wrote it); set spec.allowOtherDatabase to restore it anyway", ErrUnauthenticated)
 		}
 	}
-	if o.ExpectSHA256 != "" && m.SHA256 != o.ExpectSHA256 {
-		return nil, fmt.Errorf("refusing to restore: the manifest's sha256 %s is not the Backup's %s", m.SHA256, o.ExpectSHA256)
-	}
-	if o.ExpectDatabaseUID != "" && m.DatabaseUID != "" && m.DatabaseUID != o.ExpectDatabaseUID && !o.AllowOtherDatabase {
-		return nil, fmt.Errorf("%s: Database %s (UID %s) wrote it, not this one (UID %s); set spec.allowOtherDatabase to restore it anyway",
-			ErrOtherDatabase, m.DatabaseObject, m.DatabaseUID, o.ExpectDatabaseUID)
-	}
-	// One read: the agent builds the restore in a scratch database and swaps it
-	// in only if the bytes it received have the manifest's checksum, so a
-	// corrupted artifact changes nothing and needs no separate pass first.
 	if m.Encryption != "" && m.Encryption != EncryptionAge {
 		return nil, fmt.Errorf("the artifact is encrypted with %q, which this operator cannot read", m.Encryption)
 	}
 	if m.Encryption != "" && (o.Identity == nil || o.Identity.Recipient().String() != m.Recipient) {
 		return nil, fmt.Errorf("%s: the artifact is encrypted to %s; name the Secret with its identity in spec.encryption", ErrEncryptionKey, m.Recipient)
 	}
+	// One read: the agent builds the restore in a scratch database and swaps it
+	// in only if the bytes it received have the manifest's checksum, so a
+	// corrupted artifact changes nothing and needs no separate pass first.
 	rc, err := o.Store.Get(ctx, o.Key)
 	if err != nil {
 		return nil, err

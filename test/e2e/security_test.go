@@ -123,6 +123,7 @@ func TestSecurityGate(t *testing.T) {
 	// Rotation: the server certificate's Secret deleted, a new certificate from
 	// the same CA is issued, and PostgreSQL and the agent serve it without a
 	// restart, while the Database stays Ready and clients keep verifying it.
+	c.waitPhase("my-database", "Ready", readyTimeout) // the scale-up settled
 	pgAddr, agentAddr := net.JoinHostPort(ip, "5432"), net.JoinHostPort(ip, "8000")
 	oldPG, err1 := servedSerial(pgAddr, true)
 	oldAgent, err2 := servedSerial(agentAddr, false)

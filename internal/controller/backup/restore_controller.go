@@ -115,8 +115,13 @@ func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restor
 		rs.Status.Phase = databasev1.RestoreFailed
 		msg := jobFailureMessage(ctx, r, job)
 		reason := databasev1.ReasonJobFailed
-		if strings.Contains(msg, enginepkg.ErrOtherDatabase) {
+		switch {
+		case strings.Contains(msg, enginepkg.ErrOtherDatabase):
 			reason = databasev1.ReasonArtifactOfOtherDatabase
+		case strings.Contains(msg, enginepkg.ErrUnauthenticated):
+			reason = databasev1.ReasonManifestNotAuthenticated
+		case strings.Contains(msg, enginepkg.ErrEncryptionKey):
+			reason = databasev1.ReasonEncryptionKeyNotFound
 		}
 		conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, reason,
 			msg+" (the restore is swapped in only once complete: the database is unchanged)")
