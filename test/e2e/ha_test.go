@@ -96,14 +96,20 @@ func (c *cluster) startWriter(db string) *writer {
 	conn := c.connString(db, ip)
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{}), lastOK: time.Now()}
 	ctx := context.Background()
-	setup, err := pgx.Connect(ctx, conn)
-	if err != nil {
-		c.t.Fatalf("connecting through the Service: %v", err)
-	}
-	if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
-		c.t.Fatal(err)
-	}
-	setup.Close(ctx)
+	// Ready means the EndpointSlice lists the primary; kube-proxy programs the
+	// ClusterIP a moment later (a single attempt failed CI once, 8 s into the
+	// test).
+	c.eventually(30*time.Second, "the table through the Service", func() string {
+		setup, err := pgx.Connect(ctx, conn)
+		if err != nil {
+			return "connecting through the Service: " + err.Error()
+		}
+		defer setup.Close(ctx)
+		if _, err := setup.Exec(ctx, "CREATE TABLE IF NOT EXISTS acked (id int PRIMARY KEY, at timestamptz DEFAULT now())"); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
 	go func() {
 		defer close(w.done)
 		var cn *pgx.Conn
@@ -117,6 +123,7 @@ func (c *cluster) startWriter(db string) *writer {
 			case <-time.After(100 * time.Millisecond):
 			}
 			if cn == nil {
+				var err error
 				if cn, err = pgx.Connect(ctx, conn); err != nil {
 					cn = nil
 					w.fail(err)
