@@ -14,6 +14,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
@@ -123,6 +124,21 @@ func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
 	if again, _ := r.agentTLS(db, ca, now); again != httpc {
 		t.Error("the client (and its certificate) is not reused while current")
 	}
+	r.forgetAgentClient(types.NamespacedName{Namespace: "ns", Name: "db"})
+	if again, _ := r.agentTLS(db, ca, now); again == httpc {
+		t.Error("the client of a deleted Database was kept")
+	}
+	if later, _ := r.agentTLS(db, ca, now.Add(70*24*time.Hour)); later == httpc {
+		t.Error("the client certificate is not reissued at two thirds of its lifetime")
+	}
+	newCA, err := pki.NewCA("ns/db", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if renewed, _ := r.agentTLS(db, newCA, now); renewed == httpc {
+		t.Error("the client is kept after the CA changed")
+	}
+	httpc, _ = r.agentTLS(db, ca, now)
 	c := NewHTTPInstanceClient()
 	srv, clients := serve(ca)
 	got := c.Statuses(context.Background(), pods, AgentAuth{HTTPS: httpc, Tokens: []string{"token"}})

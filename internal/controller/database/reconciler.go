@@ -79,8 +79,8 @@ type Reconciler struct {
 	// rotated token does not lock the operator out while agents still hold the old.
 	tokens sync.Map // types.UID -> []string
 	// agentClients holds the HTTPS client (and its client certificate) per
-	// Database for the agents.
-	agentClients sync.Map // types.UID -> *agentClient
+	// Database for the agents; dropped when the Database is gone.
+	agentClients sync.Map // types.NamespacedName -> *agentClient
 }
 
 type appliedRecord struct{ hash, resourceVersion string }
@@ -152,6 +152,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	db := &databasev1.Database{}
 	if err := r.Get(ctx, req.NamespacedName, db); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.forgetAgentClient(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !db.DeletionTimestamp.IsZero() {

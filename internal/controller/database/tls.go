@@ -10,6 +10,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
@@ -141,7 +143,8 @@ type agentClient struct {
 // two thirds of its lifetime or when the CA changes).
 func (r *Reconciler) agentTLS(db *databasev1.Database, ca pki.Pair, now time.Time) (*http.Client, error) {
 	fp := pki.Fingerprint(ca.CertPEM)
-	if v, ok := r.agentClients.Load(db.UID); ok {
+	key := client.ObjectKeyFromObject(db)
+	if v, ok := r.agentClients.Load(key); ok {
 		if c := v.(*agentClient); c.caFingerprint == fp && now.Before(c.renewAt) {
 			return c.http, nil
 		}
@@ -169,8 +172,15 @@ func (r *Reconciler) agentTLS(db *databasev1.Database, ca pki.Pair, now time.Tim
 			IdleConnTimeout:     90 * time.Second,
 		},
 	}}
-	if v, ok := r.agentClients.Swap(db.UID, c); ok {
+	if v, ok := r.agentClients.Swap(key, c); ok {
 		v.(*agentClient).http.CloseIdleConnections()
 	}
 	return c.http, nil
+}
+
+// forgetAgentClient drops the HTTPS client of a deleted Database.
+func (r *Reconciler) forgetAgentClient(key types.NamespacedName) {
+	if v, ok := r.agentClients.LoadAndDelete(key); ok {
+		v.(*agentClient).http.CloseIdleConnections()
+	}
 }
