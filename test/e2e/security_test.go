@@ -246,12 +246,7 @@ kind: Backup
 metadata: {name: canary-backup}
 spec: {databaseRef: {name: my-database}, encryption: {secretName: backup-key}}
 `)
-	c.eventually(5*time.Minute, "the encrypted backup to complete", func() string {
-		if p := c.jsonpath("backup/canary-backup", "{.status.phase}"); p != "Completed" {
-			return "phase " + p + ": " + c.jsonpath("backup/canary-backup", `{.status.conditions[?(@.type=="Ready")].message}`)
-		}
-		return ""
-	})
+	c.waitCompleted("backup/canary-backup", 5*time.Minute)
 	if _, err := c.psql(primary, true, "INSERT INTO kept VALUES (4)"); err != nil {
 		t.Fatal(err)
 	}
@@ -261,12 +256,7 @@ kind: Restore
 metadata: {name: canary-restore}
 spec: {databaseRef: {name: my-database}, backupRef: {name: canary-backup}, keepPreviousFor: 0s}
 `)
-	c.eventually(5*time.Minute, "the restore of the encrypted backup", func() string {
-		if p := c.jsonpath("restore/canary-restore", "{.status.phase}"); p != "Completed" {
-			return "phase " + p + ": " + c.jsonpath("restore/canary-restore", `{.status.conditions[?(@.type=="Ready")].message}`)
-		}
-		return ""
-	})
+	c.waitCompleted("restore/canary-restore", 5*time.Minute)
 	if got, err := c.psql(primary, true, "SELECT count(*) FROM kept"); err != nil || strings.TrimSpace(got) != "3" {
 		t.Errorf("rows after restoring the encrypted backup: %q %v", got, err)
 	}
@@ -332,4 +322,16 @@ func servedSerial(addr string, postgres bool) (string, error) {
 		return "", err
 	}
 	return tc.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
+}
+
+// waitCompleted waits for a Backup or Restore to reach phase Completed, saying
+// what its Ready condition reports meanwhile.
+func (c *cluster) waitCompleted(obj string, timeout time.Duration) {
+	c.t.Helper()
+	c.eventually(timeout, obj+" to complete", func() string {
+		if p := c.jsonpath(obj, "{.status.phase}"); p != "Completed" {
+			return "phase " + p + ": " + c.jsonpath(obj, `{.status.conditions[?(@.type=="Ready")].message}`)
+		}
+		return ""
+	})
 }
