@@ -59,6 +59,7 @@ lint-security: $(GOSEC) ## Static security analysis (gosec, pinned).
 .PHONY: test
 test: manifests generate vet lint-security envtest-assets ## Unit, envtest and PostgreSQL tests.
 	hack/ensure-postgres.sh
+	POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
 	KUBEBUILDER_ASSETS="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver)" \
 		go test $(GO_TEST_FLAGS) ./...
 

@@ -3,6 +3,7 @@
 //	manager        the controller manager (the default)
 //	instance       the instance agent, PID 1 of every PostgreSQL container
 //	backup         backup run|restore|delete: the Jobs of Backups and Restores
+//	upgrade        upgrade collect|check|run|rollback: the major-upgrade Jobs
 //	install-agent  copies this binary into a volume (init container of instance pods)
 package main
 
@@ -18,6 +19,7 @@ import (
 	"github.com/example/postgres-operator/internal/backup"
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/manager"
+	"github.com/example/postgres-operator/internal/upgrade"
 )
 
 func main() {
@@ -38,10 +40,14 @@ func main() {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		err = backup.Command(ctx, args)
 		stop()
+	case "upgrade":
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err = upgrade.Command(ctx, args)
+		stop()
 	case "install-agent":
 		err = installAgent(args)
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup or install-agent)", cmd)
+		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup, upgrade or install-agent)", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)

@@ -44,6 +44,11 @@ type Config struct {
 	CredentialsDir string
 	InternalDir    string
 	RunDir         string
+	// VolumeSocketDir, when set, is a second socket directory on the data volume,
+	// listed first (so postmaster.pid names it): the major-upgrade preflight Job,
+	// which mounts the same volume, runs pg_upgrade --check against the live
+	// server through it. Owner-only, like the socket.
+	VolumeSocketDir string
 	// SecretDir holds the agent's copies of secrets: the replication passfile and
 	// the TLS certificate, key and CA. In a pod it is a private directory on the
 	// memory-backed /dev/shm, so no key or password touches a disk; RunDir when
@@ -118,6 +123,7 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
 	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket")
+	fs.StringVar(&cfg.VolumeSocketDir, "volume-socket-dir", "", "a socket directory on the data volume, for the upgrade preflight (none when empty)")
 	fs.StringVar(&cfg.SecretDir, "secret-dir", "", "private directory for the passfile and TLS key (memory-backed in a pod); --run-dir when empty")
 	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of this pod")
 	fs.StringVar(&cfg.PodUID, "pod-uid", os.Getenv("POD_UID"), "UID of this pod (with the name, the Lease holder identity)")
@@ -597,7 +603,7 @@ func (a *Agent) chown(path string) error {
 }
 
 func (a *Agent) prepareDirs() error {
-	for _, d := range []string{filepath.Dir(a.cfg.PGData), a.cfg.RunDir, a.secretDir()} {
+	for _, d := range append([]string{filepath.Dir(a.cfg.PGData), a.secretDir()}, a.socketDirs()...) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}
@@ -608,7 +614,22 @@ func (a *Agent) prepareDirs() error {
 	if err := os.Chmod(a.secretDir(), 0o700); err != nil { // #nosec G302 -- a directory: owner only
 		return err
 	}
-	return os.Chmod(a.cfg.RunDir, 0o700) // #nosec G302 -- a directory: owner only
+	for _, d := range a.socketDirs() {
+		if err := os.Chmod(d, 0o700); err != nil { // #nosec G302 -- a directory: owner only
+			return err
+		}
+	}
+	return nil
+}
+
+// socketDirs are the directories PostgreSQL creates its socket in: the volume's
+// first when there is one (postmaster.pid names the first), then the private one
+// the agent connects through.
+func (a *Agent) socketDirs() []string {
+	if a.cfg.VolumeSocketDir != "" {
+		return []string{a.cfg.VolumeSocketDir, a.cfg.RunDir}
+	}
+	return []string{a.cfg.RunDir}
 }
 
 // secretDir is where the agent keeps its copies of secrets.
@@ -844,7 +865,7 @@ func (a *Agent) writeConfig(primary bool) error {
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
 		"listen_addresses = " + q(a.cfg.ListenAddresses),
 		"port = " + strconv.Itoa(a.cfg.Port),
-		"unix_socket_directories = " + q(a.cfg.RunDir),
+		"unix_socket_directories = " + q(strings.Join(a.socketDirs(), ",")),
 		"unix_socket_permissions = 0700",
 		"wal_level = replica",
 		// pg_rewind needs hint bits in WAL when data checksums are off.

@@ -117,6 +117,13 @@ func planStart(f startFacts) (startAction, string) {
 		}
 		return actionReclone, "the data directory is unusable (global/pg_control is missing or unreadable): re-cloning the primary"
 	}
+	if !f.Primary && f.ExpectedSystemID != "" && f.DataSystemID != f.ExpectedSystemID && f.DataMajor != 0 && f.DataMajor < f.BinaryMajor {
+		// Before the version check: after a major upgrade the primary's cluster
+		// has a new identifier and a standby's older-major data of the old cluster
+		// is of no use. Data of a newer major is never deleted.
+		return actionReclone, fmt.Sprintf("the data directory belongs to another cluster (system identifier %s, the Database's is %s): re-cloning the primary",
+			f.DataSystemID, f.ExpectedSystemID)
+	}
 	if f.DataMajor != 0 && f.BinaryMajor != 0 && f.DataMajor != f.BinaryMajor {
 		return actionRefuseVersion, fmt.Sprintf("the data directory is PostgreSQL %d but the image runs PostgreSQL %d: not starting; "+
 			"set spec.image back to a %d image", f.DataMajor, f.BinaryMajor, f.DataMajor)

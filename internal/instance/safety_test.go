@@ -40,6 +40,8 @@ func TestPlanStart(t *testing.T) {
 		{"standby asked to re-clone", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15, RecloneRequested: true}, actionReclone, "operator asked"},
 		{"a re-clone request never touches a primary", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15, RecloneRequested: true}, actionStart, ""},
 		{"data of another major: never started, never deleted (primary)", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 17}, actionRefuseVersion, "PostgreSQL 15 but the image runs PostgreSQL 17"},
+		{"standby of the old major after a major upgrade (new system identifier): re-clone", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "9", DataMajor: 15, BinaryMajor: 17}, actionReclone, "another cluster"},
+		{"standby of the old major, same cluster (image changed without an upgrade): refused", startFacts{HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 17}, actionRefuseVersion, "set spec.image back to a 15 image"},
 		{"data of another major: never started, never deleted (standby, even foreign)", startFacts{HasData: true, DataSystemID: "8", ExpectedSystemID: "7", DataMajor: 17, BinaryMajor: 15}, actionRefuseVersion, "set spec.image back to a 17 image"},
 	}
 	for _, tc := range tests {

@@ -36,6 +36,9 @@ const (
 	DefaultCredentialsDir = "/etc/postgres-operator/credentials"
 	DefaultInternalDir    = "/etc/postgres-operator/internal"
 	DefaultRunDir         = "/controller/run"
+	// DefaultVolumeSocketDir is the socket directory on the data volume (see
+	// Config.VolumeSocketDir).
+	DefaultVolumeSocketDir = "/var/lib/postgresql/data/socket"
 	// PodSecretDir is the agent's secret directory in a pod: on the memory-backed
 	// /dev/shm volume.
 	PodSecretDir = "/dev/shm/postgres-operator"

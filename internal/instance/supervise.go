@@ -392,8 +392,11 @@ func (a *Agent) localTimeline(ctx context.Context) (int64, error) {
 // for a running postmaster and refuse to start). A lock naming a dead PID is left
 // to PostgreSQL, whose own check also covers shared memory still in use.
 func (a *Agent) cleanStaleLocks() {
-	socketLock := filepath.Join(a.cfg.RunDir, fmt.Sprintf(".s.PGSQL.%d.lock", a.cfg.Port))
-	for _, f := range []string{a.pidFile(), socketLock} {
+	files := []string{a.pidFile()}
+	for _, d := range a.socketDirs() {
+		files = append(files, filepath.Join(d, fmt.Sprintf(".s.PGSQL.%d.lock", a.cfg.Port)))
+	}
+	for _, f := range files {
 		pid, ok := lockFilePID(f)
 		if !ok || pid <= 0 || !processAlive(pid) || processIsPostgres(pid) {
 			continue
@@ -401,8 +404,8 @@ func (a *Agent) cleanStaleLocks() {
 		if err := os.Remove(f); err == nil {
 			a.log.Info("removed a stale lock file", "file", filepath.Base(f), "pid", pid)
 		}
-		if f == socketLock {
-			_ = os.Remove(strings.TrimSuffix(socketLock, ".lock"))
+		if strings.HasSuffix(f, ".lock") {
+			_ = os.Remove(strings.TrimSuffix(f, ".lock"))
 		}
 	}
 }

@@ -214,6 +214,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		"--credentials-dir=" + instance.DefaultCredentialsDir,
 		"--internal-dir=" + instance.DefaultInternalDir,
 		"--run-dir=" + instance.DefaultRunDir,
+		"--volume-socket-dir=" + instance.DefaultVolumeSocketDir,
 		// Passfile and TLS key copies in memory, never on a disk.
 		"--secret-dir=" + instance.PodSecretDir,
 		"--max-lag-bytes=" + strconv.FormatInt(maxLagBytes(db), 10),
