@@ -91,6 +91,18 @@ type DatabaseSpec struct {
 	// +optional
 	Failover FailoverSpec `json:"failover,omitempty"`
 
+	// Upgrade configures major version upgrades. Raising the major of
+	// spec.image (postgres:15 → postgres:17) upgrades the data directory in
+	// place: a preflight (pg_upgrade --check against the live primary in a
+	// Job), an optional safety-net Backup, then every instance stops, a Job
+	// on the primary's volume runs initdb with the old cluster's settings and
+	// pg_upgrade, the primary starts on the new major and the standbys are
+	// re-cloned from it. A lower major is refused. See the README's
+	// "Major version upgrades".
+	// +kubebuilder:default={}
+	// +optional
+	Upgrade UpgradeSpec `json:"upgrade,omitempty"`
+
 	// TLS configures the encryption of connections to PostgreSQL. Every
 	// Database has a certificate authority of its own (Secret <name>-ca) that
 	// issues the instances' server certificate (Secret <name>-server-tls,
@@ -203,6 +215,160 @@ type StorageSpec struct {
 	StorageClass *string `json:"storageClass,omitempty"`
 }
 
+// UpgradeMethod is how pg_upgrade carries the data files to the new major.
+// +kubebuilder:validation:Enum=Link;Copy
+type UpgradeMethod string
+
+const (
+	// UpgradeLink hard-links the data files: seconds for any size and almost
+	// no extra space; once the new server has started, the old directory is
+	// unusable (the way back is then the safety-net Backup).
+	UpgradeLink UpgradeMethod = "Link"
+	// UpgradeCopy copies the data files: as slow as the data is large and needs
+	// as much free space; the old directory is kept on the volume for a
+	// rollback (status.upgrade.oldDirectory).
+	UpgradeCopy UpgradeMethod = "Copy"
+)
+
+// UpgradeSpec configures major version upgrades.
+type UpgradeSpec struct {
+	// Method is how pg_upgrade carries the data files: Link (default) or Copy.
+	// +kubebuilder:default=Link
+	// +optional
+	Method UpgradeMethod `json:"method,omitempty"`
+
+	// RebuildCollationIndexes: when the C library or ICU differs between the
+	// old and the new image (their sort orders may differ), the indexes that
+	// depend on a collation are rebuilt during the upgrade, before the
+	// database serves (default true). When false they are only listed in
+	// status.upgrade.indexesToRebuild and condition CollationIndexesStale says
+	// what to run.
+	// +optional
+	RebuildCollationIndexes *bool `json:"rebuildCollationIndexes,omitempty"`
+
+	// Backup, when set, takes a logical Backup of the Database to this
+	// location after the preflight and before the instances stop; the upgrade
+	// waits for it and does not start when it fails. Its name is recorded in
+	// status.upgrade.safetyBackup: the way back after a Link upgrade. An empty
+	// object ({}) backs up to the deployment's default location.
+	// +optional
+	Backup *UpgradeBackup `json:"backup,omitempty"`
+}
+
+// UpgradeBackup is where the safety-net Backup of an upgrade goes (the fields
+// of a Backup's spec).
+type UpgradeBackup struct {
+	// StorageLocation is a Backup's storageLocation (empty: the default PVC).
+	// +optional
+	StorageLocation string `json:"storageLocation,omitempty"`
+	// S3 is a Backup's S3 configuration.
+	// +optional
+	S3 *S3Config `json:"s3,omitempty"`
+	// Encryption is a Backup's client-side encryption.
+	// +optional
+	Encryption *BackupEncryption `json:"encryption,omitempty"`
+}
+
+// UpgradePhase is the state of a major version upgrade (the state machine of
+// internal/controller/database/upgrade.go).
+type UpgradePhase string
+
+const (
+	// UpgradePreflight: pg_upgrade --check runs against the live primary.
+	UpgradePreflight UpgradePhase = "Preflight"
+	// UpgradePreflightFailed: the check failed; the old version keeps running.
+	// Fix the problem and change the spec (or revert spec.image).
+	UpgradePreflightFailed UpgradePhase = "PreflightFailed"
+	// UpgradeBackingUp: the safety-net Backup runs.
+	UpgradeBackingUp UpgradePhase = "BackingUp"
+	// UpgradeBackupFailed: the safety-net Backup failed; nothing was stopped.
+	UpgradeBackupFailed UpgradePhase = "BackupFailed"
+	// UpgradeStopping: every instance is stopping.
+	UpgradeStopping UpgradePhase = "Stopping"
+	// UpgradeUpgrading: the upgrade Job runs on the primary's volume.
+	UpgradeUpgrading UpgradePhase = "Upgrading"
+	// UpgradeRollingBack: the old data directory is being put back.
+	UpgradeRollingBack UpgradePhase = "RollingBack"
+	// UpgradeStarting: the primary starts on the new major; standbys re-clone.
+	UpgradeStarting UpgradePhase = "Starting"
+	// UpgradeSucceeded: the Database runs the new major.
+	UpgradeSucceeded UpgradePhase = "Succeeded"
+	// UpgradeRolledBack: the upgrade failed before its point of no return and
+	// the old version runs again.
+	UpgradeRolledBack UpgradePhase = "RolledBack"
+	// UpgradeFailed: the upgrade could neither finish nor roll back; the
+	// instances stay stopped (see the message and the README).
+	UpgradeFailed UpgradePhase = "Failed"
+)
+
+// UpgradeStep is one step of an upgrade with its times.
+type UpgradeStep struct {
+	Name       string      `json:"name"`
+	StartedAt  metav1.Time `json:"startedAt"`
+	FinishedAt metav1.Time `json:"finishedAt"`
+}
+
+// UpgradeStatus is the last (or running) major version upgrade.
+type UpgradeStatus struct {
+	Phase UpgradePhase `json:"phase"`
+	// Generation of the Database whose spec asked for this upgrade.
+	Generation int64 `json:"generation"`
+	// FromImage and ToImage, FromMajor and ToMajor.
+	FromImage string `json:"fromImage"`
+	ToImage   string `json:"toImage"`
+	FromMajor int32  `json:"fromMajor"`
+	ToMajor   int32  `json:"toMajor"`
+	// Method of this upgrade.
+	Method UpgradeMethod `json:"method"`
+	// Primary is the pod whose volume is upgraded.
+	Primary string `json:"primary,omitempty"`
+	// Attempt counts the upgrade (or rollback) Jobs of this phase.
+	// +optional
+	Attempt int32 `json:"attempt,omitempty"`
+	// Job is the Job of the current phase.
+	// +optional
+	Job string `json:"job,omitempty"`
+	// SafetyBackup is the Backup taken before the instances stopped.
+	// +optional
+	SafetyBackup string `json:"safetyBackup,omitempty"`
+	// OldDirectory is the old data directory kept on the primary's volume
+	// after a Copy upgrade.
+	// +optional
+	OldDirectory string `json:"oldDirectory,omitempty"`
+	// CollationChange says what changed between the images' C library and
+	// ICU ("glibc 2.36 → 2.41; ICU 72 → 76"); RebuiltIndexes counts the
+	// indexes rebuilt for it; IndexesToRebuild lists those left when the
+	// rebuild was turned off.
+	// +optional
+	CollationChange string `json:"collationChange,omitempty"`
+	// +optional
+	RebuiltIndexes int32 `json:"rebuiltIndexes,omitempty"`
+	// +optional
+	IndexesToRebuild []string `json:"indexesToRebuild,omitempty"`
+	// ExtensionsToUpdate lists the extensions whose installed version is not
+	// the new default: run ALTER EXTENSION … UPDATE when the application is
+	// ready for it.
+	// +optional
+	ExtensionsToUpdate []string `json:"extensionsToUpdate,omitempty"`
+	// Message explains the phase.
+	// +optional
+	Message string `json:"message,omitempty"`
+	// Steps are the upgrade's steps with their times (the operator's and the
+	// Job's).
+	// +optional
+	Steps []UpgradeStep `json:"steps,omitempty"`
+	// StartedAt is when the upgrade began; StoppedAt when the instances were
+	// down; FinishedAt when it ended; Downtime from StoppedAt to the new
+	// primary accepting writes.
+	StartedAt metav1.Time `json:"startedAt"`
+	// +optional
+	StoppedAt *metav1.Time `json:"stoppedAt,omitempty"`
+	// +optional
+	FinishedAt *metav1.Time `json:"finishedAt,omitempty"`
+	// +optional
+	Downtime string `json:"downtime,omitempty"`
+}
+
 // Phase is the lifecycle phase of a Database.
 // +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed;FailingOver;SwitchingOver
 type Phase string
@@ -228,6 +394,8 @@ const (
 	// PhaseFailingOver: the primary failed; the operator fences it and promotes
 	// the most advanced standby.
 	PhaseFailingOver Phase = "FailingOver"
+	// PhaseUpgrading: a major version upgrade is running (status.upgrade).
+	PhaseUpgrading Phase = "Upgrading"
 	// PhaseSwitchingOver: a requested switchover (or a rolling update) moves the
 	// primary to another instance.
 	PhaseSwitchingOver Phase = "SwitchingOver"
@@ -368,9 +536,13 @@ type DatabaseStatus struct {
 	SystemIdentifier string `json:"systemIdentifier,omitempty"`
 
 	// DataVersion is the PostgreSQL major version of the data directory (PG_VERSION)
-	// recorded with the system identifier.
+	// recorded with the system identifier (and by a major upgrade).
 	// +optional
 	DataVersion int32 `json:"dataVersion,omitempty"`
+
+	// Upgrade is the last or running major version upgrade.
+	// +optional
+	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
 
 	// ObservedGeneration is the generation of the spec this status describes.
 	// +optional
@@ -410,6 +582,13 @@ const (
 	// built in a separate database on the primary and swapped in at the end (the
 	// application database's sessions are terminated then); backups wait.
 	ConditionRestoring = "Restoring"
+	// ConditionUpgrading is True while a major version upgrade runs (reason:
+	// its phase); False with the outcome of the last one.
+	ConditionUpgrading = "Upgrading"
+	// ConditionCollationIndexesStale is True after an upgrade that changed the
+	// C library or ICU with spec.upgrade.rebuildCollationIndexes false: the
+	// listed indexes must be rebuilt by hand.
+	ConditionCollationIndexesStale = "CollationIndexesStale"
 )
 
 // AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby
@@ -444,6 +623,18 @@ const (
 	ReasonReplicationLagHigh      = "ReplicationLagHigh"
 	ReasonChecksPassed            = "ChecksPassed"
 	ReasonMajorVersionUnsupported = "MajorVersionChangeUnsupported"
+	// Major upgrade reasons (condition Upgrading; Stalled for the refusals
+	// and failures, while the old version keeps serving).
+	ReasonNoUpgrade              = "NoUpgrade"
+	ReasonUpgradeInProgress      = "UpgradeInProgress"
+	ReasonDowngradeRefused       = "DowngradeRefused"
+	ReasonUpgradePreflightFailed = "UpgradePreflightFailed"
+	ReasonUpgradeBackupFailed    = "UpgradeBackupFailed"
+	ReasonUpgradeSucceeded       = "UpgradeSucceeded"
+	ReasonUpgradeRolledBack      = "UpgradeRolledBack"
+	ReasonUpgradeFailed          = "UpgradeFailed"
+	ReasonIndexesStale           = "IndexesStale"
+	ReasonIndexesCurrent         = "IndexesCurrent"
 	ReasonReconcileError          = "ReconcileError"
 	ReasonSucceeded               = "Succeeded"
 	// ReasonRestoreRunning (Restoring True) and ReasonNoRestore (False).

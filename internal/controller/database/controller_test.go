@@ -471,7 +471,10 @@ func TestPhasesFollowInstancesAndConsistencyChecks(t *testing.T) {
 	})
 }
 
-func TestMajorVersionChangeIsRefusedAndTheStatefulSetKeepsItsImage(t *testing.T) {
+// A higher major starts an upgrade whose preflight waits for a healthy
+// Database, with the StatefulSet kept on the old image and no Job; a lower
+// major is refused (Stalled DowngradeRefused) and reverting clears both.
+func TestMajorVersionChangeWaitsForHealthAndADowngradeIsRefused(t *testing.T) {
 	ns := newNamespace(t)
 	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:15", 1)); err != nil {
 		t.Fatal(err)
@@ -480,24 +483,51 @@ func TestMajorVersionChangeIsRefusedAndTheStatefulSetKeepsItsImage(t *testing.T)
 	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:17", 1)); err != nil {
 		t.Fatal(err)
 	}
-	db := waitPhase(t, ns, "my-database", databasev1.PhaseFailed)
-	c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionStalled)
-	if c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonMajorVersionUnsupported ||
-		!strings.Contains(c.Message, "from 15 to 17") {
-		t.Errorf("Stalled condition = %+v", c)
-	}
+	eventually(t, "an upgrade waiting for a healthy Database", func() string {
+		db := getDB(t, ns, "my-database")
+		c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionUpgrading)
+		if db.Status.Upgrade == nil || db.Status.Upgrade.Phase != databasev1.UpgradePreflight || c == nil || c.Status != metav1.ConditionTrue ||
+			!strings.Contains(c.Message, "waiting for every instance to be healthy") || db.Status.Upgrade.Job != "" {
+			return fmt.Sprintf("upgrade %+v, condition %+v", db.Status.Upgrade, c)
+		}
+		return ""
+	})
 	sts, err := getSTS(ns, "my-database")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if img := sts.Spec.Template.Spec.Containers[0].Image; img != "postgres:15" {
-		t.Errorf("statefulset image changed to %s despite the refusal", img)
+		t.Errorf("statefulset image changed to %s before the upgrade ran", img)
+	}
+
+	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:13", 1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a refused downgrade", func() string {
+		db := getDB(t, ns, "my-database")
+		c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionStalled)
+		if c == nil || c.Status != metav1.ConditionTrue || c.Reason != databasev1.ReasonDowngradeRefused || !strings.Contains(c.Message, "PostgreSQL 13") ||
+			db.Status.Upgrade != nil {
+			return fmt.Sprintf("Stalled %+v, upgrade %+v", c, db.Status.Upgrade)
+		}
+		return ""
+	})
+	if sts, _ := getSTS(ns, "my-database"); sts.Spec.Template.Spec.Containers[0].Image != "postgres:15" {
+		t.Errorf("statefulset image after a refused downgrade = %s", sts.Spec.Template.Spec.Containers[0].Image)
 	}
 	// Reverting clears it.
 	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:15", 1)); err != nil {
 		t.Fatal(err)
 	}
-	waitPhase(t, ns, "my-database", databasev1.PhaseProvisioning)
+	eventually(t, "no upgrade, not stalled", func() string {
+		db := getDB(t, ns, "my-database")
+		c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionStalled)
+		u := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionUpgrading)
+		if c == nil || c.Status != metav1.ConditionFalse || u == nil || u.Reason != databasev1.ReasonNoUpgrade {
+			return fmt.Sprintf("Stalled %+v, Upgrading %+v", c, u)
+		}
+		return ""
+	})
 }
 
 func TestSteadyStateWritesNothing(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -111,6 +112,7 @@ func (r *Reconciler) steps() []step {
 		{"secrets", r.reconcileSecrets},
 		{"services", r.reconcileServices},
 		{"access", r.reconcileAccess},
+		{"upgrade", r.reconcileUpgrade},
 		{"statefulset", r.reconcileStatefulSet},
 		{"storage", r.reconcileStorage},
 		{"instances", r.observeInstances},
@@ -166,6 +168,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	obs := observation{Now: r.now(), ReadyGrace: orDefault(r.ReadyGrace, defaultReadyGrace), StallAfter: orDefault(r.StallAfter, defaultStallAfter)}
 	var errs []error
 	for _, s := range r.steps() {
+		if obs.Upgrade != nil && obs.Upgrade.Suspend && upgradeSuspends[s.name] {
+			continue // no instance runs during a major upgrade
+		}
 		if err := s.run(ctx, db, &obs); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 		}
@@ -273,10 +278,15 @@ func (r *Reconciler) reconcileStatefulSet(ctx context.Context, db *databasev1.Da
 	}
 	// What exists is observed even if the apply below fails.
 	obs.StatefulSet = sts
-	img, refusal := chooseImage(db, sts)
-	obs.Refusal = refusal
+	img, stopped := image(db), false
+	if u := obs.Upgrade; u != nil {
+		// The upgrade decides the image: the running one while a change of major
+		// is checked, refused or carried out, 0 replicas while it runs.
+		img, stopped = u.Image, u.Stopped
+		obs.Refusal, obs.RefusalReason = u.Refusal, u.RefusalReason
+	}
 	obs.RunningImage = img
-	if err := r.applyStatefulSet(ctx, db, sts, img); err != nil {
+	if err := r.applyStatefulSet(ctx, db, sts, img, stopped); err != nil {
 		return err
 	}
 	// Observe what the apply produced (from the cache: may lag one event behind,
@@ -325,38 +335,6 @@ func (r *Reconciler) routedPods(ctx context.Context, db *databasev1.Database) (m
 	return out, nil
 }
 
-// chooseImage returns the image to run. A change of PostgreSQL major version would
-// start the new server on an incompatible data directory, so it is refused when
-// the new image's tag names another major than the data's (recorded from what the
-// agents report, else the running image's tag): the running image is kept and the
-// refusal explained. A tag that names no major (latest, a digest, a suffix) is
-// applied; the first instance that runs it compares PG_VERSION with its binaries
-// and refuses to start, which the status reports (DataVersionMismatch).
-func chooseImage(db *databasev1.Database, sts *appsv1.StatefulSet) (img, refusal string) {
-	want := image(db)
-	if sts == nil {
-		return want, ""
-	}
-	running := runningImage(sts)
-	if running == "" || running == want {
-		return want, ""
-	}
-	from := int(db.Status.DataVersion)
-	if from == 0 {
-		from = imageMajor(running)
-	}
-	if from == 0 && db.Status.PostgresVersion != "" {
-		from = versionMajor(db.Status.PostgresVersion)
-	}
-	to := imageMajor(want)
-	if from != 0 && to != 0 && from != to {
-		return running, fmt.Sprintf("Changing the image from %s to %s would change the PostgreSQL major version from %d to %d, "+
-			"which needs a data directory upgrade that this operator does not perform yet; the instances keep running %s. "+
-			"Set spec.image back to a %d.x image to clear this", running, want, from, to, running, from)
-	}
-	return want, ""
-}
-
 func runningImage(sts *appsv1.StatefulSet) string {
 	for _, c := range sts.Spec.Template.Spec.Containers {
 		if c.Name == containerPostgres {
@@ -378,7 +356,7 @@ func (r *Reconciler) getStatefulSet(ctx context.Context, db *databasev1.Database
 	return sts, nil
 }
 
-func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Database, existing *appsv1.StatefulSet, img string) error {
+func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Database, existing *appsv1.StatefulSet, img string, stopped bool) error {
 	size, err := resource.ParseQuantity(db.Spec.Storage.Size)
 	if err != nil {
 		return fmt.Errorf("parsing storage.size: %w", err)
@@ -403,7 +381,10 @@ func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Databa
 			n = o + 1
 		}
 	}
-	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n})
+	if stopped {
+		n = 0
+	}
+	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n, Stopped: stopped})
 	var live client.Object
 	if existing != nil {
 		live = existing
@@ -577,8 +558,21 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(podToDatabase)).
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(sliceToDatabase)).
 		Watches(&databasev1.Restore{}, handler.EnqueueRequestsFromMapFunc(restoreToDatabase)).
+		// The upgrade's Jobs and safety-net Backup.
+		Owns(&batchv1.Job{}).
+		Watches(&databasev1.Backup{}, handler.EnqueueRequestsFromMapFunc(upgradeToDatabase)).
 		Named("database").
 		Complete(r)
+}
+
+// upgradeToDatabase maps an upgrade Job's pod or a safety-net Backup to its
+// Database.
+func upgradeToDatabase(_ context.Context, o client.Object) []ctrl.Request {
+	name := o.GetLabels()[LabelUpgrade]
+	if name == "" || o.GetLabels()[LabelManagedBy] != ManagedByValue {
+		return nil
+	}
+	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: name}}}
 }
 
 // restoreToDatabase maps a Restore to the Database it restores into.
@@ -600,8 +594,11 @@ func sliceToDatabase(_ context.Context, o client.Object) []ctrl.Request {
 	return []ctrl.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: l[LabelDatabase]}}}
 }
 
-func podToDatabase(_ context.Context, o client.Object) []ctrl.Request {
+func podToDatabase(ctx context.Context, o client.Object) []ctrl.Request {
 	l := o.GetLabels()
+	if l[LabelUpgrade] != "" {
+		return upgradeToDatabase(ctx, o)
+	}
 	if l[LabelApp] != appValue || l[LabelDatabase] == "" || l[LabelManagedBy] != ManagedByValue {
 		return nil
 	}

@@ -174,6 +174,8 @@ type statefulSetInput struct {
 	// Replicas is the StatefulSet's replicas: spec.replicas, or more while the
 	// primary's ordinal is beyond it (a scale-down waits for a switchover).
 	Replicas int32
+	// Stopped: 0 replicas (a major upgrade runs on the volumes).
+	Stopped bool
 }
 
 func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.StatefulSetApplyConfiguration {
@@ -292,7 +294,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		claim.Spec.WithStorageClassName(*db.Spec.Storage.StorageClass)
 	}
 
-	if in.Replicas == 0 {
+	if in.Replicas == 0 && !in.Stopped {
 		in.Replicas = replicas(db)
 	}
 	podSpec := corev1ac.PodSpec()

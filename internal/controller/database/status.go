@@ -41,6 +41,12 @@ type observation struct {
 	// Refusal explains why the spec cannot be applied (e.g. a major version change);
 	// empty when there is none.
 	Refusal string
+	// RefusalReason is the reason of the refusal (MajorVersionChangeUnsupported
+	// when empty).
+	RefusalReason string
+	// Upgrade is the major upgrade's decision of this reconcile (nil before the
+	// StatefulSet exists).
+	Upgrade *upgradeDecision
 	// Conflicts name children with our names that this Database does not own.
 	Conflicts []string
 	// ReconcileErr joins the errors of this reconcile's steps.
@@ -137,6 +143,17 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		setCondition(&st, db.Generation, obs.Now, typ, status, reason, message)
 	}
 
+	// A major upgrade gives the data directory a new identity.
+	st.Upgrade = prev.Upgrade
+	if u := obs.Upgrade; u != nil {
+		st.Upgrade = u.Status
+		if u.SystemID != "" {
+			st.SystemIdentifier, st.DataVersion = u.SystemID, u.DataMajor
+			set(databasev1.ConditionInitialized, metav1.ConditionTrue, databasev1.ReasonBootstrapped,
+				fmt.Sprintf("System identifier %s of the cluster upgraded to PostgreSQL %d", u.SystemID, u.DataMajor))
+		}
+	}
+
 	// Identity.
 	if obs.Identity != nil && st.SystemIdentifier == "" {
 		st.SystemIdentifier = obs.Identity.SystemID
@@ -208,6 +225,10 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 				fmt.Sprintf("%s (failing for %s; Ready is kept for up to %s)", v.Message, obs.Now.Sub(since).Round(time.Second), obs.ReadyGrace)}
 		}
 	}
+	upgradePhase, stall := upgradeConditions(db, obs, &st, set)
+	if upgradePhase != nil {
+		v = *upgradePhase
+	}
 	st.Phase = v.Phase
 	st.Ready = v.Phase == databasev1.PhaseReady
 
@@ -227,6 +248,12 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	default:
 		set(databasev1.ConditionReconciling, metav1.ConditionTrue, v.Reason, v.Message)
 		set(databasev1.ConditionStalled, metav1.ConditionFalse, databasev1.ReasonSucceeded, "No blocking problem")
+	}
+	if stall != nil {
+		// A refused or failed upgrade: the old version serves (Ready may be
+		// True) but the spec cannot be realised without a change.
+		set(databasev1.ConditionReconciling, metav1.ConditionFalse, stall.Reason, "Waiting for a change by the user")
+		set(databasev1.ConditionStalled, metav1.ConditionTrue, stall.Reason, stall.Message)
 	}
 	if obs.ReconcileErr != nil {
 		st.ObservedGeneration = prev.ObservedGeneration
@@ -376,9 +403,6 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 	}
 	if obs.IdentityConflict != "" {
 		return verdict{databasev1.PhaseFailed, databasev1.ReasonRetainedDataConflict, obs.IdentityConflict}
-	}
-	if obs.Refusal != "" {
-		return verdict{databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, obs.Refusal}
 	}
 	if pod, st := agentRefusal(obs); st != nil {
 		switch st.State {

@@ -96,8 +96,6 @@ func TestDeriveStatusPhases(t *testing.T) {
 			databasev1.PhaseVerifying, databasev1.ReasonServiceNotRouting, "Service db does not route to primary db-0"},
 		{"healthy", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy, RoutedPods: routed},
 			databasev1.PhaseReady, databasev1.ReasonChecksPassed, "db-0 accepts writes; 1 standby"},
-		{"refused", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Refusal: "major change"},
-			databasev1.PhaseFailed, databasev1.ReasonMajorVersionUnsupported, "major change"},
 		{"a child with our name that we do not own", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Conflicts: []string{"Service ns/db exists and is not owned by Database db"}},
 			databasev1.PhaseFailed, databasev1.ReasonChildConflict, "Service ns/db exists and is not owned"},
 		{"primary data missing, a standby holds the data", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
@@ -450,40 +448,6 @@ func TestImageMajor(t *testing.T) {
 		if got := imageMajor(image); got != want {
 			t.Errorf("imageMajor(%q) = %d, want %d", image, got, want)
 		}
-	}
-}
-
-func TestChooseImage(t *testing.T) {
-	running := func(img string) *appsv1.StatefulSet {
-		s := sts(1, 1, 1, "a", "a")
-		s.Spec.Template.Spec.Containers = []corev1.Container{{Name: containerPostgres, Image: img}}
-		return s
-	}
-	tests := []struct {
-		name, spec    string
-		sts           *appsv1.StatefulSet
-		serverVersion string
-		want          string
-		refused       bool
-	}{
-		{"new database", "postgres:17", nil, "", "postgres:17", false},
-		{"unchanged", "postgres:15", running("postgres:15"), "", "postgres:15", false},
-		{"minor update", "postgres:15.18", running("postgres:15"), "", "postgres:15.18", false},
-		{"major update refused", "postgres:17", running("postgres:15"), "", "postgres:15", true},
-		{"major downgrade refused", "postgres:14", running("postgres:15.2"), "", "postgres:15.2", true},
-		{"unknown running tag, server says 15", "postgres:17", running("postgres@sha256:abc"), "15.18", "postgres@sha256:abc", true},
-		{"unknown target tag allowed (the agents check it)", "postgres:latest", running("postgres:15"), "", "postgres:latest", false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			db := testDB(1)
-			db.Spec.Image = tc.spec
-			db.Status.PostgresVersion = tc.serverVersion
-			got, refusal := chooseImage(db, tc.sts)
-			if got != tc.want || (refusal != "") != tc.refused {
-				t.Errorf("chooseImage = %q, %q; want %q refused=%v", got, refusal, tc.want, tc.refused)
-			}
-		})
 	}
 }
 
