@@ -635,8 +635,8 @@ const (
 	ReasonUpgradeFailed          = "UpgradeFailed"
 	ReasonIndexesStale           = "IndexesStale"
 	ReasonIndexesCurrent         = "IndexesCurrent"
-	ReasonReconcileError          = "ReconcileError"
-	ReasonSucceeded               = "Succeeded"
+	ReasonReconcileError         = "ReconcileError"
+	ReasonSucceeded              = "Succeeded"
 	// ReasonRestoreRunning (Restoring True) and ReasonNoRestore (False).
 	ReasonRestoreRunning = "RestoreRunning"
 	ReasonNoRestore      = "NoRestore"

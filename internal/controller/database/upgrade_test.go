@@ -33,7 +33,9 @@ func TestDecideUpgradeTransitions(t *testing.T) {
 		return in
 	}
 	done := func(res *upgrade.Result) func(*upgradeInput) {
-		return func(in *upgradeInput) { in.Job = &jobObs{Name: "j", Done: true, Result: res, Failure: "BackoffLimitExceeded"} }
+		return func(in *upgradeInput) {
+			in.Job = &jobObs{Name: "j", Done: true, Result: res, Failure: "BackoffLimitExceeded"}
+		}
 	}
 	tests := []struct {
 		name string
@@ -56,7 +58,10 @@ func TestDecideUpgradeTransitions(t *testing.T) {
 			databasev1.UpgradePreflight, "postgres:15", false, "", "", "waiting for every instance to be healthy"},
 		{"higher major on a healthy Database: the check Job", base(),
 			databasev1.UpgradePreflight, "postgres:15", false, "check", "", ""},
-		{"preflight running", base(func(in *upgradeInput) { in.Prev = at(databasev1.UpgradePreflight, job("db-upgrade-check-g2-1")); in.Job = &jobObs{Name: "j"} }),
+		{"preflight running", base(func(in *upgradeInput) {
+			in.Prev = at(databasev1.UpgradePreflight, job("db-upgrade-check-g2-1"))
+			in.Job = &jobObs{Name: "j"}
+		}),
 			databasev1.UpgradePreflight, "postgres:15", false, "", "", ""},
 		{"preflight failed: the old version keeps serving", base(func(in *upgradeInput) {
 			in.Prev = at(databasev1.UpgradePreflight, job("j"))
