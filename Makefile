@@ -133,6 +133,11 @@ bench-backup: build ## Backup/restore vs pg_dump -Z0 / pg_restore ceilings, para
 	hack/ensure-postgres.sh >/dev/null
 	go run ./hack/tools/bench-backup -manager bin/manager -rows $${ROWS:-600000} -scale $${SCALE:-30} -runs $${RUNS:-3}
 
+.PHONY: bench-upgrade
+bench-upgrade: ## Downtime of a ~1 GiB major upgrade (15 → 17) with --link and --copy vs restart, cp -al and cp -a ceilings, medians of RUNS=3.
+	POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" UPGRADE_BENCH=1 RUNS=$(or $(RUNS),3) \
+		go test -count=1 -timeout 90m -run TestBenchUpgrade -v ./internal/upgrade/
+
 .PHONY: bench-failover
 bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.
 	hack/localkube.sh up

@@ -370,7 +370,7 @@ type UpgradeStatus struct {
 }
 
 // Phase is the lifecycle phase of a Database.
-// +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed;FailingOver;SwitchingOver
+// +kubebuilder:validation:Enum=Pending;Provisioning;Deploying;Verifying;Ready;Failed;FailingOver;SwitchingOver;Upgrading
 type Phase string
 
 const (

@@ -94,6 +94,13 @@ func newHarness(t *testing.T) *harness {
 
 // command returns cmd args run in image as uid 999 with the Job's mounts.
 func (h *harness) command(image string, args ...string) *exec.Cmd {
+	return h.commandNS(image, false, args...)
+}
+
+// commandNS is command, in a PID namespace of its own when pod is set: the
+// upgrade Jobs run in pods of their own, where the instances' processes (and
+// the PID in their postmaster.pid) are invisible.
+func (h *harness) commandNS(image string, pod bool, args ...string) *exec.Cmd {
 	r := filepath.Join(h.rootfs, image)
 	major := "15"
 	if image == newImage {
@@ -109,11 +116,19 @@ func (h *harness) command(image string, args ...string) *exec.Cmd {
 		`exec chroot --userspec=999:999 "$0" /usr/bin/env -i HOME=/var/lib/postgresql LANG=C.UTF-8 ` +
 			"PATH=/usr/lib/postgresql/" + major + "/bin:/usr/bin:/bin " + `"$@"`,
 	}, "\n")
-	return exec.Command("unshare", append([]string{"--mount", "--propagation", "private", "sh", "-c", script, r}, args...)...) // #nosec G204 -- test
+	ns := []string{"--mount", "--propagation", "private"}
+	if pod {
+		ns = append(ns, "--pid", "--fork", "--ipc")
+	}
+	return exec.Command("unshare", append(append(ns, "sh", "-c", script, r), args...)...) // #nosec G204 -- test
 }
 
 func (h *harness) run(image string, args ...string) (string, error) {
-	cmd := h.command(image, args...)
+	return h.runNS(image, false, args...)
+}
+
+func (h *harness) runNS(image string, pod bool, args ...string) (string, error) {
+	cmd := h.commandNS(image, pod, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -170,7 +185,7 @@ func (h *harness) sql(image, db, statements string) string {
 func (h *harness) upgrade(sub string, flags ...string) (Result, error) {
 	h.t.Helper()
 	h.collect()
-	out, err := h.run(newImage, append([]string{"/controller/manager", "upgrade", sub, "--result-file="}, flags...)...)
+	out, err := h.runNS(newImage, true, append([]string{"/controller/manager", "upgrade", sub, "--result-file="}, flags...)...)
 	var res Result
 	line := strings.TrimSpace(out)
 	if i := strings.LastIndex(line, "\n"); i >= 0 {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,6 +180,12 @@ func (r *runner) prepare() error {
 	r.res.FromMajor, r.res.ToMajor, r.res.ToVersion = r.old.Major, r.new.Major, r.new.Version
 	if r.new.Major <= r.old.Major {
 		return fmt.Errorf("the new image runs PostgreSQL %s, not newer than %s: only upgrades to a higher major are possible", r.new.Version, r.old.Version)
+	}
+	// A wrapper left by a check in the same directory (the tests share it).
+	if pgCtl := filepath.Join(r.old.Bindir, "pg_ctl"); exists(pgCtl + ".real") {
+		if err := os.Rename(pgCtl+".real", pgCtl); err != nil {
+			return err
+		}
 	}
 	r.oldLibraries = filepath.Join(r.cfg.OldDir, "lib")
 	r.env = append(os.Environ(), "LD_LIBRARY_PATH="+r.oldLibraries, "PGTZ=UTC")
@@ -447,6 +454,9 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 		if err != nil {
 			return fmt.Errorf("the old server is not running (%w): the check runs against the live primary", err)
 		}
+		if err := r.disarmOldStart(); err != nil {
+			return err
+		}
 		control, err := r.controlData(ctx, r.old.Bindir, cfg.PGData)
 		if err != nil {
 			return err
@@ -459,7 +469,20 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 		if err := r.initdb(ctx, dir, res.Settings); err != nil {
 			return err
 		}
-		return r.pgUpgrade(ctx, dir, true)
+		// The live server may restart under the check (its agent applying a
+		// configuration change): postmaster.pid is then briefly gone.
+		for attempt := 1; ; attempt++ {
+			err := r.pgUpgrade(ctx, dir, true)
+			if err == nil || attempt == 3 || !strings.Contains(err.Error(), "postmaster.pid") {
+				return err
+			}
+			r.cfg.Log("the old server's postmaster.pid vanished during the check (a restart?): retrying")
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(5 * time.Second):
+			}
+		}
 	})
 	if err != nil {
 		res.Message = err.Error()
@@ -469,6 +492,44 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 	res.Message = fmt.Sprintf("pg_upgrade --check passed from PostgreSQL %s to %s (%s); %d MiB free, %d MiB needed",
 		r.old.Version, r.new.Version, cfg.Method, res.FreeBytes>>20, res.NeedBytes>>20)
 	return res
+}
+
+// disarmOldStart makes the old installation's pg_ctl fail. pg_upgrade, finding
+// postmaster.pid, first tries to start the old server to tell a stale lock
+// from a live one. From another pod (another PID and IPC namespace) the live
+// postmaster's PID and shared memory are invisible: the lock looks stale, and a
+// second postmaster would start on the live data directory, replace its lock
+// file and make the real one shut down. With pg_ctl failing, pg_upgrade
+// concludes the server is live and only reads from it.
+func (r *runner) disarmOldStart() error {
+	pgCtl := filepath.Join(r.old.Bindir, "pg_ctl")
+	real := pgCtl + ".real"
+	if !exists(real) {
+		if err := os.Rename(pgCtl, real); err != nil {
+			return err
+		}
+	}
+	// pg_upgrade checks the binary's version (-V) before using it.
+	script := "#!/bin/sh\n" +
+		"for a in \"$@\"; do [ \"$a\" = start ] && { echo 'the upgrade check never starts the live old server' >&2; exit 1; }; done\n" +
+		"exec '" + real + "' \"$@\"\n"
+	return os.WriteFile(pgCtl, []byte(script), 0o755) // #nosec G306 -- an executable wrapper
+}
+
+// liveServerOnVolume reports whether a server answers on the data volume's
+// socket: an instance still running (its pod not gone yet, or on a partitioned
+// node). The upgrade never touches a directory a server runs on.
+func liveServerOnVolume(pgdata string) bool {
+	info, err := postmasterPID(pgdata)
+	if err != nil {
+		return false
+	}
+	conn, err := net.DialTimeout("unix", filepath.Join(info.socketDir, ".s.PGSQL."+strconv.Itoa(info.port)), 2*time.Second)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close()
+	return true
 }
 
 type pidInfo struct {
@@ -565,6 +626,9 @@ func (r *runner) upgrade(ctx context.Context) error {
 		// clean shutdown (an instance killed with its pod is crash-recovered
 		// here), and its template0 holds the locale to create the new one with.
 		if exists(filepath.Join(pg, "postmaster.pid")) {
+			if liveServerOnVolume(pg) {
+				return fmt.Errorf("a PostgreSQL server still answers on the data volume's socket: an instance is still running on it")
+			}
 			if err := os.Remove(filepath.Join(pg, "postmaster.pid")); err != nil {
 				return err
 			}

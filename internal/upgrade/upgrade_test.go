@@ -72,9 +72,13 @@ func TestUpgradeLinkCarriesDataSettingsAndCollations(t *testing.T) {
 	h.seed(1000)
 	before := h.fingerprint(oldImage)
 
+	lock := h.lockFile()
 	res, err := h.upgrade("check", "--method=link")
 	if err != nil || !res.OK {
 		t.Fatalf("check: %v %+v", err, res)
+	}
+	if got := h.lockFile(); got != lock {
+		t.Fatalf("the check touched the live server's postmaster.pid:\nbefore %q\nafter  %q", lock, got)
 	}
 	if res.Settings == nil || !res.Settings.Checksums || res.Settings.Encoding != "UTF8" || res.Settings.WALSegmentMB != 16 {
 		t.Errorf("settings read by the check: %+v", res.Settings)
@@ -139,6 +143,17 @@ SELECT count(bt_index_check(oid, true)) FROM (SELECT c.oid FROM pg_class c JOIN 
 	}
 }
 
+// lockFile is the live server's postmaster.pid: a second postmaster started on
+// the same directory (pg_upgrade probing a lock it cannot see is live) would
+// rewrite it.
+func (h *harness) lockFile() string {
+	b, err := os.ReadFile(filepath.Join(h.vol, "pgdata", "postmaster.pid"))
+	if err != nil {
+		h.t.Fatalf("reading postmaster.pid: %v", err)
+	}
+	return string(b)
+}
+
 // A failing pg_upgrade --check (a function whose library was built for
 // PostgreSQL 15) names the library and leaves the old cluster running and
 // unchanged.
@@ -150,6 +165,7 @@ func TestUpgradeCheckFailureLeavesTheOldClusterUntouched(t *testing.T) {
 	h.sql(oldImage, "app", `CREATE FUNCTION legacy_handler() RETURNS language_handler AS '`+volume+`/legacy_handler.so', 'plpgsql_call_handler' LANGUAGE C`)
 	before := h.fingerprint(oldImage)
 	control := h.must(oldImage, "pg_controldata", pgdata)
+	lock := h.lockFile()
 
 	res, err := h.upgrade("check", "--method=link")
 	if err == nil || res.OK {
@@ -160,6 +176,9 @@ func TestUpgradeCheckFailureLeavesTheOldClusterUntouched(t *testing.T) {
 	}
 	if after := h.fingerprint(oldImage); after != before {
 		t.Errorf("data changed")
+	}
+	if got := h.lockFile(); got != lock {
+		t.Errorf("the check touched the live server's postmaster.pid:\nbefore %q\nafter  %q", lock, got)
 	}
 	if got := h.must(oldImage, "pg_controldata", pgdata); strings.Contains(got, "shut down") || !strings.Contains(got, "in production") {
 		t.Errorf("the old cluster is no longer running:\n%s\nbefore:\n%s", got, control)

@@ -8,6 +8,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -81,8 +82,10 @@ func (r *Reconciler) reconcileUpgrade(ctx context.Context, db *databasev1.Databa
 		in.Unhealthy = "no primary is known"
 	}
 	if p := db.Status.Upgrade; p != nil {
-		in.Started = db.Status.Phase == databasev1.PhaseReady && versionMajor(db.Status.PostgresVersion) == int(p.ToMajor) &&
-			db.Status.ObservedGeneration == db.Generation
+		// The phase says Upgrading while it starts: the checks behind Ready decide.
+		in.Started = versionMajor(db.Status.PostgresVersion) == int(p.ToMajor) && db.Status.ReadyReplicas == replicas(db) &&
+			meta.IsStatusConditionTrue(db.Status.Conditions, databasev1.ConditionPrimaryAvailable) &&
+			meta.IsStatusConditionTrue(db.Status.Conditions, databasev1.ConditionReplicasHealthy)
 		if in.Job, in.BusyJobs, err = r.observeUpgradeJobs(ctx, db, p.Job); err != nil {
 			return err
 		}
