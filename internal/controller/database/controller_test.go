@@ -2,6 +2,7 @@ package database
 
 import (
 	"fmt"
+	batchv1 "k8s.io/api/batch/v1"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/testenv"
+	"github.com/example/postgres-operator/internal/upgrade"
 )
 
 func eventually(t *testing.T, what string, cond func() string) {
@@ -579,4 +581,121 @@ func TestDeletingTheDatabaseLeavesGarbageCollectionToOwnerReferences(t *testing.
 		}
 		return ""
 	})
+}
+
+// finishUpgradeJob plays the Job controller and the kubelet for an upgrade
+// Job: its pod ends with the result as its termination message.
+func finishUpgradeJob(t *testing.T, ns, job string, res upgrade.Result) {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: job + "-pod", Namespace: ns,
+			Labels: map[string]string{batchv1.JobNameLabel: job, LabelUpgrade: "my-database", LabelManagedBy: ManagedByValue}},
+		Spec: corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: containerUpgrade, Image: "postgres:17"}}},
+	}
+	if err := k8s.Create(testCtx, pod); err != nil {
+		t.Fatal(err)
+	}
+	phase := corev1.PodSucceeded
+	if !res.OK {
+		phase = corev1.PodFailed
+	}
+	pod.Status.Phase = phase
+	pod.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: containerUpgrade, State: corev1.ContainerState{
+		Terminated: &corev1.ContainerStateTerminated{Message: string(upgrade.Encode(res))}}}}
+	if err := k8s.Status().Update(testCtx, pod); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The operator's side of a major upgrade, with the Jobs' results played: the
+// preflight Job on the primary's node and volume with the old image collecting
+// and the new one checking; then the StatefulSet at 0 replicas, the upgrade
+// Job once no instance pod is left, and after it the new system identifier in
+// status and in the internal Secret before the StatefulSet runs the new image.
+func TestMajorUpgradeRunsItsJobsAndRecordsTheNewIdentity(t *testing.T) {
+	ns := newNamespace(t)
+	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:15", 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, ns, "my-database", databasev1.PhaseProvisioning)
+	db := getDB(t, ns, "my-database")
+	pod := createPod(t, db, 0)
+	routeService(t, db, pod)
+	instances.set(ns, "my-database-0", primaryReport("my-database-0", nil))
+	setStatefulSetStatus(t, ns, "my-database", 1, 1, true)
+	waitPhase(t, ns, "my-database", databasev1.PhaseReady)
+
+	if err := applyYAML(t, ns, strings.Replace(seedManifest, "postgres:14", "postgres:17", 1)); err != nil {
+		t.Fatal(err)
+	}
+	check := "my-database-upgrade-check-g2-1"
+	var job batchv1.Job
+	eventually(t, "the preflight Job", func() string {
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: check}, &job); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	spec := job.Spec.Template.Spec
+	if len(spec.InitContainers) != 2 || spec.InitContainers[1].Image != "postgres:15" || spec.Containers[0].Image != "postgres:17" ||
+		!strings.Contains(strings.Join(spec.Containers[0].Command, " "), "upgrade check") {
+		t.Errorf("preflight Job containers: init %+v main %+v", spec.InitContainers, spec.Containers)
+	}
+	if spec.Volumes[0].PersistentVolumeClaim == nil || spec.Volumes[0].PersistentVolumeClaim.ClaimName != "data-my-database-0" {
+		t.Errorf("preflight Job volume %+v", spec.Volumes[0])
+	}
+	if a := spec.Affinity; a == nil || a.PodAffinity == nil || a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].LabelSelector.MatchLabels["statefulset.kubernetes.io/pod-name"] != "my-database-0" {
+		t.Errorf("preflight Job affinity %+v", spec.Affinity)
+	}
+	if _, ok := job.Spec.Template.Labels[LabelDatabase]; ok {
+		t.Errorf("the Job's pods carry the instance label %s: the Services would select them", LabelDatabase)
+	}
+	if sts, _ := getSTS(ns, "my-database"); sts.Spec.Template.Spec.Containers[0].Image != "postgres:15" || *sts.Spec.Replicas != 1 {
+		t.Errorf("the StatefulSet changed during the preflight")
+	}
+
+	finishUpgradeJob(t, ns, check, upgrade.Result{OK: true, Action: "check", Message: "passed"})
+	eventually(t, "the instances stopping", func() string {
+		db := getDB(t, ns, "my-database")
+		sts, err := getSTS(ns, "my-database")
+		if err != nil || db.Status.Upgrade == nil || db.Status.Upgrade.Phase != databasev1.UpgradeStopping || *sts.Spec.Replicas != 0 {
+			return fmt.Sprintf("upgrade %+v", db.Status.Upgrade)
+		}
+		return ""
+	})
+	if err := k8s.Delete(testCtx, pod); err != nil {
+		t.Fatal(err)
+	}
+	run := "my-database-upgrade-run-g2-1"
+	eventually(t, "the upgrade Job", func() string {
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: run}, &job); err != nil {
+			return err.Error()
+		}
+		if db := getDB(t, ns, "my-database"); db.Status.Phase != databasev1.PhaseUpgrading || db.Status.Ready {
+			return fmt.Sprintf("phase %s", db.Status.Phase)
+		}
+		return ""
+	})
+	if !strings.Contains(strings.Join(job.Spec.Template.Spec.Containers[0].Command, " "), "upgrade run --pgdata=/var/lib/postgresql/data/pgdata --old=/old --method=link") {
+		t.Errorf("upgrade Job command %v", job.Spec.Template.Spec.Containers[0].Command)
+	}
+	now := time.Now().UTC()
+	finishUpgradeJob(t, ns, run, upgrade.Result{OK: true, Action: "upgrade", SystemIdentifier: "7311", RebuiltIndexes: 3,
+		CollationChange: "glibc 2.36 → 2.41", Message: "upgraded", Steps: []upgrade.Step{{Name: "pg_upgrade", Started: now, Finished: now}}})
+	eventually(t, "starting on the new image with the new identity", func() string {
+		db := getDB(t, ns, "my-database")
+		sts, err := getSTS(ns, "my-database")
+		var internal corev1.Secret
+		_ = k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &internal)
+		if err != nil || db.Status.Upgrade == nil || db.Status.Upgrade.Phase != databasev1.UpgradeStarting || db.Status.SystemIdentifier != "7311" ||
+			db.Status.DataVersion != 17 || string(internal.Data[instance.InternalSystemIDFile]) != "7311" ||
+			sts.Spec.Template.Spec.Containers[0].Image != "postgres:17" || *sts.Spec.Replicas != 1 {
+			return fmt.Sprintf("upgrade %+v id %s/%s data %d sts %s×%d", db.Status.Upgrade, db.Status.SystemIdentifier,
+				internal.Data[instance.InternalSystemIDFile], db.Status.DataVersion, sts.Spec.Template.Spec.Containers[0].Image, *sts.Spec.Replicas)
+		}
+		return ""
+	})
+	if u := getDB(t, ns, "my-database").Status.Upgrade; u.RebuiltIndexes != 3 || u.CollationChange == "" || len(u.Steps) < 2 || u.StoppedAt == nil {
+		t.Errorf("status.upgrade %+v", u)
+	}
 }

@@ -166,12 +166,14 @@ func (r *Reconciler) observeUpgradeJobs(ctx context.Context, db *databasev1.Data
 			o.Failure = strings.TrimSpace(c.Reason + ": " + c.Message)
 		}
 	}
-	if !o.Done {
-		return o, busy, nil
-	}
 	for _, p := range pods.Items {
 		if p.Labels[batchv1.JobNameLabel] != name {
 			continue
+		}
+		// One pod per Job (backoffLimit 0, restartPolicy Never): its end is the
+		// Job's, whether or not the Job controller has said so yet.
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			o.Done = true
 		}
 		for _, cs := range p.Status.ContainerStatuses {
 			if cs.Name != containerUpgrade || cs.State.Terminated == nil || cs.State.Terminated.Message == "" {
