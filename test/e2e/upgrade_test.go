@@ -24,7 +24,6 @@ CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 1000;
 CREATE SEQUENCE invoice_no START 1000;
 SELECT nextval('invoice_no'), nextval('invoice_no');
 SELECT lo_from_bytea(4242, 'a large object survives the upgrade');
-CREATE EXTENSION pg_stat_statements;
 `
 
 // upgradeFingerprint is what must be equal before and after: a checksum of
@@ -67,8 +66,14 @@ spec:
 `)
 	c.waitPhase("upgrade-test", "Ready", readyTimeout)
 	primary := c.primary("upgrade-test")
-	if _, err := c.psql(primary, false, upgradeSeed); err != nil {
-		t.Fatal(err)
+	c.serviceAnswers(primary)
+	// The application's objects are the application user's (the Backups run
+	// as it); the extension needs the superuser.
+	if out, err := c.psql(primary, true, upgradeSeed); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if out, err := c.psql(primary, false, "CREATE EXTENSION pg_stat_statements"); err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
 	// A C function whose library is PostgreSQL 15's: pg_upgrade --check finds
 	// it cannot be loaded by 17.
