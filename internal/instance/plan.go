@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // State is what an agent is doing; it is reported on /status so that the operator
@@ -187,18 +189,8 @@ func readDataMajor(pgdata string) (int, error) {
 // parseBinaryMajor reads the major from `postgres -V` output, e.g.
 // "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
 func parseBinaryMajor(out string) (int, error) {
-	f := strings.Fields(out)
-	for i, w := range f {
-		if w == "(PostgreSQL)" && i+1 < len(f) {
-			v := f[i+1]
-			n := 0
-			for n < len(v) && v[n] >= '0' && v[n] <= '9' {
-				n++
-			}
-			return strconv.Atoi(v[:n])
-		}
-	}
-	return 0, fmt.Errorf("cannot parse the PostgreSQL version from %q", strings.TrimSpace(out))
+	major, _, err := postgres.ParseServerVersion(out)
+	return major, err
 }
 
 // SlotName is the physical replication slot the primary keeps for the standby pod:

@@ -218,3 +218,24 @@ func Summary(stderr string) string {
 	}
 	return line
 }
+
+// ParseServerVersion reads the major and the version from `postgres -V`, e.g.
+// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" or "… 18beta1".
+func ParseServerVersion(out string) (int, string, error) {
+	f := strings.Fields(out)
+	for i, w := range f {
+		if w == "(PostgreSQL)" && i+1 < len(f) {
+			v := f[i+1]
+			n := 0
+			for n < len(v) && v[n] >= '0' && v[n] <= '9' {
+				n++
+			}
+			major, err := strconv.Atoi(v[:n])
+			if err != nil {
+				break
+			}
+			return major, v, nil
+		}
+	}
+	return 0, "", fmt.Errorf("cannot parse the PostgreSQL version from %q", strings.TrimSpace(out))
+}

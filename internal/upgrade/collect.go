@@ -21,8 +21,9 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
+
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // Installation describes a PostgreSQL installation copied by Collect (the file
@@ -74,31 +75,11 @@ func Locate() (Installation, error) {
 	if err != nil {
 		return Installation{}, fmt.Errorf("postgres -V: %w", err)
 	}
-	if inst.Major, inst.Version, err = ParseVersion(string(v)); err != nil {
+	if inst.Major, inst.Version, err = postgres.ParseServerVersion(string(v)); err != nil {
 		return Installation{}, err
 	}
 	inst.Glibc = glibcVersion()
 	return inst, nil
-}
-
-// ParseVersion reads "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)".
-func ParseVersion(out string) (int, string, error) {
-	f := strings.Fields(out)
-	for i, w := range f {
-		if w == "(PostgreSQL)" && i+1 < len(f) {
-			v := f[i+1]
-			n := 0
-			for n < len(v) && v[n] >= '0' && v[n] <= '9' {
-				n++
-			}
-			major, err := strconv.Atoi(v[:n])
-			if err != nil {
-				break
-			}
-			return major, v, nil
-		}
-	}
-	return 0, "", fmt.Errorf("cannot parse the PostgreSQL version from %q", strings.TrimSpace(out))
 }
 
 // libDirs are the directories the dynamic linker searches in this image.

@@ -565,17 +565,11 @@ func (r *runner) oldDirectory() string {
 // PGDATA) a failure rolls back to the intact old directory; from the swap on it
 // only goes forward.
 func Run(ctx context.Context, cfg Config) (res Result) {
-	res.Action = "upgrade"
-	r, err := newRunner(cfg, &res)
-	if err != nil {
-		res.Message = err.Error()
+	r := begin(cfg, &res, "upgrade")
+	if r == nil {
 		return res
 	}
-	if err := r.step(StepPrepare, r.prepare); err != nil {
-		res.Message = err.Error()
-		return res
-	}
-	err = r.upgrade(ctx)
+	err := r.upgrade(ctx)
 	if err != nil && !res.PastPointOfNoReturn {
 		if rerr := r.rollback(); rerr != nil {
 			res.Message = fmt.Sprintf("%v; rolling back failed too: %v", err, rerr)
@@ -756,14 +750,8 @@ func (r *runner) rollback() error {
 // Rollback restores the old data directory after an upgrade that failed or was
 // killed before its point of no return.
 func Rollback(_ context.Context, cfg Config) (res Result) {
-	res.Action = StepRollback
-	r, err := newRunner(cfg, &res)
-	if err != nil {
-		res.Message = err.Error()
-		return res
-	}
-	if err := r.step(StepPrepare, r.prepare); err != nil {
-		res.Message = err.Error()
+	r := begin(cfg, &res, StepRollback)
+	if r == nil {
 		return res
 	}
 	if err := r.step(StepRollback, r.rollback); err != nil {
@@ -773,6 +761,21 @@ func Rollback(_ context.Context, cfg Config) (res Result) {
 	res.OK, res.RolledBack = true, true
 	res.Message = fmt.Sprintf("rolled back: the PostgreSQL %d data directory is in place", r.old.Major)
 	return res
+}
+
+// begin makes the runner and runs the prepare step; nil (with the failure in
+// res) when either fails.
+func begin(cfg Config, res *Result, action string) *runner {
+	res.Action = action
+	r, err := newRunner(cfg, res)
+	if err == nil {
+		err = r.step(StepPrepare, r.prepare)
+	}
+	if err != nil {
+		res.Message = err.Error()
+		return nil
+	}
+	return r
 }
 
 func writeSynced(path, content string) error {
