@@ -92,8 +92,9 @@ install: manifests $(KUSTOMIZE) ## Install the CRDs into the current cluster.
 	$(KUSTOMIZE) build config/crd | $(KUBECTL) apply --server-side -f -
 
 .PHONY: uninstall
-uninstall: manifests $(KUSTOMIZE)
-	$(KUSTOMIZE) build config/crd | $(KUBECTL) delete --ignore-not-found -f -
+uninstall: manifests $(KUSTOMIZE) ## Delete the CRDs, and with them every Database, Backup and Restore: needs CONFIRM=delete-all-databases.
+	@[ "$(CONFIRM)" = delete-all-databases ] || { echo "uninstall deletes every Database, Backup and Restore of the cluster with the CRDs; run: make uninstall CONFIRM=delete-all-databases" >&2; exit 1; }
+	$(KUSTOMIZE) build config/crd | $(KUBECTL) delete --ignore-not-found --wait=false -f -
 
 .PHONY: deploy
 deploy: manifests $(KUSTOMIZE) ## Deploy the operator with image IMG.
@@ -101,8 +102,15 @@ deploy: manifests $(KUSTOMIZE) ## Deploy the operator with image IMG.
 	$(KUSTOMIZE) build config/default | $(KUBECTL) apply --server-side -f -
 
 .PHONY: undeploy
-undeploy: $(KUSTOMIZE)
-	$(KUSTOMIZE) build config/default | $(KUBECTL) delete --ignore-not-found -f -
+undeploy: $(KUSTOMIZE) ## Remove the operator; the CRDs, Databases and their data stay (make uninstall removes the CRDs).
+	$(KUSTOMIZE) build config/default | hack/without-crds.sh | $(KUBECTL) delete --ignore-not-found --wait=false -f -
+
+.PHONY: build-installer
+build-installer: manifests generate $(KUSTOMIZE) ## Write dist/install.yaml (CRDs, RBAC, the manager) for image IMG.
+	mkdir -p dist
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+	git checkout -q -- config/manager/kustomization.yaml 2>/dev/null || true
 
 ##@ Local cluster and end-to-end tests
 

@@ -381,6 +381,7 @@ ensure_kubectl_on_path() {
 }
 
 up() {
+  "$(dirname "${BASH_SOURCE[0]}")/preflight.sh"
   log "Kubernetes binaries (cold: ~25 min of compiling on 2 cores; cached afterwards)"
   BIN=$(bin_dir)
   if running kubelet && running kube-apiserver && kctl get --raw /readyz >/dev/null 2>&1; then

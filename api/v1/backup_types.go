@@ -266,6 +266,8 @@ const (
 
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName={pgbackup,pgbackups},categories={postgres}
+// +kubebuilder:selectablefield:JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
 // +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Schedule",type="string",JSONPath=".spec.schedule"
@@ -410,6 +412,8 @@ type RestoreStatus struct {
 
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName={pgrestore,pgrestores},categories={postgres}
+// +kubebuilder:selectablefield:JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
 // +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Backup",type="string",JSONPath=".spec.backupRef.name"

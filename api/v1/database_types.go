@@ -130,6 +130,39 @@ type DatabaseSpec struct {
 	// TopologySpreadConstraints of the instance pods.
 	// +optional
 	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+
+	// PodTemplate adds the cluster's conventions to the instance pods and the
+	// Database's Job pods (upgrades): labels, annotations, pull secrets and a
+	// priority class.
+	// +optional
+	PodTemplate PodTemplate `json:"podTemplate,omitempty"`
+
+	// ServiceTemplate adds labels and annotations to the Database's three
+	// Services (e.g. for a load-balancer controller or service mesh).
+	// +optional
+	ServiceTemplate ObjectMetadata `json:"serviceTemplate,omitempty"`
+}
+
+// ObjectMetadata is labels and annotations added to objects the operator
+// creates. The operator's own labels (app, database, name, role,
+// app.kubernetes.io/managed-by) cannot be set: its selectors depend on them.
+// +kubebuilder:validation:XValidation:rule="!has(self.labels) || self.labels.all(k, !(k in ['app', 'database', 'name', 'role', 'app.kubernetes.io/managed-by']))",message="labels must not set app, database, name, role or app.kubernetes.io/managed-by: the operator's selectors use them"
+type ObjectMetadata struct {
+	// +optional
+	Labels map[string]string `json:"labels,omitempty"`
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// PodTemplate is what a Database adds to its pods.
+type PodTemplate struct {
+	ObjectMetadata `json:",inline"`
+	// ImagePullSecrets for the PostgreSQL and operator images.
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// PriorityClassName of the pods.
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
 }
 
 // TLSMode says whether network clients must use TLS.
@@ -544,6 +577,10 @@ type DatabaseStatus struct {
 	// +optional
 	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
 
+	// Instances is "ready/total" (readyReplicas/spec.replicas), for kubectl get.
+	// +optional
+	Instances string `json:"instances,omitempty"`
+
 	// ObservedGeneration is the generation of the spec this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -685,10 +722,10 @@ const (
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
-// +kubebuilder:resource:shortName=db
+// +kubebuilder:resource:shortName={db,pgdb},categories={postgres}
 // +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
-// +kubebuilder:printcolumn:name="Replicas",type="integer",JSONPath=".spec.replicas"
-// +kubebuilder:printcolumn:name="Ready",type="boolean",JSONPath=".status.ready"
+// +kubebuilder:printcolumn:name="Ready",type="string",JSONPath=".status.instances",description="ready/total instances"
+// +kubebuilder:printcolumn:name="Version",type="string",JSONPath=".status.postgresVersion",priority=1
 // +kubebuilder:printcolumn:name="Primary",type="string",JSONPath=".status.currentPrimary",priority=1
 // +kubebuilder:printcolumn:name="Timeline",type="integer",JSONPath=".status.timeline",priority=1
 // +kubebuilder:printcolumn:name="Endpoint",type="string",JSONPath=".status.endpoint"

@@ -151,8 +151,14 @@ func hmacSHA256(key []byte, msg string) []byte {
 
 // PgpassLine returns a .pgpass line matching any host, port and database for user.
 func PgpassLine(user, password string) string {
+	return PgpassEntry("*", "*", "*", user, password)
+}
+
+// PgpassEntry is one line of a password file for a host, port and database
+// (":" and "\" escaped; "*" matches any).
+func PgpassEntry(host, port, database, user, password string) string {
 	esc := func(s string) string { return strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), ":", `\:`) }
-	return "*:*:*:" + esc(user) + ":" + esc(password) + "\n"
+	return esc(host) + ":" + esc(port) + ":" + esc(database) + ":" + esc(user) + ":" + esc(password) + "\n"
 }
 
 // ConninfoValue quotes a value for a libpq keyword/value connection string.

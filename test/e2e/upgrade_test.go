@@ -232,4 +232,22 @@ spec: {databaseRef: {name: upgrade-test}, backupRef: {name: %s}, keepPreviousFor
 	if err != nil || strings.TrimSpace(restored) != "50000" {
 		t.Errorf("rows after restoring the safety-net backup: %q %v", restored, err)
 	}
+
+	// kubectl: the postgres category lists the three kinds; READY is ready/total.
+	all := c.must("get", "postgres")
+	for _, want := range []string{"database.database.example.com/upgrade-test", "backup.database.example.com/after-upgrade", "restore.database.example.com/restore-safety-net", "2/2"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("kubectl get postgres lacks %q:\n%s", want, all)
+		}
+	}
+	// The connection details: ro-uri reaches a standby, pgpass and jdbc-uri are there.
+	if v, err := c.kubectl("exec", primary, "-c", "postgres", "--", "sh", "-c",
+		`PGSSLROOTCERT=/etc/postgres-operator/credentials/ca.crt psql "$(cat /etc/postgres-operator/credentials/ro-uri)" -Atc "SELECT pg_is_in_recovery()"`); err != nil || strings.TrimSpace(v) != "t" {
+		t.Errorf("ro-uri: %q %v", v, err)
+	}
+	for _, key := range []string{"jdbc-uri", "pgpass"} {
+		if v := c.jsonpath("secret/upgrade-test-credentials", "{.data."+key+"}"); v == "" {
+			t.Errorf("credentials Secret has no %s", key)
+		}
+	}
 }

@@ -200,7 +200,7 @@ func TestCreateMakesSecretsServicesStatefulSetOwnedByTheDatabase(t *testing.T) {
 	if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-credentials"}, &creds); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"username", "password", "database", "host", "port", "uri"} {
+	for _, k := range []string{"username", "password", "database", "host", "port", "uri", "ro-host", "ro-uri", "jdbc-uri", "pgpass"} {
 		if len(creds.Data[k]) == 0 {
 			t.Errorf("credentials key %q is empty", k)
 		}

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/url"
 	"strconv"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -17,6 +19,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // Labels and annotations the operator sets.
@@ -103,6 +106,19 @@ func podLabels(db *databasev1.Database) map[string]string {
 	return l
 }
 
+// withExtra returns the user's labels with the operator's on top (CEL keeps
+// the user from setting the operator's keys; this keeps them regardless).
+func withExtra(own, extra map[string]string) map[string]string {
+	out := make(map[string]string, len(own)+len(extra))
+	for k, v := range extra {
+		out[k] = v
+	}
+	for k, v := range own {
+		out[k] = v
+	}
+	return out
+}
+
 func withRole(l map[string]string, role string) map[string]string {
 	out := make(map[string]string, len(l)+1)
 	for k, v := range l {
@@ -146,7 +162,8 @@ func buildServices(db *databasev1.Database) []*corev1ac.ServiceApplyConfiguratio
 		WithProtocol(corev1.ProtocolTCP)
 	svc := func(name string, selector map[string]string) *corev1ac.ServiceApplyConfiguration {
 		return corev1ac.Service(name, db.Namespace).
-			WithLabels(podLabels(db)).
+			WithLabels(withExtra(podLabels(db), db.Spec.ServiceTemplate.Labels)).
+			WithAnnotations(db.Spec.ServiceTemplate.Annotations).
 			WithOwnerReferences(ownerReference(db)).
 			WithSpec(corev1ac.ServiceSpec().
 				WithType(corev1.ServiceTypeClusterIP).
@@ -320,7 +337,8 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 				WithWhenScaled(appsv1.RetainPersistentVolumeClaimRetentionPolicyType)).
 			WithVolumeClaimTemplates(claim).
 			WithTemplate(corev1ac.PodTemplateSpec().
-				WithLabels(labels).
+				WithAnnotations(db.Spec.PodTemplate.Annotations).
+				WithLabels(withExtra(labels, db.Spec.PodTemplate.Labels)).
 				WithSpec(podSpec.
 					WithEnableServiceLinks(false).
 					// The token of a ServiceAccount that may get and update the
@@ -375,6 +393,12 @@ func scheduling(db *databasev1.Database, spec *corev1ac.PodSpecApplyConfiguratio
 	if len(db.Spec.NodeSelector) > 0 {
 		spec.WithNodeSelector(db.Spec.NodeSelector)
 	}
+	for _, s := range db.Spec.PodTemplate.ImagePullSecrets {
+		spec.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(s.Name))
+	}
+	if p := db.Spec.PodTemplate.PriorityClassName; p != "" {
+		spec.WithPriorityClassName(p)
+	}
 	for i := range db.Spec.TopologySpreadConstraints {
 		var c corev1ac.TopologySpreadConstraintApplyConfiguration
 		if convert(&db.Spec.TopologySpreadConstraints[i], &c) == nil {
@@ -424,6 +448,7 @@ func specHash(v any) (string, error) {
 // (clients add sslrootcert=<path of ca.crt>).
 func credentialsData(db *databasev1.Database, password string, caPEM []byte) map[string][]byte {
 	host := serviceHost(db, readWriteServiceName(db))
+	roHost := serviceHost(db, readOnlyServiceName(db))
 	port := strconv.Itoa(instance.PostgresPort)
 	sslmode := ""
 	d := map[string][]byte{
@@ -431,6 +456,7 @@ func credentialsData(db *databasev1.Database, password string, caPEM []byte) map
 		"password": []byte(password),
 		"database": []byte(db.Spec.DatabaseName),
 		"host":     []byte(host),
+		"ro-host":  []byte(roHost),
 		"port":     []byte(port),
 	}
 	if len(caPEM) > 0 {
@@ -439,5 +465,22 @@ func credentialsData(db *databasev1.Database, password string, caPEM []byte) map
 		d["sslmode"] = []byte(sslmode)
 	}
 	d["uri"] = []byte(postgresURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName, sslmode))
+	// The standbys, through the read-only Service.
+	d["ro-uri"] = []byte(postgresURI(db.Spec.Username, password, roHost, port, db.Spec.DatabaseName, sslmode))
+	d["jdbc-uri"] = []byte(jdbcURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName, sslmode))
+	// A ~/.pgpass (or PGPASSFILE) for both Services.
+	d["pgpass"] = []byte(postgres.PgpassEntry(host, port, db.Spec.DatabaseName, db.Spec.Username, password) +
+		postgres.PgpassEntry(roHost, port, db.Spec.DatabaseName, db.Spec.Username, password))
 	return d
+}
+
+// jdbcURI is the PostgreSQL JDBC driver's URL. With TLS, pgjdbc verifies the
+// server against ~/.postgresql/root.crt unless sslrootcert names the mounted
+// ca.crt (append &sslrootcert=<path>).
+func jdbcURI(user, password, host, port, database, sslmode string) string {
+	q := url.Values{"user": {user}, "password": {password}}
+	if sslmode != "" {
+		q.Set("sslmode", sslmode)
+	}
+	return "jdbc:postgresql://" + net.JoinHostPort(host, port) + "/" + url.PathEscape(database) + "?" + q.Encode()
 }

@@ -1,13 +1,16 @@
 package database
 
 import (
+	"net/url"
 	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/utils/ptr"
 
+	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
 )
 
@@ -84,5 +87,81 @@ func TestSpecHashChangesWithTheConfiguration(t *testing.T) {
 	}
 	if h1 == h3 {
 		t.Error("an image change did not change the hash")
+	}
+}
+
+// The credentials Secret speaks every common client's language: a libpq URI for
+// the primary and for the standbys, a JDBC URL, a password file, with the
+// password escaped where each format needs it.
+func TestCredentialsDataHasEveryClientsFormat(t *testing.T) {
+	db := testDB(2)
+	db.Name, db.Namespace = "orders", "shop"
+	db.Spec.Username, db.Spec.DatabaseName = "app", "orders_db"
+	pw := `p:w@/?&\x`
+	d := credentialsData(db, pw, []byte("CA"))
+	want := map[string]string{
+		"host":     "orders.shop.svc.cluster.local",
+		"ro-host":  "orders-ro.shop.svc.cluster.local",
+		"port":     "5432",
+		"sslmode":  "verify-full",
+		"ca.crt":   "CA",
+		"uri":      "postgresql://app:p%3Aw%40%2F%3F&%5Cx@orders.shop.svc.cluster.local:5432/orders_db?sslmode=verify-full",
+		"ro-uri":   "postgresql://app:p%3Aw%40%2F%3F&%5Cx@orders-ro.shop.svc.cluster.local:5432/orders_db?sslmode=verify-full",
+		"jdbc-uri": "jdbc:postgresql://orders.shop.svc.cluster.local:5432/orders_db?password=p%3Aw%40%2F%3F%26%5Cx&sslmode=verify-full&user=app",
+		"pgpass": "orders.shop.svc.cluster.local:5432:orders_db:app:p\\:w@/?&\\\\x\n" +
+			"orders-ro.shop.svc.cluster.local:5432:orders_db:app:p\\:w@/?&\\\\x\n",
+	}
+	for k, v := range want {
+		if got := string(d[k]); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	for _, k := range []string{"uri", "ro-uri"} {
+		u, err := url.Parse(string(d[k]))
+		if err != nil {
+			t.Fatalf("%s: %v", k, err)
+		}
+		if p, _ := u.User.Password(); p != pw {
+			t.Errorf("%s password decodes to %q", k, p)
+		}
+	}
+	if plain := credentialsData(db, "pw", nil); string(plain["uri"]) != "postgresql://app:pw@orders.shop.svc.cluster.local:5432/orders_db" ||
+		strings.Contains(string(plain["jdbc-uri"]), "sslmode") {
+		t.Errorf("without TLS: uri %q jdbc-uri %q", plain["uri"], plain["jdbc-uri"])
+	}
+}
+
+// spec.podTemplate and spec.serviceTemplate fit the Database to a cluster's
+// conventions, without touching the labels the operator selects on.
+func TestPodAndServiceTemplatesAddTheClustersConventions(t *testing.T) {
+	db := testDB(2)
+	db.Spec.PodTemplate = databasev1.PodTemplate{
+		ObjectMetadata:    databasev1.ObjectMetadata{Labels: map[string]string{"team": "payments"}, Annotations: map[string]string{"backup.velero.io/backup-volumes": "data"}},
+		ImagePullSecrets:  []corev1.LocalObjectReference{{Name: "registry"}},
+		PriorityClassName: "database-critical",
+	}
+	db.Spec.ServiceTemplate = databasev1.ObjectMetadata{Labels: map[string]string{"expose": "internal"}, Annotations: map[string]string{"lb": "internal"}}
+	ac := buildStatefulSet(db, statefulSetInput{Image: "postgres:15", AgentImage: "op:1", ClaimSize: resource.MustParse("1Gi")})
+	tpl := ac.Spec.Template
+	if tpl.Labels["team"] != "payments" || tpl.Labels[LabelApp] != appValue || tpl.Labels[LabelDatabase] != db.Name ||
+		tpl.Annotations["backup.velero.io/backup-volumes"] != "data" {
+		t.Errorf("pod labels %v annotations %v", tpl.Labels, tpl.Annotations)
+	}
+	if len(tpl.Spec.ImagePullSecrets) != 1 || *tpl.Spec.ImagePullSecrets[0].Name != "registry" || *tpl.Spec.PriorityClassName != "database-critical" {
+		t.Errorf("pull secrets %v priority %v", tpl.Spec.ImagePullSecrets, tpl.Spec.PriorityClassName)
+	}
+	for _, svc := range buildServices(db) {
+		if svc.Labels["expose"] != "internal" || svc.Annotations["lb"] != "internal" || svc.Labels[LabelDatabase] != db.Name {
+			t.Errorf("service %s labels %v annotations %v", *svc.Name, svc.Labels, svc.Annotations)
+		}
+	}
+	job := buildUpgradeJob(db, &databasev1.UpgradeStatus{Job: "j", FromImage: "postgres:15", ToImage: "postgres:17", Primary: db.Name + "-0"}, "run", "op:1")
+	if js := job.Spec.Template.Spec; len(js.ImagePullSecrets) != 1 || js.PriorityClassName != "database-critical" || job.Spec.Template.Labels["team"] != "payments" {
+		t.Errorf("upgrade Job pod: pull secrets %v priority %q labels %v", js.ImagePullSecrets, js.PriorityClassName, job.Spec.Template.Labels)
+	}
+	// Without them nothing changes (no rollout of existing Databases).
+	plain := buildStatefulSet(testDB(2), statefulSetInput{Image: "postgres:15", AgentImage: "op:1", ClaimSize: resource.MustParse("1Gi")})
+	if plain.Spec.Template.Annotations != nil || plain.Spec.Template.Spec.PriorityClassName != nil || len(plain.Spec.Template.Spec.ImagePullSecrets) != 0 {
+		t.Errorf("an empty podTemplate changed the pod template")
 	}
 }

@@ -408,8 +408,9 @@ func TestEditedPasswordRefreshesTheURIAndADeletedSecretIsRecreatedWithAWarning(t
 		if err := k8s.Get(testCtx, key, &sec); err != nil {
 			return err.Error()
 		}
-		if !strings.Contains(string(sec.Data["uri"]), ":Chosen-By-The-User-1@") {
-			return "uri not refreshed"
+		if !strings.Contains(string(sec.Data["uri"]), ":Chosen-By-The-User-1@") || !strings.Contains(string(sec.Data["jdbc-uri"]), "password=Chosen-By-The-User-1") ||
+			!strings.Contains(string(sec.Data["pgpass"]), ":Chosen-By-The-User-1\n") || !strings.Contains(string(sec.Data["ro-uri"]), ":Chosen-By-The-User-1@") {
+			return "derived keys not refreshed"
 		}
 		return ""
 	})

@@ -183,7 +183,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		// Without the instances nothing can be said about the database: keep the last
 		// known phase and readiness and report the error.
 		st.Phase, st.Ready = prev.Phase, prev.Ready
-		st.Replicas, st.ReadyReplicas = prev.Replicas, prev.ReadyReplicas
+		st.Replicas, st.ReadyReplicas, st.Instances = prev.Replicas, prev.ReadyReplicas, prev.Instances
 		st.Endpoint, st.ReadOnlyEndpoint = prev.Endpoint, prev.ReadOnlyEndpoint
 		st.CurrentPrimary, st.PostgresVersion = prev.CurrentPrimary, prev.PostgresVersion
 		st.Timeline = prev.Timeline
@@ -195,6 +195,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	if obs.StatefulSet != nil {
 		st.Replicas = obs.StatefulSet.Status.Replicas
 		st.ReadyReplicas = obs.StatefulSet.Status.ReadyReplicas
+		st.Instances = fmt.Sprintf("%d/%d", st.ReadyReplicas, replicas(db))
 		st.Endpoint = endpoint(db)
 		st.ReadOnlyEndpoint = readOnlyEndpoint(db)
 	}

@@ -260,8 +260,10 @@ func buildUpgradeJob(db *databasev1.Database, st *databasev1.UpgradeStatus, kind
 			{Name: volumeShm, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 				Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(shmSizeLimit)}}},
 		},
-		Tolerations:  db.Spec.Tolerations,
-		NodeSelector: db.Spec.NodeSelector,
+		Tolerations:       db.Spec.Tolerations,
+		NodeSelector:      db.Spec.NodeSelector,
+		ImagePullSecrets:  db.Spec.PodTemplate.ImagePullSecrets,
+		PriorityClassName: db.Spec.PodTemplate.PriorityClassName,
 	}
 	if kind == "check" {
 		// The primary runs: the check shares its node (a ReadWriteOnce volume)
@@ -286,7 +288,7 @@ func buildUpgradeJob(db *databasev1.Database, st *databasev1.UpgradeStatus, kind
 			BackoffLimit:          ptr.To[int32](0),
 			ActiveDeadlineSeconds: deadline,
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: withExtra(labels, db.Spec.PodTemplate.Labels), Annotations: db.Spec.PodTemplate.Annotations},
 				Spec:       spec,
 			},
 		},

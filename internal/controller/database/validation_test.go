@@ -36,6 +36,10 @@ func TestCreateValidation(t *testing.T) {
 		{"lease duration below 5s", "size: 10Gi", "size: 10Gi\n  failover:\n    leaseDurationSeconds: 4\n    renewDeadlineSeconds: 2\n    retryPeriodSeconds: 1",
 			"spec.failover.leaseDurationSeconds in body should be greater than or equal to 5"},
 		{"synchronous replicas not below replicas", "replicas: 1", "replicas: 2\n  synchronousReplicas: 2", "synchronousReplicas must be below replicas"},
+		{"a pod label the operator selects on", "size: 10Gi", "size: 10Gi\n  podTemplate:\n    labels:\n      role: primary",
+			"labels must not set app, database, name, role or app.kubernetes.io/managed-by"},
+		{"a Service label the operator selects on", "size: 10Gi", "size: 10Gi\n  serviceTemplate:\n    labels:\n      app: other",
+			"labels must not set app, database, name, role or app.kubernetes.io/managed-by"},
 		{"negative failover delay", "size: 10Gi", "size: 10Gi\n  failover:\n    failoverDelaySeconds: -1", "spec.failover.failoverDelaySeconds in body should be greater than or equal to 0"},
 	}
 	for i, tc := range tests {
