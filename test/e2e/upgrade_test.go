@@ -234,7 +234,8 @@ spec: {databaseRef: {name: upgrade-test}, backupRef: {name: %s}, keepPreviousFor
 	}
 
 	// kubectl: the postgres category lists the three kinds; READY is ready/total.
-	all := c.must("get", "postgres")
+	// (A fresh discovery cache: kubectl's may predate the CRDs' categories.)
+	all := c.must("--cache-dir", t.TempDir(), "get", "postgres")
 	for _, want := range []string{"database.database.example.com/upgrade-test", "backup.database.example.com/after-upgrade", "restore.database.example.com/restore-safety-net", "2/2"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("kubectl get postgres lacks %q:\n%s", want, all)
