@@ -544,8 +544,8 @@ func (a *Agent) facts(v leaseView) startFacts {
 		f.ExpectedSystemID = strings.TrimSpace(string(id))
 	}
 	if f.HasData {
-		f.DataSystemID, _ = readSystemID(a.cfg.PGData)
-		f.DataMajor, _ = readDataMajor(a.cfg.PGData)
+		f.DataSystemID, _ = postgres.ReadSystemID(a.cfg.PGData)
+		f.DataMajor, _ = postgres.ReadDataMajor(a.cfg.PGData)
 	}
 	a.mu.Lock()
 	f.RecoverFrom = a.recoverFrom

@@ -1,10 +1,7 @@
 package instance
 
 import (
-	"encoding/binary"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -155,35 +152,6 @@ func refusalState(a startAction) (State, bool) {
 		return StateVersionMismatch, true
 	}
 	return "", false
-}
-
-// readSystemID returns the system identifier stored at the start of
-// global/pg_control (ControlFileData.system_identifier, a uint64 in the machine's
-// byte order; every platform the images exist for is little-endian).
-func readSystemID(pgdata string) (string, error) {
-	f, err := os.Open(filepath.Join(pgdata, "global", "pg_control"))
-	if err != nil {
-		return "", fmt.Errorf("reading pg_control: %w", err)
-	}
-	defer f.Close()
-	var b [8]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil {
-		return "", fmt.Errorf("reading pg_control: %w", err)
-	}
-	return strconv.FormatUint(binary.LittleEndian.Uint64(b[:]), 10), nil
-}
-
-// readDataMajor returns the major version in PGDATA/PG_VERSION.
-func readDataMajor(pgdata string) (int, error) {
-	b, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION"))
-	if err != nil {
-		return 0, err
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		return 0, fmt.Errorf("PG_VERSION %q: %w", strings.TrimSpace(string(b)), err)
-	}
-	return n, nil
 }
 
 // parseBinaryMajor reads the major from `postgres -V` output, e.g.

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -274,7 +275,7 @@ func TestDataSafety(t *testing.T) {
 		if err := os.Rename(other.cfg.PGData, foreign); err != nil {
 			t.Fatal(err)
 		}
-		if id, _ := readSystemID(foreign); id != foreignID {
+		if id, _ := postgres.ReadSystemID(foreign); id != foreignID {
 			t.Fatalf("foreign data directory identity %s", id)
 		}
 		setSlots(t, primary, s.token, SlotName("db-1"), SlotName("foreign-2"))

@@ -769,8 +769,8 @@ func (a *Agent) status(ctx context.Context) *Status {
 		st.Following = a.following
 	}
 	if a.hasData() {
-		st.SystemIdentifier, _ = readSystemID(a.cfg.PGData)
-		st.DataVersion, _ = readDataMajor(a.cfg.PGData)
+		st.SystemIdentifier, _ = postgres.ReadSystemID(a.cfg.PGData)
+		st.DataVersion, _ = postgres.ReadDataMajor(a.cfg.PGData)
 	}
 	if a.exited.Load() {
 		st.Error = "PostgreSQL is not running (" + string(st.State) + ")"

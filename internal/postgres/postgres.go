@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -244,4 +245,33 @@ func ParseServerVersion(out string) (int, string, error) {
 		}
 	}
 	return 0, "", fmt.Errorf("cannot parse the PostgreSQL version from %q", strings.TrimSpace(out))
+}
+
+// ReadSystemID returns the system identifier stored at the start of
+// global/pg_control (ControlFileData.system_identifier, a uint64 in the
+// machine's byte order; every platform the images exist for is little-endian).
+func ReadSystemID(pgdata string) (string, error) {
+	f, err := os.Open(filepath.Join(pgdata, "global", "pg_control")) // #nosec G304 -- the data directory
+	if err != nil {
+		return "", fmt.Errorf("reading pg_control: %w", err)
+	}
+	defer f.Close()
+	var b [8]byte
+	if _, err := f.ReadAt(b[:], 0); err != nil {
+		return "", fmt.Errorf("reading pg_control: %w", err)
+	}
+	return strconv.FormatUint(binary.LittleEndian.Uint64(b[:]), 10), nil
+}
+
+// ReadDataMajor returns the major version in PGDATA/PG_VERSION.
+func ReadDataMajor(pgdata string) (int, error) {
+	b, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION")) // #nosec G304 -- the data directory
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("PG_VERSION %q: %w", strings.TrimSpace(string(b)), err)
+	}
+	return n, nil
 }

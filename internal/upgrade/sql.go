@@ -2,11 +2,7 @@ package upgrade
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -200,18 +196,4 @@ WHERE a.default_version IS DISTINCT FROM e.extversion ORDER BY 1`)
 		}
 	}
 	return nil
-}
-
-// systemIdentifier reads global/pg_control's first field (little-endian uint64).
-func systemIdentifier(pgdata string) (string, error) {
-	f, err := os.Open(filepath.Join(pgdata, "global", "pg_control")) // #nosec G304 -- the data directory
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var b [8]byte
-	if _, err := f.ReadAt(b[:], 0); err != nil {
-		return "", err
-	}
-	return strconv.FormatUint(binary.LittleEndian.Uint64(b[:]), 10), nil
 }

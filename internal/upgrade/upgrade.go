@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // The upgrade's steps, in order, as reported in the result (and accepted by
@@ -223,11 +225,7 @@ func tail(s string, n int) string {
 }
 
 func dataMajor(pgdata string) int {
-	b, err := os.ReadFile(filepath.Join(pgdata, "PG_VERSION")) // #nosec G304 -- the data directory
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	n, _ := postgres.ReadDataMajor(pgdata)
 	return n
 }
 
@@ -703,7 +701,7 @@ func (r *runner) afterSwap(ctx context.Context) error {
 		}
 	}
 	return r.step(StepCleanup, func() error {
-		id, err := systemIdentifier(pg)
+		id, err := postgres.ReadSystemID(pg)
 		if err != nil {
 			return err
 		}
