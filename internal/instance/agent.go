@@ -65,10 +65,15 @@ type Config struct {
 	// of every peer (tests with one primary).
 	PrimaryHost string
 	// PrimaryPort is the peers' PostgreSQL port; Port when zero.
-	PrimaryPort     int
-	Port            int
-	AgentPort       int
-	AgentAddress    string
+	PrimaryPort  int
+	Port         int
+	AgentPort    int
+	AgentAddress string
+	// MetricsPort and MetricsAddress: where PostgreSQL's metrics are served
+	// (plain HTTP, GET /metrics); a negative port turns them off, 0 picks a free
+	// one (tests).
+	MetricsPort     int
+	MetricsAddress  string
 	ListenAddresses string
 	BinDir          string
 	// CloneRetry is the first delay between pg_basebackup attempts (doubling up to
@@ -138,6 +143,8 @@ func Run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.PrimaryPort, "primary-port", 0, "PostgreSQL port of the primary (default: --port)")
 	fs.IntVar(&cfg.AgentPort, "agent-port", AgentPort, "agent HTTP port")
 	fs.StringVar(&cfg.AgentAddress, "agent-address", "", "agent HTTP listen address (all interfaces when empty)")
+	fs.IntVar(&cfg.MetricsPort, "metrics-port", MetricsPort, "port of the PostgreSQL metrics (Prometheus format); -1 turns them off")
+	fs.StringVar(&cfg.MetricsAddress, "metrics-address", "", "metrics listen address (all interfaces when empty)")
 	fs.StringVar(&cfg.ListenAddresses, "listen-addresses", "*", "PostgreSQL listen_addresses")
 	fs.StringVar(&cfg.BinDir, "bin-dir", "", "directory of the PostgreSQL programs (found automatically when empty)")
 	fs.Int64Var(&cfg.MaxLagBytes, "max-lag-bytes", 0, "replay lag above which a standby is not ready (default 64Mi)")
@@ -201,6 +208,10 @@ type Agent struct {
 	// ready is closed when the HTTP server listens.
 	ready chan struct{}
 	addr  atomic.Value // net.Addr of the HTTP server
+	// metricsAddr is the net.Addr of the metrics listener.
+	metricsAddr atomic.Value
+	// metrics is the metrics collector (nil when metrics are off).
+	metrics *metricsCollector
 
 	mu sync.Mutex
 	// token is the agent token; prevToken is still accepted until prevUntil.
@@ -380,6 +391,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
+	if a.cfg.MetricsPort >= 0 {
+		msrv, collector, err := a.serveMetrics()
+		if err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = msrv.Shutdown(sctx)
+			collector.close()
+		}()
+	}
 	go a.dropExpiredCopies(ctx, time.Minute)
 	go a.probeLoop(ctx) // #nosec G118 -- the agent's own context
 

@@ -18,12 +18,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	backupctrl "github.com/example/postgres-operator/internal/controller/backup"
 	"github.com/example/postgres-operator/internal/controller/database"
+	"github.com/example/postgres-operator/internal/metrics"
 	"github.com/example/postgres-operator/internal/scheme"
 )
 
@@ -127,6 +129,9 @@ func Run(args []string) error {
 	}
 	if err := (&backupctrl.RestoreReconciler{Runner: runner("restore-controller")}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the restore controller: %w", err)
+	}
+	if err := metrics.Register(ctrlmetrics.Registry, mgr.GetCache()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		return fmt.Errorf("adding health check: %w", err)

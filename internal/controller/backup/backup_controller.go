@@ -25,6 +25,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/metrics"
 )
 
 const waitRequeue = 10 * time.Second
@@ -63,6 +64,9 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("writing status: %w", perr))
 		}
 		phaseEvent(r.Recorder, b, "Backup", string(before.Phase), string(b.Status.Phase))
+		if b.Spec.Schedule == "" && before.Phase != databasev1.BackupFailed && b.Status.Phase == databasev1.BackupFailed {
+			metrics.BackupFailures.WithLabelValues(b.Namespace, b.Spec.DatabaseRef.Name).Inc()
+		}
 	}
 	return res, err
 }

@@ -24,6 +24,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/metrics"
 )
 
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update;patch
@@ -220,6 +221,9 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 			return fmt.Errorf("recording target primary %q: %w", d.Target, err)
 		}
 		log.Info("target primary recorded", "target", d.Target, "from", before.Status.TargetPrimary)
+		if d.Finished != nil {
+			metrics.PrimaryChanges.WithLabelValues(db.Namespace, db.Name, string(d.Finished.Kind), string(d.Finished.Phase)).Inc()
+		}
 		r.haEvents(db, before.Status.PrimaryChange, d.Change, d.Finished)
 	}
 	var errs []error

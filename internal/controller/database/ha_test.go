@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +19,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/metrics"
 )
 
 func getLease(t *testing.T, ns string) *coordinationv1.Lease {
@@ -174,6 +176,9 @@ func TestFailoverChoosesTheMostAdvancedStandbyAfterTheyStopped(t *testing.T) {
 		}
 		return findEvent(ns, corev1.EventTypeNormal, databasev1.ReasonFailoverCompleted, "my-database-2")
 	})
+	if got := testutil.ToFloat64(metrics.PrimaryChanges.WithLabelValues(ns, "my-database", "Failover", "Completed")); got != 1 {
+		t.Errorf("primary_changes_total{kind=Failover,outcome=Completed} = %v, want 1", got)
+	}
 	if findEvent(ns, corev1.EventTypeWarning, databasev1.ReasonFailingOver, "my-database-0") != "" {
 		t.Error("no FailingOver warning naming the failed primary")
 	}
@@ -244,6 +249,9 @@ func TestSwitchoverAnnotationLifecycle(t *testing.T) {
 		}
 		return findEvent(ns, corev1.EventTypeNormal, databasev1.ReasonSwitchoverComplete, "my-database-1")
 	})
+	if got := testutil.ToFloat64(metrics.PrimaryChanges.WithLabelValues(ns, "my-database", "Switchover", "Completed")); got != 1 {
+		t.Errorf("primary_changes_total{kind=Switchover,outcome=Completed} = %v, want 1", got)
+	}
 }
 
 // Scaling down never removes the primary's ordinal: the StatefulSet keeps it

@@ -62,6 +62,9 @@ const (
 
 	portNamePostgres = "postgres"
 	portNameAgent    = "agent"
+	// portNameMetrics is the agent's PostgreSQL metrics port: the PodMonitor
+	// scrapes it by name.
+	portNameMetrics = "metrics"
 
 	// postgresUID is the uid of the postgres user of the official images.
 	postgresUID int64 = 999
@@ -261,6 +264,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		WithPorts(
 			corev1ac.ContainerPort().WithName(portNamePostgres).WithContainerPort(instance.PostgresPort).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName(portNameAgent).WithContainerPort(instance.AgentPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(portNameMetrics).WithContainerPort(instance.MetricsPort).WithProtocol(corev1.ProtocolTCP),
 		).
 		// The agent answers as soon as it runs; it supervises a clone (however long
 		// a clone that progresses takes) and restarts PostgreSQL itself.
