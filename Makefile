@@ -10,11 +10,17 @@ KUSTOMIZE_VERSION ?= v5.8.1
 K8S_VERSION ?= v1.37.1
 ETCD_VERSION ?= v3.7.3
 GOSEC_VERSION ?= v2.30.0
+# promtool (the alert rules' checks and unit tests) comes from Prometheus's Go
+# module, whose versions are v0.<minor>.<patch> for Prometheus 3.<minor>.
+PROMTOOL_VERSION ?= v0.316.0
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 GOSEC ?= $(LOCALBIN)/gosec-$(GOSEC_VERSION)
+# Built once per version outside the repo (a ~3 minute build).
+TOOLS_CACHE ?= $(HOME)/.cache/postgres-operator/tools
+PROMTOOL ?= $(TOOLS_CACHE)/promtool-$(PROMTOOL_VERSION)/promtool
 KUBECTL ?= kubectl
 
 GO_TEST_FLAGS ?= -count=1
@@ -57,9 +63,9 @@ lint-security: $(GOSEC) ## Static security analysis (gosec, pinned).
 	$(GOSEC) -quiet -exclude=$(GOSEC_EXCLUDE) -exclude-dir=test -exclude-dir=hack ./...
 
 .PHONY: test
-test: manifests generate vet lint-security envtest-assets ## Unit, envtest and PostgreSQL tests.
+test: manifests generate vet lint-security envtest-assets $(PROMTOOL) ## Unit, envtest and PostgreSQL tests.
 	hack/ensure-postgres.sh
-	POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
+	PROMTOOL="$(PROMTOOL)" POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
 	KUBEBUILDER_ASSETS="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver)" \
 		go test $(GO_TEST_FLAGS) ./...
 
@@ -166,6 +172,14 @@ $(GOSEC):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)
 	mv $(LOCALBIN)/gosec $@
+
+$(PROMTOOL):
+	@mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+.PHONY: test-rules
+test-rules: $(PROMTOOL) ## promtool check and unit tests of the alert rules (config/prometheus).
+	PROMTOOL="$(PROMTOOL)" go test -count=1 -run 'TestAlertRules|TestEveryAlert|TestDashboard' -v ./internal/metrics/
 
 $(KUSTOMIZE):
 	@mkdir -p $(LOCALBIN)

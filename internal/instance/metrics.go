@@ -393,3 +393,10 @@ func (a *Agent) MetricsAddr() net.Addr {
 	}
 	return nil
 }
+
+// MetricsCollector returns a collector of the agent's PostgreSQL series that
+// only describes them (its Collect reports PostgreSQL down): for listing the
+// series' names.
+func MetricsCollector() prometheus.Collector {
+	return newMetricsCollector(&Agent{})
+}

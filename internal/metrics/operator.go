@@ -6,6 +6,7 @@ package metrics
 
 import (
 	"context"
+	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -238,4 +239,32 @@ func ScheduleInterval(schedule, timeZone string, now time.Time) (time.Duration, 
 		prev = next
 	}
 	return longest, longest > 0
+}
+
+// fqName matches the name in prometheus.Desc's String().
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// DescribedNames returns the names of the series c describes.
+func DescribedNames(c prometheus.Collector) []string {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		c.Describe(ch)
+		close(ch)
+	}()
+	var names []string
+	for d := range ch {
+		if m := fqName.FindStringSubmatch(d.String()); m != nil {
+			names = append(names, m[1])
+		}
+	}
+	return names
+}
+
+// Names returns the names of the operator's series.
+func Names() []string {
+	var names []string
+	for _, c := range []prometheus.Collector{NewCollector(nil), PrimaryChanges, BackupFailures} {
+		names = append(names, DescribedNames(c)...)
+	}
+	return names
 }
