@@ -50,6 +50,16 @@ type JobSpec struct {
 	// EncryptionSecret is the user's Secret with the age identity of an
 	// encrypted Backup (its identity key only is mounted).
 	EncryptionSecret string
+	// ClusterDomain is the cluster's DNS domain ("cluster.local" when empty).
+	ClusterDomain string
+}
+
+// ClusterDomain is d, or "cluster.local" when d is empty.
+func ClusterDomain(d string) string {
+	if d == "" {
+		return "cluster.local"
+	}
+	return d
 }
 
 // RestoreJob is what a restore Job needs beyond the artifact: the primary's agent
@@ -143,7 +153,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 				Items: []corev1.KeyToPath{{Key: instance.InternalAgentTokenFile, Path: instance.InternalAgentTokenFile}}}}})
 		}
 	} else if s.Database != nil {
-		args = append(args, fmt.Sprintf("--host=%s.%s.svc.cluster.local", s.Database.Name, s.Database.Namespace), "--port=5432",
+		args = append(args, fmt.Sprintf("--host=%s.%s.svc.%s", s.Database.Name, s.Database.Namespace, ClusterDomain(s.ClusterDomain)), "--port=5432",
 			"--database-uid="+string(s.Database.UID), "--database-object="+s.Database.Namespace+"/"+s.Database.Name,
 			"--credentials-dir="+credentialsMount)
 		mounts = append(mounts, corev1.VolumeMount{Name: "credentials", MountPath: credentialsMount, ReadOnly: true})

@@ -40,6 +40,7 @@ func Run(args []string) error {
 	var (
 		metricsAddr, probeAddr, agentImage string
 		metricsCertDir, watchNamespaces    string
+		clusterDomain                      string
 		leaderElect, secureMetrics         bool
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the metrics endpoint; 0 disables it.")
@@ -52,6 +53,8 @@ func Run(args []string) error {
 		"Comma-separated namespaces to watch (namespace-scoped install: RoleBindings to the manager role in each); all namespaces when empty.")
 	fs.StringVar(&agentImage, "agent-image", os.Getenv("OPERATOR_IMAGE"),
 		"Image the instance pods copy the agent binary from; default: the image of the manager's own container (POD_NAME/POD_NAMESPACE).")
+	fs.StringVar(&clusterDomain, "cluster-domain", database.DefaultClusterDomain,
+		"The cluster's DNS domain: Services are <name>.<namespace>.svc.<domain> in the credentials Secrets, the status, the certificates and the Jobs.")
 	var defaults backupctrl.Defaults
 	var s3Endpoint, s3Region, s3Secret string
 	var s3PathStyle bool
@@ -112,17 +115,18 @@ func Run(args []string) error {
 	log.Info("starting", "agentImage", agentImage)
 
 	if err := (&database.Reconciler{
-		Client:     mgr.GetClient(),
-		Recorder:   mgr.GetEventRecorder("database-controller"),
-		Instances:  database.NewHTTPInstanceClient(),
-		APIReader:  mgr.GetAPIReader(),
-		AgentImage: agentImage,
+		Client:        mgr.GetClient(),
+		Recorder:      mgr.GetEventRecorder("database-controller"),
+		Instances:     database.NewHTTPInstanceClient(),
+		APIReader:     mgr.GetAPIReader(),
+		AgentImage:    agentImage,
+		ClusterDomain: clusterDomain,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the database controller: %w", err)
 	}
 	runner := func(name string) backupctrl.Runner {
 		return backupctrl.Runner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder(name), Clock: clock.RealClock{},
-			AgentImage: agentImage, Defaults: defaults}
+			AgentImage: agentImage, Defaults: defaults, ClusterDomain: clusterDomain}
 	}
 	if err := (&backupctrl.BackupReconciler{Runner: runner("backup-controller")}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the backup controller: %w", err)

@@ -155,7 +155,7 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		if err := r.patchFinalizer(ctx, b, controllerutil.AddFinalizer); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
 		}
-		job = enginepkg.BuildJob(enginepkg.JobSpec{
+		job = enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
 			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
 			Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
 			ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(b.Spec.Encryption),
@@ -305,7 +305,7 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 		return r.removeForeignJob(ctx, b, job)
 	}
 	if apierrors.IsNotFound(err) {
-		job = enginepkg.BuildJob(enginepkg.JobSpec{
+		job = enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
 			Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
 			Target: target, Key: key, Owner: ownerRef(b, "Backup"),
 			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},

@@ -51,6 +51,8 @@ type Runner struct {
 	AgentImage string
 	// Defaults is the default storage location.
 	Defaults Defaults
+	// ClusterDomain is the cluster's DNS domain ("cluster.local" when empty).
+	ClusterDomain string
 }
 
 // phaseEvent records a phase transition of obj; Failed is a warning.

@@ -217,10 +217,10 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 	}
 	rj := &enginepkg.RestoreJob{ID: restoreID(rs), ExpectSHA256: sha,
 		DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep}
-	if err := agentAccess(ctx, r, db, rj); err != nil {
+	if err := agentAccess(ctx, r, db, rj, r.ClusterDomain); err != nil {
 		return ctrl.Result{}, err
 	}
-	job := enginepkg.BuildJob(enginepkg.JobSpec{
+	job := enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
 		Name: jobName, Namespace: rs.Namespace, Action: "restore", Image: databaseImage(db), AgentImage: r.AgentImage,
 		Target: target, Key: key, Owner: ownerRef(rs, "Restore"), ManifestKeySecret: db.Name + "-internal",
 		EncryptionSecret: encryptionSecret(encryption),
@@ -355,7 +355,7 @@ func artifactTarget(location string, s3 *databasev1.S3Config, d Defaults, what s
 // pod DNS name: over HTTPS with the Database's restore client certificate when
 // the primary pod serves TLS, else over HTTP with the agent token (a pod of an
 // operator before TLS).
-func agentAccess(ctx context.Context, c client.Reader, db *databasev1.Database, rj *enginepkg.RestoreJob) error {
+func agentAccess(ctx context.Context, c client.Reader, db *databasev1.Database, rj *enginepkg.RestoreJob, domain string) error {
 	pod := &corev1.Pod{}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: db.Status.CurrentPrimary}, pod); err != nil {
 		return fmt.Errorf("reading the primary pod %s: %w", db.Status.CurrentPrimary, err)
@@ -367,7 +367,7 @@ func agentAccess(ctx context.Context, c client.Reader, db *databasev1.Database, 
 	} else {
 		rj.InternalSecret = db.Name + "-internal"
 	}
-	rj.AgentURL = fmt.Sprintf("%s://%s.%s-hl.%s.svc.cluster.local:%d", scheme, db.Status.CurrentPrimary, db.Name, db.Namespace, instance.AgentPort)
+	rj.AgentURL = fmt.Sprintf("%s://%s.%s-hl.%s.svc.%s:%d", scheme, db.Status.CurrentPrimary, db.Name, db.Namespace, enginepkg.ClusterDomain(domain), instance.AgentPort)
 	return nil
 }
 

@@ -87,10 +87,10 @@ func (r *BackupReconciler) reconcileVerify(ctx context.Context, b *databasev1.Ba
 	}
 	rj := &enginepkg.RestoreJob{ID: "v" + shortUID(b.UID) + strconv.FormatInt(due.Unix(), 36),
 		ExpectSHA256: run.Status.SHA256, DatabaseUID: string(db.UID), Jobs: 2, VerifyOnly: true}
-	if err := agentAccess(ctx, r, db, rj); err != nil {
+	if err := agentAccess(ctx, r, db, rj, r.ClusterDomain); err != nil {
 		return 0, err
 	}
-	job := enginepkg.BuildJob(enginepkg.JobSpec{
+	job := enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
 		Name: enginepkg.JobName(b.Name, fmt.Sprintf("verify-%d", due.Unix())), Namespace: b.Namespace, Action: "restore",
 		Image: databaseImage(db), AgentImage: r.AgentImage, Target: target, Key: key, Owner: ownerRef(b, "Backup"),
 		ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(run.Spec.Encryption),

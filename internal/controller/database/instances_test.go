@@ -83,7 +83,7 @@ func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
 	db := &databasev1.Database{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", UID: "u1"}}
 	serve := func(ca pki.Pair) (*httptest.Server, *[]string) {
 		var clients []string
-		leaf, err := pki.Issue(ca, serverLeaf(db), now)
+		leaf, err := pki.Issue(ca, serverLeaf(db, ""), now)
 		if err != nil {
 			t.Fatal(err)
 		}

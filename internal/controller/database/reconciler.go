@@ -60,6 +60,10 @@ type Reconciler struct {
 	Instances InstanceClient
 	// AgentImage is the operator image the instance pods copy the agent from.
 	AgentImage string
+	// ClusterDomain is the cluster's DNS domain, in the Services' names the
+	// credentials, the status and the certificates use ("cluster.local" when
+	// empty).
+	ClusterDomain string
 	// RequeueProgressing and RequeueReady are how often the instances are checked
 	// while the Database progresses and once it is Ready (defaults 5s and 30s).
 	RequeueProgressing, RequeueReady time.Duration
@@ -165,7 +169,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, nil
 	}
 
-	obs := observation{Now: r.now(), ReadyGrace: orDefault(r.ReadyGrace, defaultReadyGrace), StallAfter: orDefault(r.StallAfter, defaultStallAfter)}
+	obs := observation{Now: r.now(), ClusterDomain: r.ClusterDomain, ReadyGrace: orDefault(r.ReadyGrace, defaultReadyGrace), StallAfter: orDefault(r.StallAfter, defaultStallAfter)}
 	var errs []error
 	for _, s := range r.steps() {
 		if obs.Upgrade != nil && obs.Upgrade.Suspend && upgradeSuspends[s.name] {

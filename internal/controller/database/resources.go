@@ -84,16 +84,24 @@ func readOnlyServiceName(db *databasev1.Database) string   { return db.Name + "-
 func headlessServiceName(db *databasev1.Database) string   { return db.Name + "-hl" }
 func statefulSetName(db *databasev1.Database) string       { return db.Name }
 
-func serviceHost(db *databasev1.Database, service string) string {
-	return fmt.Sprintf("%s.%s.svc.cluster.local", service, db.Namespace)
+// DefaultClusterDomain is the cluster's DNS domain unless the operator runs with
+// --cluster-domain.
+const DefaultClusterDomain = "cluster.local"
+
+// serviceHost is a Service's fully qualified name in the cluster's DNS domain.
+func serviceHost(db *databasev1.Database, service, domain string) string {
+	if domain == "" {
+		domain = DefaultClusterDomain
+	}
+	return fmt.Sprintf("%s.%s.svc.%s", service, db.Namespace, domain)
 }
 
-func endpoint(db *databasev1.Database) string {
-	return fmt.Sprintf("%s:%d", serviceHost(db, readWriteServiceName(db)), instance.PostgresPort)
+func endpoint(db *databasev1.Database, domain string) string {
+	return fmt.Sprintf("%s:%d", serviceHost(db, readWriteServiceName(db), domain), instance.PostgresPort)
 }
 
-func readOnlyEndpoint(db *databasev1.Database) string {
-	return fmt.Sprintf("%s:%d", serviceHost(db, readOnlyServiceName(db)), instance.PostgresPort)
+func readOnlyEndpoint(db *databasev1.Database, domain string) string {
+	return fmt.Sprintf("%s:%d", serviceHost(db, readOnlyServiceName(db), domain), instance.PostgresPort)
 }
 
 // selectorLabels select every instance pod of db. They are the StatefulSet's
@@ -450,9 +458,9 @@ func specHash(v any) (string, error) {
 // credentialsData is the content of the <name>-credentials Secret: with the
 // Database's CA, its ca.crt, sslmode verify-full and a uri that asks for it
 // (clients add sslrootcert=<path of ca.crt>).
-func credentialsData(db *databasev1.Database, password string, caPEM []byte) map[string][]byte {
-	host := serviceHost(db, readWriteServiceName(db))
-	roHost := serviceHost(db, readOnlyServiceName(db))
+func credentialsData(db *databasev1.Database, password string, caPEM []byte, domain string) map[string][]byte {
+	host := serviceHost(db, readWriteServiceName(db), domain)
+	roHost := serviceHost(db, readOnlyServiceName(db), domain)
 	port := strconv.Itoa(instance.PostgresPort)
 	sslmode := ""
 	d := map[string][]byte{

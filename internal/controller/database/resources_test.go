@@ -2,6 +2,7 @@ package database
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
@@ -98,7 +99,7 @@ func TestCredentialsDataHasEveryClientsFormat(t *testing.T) {
 	db.Name, db.Namespace = "orders", "shop"
 	db.Spec.Username, db.Spec.DatabaseName = "app", "orders_db"
 	pw := `p:w@/?&\x`
-	d := credentialsData(db, pw, []byte("CA"))
+	d := credentialsData(db, pw, []byte("CA"), "")
 	want := map[string]string{
 		"host":     "orders.shop.svc.cluster.local",
 		"ro-host":  "orders-ro.shop.svc.cluster.local",
@@ -125,9 +126,46 @@ func TestCredentialsDataHasEveryClientsFormat(t *testing.T) {
 			t.Errorf("%s password decodes to %q", k, p)
 		}
 	}
-	if plain := credentialsData(db, "pw", nil); string(plain["uri"]) != "postgresql://app:pw@orders.shop.svc.cluster.local:5432/orders_db" ||
+	if plain := credentialsData(db, "pw", nil, ""); string(plain["uri"]) != "postgresql://app:pw@orders.shop.svc.cluster.local:5432/orders_db" ||
 		strings.Contains(string(plain["jdbc-uri"]), "sslmode") {
 		t.Errorf("without TLS: uri %q jdbc-uri %q", plain["uri"], plain["jdbc-uri"])
+	}
+}
+
+// The operator's --cluster-domain names the Services everywhere clients and
+// instances read them: the credentials, the status endpoints, the certificate.
+func TestAClusterDomainOtherThanClusterLocal(t *testing.T) {
+	db := testDB(2)
+	d := credentialsData(db, "pw", []byte("CA"), "corp.example")
+	for k, want := range map[string]string{
+		"host":    db.Name + "." + db.Namespace + ".svc.corp.example",
+		"ro-host": db.Name + "-ro." + db.Namespace + ".svc.corp.example",
+	} {
+		if string(d[k]) != want {
+			t.Errorf("%s = %q, want %q", k, d[k], want)
+		}
+	}
+	for _, k := range []string{"uri", "ro-uri", "jdbc-uri", "pgpass"} {
+		if !strings.Contains(string(d[k]), ".svc.corp.example:5432") || strings.Contains(string(d[k]), "cluster.local") {
+			t.Errorf("%s = %q, want the corp.example domain", k, d[k])
+		}
+	}
+	if got := endpoint(db, "corp.example"); got != db.Name+"."+db.Namespace+".svc.corp.example:5432" {
+		t.Errorf("endpoint = %q", got)
+	}
+	if got := readOnlyEndpoint(db, ""); got != db.Name+"-ro."+db.Namespace+".svc.cluster.local:5432" {
+		t.Errorf("default read-only endpoint = %q", got)
+	}
+	leaf := serverLeaf(db, "corp.example")
+	for _, name := range []string{db.Name + "." + db.Namespace + ".svc.corp.example", "*." + db.Name + "-hl." + db.Namespace + ".svc.corp.example"} {
+		if !slices.Contains(leaf.DNSNames, name) {
+			t.Errorf("the server certificate lacks %s: %v", name, leaf.DNSNames)
+		}
+	}
+	for _, name := range leaf.DNSNames {
+		if strings.HasSuffix(name, "cluster.local") {
+			t.Errorf("the certificate names %s in another domain", name)
+		}
 	}
 }
 

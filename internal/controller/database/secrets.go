@@ -123,7 +123,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		if err != nil {
 			return nil, err
 		}
-		return credentialsData(db, pw, obs.CAPEM), nil
+		return credentialsData(db, pw, obs.CAPEM, obs.ClusterDomain), nil
 	})
 	if err != nil {
 		return err
@@ -133,7 +133,7 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 			"Secret %s was missing and was recreated with a new password; the instances apply it to the running primary", cred.Name)
 	}
 	if cred != nil && !created {
-		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]), obs.CAPEM)
+		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]), obs.CAPEM, obs.ClusterDomain)
 		if len(cred.Data[instance.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
 			if err := r.patchSecretData(ctx, cred, want); err != nil {
 				return fmt.Errorf("refreshing the derived keys: %w", err)

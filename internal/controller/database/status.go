@@ -24,6 +24,8 @@ type observation struct {
 	// settings.
 	Now                    time.Time
 	ReadyGrace, StallAfter time.Duration
+	// ClusterDomain is the cluster's DNS domain (the operator's --cluster-domain).
+	ClusterDomain string
 	// StatefulSet is nil until it exists.
 	StatefulSet *appsv1.StatefulSet
 	// Pods are the instance pods, ordered by name.
@@ -196,8 +198,8 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.Replicas = obs.StatefulSet.Status.Replicas
 		st.ReadyReplicas = obs.StatefulSet.Status.ReadyReplicas
 		st.Instances = fmt.Sprintf("%d/%d", st.ReadyReplicas, replicas(db))
-		st.Endpoint = endpoint(db)
-		st.ReadOnlyEndpoint = readOnlyEndpoint(db)
+		st.Endpoint = endpoint(db, obs.ClusterDomain)
+		st.ReadOnlyEndpoint = readOnlyEndpoint(db, obs.ClusterDomain)
 	}
 	if p := primaryOf(obs); p != nil {
 		st.CurrentPrimary = p.Pod

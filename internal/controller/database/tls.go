@@ -42,13 +42,16 @@ func agentServerName(db *databasev1.Database) string {
 // serverLeaf is the instances' certificate: the three Services under every name
 // a client in the cluster may use, and each pod under the headless Service
 // (short, as the instances name each other, and qualified).
-func serverLeaf(db *databasev1.Database) pki.Leaf {
+func serverLeaf(db *databasev1.Database, domain string) pki.Leaf {
+	if domain == "" {
+		domain = DefaultClusterDomain
+	}
 	var names []string
 	for _, svc := range []string{readWriteServiceName(db), readOnlyServiceName(db), headlessServiceName(db)} {
-		names = append(names, svc, svc+"."+db.Namespace, svc+"."+db.Namespace+".svc", svc+"."+db.Namespace+".svc.cluster.local")
+		names = append(names, svc, svc+"."+db.Namespace, svc+"."+db.Namespace+".svc", svc+"."+db.Namespace+".svc."+domain)
 	}
 	hl := headlessServiceName(db)
-	names = append(names, "*."+hl, "*."+hl+"."+db.Namespace, "*."+hl+"."+db.Namespace+".svc", "*."+hl+"."+db.Namespace+".svc.cluster.local")
+	names = append(names, "*."+hl, "*."+hl+"."+db.Namespace, "*."+hl+"."+db.Namespace+".svc", "*."+hl+"."+db.Namespace+".svc."+domain)
 	return pki.Leaf{CommonName: readWriteServiceName(db) + "." + db.Namespace + ".svc", DNSNames: names}
 }
 
@@ -79,7 +82,7 @@ func (r *Reconciler) reconcileTLS(ctx context.Context, db *databasev1.Database, 
 		secret string
 		leaf   pki.Leaf
 	}{
-		{serverTLSSecretName(db), serverLeaf(db)},
+		{serverTLSSecretName(db), serverLeaf(db, obs.ClusterDomain)},
 		{restoreTLSSecretName(db), pki.Leaf{CommonName: instance.ClientRestore, Client: true}},
 	} {
 		if err := r.ensureLeaf(ctx, db, obs, want.secret, ca, want.leaf, now); err != nil {

@@ -177,7 +177,7 @@ func TestACertificateWithWrongNamesOrNearExpiryIsReissued(t *testing.T) {
 		// Issued for other names (an edited Secret).
 		{"wrong names", pki.Leaf{CommonName: "x", DNSNames: []string{"elsewhere.example"}}, time.Now()},
 		// Issued 80 days ago: past two thirds of its 90 days.
-		{"near expiry", serverLeaf(getDB(t, ns, "my-database")), time.Now().Add(-80 * 24 * time.Hour)},
+		{"near expiry", serverLeaf(getDB(t, ns, "my-database"), ""), time.Now().Add(-80 * 24 * time.Hour)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -198,7 +198,7 @@ func TestACertificateWithWrongNamesOrNearExpiryIsReissued(t *testing.T) {
 				if err := verifyLeaf(s.Data["tls.crt"], caPair.CertPEM, "my-database."+ns+".svc", x509.ExtKeyUsageServerAuth); err != nil {
 					return err.Error()
 				}
-				if r := pki.RenewReason(s.Data["tls.crt"], caPair.CertPEM, serverLeaf(getDB(t, ns, "my-database")), time.Now()); r != "" {
+				if r := pki.RenewReason(s.Data["tls.crt"], caPair.CertPEM, serverLeaf(getDB(t, ns, "my-database"), ""), time.Now()); r != "" {
 					return r
 				}
 				return ""
