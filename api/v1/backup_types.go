@@ -210,6 +210,10 @@ type BackupStatus struct {
 	// JobName is the Job that runs (or ran) this backup.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// Error says why the Backup failed (a schedule: why its latest finished run
+	// failed); empty otherwise. The ERROR column of kubectl get.
+	// +optional
+	Error string `json:"error,omitempty"`
 	// ObservedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -275,6 +279,7 @@ const (
 // +kubebuilder:printcolumn:name="Size",type="integer",JSONPath=".status.sizeBytes",priority=1
 // +kubebuilder:printcolumn:name="Location",type="string",JSONPath=".status.backupLocation",priority=1
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+// +kubebuilder:printcolumn:name="Error",type="string",JSONPath=".status.error"
 
 // Backup is a logical backup of a Database, streamed by pg_dump to object storage
 // or a volume, or a schedule of such backups.
@@ -400,6 +405,10 @@ type RestoreStatus struct {
 	// Restore has not finished).
 	// +optional
 	BackupName string `json:"backupName,omitempty"`
+	// Error says why the Restore failed; empty otherwise. The ERROR column of
+	// kubectl get.
+	// +optional
+	Error string `json:"error,omitempty"`
 	// ObservedGeneration is the generation this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -418,6 +427,7 @@ type RestoreStatus struct {
 // +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Backup",type="string",JSONPath=".spec.backupRef.name"
 // +kubebuilder:printcolumn:name="Age",type="date",JSONPath=".metadata.creationTimestamp"
+// +kubebuilder:printcolumn:name="Error",type="string",JSONPath=".status.error"
 
 // Restore restores a Backup into a Database, atomically.
 type Restore struct {

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -183,6 +184,18 @@ spec:
 		t.Errorf("no downtime recorded")
 	} else {
 		t.Logf("downtime recorded by the operator: %s", d)
+	}
+	// The agent's metrics on 17 (checkpoints moved to pg_stat_checkpointer).
+	ip := c.must("get", "pod", primary, "-o", "jsonpath={.status.podIP}")
+	m := scrapeURL(t, "http://"+net.JoinHostPort(ip, "9187")+"/metrics", "")
+	if up, _ := seriesValue(m, "postgres_up"); up != 1 {
+		t.Errorf("postgres_up on 17 = %v", up)
+	}
+	if _, ok := seriesValue(m, "postgres_info", "role", "primary"); !ok {
+		t.Error("no postgres_info{role=primary} on 17")
+	}
+	if _, ok := seriesValue(m, "postgres_checkpoints_requested_total"); !ok {
+		t.Error("no checkpoints on 17")
 	}
 	after, err := c.psql(primary, false, upgradeFingerprint)
 	if err != nil || after != before {

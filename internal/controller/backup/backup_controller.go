@@ -59,6 +59,7 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		res, err = r.reconcileRun(ctx, b)
 	}
 	b.Status.ObservedGeneration = b.Generation
+	b.Status.Error = failureMessage(b.Status.Phase == databasev1.BackupFailed, b.Status.Conditions)
 	if !equality.Semantic.DeepEqual(*before, b.Status) {
 		if perr := r.Status().Patch(ctx, b, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("writing status: %w", perr))

@@ -100,6 +100,9 @@ func TestFailedJobFailsTheBackupWithTheReason(t *testing.T) {
 	if c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, "permission denied for table secrets") {
 		t.Errorf("Stalled = %+v", c)
 	}
+	if !strings.Contains(b.Status.Error, "permission denied for table secrets") {
+		t.Errorf("status.error (the ERROR column) = %q, want the failure", b.Status.Error)
+	}
 }
 
 func TestBackupWithoutLocationOrDefaultFailsSayingHowToSetOne(t *testing.T) {
@@ -225,7 +228,7 @@ func TestScheduleRunsOncePerSlotWithoutOverlapOrCatchUpAndKeepsRetention(t *test
 	}
 
 	// The first slot passes: exactly one run, named after the slot.
-	fake.Step(10 * time.Minute)
+	stepPastSlotAfter(b.CreationTimestamp.Time)
 	poke(t, ns, "nightly")
 	first := waitRuns(t, ns, "nightly", 1)[0]
 	testenv.Eventually(t, "lastScheduledTime of the run", func() string {

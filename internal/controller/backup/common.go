@@ -242,3 +242,23 @@ func encryptionSecret(e *databasev1.BackupEncryption) string {
 	}
 	return e.SecretName
 }
+
+// failureMessage is the status.error of a Backup or Restore: the Stalled
+// condition's message when it failed, or the Ready condition's when a
+// schedule's latest run failed; "" otherwise.
+func failureMessage(failed bool, conds []metav1.Condition) string {
+	if ready := meta.FindStatusCondition(conds, databasev1.ConditionReady); ready != nil &&
+		ready.Status != metav1.ConditionTrue && ready.Reason == databasev1.ReasonLastRunFailed {
+		return ready.Message
+	}
+	if !failed {
+		return ""
+	}
+	if c := meta.FindStatusCondition(conds, databasev1.ConditionStalled); c != nil && c.Status == metav1.ConditionTrue {
+		return c.Message
+	}
+	if c := meta.FindStatusCondition(conds, databasev1.ConditionReady); c != nil {
+		return c.Message
+	}
+	return "failed"
+}

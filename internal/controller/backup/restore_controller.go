@@ -44,6 +44,7 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 	orig := rs.DeepCopy()
 	res, err := r.reconcile(ctx, rs)
 	rs.Status.ObservedGeneration = rs.Generation
+	rs.Status.Error = failureMessage(rs.Status.Phase == databasev1.RestoreFailed, rs.Status.Conditions)
 	if !equality.Semantic.DeepEqual(orig.Status, rs.Status) {
 		if perr := r.Status().Patch(ctx, rs, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, perr)

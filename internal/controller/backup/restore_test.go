@@ -141,6 +141,9 @@ func TestFailedRestoreSaysTheDatabaseIsUnchanged(t *testing.T) {
 	if c == nil || !strings.Contains(c.Message, "checksum mismatch") || !strings.Contains(c.Message, "database is unchanged") {
 		t.Errorf("Stalled = %+v", c)
 	}
+	if !strings.Contains(rs.Status.Error, "checksum mismatch") {
+		t.Errorf("status.error (the ERROR column) = %q, want the failure", rs.Status.Error)
+	}
 }
 
 func TestRestoreOfAScheduleUsesItsNewestCompletedRun(t *testing.T) {

@@ -24,6 +24,17 @@ func stepToSlot(offset time.Duration) {
 	fake.Step(next.Sub(now))
 }
 
+// stepPastSlotAfter moves the shared fake clock 5s past the first */10 slot
+// after both t (a schedule's creation, in real time) and the clock's own now.
+func stepPastSlotAfter(t time.Time) {
+	from := fake.Now()
+	if t.After(from) {
+		from = t
+	}
+	next := from.Truncate(10 * time.Minute).Add(10*time.Minute + 5*time.Second)
+	fake.Step(next.Sub(fake.Now()))
+}
+
 func readyReason(t *testing.T, ns, name string) (string, string) {
 	t.Helper()
 	c := meta.FindStatusCondition(getBackup(t, ns, name).Status.Conditions, databasev1.ConditionReady)
@@ -61,6 +72,9 @@ func TestAScheduleShowsFailedRunsSupersedesStuckOnesAndHonoursItsDeadline(t *tes
 		got, msg := readyReason(t, ns, "sched")
 		if got != "False/"+databasev1.ReasonLastRunFailed || !strings.Contains(msg, failed.Name) || !strings.Contains(msg, "out of shared memory") {
 			return got + " " + msg
+		}
+		if e := getBackup(t, ns, "sched").Status.Error; !strings.Contains(e, "out of shared memory") {
+			return "status.error of the schedule: " + e
 		}
 		return ""
 	})
