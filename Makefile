@@ -128,6 +128,10 @@ cluster-up: ## Start the local single-node cluster (builds and caches everything
 cluster-down: ## Stop the local cluster and undo every host change it made.
 	hack/localkube.sh down
 
+.PHONY: plugin
+plugin: ## Build the kubectl plugin into bin/kubectl-pg (put bin/ on PATH: kubectl pg --help).
+	go build -trimpath -ldflags="-s -w" -o bin/kubectl-pg ./cmd/kubectl-pg
+
 .PHONY: kubeconfig
 kubeconfig: ## Print the path of the local cluster's kubeconfig.
 	@hack/localkube.sh kubeconfig
