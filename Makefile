@@ -13,6 +13,7 @@ GOSEC_VERSION ?= v2.30.0
 # promtool (the alert rules' checks and unit tests) comes from Prometheus's Go
 # module, whose versions are v0.<minor>.<patch> for Prometheus 3.<minor>.
 PROMTOOL_VERSION ?= v0.316.0
+HELM_VERSION ?= v4.3.2
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
@@ -21,6 +22,7 @@ GOSEC ?= $(LOCALBIN)/gosec-$(GOSEC_VERSION)
 # Built once per version outside the repo (a ~3 minute build).
 TOOLS_CACHE ?= $(HOME)/.cache/postgres-operator/tools
 PROMTOOL ?= $(TOOLS_CACHE)/promtool-$(PROMTOOL_VERSION)/promtool
+HELM ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 KUBECTL ?= kubectl
 
 GO_TEST_FLAGS ?= -count=1
@@ -63,15 +65,15 @@ lint-security: $(GOSEC) ## Static security analysis (gosec, pinned).
 	$(GOSEC) -quiet -exclude=$(GOSEC_EXCLUDE) -exclude-dir=test -exclude-dir=hack ./...
 
 .PHONY: test
-test: manifests generate vet lint-security envtest-assets $(PROMTOOL) ## Unit, envtest and PostgreSQL tests.
+test: manifests generate chart vet lint-security envtest-assets $(PROMTOOL) $(HELM) ## Unit, envtest and PostgreSQL tests.
 	hack/ensure-postgres.sh
-	PROMTOOL="$(PROMTOOL)" POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
+	PROMTOOL="$(PROMTOOL)" HELM="$(HELM)" POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
 	KUBEBUILDER_ASSETS="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver)" \
 		go test $(GO_TEST_FLAGS) ./...
 
 .PHONY: check-generated
-check-generated: manifests generate ## Fail if generated files are not committed.
-	@git diff --exit-code -- api config || (echo "generated files are stale: run make generate manifests" && exit 1)
+check-generated: manifests generate chart ## Fail if generated files are not committed.
+	@git diff --exit-code -- api config dist/chart || (echo "generated files are stale: run make generate manifests" && exit 1)
 
 ##@ Build
 
@@ -141,10 +143,10 @@ demo: ## Quick start: cluster, operator, a Ready sample Database and how to conn
 	hack/demo.sh
 
 .PHONY: e2e
-e2e: ## End-to-end suite on the local cluster (brings it up and deploys the operator).
+e2e: $(HELM) ## End-to-end suite on the local cluster (brings it up and deploys the operator).
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
-	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
+	HELM="$(HELM)" KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
 
 .PHONY: bench-backup
 bench-backup: build ## Backup/restore vs pg_dump -Z0 / pg_restore ceilings, parallel restore, pod peak memory; realistic (~3:1) and pgbench data, medians of RUNS=3.
@@ -176,6 +178,14 @@ $(GOSEC):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)
 	mv $(LOCALBIN)/gosec $@
+
+$(HELM):
+	@mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+
+.PHONY: chart
+chart: manifests ## Refresh the Helm chart's copies of the CRDs, RBAC rules and monitoring files (dist/chart/files).
+	hack/chart-files.sh
 
 $(PROMTOOL):
 	@mkdir -p $(dir $@)

@@ -48,7 +48,7 @@ func readmeBlock(t *testing.T, name string) string {
 
 // runReadme runs a README block verbatim with bash (errexit, pipefail) from the
 // repository's root, with kubectl's current namespace set to the test's.
-func (c *cluster) runReadme(name string) string {
+func (c *cluster) runReadme(name string, env ...string) string {
 	c.t.Helper()
 	raw, err := run(context.Background(), "", "config", "view", "--raw", "--minify")
 	if err != nil {
@@ -66,7 +66,7 @@ func (c *cluster) runReadme(name string) string {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", block)
 	cmd.Dir = repoRoot(c.t)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Env = append(append(os.Environ(), "KUBECONFIG="+kubeconfig), env...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		c.t.Fatalf("README block %s failed: %v\n%s\n--- the block:\n%s", name, err, out, block)
