@@ -141,6 +141,15 @@ type DatabaseSpec struct {
 	// Services (e.g. for a load-balancer controller or service mesh).
 	// +optional
 	ServiceTemplate ObjectMetadata `json:"serviceTemplate,omitempty"`
+
+	// PostgreSQL configures every instance's server: parameters, extra pg_hba
+	// rules and preloaded libraries. A parameter PostgreSQL applies on reload is
+	// applied within seconds without a restart; one that needs a restart (e.g.
+	// shared_buffers, shared_preload_libraries) restarts the instances one at a
+	// time, standbys first and the primary last after a switchover. Condition
+	// ConfigurationApplied says which happened.
+	// +optional
+	PostgreSQL PostgreSQLConfig `json:"postgresql,omitempty"`
 }
 
 // ObjectMetadata is labels and annotations added to objects the operator
@@ -491,6 +500,85 @@ type PrimaryChange struct {
 	FinishedAt *metav1.Time `json:"finishedAt,omitempty"`
 }
 
+// Reasons of ConditionConfigurationApplied.
+const (
+	ReasonConfigurationApplied = "ConfigurationApplied"
+	// ReasonConfigurationApplying: instances have not loaded it yet (a
+	// ConfigMap reaches the pods within about a minute).
+	ReasonConfigurationApplying = "ConfigurationApplying"
+	// ReasonRollingRestart: settings need a restart; the instances restart one
+	// at a time, the primary last after a switchover.
+	ReasonRollingRestart = "RollingRestart"
+	// ReasonConfigurationInvalid: PostgreSQL refused a setting (an invalid
+	// value); the instances keep the previous one and are not restarted.
+	ReasonConfigurationInvalid = "ConfigurationInvalid"
+)
+
+// AnnotationConfigRestart on the instance pods is the configuration hash they
+// were restarted for.
+const AnnotationConfigRestart = "database.example.com/config-restart"
+
+// ManagedParameters are the PostgreSQL settings the operator owns (listening,
+// replication, recovery, TLS, authentication files, logging of secrets): setting
+// them in spec.postgresql.parameters is refused. Keep in step with the CEL rule
+// of PostgreSQLConfig.Parameters (a test compares them).
+var ManagedParameters = []string{"listen_addresses", "port", "unix_socket_directories", "unix_socket_group", "unix_socket_permissions", "wal_level", "hot_standby", "max_wal_senders", "max_replication_slots", "wal_keep_size", "max_slot_wal_keep_size", "wal_log_hints", "wal_receiver_timeout", "primary_conninfo", "primary_slot_name", "synchronous_standby_names", "restore_command", "archive_cleanup_command", "recovery_end_command", "recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid", "recovery_target_timeline", "recovery_target_action", "recovery_target_inclusive", "promote_trigger_file", "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file", "ssl_crl_dir", "ssl_min_protocol_version", "ssl_passphrase_command", "password_encryption", "hba_file", "ident_file", "config_file", "data_directory", "external_pid_file", "log_parameter_max_length", "log_parameter_max_length_on_error", "shared_preload_libraries", "archive_mode", "archive_command", "archive_library", "include", "include_dir", "include_if_exists"}
+
+// ParameterValue is the value of a PostgreSQL setting: one line.
+// +kubebuilder:validation:MaxLength=1024
+// +kubebuilder:validation:Pattern=`^[^\n\r]*$`
+type ParameterValue string
+
+// PostgreSQLConfig is the server configuration of every instance.
+type PostgreSQLConfig struct {
+	// Parameters are postgresql.conf settings, name to value, e.g.
+	// {"work_mem": "64MB", "max_connections": "200"}; names are lowercase
+	// (extension settings have a dot: pg_stat_statements.max). The settings the
+	// operator manages are refused (listen_addresses, port, wal_level, the
+	// replication, recovery, TLS and authentication-file settings, ...).
+	// +kubebuilder:validation:MaxProperties=200
+	// +kubebuilder:validation:XValidation:rule="self.all(k, k.matches('^[a-z][a-z0-9_]*([.][a-z][a-z0-9_]*)?$'))",message="parameter names are lowercase PostgreSQL setting names, e.g. work_mem or pg_stat_statements.max"
+	// +kubebuilder:validation:XValidation:rule="self.all(k, !(k in ['listen_addresses','port','unix_socket_directories','unix_socket_group','unix_socket_permissions','wal_level','hot_standby','max_wal_senders','max_replication_slots','wal_keep_size','max_slot_wal_keep_size','wal_log_hints','wal_receiver_timeout','primary_conninfo','primary_slot_name','synchronous_standby_names','restore_command','archive_cleanup_command','recovery_end_command','recovery_target','recovery_target_lsn','recovery_target_name','recovery_target_time','recovery_target_xid','recovery_target_timeline','recovery_target_action','recovery_target_inclusive','promote_trigger_file','ssl','ssl_cert_file','ssl_key_file','ssl_ca_file','ssl_crl_file','ssl_crl_dir','ssl_min_protocol_version','ssl_passphrase_command','password_encryption','hba_file','ident_file','config_file','data_directory','external_pid_file','log_parameter_max_length','log_parameter_max_length_on_error','shared_preload_libraries','archive_mode','archive_command','archive_library','include','include_dir','include_if_exists']))",message="a parameter is managed by the operator and cannot be set: listen_addresses, port, unix_socket_*, wal_level, hot_standby, max_wal_senders, max_replication_slots, wal_keep_size, max_slot_wal_keep_size, wal_log_hints, wal_receiver_timeout, the replication and recovery settings, ssl and its files, password_encryption, hba_file, ident_file, config_file, data_directory, external_pid_file, log_parameter_max_length(_on_error), shared_preload_libraries (use sharedPreloadLibraries), archive_*, include*"
+	// +optional
+	Parameters map[string]ParameterValue `json:"parameters,omitempty"`
+	// PgHBA are extra pg_hba.conf lines, e.g. "hostssl mydb app 10.0.0.0/8
+	// scram-sha-256" or "host all all 192.0.2.0/24 reject". They are matched after
+	// the operator's own rules (which reserve the superuser, replication and
+	// monitoring roles) and before its final rule (any user, password over TLS).
+	// A change is applied by a reload.
+	// +kubebuilder:validation:MaxItems=100
+	// +kubebuilder:validation:items:MaxLength=512
+	// +kubebuilder:validation:XValidation:rule="self.all(l, l.matches('^(local|host|hostssl|hostnossl|hostgssenc|hostnogssenc)\\\\s+\\\\S.*$'))",message="each pg_hba line starts with local, host, hostssl, hostnossl, hostgssenc or hostnogssenc and is one line"
+	// +kubebuilder:validation:XValidation:rule="self.all(l, !l.matches('(^|[\\\\s,])(postgres|streaming_replica|postgres_operator_monitor)([\\\\s,]|$)'))",message="pg_hba lines may not name postgres, streaming_replica or postgres_operator_monitor (the roles the operator reserves, and the postgres database)"
+	// +optional
+	PgHBA []string `json:"pgHBA,omitempty"`
+	// SharedPreloadLibraries are loaded at server start, e.g.
+	// ["pg_stat_statements"]: the image must have them. A change restarts the
+	// instances one at a time (standbys first); an instance that cannot start
+	// with them stops the rollout before it reaches the primary.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z0-9_][A-Za-z0-9_.-]*$`
+	// +listType=set
+	// +optional
+	SharedPreloadLibraries []string `json:"sharedPreloadLibraries,omitempty"`
+}
+
+// ConfigurationStatus is how far spec.postgresql has reached the instances.
+type ConfigurationStatus struct {
+	// Hash identifies the spec.postgresql the instances should run.
+	Hash string `json:"hash,omitempty"`
+	// Applied is how many instances run it, e.g. "2/3".
+	Applied string `json:"applied,omitempty"`
+	// PendingRestart are the settings that take effect only after a restart
+	// (the instances restart one at a time for them).
+	// +optional
+	PendingRestart []string `json:"pendingRestart,omitempty"`
+	// RestartedFor is the Hash the instances were last restarted for (the pod
+	// annotation database.example.com/config-restart).
+	// +optional
+	RestartedFor string `json:"restartedFor,omitempty"`
+}
+
 // DatabaseStatus defines the observed state of a Database.
 type DatabaseStatus struct {
 	// Phase summarises the state: Pending, Provisioning, Deploying, Verifying, Ready
@@ -577,6 +665,10 @@ type DatabaseStatus struct {
 	// +optional
 	Upgrade *UpgradeStatus `json:"upgrade,omitempty"`
 
+	// Configuration is how far spec.postgresql has reached the instances.
+	// +optional
+	Configuration *ConfigurationStatus `json:"configuration,omitempty"`
+
 	// Instances is "ready/total" (readyReplicas/spec.replicas), for kubectl get.
 	// +optional
 	Instances string `json:"instances,omitempty"`
@@ -626,6 +718,9 @@ const (
 	// C library or ICU with spec.upgrade.rebuildCollationIndexes false: the
 	// listed indexes must be rebuilt by hand.
 	ConditionCollationIndexesStale = "CollationIndexesStale"
+	// ConditionConfigurationApplied is True when every instance runs the
+	// current spec.postgresql (by a reload, or after a rolling restart).
+	ConditionConfigurationApplied = "ConfigurationApplied"
 )
 
 // AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby

@@ -43,6 +43,9 @@ type Config struct {
 	TLSOptional    bool
 	CredentialsDir string
 	InternalDir    string
+	// ConfigDir holds the Database's spec.postgresql (UserConfigFile, from the
+	// <name>-config ConfigMap); none when empty.
+	ConfigDir string
 	RunDir         string
 	// VolumeSocketDir, when set, is a second socket directory on the data volume,
 	// listed first (so postmaster.pid names it): the major-upgrade preflight Job,
@@ -127,6 +130,7 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.PGData, "pgdata", DefaultPGData, "PostgreSQL data directory")
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
+	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of the Database's PostgreSQL configuration (the <name>-config ConfigMap); none when empty")
 	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket")
 	fs.StringVar(&cfg.VolumeSocketDir, "volume-socket-dir", "", "a socket directory on the data volume, for the upgrade preflight (none when empty)")
 	fs.StringVar(&cfg.SecretDir, "secret-dir", "", "private directory for the passfile and TLS key (memory-backed in a pod); --run-dir when empty")
@@ -212,6 +216,11 @@ type Agent struct {
 	metricsAddr atomic.Value
 	// metrics is the metrics collector (nil when metrics are off).
 	metrics *metricsCollector
+	// configMu serialises writeConfig (the supervisor and the config watch).
+	configMu sync.Mutex
+	// writtenConfig is the hash of the user configuration last written into
+	// the configuration files ("" when refused); configError why it was refused.
+	writtenConfig, configError atomic.Value
 
 	mu sync.Mutex
 	// token is the agent token; prevToken is still accepted until prevUntil.
@@ -876,6 +885,17 @@ func dirSize(dir string) int64 {
 
 // writeConfig rewrites the configuration the agent owns, at every start.
 func (a *Agent) writeConfig(primary bool) error {
+	a.configMu.Lock()
+	defer a.configMu.Unlock()
+	user, userHash, err := a.readUserConfig()
+	if err != nil {
+		// A configuration the agent refuses is not applied: the instance
+		// keeps (or starts with) the operator's settings alone, and says so.
+		a.configError.Store(err.Error())
+		user, userHash = UserConfig{}, ""
+	} else {
+		a.configError.Store("")
+	}
 	var quoteErr error
 	q := func(v string) string {
 		quoted, err := postgres.QuoteConfString(v)
@@ -884,9 +904,11 @@ func (a *Agent) writeConfig(primary bool) error {
 		}
 		return quoted
 	}
-	conf := []string{
+	conf := append([]string{
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
-		"listen_addresses = " + q(a.cfg.ListenAddresses),
+	}, userConfLines(user, q)...)
+	conf = append(conf,
+		"listen_addresses = "+q(a.cfg.ListenAddresses),
 		"port = " + strconv.Itoa(a.cfg.Port),
 		"unix_socket_directories = " + q(strings.Join(a.socketDirs(), ",")),
 		"unix_socket_permissions = 0700",
@@ -905,9 +927,9 @@ func (a *Agent) writeConfig(primary bool) error {
 		// Never log connection strings or statements with their parameters.
 		"log_parameter_max_length = 0",
 		"log_parameter_max_length_on_error = 0",
-		"hba_file = " + q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
-		"ident_file = " + q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
-	}
+		"hba_file = "+q(filepath.Join(a.cfg.PGData, "pg_hba.conf")),
+		"ident_file = "+q(filepath.Join(a.cfg.PGData, "pg_ident.conf")),
+	)
 	if a.cfg.MaxSlotWALKeepSize != "" {
 		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
 	}
@@ -968,7 +990,7 @@ func (a *Agent) writeConfig(primary bool) error {
 	if a.tlsEnabled() && !a.cfg.TLSOptional {
 		host = "hostssl"
 	}
-	hba := strings.Join([]string{
+	hbaLines := []string{
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
 		"# TYPE  DATABASE     USER               ADDRESS  METHOD",
 		"local   all          postgres                    peer map=operator",
@@ -981,8 +1003,13 @@ func (a *Agent) writeConfig(primary bool) error {
 		"host    all          " + ReplicationUser + "  all      reject",
 		"host    all          postgres           all      reject",
 		"host    all          " + MonitorUser + "  all      reject",
-		host + " all          all                all      scram-sha-256",
-	}, "\n") + "\n"
+	}
+	if len(user.PgHBA) > 0 {
+		hbaLines = append(append(hbaLines, "# spec.postgresql.pgHBA of the Database"), user.PgHBA...)
+	}
+	hba := strings.Join(append(hbaLines,
+		host+" all          all                all      scram-sha-256",
+	), "\n") + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_hba.conf"), hba, 0o600); err != nil {
 		return err
 	}
@@ -992,6 +1019,7 @@ func (a *Agent) writeConfig(primary bool) error {
 		return err
 	}
 
+	a.writtenConfig.Store(userHash)
 	if primary {
 		// A primary whose data is a standby's keeps its standby.signal until it
 		// is promoted.

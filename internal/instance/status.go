@@ -113,6 +113,17 @@ type Status struct {
 	Replicas []ReplicaStatus `json:"replicas,omitempty"`
 	// Error is set when the agent could not query PostgreSQL.
 	Error string `json:"error,omitempty"`
+	// ConfigHash is the hash of the Database's spec.postgresql this instance
+	// has written and loaded (its <name>-config ConfigMap's file).
+	ConfigHash string `json:"configHash,omitempty"`
+	// ConfigError says why the agent refused the configuration file.
+	ConfigError string `json:"configError,omitempty"`
+	// PendingRestart are the settings changed in the files that take effect
+	// only after a restart (pg_settings.pending_restart).
+	PendingRestart []string `json:"pendingRestart,omitempty"`
+	// ConfigErrors are the settings PostgreSQL refused (pg_file_settings.error),
+	// e.g. an invalid value: a restart would not start.
+	ConfigErrors []string `json:"configErrors,omitempty"`
 
 	// State is what the agent is doing (Running, Cloning, DataMissing, ...).
 	State State `json:"state,omitempty"`

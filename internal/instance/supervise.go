@@ -276,6 +276,23 @@ func (a *Agent) controlData(ctx context.Context, field string) (string, error) {
 }
 
 // reload makes PostgreSQL re-read its configuration.
+// applyUserConfig rewrites the configuration files for the current role and,
+// while PostgreSQL runs, reloads it.
+func (a *Agent) applyUserConfig(ctx context.Context) error {
+	if a.exited.Load() {
+		return nil // written at the next start
+	}
+	if st, _ := a.currentState(); st != StateRunning {
+		// Not in the middle of a promotion, demotion or rewind: their own
+		// writes of the configuration decide the role's settings.
+		return fmt.Errorf("PostgreSQL is %s", st)
+	}
+	if err := a.writeConfig(a.primary.Load()); err != nil {
+		return err
+	}
+	return a.reload(ctx)
+}
+
 func (a *Agent) reload(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -711,7 +728,7 @@ func validateNames(user, database string) error {
 }
 
 // ensureMonitorRole creates the monitoring role: pg_monitor, the checkpoint
-// function the status reads, no password (it logs in only by peer
+// function the status reads, the configuration file's settings, no password (it logs in only by peer
 // authentication over the private socket), at most 5 connections.
 func ensureMonitorRole(ctx context.Context, conn *pgx.Conn) error {
 	var exists bool
@@ -727,6 +744,9 @@ func ensureMonitorRole(ctx context.Context, conn *pgx.Conn) error {
 		verb + " ROLE " + q + " WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD NULL",
 		"GRANT pg_monitor TO " + q,
 		"GRANT EXECUTE ON FUNCTION pg_catalog.pg_control_checkpoint() TO " + q,
+		// Settings PostgreSQL refused (an invalid value of spec.postgresql).
+		"GRANT SELECT ON pg_catalog.pg_file_settings TO " + q,
+		"GRANT EXECUTE ON FUNCTION pg_catalog.pg_show_all_file_settings() TO " + q,
 	} {
 		if _, err := conn.Exec(ctx, stmt); err != nil {
 			return fmt.Errorf("monitoring role: %w", err)
@@ -791,6 +811,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 	}
 	st.Running = true
 	st.ServerVersionNum, _ = strconv.Atoi(versionNum)
+	a.configStatus(ctx, conn, st)
 	if st.InRecovery {
 		st.Role = RoleReplica
 		err = conn.QueryRow(ctx, `SELECT coalesce(pg_last_wal_receive_lsn()::text, ''), coalesce(pg_last_wal_replay_lsn()::text, ''),
@@ -976,6 +997,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 	tlsDigest := a.tlsDigest()
 	appPw := digest(a.cfg.CredentialsDir, CredentialsPasswordFile)
 	replPw := digest(a.cfg.InternalDir, InternalReplicationPasswordFile)
+	userConf := digest(a.cfg.ConfigDir, UserConfigFile)
 	t := time.NewTicker(a.cfg.SecretPoll)
 	defer t.Stop()
 	pending := false
@@ -1008,6 +1030,17 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 				}
 			}
 		}
+		if d := digest(a.cfg.ConfigDir, UserConfigFile); a.cfg.ConfigDir != "" && d != userConf {
+			// spec.postgresql changed: rewrite the configuration files and
+			// reload; what needs a restart shows in the status (pending_restart)
+			// and the operator restarts the instances one at a time.
+			if err := a.applyUserConfig(ctx); err != nil {
+				a.log.Warn("applying the changed configuration; will retry", "error", err.Error())
+			} else {
+				userConf = d
+				a.log.Info("configuration changed: applied by a reload", "hash", a.writtenConfig.Load())
+			}
+		}
 		if d := digest(a.cfg.InternalDir, InternalReplicationPasswordFile); d != "" && d != replPw {
 			replPw = d
 			if err := a.writePassfile(); err != nil {
@@ -1031,5 +1064,34 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		} else if pending && !a.primary.Load() {
 			pending = false
 		}
+	}
+}
+
+// configStatus reports which user configuration the instance runs, the
+// settings waiting for a restart and the lines PostgreSQL refused.
+func (a *Agent) configStatus(ctx context.Context, conn *pgx.Conn, st *Status) {
+	if h, _ := a.writtenConfig.Load().(string); h != "" {
+		st.ConfigHash = h
+	}
+	st.ConfigError, _ = a.configError.Load().(string)
+	rows, err := conn.Query(ctx, `SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name`)
+	if err == nil {
+		st.PendingRestart, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		st.ConfigError = strings.TrimSpace(st.ConfigError + " reading pending_restart: " + err.Error())
+	}
+	// A setting that waits for a restart is "not applied" too: only the
+	// others are errors (an invalid value never becomes pending).
+	rows, err = conn.Query(ctx, `SELECT coalesce(f.name, '?') || ' (line ' || coalesce(f.sourceline, 0) || '): ' || f.error
+		FROM pg_catalog.pg_file_settings f
+		WHERE f.error IS NOT NULL
+		  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_settings s WHERE s.name = f.name AND s.pending_restart)
+		ORDER BY f.sourcefile, f.sourceline`)
+	if err == nil {
+		st.ConfigErrors, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		st.ConfigError = strings.TrimSpace(st.ConfigError + " reading pg_file_settings: " + err.Error())
 	}
 }

@@ -15,7 +15,9 @@ func CacheOptions() cache.Options {
 	managed := labels.SelectorFromSet(labels.Set{LabelManagedBy: ManagedByValue})
 	return cache.Options{ByObject: map[client.Object]cache.ByObject{
 		&corev1.Secret{}: {Label: managed},
-		&corev1.Pod{}:    {Label: managed},
+		// spec.postgresql's ConfigMaps.
+		&corev1.ConfigMap{}: {Label: managed},
+		&corev1.Pod{}:       {Label: managed},
 		// The instances' access objects and disruption budgets.
 		&corev1.ServiceAccount{}:        {Label: managed},
 		&rbacv1.Role{}:                  {Label: managed},

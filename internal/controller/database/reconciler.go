@@ -115,6 +115,7 @@ func (r *Reconciler) steps() []step {
 		{"tls", r.reconcileTLS},
 		{"secrets", r.reconcileSecrets},
 		{"services", r.reconcileServices},
+		{"config", r.reconcileConfig},
 		{"access", r.reconcileAccess},
 		{"upgrade", r.reconcileUpgrade},
 		{"statefulset", r.reconcileStatefulSet},
@@ -388,7 +389,11 @@ func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Databa
 	if stopped {
 		n = 0
 	}
-	ac := buildStatefulSet(db, statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n, Stopped: stopped})
+	in := statefulSetInput{Image: img, AgentImage: r.AgentImage, ClaimSize: size, Replicas: n, Stopped: stopped}
+	if c := db.Status.Configuration; c != nil {
+		in.ConfigRestart = c.RestartedFor
+	}
+	ac := buildStatefulSet(db, in)
 	var live client.Object
 	if existing != nil {
 		live = existing
@@ -555,6 +560,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&appsv1.StatefulSet{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.Secret{}).
+		Owns(&corev1.ConfigMap{}).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).

@@ -52,6 +52,7 @@ const (
 	volumeController   = "controller"
 	volumeCredentials  = "credentials"
 	volumeInternal     = "internal"
+	volumeConfig       = "config"
 	volumeShm          = "shm"
 	volumeTLS          = "tls"
 	volumeTmp          = "tmp"
@@ -204,6 +205,9 @@ type statefulSetInput struct {
 	Replicas int32
 	// Stopped: 0 replicas (a major upgrade runs on the volumes).
 	Stopped bool
+	// ConfigRestart is the configuration hash the instances were last
+	// restarted for (status.configuration.restartedFor).
+	ConfigRestart string
 }
 
 func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.StatefulSetApplyConfiguration {
@@ -243,6 +247,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		"--pgdata=" + instance.DefaultPGData,
 		"--credentials-dir=" + instance.DefaultCredentialsDir,
 		"--internal-dir=" + instance.DefaultInternalDir,
+		"--config-dir=" + instance.DefaultConfigDir,
 		"--run-dir=" + instance.DefaultRunDir,
 		"--volume-socket-dir=" + instance.DefaultVolumeSocketDir,
 		// Passfile and TLS key copies in memory, never on a disk.
@@ -287,6 +292,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath),
 			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(instance.DefaultCredentialsDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(instance.DefaultInternalDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeConfig).WithMountPath(instance.DefaultConfigDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(instance.DefaultTLSDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
 			corev1ac.VolumeMount().WithName(volumeTmp).WithMountPath("/tmp"),
@@ -349,7 +355,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 				WithWhenScaled(appsv1.RetainPersistentVolumeClaimRetentionPolicyType)).
 			WithVolumeClaimTemplates(claim).
 			WithTemplate(corev1ac.PodTemplateSpec().
-				WithAnnotations(db.Spec.PodTemplate.Annotations).
+				WithAnnotations(podAnnotations(db, in)).
 				WithLabels(withExtra(labels, db.Spec.PodTemplate.Labels)).
 				WithSpec(podSpec.
 					WithEnableServiceLinks(false).
@@ -376,7 +382,25 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
 						secretVolume(volumeTLS, serverTLSSecretName(db)),
+						// spec.postgresql; optional: an instance starts with the
+						// operator's settings alone before the ConfigMap exists.
+						corev1ac.Volume().WithName(volumeConfig).WithConfigMap(corev1ac.ConfigMapVolumeSource().
+							WithName(configMapName(db)).WithOptional(true).WithDefaultMode(0o444)),
 					))))
+}
+
+// podAnnotations are the user's pod annotations and, once the instances had to
+// restart for a configuration, its hash (a new one restarts them).
+func podAnnotations(db *databasev1.Database, in statefulSetInput) map[string]string {
+	if in.ConfigRestart == "" {
+		return db.Spec.PodTemplate.Annotations
+	}
+	out := make(map[string]string, len(db.Spec.PodTemplate.Annotations)+1)
+	for k, v := range db.Spec.PodTemplate.Annotations {
+		out[k] = v
+	}
+	out[databasev1.AnnotationConfigRestart] = in.ConfigRestart
+	return out
 }
 
 // scheduling sets the pod's affinity (by default a preferred anti-affinity that

@@ -24,6 +24,9 @@ type observation struct {
 	// settings.
 	Now                    time.Time
 	ReadyGrace, StallAfter time.Duration
+	// ConfigHash is the hash of spec.postgresql's file ("" until the ConfigMap
+	// step ran).
+	ConfigHash string
 	// ClusterDomain is the cluster's DNS domain (the operator's --cluster-domain).
 	ClusterDomain string
 	// StatefulSet is nil until it exists.
@@ -136,7 +139,10 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		PrimaryChange:     prev.PrimaryChange,
 		LastPrimaryChange: prev.LastPrimaryChange,
 		Timeline:          prev.Timeline,
-		Conditions:        append([]metav1.Condition(nil), prev.Conditions...),
+		// The restart decision (restartedFor) outlives any reconcile that cannot
+		// observe the instances.
+		Configuration: prev.Configuration,
+		Conditions:    append([]metav1.Condition(nil), prev.Conditions...),
 	}
 	if st.Image == "" {
 		st.Image = prev.Image
@@ -192,6 +198,12 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.ObservedGeneration = prev.ObservedGeneration
 		setReconcileError(&st, db, obs)
 		return st
+	}
+
+	if obs.ConfigHash != "" && obs.Instances != nil {
+		cv := decideConfiguration(obs.ConfigHash, prev.Configuration, int(replicas(db)), obs.Instances)
+		st.Configuration = &cv.Status
+		set(databasev1.ConditionConfigurationApplied, cv.Condition, cv.Reason, cv.Message)
 	}
 
 	if obs.StatefulSet != nil {

@@ -1,8 +1,14 @@
 package database
 
 import (
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
 )
 
 // Every validation rule of the CRD, applied to the real API server: bad input is
@@ -41,11 +47,25 @@ func TestCreateValidation(t *testing.T) {
 		{"a Service label the operator selects on", "size: 10Gi", "size: 10Gi\n  serviceTemplate:\n    labels:\n      app: other",
 			"labels must not set app, database, name, role or app.kubernetes.io/managed-by"},
 		{"negative failover delay", "size: 10Gi", "size: 10Gi\n  failover:\n    failoverDelaySeconds: -1", "spec.failover.failoverDelaySeconds in body should be greater than or equal to 0"},
+		{"parameters the operator manages", "size: 10Gi", "size: 10Gi\n  postgresql:\n    parameters:\n      work_mem: 64MB\n      wal_level: minimal\n      port: \"6543\"",
+			"a parameter is managed by the operator and cannot be set"},
+		{"a parameter name that is no setting", "size: 10Gi", "size: 10Gi\n  postgresql:\n    parameters:\n      Work-Mem: 64MB",
+			"parameter names are lowercase PostgreSQL setting names"},
+		{"a parameter value over two lines", "size: 10Gi", "size: 10Gi\n  postgresql:\n    parameters:\n      work_mem: \"64MB\\nport = 1\"",
+			"spec.postgresql.parameters.work_mem in body should match"},
+		{"shared_preload_libraries as a parameter", "size: 10Gi", "size: 10Gi\n  postgresql:\n    parameters:\n      shared_preload_libraries: pg_stat_statements",
+			"shared_preload_libraries (use sharedPreloadLibraries)"},
+		{"a pg_hba line of another type", "size: 10Gi", "size: 10Gi\n  postgresql:\n    pgHBA: [\"all all 0.0.0.0/0 trust\"]",
+			"each pg_hba line starts with local, host, hostssl"},
+		{"a pg_hba line for the superuser", "size: 10Gi", "size: 10Gi\n  postgresql:\n    pgHBA: [\"host all postgres 0.0.0.0/0 trust\"]",
+			"pg_hba lines may not name postgres, streaming_replica or postgres_operator_monitor"},
+		{"a library name with a path", "size: 10Gi", "size: 10Gi\n  postgresql:\n    sharedPreloadLibraries: [\"/tmp/evil\"]",
+			"spec.postgresql.sharedPreloadLibraries[0] in body should match"},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			manifest := strings.Replace(seedManifest, tc.from, tc.to, 1)
-			manifest = strings.Replace(manifest, "name: my-database", "name: bad-"+string(rune('a'+i)), 1)
+			manifest = strings.Replace(manifest, "name: my-database", "name: bad-"+strconv.Itoa(i), 1)
 			err := applyYAML(t, ns, manifest)
 			if err == nil {
 				t.Fatalf("accepted:\n%s", manifest)
@@ -59,6 +79,26 @@ func TestCreateValidation(t *testing.T) {
 
 // The Database's own name must give children that can exist: a DNS-1035 label of
 // at most 52 characters, not ending in a suffix of another Database's Services.
+// The CRD's deny-list of parameters is databasev1.ManagedParameters, no more,
+// no less.
+func TestManagedParametersMatchTheCRDRule(t *testing.T) {
+	raw, err := os.ReadFile("../../../config/crd/bases/database.example.com_databases.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`self.all\(k, !\(k in \[([^\]]*)\]\)\)`).FindSubmatch(raw)
+	if m == nil {
+		t.Fatal("no deny-list rule in the CRD")
+	}
+	var inCRD []string
+	for _, q := range strings.Split(string(m[1]), ",") {
+		inCRD = append(inCRD, strings.Trim(strings.TrimSpace(q), "'"))
+	}
+	if !slices.Equal(inCRD, databasev1.ManagedParameters) {
+		t.Errorf("the CRD refuses %v, ManagedParameters is %v", inCRD, databasev1.ManagedParameters)
+	}
+}
+
 func TestNameValidation(t *testing.T) {
 	ns := newNamespace(t)
 	tests := []struct{ name, wantMessage string }{
