@@ -46,7 +46,7 @@ type Config struct {
 	// ConfigDir holds the Database's spec.postgresql (UserConfigFile, from the
 	// <name>-config ConfigMap); none when empty.
 	ConfigDir string
-	RunDir         string
+	RunDir    string
 	// VolumeSocketDir, when set, is a second socket directory on the data volume,
 	// listed first (so postmaster.pid names it): the major-upgrade preflight Job,
 	// which mounts the same volume, runs pg_upgrade --check against the live
@@ -909,8 +909,8 @@ func (a *Agent) writeConfig(primary bool) error {
 	}, userConfLines(user, q)...)
 	conf = append(conf,
 		"listen_addresses = "+q(a.cfg.ListenAddresses),
-		"port = " + strconv.Itoa(a.cfg.Port),
-		"unix_socket_directories = " + q(strings.Join(a.socketDirs(), ",")),
+		"port = "+strconv.Itoa(a.cfg.Port),
+		"unix_socket_directories = "+q(strings.Join(a.socketDirs(), ",")),
 		"unix_socket_permissions = 0700",
 		"wal_level = replica",
 		// pg_rewind needs hint bits in WAL when data checksums are off.
