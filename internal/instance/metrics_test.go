@@ -11,8 +11,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -33,8 +31,7 @@ func scrape(t *testing.T, ti *testInstance) map[string]*dto.MetricFamily {
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("GET /metrics = %d %s", resp.StatusCode, b)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := testenv.ParseMetrics(resp.Body)
 	if err != nil {
 		t.Fatalf("parsing the metrics: %v", err)
 	}
@@ -43,33 +40,7 @@ func scrape(t *testing.T, ti *testInstance) map[string]*dto.MetricFamily {
 
 // sample is the value of the series name{labels}; ok false when there is none.
 func sample(families map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f, found := families[name]
-	if !found {
-		return 0, false
-	}
-next:
-	for _, m := range f.Metric {
-		for i := 0; i+1 < len(labels); i += 2 {
-			matched := false
-			for _, l := range m.Label {
-				if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
-					matched = true
-				}
-			}
-			if !matched {
-				continue next
-			}
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Untyped != nil:
-			return m.Untyped.GetValue(), true
-		}
-	}
-	return 0, false
+	return testenv.Sample(families, name, labels...)
 }
 
 func mustSample(t *testing.T, families map[string]*dto.MetricFamily, name string, labels ...string) float64 {

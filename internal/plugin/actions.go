@@ -1,8 +1,11 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,15 +27,8 @@ func backupCommand(o *options) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ns, err := o.namespace()
+			ns, c, _, _, err := o.load(ctx, args[0])
 			if err != nil {
-				return err
-			}
-			c, _, err := o.clients()
-			if err != nil {
-				return err
-			}
-			if _, err := getDatabase(ctx, c, ns, args[0]); err != nil {
 				return err
 			}
 			if name == "" {
@@ -42,29 +38,15 @@ func backupCommand(o *options) *cobra.Command {
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 				Spec:       databasev1.BackupSpec{DatabaseRef: corev1.LocalObjectReference{Name: args[0]}},
 			}
-			if err := c.Create(ctx, b); err != nil {
-				return fmt.Errorf("creating Backup %s: %w", name, err)
-			}
-			fmt.Fprintf(o.out, "backup.database.example.com/%s created\n", name)
-			if !wait {
-				return nil
-			}
-			return waitFor(ctx, o.out, timeout, time.Second, func() (bool, string, error) {
-				if err := c.Get(ctx, client.ObjectKeyFromObject(b), b); err != nil {
-					return false, "", err
-				}
-				progress := fmt.Sprintf("%s: %s", name, orDash(string(b.Status.Phase)))
-				if ready := meta.FindStatusCondition(b.Status.Conditions, databasev1.ConditionReady); ready != nil && ready.Message != "" {
-					progress += ": " + ready.Message
-				}
+			return o.createAndFollow(ctx, c, b, wait, timeout, func() outcome {
 				switch b.Status.Phase {
 				case databasev1.BackupCompleted:
-					return true, fmt.Sprintf("%s: Completed in %s, %s at %s", name, b.Status.Duration,
-						humanBytes(b.Status.SizeBytes), b.Status.BackupLocation), nil
+					return outcome{done: true, summary: fmt.Sprintf("Completed in %s, %s at %s", b.Status.Duration,
+						humanBytes(b.Status.SizeBytes), b.Status.BackupLocation)}
 				case databasev1.BackupFailed:
-					return true, progress, errors.New("backup " + name + " failed: " + b.Status.Error)
+					return outcome{done: true, failure: b.Status.Error}
 				}
-				return false, progress, nil
+				return outcome{phase: string(b.Status.Phase), conditions: b.Status.Conditions}
 			})
 		},
 	}
@@ -87,15 +69,8 @@ func restoreCommand(o *options) *cobra.Command {
 			if backup == "" {
 				return errors.New("--backup is required: the name of a completed Backup (kubectl get pgbackup)")
 			}
-			ns, err := o.namespace()
+			ns, c, _, _, err := o.load(ctx, args[0])
 			if err != nil {
-				return err
-			}
-			c, _, err := o.clients()
-			if err != nil {
-				return err
-			}
-			if _, err := getDatabase(ctx, c, ns, args[0]); err != nil {
 				return err
 			}
 			if name == "" {
@@ -106,29 +81,15 @@ func restoreCommand(o *options) *cobra.Command {
 				Spec: databasev1.RestoreSpec{DatabaseRef: corev1.LocalObjectReference{Name: args[0]},
 					BackupRef: corev1.LocalObjectReference{Name: backup}},
 			}
-			if err := c.Create(ctx, rs); err != nil {
-				return fmt.Errorf("creating Restore %s: %w", name, err)
-			}
-			fmt.Fprintf(o.out, "restore.database.example.com/%s created\n", name)
-			if !wait {
-				return nil
-			}
-			return waitFor(ctx, o.out, timeout, time.Second, func() (bool, string, error) {
-				if err := c.Get(ctx, client.ObjectKeyFromObject(rs), rs); err != nil {
-					return false, "", err
-				}
-				progress := fmt.Sprintf("%s: %s", name, orDash(string(rs.Status.Phase)))
-				if ready := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionReady); ready != nil && ready.Message != "" {
-					progress += ": " + ready.Message
-				}
+			return o.createAndFollow(ctx, c, rs, wait, timeout, func() outcome {
 				switch rs.Status.Phase {
 				case databasev1.RestoreCompleted:
-					return true, fmt.Sprintf("%s: Completed in %s; previous database kept as %s", name,
-						orDash(rs.Status.Duration), orDash(rs.Status.PreviousDatabase)), nil
+					return outcome{done: true, summary: fmt.Sprintf("Completed in %s; previous database kept as %s",
+						orDash(rs.Status.Duration), orDash(rs.Status.PreviousDatabase))}
 				case databasev1.RestoreFailed:
-					return true, progress, errors.New("restore " + name + " failed: " + rs.Status.Error)
+					return outcome{done: true, failure: rs.Status.Error}
 				}
-				return false, progress, nil
+				return outcome{phase: string(rs.Status.Phase), conditions: rs.Status.Conditions}
 			})
 		},
 	}
@@ -151,15 +112,7 @@ func switchoverCommand(o *options) *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, _, err := o.clients()
-			if err != nil {
-				return err
-			}
-			db, err := getDatabase(ctx, c, ns, args[0])
+			_, c, _, db, err := o.load(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -221,15 +174,7 @@ func psqlCommand(o *options) *cobra.Command {
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, cs, err := o.clients()
-			if err != nil {
-				return err
-			}
-			db, err := getDatabase(ctx, c, ns, args[0])
+			ns, _, cs, db, err := o.load(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -280,15 +225,7 @@ func logsCommand(o *options) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, _, err := o.clients()
-			if err != nil {
-				return err
-			}
-			db, err := getDatabase(ctx, c, ns, args[0])
+			ns, _, _, db, err := o.load(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -308,4 +245,43 @@ func logsCommand(o *options) *cobra.Command {
 	cmd.Flags().BoolVar(&all, "all", false, "every instance, not only the primary")
 	cmd.Flags().IntVar(&tail, "tail", 200, "lines per instance (-1: all)")
 	return cmd
+}
+
+// outcome is where a created Backup or Restore stands.
+type outcome struct {
+	done             bool
+	summary, failure string
+	phase            string
+	conditions       []metav1.Condition
+}
+
+// createAndFollow creates obj and, with wait, prints its progress (phase and
+// Ready message) until state says it is done; a failure is an error.
+func (o *options) createAndFollow(ctx context.Context, c client.Client, obj client.Object, wait bool, timeout time.Duration, state func() outcome) error {
+	kind := strings.ToLower(reflect.TypeOf(obj).Elem().Name())
+	if err := c.Create(ctx, obj); err != nil {
+		return fmt.Errorf("creating %s %s: %w", kind, obj.GetName(), err)
+	}
+	fmt.Fprintf(o.out, "%s.database.example.com/%s created\n", kind, obj.GetName())
+	if !wait {
+		return nil
+	}
+	name := obj.GetName()
+	return waitFor(ctx, o.out, timeout, time.Second, func() (bool, string, error) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return false, "", err
+		}
+		st := state()
+		switch {
+		case st.done && st.failure != "":
+			return true, name + ": Failed", fmt.Errorf("%s %s failed: %s", kind, name, st.failure)
+		case st.done:
+			return true, name + ": " + st.summary, nil
+		}
+		progress := name + ": " + orDash(st.phase)
+		if ready := meta.FindStatusCondition(st.conditions, databasev1.ConditionReady); ready != nil && ready.Message != "" {
+			progress += ": " + ready.Message
+		}
+		return false, progress, nil
+	})
 }

@@ -50,6 +50,26 @@ func (o *options) namespace() (string, error) {
 	return ns, err
 }
 
+// session is the namespace and the clients a command works with.
+func (o *options) session() (string, client.Client, kubernetes.Interface, error) {
+	ns, err := o.namespace()
+	if err != nil {
+		return "", nil, nil, err
+	}
+	c, cs, err := o.clients()
+	return ns, c, cs, err
+}
+
+// load is session plus the Database the command is about.
+func (o *options) load(ctx context.Context, name string) (string, client.Client, kubernetes.Interface, *databasev1.Database, error) {
+	ns, c, cs, err := o.session()
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	db, err := getDatabase(ctx, c, ns, name)
+	return ns, c, cs, db, err
+}
+
 func (o *options) clients() (client.Client, kubernetes.Interface, error) {
 	cfg, err := o.flags.ToRESTConfig()
 	if err != nil {

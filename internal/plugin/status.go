@@ -46,11 +46,7 @@ func statusCommand(o *options) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			ns, err := o.namespace()
-			if err != nil {
-				return err
-			}
-			c, cs, err := o.clients()
+			ns, c, cs, err := o.session()
 			if err != nil {
 				return err
 			}

@@ -16,8 +16,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+
+	"github.com/example/postgres-operator/internal/testenv"
 )
 
 // repoRoot is the repository's top directory (the tests run in test/e2e).
@@ -93,8 +93,7 @@ func scrapeURL(t *testing.T, url, token string) map[string]*dto.MetricFamily {
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET %s: %s", url, resp.Status)
 	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := testenv.ParseMetrics(resp.Body)
 	if err != nil {
 		t.Fatalf("parsing %s: %v", url, err)
 	}
@@ -103,32 +102,7 @@ func scrapeURL(t *testing.T, url, token string) map[string]*dto.MetricFamily {
 
 // seriesValue is the value of name{labels...}; ok false when absent.
 func seriesValue(families map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := families[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.Metric {
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, l := range m.Label {
-				if l.GetName() == labels[i] && l.GetValue() == labels[i+1] {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		}
-		return m.GetUntyped().GetValue(), true
-	}
-	return 0, false
+	return testenv.Sample(families, name, labels...)
 }
 
 // The README's Monitoring section: both endpoints answer with the key series of
