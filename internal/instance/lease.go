@@ -461,3 +461,20 @@ func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string) {
 	// Our own write is a change of the record too.
 	k.recordKey = ""
 }
+
+// LeaseAgent is an agent's Lease protocol on its own, without PostgreSQL: the
+// scale benchmark (test/scale) runs one per simulated instance so that the API
+// traffic it reports for Leases is the real agents' code, not a model of it.
+type LeaseAgent struct{ k *leaseKeeper }
+
+// NewLeaseAgent returns the Lease protocol of the agent of pod (UID uid).
+func NewLeaseAgent(store LeaseStore, pod, uid string, duration, deadline, retry time.Duration) *LeaseAgent {
+	return &LeaseAgent{k: newLeaseKeeper(store, LeaseHolder(pod, uid), duration, deadline, retry)}
+}
+
+// SetWant says whether this instance wants to hold the Lease (it is the
+// target and ready to be primary).
+func (a *LeaseAgent) SetWant(w bool) { a.k.setWant(w) }
+
+// Run reads, takes and renews the Lease as the agent does until ctx ends.
+func (a *LeaseAgent) Run(ctx context.Context) { a.k.run(ctx, func(string, ...any) {}) }

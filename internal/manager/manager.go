@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 
@@ -34,14 +35,41 @@ import (
 // +kubebuilder:rbac:groups=authentication.k8s.io,resources=tokenreviews,verbs=create
 // +kubebuilder:rbac:groups=authorization.k8s.io,resources=subjectaccessreviews,verbs=create
 
+// The manager's defaults for its API client and its Database workers, chosen
+// with the scale benchmark (make bench-scale, README "Scale").
+const (
+	defaultQPS         = 50
+	defaultBurst       = 100
+	defaultConcurrency = 4
+)
+
 // Run parses the manager's flags and runs it until SIGTERM.
 func Run(args []string) error {
+	return RunWith(args, Hooks{})
+}
+
+// Hooks replace parts of the manager for the scale benchmark
+// (test/scale): its operator runs this exact manager with scripted agents
+// (the instance pods there are kwok's, with no agent) and counts its own API
+// requests. The zero value is the production manager.
+type Hooks struct {
+	// Instances, when set, builds the client of the instance agents from the
+	// manager (default: HTTP to each pod's agent).
+	Instances func(mgr ctrl.Manager) (database.InstanceClient, error)
+	// WrapTransport wraps the transport of every request to the API server.
+	WrapTransport func(http.RoundTripper) http.RoundTripper
+}
+
+// RunWith is Run with hooks.
+func RunWith(args []string, hooks Hooks) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
 		metricsAddr, probeAddr, agentImage string
 		metricsCertDir, watchNamespaces    string
 		clusterDomain                      string
 		leaderElect, secureMetrics         bool
+		qps                                float64
+		burst, concurrency                 int
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the metrics endpoint; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the health probe endpoint.")
@@ -55,6 +83,9 @@ func Run(args []string) error {
 		"Image the instance pods copy the agent binary from; default: the image of the manager's own container (POD_NAME/POD_NAMESPACE).")
 	fs.StringVar(&clusterDomain, "cluster-domain", database.DefaultClusterDomain,
 		"The cluster's DNS domain: Services are <name>.<namespace>.svc.<domain> in the credentials Secrets, the status, the certificates and the Jobs.")
+	fs.Float64Var(&qps, "kube-api-qps", defaultQPS, "Requests per second the manager may send to the API server (client-side limit).")
+	fs.IntVar(&burst, "kube-api-burst", defaultBurst, "Burst above --kube-api-qps the manager may send to the API server.")
+	fs.IntVar(&concurrency, "max-concurrent-reconciles", defaultConcurrency, "Databases reconciled at the same time.")
 	var defaults backupctrl.Defaults
 	var s3Endpoint, s3Region, s3Secret string
 	var s3PathStyle bool
@@ -82,6 +113,10 @@ func Run(args []string) error {
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("loading kubeconfig: %w", err)
+	}
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	if hooks.WrapTransport != nil {
+		cfg.Wrap(hooks.WrapTransport)
 	}
 	cacheOpts := database.CacheOptions()
 	cacheOpts.DefaultNamespaces = watched(watchNamespaces)
@@ -114,13 +149,20 @@ func Run(args []string) error {
 	}
 	log.Info("starting", "agentImage", agentImage)
 
+	var instances database.InstanceClient = database.NewHTTPInstanceClient()
+	if hooks.Instances != nil {
+		if instances, err = hooks.Instances(mgr); err != nil {
+			return err
+		}
+	}
 	if err := (&database.Reconciler{
-		Client:        mgr.GetClient(),
-		Recorder:      mgr.GetEventRecorder("database-controller"),
-		Instances:     database.NewHTTPInstanceClient(),
-		APIReader:     mgr.GetAPIReader(),
-		AgentImage:    agentImage,
-		ClusterDomain: clusterDomain,
+		Client:                  mgr.GetClient(),
+		Recorder:                mgr.GetEventRecorder("database-controller"),
+		Instances:               instances,
+		APIReader:               mgr.GetAPIReader(),
+		AgentImage:              agentImage,
+		ClusterDomain:           clusterDomain,
+		MaxConcurrentReconciles: concurrency,
 	}).SetupWithManager(mgr); err != nil {
 		return fmt.Errorf("setting up the database controller: %w", err)
 	}

@@ -1,6 +1,7 @@
 package database
 
 import (
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -23,5 +24,8 @@ func CacheOptions() cache.Options {
 		&rbacv1.Role{}:                  {Label: managed},
 		&rbacv1.RoleBinding{}:           {Label: managed},
 		&policyv1.PodDisruptionBudget{}: {Label: managed},
+		// The primary Leases (the reconciler reads them live; a cached read
+		// must not hold every node's and controller's Lease).
+		&coordinationv1.Lease{}: {Label: managed},
 	}}
 }

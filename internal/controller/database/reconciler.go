@@ -29,6 +29,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -73,6 +74,9 @@ type Reconciler struct {
 	ReadyGrace, StallAfter time.Duration
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// MaxConcurrentReconciles is how many Databases are reconciled at once
+	// (default 1).
+	MaxConcurrentReconciles int
 
 	// applied remembers, per child, the hash of the configuration last applied and
 	// the resourceVersion the API server returned: a child whose live
@@ -415,18 +419,35 @@ type applyConfiguration interface {
 // takes back the fields we own), while a steady state costs no API write. This is
 // Cluster API's SSA cache: keyed on the live object's resourceVersion, not on an
 // annotation the drift itself could leave in place.
+//
+// After a restart the memory is empty. Every child carries the hash of the
+// configuration applied to it (AnnotationAppliedHash); a live child whose
+// annotation is the hash of the configuration now, and which still holds
+// every value of that configuration (appliedDifference: drift of our
+// fields is one), is recorded as applied without a write, so a restarted
+// operator writes nothing for unchanged Databases.
 func (r *Reconciler) applyIfChanged(ctx context.Context, kind string, obj applyConfiguration, live client.Object, resultRV func() *string) error {
 	hash, err := specHash(obj)
 	if err != nil {
 		return err
 	}
+	annotate(obj, AnnotationAppliedHash, hash)
 	name := *obj.GetName()
 	key := kind + "/" + *obj.GetNamespace() + "/" + name
 	if live != nil && !reflect.ValueOf(live).IsNil() {
-		if rec, ok := r.applied.Load(key); ok {
+		rec, ok := r.applied.Load(key)
+		if ok {
 			if rec := rec.(appliedRecord); rec.hash == hash && rec.resourceVersion == live.GetResourceVersion() {
 				return nil
 			}
+		}
+		if !ok && live.GetAnnotations()[AnnotationAppliedHash] == hash {
+			diff := appliedDifference(obj, live)
+			if diff == "" {
+				r.applied.Store(key, appliedRecord{hash: hash, resourceVersion: live.GetResourceVersion()})
+				return nil
+			}
+			logf.FromContext(ctx).V(1).Info("child differs from the configuration last applied; applying it again", "kind", kind, "name", name, "field", diff)
 		}
 	}
 	if err := r.Apply(ctx, obj, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
@@ -572,6 +593,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&batchv1.Job{}).
 		Watches(&databasev1.Backup{}, handler.EnqueueRequestsFromMapFunc(upgradeToDatabase)).
 		Named("database").
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(1, r.MaxConcurrentReconciles)}).
 		Complete(r)
 }
 

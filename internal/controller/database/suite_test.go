@@ -34,6 +34,7 @@ import (
 
 var (
 	k8s       client.Client // the test's own client, uncached
+	restCfg   *rest.Config  // the API server, as the suite's admin
 	instances = &fakeInstances{reports: map[string]InstanceReport{}}
 	writes    = &writeCounter{}
 	testCtx   context.Context
@@ -57,6 +58,7 @@ func runSuite(m *testing.M) int {
 	}
 	defer env.Stop() //nolint:errcheck
 
+	restCfg = cfg
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
