@@ -14,6 +14,8 @@ GOSEC_VERSION ?= v2.30.0
 # module, whose versions are v0.<minor>.<patch> for Prometheus 3.<minor>.
 PROMTOOL_VERSION ?= v0.316.0
 HELM_VERSION ?= v4.3.2
+# kwok plays the nodes and pods of the scale benchmark (make bench-scale).
+KWOK_VERSION ?= v0.8.0
 
 LOCALBIN ?= $(CURDIR)/bin
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
@@ -23,6 +25,7 @@ GOSEC ?= $(LOCALBIN)/gosec-$(GOSEC_VERSION)
 TOOLS_CACHE ?= $(HOME)/.cache/postgres-operator/tools
 PROMTOOL ?= $(TOOLS_CACHE)/promtool-$(PROMTOOL_VERSION)/promtool
 HELM ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
+KWOK ?= $(TOOLS_CACHE)/kwok-$(KWOK_VERSION)/kwok
 KUBECTL ?= kubectl
 
 GO_TEST_FLAGS ?= -count=1
@@ -158,14 +161,25 @@ bench-upgrade: ## Downtime of a ~1 GiB major upgrade (15 → 17) with --link and
 	POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" UPGRADE_BENCH=1 RUNS=$(or $(RUNS),3) \
 		go test -count=1 -timeout 90m -run TestBenchUpgrade -v ./internal/upgrade/
 
+.PHONY: bench-scale
+bench-scale: $(KWOK) ## N=1000 Databases on kwok's fake nodes: convergence, API requests, steady-state writes, image change, restart, memory (ARGS for more flags).
+	go run ./hack/tools/bench-scale -n $${N:-1000} -steady $${STEADY:-10m} -unrelated $${UNRELATED:-10000} \
+		-k8s-bin "$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler)" \
+		-kwok $(KWOK) $(ARGS)
+
 .PHONY: bench-failover
 bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-10} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
 
+.PHONY: test-scale
+test-scale: $(KWOK) ## The reduced scale benchmark: 50 Databases on kwok's fake nodes converge, then no write at steady state or after a restart.
+	SCALE_K8S_BIN="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler)" \
+	KWOK="$(KWOK)" go test -tags scale -count=1 -timeout 20m -v ./test/scale/
+
 .PHONY: check
-check: test e2e ## Everything CI runs: unit, envtest and PostgreSQL tests, then the e2e suite.
+check: test test-scale e2e ## Everything CI runs: unit, envtest and PostgreSQL tests, the reduced scale benchmark, then the e2e suite.
 
 ##@ Tools
 
@@ -186,6 +200,15 @@ $(HELM):
 .PHONY: chart
 chart: manifests ## Refresh the Helm chart's copies of the CRDs, RBAC rules and monitoring files (dist/chart/files).
 	hack/chart-files.sh
+
+# kwok and the stage files it runs with (nodes Ready with heartbeats, pods
+# Ready at once, Job pods complete, deleted pods go), from its module.
+$(KWOK):
+	@mkdir -p $(dir $@)stages
+	GOBIN=$(dir $@) go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	d=$$(go mod download -json sigs.k8s.io/kwok@$(KWOK_VERSION) | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	for f in node/fast/node-initialize node/heartbeat/node-heartbeat pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do \
+		cp "$$d/kustomize/stage/$$f.yaml" $(dir $@)stages/; done
 
 $(PROMTOOL):
 	@mkdir -p $(dir $@)

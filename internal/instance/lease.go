@@ -463,18 +463,37 @@ func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string) {
 }
 
 // LeaseAgent is an agent's Lease protocol on its own, without PostgreSQL: the
-// scale benchmark (test/scale) runs one per simulated instance so that the API
-// traffic it reports for Leases is the real agents' code, not a model of it.
-type LeaseAgent struct{ k *leaseKeeper }
+// scale benchmark (test/scale) runs one per simulated instance so that the
+// Lease traffic it reports, and the takeovers and releases the operator sees,
+// are the real agents' code, not a model of it. It wants the Lease exactly
+// when the Lease names its pod as the target (a real agent also waits until
+// PostgreSQL can be promoted).
+type LeaseAgent struct {
+	k   *leaseKeeper
+	pod string
+}
 
 // NewLeaseAgent returns the Lease protocol of the agent of pod (UID uid).
 func NewLeaseAgent(store LeaseStore, pod, uid string, duration, deadline, retry time.Duration) *LeaseAgent {
-	return &LeaseAgent{k: newLeaseKeeper(store, LeaseHolder(pod, uid), duration, deadline, retry)}
+	a := &LeaseAgent{pod: pod}
+	a.k = newLeaseKeeper(targetFollower{store, a}, LeaseHolder(pod, uid), duration, deadline, retry)
+	return a
 }
 
-// SetWant says whether this instance wants to hold the Lease (it is the
-// target and ready to be primary).
-func (a *LeaseAgent) SetWant(w bool) { a.k.setWant(w) }
-
-// Run reads, takes and renews the Lease as the agent does until ctx ends.
+// Run reads, takes, renews and releases the Lease as the agent does until
+// ctx ends.
 func (a *LeaseAgent) Run(ctx context.Context) { a.k.run(ctx, func(string, ...any) {}) }
+
+// targetFollower sets the agent's want from each Lease it reads.
+type targetFollower struct {
+	LeaseStore
+	a *LeaseAgent
+}
+
+func (s targetFollower) Get(ctx context.Context) (*coordinationv1.Lease, error) {
+	l, err := s.LeaseStore.Get(ctx)
+	if err == nil {
+		s.a.k.setWant(l.Annotations[LeaseAnnotationTarget] == s.a.pod)
+	}
+	return l, err
+}

@@ -65,6 +65,7 @@ func RunWith(args []string, hooks Hooks) error {
 	fs := flag.NewFlagSet("manager", flag.ContinueOnError)
 	var (
 		metricsAddr, probeAddr, agentImage string
+		pprofAddr                          string
 		metricsCertDir, watchNamespaces    string
 		clusterDomain                      string
 		leaderElect, secureMetrics         bool
@@ -73,6 +74,7 @@ func RunWith(args []string, hooks Hooks) error {
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the metrics endpoint; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the health probe endpoint.")
+	fs.StringVar(&pprofAddr, "pprof-bind-address", "0", "Address of the Go profiling endpoint (net/http/pprof), e.g. 127.0.0.1:6060; 0 disables it.")
 	fs.BoolVar(&leaderElect, "leader-elect", false, "Enable leader election, for running more than one manager.")
 	fs.BoolVar(&secureMetrics, "metrics-secure", true,
 		"Serve metrics over HTTPS (self-signed unless --metrics-cert-dir), to clients whose bearer token the API server authenticates and authorizes for GET /metrics; false serves plain HTTP to anyone.")
@@ -135,6 +137,7 @@ func RunWith(args []string, hooks Hooks) error {
 		Cache:                  cacheOpts,
 		Metrics:                metricsOpts,
 		HealthProbeBindAddress: probeAddr,
+		PprofBindAddress:       pprofAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "postgres-operator.database.example.com",
 	})
