@@ -167,6 +167,17 @@ bench-scale: $(KWOK) ## N=1000 Databases on kwok's fake nodes: convergence, API 
 		-k8s-bin "$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler)" \
 		-kwok $(KWOK) $(ARGS)
 
+# CloudNativePG side by side (not in make check): its source is not on the Go
+# module proxy; clone it (e.g. v1.30.0) and pass CNPG_SRC. Its manager is built
+# from that source with modules from the proxy.
+.PHONY: bench-scale-peer
+bench-scale-peer: $(KWOK) ## N=200 of ours and of CloudNativePG's Clusters, agents unreachable, side by side (CNPG_SRC=path of its source).
+	@test -n "$(CNPG_SRC)" || (echo "CNPG_SRC=<path of a cloudnative-pg source tree> is required" && exit 1)
+	cd $(CNPG_SRC) && CGO_ENABLED=0 go build -o $(TOOLS_CACHE)/cnpg-manager ./cmd/manager
+	go run ./hack/tools/bench-scale -n $${N:-200} -steady $${STEADY:-2m} \
+		-k8s-bin "$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver kube-controller-manager kube-scheduler)" \
+		-kwok $(KWOK) -cnpg-manager $(TOOLS_CACHE)/cnpg-manager -cnpg-crds $(CNPG_SRC)/config/crd/bases $(ARGS)
+
 .PHONY: bench-failover
 bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.
 	hack/localkube.sh up

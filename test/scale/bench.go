@@ -20,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -164,7 +165,8 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 		fmt.Fprintf(out, "agents' Lease traffic (the agents' own Lease code, one per instance pod): %.1f writes/s, %.1f reads/s with %d 3-instance Databases\n",
 			r.LeaseWritesPerSecond, r.LeaseReadsPerSecond, o.Databases/2)
 	}
-	fmt.Fprintf(out, "operator RSS at steady state: %.1f MiB\n", mib(r.SteadyRSS))
+	heap, _ := op.HeapInUse(ctx)
+	fmt.Fprintf(out, "operator RSS at steady state: %.1f MiB (Go heap in use %.1f MiB)\n", mib(r.SteadyRSS), mib(heap))
 
 	if o.Unrelated > 0 {
 		fmt.Fprintf(out, "== %d unrelated Secrets and ConfigMaps of %d KiB\n", o.Unrelated, o.UnrelatedSize/1024)
@@ -180,6 +182,9 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 		fmt.Fprintf(out, "operator RSS growth: %+.1f MiB (from %.1f MiB)\n", mib(r.UnrelatedRSS), mib(rss0))
 	}
 
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	if o.ImageChange {
 		fmt.Fprintln(out, "== image change on every Database (postgres:17 -> postgres:17.7)")
 		round := h.track(h.readyGoal("17.7"))
@@ -190,6 +195,9 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 		printConvergence(out, "rolled and Ready on 17.7", r.ImageChange)
 	}
 
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
 	if o.Restart {
 		fmt.Fprintln(out, "== operator restart")
 		op.Stop()
@@ -293,9 +301,12 @@ type harness struct {
 
 	leaseWrites, leaseReads atomic.Int64
 
-	agentsMu  sync.Mutex
-	agents    map[types.UID]context.CancelFunc
-	agentsCtx context.Context
+	// leaseClient is the simulated agents' client, without a client-side
+	// rate limit: each real agent has its own client.
+	leaseClient client.Client
+	agentsMu    sync.Mutex
+	agents      map[types.UID]context.CancelFunc
+	agentsCtx   context.Context
 
 	routeMu sync.Mutex
 	routed  map[types.NamespacedName]string // Database -> the pods its slice lists
@@ -422,6 +433,11 @@ func newHarness(ctx context.Context, cp *ControlPlane, o Options) (*harness, err
 	_, _ = podInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: queueRoute, UpdateFunc: func(_, o any) { queueRoute(o) }, DeleteFunc: queueRoute})
 	// The agents' Lease protocol, where there are (scripted) agents.
 	h.agents, h.agentsCtx = map[types.UID]context.CancelFunc{}, cctx
+	lcfg := rest.CopyConfig(cp.Config)
+	lcfg.QPS, lcfg.Burst = -1, 0
+	if h.leaseClient, err = client.New(lcfg, client.Options{Scheme: scheme.New()}); err != nil {
+		return nil, err
+	}
 	if o.Agents == "scripted" {
 		_, _ = podInf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: h.leaseAgent, UpdateFunc: func(_, o any) { h.leaseAgent(o) }, DeleteFunc: h.leaseAgent})
 	}
@@ -680,7 +696,7 @@ func (h *harness) leaseAgent(obj any) {
 	case !running && alive && h.agentsCtx.Err() == nil:
 		ctx, cancel := context.WithCancel(h.agentsCtx)
 		h.agents[p.UID] = cancel
-		store := &countingLeaseStore{c: h.cp.Client, key: types.NamespacedName{Namespace: p.Namespace, Name: p.Labels[database.LabelDatabase] + "-primary"}, h: h}
+		store := &countingLeaseStore{c: h.leaseClient, key: types.NamespacedName{Namespace: p.Namespace, Name: p.Labels[database.LabelDatabase] + "-primary"}, h: h}
 		go instance.NewLeaseAgent(store, p.Name, string(p.UID), 15*time.Second, 10*time.Second, 2*time.Second).Run(ctx)
 	}
 }

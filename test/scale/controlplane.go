@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -168,6 +169,7 @@ profiles:
 func (cp *ControlPlane) start(log io.Writer, bin string, args ...string) {
 	c := exec.Command(bin, args...) // #nosec G204 -- the benchmark's own binaries
 	c.Stdout, c.Stderr = log, log
+	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives the benchmark
 	if err := c.Start(); err != nil {
 		c.Err = fmt.Errorf("starting %s: %w", filepath.Base(bin), err)
 	}

@@ -45,17 +45,19 @@ func StartOperator(bin, kubeconfig, agents string, log io.Writer, managerArgs ..
 	args := append([]string{"--agents=" + agents, "--requests-address=127.0.0.1:0", "--",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--metrics-secure=false",
 		"--health-probe-bind-address=0", fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pport), "--agent-image=postgres-operator:bench", "--zap-log-level=error"}, managerArgs...)
-	o.cmd = exec.Command(bin, args...) // #nosec G204 -- the benchmark's own operator binary
-	o.cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
-	o.cmd.Stdout = log
-	stderr, err := o.cmd.StderrPipe()
+	cmd := exec.Command(bin, args...) // #nosec G204 -- the benchmark's own operator binary
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
+	cmd.Stdout = log
+	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
 	}
-	o.Started = time.Now()
-	if err := o.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting the operator: %w", err)
+	p, err := startProcess(cmd)
+	if err != nil {
+		return nil, err
 	}
+	p.metricsURL, p.pprofURL = o.metricsURL, o.pprofURL
+	o = p
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -69,7 +71,6 @@ func StartOperator(bin, kubeconfig, agents string, log io.Writer, managerArgs ..
 			fmt.Fprintln(log, "operator:", line)
 		}
 	}()
-	go o.sample()
 	select {
 	case a := <-addr:
 		o.requestsURL = "http://" + a + "/"
@@ -77,6 +78,17 @@ func StartOperator(bin, kubeconfig, agents string, log io.Writer, managerArgs ..
 		o.Kill()
 		return nil, fmt.Errorf("the operator did not report its requests address")
 	}
+	return o, nil
+}
+
+// startProcess starts cmd and samples its memory until it exits.
+func startProcess(cmd *exec.Cmd) (*Operator, error) {
+	o := &Operator{cmd: cmd, done: make(chan struct{}), Started: time.Now()}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlives the benchmark
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	go o.sample()
 	return o, nil
 }
 
@@ -166,6 +178,25 @@ func (o *Operator) Reconciles(ctx context.Context) (total, depth float64, err er
 	}
 	depth, _ = testenv.Sample(fams, "workqueue_depth", "name", "database")
 	return total, depth, nil
+}
+
+// HeapInUse is the Go heap in use (go_memstats_heap_inuse_bytes), bytes.
+func (o *Operator) HeapInUse(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.metricsURL, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	fams, err := testenv.ParseMetrics(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	v, _ := testenv.Sample(fams, "go_memstats_heap_inuse_bytes")
+	return int64(v), nil
 }
 
 func getJSON(ctx context.Context, url string, v any) error {

@@ -30,6 +30,32 @@ func main() {
 	}
 }
 
+// peer runs this operator, then CloudNativePG, each on a fresh control
+// plane, and prints them side by side.
+func peer(ctx context.Context, o scale.Options, manager, crds, bin, kwok, stages string, log *os.File) error {
+	po := scale.PeerOptions{N: o.Databases, Steady: o.Steady, Converge: o.Converge, Out: o.Out, Log: log}
+	var figures []*scale.PeerFigures
+	for _, which := range []string{"ours", "cnpg"} {
+		cp, err := scale.StartControlPlane(ctx, scale.ControlPlaneOptions{Bin: bin, Kwok: kwok, KwokStages: stages, CRDs: "config/crd/bases", Log: log})
+		if err != nil {
+			return err
+		}
+		var f *scale.PeerFigures
+		if which == "ours" {
+			f, err = scale.RunOurs(ctx, cp, o.Operator, po)
+		} else {
+			f, err = scale.RunCNPG(ctx, cp, manager, crds, po)
+		}
+		cp.Stop()
+		if err != nil {
+			return fmt.Errorf("%s: %w", which, err)
+		}
+		figures = append(figures, f)
+	}
+	scale.PrintPeers(o.Out, figures[0], figures[1], o.Databases)
+	return nil
+}
+
 func run() error {
 	var o scale.Options
 	var bin, kwok, stages, logPath, managerArgs string
@@ -48,6 +74,9 @@ func run() error {
 	flag.StringVar(&logPath, "log", "", "file for the components' output (default: a temporary file)")
 	flag.StringVar(&o.HeapProfile, "heap-profile", "", "write the operator's heap profile at steady state to this file")
 	flag.StringVar(&managerArgs, "manager-args", "", "extra manager flags, space-separated (e.g. --kube-api-qps=100)")
+	var cnpgManager, cnpgCRDs string
+	flag.StringVar(&cnpgManager, "cnpg-manager", "", "peer comparison instead: CloudNativePG's manager binary (built from its source)")
+	flag.StringVar(&cnpgCRDs, "cnpg-crds", "", "the directory of its CRDs (config/crd/bases of its source)")
 	flag.Parse()
 	if bin == "" || kwok == "" {
 		return fmt.Errorf("-k8s-bin and -kwok are required")
@@ -93,6 +122,10 @@ func run() error {
 	}
 	defer cp.Stop()
 	fmt.Printf("control plane up in %s (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok; pods on %s)\n", time.Since(start).Round(time.Second), scale.PodCIDR)
+	if cnpgManager != "" {
+		cp.Stop()
+		return peer(ctx, o, cnpgManager, cnpgCRDs, bin, kwok, stages, logFile)
+	}
 	if _, err := scale.Run(ctx, cp, o); err != nil {
 		return err
 	}
