@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -154,16 +156,7 @@ func (o *Operator) Requests(ctx context.Context) (Counts, error) {
 // Reconciles returns the Database controller's reconciles so far and its
 // work queue's depth.
 func (o *Operator) Reconciles(ctx context.Context) (total, depth float64, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.metricsURL, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer resp.Body.Close()
-	fams, err := testenv.ParseMetrics(resp.Body)
+	fams, err := o.metrics(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -182,21 +175,26 @@ func (o *Operator) Reconciles(ctx context.Context) (total, depth float64, err er
 
 // HeapInUse is the Go heap in use (go_memstats_heap_inuse_bytes), bytes.
 func (o *Operator) HeapInUse(ctx context.Context) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.metricsURL, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	fams, err := testenv.ParseMetrics(resp.Body)
+	fams, err := o.metrics(ctx)
 	if err != nil {
 		return 0, err
 	}
 	v, _ := testenv.Sample(fams, "go_memstats_heap_inuse_bytes")
 	return int64(v), nil
+}
+
+// metrics scrapes the process's Prometheus endpoint.
+func (o *Operator) metrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.metricsURL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	return testenv.ParseMetrics(resp.Body)
 }
 
 func getJSON(ctx context.Context, url string, v any) error {
