@@ -64,6 +64,9 @@ type Report struct {
 	// RequestsPerDatabase: the operator's requests during creation and
 	// convergence, per Database.
 	CreateRequests Counts
+	// ImageChangeRequests: the operator's requests during the image change
+	// (its pod deletions among them).
+	ImageChangeRequests Counts
 	// SteadyWrites by namespace class ("single", "ha") and all of them.
 	SteadyWrites  map[string]int64
 	SteadyAll     Counts
@@ -117,7 +120,7 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 	}
 	r.Create = round.wait(ctx, o.Converge)
 	printConvergence(out, "converged", r.Create)
-	if err := h.settle(ctx, op); err != nil {
+	if err := h.settle(ctx, op, 5*time.Second); err != nil {
 		return nil, err
 	}
 	after, err := op.Requests(ctx)
@@ -188,11 +191,16 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 	if o.ImageChange {
 		fmt.Fprintln(out, "== image change on every Database (postgres:17 -> postgres:17.7)")
 		round := h.track(h.readyGoal("17.7"))
+		before, _ := op.Requests(ctx)
 		if err := h.patchAll(ctx, `{"spec":{"image":"postgres:17.7"}}`); err != nil {
 			return nil, err
 		}
 		r.ImageChange = round.wait(ctx, o.Converge)
+		after, _ := op.Requests(ctx)
+		r.ImageChangeRequests = after.Minus(before)
 		printConvergence(out, "rolled and Ready on 17.7", r.ImageChange)
+		printRequests(out, "operator requests per Database, image change", r.ImageChangeRequests, float64(o.Databases))
+		h.describe(ctx, out, r.ImageChange.Missing, 3)
 	}
 
 	if ctx.Err() != nil {
@@ -200,6 +208,12 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 	}
 	if o.Restart {
 		fmt.Fprintln(out, "== operator restart")
+		// Restart a quiet operator: what the new process writes is then
+		// what it does not know, not what the old one had still to write.
+		// A Ready Database is reconciled every 30 s: one such period.
+		if err := h.settle(ctx, op, 35*time.Second); err != nil {
+			return nil, err
+		}
 		op.Stop()
 		op, err = StartOperator(o.Operator, cp.Kubeconfig, o.Agents, o.Log, o.ManagerArgs...)
 		if err != nil {
@@ -355,6 +369,38 @@ func (h *harness) route(ctx context.Context, key types.NamespacedName) {
 	h.routeMu.Lock()
 	h.routed[key] = want
 	h.routeMu.Unlock()
+}
+
+// describe prints the state of up to max of the Databases that missed a
+// goal: their status and conditions, their pods and their Lease.
+func (h *harness) describe(ctx context.Context, out io.Writer, keys []string, max int) {
+	for i, k := range keys {
+		if i == max {
+			break
+		}
+		ns, name, _ := strings.Cut(k, "/")
+		var db databasev1.Database
+		if err := h.cache.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, &db); err != nil {
+			fmt.Fprintf(out, "  %s: %v\n", k, err)
+			continue
+		}
+		st := db.Status
+		fmt.Fprintf(out, "  %s gen %d observed %d phase %s image %s version %s primary %s target %s ready %d/%d\n",
+			k, db.Generation, st.ObservedGeneration, st.Phase, st.Image, st.PostgresVersion, st.CurrentPrimary, st.TargetPrimary, st.ReadyReplicas, st.Replicas)
+		for _, c := range st.Conditions {
+			fmt.Fprintf(out, "    %s=%s %s: %s\n", c.Type, c.Status, c.Reason, c.Message)
+		}
+		var pods corev1.PodList
+		_ = h.cache.List(ctx, &pods, client.InNamespace(ns), client.MatchingLabels{database.LabelDatabase: name})
+		for _, p := range pods.Items {
+			fmt.Fprintf(out, "    pod %s role %s image %s phase %s ready %t deleting %t age %s\n", p.Name, p.Labels[database.LabelRole],
+				p.Spec.Containers[0].Image, p.Status.Phase, podReady(&p), p.DeletionTimestamp != nil, time.Since(p.CreationTimestamp.Time).Round(time.Second))
+		}
+		var l coordinationv1.Lease
+		if err := h.cp.Client.Get(ctx, types.NamespacedName{Namespace: ns, Name: name + "-primary"}, &l); err == nil && l.Spec.HolderIdentity != nil {
+			fmt.Fprintf(out, "    lease holder %s renewed %s ago transitions %d\n", *l.Spec.HolderIdentity, time.Since(l.Spec.RenewTime.Time).Round(time.Millisecond), ptr.Deref(l.Spec.LeaseTransitions, 0))
+		}
+	}
 }
 
 func podReady(p *corev1.Pod) bool {
@@ -640,11 +686,11 @@ func (h *harness) createdKeys() []types.NamespacedName {
 	return keys
 }
 
-// settle waits until the operator has made no write for five seconds (the
+// settle waits until the operator has made no write for quiet (the
 // status settles after Ready: the last patches). It prints what it still
 // writes every 30 seconds and gives up after two minutes: the steady state
 // then shows the loop.
-func (h *harness) settle(ctx context.Context, op *Operator) error {
+func (h *harness) settle(ctx context.Context, op *Operator, quiet time.Duration) error {
 	writes := func(k RequestKey) bool { return IsWrite(k.Verb) }
 	var last, printed Counts
 	quietSince := time.Now()
@@ -661,7 +707,7 @@ func (h *harness) settle(ctx context.Context, op *Operator) error {
 			quietSince = time.Now()
 		}
 		last = c
-		if time.Since(quietSince) > 5*time.Second {
+		if time.Since(quietSince) > quiet {
 			return nil
 		}
 		if d := c.Minus(printed); time.Since(start) > 30*time.Second && d.Sum(writes) > 0 && int(time.Since(start).Seconds())%30 == 0 {

@@ -15,6 +15,8 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
+	crcache "sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -34,8 +36,9 @@ type ControlPlane struct {
 	Config     *rest.Config
 	Client     client.Client
 
-	env   *envtest.Environment
-	procs []*exec.Cmd
+	env        *envtest.Environment
+	procs      []*exec.Cmd
+	stopReaper context.CancelFunc
 }
 
 // PodCIDR is where kwok takes pod addresses from: loopback, so that nothing
@@ -52,7 +55,8 @@ type ControlPlaneOptions struct {
 	Bin string
 	// Kwok is the kwok binary; KwokStages the directory of its stage files
 	// (make kwok copies them there from the module: nodes Ready with
-	// heartbeats, pods Ready at once, Job pods complete, deleted pods go).
+	// heartbeats, pods Ready at once, Job pods complete; its pod-delete stage
+	// is not used: the control plane finishes deletions itself).
 	Kwok, KwokStages string
 	// CRDs is the directory of the CRDs to install.
 	CRDs string
@@ -90,6 +94,14 @@ func StartControlPlane(ctx context.Context, o ControlPlaneOptions) (cp *ControlP
 	// /24); nothing routes to them here (there is no kube-proxy).
 	api.Configure().Set("max-requests-inflight", "800").Set("max-mutating-requests-inflight", "400").
 		Set("service-cluster-ip-range", "10.0.0.0/16")
+	// SCALE_AUDIT_LOG: who deletes and evicts pods, for diagnosis.
+	if path := os.Getenv("SCALE_AUDIT_LOG"); path != "" {
+		policy := path + ".policy.yaml"
+		if err := os.WriteFile(policy, []byte(auditPolicy), 0o600); err != nil {
+			return cp, err
+		}
+		api.Configure().Set("audit-policy-file", policy).Set("audit-log-path", path)
+	}
 	if _, err = cp.env.Start(); err != nil {
 		return cp, fmt.Errorf("starting etcd and kube-apiserver: %w", err)
 	}
@@ -147,7 +159,17 @@ profiles:
 	kwokArgs := []string{"--kubeconfig=" + cp.Kubeconfig, "--manage-all-nodes=false",
 		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--cidr=" + PodCIDR, "--node-ip=" + NodeIP}
 	for _, s := range stages {
+		// kwok's own pod-delete stage deletes by name, without the pod's UID:
+		// under load it replays a deletion on the StatefulSet's next pod of
+		// the same name, every ~12 s, and that pod never becomes ready. The
+		// reaper below finishes deletions instead.
+		if filepath.Base(s) == "pod-delete.yaml" {
+			continue
+		}
 		kwokArgs = append(kwokArgs, "--config="+s)
+	}
+	if err = cp.startReaper(ctx); err != nil {
+		return cp, err
 	}
 	cp.start(o.Log, o.Kwok, kwokArgs...)
 	for _, c := range cp.procs {
@@ -174,6 +196,49 @@ func (cp *ControlPlane) start(log io.Writer, bin string, args ...string) {
 		c.Err = fmt.Errorf("starting %s: %w", filepath.Base(bin), err)
 	}
 	cp.procs = append(cp.procs, c)
+}
+
+// startReaper plays the kubelet's part in a pod's deletion: a pod marked for
+// deletion is removed at once (no grace: nothing runs in it), with its UID as
+// a precondition so that a StatefulSet's replacement of the same name is never
+// hit.
+func (cp *ControlPlane) startReaper(ctx context.Context) error {
+	ctx, cp.stopReaper = context.WithCancel(ctx)
+	c, err := crcache.New(cp.Config, crcache.Options{Scheme: scheme.New()})
+	if err != nil {
+		return err
+	}
+	inf, err := c.GetInformer(ctx, &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"}})
+	if err != nil {
+		return err
+	}
+	work := make(chan *metav1.PartialObjectMetadata, 4096)
+	queue := func(obj any) {
+		if m, ok := obj.(*metav1.PartialObjectMetadata); ok && m.DeletionTimestamp != nil {
+			select {
+			case work <- m:
+			case <-ctx.Done():
+			}
+		}
+	}
+	if _, err := inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: queue, UpdateFunc: func(_, o any) { queue(o) }}); err != nil {
+		return err
+	}
+	for range 8 {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case m := <-work:
+					pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: m.Namespace, Name: m.Name}}
+					_ = cp.Client.Delete(ctx, pod, client.GracePeriodSeconds(0), client.Preconditions{UID: &m.UID})
+				}
+			}
+		}()
+	}
+	go func() { _ = c.Start(ctx) }()
+	return nil
 }
 
 // fakeNode is a node kwok manages, with room for every pod of the benchmark.
@@ -215,6 +280,9 @@ func (cp *ControlPlane) waitNodesReady(ctx context.Context, n int) error {
 
 // Stop stops every component and removes the directory.
 func (cp *ControlPlane) Stop() {
+	if cp.stopReaper != nil {
+		cp.stopReaper()
+	}
 	for i := len(cp.procs) - 1; i >= 0; i-- {
 		if p := cp.procs[i].Process; p != nil {
 			_ = p.Kill()
@@ -235,3 +303,16 @@ func (cp *ControlPlane) Args() string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// auditPolicy records pod deletions and evictions with their user.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  verbs: ["delete", "deletecollection", "create"]
+  resources:
+  - group: ""
+    resources: ["pods", "pods/eviction"]
+- level: None
+`
