@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -71,6 +72,7 @@ func RunWith(args []string, hooks Hooks) error {
 		leaderElect, secureMetrics         bool
 		qps                                float64
 		burst, concurrency                 int
+		memoryRatio                        float64
 	)
 	fs.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address of the metrics endpoint; 0 disables it.")
 	fs.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the health probe endpoint.")
@@ -88,6 +90,8 @@ func RunWith(args []string, hooks Hooks) error {
 	fs.Float64Var(&qps, "kube-api-qps", defaultQPS, "Requests per second the manager may send to the API server (client-side limit).")
 	fs.IntVar(&burst, "kube-api-burst", defaultBurst, "Burst above --kube-api-qps the manager may send to the API server.")
 	fs.IntVar(&concurrency, "max-concurrent-reconciles", defaultConcurrency, "Databases reconciled at the same time.")
+	fs.Float64Var(&memoryRatio, "memory-limit-ratio", 0.9,
+		"Go's soft memory limit as a fraction of the container's (cgroup's) memory limit, so the garbage collector works harder before an OOM kill; 0 leaves the runtime's default, and GOMEMLIMIT overrides it.")
 	var defaults backupctrl.Defaults
 	var s3Endpoint, s3Region, s3Secret string
 	var s3PathStyle bool
@@ -111,6 +115,12 @@ func RunWith(args []string, hooks Hooks) error {
 			CredentialsSecret: corev1.LocalObjectReference{Name: s3Secret}}
 	}
 	log := ctrl.Log.WithName("setup")
+	if cg, err := cgroupMemoryLimit("/sys/fs/cgroup"); err != nil {
+		log.Error(err, "not setting a soft memory limit")
+	} else if soft := softMemoryLimit(cg, memoryRatio, os.Getenv("GOMEMLIMIT")); soft > 0 {
+		debug.SetMemoryLimit(soft)
+		log.Info("soft memory limit set from the container's limit", "cgroupLimitBytes", cg, "softLimitBytes", soft)
+	}
 
 	cfg, err := ctrl.GetConfig()
 	if err != nil {

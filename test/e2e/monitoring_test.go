@@ -128,6 +128,14 @@ spec:
 		return ""
 	})
 
+	t.Run("the operator's Go memory limit follows its container's", func(t *testing.T) {
+		// config/manager: limits.memory 256Mi; --memory-limit-ratio 0.9.
+		logs, _ := run(context.Background(), "", "logs", "-n", operatorNamespace, "deploy/postgres-operator-controller-manager", "--tail=-1")
+		if !strings.Contains(logs, "soft memory limit set from the container's limit") || !strings.Contains(logs, `"softLimitBytes":241591910`) {
+			t.Errorf("the operator did not set its soft memory limit to 90%% of 256Mi; its log:\n%s", tailOf(logs, 2000))
+		}
+	})
+
 	t.Run("the README's commands show both endpoints' key series", func(t *testing.T) {
 		cleanup := func() {
 			_, _ = run(context.Background(), "", "delete", "clusterrolebinding", "metrics-scraper", "--ignore-not-found")
@@ -229,4 +237,12 @@ spec:
 			}
 		}
 	})
+}
+
+// tailOf is the last n bytes of s.
+func tailOf(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
