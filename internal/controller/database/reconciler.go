@@ -420,12 +420,14 @@ type applyConfiguration interface {
 // Cluster API's SSA cache: keyed on the live object's resourceVersion, not on an
 // annotation the drift itself could leave in place.
 //
-// After a restart the memory is empty. Every child carries the hash of the
+// After a restart the memory is empty, and a child's resourceVersion also
+// moves when only its status changed. Every child carries the hash of the
 // configuration applied to it (AnnotationAppliedHash); a live child whose
 // annotation is the hash of the configuration now, and which still holds
 // every value of that configuration (appliedDifference: drift of our
 // fields is one), is recorded as applied without a write, so a restarted
-// operator writes nothing for unchanged Databases.
+// operator writes nothing for unchanged Databases, and a StatefulSet whose
+// status moved with its pods is not applied again.
 func (r *Reconciler) applyIfChanged(ctx context.Context, kind string, obj applyConfiguration, live client.Object, resultRV func() *string) error {
 	hash, err := specHash(obj)
 	if err != nil {
@@ -435,13 +437,15 @@ func (r *Reconciler) applyIfChanged(ctx context.Context, kind string, obj applyC
 	name := *obj.GetName()
 	key := kind + "/" + *obj.GetNamespace() + "/" + name
 	if live != nil && !reflect.ValueOf(live).IsNil() {
-		rec, ok := r.applied.Load(key)
-		if ok {
-			if rec := rec.(appliedRecord); rec.hash == hash && rec.resourceVersion == live.GetResourceVersion() {
-				return nil
-			}
+		v, ok := r.applied.Load(key)
+		rec, _ := v.(appliedRecord)
+		if ok && rec.hash == hash && rec.resourceVersion == live.GetResourceVersion() {
+			return nil
 		}
-		if !ok && live.GetAnnotations()[AnnotationAppliedHash] == hash {
+		// Not applied by this process, or changed since by someone else (for
+		// most children that is only their status: the StatefulSet controller
+		// and the disruption controller write it whenever a pod changes).
+		if (!ok || rec.hash == hash) && live.GetAnnotations()[AnnotationAppliedHash] == hash {
 			diff := appliedDifference(obj, live)
 			if diff == "" {
 				r.applied.Store(key, appliedRecord{hash: hash, resourceVersion: live.GetResourceVersion()})
