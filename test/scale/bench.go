@@ -79,7 +79,10 @@ type Report struct {
 	RestartWrites Counts
 	// Memory, bytes.
 	PeakRSS, SteadyRSS, UnrelatedRSS int64
-	UnrelatedCacheRequests           Counts
+	// The Go heap after a forced collection at steady state, and its growth
+	// with the unrelated objects.
+	SteadyLiveHeap, UnrelatedLiveHeap int64
+	UnrelatedCacheRequests            Counts
 }
 
 // Convergence is how long the Databases took.
@@ -169,7 +172,9 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 			r.LeaseWritesPerSecond, r.LeaseReadsPerSecond, o.Databases/2)
 	}
 	heap, _ := op.HeapInUse(ctx)
-	fmt.Fprintf(out, "operator RSS at steady state: %.1f MiB (Go heap in use %.1f MiB)\n", mib(r.SteadyRSS), mib(heap))
+	r.SteadyLiveHeap, _ = op.LiveHeap(ctx)
+	fmt.Fprintf(out, "operator RSS at steady state: %.1f MiB (Go heap in use %.1f MiB, live after a GC %.1f MiB)\n",
+		mib(r.SteadyRSS), mib(heap), mib(r.SteadyLiveHeap))
 
 	if o.Unrelated > 0 {
 		fmt.Fprintf(out, "== %d unrelated Secrets and ConfigMaps of %d KiB\n", o.Unrelated, o.UnrelatedSize/1024)
@@ -180,9 +185,12 @@ func Run(ctx context.Context, cp *ControlPlane, o Options) (*Report, error) {
 		}
 		time.Sleep(15 * time.Second)
 		r.UnrelatedRSS = op.RSS() - rss0
+		live, _ := op.LiveHeap(ctx)
+		r.UnrelatedLiveHeap = live - r.SteadyLiveHeap
 		after, _ = op.Requests(ctx)
 		r.UnrelatedCacheRequests = after.Minus(before)
-		fmt.Fprintf(out, "operator RSS growth: %+.1f MiB (from %.1f MiB)\n", mib(r.UnrelatedRSS), mib(rss0))
+		fmt.Fprintf(out, "operator RSS growth: %+.1f MiB (from %.1f MiB); live heap after a GC: %+.1f MiB (from %.1f MiB)\n",
+			mib(r.UnrelatedRSS), mib(rss0), mib(r.UnrelatedLiveHeap), mib(r.SteadyLiveHeap))
 	}
 
 	if ctx.Err() != nil {

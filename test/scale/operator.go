@@ -183,6 +183,28 @@ func (o *Operator) HeapInUse(ctx context.Context) (int64, error) {
 	return int64(v), nil
 }
 
+// LiveHeap is the Go heap after a forced collection
+// (go_memstats_heap_alloc_bytes right after /debug/pprof/heap?gc=1), bytes:
+// what the process holds, without the garbage that its RSS also counts.
+func (o *Operator) LiveHeap(ctx context.Context) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.pprofURL+"heap?gc=1", nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	fams, err := o.metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	v, _ := testenv.Sample(fams, "go_memstats_heap_alloc_bytes")
+	return int64(v), nil
+}
+
 // metrics scrapes the process's Prometheus endpoint.
 func (o *Operator) metrics(ctx context.Context) (map[string]*dto.MetricFamily, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.metricsURL, nil)
