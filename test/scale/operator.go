@@ -187,16 +187,9 @@ func (o *Operator) HeapInUse(ctx context.Context) (int64, error) {
 // (go_memstats_heap_alloc_bytes right after /debug/pprof/heap?gc=1), bytes:
 // what the process holds, without the garbage that its RSS also counts.
 func (o *Operator) LiveHeap(ctx context.Context) (int64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.pprofURL+"heap?gc=1", nil)
-	if err != nil {
+	if err := o.heapProfile(ctx, io.Discard); err != nil {
 		return 0, err
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
 	fams, err := o.metrics(ctx)
 	if err != nil {
 		return 0, err
@@ -234,6 +227,17 @@ func getJSON(ctx context.Context, url string, v any) error {
 
 // SaveHeapProfile writes the operator's heap profile (after a GC) to path.
 func (o *Operator) SaveHeapProfile(ctx context.Context, path string) error {
+	f, err := os.Create(path) // #nosec G304 -- the benchmark's own output
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return o.heapProfile(ctx, f)
+}
+
+// heapProfile forces a collection in the operator and copies its heap
+// profile to w.
+func (o *Operator) heapProfile(ctx context.Context, w io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, o.pprofURL+"heap?gc=1", nil)
 	if err != nil {
 		return err
@@ -243,12 +247,7 @@ func (o *Operator) SaveHeapProfile(ctx context.Context, path string) error {
 		return err
 	}
 	defer resp.Body.Close()
-	f, err := os.Create(path) // #nosec G304 -- the benchmark's own output
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = io.Copy(f, resp.Body)
+	_, err = io.Copy(w, resp.Body)
 	return err
 }
 
