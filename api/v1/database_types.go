@@ -238,6 +238,26 @@ type FailoverSpec struct {
 	// +kubebuilder:validation:Maximum=3600
 	// +optional
 	FailoverDelaySeconds int32 `json:"failoverDelaySeconds,omitempty"`
+
+	// MaxLagOnFailover is how much WAL, in bytes, a standby may lack and still be
+	// promoted when the primary failed without a clean shutdown: its received
+	// WAL must be within this distance of the primary's position as last
+	// recorded on the Lease (at each renewal, so at most retryPeriodSeconds old).
+	// A primary that shut down cleanly recorded its final position: a standby
+	// is then promoted only if it received all of it, whatever this setting.
+	// When no standby qualifies the failover is blocked (phase Blocked, reason
+	// FailoverBlocked, naming each standby and its lag) and the old primary
+	// starts again as primary when it returns with its volume; the annotation
+	// database.example.com/force-failover-to=<pod> promotes that standby
+	// anyway, accepting the loss (an event records the bytes given up). The
+	// default, 1Mi, is Patroni's maximum_lag_on_failover: a streaming standby is
+	// normally within kilobytes of its primary, so only a standby that was cut
+	// off or throttled is refused, and with asynchronous replication no more
+	// than 1Mi of acknowledged WAL can be given up by an automatic failover.
+	// +kubebuilder:default="1Mi"
+	// +kubebuilder:validation:XValidation:rule="isQuantity(string(self)) && !quantity(string(self)).isLessThan(quantity('0'))",message="failover.maxLagOnFailover must be a non-negative quantity of bytes such as 1Mi"
+	// +optional
+	MaxLagOnFailover *resource.Quantity `json:"maxLagOnFailover,omitempty"`
 }
 
 // StorageSpec describes the volume of each instance.
@@ -457,7 +477,7 @@ const (
 
 // PrimaryChangePhase is the state of a change of primary (the state machine of
 // internal/controller/database/failover.go).
-// +kubebuilder:validation:Enum=Detected;Fencing;Promoting;Completed;Aborted
+// +kubebuilder:validation:Enum=Detected;Fencing;Blocked;Promoting;Completed;Aborted
 type PrimaryChangePhase string
 
 const (
@@ -468,6 +488,11 @@ const (
 	// role label is removed and the standbys stop streaming, so that their WAL
 	// positions are final when the candidate is chosen.
 	PrimaryChangeFencing PrimaryChangePhase = "Fencing"
+	// PrimaryChangeBlocked: no standby has the old primary's acknowledged
+	// writes (see spec.failover.maxLagOnFailover): the old primary is the
+	// target again and resumes when it returns with its volume, unless the
+	// annotation database.example.com/force-failover-to names a standby.
+	PrimaryChangeBlocked PrimaryChangePhase = "Blocked"
 	// PrimaryChangePromoting: the candidate is the target primary; it takes the
 	// Lease (once released or expired) and promotes.
 	PrimaryChangePromoting PrimaryChangePhase = "Promoting"
@@ -489,6 +514,11 @@ type PrimaryChange struct {
 	From string `json:"from,omitempty"`
 	// To is the chosen new primary (empty until chosen).
 	To string `json:"to,omitempty"`
+	// PrimaryLSN is the old primary's last known WAL position when the failover
+	// started (recorded on the Lease at its last renewal), or its final position
+	// if it shut down cleanly: candidates are measured against it.
+	// +optional
+	PrimaryLSN string `json:"primaryLSN,omitempty"`
 	// Message explains the phase (why the primary counts as failed, why a
 	// candidate was chosen or why none can be).
 	Message string `json:"message,omitempty"`
@@ -737,6 +767,12 @@ const AnnotationRecoverPrimaryFrom = "database.example.com/recover-primary-from"
 // status.lastPrimaryChange and an event.
 const AnnotationSwitchoverTo = "database.example.com/switchover-to"
 
+// AnnotationForceFailoverTo, set on a Database whose failover is Blocked to
+// the name of one of its standby pods, promotes that standby although it lacks
+// WAL the old primary acknowledged: the loss is accepted explicitly and an
+// event records the bytes given up. The operator removes it once used.
+const AnnotationForceFailoverTo = "database.example.com/force-failover-to"
+
 // SwitchoverAuto as the value of AnnotationSwitchoverTo picks the best standby.
 const SwitchoverAuto = "auto"
 
@@ -798,6 +834,12 @@ const (
 	ReasonSwitchoverRefused  = "SwitchoverRefused"
 	ReasonPrimaryFailed      = "PrimaryFailed"
 	ReasonNoFailoverTarget   = "NoFailoverCandidate"
+	// ReasonFailoverBlocked: no standby has the old primary's acknowledged
+	// writes; the Database waits for the old primary (or a forced failover).
+	ReasonFailoverBlocked = "FailoverBlocked"
+	// ReasonForcedFailover: a standby was promoted by
+	// database.example.com/force-failover-to, giving up WAL.
+	ReasonForcedFailover = "ForcedFailover"
 	ReasonPrimaryChangeAbort = "PrimaryChangeAborted"
 	ReasonRollingUpdateStall = "RollingUpdateStalled"
 

@@ -95,8 +95,9 @@ type Config struct {
 	// TokenGrace is how long the previous agent token is still accepted after the
 	// token file changed; 10 minutes when zero.
 	TokenGrace time.Duration
-	// MaxLagBytes: a standby whose replay lags its received WAL by more is not ready
-	// (it leaves the read-only Service); 64Mi when zero.
+	// MaxLagBytes: a standby whose replay lags the primary's end of WAL (as last
+	// reported to it, or its received WAL if later) by more is not ready (it
+	// leaves the read-only Service); 64Mi when zero.
 	MaxLagBytes int64
 	// MaxSlotWALKeepSize is max_slot_wal_keep_size ("256MB"); unlimited when empty.
 	MaxSlotWALKeepSize string
@@ -245,10 +246,11 @@ type Agent struct {
 	// primary is set while PostgreSQL runs as the primary (started as one while
 	// holding the Lease, or promoted).
 	primary atomic.Bool
-	// following is the pod the running standby streams from ("" when none).
-	following string
-	// syncNames is the synchronous_standby_names the running primary was given.
-	syncNames string
+	// following is the pod the running standby streams from ("" when none),
+	// written by the supervisor only; syncNames the synchronous_standby_names
+	// last written into the configuration ("" for a standby's). Both are read
+	// by the HTTP handlers and the watchers: atomic strings.
+	following, syncNames atomicString
 	// postmaster is the PID of the running postmaster (0 when none).
 	postmaster atomic.Int64
 	// fenced is set when this primary shut PostgreSQL down because it could not
@@ -262,6 +264,16 @@ type Agent struct {
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
 }
+
+// atomicString is a string read and written from several goroutines.
+type atomicString struct{ v atomic.Value }
+
+func (s *atomicString) Load() string {
+	v, _ := s.v.Load().(string)
+	return v
+}
+
+func (s *atomicString) Store(v string) { s.v.Store(v) }
 
 // NewAgent returns an agent for cfg.
 func NewAgent(cfg Config) *Agent {
@@ -309,6 +321,7 @@ func NewAgent(cfg Config) *Agent {
 	a.exited.Store(true)
 	a.restartDelay = cfg.RestartBackoff
 	a.lease = newLeaseKeeper(cfg.Leases, LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
+	a.lease.position = a.primaryPosition
 	return a
 }
 
@@ -940,13 +953,16 @@ func (a *Agent) writeConfig(primary bool) error {
 			"ssl_min_protocol_version = 'TLSv1.2'")
 	}
 	if primary {
-		a.syncNames = synchronousStandbyNames(a.cfg.PodName, a.lease.view())
-		if a.syncNames != "" {
-			conf = append(conf, "synchronous_standby_names = "+q(a.syncNames))
+		names := synchronousStandbyNames(a.cfg.PodName, a.lease.view())
+		a.syncNames.Store(names)
+		if names != "" {
+			conf = append(conf, "synchronous_standby_names = "+q(names))
 		}
+	} else {
+		a.syncNames.Store("")
 	}
-	if !primary && a.following != "" {
-		host, port := a.peerAddress(a.following)
+	if following := a.following.Load(); !primary && following != "" {
+		host, port := a.peerAddress(following)
 		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
 		conninfo := strings.Join(append([]string{

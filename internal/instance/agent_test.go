@@ -645,7 +645,7 @@ func TestWriteConfig(t *testing.T) {
 				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", MaxSlotWALKeepSize: "256MB", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			primary := tc.pod == "db-0"
 			if !primary {
-				a.following = "db-0"
+				a.following.Store("db-0")
 			}
 			for range 2 {
 				if err := a.writeConfig(primary); err != nil {

@@ -35,6 +35,12 @@ const (
 	// primary that stopped cleanly and released the Lease: in a switchover the
 	// target promotes only once it has received WAL past it.
 	LeaseAnnotationFinalLSN = "database.example.com/final-lsn"
+	// LeaseAnnotationPrimaryLSN is the holder's WAL position (pg_current_wal_lsn)
+	// as of its last renewal, at most one retry period old: the operator's
+	// reference for how much WAL a standby may lack and still be promoted when
+	// the primary dies without releasing the Lease (spec.failover.maxLagOnFailover).
+	// A new holder removes it when it takes the Lease.
+	LeaseAnnotationPrimaryLSN = "database.example.com/primary-lsn"
 
 	// ChangeFailover and ChangeSwitchover are the values of LeaseAnnotationChange.
 	ChangeFailover   = "failover"
@@ -182,7 +188,10 @@ type leaseKeeper struct {
 	changeAtAcquire   string
 	// fencing is whether the Lease had more than one instance at our last write.
 	fencing bool
-	changed chan struct{}
+	// position, when set, returns the primary's current WAL position ("" when
+	// unknown); each renewal records it on the Lease.
+	position func() string
+	changed  chan struct{}
 	kickC   chan struct{}
 }
 
@@ -332,7 +341,7 @@ func (k *leaseKeeper) tick(ctx context.Context, log func(msg string, args ...any
 		after := k.view()
 		if after.Target != before.Target || after.Held != before.Held || after.Holder != before.Holder ||
 			after.Instances != before.Instances || after.Known != before.Known || after.FinalLSN != before.FinalLSN ||
-			after.Synchronous != before.Synchronous {
+			after.Synchronous != before.Synchronous || after.Change != before.Change {
 			k.notify()
 		}
 	}()
@@ -347,6 +356,11 @@ func (k *leaseKeeper) tick(ctx context.Context, log func(msg string, args ...any
 		if upd == nil {
 			return
 		}
+		// The renewal counts from its sending, not from the arrival of the
+		// answer: a write that commits but answers late must not extend the time
+		// this primary believes it holds the Lease (the standbys count the
+		// duration from the renewTime written here, or later).
+		sent := k.now()
 		got, err := k.store.Update(ctx, upd)
 		if apierrors.IsConflict(err) {
 			continue // someone wrote in between: decide again on a fresh read
@@ -355,7 +369,7 @@ func (k *leaseKeeper) tick(ctx context.Context, log func(msg string, args ...any
 			k.fail(err)
 			return
 		}
-		k.wrote(got, what)
+		k.wrote(got, what, sent)
 		if what != "renewed" {
 			log("primary lease "+what, "holder", holderOf(got))
 		}
@@ -417,6 +431,11 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 		// the Lease records that this primary no longer fences (after a
 		// scale-down) and then never again.
 		upd.Spec.RenewTime = &now
+		if k.position != nil {
+			if p := k.position(); p != "" {
+				upd.Annotations[LeaseAnnotationPrimaryLSN] = p
+			}
+		}
 		return upd, "renewed"
 	case holder != k.me && k.want && target == HolderPod(k.me) &&
 		(holder == "" || k.now().Sub(k.recordSince) >= k.duration):
@@ -436,6 +455,7 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 		k.finalLSNAtAcquire = l.Annotations[LeaseAnnotationFinalLSN]
 		k.changeAtAcquire = l.Annotations[LeaseAnnotationChange]
 		delete(upd.Annotations, LeaseAnnotationFinalLSN)
+		delete(upd.Annotations, LeaseAnnotationPrimaryLSN)
 		if holder == "" {
 			return upd, "acquired (it was free)"
 		}
@@ -444,8 +464,8 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 	return nil, ""
 }
 
-// wrote records a successful write.
-func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string) {
+// wrote records a successful write, sent at sent.
+func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string, sent time.Time) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.lease = l
@@ -456,7 +476,7 @@ func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string) {
 		k.releaseLSN = nil
 		k.lastRenew = time.Time{}
 	default:
-		k.lastRenew = k.now()
+		k.lastRenew = sent
 	}
 	// Our own write is a change of the record too.
 	k.recordKey = ""

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
 // The keeper's decisions on a process-local Lease: a single instance takes the
@@ -123,5 +125,81 @@ func TestSynchronousStandbyNames(t *testing.T) {
 		if got := synchronousStandbyNames(tc.me, tc.v); got != tc.want {
 			t.Errorf("%s %+v: %q, want %q", tc.me, tc.v, got, tc.want)
 		}
+	}
+}
+
+// slowStore answers each Update after the clock moved on by delay: the write
+// committed, its answer was late.
+type slowStore struct {
+	*MemoryLeaseStore
+	advance func()
+}
+
+func (s slowStore) Update(ctx context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	got, err := s.MemoryLeaseStore.Update(ctx, l)
+	s.advance()
+	return got, err
+}
+
+// Rule 3 (never two writable primaries): the fence deadline counts from the
+// sending of the renewal, so a renewal that commits but answers late does not
+// extend the time the primary believes it holds the Lease. Measured from the
+// answer, a 3s-late answer would leave the primary writable for up to 3s after
+// a standby, counting from the renewTime it saw, could take the Lease.
+func TestLeaseKeeperCountsTheRenewalFromItsSending(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	mem := NewMemoryLeaseStore("db-0", 2)
+	store := slowStore{MemoryLeaseStore: mem, advance: func() { now = now.Add(3 * time.Second) }}
+	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k.now = func() time.Time { return now }
+	k.setWant(true)
+	k.tick(ctx, func(string, ...any) {})
+	since, held := k.sinceRenew()
+	if !held || since != 3*time.Second {
+		t.Fatalf("after a renewal answered 3s late: since %s held %v, want 3s since the sending", since, held)
+	}
+	now = now.Add(7*time.Second + time.Millisecond)
+	if v := k.view(); v.Held {
+		t.Errorf("still held %s after the renewal was sent, beyond the 10s renew deadline", now.Sub(time.Unix(1000, 0)))
+	}
+}
+
+// Each renewal records the primary's WAL position on the Lease (the operator's
+// reference for maxLagOnFailover); a new holder removes the previous one's.
+func TestLeaseKeeperRecordsThePrimaryPositionAtEachRenewal(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	store := NewMemoryLeaseStore("db-0", 2)
+	log := func(string, ...any) {}
+	pos := "0/3000060"
+	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k.now = func() time.Time { return now }
+	k.position = func() string { return pos }
+	k.setWant(true)
+	k.tick(ctx, log) // acquired
+	k.tick(ctx, log) // renewed
+	annotation := func() string { l, _ := store.Get(ctx); return l.Annotations[LeaseAnnotationPrimaryLSN] }
+	if got := annotation(); got != "0/3000060" {
+		t.Fatalf("primary-lsn after a renewal: %q", got)
+	}
+	pos = "0/5000000"
+	now = now.Add(2 * time.Second)
+	k.tick(ctx, log)
+	if got := annotation(); got != "0/5000000" {
+		t.Fatalf("primary-lsn after the next renewal: %q", got)
+	}
+	store.SetAnnotation(LeaseAnnotationTarget, "db-1")
+	next := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	next.now = func() time.Time { return now }
+	next.setWant(true)
+	next.tick(ctx, log)
+	now = now.Add(16 * time.Second)
+	next.tick(ctx, log)
+	if v := next.view(); !v.Held {
+		t.Fatalf("db-1 did not take the expired Lease: %+v", v)
+	}
+	if got := annotation(); got != "" {
+		t.Errorf("the new holder kept the previous holder's position %q", got)
 	}
 }

@@ -239,3 +239,13 @@ func LaterLSN(a, b string) string {
 	}
 	return a
 }
+
+// LSNDiff returns a minus b in bytes (0 when either is not a valid LSN).
+func LSNDiff(a, b string) int64 {
+	la, errA := parseLSN(a)
+	lb, errB := parseLSN(b)
+	if errA != nil || errB != nil {
+		return 0
+	}
+	return int64(la) - int64(lb)
+}

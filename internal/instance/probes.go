@@ -31,8 +31,15 @@ type observation struct {
 	InRecovery bool
 	// Receiver is pg_stat_wal_receiver's status ("" without a WAL receiver).
 	Receiver string
-	// ReplayLagBytes is received minus replayed WAL.
+	// ReplayLagBytes is how far replay is behind the primary's end of WAL as
+	// the standby last heard it: the later of what the primary reported with its
+	// last message (pg_stat_wal_receiver.latest_end_lsn, the primary's flushed
+	// end of WAL when it sent) and what was received, minus what was replayed.
+	// A standby whose incoming stream is slow thus counts the WAL still on its
+	// way, not only the WAL it has but did not replay yet.
 	ReplayLagBytes int64
+	// WALPosition is pg_current_wal_lsn() on a primary ("" in recovery).
+	WALPosition string
 }
 
 // probeCache holds the last observation.
@@ -74,8 +81,9 @@ type readinessInput struct {
 // recently; a primary has its roles in place and holds the Lease as the target,
 // renewed within two and a half retry periods when it fences (it leaves the
 // Services well before it fences itself); a standby streams with its replay
-// within MaxLagBytes of what it received, so that the read-only Service never
-// serves unboundedly stale data.
+// within MaxLagBytes of the primary's end of WAL as last reported to it, so
+// that the read-only Service never serves data further behind the primary
+// (rule 5 of the README's High availability section).
 func readiness(in readinessInput) (bool, string) {
 	switch {
 	case in.Exited:
@@ -102,7 +110,7 @@ func readiness(in readinessInput) (bool, string) {
 	case in.Obs.Receiver != "streaming":
 		return false, "not streaming from the primary"
 	case in.Obs.ReplayLagBytes > in.MaxLagBytes:
-		return false, "replay lags behind received WAL"
+		return false, "replay lags behind the primary by more than maxReplicationLag"
 	}
 	return true, "streaming standby"
 }
@@ -117,6 +125,27 @@ func (a *Agent) readyNow() bool {
 		RetryPeriod: a.cfg.RetryPeriod, MaxLagBytes: a.cfg.MaxLagBytes,
 	})
 	return ok
+}
+
+// probeQuery reads the observation. On a standby the lag is measured against
+// the later of the received position and the primary's end of WAL carried by
+// its last message (latest_end_lsn), so WAL queued on a slow link counts.
+const probeQuery = `SELECT pg_catalog.pg_is_in_recovery(),
+	coalesce((SELECT status FROM pg_catalog.pg_stat_wal_receiver LIMIT 1), ''),
+	CASE WHEN pg_catalog.pg_is_in_recovery() THEN coalesce(pg_catalog.pg_wal_lsn_diff(
+		greatest(pg_catalog.pg_last_wal_receive_lsn(), (SELECT latest_end_lsn FROM pg_catalog.pg_stat_wal_receiver LIMIT 1)),
+		pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint ELSE 0 END,
+	CASE WHEN pg_catalog.pg_is_in_recovery() THEN '' ELSE pg_catalog.pg_current_wal_lsn()::text END`
+
+// primaryPosition is the primary's WAL position as of the last probe ("" when
+// PostgreSQL is in recovery or did not answer recently): the Lease keeper
+// records it at each renewal.
+func (a *Agent) primaryPosition() string {
+	o := a.probes.get()
+	if !o.OK || o.InRecovery || time.Since(o.At) > probeStaleAfter || !a.primary.Load() {
+		return ""
+	}
+	return o.WALPosition
 }
 
 // probeLoop keeps the probe cache current with one connection (re-opened when it
@@ -150,10 +179,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			}
 			o := observation{At: time.Now()}
 			if conn != nil {
-				err := conn.QueryRow(qctx, `SELECT pg_catalog.pg_is_in_recovery(),
-					coalesce((SELECT status FROM pg_catalog.pg_stat_wal_receiver LIMIT 1), ''),
-					coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()), 0)::bigint`).
-					Scan(&o.InRecovery, &o.Receiver, &o.ReplayLagBytes)
+				err := conn.QueryRow(qctx, probeQuery).Scan(&o.InRecovery, &o.Receiver, &o.ReplayLagBytes, &o.WALPosition)
 				if err == nil {
 					o.OK = true
 				} else {

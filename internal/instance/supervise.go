@@ -41,9 +41,9 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil { // #nosec G302 -- a directory: owner only
 		return nil, fmt.Errorf("restricting the data directory: %w", err)
 	}
-	a.following = ""
+	a.following.Store("")
 	if !asPrimary {
-		a.following = a.upstream(a.lease.view())
+		a.following.Store(a.upstream(a.lease.view()))
 	}
 	if err := a.writeConfig(asPrimary); err != nil {
 		return nil, err
@@ -61,7 +61,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	a.postmaster.Store(int64(cmd.Process.Pid))
 	a.primary.Store(asPrimary && !a.inRecoveryOnDisk())
 	a.setState(StateRunning, "PostgreSQL is running")
-	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", a.following)
+	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", a.following.Load())
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 
@@ -148,13 +148,13 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 			case asPrimary && v.Target != me:
 				a.log.Info("no longer the target primary: demoting", "target", v.Target)
 				return nil, a.demote(cmd, stop)
-			case asPrimary && synchronousStandbyNames(me, v) != a.syncNames:
+			case asPrimary && synchronousStandbyNames(me, v) != a.syncNames.Load():
 				if err := a.writeConfig(true); err != nil {
 					a.log.Error("rewriting the primary configuration", "error", err.Error())
 				} else if err := a.reload(ctx); err != nil {
 					a.log.Warn("reloading the configuration", "error", err.Error())
 				} else {
-					a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.syncNames)
+					a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.syncNames.Load())
 				}
 			case !asPrimary && v.Target == me:
 				a.lease.setWant(true)
@@ -197,24 +197,24 @@ func (a *Agent) upstream(v leaseView) string {
 	switch {
 	case v.Target == a.cfg.PodName:
 		// Becoming the primary: keep receiving the old primary's last WAL.
-		return a.following
+		return a.following.Load()
 	case v.Target != "":
 		return v.Target
 	case v.Holder == "" || v.HolderSilentFor >= a.cfg.RenewDeadline:
 		return ""
 	}
-	return a.following
+	return a.following.Load()
 }
 
 // follow points a running standby at its upstream, with a reload (PostgreSQL 13
 // and later reload primary_conninfo without a restart).
 func (a *Agent) follow(ctx context.Context, v leaseView) {
 	up := a.upstream(v)
-	if up == a.following {
+	if up == a.following.Load() {
 		return
 	}
-	a.log.Info("following a new upstream", "from", a.following, "to", up)
-	a.following = up
+	a.log.Info("following a new upstream", "from", a.following.Load(), "to", up)
+	a.following.Store(up)
 	if err := a.writeConfig(false); err != nil {
 		a.log.Error("rewriting the standby configuration", "error", err.Error())
 	} else if err := a.reload(ctx); err != nil {
@@ -592,6 +592,14 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 			return fmt.Errorf("not promoting before WAL past %s is received (received %q)", final, received)
 		}
 	}
+	// Rule 2: synchronous replication is a property of whoever is primary.
+	// The primary's configuration (synchronous_standby_names for the
+	// instances and quorum on the Lease) is written and loaded before the
+	// promotion, so that the first commit the new primary accepts already
+	// waits for its quorum; a standby ignores the setting until then.
+	if err := a.loadPrimaryConfig(ctx, conn); err != nil {
+		return fmt.Errorf("not promoting: %w", err)
+	}
 	a.setState(StatePromoting, "promoting to primary")
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
@@ -607,6 +615,39 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	a.setState(StateRunning, "PostgreSQL is running (promoted)")
 	a.log.Info("promoted to primary on a new timeline")
 	return nil
+}
+
+// loadPrimaryConfig writes the primary's configuration, reloads it and waits
+// until a new session sees its synchronous_standby_names (the postmaster has
+// loaded it; the backends that commit start after the promotion).
+func (a *Agent) loadPrimaryConfig(ctx context.Context, conn *pgx.Conn) error {
+	if err := a.writeConfig(true); err != nil {
+		return fmt.Errorf("writing the primary configuration: %w", err)
+	}
+	want := a.syncNames.Load()
+	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
+		return fmt.Errorf("reloading the primary configuration: %w", err)
+	}
+	for delay := 20 * time.Millisecond; ; delay = min(2*delay, 500*time.Millisecond) {
+		c, err := a.connect(ctx, "postgres")
+		if err != nil {
+			return err
+		}
+		var have string
+		err = c.QueryRow(ctx, "SELECT current_setting('synchronous_standby_names')").Scan(&have)
+		c.Close(context.Background())
+		if err != nil {
+			return err
+		}
+		if have == want {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("synchronous_standby_names is %q, not %q, after the reload: %w", have, want, ctx.Err())
+		case <-time.After(delay):
+		}
+	}
 }
 
 // ensureRoles creates or updates the replication role, the application role and
@@ -786,7 +827,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 	v := a.lease.view()
 	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, a.fenced.Load(), v.LastErr
 	if !a.primary.Load() {
-		st.Following = a.following
+		st.Following = a.following.Load()
 	}
 	if a.hasData() {
 		st.SystemIdentifier, _ = postgres.ReadSystemID(a.cfg.PGData)

@@ -15,10 +15,23 @@ import (
 // The change-of-primary state machine. Its states are the PrimaryChangePhase
 // constants of the API:
 //
-//	(none) --primary failed--> Detected --failoverDelay--> Fencing --candidate chosen--> Promoting --candidate primary + Lease--> Completed
+//	(none) --primary failed--> Detected --failoverDelay--> Fencing --candidate qualifies--> Promoting --candidate primary + Lease--> Completed
 //	(none) --switchover requested--> Promoting
 //	Detected --primary recovered--> Aborted
-//	Promoting (failover) --candidate lost--> Fencing
+//	Fencing --no candidate qualifies--> Blocked --old primary back with the Lease--> Aborted
+//	Blocked --candidate qualifies, or force-failover-to--> Promoting
+//	Promoting (failover) --candidate lost, or not primary within promoteTimeout--> Fencing
+//	Promoting (switchover) --not primary within promoteTimeout--> Aborted (the old primary is the target again)
+//
+// A candidate qualifies (rule 1 of the README's High availability section)
+// when it received the old primary's final WAL position (a primary that shut
+// down cleanly released the Lease with it), or, without one, when its WAL is
+// within spec.failover.maxLagOnFailover of the position the old primary
+// recorded on the Lease at its last renewal; with synchronous replication
+// enough standbys must report to be sure one has every acknowledged commit.
+// Blocked makes the old primary the target again: it starts as primary when it
+// returns with its volume, and no acknowledged write is discarded while it can
+// still be reached.
 //
 // Fencing sets the target primary to "" (the agents read it from the Lease): the
 // old primary, if it still runs, demotes itself; the standbys stop streaming, so
@@ -33,6 +46,11 @@ type leaseObs struct {
 	Holder    string
 	RenewTime time.Time
 	Duration  time.Duration
+	// FinalLSN is the final position of a primary that released the Lease after
+	// a clean shutdown (only while nobody holds it).
+	FinalLSN string
+	// PrimaryLSN is the holder's WAL position at its last renewal.
+	PrimaryLSN string
 }
 
 // podObs is what the operator knows of an instance pod.
@@ -70,6 +88,12 @@ type haInput struct {
 	// SwitchoverTo is the switchover request (annotation value, "auto", or "" for
 	// none); SwitchoverWhy says who asked (annotation, rolling update, scale-down).
 	SwitchoverTo, SwitchoverWhy string
+	// MaxLagOnFailover is spec.failover.maxLagOnFailover in bytes.
+	MaxLagOnFailover int64
+	// ForceFailoverTo is the force-failover-to annotation ("" for none).
+	ForceFailoverTo string
+	// PromoteTimeout bounds the Promoting phase.
+	PromoteTimeout time.Duration
 }
 
 // haDecision is what decideHA wants done.
@@ -86,6 +110,15 @@ type haDecision struct {
 	Unlabel []string
 	// SwitchoverRefused explains why a requested switchover is not done.
 	SwitchoverRefused string
+	// Forced is set when a standby is promoted by force-failover-to: the bytes
+	// of WAL given up (-1: unknown).
+	Forced *forcedFailover
+}
+
+// forcedFailover is a promotion that gives up acknowledged WAL on request.
+type forcedFailover struct {
+	Pod       string
+	LostBytes int64
 }
 
 func (d haDecision) changed(in haInput) bool {
@@ -96,7 +129,7 @@ func samePrimaryChange(a, b *databasev1.PrimaryChange) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	return a.Kind == b.Kind && a.Phase == b.Phase && a.From == b.From && a.To == b.To && a.Message == b.Message
+	return a.Kind == b.Kind && a.Phase == b.Phase && a.From == b.From && a.To == b.To && a.Message == b.Message && a.PrimaryLSN == b.PrimaryLSN
 }
 
 func (in haInput) report(pod string) *instance.Status {
@@ -156,6 +189,71 @@ type candidate struct {
 	Pod      string
 	Timeline int64
 	LSN      string
+	// Lag is how many bytes of the old primary's WAL it lacks (-1: unknown).
+	Lag int64
+	// Qualifies: it may be promoted without giving up acknowledged WAL (rule 1).
+	Qualifies bool
+}
+
+// oldPrimaryPosition is what the candidates are measured against: the final
+// position of a primary that released the Lease (exact: final is true), else
+// the later of the position recorded when the failover started and the one on
+// the Lease ("" when neither is known).
+func oldPrimaryPosition(in haInput, c *databasev1.PrimaryChange) (pos string, final bool) {
+	if in.Lease.Holder == "" && in.Lease.FinalLSN != "" {
+		return in.Lease.FinalLSN, true
+	}
+	pos = c.PrimaryLSN
+	if in.Lease.Holder == "" || instance.HolderPod(in.Lease.Holder) == c.From {
+		pos = instance.LaterLSN(pos, in.Lease.PrimaryLSN)
+	}
+	return pos, false
+}
+
+// qualify measures each candidate against the old primary's position.
+func qualify(in haInput, c *databasev1.PrimaryChange, cands []candidate) []candidate {
+	pos, final := oldPrimaryPosition(in, c)
+	for i := range cands {
+		cd := &cands[i]
+		switch {
+		case pos == "":
+			cd.Lag, cd.Qualifies = -1, true
+		case final:
+			// The shutdown checkpoint record starts at pos: received past it.
+			cd.Lag = max(0, instance.LSNDiff(pos, cd.LSN))
+			cd.Qualifies = instance.LaterLSN(cd.LSN, pos) == cd.LSN && cd.LSN != pos
+			if !cd.Qualifies && cd.Lag == 0 {
+				cd.Lag = 1
+			}
+		default:
+			cd.Lag = max(0, instance.LSNDiff(pos, cd.LSN))
+			cd.Qualifies = cd.Lag <= in.MaxLagOnFailover
+		}
+	}
+	return cands
+}
+
+// describeCandidates lists the candidates and their lag for a message.
+func describeCandidates(cands []candidate) string {
+	var parts []string
+	for _, c := range cands {
+		lag := "lag unknown"
+		if c.Lag >= 0 {
+			lag = fmt.Sprintf("lacks %d bytes", c.Lag)
+		}
+		parts = append(parts, fmt.Sprintf("%s (received %s, %s)", c.Pod, orNone(c.LSN), lag))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "nothing"
+	}
+	return s
 }
 
 // candidates are the running standbys (excluding except) of an ordinal below
@@ -239,6 +337,7 @@ func decideHA(in haInput) haDecision {
 		if why := primaryFailure(in); why != "" && in.Replicas > 1 {
 			c := &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeFailover, Phase: databasev1.PrimaryChangeDetected,
 				From: in.Target, Message: "Primary failed: " + why, StartedAt: now, PhaseSince: now}
+			c = withPrimaryLSN(in, c)
 			d.Change = c
 			d.Unlabel = []string{in.Target}
 			if in.FailoverDelay > 0 {
@@ -267,6 +366,7 @@ func decideHA(in haInput) haDecision {
 		}
 		d.Target = ""
 		d.LeaseChange = instance.ChangeFailover
+		c = withPrimaryLSN(in, c)
 		d.Change = phase(c, databasev1.PrimaryChangeFencing, "Primary failed: "+strings.TrimPrefix(c.Message, "Primary failed: ")+
 			"; no instance is the target: the standbys stop streaming before the most advanced one is chosen")
 		return d
@@ -274,6 +374,7 @@ func decideHA(in haInput) haDecision {
 	case databasev1.PrimaryChangeFencing:
 		d.Target, d.LeaseChange = "", instance.ChangeFailover
 		d.Unlabel = []string{c.From}
+		c = withPrimaryLSN(in, c)
 		if w := writablePrimaries(in, ""); len(w) > 0 {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for %s to stop accepting writes before a standby is promoted", strings.Join(w, ", ")))
 			return d
@@ -289,25 +390,26 @@ func decideHA(in haInput) haDecision {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for standbys %s to stop streaming", strings.Join(streaming, ", ")))
 			return d
 		}
-		cands := candidates(in, c.From)
-		if len(cands) == 0 {
-			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("No standby can be promoted: none of ordinal below %d reports running in recovery", in.Replicas))
+		return choosePromotion(in, d, c, phase)
+
+	case databasev1.PrimaryChangeBlocked:
+		// The old primary is the target again: it resumes when it returns.
+		d.Target, d.LeaseChange = c.From, ""
+		if promoted(in, c.From) {
+			finish(c, databasev1.PrimaryChangeAborted, fmt.Sprintf("Failover aborted: %s returned as primary with its data; no standby had all of its acknowledged WAL", c.From))
 			return d
 		}
-		if need := in.Replicas - in.Synchronous; in.Synchronous > 0 && len(cands) < need {
-			// Every acknowledged commit is on Synchronous of the Replicas-1
-			// standbys: only Replicas-Synchronous of them, compared, are sure to
-			// include one that has them all.
-			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Synchronous replication (%d): %d standby(s) report, %d are needed to be sure the promoted one has every acknowledged commit",
-				in.Synchronous, len(cands), need))
+		if w := writablePrimaries(in, ""); len(w) > 0 {
 			return d
 		}
-		best := cands[0]
-		d.Target = best.Pod
-		n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s: the most advanced standby (timeline %d, WAL received up to %s)", best.Pod, best.Timeline, best.LSN))
-		n.To = best.Pod
-		d.Change = n
-		return d
+		for pod := range in.Pods {
+			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && st.WALReceiverStatus == "streaming" {
+				// Streaming from the returning old primary: it is about to
+				// resume, positions are moving.
+				return d
+			}
+		}
+		return choosePromotion(in, d, c, phase)
 
 	case databasev1.PrimaryChangePromoting:
 		d.Target = c.To
@@ -336,13 +438,111 @@ func decideHA(in haInput) haDecision {
 			d.Change = n
 			return d
 		}
+		if in.PromoteTimeout > 0 && in.Now.Sub(c.PhaseSince.Time) >= in.PromoteTimeout {
+			// Rule 4: no phase waits forever.
+			if c.Kind == databasev1.PrimaryChangeSwitchover {
+				if old, ok := in.Pods[c.From]; ok && !old.Terminating {
+					// The old primary released the Lease after its clean
+					// shutdown: it is the target again and starts as primary.
+					d.Target, d.LeaseChange, d.Unlabel = c.From, "", nil
+					finish(c, databasev1.PrimaryChangeAborted, fmt.Sprintf("Switchover to %s aborted: not primary within %s (%s); %s is the primary again",
+						c.To, in.PromoteTimeout, promotingWhy(in, c.To), c.From))
+					return d
+				}
+			}
+			d.Target, d.LeaseChange = "", instance.ChangeFailover
+			n := phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Candidate %s was not primary within %s (%s); choosing again", c.To, in.PromoteTimeout, promotingWhy(in, c.To)))
+			n.Kind, n.To = databasev1.PrimaryChangeFailover, ""
+			d.Change = n
+			return d
+		}
 		msg := fmt.Sprintf("Waiting for %s to take the Lease and promote", c.To)
-		if st := in.report(c.To); st != nil && st.Message != "" {
-			msg += ": " + st.Message
+		if why := promotingWhy(in, c.To); why != "" {
+			msg += ": " + why
 		}
 		d.Change = phase(c, databasev1.PrimaryChangePromoting, msg)
 		return d
 	}
+	return d
+}
+
+// promotingWhy is what the candidate reports while it is not primary yet.
+func promotingWhy(in haInput, pod string) string {
+	if st := in.report(pod); st != nil {
+		return st.Message
+	}
+	return "no answer"
+}
+
+// withPrimaryLSN records on the change the old primary's position as the
+// Lease has it (the later of the recorded one and the Lease's).
+func withPrimaryLSN(in haInput, c *databasev1.PrimaryChange) *databasev1.PrimaryChange {
+	pos, _ := oldPrimaryPosition(in, c)
+	if pos == c.PrimaryLSN {
+		return c
+	}
+	n := *c
+	n.PrimaryLSN = pos
+	return &n
+}
+
+type phaseFunc func(c *databasev1.PrimaryChange, p databasev1.PrimaryChangePhase, msg string) *databasev1.PrimaryChange
+
+// choosePromotion picks the standby to promote once the positions are final:
+// the most advanced that qualifies (rule 1), or the one named by
+// force-failover-to; with none, the failover is Blocked and the old primary is
+// the target again.
+func choosePromotion(in haInput, d haDecision, c *databasev1.PrimaryChange, phase phaseFunc) haDecision {
+	cands := qualify(in, c, candidates(in, c.From))
+	if in.ForceFailoverTo != "" {
+		for _, cd := range cands {
+			if cd.Pod != in.ForceFailoverTo {
+				continue
+			}
+			d.Target, d.LeaseChange, d.Unlabel = cd.Pod, instance.ChangeFailover, []string{c.From}
+			d.Forced = &forcedFailover{Pod: cd.Pod, LostBytes: cd.Lag}
+			n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s on request (%s), giving up the WAL it lacks: %s",
+				cd.Pod, databasev1.AnnotationForceFailoverTo, describeCandidates([]candidate{cd})))
+			n.To = cd.Pod
+			d.Change = n
+			return d
+		}
+	}
+	blocked := func(why string) haDecision {
+		d.Target, d.LeaseChange, d.Unlabel = c.From, "", nil
+		d.Change = phase(c, databasev1.PrimaryChangeBlocked, fmt.Sprintf("Failover blocked: %s. Candidates: %s. %s is the target again and resumes as primary when it returns with its volume; "+
+			"to promote a standby anyway and give up the WAL it lacks: kubectl annotate database <name> %s=<pod>",
+			why, describeCandidates(cands), c.From, databasev1.AnnotationForceFailoverTo))
+		return d
+	}
+	if len(cands) == 0 {
+		return blocked(fmt.Sprintf("no standby of ordinal below %d reports running in recovery", in.Replicas))
+	}
+	if need := in.Replicas - in.Synchronous; in.Synchronous > 0 && len(cands) < need {
+		// Every acknowledged commit is on Synchronous of the Replicas-1
+		// standbys: only Replicas-Synchronous of them, compared, are sure to
+		// include one that has them all.
+		return blocked(fmt.Sprintf("synchronous replication (%d): %d standby(s) report, %d are needed to be sure the promoted one has every acknowledged commit",
+			in.Synchronous, len(cands), need))
+	}
+	var best *candidate
+	for i := range cands {
+		if cands[i].Qualifies {
+			best = &cands[i]
+			break
+		}
+	}
+	if best == nil {
+		pos, final := oldPrimaryPosition(in, c)
+		if final {
+			return blocked(fmt.Sprintf("no standby received the final WAL position %s of %s's clean shutdown", pos, c.From))
+		}
+		return blocked(fmt.Sprintf("no standby is within maxLagOnFailover (%d bytes) of %s's last recorded position %s", in.MaxLagOnFailover, c.From, pos))
+	}
+	d.Target, d.LeaseChange, d.Unlabel = best.Pod, instance.ChangeFailover, []string{c.From}
+	n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s: the most advanced qualifying standby (timeline %d, WAL received up to %s)", best.Pod, best.Timeline, best.LSN))
+	n.To = best.Pod
+	d.Change = n
 	return d
 }
 

@@ -2,6 +2,7 @@ package database
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ var haNow = time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
 func haWorld() haInput {
 	in := haInput{
 		Now: haNow, StatefulSet: "db", Replicas: 3, MaxLagBytes: 64 << 20, FencingTimeout: 15 * time.Second, Target: "db-0",
+		MaxLagOnFailover: 1 << 20, PromoteTimeout: 2 * time.Minute,
 		Lease: leaseObs{Exists: true, Holder: instance.LeaseHolder("db-0", "u0"), RenewTime: haNow.Add(-time.Second), Duration: 15 * time.Second},
 		Pods:  map[string]podObs{"db-0": {UID: "u0", Ready: true, Updated: true}, "db-1": {UID: "u1", Ready: true, Updated: true}, "db-2": {UID: "u2", Ready: true, Updated: true}},
 		Reports: map[string]InstanceReport{
@@ -43,6 +45,30 @@ func stopped(in haInput) haInput {
 	return in
 }
 
+// fencedWorld: db-0's pod is gone, the standbys stopped streaming (db-1 at
+// 0/5000000, db-2 at 0/4000000), the failover is in Fencing: a candidate is
+// chosen now.
+func fencedWorld() haInput {
+	in := stopped(haWorld())
+	delete(in.Pods, "db-0")
+	delete(in.Reports, "db-0")
+	in.Target = ""
+	in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Second))
+	return in
+}
+
+// blockedWorld: the failover is Blocked (the old primary was at 0/6000000, no
+// standby within maxLagOnFailover), db-0 is the target again and still gone.
+func blockedWorld() haInput {
+	in := fencedWorld()
+	in.Target = "db-0"
+	for _, p := range []string{"db-1", "db-2"} {
+		in.Reports[p].Status.Target = "db-0"
+	}
+	in.Change.Phase, in.Change.PrimaryLSN = databasev1.PrimaryChangeBlocked, "0/6000000"
+	return in
+}
+
 func change(kind databasev1.PrimaryChangeKind, phase databasev1.PrimaryChangePhase, from, to string, started time.Time) *databasev1.PrimaryChange {
 	return &databasev1.PrimaryChange{Kind: kind, Phase: phase, From: from, To: to, StartedAt: metav1.NewTime(started), PhaseSince: metav1.NewTime(started)}
 }
@@ -59,6 +85,10 @@ func TestDecideHA(t *testing.T) {
 		wantLease   string
 		wantRefusal string
 		wantMessage string
+		// wantPrimaryLSN is the old primary's position recorded on the change.
+		wantPrimaryLSN string
+		// wantForced is "pod:lostBytes" of a forced failover.
+		wantForced string
 	}{
 		{
 			name:       "first target is ordinal 0",
@@ -267,7 +297,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Minute))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
 			wantMessage: "2 are needed",
 		},
 		{
@@ -296,7 +326,9 @@ func TestDecideHA(t *testing.T) {
 			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
 		},
 		{
-			name: "no candidate: stays fencing and says why",
+			// Was "stays fencing" (target "" forever: the old primary could
+			// never start again); rule 4 bounds it.
+			name: "no candidate: blocked, the old primary is the target again and resumes when it returns",
 			in: func() haInput {
 				in := haWorld()
 				in.Pods = map[string]podObs{}
@@ -305,8 +337,8 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Minute))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
-			wantMessage: "No standby can be promoted",
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+			wantMessage: "no standby of ordinal below 3 reports running",
 		},
 		{
 			name: "promoting waits for the candidate to hold the Lease",
@@ -416,6 +448,175 @@ func TestDecideHA(t *testing.T) {
 			},
 			wantTarget: "db-1", wantDone: databasev1.PrimaryChangeCompleted, wantUnlabel: []string{"db-0"},
 		},
+
+		// Rule 1: no acknowledged write is discarded while it can be reached.
+		{
+			name: "the Lease's primary position is recorded on the change when the failure is detected",
+			in: func() haInput {
+				in := haWorld()
+				in.FailoverDelay = time.Minute
+				in.Lease.PrimaryLSN = "0/5080000"
+				delete(in.Pods, "db-0")
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeDetected, wantUnlabel: []string{"db-0"}, wantPrimaryLSN: "0/5080000",
+		},
+		{
+			name: "clean shutdown: a standby that did not receive the final position is not promoted: blocked",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.Holder, in.Lease.FinalLSN = "", "0/6000000"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantPrimaryLSN: "0/6000000",
+			wantMessage: "no standby received the final WAL position 0/6000000",
+		},
+		{
+			name: "clean shutdown: the standby that received the final position is promoted, the one that did not is passed over",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.Holder, in.Lease.FinalLSN = "", "0/4800000"
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+		{
+			name: "clean shutdown: a standby exactly at the final position lacks the shutdown checkpoint record",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.Holder, in.Lease.FinalLSN = "", "0/5000000"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+		},
+		{
+			name: "crash: a standby within maxLagOnFailover of the Lease's last position is promoted",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.PrimaryLSN = "0/5080000" // db-1 lacks 512 KiB
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantPrimaryLSN: "0/5080000",
+		},
+		{
+			name: "crash: no standby within maxLagOnFailover: blocked, naming each standby and its lag",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.PrimaryLSN = "0/6000000"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+			wantMessage: "db-1 (received 0/5000000, lacks 16777216 bytes), db-2 (received 0/4000000, lacks 33554432 bytes)",
+		},
+		{
+			name: "maxLagOnFailover 0: a standby exactly at the last position qualifies",
+			in: func() haInput {
+				in := fencedWorld()
+				in.MaxLagOnFailover = 0
+				in.Lease.PrimaryLSN = "0/5000000"
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+		{
+			name: "the position recorded on the change holds after a new holder cleared the Lease's",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Change.PrimaryLSN = "0/6000000"
+				in.Lease.Holder = instance.LeaseHolder("db-2", "u2")
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantPrimaryLSN: "0/6000000",
+		},
+		{
+			name: "force-failover-to promotes a standby that lacks WAL, recording the bytes given up",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.PrimaryLSN = "0/6000000"
+				in.ForceFailoverTo = "db-2"
+				return in
+			},
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantForced: "db-2:33554432",
+		},
+		{
+			name: "blocked: the old primary returns with the Lease: aborted, it stays the target",
+			in: func() haInput {
+				in := blockedWorld()
+				in.Pods["db-0"] = podObs{UID: "u0b", Ready: true}
+				in.Lease.Holder = instance.LeaseHolder("db-0", "u0b")
+				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", Running: true, Role: instance.RolePrimary, Writable: true, HoldsLease: true, Target: "db-0", Timeline: 1}}
+				return in
+			},
+			wantTarget: "db-0", wantDone: databasev1.PrimaryChangeAborted,
+		},
+		{
+			name: "blocked: a standby streaming from the returning old primary: wait",
+			in: func() haInput {
+				in := blockedWorld()
+				in.Reports["db-1"].Status.WALReceiverStatus = "streaming"
+				in.ForceFailoverTo = "db-1"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+		},
+		{
+			name: "blocked: force-failover-to a standby promotes it",
+			in: func() haInput {
+				in := blockedWorld()
+				in.ForceFailoverTo = "db-1"
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantForced: "db-1:16777216",
+		},
+		{
+			name: "blocked: force-failover-to a pod that is no candidate is ignored",
+			in: func() haInput {
+				in := blockedWorld()
+				in.ForceFailoverTo = "db-7"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+		},
+		{
+			name: "blocked: a candidate that qualifies now (it reports at last) is promoted",
+			in: func() haInput {
+				in := blockedWorld()
+				in.Reports["db-2"].Status.ReceiveLSN = "0/6000000"
+				return in
+			},
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+
+		// Rule 4: every phase is bounded.
+		{
+			name: "switchover: the target is not primary within the promote timeout: aborted, the old primary is the target again",
+			in: func() haInput {
+				in := haWorld()
+				in.Target = "db-1"
+				in.Lease.Holder = instance.LeaseHolder("db-1", "u1")
+				in.Reports["db-0"].Status.Role, in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.Running = "", false, false
+				in.Reports["db-1"].Status.Message = "waiting to receive the old primary's WAL up to its final position"
+				in.Change = change(databasev1.PrimaryChangeSwitchover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-3*time.Minute))
+				return in
+			},
+			wantTarget: "db-0", wantDone: databasev1.PrimaryChangeAborted,
+		},
+		{
+			name: "failover: the candidate is not primary within the promote timeout: choose again",
+			in: func() haInput {
+				in := stopped(haWorld())
+				delete(in.Pods, "db-0")
+				delete(in.Reports, "db-0")
+				in.Target = "db-1"
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-3*time.Minute))
+				return in
+			},
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantMessage: "was not primary within 2m0s",
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -450,6 +651,16 @@ func TestDecideHA(t *testing.T) {
 			if (tc.wantRefusal == "") != (d.SwitchoverRefused == "") || !strings.Contains(d.SwitchoverRefused, tc.wantRefusal) {
 				t.Errorf("switchover refusal %q, want %q", d.SwitchoverRefused, tc.wantRefusal)
 			}
+			if tc.wantPrimaryLSN != "" && (d.Change == nil || d.Change.PrimaryLSN != tc.wantPrimaryLSN) {
+				t.Errorf("change %+v, want primaryLSN %s", d.Change, tc.wantPrimaryLSN)
+			}
+			forced := ""
+			if d.Forced != nil {
+				forced = fmt.Sprintf("%s:%d", d.Forced.Pod, d.Forced.LostBytes)
+			}
+			if forced != tc.wantForced {
+				t.Errorf("forced %q, want %q", forced, tc.wantForced)
+			}
 		})
 	}
 }
@@ -467,6 +678,9 @@ func TestPrimaryChangeEvents(t *testing.T) {
 		{"same phase again: no event", fencing, fencing, nil, "", ""},
 		{"candidate chosen", fencing, promoting, nil, databasev1.ReasonFailingOver, "Warning"},
 		{"switchover completed", promoting, nil, done, databasev1.ReasonSwitchoverComplete, "Normal"},
+		{"failover blocked: its own reason", fencing, change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeBlocked, "db-0", "", haNow), nil, databasev1.ReasonFailoverBlocked, "Warning"},
+		{"blocked, then aborted when the old primary returns", change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeBlocked, "db-0", "", haNow), nil,
+			change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeAborted, "db-0", "", haNow), databasev1.ReasonPrimaryChangeAbort, "Normal"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,6 +50,22 @@ func failoverDelay(db *databasev1.Database) time.Duration {
 	return time.Duration(db.Spec.Failover.FailoverDelaySeconds) * time.Second
 }
 
+// maxLagOnFailover is spec.failover.maxLagOnFailover in bytes (default 1Mi).
+func maxLagOnFailover(db *databasev1.Database) int64 {
+	if q := db.Spec.Failover.MaxLagOnFailover; q != nil {
+		return max(0, q.Value())
+	}
+	return 1 << 20
+}
+
+// promoteTimeout bounds the Promoting phase (rule 4): a switchover's old
+// primary checkpoints and stops (at most ~20 s plus its shutdown), a failover's
+// candidate may wait a lease duration for an expired Lease, then pg_promote
+// waits up to 60 s. 2 min at the defaults.
+func promoteTimeout(db *databasev1.Database) time.Duration {
+	return 2*leaseDuration(db) + 90*time.Second
+}
+
 func secondsOr(v int32, def int) time.Duration {
 	if v <= 0 {
 		return time.Duration(def) * time.Second
@@ -160,6 +176,10 @@ func observeLease(l *coordinationv1.Lease) leaseObs {
 	if l.Spec.LeaseDurationSeconds != nil {
 		o.Duration = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
 	}
+	if o.Holder == "" {
+		o.FinalLSN = l.Annotations[instance.LeaseAnnotationFinalLSN]
+	}
+	o.PrimaryLSN = l.Annotations[instance.LeaseAnnotationPrimaryLSN]
 	return o
 }
 
@@ -196,6 +216,7 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 		Now: obs.Now, StatefulSet: statefulSetName(db), Replicas: int(replicas(db)), FailoverDelay: failoverDelay(db),
 		Synchronous: int(db.Spec.SynchronousReplicas), MaxLagBytes: maxLagBytes(db), FencingTimeout: renewDeadline(db) + 5*time.Second, Target: db.Status.TargetPrimary, CurrentPrimary: db.Status.CurrentPrimary, Change: db.Status.PrimaryChange,
 		Lease: observeLease(obs.Lease), Pods: observePods(*obs), Reports: obs.Instances,
+		MaxLagOnFailover: maxLagOnFailover(db), ForceFailoverTo: db.Annotations[databasev1.AnnotationForceFailoverTo], PromoteTimeout: promoteTimeout(db),
 	}
 	annotation := db.Annotations[databasev1.AnnotationSwitchoverTo]
 	switch {
@@ -225,8 +246,30 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 			metrics.PrimaryChanges.WithLabelValues(db.Namespace, db.Name, string(d.Finished.Kind), string(d.Finished.Phase)).Inc()
 		}
 		r.haEvents(db, before.Status.PrimaryChange, d.Change, d.Finished)
+		if d.Forced != nil {
+			lost := "an unknown amount of"
+			if d.Forced.LostBytes >= 0 {
+				lost = strconv.FormatInt(d.Forced.LostBytes, 10) + " bytes of"
+			}
+			r.event(db, corev1.EventTypeWarning, databasev1.ReasonForcedFailover, "Failover",
+				fmt.Sprintf("Promoting %s on request (%s) gives up %s WAL that %s acknowledged", d.Forced.Pod, databasev1.AnnotationForceFailoverTo, lost, in.Change.From))
+			log.Info("forced failover", "to", d.Forced.Pod, "lostBytes", d.Forced.LostBytes)
+		}
 	}
 	var errs []error
+	if force := in.ForceFailoverTo; force != "" && (d.Forced != nil || (in.Change == nil && d.Change == nil)) {
+		// Used, or nothing to force: the annotation goes (a later failover
+		// never inherits a stale acceptance of loss).
+		if d.Forced == nil {
+			r.event(db, corev1.EventTypeWarning, databasev1.ReasonForcedFailover, "Failover",
+				fmt.Sprintf("Annotation %s=%s ignored: no failover is blocked", databasev1.AnnotationForceFailoverTo, force))
+		}
+		patch := client.MergeFrom(db.DeepCopy())
+		delete(db.Annotations, databasev1.AnnotationForceFailoverTo)
+		if err := r.Patch(ctx, db, patch); err != nil {
+			errs = append(errs, fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationForceFailoverTo, err))
+		}
+	}
 	if annotation != "" && (d.SwitchoverRefused != "" || d.Finished != nil || (d.Change == nil && in.Change == nil)) {
 		if d.SwitchoverRefused != "" && in.SwitchoverTo != "" {
 			r.event(db, corev1.EventTypeWarning, databasev1.ReasonSwitchoverRefused, "Switchover",
@@ -269,7 +312,10 @@ func primaryChangeEvents(old, cur, finished *databasev1.PrimaryChange) []transit
 	var out []transition
 	if cur != nil && (old == nil || old.Phase != cur.Phase || old.To != cur.To) {
 		typ, reason := corev1.EventTypeWarning, databasev1.ReasonFailingOver
-		if cur.Kind == databasev1.PrimaryChangeSwitchover {
+		switch {
+		case cur.Phase == databasev1.PrimaryChangeBlocked:
+			reason = databasev1.ReasonFailoverBlocked
+		case cur.Kind == databasev1.PrimaryChangeSwitchover:
 			typ, reason = corev1.EventTypeNormal, databasev1.ReasonSwitchingOver
 		}
 		out = append(out, transition{Type: typ, Reason: reason, Action: string(cur.Phase), Message: cur.Message})

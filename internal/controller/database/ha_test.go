@@ -339,3 +339,77 @@ func mustSTS(t *testing.T, ns string) *appsv1.StatefulSet {
 	}
 	return sts
 }
+
+// Rule 1 through the reconciler: the primary dies without a clean shutdown, its
+// last renewal recorded 0/6000000 on the Lease, the only standby stopped at
+// 0/5000000 (16 MiB short, beyond maxLagOnFailover's 1Mi): the failover is
+// Blocked, the old primary is the target again (on the status and on the Lease),
+// the condition and an event name the standby and its lag. The annotation
+// force-failover-to then promotes it, is removed, and an event records the
+// bytes given up.
+func TestFailoverIsBlockedWithoutTheOldPrimarysWALUntilForced(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, 2, "7406", nil)
+	eventually(t, "primary label", func() string {
+		if p := labelledPrimaries(t, ns); strings.Join(p, ",") != "my-database-0" {
+			return fmt.Sprintf("primaries %v", p)
+		}
+		return ""
+	})
+	// The primary's last renewal (as its agent writes it).
+	l := getLease(t, ns)
+	l.Annotations[instance.LeaseAnnotationPrimaryLSN] = "0/6000000"
+	if err := k8s.Update(testCtx, l); err != nil {
+		t.Fatal(err)
+	}
+	var pod0 corev1.Pod
+	if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-0"}, &pod0); err != nil {
+		t.Fatal(err)
+	}
+	instances.set(ns, "my-database-0", InstanceReport{Err: fmt.Errorf("connection refused")})
+	instances.set(ns, "my-database-1", stoppedReplica("my-database-1", "0/5000000"))
+	if err := k8s.Delete(testCtx, &pod0, client.GracePeriodSeconds(0)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "failover blocked", func() string {
+		d := getDB(t, ns, "my-database")
+		c := d.Status.PrimaryChange
+		if c == nil || c.Phase != databasev1.PrimaryChangeBlocked || d.Status.TargetPrimary != "my-database-0" || c.PrimaryLSN != "0/6000000" {
+			return fmt.Sprintf("target %q change %+v", d.Status.TargetPrimary, c)
+		}
+		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationTarget] != "my-database-0" {
+			return fmt.Sprintf("lease annotations %v", l.Annotations)
+		}
+		found := false
+		for _, c := range d.Status.Conditions {
+			found = found || c.Reason == databasev1.ReasonFailoverBlocked && strings.Contains(c.Message, "my-database-1 (received 0/5000000, lacks 16777216 bytes)")
+		}
+		if !found {
+			return fmt.Sprintf("no condition with reason FailoverBlocked naming the standby and its lag: %+v", d.Status.Conditions)
+		}
+		return findEvent(ns, corev1.EventTypeWarning, databasev1.ReasonFailoverBlocked, "lacks 16777216 bytes")
+	})
+	if p := labelledPrimaries(t, ns); len(p) != 0 {
+		t.Errorf("pods labelled primary while blocked: %v", p)
+	}
+
+	db := getDB(t, ns, "my-database")
+	patch := client.MergeFrom(db.DeepCopy())
+	if db.Annotations == nil {
+		db.Annotations = map[string]string{}
+	}
+	db.Annotations[databasev1.AnnotationForceFailoverTo] = "my-database-1"
+	if err := k8s.Patch(testCtx, db, patch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "forced failover", func() string {
+		d := getDB(t, ns, "my-database")
+		if _, ok := d.Annotations[databasev1.AnnotationForceFailoverTo]; ok {
+			return "annotation still set"
+		}
+		if d.Status.TargetPrimary != "my-database-1" || d.Status.PrimaryChange == nil || d.Status.PrimaryChange.Phase != databasev1.PrimaryChangePromoting {
+			return fmt.Sprintf("target %q change %+v", d.Status.TargetPrimary, d.Status.PrimaryChange)
+		}
+		return findEvent(ns, corev1.EventTypeWarning, databasev1.ReasonForcedFailover, "gives up 16777216 bytes of WAL that my-database-0 acknowledged")
+	})
+}

@@ -455,6 +455,9 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 		if c.Kind == databasev1.PrimaryChangeSwitchover {
 			return verdict{databasev1.PhaseSwitchingOver, databasev1.ReasonSwitchingOver, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
 		}
+		if c.Phase == databasev1.PrimaryChangeBlocked {
+			return verdict{databasev1.PhaseFailingOver, databasev1.ReasonFailoverBlocked, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
+		}
 		return verdict{databasev1.PhaseFailingOver, databasev1.ReasonFailingOver, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
 	}
 	for _, n := range podNames(obs) {
