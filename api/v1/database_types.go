@@ -839,7 +839,7 @@ const (
 	ReasonFailoverBlocked = "FailoverBlocked"
 	// ReasonForcedFailover: a standby was promoted by
 	// database.example.com/force-failover-to, giving up WAL.
-	ReasonForcedFailover = "ForcedFailover"
+	ReasonForcedFailover     = "ForcedFailover"
 	ReasonPrimaryChangeAbort = "PrimaryChangeAborted"
 	ReasonRollingUpdateStall = "RollingUpdateStalled"
 

@@ -192,7 +192,7 @@ type leaseKeeper struct {
 	// unknown); each renewal records it on the Lease.
 	position func() string
 	changed  chan struct{}
-	kickC   chan struct{}
+	kickC    chan struct{}
 }
 
 func newLeaseKeeper(store LeaseStore, me string, duration, deadline, retry time.Duration) *leaseKeeper {
