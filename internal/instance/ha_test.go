@@ -90,13 +90,19 @@ func (p *tcpProxy) via(cfg *rest.Config) *rest.Config {
 	return c
 }
 
-// The HA contract of the agent, against a real kube-apiserver and real
-// PostgreSQL: only the holder of the Lease is primary; a switchover moves the
-// primary without losing a committed row (the target waits for the old primary's
-// final WAL position); a primary cut off from the API server stops accepting
-// writes before its Lease can be taken; the standby takes the Lease only after
-// the lease duration and promotes; the old primary, healed, rewinds and follows.
-func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
+// haHarness runs agents against a real kube-apiserver's Lease, each through
+// its own cuttable proxy to the API server, and plays the operator's side.
+type haHarness struct {
+	t       *testing.T
+	leases  coordinationv1client.LeaseInterface
+	cfg     *rest.Config
+	s       testSecrets
+	ports   map[string]int
+	proxies map[string]*tcpProxy
+}
+
+func newHAHarness(t *testing.T, annotations map[string]string, pods ...string) *haHarness {
+	t.Helper()
 	root := testRoot(t)
 	env, err := testenv.New()
 	if err != nil {
@@ -107,75 +113,105 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
-	leases := coordinationv1client.NewForConfigOrDie(cfg).Leases("default")
-	ctx := context.Background()
-	if _, err := leases.Create(ctx, &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "db-primary", Annotations: map[string]string{
-		LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}}}, metav1.CreateOptions{}); err != nil {
+	h := &haHarness{t: t, leases: coordinationv1client.NewForConfigOrDie(cfg).Leases("default"), cfg: cfg,
+		s: newSecrets(t, root), ports: map[string]int{}, proxies: map[string]*tcpProxy{}}
+	for _, p := range pods {
+		h.ports[p] = testenv.FreePort(t)
+	}
+	if _, err := h.leases.Create(context.Background(), &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "db-primary", Annotations: annotations}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// The operator's side: change the target as the failover/switchover state
-	// machine does.
-	setTarget := func(target, change string) {
-		t.Helper()
-		if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			l.Annotations[LeaseAnnotationTarget] = target
-			l.Annotations[LeaseAnnotationChange] = change
-			_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
-			return err
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return h
+}
 
-	s := newSecrets(t, root)
-	ports := map[string]int{"db-0": testenv.FreePort(t), "db-1": testenv.FreePort(t)}
-	proxies := map[string]*tcpProxy{}
-	u, _ := url.Parse(cfg.Host)
-	start := func(name, pod string) *testInstance {
-		proxies[pod] = newTCPProxy(t, u.Host)
-		store, err := NewKubeLeaseStore(proxies[pod].via(cfg), "default", "db-primary")
+// setTarget changes the target as the failover/switchover state machine does.
+func (h *haHarness) setTarget(target, change string) {
+	h.t.Helper()
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		l, err := h.leases.Get(context.Background(), "db-primary", metav1.GetOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		return startInstanceWith(t, s, name, pod, ports[pod], 0, func(c *Config) {
-			c.Leases = store
-			c.PodUID = "uid-" + pod
-			c.PeerAddress = func(p string) (string, int) { return "127.0.0.1", ports[p] }
-			c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = 4*time.Second, 2*time.Second, 300*time.Millisecond
-		})
+		l.Annotations[LeaseAnnotationTarget] = target
+		l.Annotations[LeaseAnnotationChange] = change
+		_, err = h.leases.Update(context.Background(), l, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		h.t.Fatal(err)
 	}
-	waitPrimary := func(ti *testInstance) *Status {
-		t.Helper()
-		var st *Status
-		waitUntil(t, 90*time.Second, ti.cfg.PodName+" to be a writable primary holding the Lease", func() error {
-			var err error
-			if st, err = ti.status(s.token); err != nil {
-				return err
-			}
-			if st.Role != RolePrimary || !st.Writable || !st.HoldsLease || !st.Ready {
-				return fmt.Errorf("%s: role %q writable %v lease %v ready %v state %s %s %s", ti.cfg.PodName, st.Role, st.Writable, st.HoldsLease, st.Ready, st.State, st.Message, st.Error)
-			}
-			return nil
-		})
-		return st
+}
+
+func (h *haHarness) start(name, pod string) *testInstance {
+	h.t.Helper()
+	u, _ := url.Parse(h.cfg.Host)
+	h.proxies[pod] = newTCPProxy(h.t, u.Host)
+	store, err := NewKubeLeaseStore(h.proxies[pod].via(h.cfg), "default", "db-primary")
+	if err != nil {
+		h.t.Fatal(err)
 	}
-	waitFollowing := func(ti *testInstance, primary string) {
-		t.Helper()
-		waitUntil(t, 90*time.Second, ti.cfg.PodName+" to stream from "+primary, func() error {
-			st, err := ti.status(s.token)
-			if err != nil {
-				return err
-			}
-			if st.Role != RoleReplica || st.Following != primary || st.WALReceiverStatus != "streaming" {
-				return fmt.Errorf("%s: role %q following %q receiver %q state %s %s", ti.cfg.PodName, st.Role, st.Following, st.WALReceiverStatus, st.State, st.Message)
-			}
-			return nil
-		})
-	}
+	return startInstanceWith(h.t, h.s, name, pod, h.ports[pod], 0, func(c *Config) {
+		c.Leases = store
+		c.PodUID = "uid-" + pod
+		c.PeerAddress = func(p string) (string, int) { return "127.0.0.1", h.ports[p] }
+		c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = 4*time.Second, 2*time.Second, 300*time.Millisecond
+	})
+}
+
+func (h *haHarness) waitPrimary(ti *testInstance) *Status {
+	h.t.Helper()
+	var st *Status
+	waitUntil(h.t, 90*time.Second, ti.cfg.PodName+" to be a writable primary holding the Lease", func() error {
+		var err error
+		if st, err = ti.status(h.s.token); err != nil {
+			return err
+		}
+		if st.Role != RolePrimary || !st.Writable || !st.HoldsLease || !st.Ready {
+			return fmt.Errorf("%s: role %q writable %v lease %v ready %v state %s %s %s", ti.cfg.PodName, st.Role, st.Writable, st.HoldsLease, st.Ready, st.State, st.Message, st.Error)
+		}
+		return nil
+	})
+	return st
+}
+
+func (h *haHarness) waitRole(ti *testInstance, role string) {
+	h.t.Helper()
+	waitUntil(h.t, 90*time.Second, ti.cfg.PodName+" to run as "+role, func() error {
+		st, err := ti.status(h.s.token)
+		if err != nil {
+			return err
+		}
+		if st.Role != role {
+			return fmt.Errorf("%s: role %q state %s %s", ti.cfg.PodName, st.Role, st.State, st.Message)
+		}
+		return nil
+	})
+}
+
+func (h *haHarness) waitFollowing(ti *testInstance, primary string) {
+	h.t.Helper()
+	waitUntil(h.t, 90*time.Second, ti.cfg.PodName+" to stream from "+primary, func() error {
+		st, err := ti.status(h.s.token)
+		if err != nil {
+			return err
+		}
+		if st.Role != RoleReplica || st.Following != primary || st.WALReceiverStatus != "streaming" {
+			return fmt.Errorf("%s: role %q following %q receiver %q state %s %s", ti.cfg.PodName, st.Role, st.Following, st.WALReceiverStatus, st.State, st.Message)
+		}
+		return nil
+	})
+}
+
+// The HA contract of the agent, against a real kube-apiserver and real
+// PostgreSQL: only the holder of the Lease is primary; a switchover moves the
+// primary without losing a committed row (the target waits for the old primary's
+// final WAL position); a primary cut off from the API server stops accepting
+// writes before its Lease can be taken; the standby takes the Lease only after
+// the lease duration and promotes; the old primary, healed, rewinds and follows.
+func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
+	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}, "db-0", "db-1")
+	ctx := context.Background()
+	s, ports, proxies, leases := h.s, h.ports, h.proxies, h.leases
+	setTarget, start, waitPrimary, waitFollowing := h.setTarget, h.start, h.waitPrimary, h.waitFollowing
 
 	db0 := start("a", "db-0")
 	st := waitPrimary(db0)
@@ -315,4 +351,93 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// showSyncNames reads synchronous_standby_names on the instance at port.
+func showSyncNames(t *testing.T, port int, password string) string {
+	t.Helper()
+	c, err := appConn(context.Background(), port, password, testAppDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	var v string
+	if err := c.QueryRow(context.Background(), "SHOW synchronous_standby_names").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// Rule 2: synchronous replication is a property of whoever is primary. Three
+// instances with a quorum of one; the primary is cut off from the API server
+// and fences; db-1 takes the Lease and promotes. It must name its own quorum
+// before it accepts writes: db-2 streams from it as a quorum standby, and once
+// db-2 is stopped a commit on db-1 is not acknowledged. Before the fix the
+// promoted standby kept a standby's empty synchronous_standby_names and
+// acknowledged commits that no standby had.
+func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
+	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "3", LeaseAnnotationSynchronous: "1"}, "db-0", "db-1", "db-2")
+	ctx := context.Background()
+	pw := h.s.appPassword
+	db0 := h.start("a", "db-0")
+	// With a quorum the primary's set-up commits wait for a standby: the slots
+	// and standbys come first (as the operator does them).
+	h.waitRole(db0, RolePrimary)
+	setSlots(t, db0, h.s.token, SlotName("db-1"), SlotName("db-2"))
+	db1 := h.start("b", "db-1")
+	db2 := h.start("c", "db-2")
+	h.waitPrimary(db0)
+	h.waitFollowing(db1, "db-0")
+	h.waitFollowing(db2, "db-0")
+	waitForAppLogin(t, h.ports["db-0"], pw)
+	execApp(t, h.ports["db-0"], pw, "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items VALUES (1)")
+	if got, want := showSyncNames(t, h.ports["db-0"], pw), `ANY 1 ("db-1", "db-2")`; got != want {
+		t.Fatalf("db-0's synchronous_standby_names %q, want %q", got, want)
+	}
+
+	h.proxies["db-0"].cut()
+	waitUntil(t, 30*time.Second, "db-0 to fence itself", func() error {
+		if st, err := db0.status(h.s.token); err != nil || !st.Fenced {
+			return fmt.Errorf("db-0 not fenced yet (%v)", err)
+		}
+		return nil
+	})
+	h.setTarget("db-1", ChangeFailover)
+	h.waitRole(db1, RolePrimary)
+	// The operator's part after a promotion: the standbys' slots.
+	setSlots(t, db1, h.s.token, SlotName("db-0"), SlotName("db-2"))
+	h.waitPrimary(db1)
+	h.waitFollowing(db2, "db-1")
+	if got, want := showSyncNames(t, h.ports["db-1"], pw), `ANY 1 ("db-0", "db-2")`; got != want {
+		t.Errorf("the promoted db-1's synchronous_standby_names %q, want %q", got, want)
+	}
+	waitUntil(t, 30*time.Second, "db-2 to be a quorum standby of db-1", func() error {
+		st, err := db1.status(h.s.token)
+		if err != nil {
+			return err
+		}
+		for _, r := range st.Replicas {
+			if r.ApplicationName == "db-2" && r.SyncState == "quorum" {
+				return nil
+			}
+		}
+		return fmt.Errorf("db-1's standbys: %+v", st.Replicas)
+	})
+	execApp(t, h.ports["db-1"], pw, "INSERT INTO items VALUES (2)")
+
+	// Without its quorum, db-1 acknowledges nothing.
+	if err := db2.stop(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := appConn(ctx, h.ports["db-1"], pw, testAppDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = c.Exec(wctx, "INSERT INTO items VALUES (3)")
+	cancel()
+	if err == nil {
+		t.Errorf("db-1 acknowledged a commit with no standby of its quorum connected")
+	}
 }
