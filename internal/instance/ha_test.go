@@ -441,3 +441,103 @@ func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
 		t.Errorf("db-1 acknowledged a commit with no standby of its quorum connected")
 	}
 }
+
+// throttleProxy forwards to target, the target-to-client direction at most
+// rate bytes per second while rate > 0 (a slow link into the standby).
+type throttleProxy struct {
+	ln   net.Listener
+	rate atomic.Int64
+}
+
+func newThrottleProxy(t *testing.T, target string) *throttleProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &throttleProxy{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				up, err := net.Dial("tcp", target)
+				if err != nil {
+					c.Close()
+					return
+				}
+				go func() { _, _ = io.Copy(up, c); up.Close() }()
+				buf := make([]byte, 16<<10)
+				for {
+					n, err := up.Read(buf)
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							break
+						}
+						if r := p.rate.Load(); r > 0 {
+							time.Sleep(time.Duration(int64(n) * int64(time.Second) / r))
+						}
+					}
+					if err != nil {
+						break
+					}
+				}
+				c.Close()
+			}()
+		}
+	}()
+	return p
+}
+
+func (p *throttleProxy) port() int { return p.ln.Addr().(*net.TCPAddr).Port }
+
+// Rule 5: -ro is fresh. A standby whose incoming stream is throttled falls
+// behind the primary while it replays everything it received: it must leave
+// readiness (the read-only Service) once the primary's end of WAL, as carried
+// by the stream, is more than maxReplicationLag ahead of its replay, and come
+// back once it caught up. Before the fix its readiness measured received minus
+// replayed WAL only, and it stayed ready however far behind.
+func TestAThrottledStandbyIsNotReadyBeyondMaxLagOfThePrimary(t *testing.T) {
+	root := testRoot(t)
+	s := newSecrets(t, root)
+	ctx := context.Background()
+	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
+	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
+	waitForAppLogin(t, pPort, s.appPassword)
+	setSlots(t, primary, s.token, SlotName("db-1"))
+	link := newThrottleProxy(t, fmt.Sprintf("127.0.0.1:%d", pPort))
+	standby := startInstanceWith(t, s, "standby", "db-1", sPort, link.port(), func(c *Config) { c.MaxLagBytes = 4 << 20 })
+	ready := func() (bool, string) {
+		st, err := standby.status(s.token)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Ready, fmt.Sprintf("ready %v receiver %q receive %s replay %s", st.Ready, st.WALReceiverStatus, st.ReceiveLSN, st.ReplayLSN)
+	}
+	waitUntil(t, 90*time.Second, "the standby to stream and be ready", func() error {
+		if ok, why := ready(); !ok {
+			return errors.New(why)
+		}
+		return nil
+	})
+
+	link.rate.Store(256 << 10)
+	execApp(t, pPort, s.appPassword, "CREATE TABLE filler AS SELECT g, repeat('x', 500) AS pad FROM generate_series(1, 60000) g")
+	waitUntil(t, 30*time.Second, "the throttled standby to leave readiness", func() error {
+		if ok, why := ready(); ok {
+			return fmt.Errorf("still %s", why)
+		}
+		return nil
+	})
+	link.rate.Store(0)
+	waitUntil(t, 90*time.Second, "the standby to catch up and be ready again", func() error {
+		if ok, why := ready(); !ok {
+			return errors.New(why)
+		}
+		return nil
+	})
+	_ = ctx
+}
