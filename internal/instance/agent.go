@@ -115,6 +115,9 @@ type Config struct {
 	// LeaseDuration, RenewDeadline and RetryPeriod: see the Database's
 	// spec.failover (defaults 15s, 10s, 2s).
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+	// DemoteTimeout bounds a demoting primary's fast shutdown; then it shuts
+	// down immediately (default 1 minute).
+	DemoteTimeout time.Duration
 
 	Log *slog.Logger
 }
@@ -309,6 +312,9 @@ func NewAgent(cfg Config) *Agent {
 	}
 	if cfg.RetryPeriod == 0 {
 		cfg.RetryPeriod = 2 * time.Second
+	}
+	if cfg.DemoteTimeout == 0 {
+		cfg.DemoteTimeout = time.Minute
 	}
 	if cfg.PodUID == "" {
 		cfg.PodUID = "local"

@@ -7,8 +7,13 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,6 +159,7 @@ func (h *haHarness) start(name, pod string) *testInstance {
 		c.PodUID = "uid-" + pod
 		c.PeerAddress = func(p string) (string, int) { return "127.0.0.1", h.ports[p] }
 		c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = 4*time.Second, 2*time.Second, 300*time.Millisecond
+		c.DemoteTimeout = 3 * time.Second
 	})
 }
 
@@ -540,4 +546,141 @@ func TestAThrottledStandbyIsNotReadyBeyondMaxLagOfThePrimary(t *testing.T) {
 		return nil
 	})
 	_ = ctx
+}
+
+// Rule 3 during a demotion (finding 2): a switchover's old primary whose
+// checkpointer is paused (SIGSTOP: its CHECKPOINT and its fast shutdown hang)
+// keeps renewing the Lease while it may still commit, so the target cannot take
+// it; its fast shutdown is bounded (DemoteTimeout), then it shuts down
+// immediately, and the target, given no final WAL position, does not promote.
+// Before the fix the old primary stopped renewing as soon as it was no longer
+// the target: the target took the expired Lease and promoted while the old
+// primary still acknowledged writes during its 20 s checkpoint.
+func TestADemotionThatHangsNeverYieldsTwoWritablePrimaries(t *testing.T) {
+	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}, "db-0", "db-1")
+	ctx := context.Background()
+	pw := h.s.appPassword
+	db0 := h.start("a", "db-0")
+	h.waitPrimary(db0)
+	setSlots(t, db0, h.s.token, SlotName("db-1"))
+	db1 := startInstanceWith(t, h.s, "b", "db-1", h.ports["db-1"], 0, func(c *Config) {
+		store, err := NewKubeLeaseStore(h.cfg, "default", "db-primary")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Leases, c.PodUID = store, "uid-db-1"
+		c.PeerAddress = func(p string) (string, int) { return "127.0.0.1", h.ports[p] }
+		c.LeaseDuration, c.RenewDeadline, c.RetryPeriod = 4*time.Second, 2*time.Second, 300*time.Millisecond
+	})
+	h.waitFollowing(db1, "db-0")
+	waitForAppLogin(t, h.ports["db-0"], pw)
+	execApp(t, h.ports["db-0"], pw, "CREATE TABLE items (id int PRIMARY KEY)")
+
+	checkpointer := postgresChild(t, int(db0.agent.postmaster.Load()), "checkpointer")
+	if err := syscall.Kill(checkpointer, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(checkpointer, syscall.SIGCONT) })
+
+	// Writes on db-0 (the last acknowledged one), probes on db-1 (the first
+	// acknowledged one).
+	var last0, first1 atomic.Int64
+	var acked0 atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	write := func(port int, id func() int, ok func()) {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			wctx, cancel := context.WithTimeout(ctx, time.Second)
+			c, err := appConn(wctx, port, pw, testAppDB)
+			if err == nil {
+				_, err = c.Exec(wctx, "INSERT INTO items VALUES ($1)", id())
+				c.Close(ctx)
+			}
+			cancel()
+			if err == nil {
+				ok()
+			}
+		}
+	}
+	var next0, next1 atomic.Int64
+	next1.Store(1_000_000)
+	wg.Add(2)
+	go write(h.ports["db-0"], func() int { return int(next0.Add(1)) }, func() { last0.Store(time.Now().UnixNano()); acked0.Add(1) })
+	go write(h.ports["db-1"], func() int { return int(next1.Add(1)) }, func() { first1.CompareAndSwap(0, time.Now().UnixNano()) })
+	time.Sleep(500 * time.Millisecond)
+	switchedAt := time.Now()
+	h.setTarget("db-1", ChangeSwitchover)
+	waitUntil(t, 90*time.Second, "db-0 to stop (fenced after its bounded shutdown)", func() error {
+		st, err := db0.status(h.s.token)
+		if err != nil {
+			return err
+		}
+		if st.Running {
+			return fmt.Errorf("db-0 still running: state %s %s", st.State, st.Message)
+		}
+		return nil
+	})
+	stoppedAt := time.Now()
+	time.Sleep(8 * time.Second) // two lease durations: db-1 had every chance to promote
+	close(stop)
+	wg.Wait()
+	if acked0.Load() == 0 {
+		t.Fatal("no write was acknowledged by db-0: the test proves nothing")
+	}
+	l0, f1 := time.Unix(0, last0.Load()), first1.Load()
+	t.Logf("switchover at 0s; db-0's last acknowledged write at %s, stopped by %s; db-1 first writable: %v",
+		l0.Sub(switchedAt).Round(time.Millisecond), stoppedAt.Sub(switchedAt).Round(time.Millisecond), f1 != 0)
+	if f1 != 0 && !l0.Before(time.Unix(0, f1)) {
+		t.Errorf("two writable primaries: db-1 acknowledged a write at %s, db-0 its last at %s",
+			time.Unix(0, f1).Sub(switchedAt).Round(time.Millisecond), l0.Sub(switchedAt).Round(time.Millisecond))
+	}
+	if f1 != 0 {
+		t.Errorf("db-1 promoted without the old primary's final WAL position")
+	}
+
+	// The operator aborts the switchover (rule 4): db-0 resumes with every row.
+	_ = syscall.Kill(checkpointer, syscall.SIGCONT)
+	h.setTarget("db-0", "")
+	h.waitPrimary(db0)
+	n, err := countItems(t, h.ports["db-0"], pw)
+	if err != nil || int64(n) < acked0.Load() {
+		t.Errorf("db-0 resumed with %d rows (%v); it had acknowledged %d", n, err, acked0.Load())
+	}
+}
+
+// postgresChild finds the postmaster's child process whose title names role
+// ("postgres: checkpointer").
+func postgresChild(t *testing.T, postmaster int, role string) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+		if len(fields) < 2 || fields[1] != strconv.Itoa(postmaster) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if strings.Contains(string(cmdline), role) {
+			return pid
+		}
+	}
+	t.Fatalf("no %s process under postmaster %d", role, postmaster)
+	return 0
 }

@@ -188,6 +188,9 @@ type leaseKeeper struct {
 	changeAtAcquire   string
 	// fencing is whether the Lease had more than one instance at our last write.
 	fencing bool
+	// demoting: the primary is stopping after the target moved; it keeps
+	// renewing the Lease until it released it (or was fenced).
+	demoting bool
 	// position, when set, returns the primary's current WAL position ("" when
 	// unknown); each renewal records it on the Lease.
 	position func() string
@@ -273,6 +276,14 @@ func (k *leaseKeeper) setWant(w bool) {
 	if changed && w {
 		k.kick()
 	}
+}
+
+// setDemoting says whether the primary is demoting: it keeps renewing the Lease
+// meanwhile although it is no longer the target.
+func (k *leaseKeeper) setDemoting(d bool) {
+	k.mu.Lock()
+	k.demoting = d
+	k.mu.Unlock()
 }
 
 // kick makes the loop run an iteration now.
@@ -426,7 +437,7 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 		upd.Spec.HolderIdentity = nil
 		delete(upd.Annotations, LeaseAnnotationFinalLSN)
 		return upd, "released"
-	case holder == k.me && target == HolderPod(k.me) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
+	case holder == k.me && (target == HolderPod(k.me) || k.demoting) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
 		// With standbys: every retry period. With one instance: once, so that
 		// the Lease records that this primary no longer fences (after a
 		// scale-down) and then never again.

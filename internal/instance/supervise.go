@@ -130,7 +130,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		case <-ctx.Done():
 			if asPrimary && a.lease.view().Held {
 				a.log.Info("shutdown requested: the primary stops and releases the Lease")
-				return nil, a.demote(cmd, stop)
+				return nil, a.demote(cmd, done, stopped, fence)
 			}
 			a.log.Info("shutdown requested: fast shutdown of postgres")
 			return nil, stop()
@@ -147,7 +147,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 				return nil, fence(fmt.Sprintf("the primary Lease is held by %q: another instance may be primary", v.Holder))
 			case asPrimary && v.Target != me:
 				a.log.Info("no longer the target primary: demoting", "target", v.Target)
-				return nil, a.demote(cmd, stop)
+				return nil, a.demote(cmd, done, stopped, fence)
 			case asPrimary && synchronousStandbyNames(me, v) != a.syncNames.Load():
 				if err := a.writeConfig(true); err != nil {
 					a.log.Error("rewriting the primary configuration", "error", err.Error())
@@ -227,28 +227,92 @@ func (a *Agent) follow(ctx context.Context, v leaseView) {
 // record up to the shutdown checkpoint to the connected standbys), then the Lease
 // is released with the shutdown checkpoint's position, which the next primary
 // waits to have received before it promotes.
-func (a *Agent) demote(cmd *exec.Cmd, stop func() error) error {
+//
+// Rule 3 (never two writable primaries): the Lease is renewed throughout, so no
+// standby can take it while this primary may still commit; the fence still
+// holds (a renewal missing for the renew deadline shuts PostgreSQL down
+// immediately, whatever step the demotion is at); the checkpoint is bounded by
+// 20 s and the fast shutdown by DemoteTimeout, after which the shutdown is
+// immediate. A primary that stopped immediately has no final position: it does
+// not release the Lease with one, and a switchover target then does not
+// promote (the operator aborts the switchover, and this instance resumes).
+func (a *Agent) demote(cmd *exec.Cmd, done <-chan error, stopped func(error) error, fence func(string) error) error {
 	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
 	a.setUp.Store(false)
+	a.lease.setDemoting(true)
+	defer a.lease.setDemoting(false)
+	fenceWhy := func() string {
+		since, held := a.lease.sinceRenew()
+		switch {
+		case !held:
+			return "the primary Lease was lost while demoting"
+		case since > a.cfg.RenewDeadline:
+			return fmt.Sprintf("the primary Lease was not renewed for %s while demoting (renew deadline %s)", since.Round(time.Millisecond), a.cfg.RenewDeadline)
+		}
+		return ""
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if conn, err := a.connect(ctx, "postgres"); err == nil {
-		if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
-			a.log.Warn("checkpoint before the shutdown", "error", err.Error())
+	checkpointed := make(chan struct{})
+	go func() {
+		defer close(checkpointed)
+		if conn, err := a.connect(ctx, "postgres"); err == nil {
+			if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+				a.log.Warn("checkpoint before the shutdown", "error", err.Error())
+			}
+			conn.Close(context.Background())
 		}
-		conn.Close(context.Background())
+	}()
+checkpoint:
+	for {
+		select {
+		case <-checkpointed:
+			break checkpoint
+		case err := <-done:
+			cancel()
+			killProcessGroup(cmd.Process.Pid)
+			return stopped(err)
+		case <-tick.C:
+			if why := fenceWhy(); why != "" {
+				cancel()
+				return fence(why)
+			}
+		}
 	}
-	if err := stop(); err != nil {
-		return err
+
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	limit := time.NewTimer(a.cfg.DemoteTimeout)
+	defer limit.Stop()
+shutdown:
+	for {
+		select {
+		case err := <-done:
+			if err := stopped(err); err != nil {
+				return err
+			}
+			a.log.Info("postgres stopped")
+			break shutdown
+		case <-tick.C:
+			if why := fenceWhy(); why != "" {
+				return fence(why)
+			}
+		case <-limit.C:
+			return fence(fmt.Sprintf("the fast shutdown did not complete within %s", a.cfg.DemoteTimeout))
+		}
 	}
-	final, err := a.checkpointLSN(ctx)
+	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer rcancel()
+	final, err := a.checkpointLSN(rctx)
 	if err != nil {
 		// Without a final position the Lease is not released: the next primary
 		// waits for it to expire.
 		a.log.Error("reading the final WAL position; keeping the Lease until it expires", "error", err.Error())
 		return nil
 	}
-	if err := a.lease.release(ctx, final, 5*time.Second); err != nil {
+	if err := a.lease.release(rctx, final, 5*time.Second); err != nil {
 		a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
 		return nil
 	}
@@ -584,7 +648,16 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
 		return errors.New("not promoting: this instance does not hold the primary Lease as the target")
 	}
-	if final, change := a.lease.acquired(); final != "" && change != ChangeFailover {
+	final, change := a.lease.acquired()
+	if final == "" && a.lease.view().Change == ChangeSwitchover {
+		// The old primary did not stop cleanly (it was fenced or killed during
+		// the switchover): WAL it acknowledged may be missing here. The
+		// operator aborts the switchover (the old primary resumes) or turns it
+		// into a failover, which measures this standby's WAL first (rule 1).
+		a.setState(StatePromoting, "not promoting: the old primary released no final WAL position; waiting for the operator to abort the switchover or fail over")
+		return errors.New("not promoting in a switchover without the old primary's final WAL position")
+	}
+	if final != "" && change != ChangeFailover {
 		f, err1 := parseLSN(final)
 		r, err2 := parseLSN(received)
 		if err1 != nil || err2 != nil || r <= f {

@@ -580,6 +580,9 @@ func decideSwitchover(in haInput, d haDecision, now metav1.Time) haDecision {
 	d.Change = &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeSwitchover, Phase: databasev1.PrimaryChangePromoting,
 		From: in.Target, To: to, StartedAt: now, PhaseSince: now,
 		Message: fmt.Sprintf("Switchover to %s (%s): the primary checkpoints, stops and releases the Lease; %s promotes once it has received its final WAL", to, in.SwitchoverWhy, to)}
+	// Should the switchover become a failover (the old primary dies before
+	// its clean shutdown), its candidates are measured against this.
+	d.Change = withPrimaryLSN(in, d.Change)
 	return d
 }
 

@@ -333,11 +333,24 @@ func primaryChangeEvents(old, cur, finished *databasev1.PrimaryChange) []transit
 	return out
 }
 
+// leaseInstances is the instance count the Lease carries: the larger of
+// spec.replicas and the StatefulSet's replicas, so that a scale-down that must
+// first move the primary off a removed ordinal keeps the primary fencing (and
+// renewing every retry period) until the switchover completed and the
+// StatefulSet shrank (rule 3: never two writable primaries).
+func leaseInstances(db *databasev1.Database, obs *observation) int {
+	n := int(replicas(db))
+	if obs.StatefulSet != nil && obs.StatefulSet.Spec.Replicas != nil {
+		n = max(n, int(*obs.StatefulSet.Spec.Replicas))
+	}
+	return n
+}
+
 // syncLease mirrors the target primary, the number of instances and the kind of
 // change on the Lease, with optimistic concurrency (the agents renew it
 // concurrently: a conflict is retried on a fresh read).
 func (r *Reconciler) syncLease(ctx context.Context, db *databasev1.Database, obs *observation, target, change string) error {
-	want := map[string]string{instance.LeaseAnnotationTarget: target, instance.LeaseAnnotationInstances: strconv.Itoa(int(replicas(db))),
+	want := map[string]string{instance.LeaseAnnotationTarget: target, instance.LeaseAnnotationInstances: strconv.Itoa(leaseInstances(db, obs)),
 		instance.LeaseAnnotationChange: change, instance.LeaseAnnotationSynchronous: strconv.Itoa(int(db.Spec.SynchronousReplicas))}
 	for attempt := 0; attempt < 3; attempt++ {
 		l := obs.Lease

@@ -292,6 +292,12 @@ func TestScaleDownWaitsForASwitchoverOffTheRemovedOrdinal(t *testing.T) {
 		}
 		return ""
 	})
+	// Rule 3: the Lease keeps the instance count until the switchover is done,
+	// so the old primary keeps renewing and fencing (with "1" it would stop
+	// both, and stay writable while the target takes the Lease).
+	if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationInstances] != "3" {
+		t.Errorf("the Lease's instances during the switchover off the removed ordinal: %q, want 3", l.Annotations[instance.LeaseAnnotationInstances])
+	}
 	instances.set(ns, "my-database-2", replicaReport("my-database-2"))
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", nil))
 	eventually(t, "scaled down after the switchover", func() string {
@@ -301,6 +307,9 @@ func TestScaleDownWaitsForASwitchoverOffTheRemovedOrdinal(t *testing.T) {
 		}
 		if *sts.Spec.Replicas != 1 {
 			return fmt.Sprintf("statefulset replicas %d", *sts.Spec.Replicas)
+		}
+		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationInstances] != "1" {
+			return fmt.Sprintf("the Lease's instances %q after the scale-down", l.Annotations[instance.LeaseAnnotationInstances])
 		}
 		return ""
 	})
