@@ -200,8 +200,26 @@ EOF
 
 # --- components ----------------------------------------------------------------
 
+# Network namespaces of the pods live under containerd's state directory (not
+# /var/run/netns), on a bind mount of that directory with shared propagation:
+# a mount namespace created while a pod runs (ip netns exec, a container being
+# set up, another tool of this machine) copies the pod's netns bind mount, and
+# on a private / (as here) that copy never learns of the unmount, so containerd
+# cannot unlink the file ("device or resource busy") and the pod stays
+# Terminating for good. A shared parent makes every copy a peer or a slave
+# that receives the unmount (what iproute2 does for /run/netns).
+netns_dir() { echo "$STATE/containerd/state/io.containerd.grpc.v1.cri/netns"; }
+share_netns_dir() {
+  local d
+  d=$(netns_dir)
+  mkdir -p "$d"
+  mountpoint -q "$d" || mount --bind "$d" "$d"
+  mount --make-shared "$d"
+}
+
 start_containerd() {
   mkdir -p "$STATE/containerd"
+  share_netns_dir
   cat > "$STATE/containerd/config.toml" <<EOF
 version = 2
 root = "$STATE/containerd/root"
@@ -211,6 +229,7 @@ state = "$STATE/containerd/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
   restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE/cni/net.d"

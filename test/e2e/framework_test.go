@@ -32,7 +32,44 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "e2e: the operator is not running: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if stuck := podsStuckTerminating(4*time.Minute, 3*time.Minute); stuck != "" {
+		fmt.Fprintf(os.Stderr, "e2e: pods stuck terminating (the local cluster leaks under churn):\n%s", stuck)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// podsStuckTerminating waits up to wait for every pod being deleted to be gone
+// and lists those whose deletion started more than older ago ("" when none).
+func podsStuckTerminating(wait, older time.Duration) string {
+	deadline := time.Now().Add(wait)
+	for {
+		out, err := run(context.Background(), "", "get", "pods", "-A", "-o",
+			`jsonpath={range .items[?(@.metadata.deletionTimestamp)]}{.metadata.namespace}/{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}`)
+		var stuck []string
+		if err == nil {
+			for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+				f := strings.Fields(line)
+				if len(f) != 2 {
+					continue
+				}
+				if at, err := time.Parse(time.RFC3339, f[1]); err == nil && time.Since(at) > older {
+					stuck = append(stuck, fmt.Sprintf("%s deleted %s ago", f[0], time.Since(at).Round(time.Second)))
+				}
+			}
+		}
+		if err == nil && strings.TrimSpace(out) == "" {
+			return ""
+		}
+		if time.Now().After(deadline) {
+			if err != nil {
+				return "listing pods: " + err.Error()
+			}
+			return strings.Join(stuck, "\n")
+		}
+		time.Sleep(5 * time.Second)
+	}
 }
 
 // run executes kubectl with stdin and returns combined output.

@@ -479,32 +479,43 @@ func TestSwitchoverRollingUpdateAndScaleDownUnderLoad(t *testing.T) {
 	}
 }
 
-// podNetns finds the network namespace of the pod with ip on this host.
-func podNetns(t *testing.T, ip string) string {
+// podPID finds a process of the pod on this host (by the pod's UID in its
+// cgroup path): its network namespace is the pod's. The local cluster keeps
+// the pods' namespaces under its own state directory, not in ip netns list,
+// and pod addresses are reused, so neither names nor addresses identify them.
+func podPID(t *testing.T, c *cluster, pod string) string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "list").Output()
-	if err != nil {
-		t.Fatalf("ip netns list: %v", err)
+	uid := c.jsonpath("pod/"+pod, "{.metadata.uid}")
+	if uid == "" {
+		t.Fatalf("pod %s has no UID", pod)
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		addrs, err := exec.Command("ip", "netns", "exec", f[0], "ip", "-4", "-o", "addr").Output()
-		if err == nil && strings.Contains(string(addrs), " "+ip+"/") {
-			return f[0]
+		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
+		if err == nil && (strings.Contains(string(cg), "pod"+uid) || strings.Contains(string(cg), "pod"+strings.ReplaceAll(uid, "-", "_"))) {
+			return e.Name()
 		}
 	}
-	t.Fatalf("no network namespace on this host holds %s", ip)
+	t.Fatalf("no process of pod %s (uid %s) on this host", pod, uid)
 	return ""
+}
+
+// inPodNetwork runs a command in the network namespace of the process pid.
+func inPodNetwork(pid string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"-t", pid, "-n", "--"}, args...)...)
 }
 
 // partition drops, inside the pod's own network namespace, its traffic to the
 // API server (its Service address, and its real address on port apiPort: the
 // host shares that address, and this test's probes come from it) and all traffic
 // to and from the other instances; heal removes the rules.
-func partition(t *testing.T, netns string, peers, apiServiceIPs []string, apiIP, apiPort string) (heal func()) {
+func partition(t *testing.T, pid string, peers, apiServiceIPs []string, apiIP, apiPort string) (heal func()) {
 	t.Helper()
 	rules := [][]string{{"OUTPUT", "-d", apiIP, "-p", "tcp", "--dport", apiPort, "-j", "DROP"}}
 	for _, ip := range apiServiceIPs {
@@ -514,13 +525,13 @@ func partition(t *testing.T, netns string, peers, apiServiceIPs []string, apiIP,
 		rules = append(rules, []string{"OUTPUT", "-d", p, "-j", "DROP"}, []string{"INPUT", "-s", p, "-j", "DROP"})
 	}
 	for _, r := range rules {
-		if out, err := exec.Command("ip", append([]string{"netns", "exec", netns, "iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
-			t.Fatalf("iptables %v in %s: %v %s", r, netns, err, out)
+		if out, err := inPodNetwork(pid, append([]string{"iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v in the network of process %s: %v %s", r, pid, err, out)
 		}
 	}
 	return func() {
 		for _, r := range rules {
-			_ = exec.Command("ip", append([]string{"netns", "exec", netns, "iptables", "-w", "-D"}, r...)...).Run()
+			_ = inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).Run()
 		}
 	}
 }
@@ -549,7 +560,7 @@ func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 			t.Fatalf("bad address %q", ip)
 		}
 	}
-	netns := podNetns(t, oldIP)
+	netns := podPID(t, c, old)
 
 	// Probe both instances directly (pod IPs, from this host) every 100 ms.
 	type sample struct {
@@ -679,5 +690,77 @@ func TestSynchronousReplicationLosesNoAcknowledgedRowOnAHardKill(t *testing.T) {
 	}
 	if len(acked) < 30 {
 		t.Errorf("only %d rows acknowledged: the test proves little", len(acked))
+	}
+}
+
+// Rule 1 (issue finding, reproduced on the previous code): the standby is cut
+// off from the primary (iptables in its network namespace), the primary
+// acknowledges 5,000 more rows in one transaction and is then deleted
+// gracefully, its volume intact. The cut-off standby lacks the WAL up to the
+// primary's final position: it is not promoted; the failover is Blocked, the
+// old primary comes back with its volume and resumes as primary (the change
+// Aborted), and after healing every acknowledged row is there. On the previous
+// code the standby was promoted and the old primary rewound onto it: the
+// 5,000 rows were gone.
+func TestACutOffStandbyIsNotPromotedOverAGracefullyDeletedPrimary(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(strings.Replace(haDatabase, "replicas: 3", "replicas: 2", 1))
+	c.waitPhase("ha", "Ready", readyTimeout)
+	c.waitChecksPassed("ha", 3*time.Minute)
+	old := c.primary("ha")
+	standby := "ha-0"
+	if old == "ha-0" {
+		standby = "ha-1"
+	}
+	oldIP := c.jsonpath("pod/"+old, "{.status.podIP}")
+	if net.ParseIP(oldIP) == nil {
+		t.Fatalf("bad address %q", oldIP)
+	}
+	w := c.startWriter("ha")
+	time.Sleep(2 * time.Second)
+
+	pid := podPID(t, c, standby)
+	rules := [][]string{{"OUTPUT", "-d", oldIP, "-j", "DROP"}, {"INPUT", "-s", oldIP, "-j", "DROP"}}
+	for _, r := range rules {
+		if out, err := inPodNetwork(pid, append([]string{"iptables", "-w", "-I"}, r...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %v: %v %s", r, err, out)
+		}
+	}
+	healed := false
+	heal := func() {
+		if !healed {
+			for _, r := range rules {
+				_ = inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).Run()
+			}
+			healed = true
+		}
+	}
+	t.Cleanup(heal)
+	if out, err := c.psql(old, false, "INSERT INTO acked (id) SELECT g FROM generate_series(1000001, 1005000) g"); err != nil {
+		t.Fatalf("inserting 5,000 rows on %s: %v %s", old, err, out)
+	}
+	c.must("delete", "pod", old, "--wait=false")
+
+	c.eventually(4*time.Minute, "the failover to be aborted with the old primary back", func() string {
+		last := c.jsonpath("database/ha", "{.status.lastPrimaryChange.phase}") + " " + c.jsonpath("database/ha", "{.status.lastPrimaryChange.from}")
+		if last != "Aborted "+old || c.primary("ha") != old || c.jsonpath("database/ha", "{.status.targetPrimary}") != old {
+			return fmt.Sprintf("last change %q, primary %q, change in progress: %s", last, c.primary("ha"), c.jsonpath("database/ha", "{.status.primaryChange.message}"))
+		}
+		return ""
+	})
+	events := c.must("get", "events", "--field-selector", "reason=FailoverBlocked", "-o", "jsonpath={.items[*].message}")
+	if !strings.Contains(events, standby) {
+		t.Errorf("no FailoverBlocked event naming %s: %q", standby, events)
+	}
+	heal()
+	c.waitChecksPassed("ha", 4*time.Minute)
+	acked, _ := w.finish()
+	for id := 1000001; id <= 1005000; id++ {
+		acked = append(acked, id)
+	}
+	lost := c.missing("ha", acked)
+	t.Logf("%d of %d acknowledged rows lost", len(lost), len(acked))
+	if len(lost) > 0 {
+		t.Errorf("%d acknowledged rows lost, e.g. %v", len(lost), lost[:min(len(lost), 10)])
 	}
 }

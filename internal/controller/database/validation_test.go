@@ -46,6 +46,7 @@ func TestCreateValidation(t *testing.T) {
 			"labels must not set app, database, name, role or app.kubernetes.io/managed-by"},
 		{"a Service label the operator selects on", "size: 10Gi", "size: 10Gi\n  serviceTemplate:\n    labels:\n      app: other",
 			"labels must not set app, database, name, role or app.kubernetes.io/managed-by"},
+		{"negative maxLagOnFailover", "size: 10Gi", "size: 10Gi\n  failover:\n    maxLagOnFailover: -1Mi", "failover.maxLagOnFailover must be a non-negative quantity of bytes such as 1Mi"},
 		{"negative failover delay", "size: 10Gi", "size: 10Gi\n  failover:\n    failoverDelaySeconds: -1", "spec.failover.failoverDelaySeconds in body should be greater than or equal to 0"},
 		{"parameters the operator manages", "size: 10Gi", "size: 10Gi\n  postgresql:\n    parameters:\n      work_mem: 64MB\n      wal_level: minimal\n      port: \"6543\"",
 			"a parameter is managed by the operator and cannot be set"},
@@ -167,5 +168,25 @@ func TestDefaults(t *testing.T) {
 	}
 	if db.Spec.MaxReplicationLag == nil || db.Spec.MaxReplicationLag.String() != "64Mi" {
 		t.Errorf("default maxReplicationLag = %v", db.Spec.MaxReplicationLag)
+	}
+}
+
+// maxLagOnFailover takes any non-negative quantity, as a string or an integer;
+// when absent the CRD defaults it to 1Mi.
+func TestMaxLagOnFailoverAcceptsNonNegativeQuantities(t *testing.T) {
+	ns := newNamespace(t)
+	for i, v := range []string{"0", "16Mi", "1048576", "\"2M\""} {
+		manifest := strings.Replace(seedManifest, "size: 10Gi", "size: 10Gi\n  failover:\n    maxLagOnFailover: "+v, 1)
+		manifest = strings.Replace(manifest, "name: my-database", "name: lag-"+strconv.Itoa(i), 1)
+		if err := applyYAML(t, ns, manifest); err != nil {
+			t.Errorf("maxLagOnFailover %s refused: %v", v, err)
+		}
+	}
+	if err := applyYAML(t, ns, strings.Replace(seedManifest, "name: my-database", "name: lag-default", 1)); err != nil {
+		t.Fatal(err)
+	}
+	db := getDB(t, ns, "lag-default")
+	if q := db.Spec.Failover.MaxLagOnFailover; q == nil || q.Value() != 1<<20 {
+		t.Errorf("default maxLagOnFailover %v, want 1Mi", q)
 	}
 }
