@@ -28,7 +28,9 @@ HELM ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 KWOK ?= $(TOOLS_CACHE)/kwok-$(KWOK_VERSION)/kwok
 KUBECTL ?= kubectl
 
-GO_TEST_FLAGS ?= -count=1
+# The race detector on every unit, envtest and PostgreSQL test (issue 23: one
+# goroutine owns each piece of the agent's state; -race proves it).
+GO_TEST_FLAGS ?= -count=1 -race
 
 .PHONY: all
 all: build
