@@ -942,6 +942,12 @@ func (a *Agent) writeConfig(primary bool) error {
 		"wal_keep_size = '64MB'",
 		// A standby notices a vanished primary within 30s (default 60s).
 		"wal_receiver_timeout = '30s'",
+		// A primary's fast shutdown waits for its WAL senders to flush every
+		// connected standby; one whose standby is cut off blocks until this
+		// timeout: 15s (default 60s) keeps a demotion well within its bound,
+		// so it completes cleanly and releases the Lease with its final
+		// position (rule 1 needs it to judge the standbys).
+		"wal_sender_timeout = '15s'",
 		"password_encryption = 'scram-sha-256'",
 		// Never log connection strings or statements with their parameters.
 		"log_parameter_max_length = 0",

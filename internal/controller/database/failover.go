@@ -379,6 +379,15 @@ func decideHA(in haInput) haDecision {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for %s to stop accepting writes before a standby is promoted", strings.Join(w, ", ")))
 			return d
 		}
+		if oldPrimaryHoldsLiveLease(in, c.From) {
+			// A demoting old primary (a graceful deletion) renews the Lease
+			// until its clean shutdown, then releases it with its exact final
+			// position; its last renewal's position may miss the last commits.
+			// It is bounded: the demotion ends within its checkpoint and
+			// shutdown bounds, else the Lease expires.
+			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for %s to release the Lease with its final WAL position, or for its Lease to expire", c.From))
+			return d
+		}
 		var streaming []string
 		for pod := range in.Pods {
 			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && (st.WALReceiverStatus == "streaming" || st.Target != "") {
@@ -472,6 +481,13 @@ func promotingWhy(in haInput, pod string) string {
 		return st.Message
 	}
 	return "no answer"
+}
+
+// oldPrimaryHoldsLiveLease reports whether an incarnation of pod holds the
+// Lease and renewed it within its duration.
+func oldPrimaryHoldsLiveLease(in haInput, pod string) bool {
+	l := in.Lease
+	return l.Holder != "" && instance.HolderPod(l.Holder) == pod && !l.RenewTime.IsZero() && in.Now.Sub(l.RenewTime) <= l.Duration
 }
 
 // withPrimaryLSN records on the change the old primary's position as the

@@ -33,8 +33,11 @@ func haWorld() haInput {
 	return in
 }
 
-// stopped makes every standby report that it stopped streaming and sees no target.
+// stopped makes every standby report that it stopped streaming and sees no
+// target, as they do once the old primary's Lease expired (it was last renewed
+// 20 s ago, beyond the 15 s duration).
 func stopped(in haInput) haInput {
+	in.Lease.RenewTime = haNow.Add(-20 * time.Second)
 	for _, p := range []string{"db-1", "db-2"} {
 		if r, ok := in.Reports[p]; ok && r.Status != nil {
 			st := *r.Status
@@ -239,6 +242,7 @@ func TestDecideHA(t *testing.T) {
 			name: "fencing waits while standbys still stream",
 			in: func() haInput {
 				in := haWorld()
+				in.Lease.RenewTime = haNow.Add(-20 * time.Second)
 				delete(in.Pods, "db-0")
 				delete(in.Reports, "db-0")
 				in.Target = ""
@@ -247,6 +251,23 @@ func TestDecideHA(t *testing.T) {
 			},
 			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
 			wantMessage: "to stop streaming",
+		},
+		{
+			// A graceful deletion: the old primary demotes, renewing its Lease
+			// until it releases it with its exact final position; its last
+			// renewal's position may miss its last commits.
+			name: "fencing waits while the old primary still renews its Lease (demoting)",
+			in: func() haInput {
+				in := stopped(haWorld())
+				in.Lease.RenewTime, in.Lease.PrimaryLSN = haNow.Add(-time.Second), "0/5000000"
+				in.Pods["db-0"] = podObs{UID: "u0", Terminating: true}
+				in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.State = false, instance.StateDemoting
+				in.Target = ""
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Minute))
+				return in
+			},
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantMessage: "release the Lease with its final WAL position",
 		},
 		{
 			name: "fencing waits while the old primary is still writable: no second primary",
@@ -331,6 +352,7 @@ func TestDecideHA(t *testing.T) {
 			name: "no candidate: blocked, the old primary is the target again and resumes when it returns",
 			in: func() haInput {
 				in := haWorld()
+				in.Lease.RenewTime = haNow.Add(-20 * time.Second)
 				in.Pods = map[string]podObs{}
 				in.Reports = map[string]InstanceReport{}
 				in.Target = ""
