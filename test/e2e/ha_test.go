@@ -626,8 +626,14 @@ func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	var lastOld, firstNew time.Time
-	both := 0
+	both, oldBefore, newAfter := 0, 0, 0
 	for _, s := range samples {
+		if s.writable[old] && s.at.Before(cut) {
+			oldBefore++
+		}
+		if s.writable[other] && s.at.After(promoted) {
+			newAfter++
+		}
 		if s.writable[old] && s.writable[other] {
 			both++
 		}
@@ -645,6 +651,11 @@ func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 		lastOld.Sub(cut).Round(100*time.Millisecond), firstNew.Sub(cut).Round(100*time.Millisecond), promoted.Sub(cut).Round(time.Second), both)
 	if both > 0 {
 		t.Errorf("%d samples with two writable primaries", both)
+	}
+	// A probe that never succeeds proves nothing: the old primary was
+	// writable before the cut and the new one after its promotion.
+	if oldBefore == 0 || newAfter == 0 {
+		t.Errorf("probes that succeeded: %d on the old primary before the cut, %d on the new one after its promotion; want both > 0", oldBefore, newAfter)
 	}
 	if !lastOld.IsZero() && !firstNew.IsZero() && !lastOld.Before(firstNew) {
 		t.Errorf("the partitioned primary wrote at %s, after the standby was promoted at %s", lastOld.Sub(cut), firstNew.Sub(cut))
@@ -680,6 +691,19 @@ func TestSynchronousReplicationLosesNoAcknowledgedRowOnAHardKill(t *testing.T) {
 	c.must("delete", "pod", old, "--grace-period=0", "--force")
 	next := c.waitNewPrimary("ha", old, 3*time.Minute)
 	c.waitChecksPassed("ha", 3*time.Minute)
+	// Rule 2: the promoted standby names its own quorum and has a quorum
+	// standby (the previous code left it asynchronous after a failover).
+	if out, err := c.kubectl("exec", next, "-c", "postgres", "--", "psql", "-h", "/controller/run", "-U", "postgres", "-Atc", "SHOW synchronous_standby_names"); err != nil || !strings.HasPrefix(strings.TrimSpace(out), "ANY 1 (") {
+		t.Errorf("synchronous_standby_names on the new primary %s: %v %q", next, err, out)
+	}
+	c.eventually(time.Minute, "a quorum standby of the new primary", func() string {
+		out, err := c.kubectl("exec", next, "-c", "postgres", "--", "psql", "-h", "/controller/run", "-U", "postgres", "-Atc",
+			"SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'quorum'")
+		if err != nil || strings.TrimSpace(out) == "0" {
+			return fmt.Sprintf("quorum standbys on %s: %v %q", next, err, out)
+		}
+		return ""
+	})
 	time.Sleep(2 * time.Second)
 	acked, gap := w.finish()
 	lost := c.missing("ha", acked)
