@@ -67,8 +67,10 @@ type upgradeInput struct {
 	Prev         *databasev1.UpgradeStatus
 	// Unhealthy explains why the Database is not healthy ("" when it is).
 	Unhealthy string
-	// Primary is the current primary pod.
-	Primary string
+	// Primary is the current primary pod; PrimaryChanging: a failover or
+	// switchover is in progress (status.primaryChange).
+	Primary         string
+	PrimaryChanging bool
 	// Pods counts the instance pods that exist.
 	Pods int
 	// Job is the Job named by Prev.Job (nil: absent); BusyJobs counts the
@@ -209,6 +211,27 @@ func decideUpgrade(db string, in upgradeInput) upgradeDecision {
 				d.Image = in.RunningImage // the next reconcile starts over for the new target
 			}
 			d.Events = append(d.Events, fmt.Sprintf("Major upgrade to %s abandoned before anything stopped: spec.image is now %s", st.ToImage, in.WantImage))
+			return d
+		}
+		// Rule 8: the upgrade runs on the current primary's volume. Never
+		// stop the instances while the primary changes; a primary that moved
+		// during the preflight or the safety-net Backup re-targets the
+		// upgrade (the preflight runs again against it; the logical Backup
+		// holds for any instance).
+		if in.PrimaryChanging || in.Primary == "" {
+			st.Message = fmt.Sprintf("waiting: the primary is changing (a failover or switchover); the upgrade continues on the new primary (%s)", st.Phase)
+			return d
+		}
+		if in.Primary != st.Primary {
+			d.Events = append(d.Events, fmt.Sprintf("Major upgrade: the primary moved from %s to %s during the %s; the upgrade now runs on %s's volume", st.Primary, in.Primary, st.Phase, in.Primary))
+			st.Primary = in.Primary
+			if st.Phase == databasev1.UpgradePreflight && st.Job != "" {
+				if in.Job != nil && !in.Job.Done {
+					d.DeleteJob = st.Job
+				}
+				st.Job, st.Attempt = "", 0
+				st.Message = "pg_upgrade --check against the new primary " + in.Primary
+			}
 			return d
 		}
 		if st.Phase == databasev1.UpgradeBackingUp {

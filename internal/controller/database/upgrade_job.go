@@ -54,7 +54,7 @@ func (r *Reconciler) reconcileUpgrade(ctx context.Context, db *databasev1.Databa
 	in := upgradeInput{
 		Now: obs.Now, Generation: db.Generation, Spec: db.Spec.Upgrade,
 		WantImage: image(db), RunningImage: running, Prev: db.Status.Upgrade,
-		Primary:      db.Status.TargetPrimary,
+		Primary: db.Status.TargetPrimary, PrimaryChanging: db.Status.PrimaryChange != nil,
 		SecretSynced: db.Status.SystemIdentifier != "" && obs.SecretSystemID == db.Status.SystemIdentifier,
 	}
 	in.WantMajor = imageMajor(in.WantImage)

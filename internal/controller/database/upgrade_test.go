@@ -88,6 +88,27 @@ func TestDecideUpgradeTransitions(t *testing.T) {
 			in.Prev = at(databasev1.UpgradeBackingUp, func(st *databasev1.UpgradeStatus) { st.SafetyBackup = "b" })
 			in.Backup = &backupObs{Phase: databasev1.BackupCompleted}
 		}), databasev1.UpgradeStopping, "postgres:15", true, "", "", ""},
+		// Rule 8: an upgrade runs on the current primary.
+		{"a failover during the preflight: its result is not acted upon, nothing stops", base(func(in *upgradeInput) {
+			in.Prev = at(databasev1.UpgradePreflight, job("j"))
+			in.PrimaryChanging = true
+			done(&upgrade.Result{OK: true, Message: "passed"})(in)
+		}), databasev1.UpgradePreflight, "postgres:15", false, "", "", "the primary is changing"},
+		{"a failover during the safety-net Backup: nothing stops while the primary changes", base(func(in *upgradeInput) {
+			in.Prev = at(databasev1.UpgradeBackingUp, func(st *databasev1.UpgradeStatus) { st.SafetyBackup = "b" })
+			in.Primary, in.PrimaryChanging = "", true
+			in.Backup = &backupObs{Phase: databasev1.BackupCompleted}
+		}), databasev1.UpgradeBackingUp, "postgres:15", false, "", "", "the primary is changing"},
+		{"the primary moved during the preflight: the preflight runs again against the new one", base(func(in *upgradeInput) {
+			in.Prev = at(databasev1.UpgradePreflight, job("j"))
+			in.Primary = "db-1"
+			done(&upgrade.Result{OK: true, Message: "passed"})(in)
+		}), databasev1.UpgradePreflight, "postgres:15", false, "", "", "against the new primary db-1"},
+		{"the primary moved during the safety-net Backup: re-targeted, not stopped yet", base(func(in *upgradeInput) {
+			in.Prev = at(databasev1.UpgradeBackingUp, func(st *databasev1.UpgradeStatus) { st.SafetyBackup = "b" })
+			in.Primary = "db-1"
+			in.Backup = &backupObs{Phase: databasev1.BackupCompleted}
+		}), databasev1.UpgradeBackingUp, "postgres:15", false, "", "", ""},
 		{"backup failed: nothing stopped", base(func(in *upgradeInput) {
 			in.Prev = at(databasev1.UpgradeBackingUp, func(st *databasev1.UpgradeStatus) { st.SafetyBackup = "b" })
 			in.Backup = &backupObs{Phase: databasev1.BackupFailed, Message: "bucket gone"}
@@ -216,5 +237,30 @@ func TestUpgradeRecordsTheNewIdentity(t *testing.T) {
 	if st.SystemIdentifier != "7311" || st.DataVersion != 17 || st.Upgrade == nil || st.Upgrade.RebuiltIndexes != 4 ||
 		len(st.Upgrade.Steps) != 1 || st.Phase != databasev1.PhaseUpgrading {
 		t.Errorf("status: id %s data %d phase %s upgrade %+v", st.SystemIdentifier, st.DataVersion, st.Phase, st.Upgrade)
+	}
+}
+
+// Rule 8 across reconciles: a switchover during the safety-net Backup moves the
+// primary from db-0 to db-1; the upgrade is re-targeted (an event says so) and
+// the instances stop only after, with the upgrade Job on db-1's volume.
+func TestAnUpgradeFollowsThePrimaryThatMovedDuringItsBackup(t *testing.T) {
+	now := time.Date(2026, 12, 2, 20, 0, 0, 0, time.UTC)
+	in := upgradeInput{Now: now, Generation: 2, WantImage: "postgres:17", WantMajor: 17, RunningImage: "postgres:15", DataMajor: 15,
+		Primary: "db-1", Pods: 2, SecretSynced: true, Backup: &backupObs{Phase: databasev1.BackupCompleted},
+		Prev: &databasev1.UpgradeStatus{Phase: databasev1.UpgradeBackingUp, Generation: 2, FromImage: "postgres:15", ToImage: "postgres:17", FromMajor: 15, ToMajor: 17,
+			Method: databasev1.UpgradeLink, Primary: "db-0", SafetyBackup: "b", StartedAt: metav1.NewTime(now.Add(-time.Minute))}}
+	d := decideUpgrade("db", in)
+	if d.Status.Primary != "db-1" || d.Stopped || len(d.Events) != 1 || !strings.Contains(d.Events[0], "moved from db-0 to db-1") {
+		t.Fatalf("first reconcile: primary %q stopped %v events %v", d.Status.Primary, d.Stopped, d.Events)
+	}
+	in.Prev = d.Status
+	d = decideUpgrade("db", in)
+	if d.Status.Phase != databasev1.UpgradeStopping || !d.Stopped {
+		t.Fatalf("second reconcile: %+v", d.Status)
+	}
+	in.Prev, in.Pods = d.Status, 0
+	d = decideUpgrade("db", in)
+	if d.Status.Phase != databasev1.UpgradeUpgrading || d.CreateJob != "run" || !strings.Contains(d.Status.Message, "db-1's volume") {
+		t.Errorf("the upgrade Job: %+v create %q", d.Status, d.CreateJob)
 	}
 }
