@@ -541,3 +541,45 @@ func TestEncryptedArtifactsRestoreOnlyWithTheirKey(t *testing.T) {
 		t.Errorf("a failed restore changed the database: %s", d)
 	}
 }
+
+// Rule 7: no archive runs as the superuser. An archive whose function is a
+// superuser's SECURITY DEFINER function (callable by the application: a path to
+// superuser), or one that carries a C-language function (it runs in the server
+// process whoever owns it), is refused with a reason naming the object, and the
+// application database is left as it was. On the previous code both were
+// restored: the pre-data ran as the superuser and kept the owner.
+func TestRestoreRefusesArchivesThatWouldRunAsTheSuperuser(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.exec(t, `CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10)`)
+	store := objectstore.Dir{Root: t.TempDir()}
+	for i, tc := range []struct{ name, setup, undo, want string }{
+		{"a superuser's SECURITY DEFINER function",
+			`CREATE FUNCTION public.escalate() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'; ALTER FUNCTION public.escalate() OWNER TO postgres; GRANT EXECUTE ON FUNCTION public.escalate() TO PUBLIC`,
+			`DROP FUNCTION public.escalate()`,
+			"function public.escalate() owned by the superuser postgres"},
+		{"a C-language function owned by the application",
+			`CREATE FUNCTION public.native() RETURNS language_handler AS '$libdir/plpgsql', 'plpgsql_call_handler' LANGUAGE c; ALTER FUNCTION public.native() OWNER TO appuser`,
+			`DROP FUNCTION public.native()`,
+			"function public.native() in the untrusted language c"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p.super(t, "appdb", tc.setup)
+			key := fmt.Sprintf("unsafe-%d.dump.zst", i)
+			p.backup(t, store, key)
+			p.super(t, "appdb", tc.undo)
+			p.exec(t, "INSERT INTO items VALUES (100)")
+			defer p.exec(t, "DELETE FROM items WHERE id = 100")
+			_, err := p.restore(ctx, store, key, fmt.Sprintf("unsafe%d", i), 2)
+			if err == nil || !strings.Contains(err.Error(), "the archive is refused") || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("restore: %v, want a refusal naming %q", err, tc.want)
+			}
+			if got := p.query(t, "appdb", "SELECT count(*) FROM items WHERE id = 100"); got[0] != "1" {
+				t.Errorf("the application database changed after a refused restore: %v", got)
+			}
+			if got := p.query(t, "appdb", "SELECT count(*) FROM pg_database WHERE datname LIKE 'pgo\\_restoring\\_%'"); got[0] != "0" {
+				t.Errorf("scratch databases left: %v", got)
+			}
+		})
+	}
+}

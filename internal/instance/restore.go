@@ -260,6 +260,13 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	if err != nil {
 		return nil, err
 	}
+	if unsafe, err := superuserObjects(ctx, sc); err != nil {
+		sc.Close(context.Background())
+		return nil, fmt.Errorf("checking the restored objects' owners: %w", err)
+	} else if len(unsafe) > 0 {
+		sc.Close(context.Background())
+		return nil, fmt.Errorf("%w: %s", ErrUnsafeArchive, strings.Join(unsafe, "; "))
+	}
 	err = sc.QueryRow(ctx, `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_toast%'`).Scan(&res.Tables)
 	if err == nil && req.VerifyOnly {
@@ -367,6 +374,51 @@ func dropScratchDatabases(ctx context.Context, conn *pgx.Conn) error {
 		}
 	}
 	return nil
+}
+
+// ErrUnsafeArchive: the archive would leave code that runs with superuser
+// rights in the application database (rule 7 of the README's High availability
+// section); the restore is refused and nothing is swapped.
+var ErrUnsafeArchive = errors.New("the archive is refused: it creates objects that would run with superuser rights")
+
+// superuserObjects lists what the restored database holds that would run with
+// superuser rights, outside the extensions (whose scripts are the server's own):
+// objects owned by a superuser role (a SECURITY DEFINER function of theirs is
+// a path to superuser; so is a view, type or table whose owner's rights its
+// code runs with), functions in an untrusted language (C, plpython3u: they run
+// in the server process whoever owns them) and event triggers (they fire on
+// every later DDL). At most 10 are named.
+func superuserObjects(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+WITH ext AS (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e'),
+user_ns AS (SELECT oid FROM pg_catalog.pg_namespace
+	WHERE nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\_toast%' AND nspname NOT LIKE 'pg\_temp%'),
+su AS (SELECT oid FROM pg_catalog.pg_roles WHERE rolsuper)
+SELECT format('function %s owned by the superuser %s', p.oid::regprocedure, pg_catalog.pg_get_userbyid(p.proowner))
+	FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM user_ns) AND p.proowner IN (SELECT oid FROM su)
+	AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_catalog.pg_proc'::regclass AND objid = p.oid)
+UNION ALL
+SELECT format('function %s in the untrusted language %s', p.oid::regprocedure, l.lanname)
+	FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+	WHERE p.pronamespace IN (SELECT oid FROM user_ns) AND NOT l.lanpltrusted
+	AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_catalog.pg_proc'::regclass AND objid = p.oid)
+UNION ALL
+SELECT format('relation %s owned by the superuser %s', c.oid::regclass, pg_catalog.pg_get_userbyid(c.relowner))
+	FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM user_ns) AND c.relowner IN (SELECT oid FROM su)
+	AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_catalog.pg_class'::regclass AND objid = c.oid)
+UNION ALL
+SELECT format('type %s owned by the superuser %s', t.oid::regtype, pg_catalog.pg_get_userbyid(t.typowner))
+	FROM pg_catalog.pg_type t WHERE t.typnamespace IN (SELECT oid FROM user_ns) AND t.typowner IN (SELECT oid FROM su)
+	AND t.typrelid = 0 AND t.typelem = 0
+	AND NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_catalog.pg_type'::regclass AND objid = t.oid)
+UNION ALL
+SELECT format('event trigger %s', e.evtname) FROM pg_catalog.pg_event_trigger e
+	WHERE NOT EXISTS (SELECT 1 FROM ext WHERE classid = 'pg_catalog.pg_event_trigger'::regclass AND objid = e.oid)
+LIMIT 10`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
 }
 
 // pgRestore restores the body into database scratch and checks its SHA-256;
