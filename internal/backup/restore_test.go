@@ -583,3 +583,34 @@ func TestRestoreRefusesArchivesThatWouldRunAsTheSuperuser(t *testing.T) {
 		})
 	}
 }
+
+// Rule 6: a retried Restore never swaps twice. The same restore ID again (a
+// Job retried after its first attempt swapped but before the answer arrived)
+// changes nothing: the rows written since the swap stay. Before, the second
+// attempt swapped again and those rows went into a pre-restore copy that is
+// dropped later. Another ID restores as usual.
+func TestARetriedRestoreNeverSwapsTwice(t *testing.T) {
+	p := startPostgres(t)
+	ctx := context.Background()
+	p.exec(t, `CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 10)`)
+	store := objectstore.Dir{Root: t.TempDir()}
+	p.backup(t, store, "retry.dump.zst")
+	if res, err := p.restore(ctx, store, "retry.dump.zst", "retryone", 1); err != nil || res.AlreadyRestored {
+		t.Fatalf("first restore: %+v %v", res, err)
+	}
+	p.exec(t, "INSERT INTO items VALUES (11)")
+	res, err := p.restore(ctx, store, "retry.dump.zst", "retryone", 1)
+	if err != nil || !res.AlreadyRestored {
+		t.Fatalf("the retried restore: %+v %v, want already restored", res, err)
+	}
+	if got := p.query(t, "appdb", "SELECT count(*) FROM items"); got[0] != "11" {
+		t.Errorf("rows after the retried restore: %v, want the 11 written since the swap", got)
+	}
+	time.Sleep(1100 * time.Millisecond) // the pre-restore copy is named to the second
+	if res, err := p.restore(ctx, store, "retry.dump.zst", "retrytwo", 1); err != nil || res.AlreadyRestored {
+		t.Fatalf("another restore: %+v %v", res, err)
+	}
+	if got := p.query(t, "appdb", "SELECT count(*) FROM items"); got[0] != "10" {
+		t.Errorf("rows after another restore: %v, want the backup's 10", got)
+	}
+}

@@ -103,7 +103,18 @@ type RestoreResult struct {
 	// Phases are the seconds spent in each step: prepare (scratch database),
 	// restore (receive, spool, pg_restore), analyze, swap.
 	Phases map[string]float64 `json:"phases,omitempty"`
+	// AlreadyRestored: this restore's ID was swapped in before (a retry whose
+	// first attempt completed without its answer arriving); nothing was done.
+	AlreadyRestored bool `json:"alreadyRestored,omitempty"`
 }
+
+// restoredComment is the comment the swap puts on the restored application
+// database, in the swap's transaction: it records durably which restore it is,
+// so that a retry of the same Restore never swaps twice (which would send the
+// writes made since into a copy that is later dropped).
+const restoredComment = "postgres-operator restored "
+
+func restoredMarker(id string) string { return restoredComment + id }
 
 var restoreIDPattern = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
 
@@ -216,6 +227,15 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	defer conn.Close(context.Background())
 	if err := dropScratchDatabases(ctx, conn); err != nil {
 		return nil, err
+	}
+	// Rule 6: idempotent. A Restore already swapped in is not restored again.
+	var comment string
+	if err := conn.QueryRow(ctx, `SELECT coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database WHERE datname = $1`, appDB).Scan(&comment); err != nil {
+		return nil, fmt.Errorf("reading database %s: %w", appDB, err)
+	}
+	if !req.VerifyOnly && strings.HasPrefix(comment, restoredMarker(req.ID)+" ") {
+		a.log.Info("restore already swapped in: nothing to do", "id", req.ID)
+		return &RestoreResult{Database: appDB, AlreadyRestored: true, Seconds: time.Since(start).Seconds()}, nil
 	}
 	var encoding, collate, ctype string
 	if err := conn.QueryRow(ctx, `SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = $1`,
@@ -634,6 +654,7 @@ func (a *Agent) swap(ctx context.Context, conn *pgx.Conn, appDB, scratch, prev s
 		"ALTER DATABASE " + qa + " RENAME TO " + qp,
 		"ALTER DATABASE " + qs + " RENAME TO " + qa,
 		"ALTER DATABASE " + qa + " OWNER TO " + postgres.QuoteIdentifier(owner),
+		"COMMENT ON DATABASE " + qa + " IS " + postgres.QuoteLiteral(restoredMarker(restoreIDOf(scratch))+" "+time.Now().UTC().Format(time.RFC3339)),
 		"COMMENT ON DATABASE " + qp + " IS " + postgres.QuoteLiteral(preRestoreComment+dropAfter.Format(time.RFC3339)),
 	}
 	for _, s := range settings {
@@ -658,6 +679,29 @@ func (a *Agent) swap(ctx context.Context, conn *pgx.Conn, appDB, scratch, prev s
 	// The new appDB accepts connections; the copy under prev keeps refusing them.
 	reopened = true
 	return terminated, nil
+}
+
+// restoreIDOf is the restore ID a scratch database is named after.
+func restoreIDOf(scratch string) string { return strings.TrimPrefix(scratch, ScratchPrefix) }
+
+// reopenApplicationDatabase lets clients connect to the application database
+// again if a swap closed it and never finished (its agent or its primary was
+// killed, or a failover happened, after ALLOW_CONNECTIONS false committed): run
+// at every start of a primary, before it is ready; a restore in progress runs
+// only in this agent, after.
+func reopenApplicationDatabase(ctx context.Context, conn *pgx.Conn, appDB string) (bool, error) {
+	var allowed bool
+	if err := conn.QueryRow(ctx, `SELECT datallowconn FROM pg_database WHERE datname = $1`, appDB).Scan(&allowed); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return false, err
+	}
+	if allowed {
+		return false, nil
+	}
+	_, err := conn.Exec(ctx, "ALTER DATABASE "+postgres.QuoteIdentifier(appDB)+" WITH ALLOW_CONNECTIONS true")
+	return err == nil, err
 }
 
 // dropExpiredCopies drops pre-restore copies whose time is up, once a minute while

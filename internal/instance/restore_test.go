@@ -56,3 +56,36 @@ func TestExpiredPreRestoreCopiesAreDroppedAndOthersKept(t *testing.T) {
 		}
 	}
 }
+
+// Rule 6: a restore's swap closes the application database (ALLOW_CONNECTIONS
+// false, committed before the swap's transaction) and only the process that
+// closed it opened it again: a primary killed at that instant, or a failover,
+// left it refusing every connection for good (reproduced in the cluster). Here
+// the database is left as such a swap leaves it and the agent restarts:
+// PostgreSQL's next start as primary opens it again.
+func TestAnInterruptedSwapDoesNotLeaveTheApplicationDatabaseClosed(t *testing.T) {
+	root := testRoot(t)
+	s := newSecrets(t, root)
+	ctx := context.Background()
+	port := testenv.FreePort(t)
+	primary := startInstance(t, s, "primary", "db-0", port, port)
+	waitForAppLogin(t, port, s.appPassword)
+	conn, err := primary.agent.connect(ctx, "postgres")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = conn.Exec(ctx, "ALTER DATABASE "+testAppDB+" WITH ALLOW_CONNECTIONS false")
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := appConn(ctx, port, s.appPassword, testAppDB); err == nil {
+		c.Close(ctx)
+		t.Fatal("the closed application database accepted a connection: the test proves nothing")
+	}
+	if err := primary.stop(); err != nil {
+		t.Fatal(err)
+	}
+	startInstance(t, s, "primary", "db-0", port, port)
+	waitForAppLogin(t, port, s.appPassword)
+}

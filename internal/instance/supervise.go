@@ -777,6 +777,14 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	if err := ensureMonitorRole(ctx, conn); err != nil {
 		return err
 	}
+	// Rule 6: a swap that was interrupted after closing the application
+	// database (a killed agent or primary, a failover) leaves it closed; no
+	// restore runs here yet, so it opens again.
+	if reopened, err := reopenApplicationDatabase(ctx, conn, appDB); err != nil {
+		return fmt.Errorf("allowing connections to database %s again: %w", appDB, err)
+	} else if reopened {
+		a.log.Warn("the application database refused connections (an interrupted restore swap): allowed again", "database", appDB)
+	}
 	var owner string
 	err = conn.QueryRow(ctx, "SELECT pg_catalog.pg_get_userbyid(datdba) FROM pg_catalog.pg_database WHERE datname = $1", appDB).Scan(&owner)
 	switch {
