@@ -519,6 +519,11 @@ type PrimaryChange struct {
 	// if it shut down cleanly: candidates are measured against it.
 	// +optional
 	PrimaryLSN string `json:"primaryLSN,omitempty"`
+	// PrimaryLSNIsFinal: PrimaryLSN is the final position the old primary
+	// released the Lease with after a clean shutdown (exact), not the position
+	// of its last renewal.
+	// +optional
+	PrimaryLSNIsFinal bool `json:"primaryLSNIsFinal,omitempty"`
 	// Message explains the phase (why the primary counts as failed, why a
 	// candidate was chosen or why none can be).
 	Message string `json:"message,omitempty"`

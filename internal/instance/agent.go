@@ -116,7 +116,7 @@ type Config struct {
 	// spec.failover (defaults 15s, 10s, 2s).
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// DemoteTimeout bounds a demoting primary's fast shutdown; then it shuts
-	// down immediately (default 1 minute).
+	// down immediately (default 30 s).
 	DemoteTimeout time.Duration
 
 	Log *slog.Logger
@@ -314,7 +314,9 @@ func NewAgent(cfg Config) *Agent {
 		cfg.RetryPeriod = 2 * time.Second
 	}
 	if cfg.DemoteTimeout == 0 {
-		cfg.DemoteTimeout = time.Minute
+		// With the 20 s checkpoint and the release, within the pods' 60 s
+		// termination grace period.
+		cfg.DemoteTimeout = 30 * time.Second
 	}
 	if cfg.PodUID == "" {
 		cfg.PodUID = "local"

@@ -41,6 +41,9 @@ const (
 	// the primary dies without releasing the Lease (spec.failover.maxLagOnFailover).
 	// A new holder removes it when it takes the Lease.
 	LeaseAnnotationPrimaryLSN = "database.example.com/primary-lsn"
+	// LeaseAnnotationReleasedBy is the pod that released the Lease last: a
+	// final-lsn is the old primary's only when it names that primary.
+	LeaseAnnotationReleasedBy = "database.example.com/released-by"
 
 	// ChangeFailover and ChangeSwitchover are the values of LeaseAnnotationChange.
 	ChangeFailover   = "failover"
@@ -428,7 +431,12 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 	switch {
 	case holder == k.me && k.releaseLSN != nil:
 		upd.Spec.HolderIdentity = nil
-		upd.Annotations[LeaseAnnotationFinalLSN] = *k.releaseLSN
+		if *k.releaseLSN == "" {
+			delete(upd.Annotations, LeaseAnnotationFinalLSN)
+		} else {
+			upd.Annotations[LeaseAnnotationFinalLSN] = *k.releaseLSN
+		}
+		upd.Annotations[LeaseAnnotationReleasedBy] = HolderPod(k.me)
 		return upd, "released"
 	case holder == k.me && target != HolderPod(k.me) && !k.want:
 		// Held from before (PostgreSQL is not running as primary, e.g. after a
@@ -436,6 +444,7 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 		// without waiting out the duration.
 		upd.Spec.HolderIdentity = nil
 		delete(upd.Annotations, LeaseAnnotationFinalLSN)
+		upd.Annotations[LeaseAnnotationReleasedBy] = HolderPod(k.me)
 		return upd, "released"
 	case holder == k.me && (target == HolderPod(k.me) || k.demoting) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
 		// With standbys: every retry period. With one instance: once, so that

@@ -203,3 +203,34 @@ func TestLeaseKeeperRecordsThePrimaryPositionAtEachRenewal(t *testing.T) {
 		t.Errorf("the new holder kept the previous holder's position %q", got)
 	}
 }
+
+// A release records who released the Lease; a release without a final
+// position (a target that never promoted) removes any earlier one, so the
+// operator never takes a standby's restartpoint for the old primary's final
+// position.
+func TestLeaseKeeperReleaseRecordsWhoAndOnlyARealFinalPosition(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	store := NewMemoryLeaseStore("db-1", 2)
+	store.SetAnnotation(LeaseAnnotationFinalLSN, "0/9000000") // the old primary's, from before
+	k := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k.now = func() time.Time { return now }
+	k.setWant(true)
+	k.tick(ctx, func(string, ...any) {})
+	if v := k.view(); !v.Held {
+		t.Fatalf("db-1 did not take the Lease: %+v", v)
+	}
+	go func() {
+		for i := 0; i < 50; i++ {
+			k.tick(ctx, func(string, ...any) {})
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if err := k.release(ctx, "", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := store.Get(ctx)
+	if l.Spec.HolderIdentity != nil || l.Annotations[LeaseAnnotationFinalLSN] != "" || l.Annotations[LeaseAnnotationReleasedBy] != "db-1" {
+		t.Errorf("after a release without a final position: holder %v annotations %v", l.Spec.HolderIdentity, l.Annotations)
+	}
+}

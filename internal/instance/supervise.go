@@ -237,6 +237,10 @@ func (a *Agent) follow(ctx context.Context, v leaseView) {
 // not release the Lease with one, and a switchover target then does not
 // promote (the operator aborts the switchover, and this instance resumes).
 func (a *Agent) demote(cmd *exec.Cmd, done <-chan error, stopped func(error) error, fence func(string) error) error {
+	// Only a primary has a final position: a target that took the Lease but
+	// never promoted releases it without one (its checkpoint is a restartpoint,
+	// behind the old primary's WAL).
+	wasPrimary := a.primary.Load()
 	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
 	a.setUp.Store(false)
 	a.lease.setDemoting(true)
@@ -305,6 +309,12 @@ shutdown:
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer rcancel()
+	if !wasPrimary {
+		if err := a.lease.release(rctx, "", 5*time.Second); err != nil {
+			a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
+		}
+		return nil
+	}
 	final, err := a.checkpointLSN(rctx)
 	if err != nil {
 		// Without a final position the Lease is not released: the next primary
@@ -672,6 +682,9 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	// waits for its quorum; a standby ignores the setting until then.
 	if err := a.loadPrimaryConfig(ctx, conn); err != nil {
 		return fmt.Errorf("not promoting: %w", err)
+	}
+	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
+		return errors.New("not promoting: the Lease or the target changed while the configuration was loaded")
 	}
 	a.setState(StatePromoting, "promoting to primary")
 	var ok bool

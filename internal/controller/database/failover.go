@@ -51,6 +51,9 @@ type leaseObs struct {
 	FinalLSN string
 	// PrimaryLSN is the holder's WAL position at its last renewal.
 	PrimaryLSN string
+	// ReleasedBy is the pod that last released the Lease ("" from agents that
+	// did not record it).
+	ReleasedBy string
 }
 
 // podObs is what the operator knows of an instance pod.
@@ -200,12 +203,19 @@ type candidate struct {
 // the later of the position recorded when the failover started and the one on
 // the Lease ("" when neither is known).
 func oldPrimaryPosition(in haInput, c *databasev1.PrimaryChange) (pos string, final bool) {
-	if in.Lease.Holder == "" && in.Lease.FinalLSN != "" {
-		return in.Lease.FinalLSN, true
+	l := in.Lease
+	if l.Holder == "" && l.FinalLSN != "" && (l.ReleasedBy == "" || l.ReleasedBy == c.From) &&
+		(c.PrimaryLSN == "" || instance.LaterLSN(l.FinalLSN, c.PrimaryLSN) == l.FinalLSN) {
+		// Released by the old primary itself, and never behind what was
+		// recorded (the reference never moves backwards).
+		return l.FinalLSN, true
+	}
+	if c.PrimaryLSNIsFinal {
+		return c.PrimaryLSN, true
 	}
 	pos = c.PrimaryLSN
-	if in.Lease.Holder == "" || instance.HolderPod(in.Lease.Holder) == c.From {
-		pos = instance.LaterLSN(pos, in.Lease.PrimaryLSN)
+	if l.Holder == "" || instance.HolderPod(l.Holder) == c.From {
+		pos = instance.LaterLSN(pos, l.PrimaryLSN)
 	}
 	return pos, false
 }
@@ -217,7 +227,12 @@ func qualify(in haInput, c *databasev1.PrimaryChange, cands []candidate) []candi
 		cd := &cands[i]
 		switch {
 		case pos == "":
+			// No position known (agents that record none): the most
+			// advanced standby, as before this rule.
 			cd.Lag, cd.Qualifies = -1, true
+		case instance.LSNDiff(cd.LSN, "0/0") <= 0:
+			// A standby that reports no position cannot be measured.
+			cd.Lag, cd.Qualifies = -1, false
 		case final:
 			// The shutdown checkpoint record starts at pos: received past it.
 			cd.Lag = max(0, instance.LSNDiff(pos, cd.LSN))
@@ -379,7 +394,7 @@ func decideHA(in haInput) haDecision {
 			d.Change = phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Waiting for %s to stop accepting writes before a standby is promoted", strings.Join(w, ", ")))
 			return d
 		}
-		if oldPrimaryHoldsLiveLease(in, c.From) {
+		if oldPrimaryHoldsLiveLease(in, c.From) && in.Now.Sub(c.PhaseSince.Time) < in.Lease.Duration+demotionBound {
 			// A demoting old primary (a graceful deletion) renews the Lease
 			// until its clean shutdown, then releases it with its exact final
 			// position; its last renewal's position may miss the last commits.
@@ -411,6 +426,10 @@ func decideHA(in haInput) haDecision {
 		if w := writablePrimaries(in, ""); len(w) > 0 {
 			return d
 		}
+		if p, ok := in.Pods[c.From]; ok && in.Lease.Holder == instance.LeaseHolder(c.From, p.UID) {
+			// The returning old primary took the Lease back and is starting.
+			return d
+		}
 		for pod := range in.Pods {
 			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && st.WALReceiverStatus == "streaming" {
 				// Streaming from the returning old primary: it is about to
@@ -439,6 +458,15 @@ func decideHA(in haInput) haDecision {
 			return d
 		}
 		p, exists := in.Pods[c.To]
+		if old, ok := in.Pods[c.From]; (!exists || p.Terminating) && c.Kind == databasev1.PrimaryChangeSwitchover && ok && !old.Terminating {
+			// The switchover's target is gone before it promoted; the old
+			// primary, which stopped cleanly with all its WAL, is the target
+			// again (a failover would measure the standbys against a
+			// position from before its last commits).
+			d.Target, d.LeaseChange, d.Unlabel = c.From, "", nil
+			finish(c, databasev1.PrimaryChangeAborted, fmt.Sprintf("Switchover to %s aborted: %s disappeared before it was promoted; %s is the primary again", c.To, c.To, c.From))
+			return d
+		}
 		if !exists || p.Terminating {
 			// The candidate is gone before it promoted: choose again.
 			d.Target, d.LeaseChange = "", instance.ChangeFailover
@@ -483,6 +511,11 @@ func promotingWhy(in haInput, pod string) string {
 	return "no answer"
 }
 
+// demotionBound is how long a demoting primary may take at most (the agent's
+// checkpoint 20 s, fast shutdown 30 s, reading and releasing 25 s), with a
+// margin: Fencing waits no longer for its release, whatever the clocks say.
+const demotionBound = 90 * time.Second
+
 // oldPrimaryHoldsLiveLease reports whether an incarnation of pod holds the
 // Lease and renewed it within its duration.
 func oldPrimaryHoldsLiveLease(in haInput, pod string) bool {
@@ -493,12 +526,12 @@ func oldPrimaryHoldsLiveLease(in haInput, pod string) bool {
 // withPrimaryLSN records on the change the old primary's position as the
 // Lease has it (the later of the recorded one and the Lease's).
 func withPrimaryLSN(in haInput, c *databasev1.PrimaryChange) *databasev1.PrimaryChange {
-	pos, _ := oldPrimaryPosition(in, c)
-	if pos == c.PrimaryLSN {
+	pos, final := oldPrimaryPosition(in, c)
+	if pos == c.PrimaryLSN && final == c.PrimaryLSNIsFinal {
 		return c
 	}
 	n := *c
-	n.PrimaryLSN = pos
+	n.PrimaryLSN, n.PrimaryLSNIsFinal = pos, final
 	return &n
 }
 
@@ -526,9 +559,13 @@ func choosePromotion(in haInput, d haDecision, c *databasev1.PrimaryChange, phas
 	}
 	blocked := func(why string) haDecision {
 		d.Target, d.LeaseChange, d.Unlabel = c.From, "", nil
-		d.Change = phase(c, databasev1.PrimaryChangeBlocked, fmt.Sprintf("Failover blocked: %s. Candidates: %s. %s is the target again and resumes as primary when it returns with its volume; "+
+		resume := fmt.Sprintf("%s is the target again and resumes as primary when it returns with its volume", c.From)
+		if st := in.report(c.From); st != nil && refusing(st.State) {
+			resume = fmt.Sprintf("%s is the target again but cannot resume: it reports %s (%s)", c.From, st.State, st.Message)
+		}
+		d.Change = phase(c, databasev1.PrimaryChangeBlocked, fmt.Sprintf("Failover blocked: %s. Candidates: %s. %s; "+
 			"to promote a standby anyway and give up the WAL it lacks: kubectl annotate database <name> %s=<pod>",
-			why, describeCandidates(cands), c.From, databasev1.AnnotationForceFailoverTo))
+			why, describeCandidates(cands), resume, databasev1.AnnotationForceFailoverTo))
 		return d
 	}
 	if len(cands) == 0 {
@@ -542,8 +579,14 @@ func choosePromotion(in haInput, d haDecision, c *databasev1.PrimaryChange, phas
 			in.Synchronous, len(cands), need))
 	}
 	var best *candidate
+	if in.Synchronous > 0 {
+		// Every acknowledged commit is on the quorum and enough standbys
+		// report: the most advanced has them all, whatever WAL of
+		// uncommitted work it lacks.
+		best = &cands[0]
+	}
 	for i := range cands {
-		if cands[i].Qualifies {
+		if best == nil && cands[i].Qualifies {
 			best = &cands[i]
 			break
 		}

@@ -612,6 +612,103 @@ func TestDecideHA(t *testing.T) {
 			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
 		},
 
+		{
+			name: "a final position released by another pod (a target that never promoted) is not the old primary's",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Change.PrimaryLSN = "0/6000000"
+				in.Lease.Holder, in.Lease.FinalLSN, in.Lease.ReleasedBy = "", "0/4000000", "db-1"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantPrimaryLSN: "0/6000000",
+		},
+		{
+			name: "the reference never moves backwards, even to a final position",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Change.PrimaryLSN = "0/6000000"
+				in.Lease.Holder, in.Lease.FinalLSN, in.Lease.ReleasedBy = "", "0/4800000", "db-0"
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantPrimaryLSN: "0/6000000",
+		},
+		{
+			name: "a recorded final position stays exact after the Lease lost it",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Change.PrimaryLSN, in.Change.PrimaryLSNIsFinal = "0/5000000", true
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantMessage: "final WAL position 0/5000000",
+		},
+		{
+			name: "a standby that reports no position never qualifies",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.PrimaryLSN = "0/6000000"
+				in.Reports["db-1"].Status.ReceiveLSN, in.Reports["db-1"].Status.ReplayLSN = "", ""
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantMessage: "db-1 (received nothing, lag unknown)",
+		},
+		{
+			name: "synchronous replication: the most advanced of enough reporting standbys is promoted whatever WAL it lacks",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Synchronous = 1
+				in.Lease.PrimaryLSN = "0/9000000"
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+		{
+			name: "fencing stops waiting for a demoting old primary after the demotion bound",
+			in: func() haInput {
+				in := stopped(haWorld())
+				in.Lease.RenewTime, in.Lease.PrimaryLSN = haNow.Add(-time.Second), "0/5000000"
+				in.Pods["db-0"] = podObs{UID: "u0", Terminating: true}
+				in.Reports["db-0"].Status.Writable = false
+				in.Target = ""
+				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-2*time.Minute))
+				return in
+			},
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+		},
+		{
+			name: "blocked: the returning old primary took the Lease back: wait for it",
+			in: func() haInput {
+				in := blockedWorld()
+				in.Pods["db-0"] = podObs{UID: "u0b"}
+				in.Lease.Holder = instance.LeaseHolder("db-0", "u0b")
+				in.Reports["db-2"].Status.ReceiveLSN = "0/6000000" // would qualify
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked,
+		},
+		{
+			name: "blocked: an old primary whose data is missing cannot resume, and the message says so",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Lease.PrimaryLSN = "0/6000000"
+				in.Pods["db-0"] = podObs{UID: "u0b"}
+				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", State: instance.StateDataMissing, Message: "the data directory is empty"}}
+				return in
+			},
+			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantMessage: "cannot resume: it reports DataMissing",
+		},
+		{
+			name: "switchover: the target disappears before it promoted: aborted, the old primary is the target again",
+			in: func() haInput {
+				in := haWorld()
+				in.Target = "db-1"
+				delete(in.Pods, "db-1")
+				in.Reports["db-0"].Status.Role, in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.Running = "", false, false
+				in.Change = change(databasev1.PrimaryChangeSwitchover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-10*time.Second))
+				return in
+			},
+			wantTarget: "db-0", wantDone: databasev1.PrimaryChangeAborted,
+		},
+
 		// Rule 4: every phase is bounded.
 		{
 			name: "switchover: the target is not primary within the promote timeout: aborted, the old primary is the target again",

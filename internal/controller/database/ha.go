@@ -61,9 +61,9 @@ func maxLagOnFailover(db *databasev1.Database) int64 {
 // promoteTimeout bounds the Promoting phase (rule 4): a switchover's old
 // primary checkpoints and stops (at most ~20 s plus its shutdown), a failover's
 // candidate may wait a lease duration for an expired Lease, then pg_promote
-// waits up to 60 s. 2 min at the defaults.
+// waits up to 60 s. 2.5 min at the defaults.
 func promoteTimeout(db *databasev1.Database) time.Duration {
-	return 2*leaseDuration(db) + 90*time.Second
+	return 2*leaseDuration(db) + 120*time.Second
 }
 
 func secondsOr(v int32, def int) time.Duration {
@@ -180,6 +180,7 @@ func observeLease(l *coordinationv1.Lease) leaseObs {
 		o.FinalLSN = l.Annotations[instance.LeaseAnnotationFinalLSN]
 	}
 	o.PrimaryLSN = l.Annotations[instance.LeaseAnnotationPrimaryLSN]
+	o.ReleasedBy = l.Annotations[instance.LeaseAnnotationReleasedBy]
 	return o
 }
 
@@ -257,12 +258,12 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 		}
 	}
 	var errs []error
-	if force := in.ForceFailoverTo; force != "" && (d.Forced != nil || (in.Change == nil && d.Change == nil)) {
+	if force := in.ForceFailoverTo; force != "" && (d.Forced != nil || d.Finished != nil || (in.Change == nil && d.Change == nil)) {
 		// Used, or nothing to force: the annotation goes (a later failover
 		// never inherits a stale acceptance of loss).
 		if d.Forced == nil {
 			r.event(db, corev1.EventTypeWarning, databasev1.ReasonForcedFailover, "Failover",
-				fmt.Sprintf("Annotation %s=%s ignored: no failover is blocked", databasev1.AnnotationForceFailoverTo, force))
+				fmt.Sprintf("Annotation %s=%s removed unused: no failover is blocked", databasev1.AnnotationForceFailoverTo, force))
 		}
 		patch := client.MergeFrom(db.DeepCopy())
 		delete(db.Annotations, databasev1.AnnotationForceFailoverTo)
