@@ -142,7 +142,8 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.PodUID, "pod-uid", os.Getenv("POD_UID"), "UID of this pod (with the name, the Lease holder identity)")
 	fs.StringVar(&cfg.PeerDomain, "peer-domain", "", "domain of the other instances' pod DNS names (the headless Service)")
 	fs.StringVar(&cfg.PrimaryHost, "primary-host", "", "address of the primary when there is no --peer-domain")
-	fs.StringVar(&cfg.LeaseName, "lease-name", "", "name of the Database's primary Lease")
+	fs.StringVar(&cfg.LeaseName, "lease-name", "", "name of the Database's primary Lease (required unless --standalone)")
+	standalone := fs.Bool("standalone", false, "run without Kubernetes: a process-local Lease that makes ordinal 0 the primary (never in a cluster: nothing fences)")
 	fs.StringVar(&cfg.LeaseNamespace, "lease-namespace", os.Getenv("POD_NAMESPACE"), "namespace of the primary Lease")
 	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 15*time.Second, "lease duration")
 	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 10*time.Second, "renew deadline: the primary fences itself after it")
@@ -168,6 +169,14 @@ func Run(ctx context.Context, args []string) error {
 	}
 	if cfg.MaxSlotWALKeepSize != "" && !walSizePattern.MatchString(cfg.MaxSlotWALKeepSize) {
 		return fmt.Errorf("--max-slot-wal-keep-size %q: want a number of MB such as 256MB", cfg.MaxSlotWALKeepSize)
+	}
+	if cfg.LeaseName == "" && !*standalone {
+		// Never initdb, start writable or promote without the Lease: an agent
+		// without one would make its ordinal 0 primary whatever the others do.
+		return fmt.Errorf("--lease-name is required (or --standalone, for an agent outside Kubernetes with a process-local Lease)")
+	}
+	if cfg.LeaseName != "" && *standalone {
+		return fmt.Errorf("--standalone and --lease-name exclude each other")
 	}
 	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	if cfg.LeaseName != "" {

@@ -767,6 +767,20 @@ func TestRunRejectsBadFlagsAndPodNamesWithoutOrdinal(t *testing.T) {
 	}
 }
 
+// Never start without the Lease: an agent given no --lease-name refuses to
+// run unless the standalone mode is named explicitly.
+func TestRunRequiresALeaseOrAnExplicitStandaloneMode(t *testing.T) {
+	for args, want := range map[string]string{
+		"--pod-name=db-0 --app-user=app --app-database=app":                                      "--lease-name is required",
+		"--pod-name=db-0 --app-user=app --app-database=app --standalone --lease-name=db-primary": "exclude each other",
+	} {
+		err := Run(context.Background(), strings.Fields(args))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Run(%s) = %v, want an error containing %q", args, err, want)
+		}
+	}
+}
+
 func TestOrdinal(t *testing.T) {
 	for pod, want := range map[string]int{"db-0": 0, "my-database-12": 12, "db": -1, "db-x": -1, "": -1} {
 		if got := Ordinal(pod); got != want {
