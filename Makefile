@@ -151,7 +151,8 @@ demo: ## Quick start: cluster, operator, a Ready sample Database and how to conn
 e2e: $(HELM) ## End-to-end suite on the local cluster (brings it up and deploys the operator).
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
-	HELM="$(HELM)" KUBECONFIG="$$(hack/localkube.sh kubeconfig)" go test -tags e2e -count=1 -timeout 60m -v ./test/e2e/...
+	HELM="$(HELM)" KUBECONFIG="$$(hack/localkube.sh kubeconfig)" CHAOS_SEED=$${CHAOS_SEED:-1} CHAOS_DURATION=$${CHAOS_DURATION:-60s} \
+		CHAOS_REPORT_DIR="$(CURDIR)/bin/chaos" go test -tags e2e -count=1 -timeout 75m -v ./test/e2e/...
 
 .PHONY: bench-backup
 bench-backup: build ## Backup/restore vs pg_dump -Z0 / pg_restore ceilings, parallel restore, pod peak memory; realistic (~3:1) and pgbench data, medians of RUNS=3.
@@ -185,6 +186,13 @@ bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and s
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-10} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
+
+.PHONY: chaos
+chaos: ## Seeded nemesis against a 3-instance Database with append and bank checkers (SEED=1 DURATION=10m MODE=async|sync|both); report in bin/chaos.
+	hack/localkube.sh up
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" CHAOS_SEED=$${SEED:-1} CHAOS_DURATION=$${DURATION:-10m} CHAOS_MODE=$${MODE:-both} \
+		CHAOS_REPORT_DIR="$(CURDIR)/bin/chaos" go test -tags e2e -count=1 -timeout 600m -run TestChaos -v ./test/e2e/
 
 .PHONY: test-scale
 test-scale: $(KWOK) ## The reduced scale benchmark: 50 Databases on kwok's fake nodes converge, then no write at steady state or after a restart.

@@ -103,7 +103,12 @@ func newCluster(t *testing.T) *cluster {
 	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
-	name := strings.ToLower(strings.TrimPrefix(t.Name(), "Test"))
+	name := strings.Map(func(r rune) rune {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') || r == '-' {
+			return r
+		}
+		return '-' // subtests: "TestChaos/async"
+	}, strings.ToLower(strings.TrimPrefix(t.Name(), "Test")))
 	if len(name) > 40 {
 		name = name[:40]
 	}
