@@ -134,9 +134,7 @@ var faultLibrary = []chaosFault{
 				peers = append(peers, ip)
 			}
 		}
-		apiIPs := []string{c.must("get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}")}
-		apiIP := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}")
-		apiPort := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].ports[0].port}")
+		apiIPs, apiIP, apiPort := apiServer(c)
 		heal := partition(c.t, podPID(c.t, c, pod), peers, apiIPs, apiIP, apiPort)
 		return heal, "dropped traffic to the API server and " + strings.Join(peers, ",")
 	}},

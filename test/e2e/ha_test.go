@@ -485,25 +485,35 @@ func TestSwitchoverRollingUpdateAndScaleDownUnderLoad(t *testing.T) {
 // and pod addresses are reused, so neither names nor addresses identify them.
 func podPID(t *testing.T, c *cluster, pod string) string {
 	t.Helper()
-	uid := c.jsonpath("pod/"+pod, "{.metadata.uid}")
-	if uid == "" {
-		t.Fatalf("pod %s has no UID", pod)
+	pid := podProcess(c, pod, func([]string) bool { return true })
+	if pid == 0 {
+		t.Fatalf("no process of pod %s on this host", pod)
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
+	return strconv.Itoa(pid)
+}
+
+// apiServer is the API server's addresses as a pod reaches them: its Service
+// addresses, and its real address and port.
+func apiServer(c *cluster) (serviceIPs []string, ip, port string) {
+	c.t.Helper()
+	serviceIPs = []string{c.must("get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}")}
+	ip = c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}")
+	port = c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].ports[0].port}")
+	return serviceIPs, ip, port
+}
+
+// twoInstances creates the two-instance "ha" Database and returns its primary
+// and its standby once every check passed.
+func (c *cluster) twoInstances() (primary, standby string) {
+	c.t.Helper()
+	c.mustApply(strings.Replace(haDatabase, "replicas: 3", "replicas: 2", 1))
+	c.waitPhase("ha", "Ready", readyTimeout)
+	c.waitChecksPassed("ha", 3*time.Minute)
+	primary, standby = c.primary("ha"), "ha-0"
+	if primary == "ha-0" {
+		standby = "ha-1"
 	}
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err == nil && (strings.Contains(string(cg), "pod"+uid) || strings.Contains(string(cg), "pod"+strings.ReplaceAll(uid, "-", "_"))) {
-			return e.Name()
-		}
-	}
-	t.Fatalf("no process of pod %s (uid %s) on this host", pod, uid)
-	return ""
+	return primary, standby
 }
 
 // inPodNetwork runs a command in the network namespace of the process pid.
@@ -542,19 +552,10 @@ func partition(t *testing.T, pid string, peers, apiServiceIPs []string, apiIP, a
 // the old primary rejoins as a standby without becoming writable.
 func TestPartitionedPrimaryFencesBeforeAStandbyIsPromoted(t *testing.T) {
 	c := newCluster(t)
-	c.mustApply(strings.Replace(haDatabase, "replicas: 3", "replicas: 2", 1))
-	c.waitPhase("ha", "Ready", readyTimeout)
-	c.waitChecksPassed("ha", 3*time.Minute)
-	old := c.primary("ha")
-	other := "ha-0"
-	if old == "ha-0" {
-		other = "ha-1"
-	}
+	old, other := c.twoInstances()
 	oldIP := c.jsonpath("pod/"+old, "{.status.podIP}")
 	otherIP := c.jsonpath("pod/"+other, "{.status.podIP}")
-	apiIPs := []string{c.must("get", "service", "kubernetes", "-n", "default", "-o", "jsonpath={.spec.clusterIP}")}
-	apiIP := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].endpoints[0].addresses[0]}")
-	apiPort := c.must("get", "endpointslices", "-n", "default", "-l", "kubernetes.io/service-name=kubernetes", "-o", "jsonpath={.items[0].ports[0].port}")
+	apiIPs, apiIP, apiPort := apiServer(c)
 	for _, ip := range append([]string{oldIP, otherIP, apiIP}, apiIPs...) {
 		if net.ParseIP(ip) == nil {
 			t.Fatalf("bad address %q", ip)
@@ -728,14 +729,7 @@ func TestSynchronousReplicationLosesNoAcknowledgedRowOnAHardKill(t *testing.T) {
 // 5,000 rows were gone.
 func TestACutOffStandbyIsNotPromotedOverAGracefullyDeletedPrimary(t *testing.T) {
 	c := newCluster(t)
-	c.mustApply(strings.Replace(haDatabase, "replicas: 3", "replicas: 2", 1))
-	c.waitPhase("ha", "Ready", readyTimeout)
-	c.waitChecksPassed("ha", 3*time.Minute)
-	old := c.primary("ha")
-	standby := "ha-0"
-	if old == "ha-0" {
-		standby = "ha-1"
-	}
+	old, standby := c.twoInstances()
 	oldIP := c.jsonpath("pod/"+old, "{.status.podIP}")
 	if net.ParseIP(oldIP) == nil {
 		t.Fatalf("bad address %q", oldIP)
