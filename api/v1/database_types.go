@@ -657,6 +657,12 @@ type DatabaseStatus struct {
 	// +optional
 	CurrentPrimary string `json:"currentPrimary,omitempty"`
 
+	// SynchronousStandbys are the standbys the current primary counts toward
+	// its synchronous quorum now (pg_stat_replication's sync_state sync or
+	// quorum). With fewer than spec.synchronousReplicas, commits wait.
+	// +optional
+	SynchronousStandbys []string `json:"synchronousStandbys,omitempty"`
+
 	// TargetPrimary is the pod the operator wants as primary; the agents act on
 	// it (through the Lease's annotation). Empty while a failover chooses a
 	// candidate. The operator changes it only with optimistic concurrency.

@@ -510,7 +510,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			"--pgdata=" + primary.cfg.PGData, "--credentials-dir=" + s.credentials, "--internal-dir=" + s.internal,
 			"--run-dir=" + primary.cfg.RunDir, "--pod-name=db-0", "--primary-host=127.0.0.1",
 			"--port=" + strconv.Itoa(pPort), "--agent-port=" + strconv.Itoa(agentPort), "--agent-address=127.0.0.1",
-			"--listen-addresses=127.0.0.1",
+			"--listen-addresses=127.0.0.1", "--standalone",
 		}
 		done := make(chan error, 1)
 		runCtx, cancel := context.WithCancel(context.Background())

@@ -217,6 +217,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		st.CurrentPrimary = p.Pod
 		st.PostgresVersion = p.ServerVersion
 		st.Timeline = p.Timeline
+		st.SynchronousStandbys = synchronousStandbys(p)
 	}
 
 	pa := primaryAvailability(db, obs)
@@ -651,4 +652,17 @@ func replicasHealth(db *databasev1.Database, obs observation) conditionVerdict {
 	}
 	return conditionVerdict{metav1.ConditionTrue, databasev1.ReasonStandbysHealthy,
 		fmt.Sprintf("%d standby(s) streaming from %s within %s", want-1, primary.Pod, resource.NewQuantity(limit, resource.BinarySI).String())}
+}
+
+// synchronousStandbys are the standbys the primary counts toward its quorum,
+// sorted (nil when none).
+func synchronousStandbys(p *instance.Status) []string {
+	var out []string
+	for _, r := range p.Replicas {
+		if r.SyncState == "sync" || r.SyncState == "quorum" {
+			out = append(out, r.ApplicationName)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

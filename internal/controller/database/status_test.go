@@ -598,3 +598,23 @@ func TestRestoringCondition(t *testing.T) {
 		})
 	}
 }
+
+// Rule 2: the status shows the primary's current synchronous standbys (sync or
+// quorum members), none for asynchronous ones.
+func TestStatusShowsTheCurrentSynchronousStandbys(t *testing.T) {
+	db := testDB(3)
+	primary := primaryReport("db-0", nil)
+	primary.Status.Replicas = []instance.ReplicaStatus{
+		{ApplicationName: "db-2", State: "streaming", SyncState: "quorum"},
+		{ApplicationName: "db-1", State: "streaming", SyncState: "quorum"},
+	}
+	obs := observation{StatefulSet: sts(3, 3, 3, "a", "a"), Pods: pods("db-0", "db-1", "db-2"),
+		Instances: map[string]InstanceReport{"db-0": primary, "db-1": replicaReport("db-1"), "db-2": replicaReport("db-2")}, RoutedPods: map[string]bool{"db-0": true}}
+	if got := deriveStatus(db, obs).SynchronousStandbys; strings.Join(got, ",") != "db-1,db-2" {
+		t.Errorf("synchronousStandbys %v, want db-1,db-2", got)
+	}
+	primary.Status.Replicas[0].SyncState, primary.Status.Replicas[1].SyncState = "async", "potential"
+	if got := deriveStatus(db, obs).SynchronousStandbys; got != nil {
+		t.Errorf("synchronousStandbys %v with asynchronous standbys, want none", got)
+	}
+}
