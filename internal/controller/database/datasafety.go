@@ -343,10 +343,8 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	if ok && rep.Err == nil && rep.Status != nil && rep.Status.Running && rep.Status.Role == instance.RolePrimary && rep.Status.Writable {
 		// Done (or never needed): the annotation must not rebuild the primary from a
 		// then stale standby after some later loss.
-		patch := client.MergeFrom(db.DeepCopy())
-		delete(db.Annotations, databasev1.AnnotationRecoverPrimaryFrom)
-		if err := r.Patch(ctx, db, patch); err != nil {
-			return fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationRecoverPrimaryFrom, err)
+		if err := r.removeAnnotation(ctx, db, databasev1.AnnotationRecoverPrimaryFrom); err != nil {
+			return err
 		}
 		logf.FromContext(ctx).Info("primary available: recovery annotation removed", "primary", primaryPod)
 		if r.Recorder != nil {

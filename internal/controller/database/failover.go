@@ -173,7 +173,7 @@ func primaryFailure(in haInput) string {
 	if st != nil && st.Fenced {
 		return fmt.Sprintf("%s fenced itself: it could not renew the Lease (%s)", in.Target, st.Message)
 	}
-	expired := holder != "" && !in.Lease.RenewTime.IsZero() && in.Now.Sub(in.Lease.RenewTime) > in.Lease.Duration
+	expired := holder != "" && in.Lease.expired(in.Now)
 	switch {
 	case st == nil && !pod.Ready:
 		why := "no answer"
@@ -520,7 +520,13 @@ const demotionBound = 90 * time.Second
 // Lease and renewed it within its duration.
 func oldPrimaryHoldsLiveLease(in haInput, pod string) bool {
 	l := in.Lease
-	return l.Holder != "" && instance.HolderPod(l.Holder) == pod && !l.RenewTime.IsZero() && in.Now.Sub(l.RenewTime) <= l.Duration
+	return l.Holder != "" && instance.HolderPod(l.Holder) == pod && !l.RenewTime.IsZero() && !l.expired(in.Now)
+}
+
+// expired reports whether the Lease's last renewal is older than its duration
+// (false when it was never renewed).
+func (l leaseObs) expired(now time.Time) bool {
+	return !l.RenewTime.IsZero() && now.Sub(l.RenewTime) > l.Duration
 }
 
 // withPrimaryLSN records on the change the old primary's position as the

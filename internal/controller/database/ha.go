@@ -265,10 +265,8 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 			r.event(db, corev1.EventTypeWarning, databasev1.ReasonForcedFailover, "Failover",
 				fmt.Sprintf("Annotation %s=%s removed unused: no failover is blocked", databasev1.AnnotationForceFailoverTo, force))
 		}
-		patch := client.MergeFrom(db.DeepCopy())
-		delete(db.Annotations, databasev1.AnnotationForceFailoverTo)
-		if err := r.Patch(ctx, db, patch); err != nil {
-			errs = append(errs, fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationForceFailoverTo, err))
+		if err := r.removeAnnotation(ctx, db, databasev1.AnnotationForceFailoverTo); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if annotation != "" && (d.SwitchoverRefused != "" || d.Finished != nil || (d.Change == nil && in.Change == nil)) {
@@ -277,10 +275,8 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 				fmt.Sprintf("Switchover to %s refused: %s", annotation, d.SwitchoverRefused))
 			log.Info("switchover refused", "to", annotation, "reason", d.SwitchoverRefused)
 		}
-		patch := client.MergeFrom(db.DeepCopy())
-		delete(db.Annotations, databasev1.AnnotationSwitchoverTo)
-		if err := r.Patch(ctx, db, patch); err != nil {
-			errs = append(errs, fmt.Errorf("removing annotation %s: %w", databasev1.AnnotationSwitchoverTo, err))
+		if err := r.removeAnnotation(ctx, db, databasev1.AnnotationSwitchoverTo); err != nil {
+			errs = append(errs, err)
 		}
 	} else if d.SwitchoverRefused != "" && in.SwitchoverWhy != "" {
 		obs.SwitchoverBlocked = fmt.Sprintf("Switchover (%s) not possible yet: %s", in.SwitchoverWhy, d.SwitchoverRefused)
@@ -293,6 +289,17 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// removeAnnotation removes a one-shot request annotation from the Database
+// (used, refused or no longer needed).
+func (r *Reconciler) removeAnnotation(ctx context.Context, db *databasev1.Database, key string) error {
+	patch := client.MergeFrom(db.DeepCopy())
+	delete(db.Annotations, key)
+	if err := r.Patch(ctx, db, patch); err != nil {
+		return fmt.Errorf("removing annotation %s: %w", key, err)
+	}
+	return nil
 }
 
 func (r *Reconciler) event(db *databasev1.Database, typ, reason, action, msg string) {
