@@ -206,6 +206,12 @@ type instruction struct {
 }
 
 // Agent runs one PostgreSQL instance.
+//
+// One goroutine owns each piece of its mutable state: the supervisor (Run) the
+// running state (rt, published as immutable snapshots) and the start plan's
+// memory (recoverFrom, recloneRequested, restartDelay); the secret watcher the
+// agent tokens; PostgreSQL's log watcher walMissingAt; the Lease keeper its
+// view of the Lease. The others send events (events, instr) and read snapshots.
 type Agent struct {
 	cfg  Config
 	log  *slog.Logger
@@ -213,13 +219,16 @@ type Agent struct {
 	// cred, when set, is the postgres OS user the agent (running as root) runs
 	// PostgreSQL programs as.
 	cred *syscall.Credential
-	// exited is set while no postgres process runs.
-	exited atomic.Bool
-	// setUp is set once a primary's roles, database and heartbeat table are in
-	// place (always set on a standby): the instance is not ready before.
-	setUp atomic.Bool
-	// bootstrapped is set once this agent created the cluster with initdb.
-	bootstrapped atomic.Bool
+	// rt is the running state, written by the supervisor goroutine only.
+	rt atomic.Pointer[runtimeView]
+	// events carries the setup worker's and the watchers' events to the
+	// supervisor while PostgreSQL runs.
+	events chan runMsg
+	// configChanged tells the supervisor that the user configuration changed.
+	configChanged chan struct{}
+	// gen numbers the lifetimes of PostgreSQL: a setup worker's events carry
+	// the one they belong to.
+	gen atomic.Int64
 	// instr carries the operator's instructions to the main loop.
 	instr chan instruction
 	// ready is closed when the HTTP server listens.
@@ -229,45 +238,28 @@ type Agent struct {
 	metricsAddr atomic.Value
 	// metrics is the metrics collector (nil when metrics are off).
 	metrics *metricsCollector
-	// configMu serialises writeConfig (the supervisor and the config watch).
+	// configMu serialises the writes of the configuration files.
 	configMu sync.Mutex
-	// writtenConfig is the hash of the user configuration last written into
-	// the configuration files ("" when refused); configError why it was refused.
-	writtenConfig, configError atomic.Value
 
-	mu sync.Mutex
-	// token is the agent token; prevToken is still accepted until prevUntil.
-	token, prevToken []byte
-	prevUntil        time.Time
-	state            State
-	message          string
-	binaryMajor      int
-	// recoverFrom is the standby a primary with missing data is rebuilt from.
+	// tokens is the agent token and the previous one, still accepted until
+	// its deadline: written by the secret watcher only.
+	tokens      atomic.Pointer[agentTokens]
+	binaryMajor int
+	// recoverFrom is the standby a primary with missing data is rebuilt from
+	// (supervisor only).
 	recoverFrom string
-	// restartDelay is the next in-place restart backoff.
+	// restartDelay is the next in-place restart backoff (supervisor only).
 	restartDelay time.Duration
-	// recloneRequested is set by the operator's re-clone instruction until the clone
-	// is installed.
+	// recloneRequested is set by the operator's re-clone instruction until the
+	// clone is installed (supervisor only).
 	recloneRequested bool
 	// walMissingAt is when PostgreSQL last logged that the WAL it asked its
-	// upstream for has already been removed (unix nanoseconds; 0: never).
+	// upstream for has already been removed (unix nanoseconds; 0: never),
+	// written by the log watcher only.
 	walMissingAt atomic.Int64
 
 	// lease keeps the primary Lease.
 	lease *leaseKeeper
-	// primary is set while PostgreSQL runs as the primary (started as one while
-	// holding the Lease, or promoted).
-	primary atomic.Bool
-	// following is the pod the running standby streams from ("" when none),
-	// written by the supervisor only; syncNames the synchronous_standby_names
-	// last written into the configuration ("" for a standby's). Both are read
-	// by the HTTP handlers and the watchers: atomic strings.
-	following, syncNames atomicString
-	// postmaster is the PID of the running postmaster (0 when none).
-	postmaster atomic.Int64
-	// fenced is set when this primary shut PostgreSQL down because it could not
-	// renew the Lease.
-	fenced atomic.Bool
 	// tlsState is the HTTPS server's current certificate and client CA pool.
 	tlsState tlsState
 	// probes is the probe loop's last reading of PostgreSQL.
@@ -277,15 +269,65 @@ type Agent struct {
 	currentRestore *restoreSlot
 }
 
-// atomicString is a string read and written from several goroutines.
-type atomicString struct{ v atomic.Value }
-
-func (s *atomicString) Load() string {
-	v, _ := s.v.Load().(string)
-	return v
+// runtimeView is the agent's running state as the supervisor last published
+// it. A published view is never modified.
+type runtimeView struct {
+	State   State
+	Message string
+	// Run is the supervisor's state in the current lifetime of PostgreSQL.
+	Run runState
+	// Exited: no postgres process runs.
+	Exited bool
+	// Primary: PostgreSQL runs as the primary (started as one while holding
+	// the Lease, or promoted).
+	Primary bool
+	// SetUp: a primary's roles and database are in place (always set on a
+	// running standby): the instance is not ready before.
+	SetUp bool
+	// Fenced: this primary shut PostgreSQL down because it could not renew
+	// the Lease.
+	Fenced bool
+	// Bootstrapped: this agent created the cluster with initdb.
+	Bootstrapped bool
+	// Postmaster is the PID of the running postmaster (0 when none).
+	Postmaster int64
+	// Following is the pod the running standby streams from ("" when none);
+	// SyncNames the synchronous_standby_names last written ("" for a standby).
+	Following, SyncNames string
+	// ConfigHash is the hash of the user configuration last written into the
+	// configuration files ("" when refused); ConfigError why it was refused.
+	ConfigHash, ConfigError string
+	// ClonedAt is when the data directory was last cloned (unix nanoseconds):
+	// WAL reported missing before it is no longer missing.
+	ClonedAt int64
 }
 
-func (s *atomicString) Store(v string) { s.v.Store(v) }
+// agentTokens is the agent token, and the previous one with its deadline.
+type agentTokens struct {
+	cur, prev []byte
+	prevUntil time.Time
+}
+
+// runMsg is an event sent to the supervisor. reply, when set, receives the
+// result of a request (writing the primary's configuration); ev "" reports
+// progress (state and message).
+type runMsg struct {
+	gen     int64
+	ev      runEvent
+	state   State
+	message string
+	reply   chan error
+}
+
+// view is the current running state.
+func (a *Agent) view() runtimeView { return *a.rt.Load() }
+
+// publish changes the running state: for the supervisor goroutine only.
+func (a *Agent) publish(change func(v *runtimeView)) {
+	v := a.view()
+	change(&v)
+	a.rt.Store(&v)
+}
 
 // NewAgent returns an agent for cfg.
 func NewAgent(cfg Config) *Agent {
@@ -334,8 +376,8 @@ func NewAgent(cfg Config) *Agent {
 		i := strings.LastIndex(cfg.PodName, "-")
 		cfg.Leases = NewMemoryLeaseStore(cfg.PodName[:max(i, 0)]+"-0", 1)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), state: StateStarting}
-	a.exited.Store(true)
+	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), events: make(chan runMsg, 4), configChanged: make(chan struct{}, 1)}
+	a.rt.Store(&runtimeView{State: StateStarting, Exited: true, Run: runStopped})
 	a.restartDelay = cfg.RestartBackoff
 	a.lease = newLeaseKeeper(cfg.Leases, LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
 	a.lease.position = a.primaryPosition
@@ -367,20 +409,19 @@ func (a *Agent) Addr() net.Addr {
 	return a.addr.Load().(net.Addr)
 }
 
+// setState publishes what the agent does (supervisor only).
 func (a *Agent) setState(s State, msg string) {
-	a.mu.Lock()
-	changed := a.state != s || a.message != msg
-	a.state, a.message = s, msg
-	a.mu.Unlock()
-	if changed {
-		a.log.Info("instance state", "state", string(s), "message", msg)
+	v := a.view()
+	if v.State == s && v.Message == msg {
+		return
 	}
+	a.publish(func(v *runtimeView) { v.State, v.Message = s, msg })
+	a.log.Info("instance state", "state", string(s), "message", msg)
 }
 
 func (a *Agent) currentState() (State, string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.state, a.message
+	v := a.view()
+	return v.State, v.Message
 }
 
 // Run decides what to do with the data directory (planStart: initdb only for a
@@ -403,7 +444,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading the agent token: %w", err)
 	}
-	a.token = []byte(tok)
+	a.tokens.Store(&agentTokens{cur: []byte(tok)})
 	out, err := exec.Command(a.bins.Postgres, "-V").Output()
 	if err != nil {
 		return fmt.Errorf("postgres -V: %w", err)
@@ -485,7 +526,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				return err
 			}
-			a.bootstrapped.Store(true)
+			a.publish(func(v *runtimeView) { v.Bootstrapped = true })
 		case actionClone, actionReclone:
 			if act == actionReclone {
 				// The old data directory stays in place until the new copy is
@@ -500,18 +541,14 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				return err
 			}
-			a.mu.Lock()
 			a.recloneRequested = false
-			a.mu.Unlock()
-			a.walMissingAt.Store(0)
+			a.publish(func(v *runtimeView) { v.ClonedAt = time.Now().UnixNano() })
 			a.drainInstructions()
 		case actionRecoverPrimary:
 			a.setState(StateRecovering, msg)
 			host, port := a.peerAddress(facts.RecoverFrom)
 			err := a.clone(ctx, host, port, 5)
-			a.mu.Lock()
 			a.recoverFrom = ""
-			a.mu.Unlock()
 			a.drainInstructions()
 			if err != nil {
 				if ctx.Err() != nil {
@@ -535,9 +572,7 @@ func (a *Agent) Run(ctx context.Context) error {
 						return nil
 					}
 					a.log.Warn("rewinding the former primary failed; re-cloning it", "error", err.Error())
-					a.mu.Lock()
 					a.recloneRequested = true
-					a.mu.Unlock()
 				}
 				continue
 			}
@@ -547,9 +582,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			if in != nil && in.reclone {
 				a.log.Warn("re-cloning on the operator's request")
-				a.mu.Lock()
 				a.recloneRequested = true
-				a.mu.Unlock()
 			}
 		default:
 			st, _ := refusalState(act)
@@ -558,9 +591,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			case <-ctx.Done():
 			case in := <-a.instr:
 				if in.recoverFrom != "" && st == StateDataMissing {
-					a.mu.Lock()
 					a.recoverFrom = in.recoverFrom
-					a.mu.Unlock()
 				}
 			case <-time.After(5 * time.Second):
 				// Re-read the facts: the recorded identity may have arrived.
@@ -609,10 +640,8 @@ func (a *Agent) facts(v leaseView) startFacts {
 		f.DataSystemID, _ = postgres.ReadSystemID(a.cfg.PGData)
 		f.DataMajor, _ = postgres.ReadDataMajor(a.cfg.PGData)
 	}
-	a.mu.Lock()
 	f.RecoverFrom = a.recoverFrom
 	f.RecloneRequested = a.recloneRequested
-	a.mu.Unlock()
 	return f
 }
 
@@ -913,18 +942,40 @@ func dirSize(dir string) int64 {
 	return n
 }
 
-// writeConfig rewrites the configuration the agent owns, at every start.
-func (a *Agent) writeConfig(primary bool) error {
+// configWritten is what writeConfig wrote, for the supervisor to publish.
+type configWritten struct {
+	// SyncNames is the synchronous_standby_names written ("" on a standby).
+	SyncNames string
+	// Hash is the user configuration's hash ("" when refused), Error why it
+	// was refused.
+	Hash, Error string
+}
+
+// writeOwnConfig rewrites the configuration files for the role given and the
+// upstream followed now, and publishes what it wrote (supervisor only).
+func (a *Agent) writeOwnConfig(primary bool) error {
+	w, err := a.writeConfig(primary, a.view().Following)
+	a.publish(func(v *runtimeView) {
+		v.ConfigError = w.Error
+		if err == nil {
+			v.SyncNames, v.ConfigHash = w.SyncNames, w.Hash
+		}
+	})
+	return err
+}
+
+// writeConfig rewrites the configuration the agent owns, at every start: as
+// the primary, or as a standby following the pod given.
+func (a *Agent) writeConfig(primary bool, following string) (configWritten, error) {
 	a.configMu.Lock()
 	defer a.configMu.Unlock()
+	var w configWritten
 	user, userHash, err := a.readUserConfig()
 	if err != nil {
 		// A configuration the agent refuses is not applied: the instance
 		// keeps (or starts with) the operator's settings alone, and says so.
-		a.configError.Store(err.Error())
+		w.Error = err.Error()
 		user, userHash = UserConfig{}, ""
-	} else {
-		a.configError.Store("")
 	}
 	var quoteErr error
 	q := func(v string) string {
@@ -976,15 +1027,12 @@ func (a *Agent) writeConfig(primary bool) error {
 			"ssl_min_protocol_version = 'TLSv1.2'")
 	}
 	if primary {
-		names := synchronousStandbyNames(a.cfg.PodName, a.lease.view())
-		a.syncNames.Store(names)
-		if names != "" {
-			conf = append(conf, "synchronous_standby_names = "+q(names))
+		w.SyncNames = synchronousStandbyNames(a.cfg.PodName, a.lease.view())
+		if w.SyncNames != "" {
+			conf = append(conf, "synchronous_standby_names = "+q(w.SyncNames))
 		}
-	} else {
-		a.syncNames.Store("")
 	}
-	if following := a.following.Load(); !primary && following != "" {
+	if !primary && following != "" {
 		host, port := a.peerAddress(following)
 		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
@@ -1005,21 +1053,21 @@ func (a *Agent) writeConfig(primary bool) error {
 		conf = append(conf, "primary_conninfo = "+q(conninfo))
 	}
 	if quoteErr != nil {
-		return quoteErr
+		return w, quoteErr
 	}
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, operatorConfFile), strings.Join(conf, "\n")+"\n", 0o600); err != nil {
-		return err
+		return w, err
 	}
 
 	mainConf := filepath.Join(a.cfg.PGData, "postgresql.conf")
 	b, err := os.ReadFile(mainConf)
 	if err != nil {
-		return fmt.Errorf("reading postgresql.conf: %w", err)
+		return w, fmt.Errorf("reading postgresql.conf: %w", err)
 	}
 	const include = "include_if_exists = '" + operatorConfFile + "'"
 	if !strings.Contains(string(b), include) {
 		if err := a.writeFile(mainConf, string(b)+"\n"+include+"\n", 0o600); err != nil {
-			return err
+			return w, err
 		}
 	}
 
@@ -1050,21 +1098,21 @@ func (a *Agent) writeConfig(primary bool) error {
 		host+" all          all                all      scram-sha-256",
 	), "\n") + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_hba.conf"), hba, 0o600); err != nil {
-		return err
+		return w, err
 	}
 	ident := "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\noperator  postgres  postgres\noperator  root  postgres\n" +
 		"operator  postgres  " + MonitorUser + "\noperator  root  " + MonitorUser + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_ident.conf"), ident, 0o600); err != nil {
-		return err
+		return w, err
 	}
 
-	a.writtenConfig.Store(userHash)
+	w.Hash = userHash
 	if primary {
 		// A primary whose data is a standby's keeps its standby.signal until it
 		// is promoted.
-		return nil
+		return w, nil
 	}
-	return a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)
+	return w, a.writeFile(filepath.Join(a.cfg.PGData, "standby.signal"), "", 0o600)
 }
 
 // synchronousStandbyNames is the quorum a primary waits for: ANY n of the other

@@ -644,11 +644,12 @@ func TestWriteConfig(t *testing.T) {
 			a := NewAgent(Config{PGData: pgdata, RunDir: filepath.Join(dir, "run"), PodName: tc.pod, PrimaryHost: `prim'ary`,
 				PrimaryPort: 7000, Port: 6543, ListenAddresses: "127.0.0.1", MaxSlotWALKeepSize: "256MB", Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			primary := tc.pod == "db-0"
+			following := ""
 			if !primary {
-				a.following.Store("db-0")
+				following = "db-0"
 			}
 			for range 2 {
-				if err := a.writeConfig(primary); err != nil {
+				if _, err := a.writeConfig(primary, following); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -716,7 +717,7 @@ func TestWriteConfigRefusesALineBreakInAValue(t *testing.T) {
 	writeTestFile(t, filepath.Join(pgdata, "postgresql.conf"), "")
 	a := NewAgent(Config{PGData: pgdata, RunDir: dir, PodName: "db-0", Port: 5432, ListenAddresses: "*\nfsync = off",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err := a.writeConfig(true); err == nil {
+	if _, err := a.writeConfig(true, ""); err == nil {
 		t.Error("a listen address with a line break was written")
 	}
 }

@@ -576,7 +576,7 @@ func TestADemotionThatHangsNeverYieldsTwoWritablePrimaries(t *testing.T) {
 	waitForAppLogin(t, h.ports["db-0"], pw)
 	execApp(t, h.ports["db-0"], pw, "CREATE TABLE items (id int PRIMARY KEY)")
 
-	checkpointer := postgresChild(t, int(db0.agent.postmaster.Load()), "checkpointer")
+	checkpointer := postgresChild(t, int(db0.agent.view().Postmaster), "checkpointer")
 	if err := syscall.Kill(checkpointer, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}

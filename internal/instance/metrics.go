@@ -117,7 +117,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 	c.collectVolume(ch)
 	up := 0.0
-	if !c.agent.exited.Load() {
+	if !c.agent.view().Exited {
 		ctx, cancel := context.WithTimeout(context.Background(), metricsScrapeTimeout)
 		err := c.collectPostgres(ctx, ch)
 		cancel()
@@ -150,7 +150,7 @@ func (c *metricsCollector) collectVolume(ch chan<- prometheus.Metric) {
 func (c *metricsCollector) collectPostgres(ctx context.Context, ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil && c.conn.Config().User != MonitorUser && c.agent.setUp.Load() {
+	if c.conn != nil && c.conn.Config().User != MonitorUser && c.agent.view().SetUp {
 		c.conn.Close(context.Background())
 		c.conn = nil
 	}

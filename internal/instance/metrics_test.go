@@ -252,7 +252,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 		// A stopped agent serves nothing; a collector of an agent whose
 		// PostgreSQL exited reports up 0 without querying.
 		c := newMetricsCollector(standby.agent)
-		standby.agent.exited.Store(true)
+		standby.agent.publish(func(v *runtimeView) { v.Exited = true })
 		reg := prometheus.NewPedanticRegistry()
 		reg.MustRegister(c)
 		families, err := reg.Gather()

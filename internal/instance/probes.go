@@ -118,9 +118,10 @@ func readiness(in readinessInput) (bool, string) {
 // readyNow is the current readiness verdict.
 func (a *Agent) readyNow() bool {
 	since, renewed := a.lease.sinceRenew()
+	rt := a.view()
 	ok, _ := readiness(readinessInput{
 		Now: time.Now(), Obs: a.probes.get(),
-		Exited: a.exited.Load(), SetUp: a.setUp.Load(), Primary: a.primary.Load(),
+		Exited: rt.Exited, SetUp: rt.SetUp, Primary: rt.Primary,
 		Pod: a.cfg.PodName, Lease: a.lease.view(), SinceRenew: since, Renewed: renewed,
 		RetryPeriod: a.cfg.RetryPeriod, MaxLagBytes: a.cfg.MaxLagBytes,
 	})
@@ -142,7 +143,7 @@ const probeQuery = `SELECT pg_catalog.pg_is_in_recovery(),
 // records it at each renewal.
 func (a *Agent) primaryPosition() string {
 	o := a.probes.get()
-	if !o.OK || o.InRecovery || time.Since(o.At) > probeStaleAfter || !a.primary.Load() {
+	if !o.OK || o.InRecovery || time.Since(o.At) > probeStaleAfter || !a.view().Primary {
 		return ""
 	}
 	return o.WALPosition
@@ -160,7 +161,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 	t := time.NewTicker(probeInterval)
 	defer t.Stop()
 	for {
-		if a.exited.Load() {
+		if a.view().Exited {
 			if conn != nil {
 				conn.Close(context.Background())
 				conn = nil
@@ -168,7 +169,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			a.probes.set(observation{At: time.Now()})
 		} else {
 			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if conn != nil && conn.Config().User != MonitorUser && a.setUp.Load() {
+			if conn != nil && conn.Config().User != MonitorUser && a.view().SetUp {
 				// Connected as the superuser before the monitoring role
 				// existed: switch to it.
 				conn.Close(context.Background())

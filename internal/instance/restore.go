@@ -208,7 +208,8 @@ func (a *Agent) restoreInProgress() string {
 }
 
 func (a *Agent) runningPrimary() bool {
-	return a.primary.Load() && !a.exited.Load() && a.isTarget()
+	rt := a.view()
+	return rt.Primary && !rt.Exited && a.isTarget()
 }
 
 func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader) (*RestoreResult, error) {

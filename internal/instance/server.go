@@ -49,7 +49,7 @@ func (a *Agent) serve() (*http.Server, error) {
 			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		if !a.primary.Load() || a.exited.Load() {
+		if rt := a.view(); !rt.Primary || rt.Exited {
 			http.Error(w, "not a running primary", http.StatusConflict)
 			return
 		}
@@ -63,8 +63,9 @@ func (a *Agent) serve() (*http.Server, error) {
 		writeJSON(w, http.StatusOK, slots)
 	}))
 	mux.HandleFunc("POST "+PathReclone, a.authenticated(func(w http.ResponseWriter, _ *http.Request) {
-		st, _ := a.currentState()
-		if a.primary.Load() || a.isTarget() || (st != StateRunning && st != StateRestarting) {
+		rt := a.view()
+		st := rt.State
+		if rt.Primary || a.isTarget() || (st != StateRunning && st != StateRestarting) {
 			http.Error(w, "only a running standby re-clones (state "+string(st)+")", http.StatusConflict)
 			return
 		}
@@ -182,9 +183,8 @@ func (a *Agent) authorized(r *http.Request) bool {
 	if !ok {
 		return false
 	}
-	a.mu.Lock()
-	cur, prev, until := a.token, a.prevToken, a.prevUntil
-	a.mu.Unlock()
+	t := a.tokens.Load()
+	cur, prev, until := t.cur, t.prev, t.prevUntil
 	if subtle.ConstantTimeCompare([]byte(got), cur) == 1 {
 		return true
 	}

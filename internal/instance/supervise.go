@@ -30,22 +30,24 @@ import (
 // re-plans: a former primary rewinds before it starts again), and returns an
 // instruction that needs postgres stopped (a re-clone) after stopping it.
 //
-// While it runs it follows the Lease: a standby that becomes the target promotes
-// once it holds the Lease; a standby whose target changes streams from the new
-// one; a primary that is no longer the target checkpoints, stops and releases the
-// Lease with its final WAL position; a primary that cannot renew the Lease within
-// the renew deadline shuts down immediately (never a smart shutdown).
+// While it runs, every event goes through decideRun (supervisor.go): a standby
+// that becomes the target promotes once it holds the Lease; a standby whose
+// upstream changes follows it; a primary that is no longer the target
+// checkpoints, stops and releases the Lease with its final WAL position; a
+// writable instance that cannot renew the Lease within the renew deadline shuts
+// down immediately (never a smart shutdown), whatever step it is at.
 func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, error) {
 	// PostgreSQL refuses a data directory others can read; a volume's fsGroup
 	// handling may have widened it.
 	if err := os.Chmod(a.cfg.PGData, 0o700); err != nil { // #nosec G302 -- a directory: owner only
 		return nil, fmt.Errorf("restricting the data directory: %w", err)
 	}
-	a.following.Store("")
+	following := ""
 	if !asPrimary {
-		a.following.Store(a.upstream(a.lease.view()))
+		following = a.upstream(a.lease.view(), "")
 	}
-	if err := a.writeConfig(asPrimary); err != nil {
+	a.publish(func(v *runtimeView) { v.Following = following })
+	if err := a.writeOwnConfig(asPrimary); err != nil {
 		return nil, err
 	}
 	a.cleanStaleLocks()
@@ -55,211 +57,257 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting postgres: %w", err)
 	}
-	started := time.Now()
-	a.exited.Store(false)
-	a.fenced.Store(false)
-	a.postmaster.Store(int64(cmd.Process.Pid))
-	a.primary.Store(asPrimary && !a.inRecoveryOnDisk())
+	l := &lifetime{a: a, cmd: cmd, started: time.Now(), done: make(chan error, 1), gen: a.gen.Add(1)}
+	run := runStandby
+	if asPrimary {
+		run = runSettingUp
+	}
+	a.publish(func(v *runtimeView) {
+		v.Exited, v.Fenced, v.Postmaster, v.Run = false, false, int64(cmd.Process.Pid), run
+		v.Primary = asPrimary && !a.inRecoveryOnDisk()
+		v.SetUp = !asPrimary
+	})
 	a.setState(StateRunning, "PostgreSQL is running")
-	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", a.following.Load())
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", following)
+	go func() { l.done <- cmd.Wait() }()
 
 	setupCtx, cancelSetup := context.WithCancel(ctx)
 	defer cancelSetup()
-	a.setUp.Store(!asPrimary)
 	if asPrimary {
-		go a.ensureRolesWhenUp(setupCtx)
+		go a.setUpPrimary(setupCtx, l.gen)
 	}
+	defer l.endDemotion()
 
-	stopped := func(err error) error {
-		a.exited.Store(true)
-		a.primary.Store(false)
-		a.postmaster.Store(0)
-		var exitErr *exec.ExitError
-		if err != nil && !errors.As(err, &exitErr) {
-			return fmt.Errorf("waiting for postgres: %w", err)
-		}
-		return nil
-	}
-	stop := func() error {
-		_ = cmd.Process.Signal(syscall.SIGINT)
-		err := stopped(<-done)
-		a.log.Info("postgres stopped")
-		return err
-	}
-	fence := func(why string) error {
-		// Immediate shutdown: every session ends now, nothing more is committed.
-		_ = cmd.Process.Signal(syscall.SIGQUIT)
-		a.fenced.Store(true)
-		a.setUp.Store(false)
-		a.log.Error("fencing: PostgreSQL shut down immediately", "reason", why)
-		a.setState(StateFenced, why)
-		err := stopped(<-done)
-		killProcessGroup(cmd.Process.Pid)
-		return err
-	}
+	pending := false
+	ctxDone := ctx.Done()
 	fenceTick := time.NewTicker(200 * time.Millisecond)
 	defer fenceTick.Stop()
+	var checkpointed <-chan struct{}
+	var demoteLimit <-chan time.Time
+	var exitErr error
 	for {
+		var ev runEvent
 		select {
-		case err := <-done:
-			// Backends orphaned by a postmaster that died may still be attached
-			// to its shared memory: end the whole process group before a new
-			// postmaster can start.
-			killProcessGroup(cmd.Process.Pid)
-			_ = stopped(nil)
-			cancelSetup()
-			if err == nil {
-				err = errors.New("exit status 0")
-			}
-			a.mu.Lock()
-			if time.Since(started) > time.Minute {
-				a.restartDelay = a.cfg.RestartBackoff
-			}
-			delay := a.restartDelay
-			a.restartDelay = min(a.restartDelay*2, 30*time.Second)
-			a.mu.Unlock()
-			a.setState(StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
-			a.log.Warn("postgres exited by itself; restarting in place", "error", err.Error(), "in", delay.String())
-			select {
-			case <-ctx.Done():
-			case <-time.After(delay):
-			}
-			return nil, nil
-		case <-ctx.Done():
-			if asPrimary && a.lease.view().Held {
-				a.log.Info("shutdown requested: the primary stops and releases the Lease")
-				return nil, a.demote(cmd, done, stopped, fence)
-			}
-			a.log.Info("shutdown requested: fast shutdown of postgres")
-			return nil, stop()
+		case exitErr = <-l.done:
+			ev = evExited
+		case <-ctxDone:
+			ctxDone = nil
+			ev = evShutdown
 		case in := <-a.instr:
-			if in.reclone && !asPrimary {
-				a.setState(StateCloning, "stopping PostgreSQL to re-clone the primary")
-				return &in, stop()
+			if !in.reclone {
+				continue // a recovery is for a primary whose data is missing
 			}
+			ev = evReclone
 		case <-a.lease.changed:
-			v := a.lease.view()
-			me := a.cfg.PodName
-			switch {
-			case asPrimary && v.Holder != LeaseHolder(me, a.cfg.PodUID):
-				return nil, fence(fmt.Sprintf("the primary Lease is held by %q: another instance may be primary", v.Holder))
-			case asPrimary && v.Target != me:
-				a.log.Info("no longer the target primary: demoting", "target", v.Target)
-				return nil, a.demote(cmd, done, stopped, fence)
-			case asPrimary && synchronousStandbyNames(me, v) != a.syncNames.Load():
-				if err := a.writeConfig(true); err != nil {
-					a.log.Error("rewriting the primary configuration", "error", err.Error())
-				} else if err := a.reload(ctx); err != nil {
-					a.log.Warn("reloading the configuration", "error", err.Error())
-				} else {
-					a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.syncNames.Load())
-				}
-			case !asPrimary && v.Target == me:
-				a.lease.setWant(true)
-				if v.Held {
-					asPrimary = true
-					a.setUp.Store(false)
-					a.setState(StatePromoting, "this standby is the target primary and holds the Lease: promoting")
-					go a.ensureRolesWhenUp(setupCtx)
-				}
-			case !asPrimary:
-				a.follow(ctx, v)
-			}
+			ev = evLease
 		case <-fenceTick.C:
-			if !asPrimary {
-				a.follow(ctx, a.lease.view())
+			ev = evLease
+		case <-a.configChanged:
+			ev = evConfigChanged
+		case <-checkpointed:
+			checkpointed = nil
+			ev = evCheckpointed
+		case <-demoteLimit:
+			ev = evDemoteTimeout
+		case m := <-a.events:
+			if m.gen != l.gen {
+				if m.reply != nil {
+					m.reply <- errors.New("that lifetime of PostgreSQL ended")
+				}
+				continue // from the setup worker of an earlier lifetime
+			}
+			switch {
+			case m.reply != nil:
+				if run != runSettingUp {
+					m.reply <- fmt.Errorf("not setting up a primary (%s)", run)
+				} else {
+					m.reply <- a.writeOwnConfig(true)
+				}
+				continue
+			case m.ev == "":
+				a.setState(m.state, m.message)
 				continue
 			}
-			v := a.lease.view()
-			if !v.Fencing {
-				continue // a single instance has nobody to fail over to: never fence
+			ev = m.ev
+		}
+		o := a.observeRun()
+		d := decideRun(run, pending, ev, o)
+		if d.Next != run {
+			a.log.Info("supervisor", "event", string(ev), "from", string(run), "to", string(d.Next), "action", string(d.Action))
+		}
+		if ev == evPromoted && run == runSettingUp {
+			a.publish(func(v *runtimeView) { v.Primary = true })
+		}
+		if run == runSettingUp && d.Next == runPrimary {
+			a.publish(func(v *runtimeView) { v.SetUp = true })
+		}
+		run, pending = d.Next, d.ConfigPending
+		a.publish(func(v *runtimeView) { v.Run = run })
+
+		switch d.Action {
+		case actFence:
+			return nil, l.fence(d.Why)
+		case actDemote:
+			cancelSetup()
+			checkpointed = l.startDemotion()
+		case actFastShutdown:
+			_ = cmd.Process.Signal(syscall.SIGINT)
+			demoteLimit = time.After(a.cfg.DemoteTimeout)
+		case actStop:
+			if asPrimary || o.Promoted {
+				a.log.Info("shutdown requested without the Lease: fast shutdown of postgres")
+			} else {
+				a.log.Info("shutdown requested: fast shutdown of postgres")
 			}
-			since, held := a.lease.sinceRenew()
-			switch {
-			case !held:
-				return nil, fence("this primary does not hold the Lease")
-			case since > a.cfg.RenewDeadline:
-				return nil, fence(fmt.Sprintf("the primary Lease was not renewed for %s (renew deadline %s): %s",
-					since.Round(time.Millisecond), a.cfg.RenewDeadline, orString(v.LastErr, "no answer")))
+			return nil, l.stop()
+		case actStopForReclone:
+			a.setState(StateCloning, "stopping PostgreSQL to re-clone the primary")
+			return &instruction{reclone: true}, l.stop()
+		case actRestartLater:
+			cancelSetup()
+			l.restartLater(ctx, exitErr)
+			return nil, nil
+		case actEnd:
+			killProcessGroup(cmd.Process.Pid)
+			return nil, l.stopped(exitErr)
+		case actRelease:
+			if err := l.stopped(exitErr); err != nil {
+				return nil, err
 			}
+			a.log.Info("postgres stopped")
+			l.release()
+			return nil, nil
+		case actFollow:
+			a.follow(ctx, o.Upstream)
+		case actWantLease:
+			a.lease.setWant(true)
+		case actSetUp:
+			a.lease.setWant(true)
+			a.publish(func(v *runtimeView) { v.SetUp = false })
+			a.setState(StatePromoting, "this standby is the target primary and holds the Lease: promoting")
+			go a.setUpPrimary(setupCtx, l.gen)
+		case actRewriteSync:
+			if err := a.writeOwnConfig(true); err != nil {
+				a.log.Error("rewriting the primary configuration", "error", err.Error())
+			} else if err := a.reload(ctx); err != nil {
+				a.log.Warn("reloading the configuration", "error", err.Error())
+			} else {
+				a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.view().SyncNames)
+			}
+		case actApplyConfig:
+			a.applyUserConfig(ctx, run == runPrimary || run == runSettingUp)
 		}
 	}
 }
 
-// upstream is the pod a standby streams from. While a failover chooses a new
-// primary (no target) it keeps streaming from the old one until that one released
-// the Lease after its clean shutdown (its last WAL is then received) or has been
-// silent for the renew deadline (it has fenced itself by then): only then does it
-// stop, so that its position is final when the operator compares the standbys.
-func (a *Agent) upstream(v leaseView) string {
-	switch {
-	case v.Target == a.cfg.PodName:
-		// Becoming the primary: keep receiving the old primary's last WAL.
-		return a.following.Load()
-	case v.Target != "":
-		return v.Target
-	case v.Holder == "" || v.HolderSilentFor >= a.cfg.RenewDeadline:
-		return ""
-	}
-	return a.following.Load()
-}
-
-// follow points a running standby at its upstream, with a reload (PostgreSQL 13
-// and later reload primary_conninfo without a restart).
-func (a *Agent) follow(ctx context.Context, v leaseView) {
-	up := a.upstream(v)
-	if up == a.following.Load() {
-		return
-	}
-	a.log.Info("following a new upstream", "from", a.following.Load(), "to", up)
-	a.following.Store(up)
-	if err := a.writeConfig(false); err != nil {
-		a.log.Error("rewriting the standby configuration", "error", err.Error())
-	} else if err := a.reload(ctx); err != nil {
-		a.log.Warn("reloading the configuration", "error", err.Error())
+// observeRun is what decideRun needs of the Lease and of the running state.
+func (a *Agent) observeRun() runObs {
+	v := a.lease.view()
+	since, renewed := a.lease.sinceRenew()
+	rt := a.view()
+	me := a.cfg.PodName
+	return runObs{
+		Me: LeaseHolder(me, a.cfg.PodUID), Pod: me,
+		Known: v.Known, Holder: v.Holder, Held: v.Held, Target: v.Target, Fencing: v.Fencing,
+		SinceRenew: since, Renewed: renewed, RenewDeadline: a.cfg.RenewDeadline, LastErr: v.LastErr,
+		Upstream: a.upstream(v, rt.Following), Following: rt.Following,
+		WantSync: synchronousStandbyNames(me, v), HaveSync: rt.SyncNames,
+		Promoted: rt.Primary,
 	}
 }
 
-// demote stops a primary that holds the Lease cleanly: a checkpoint (so that the
-// shutdown is short), a fast shutdown (sessions end; the WAL senders send every
-// record up to the shutdown checkpoint to the connected standbys), then the Lease
-// is released with the shutdown checkpoint's position, which the next primary
-// waits to have received before it promotes.
+// lifetime is one run of the postmaster, as the supervisor carries it out.
+type lifetime struct {
+	a       *Agent
+	cmd     *exec.Cmd
+	started time.Time
+	done    chan error
+	gen     int64
+	// demoting: the Lease keeper renews the Lease for the demotion;
+	// wasPrimary: the demoted instance ran as the primary (it has a final
+	// position); cancelCheckpoint ends the demotion's checkpoint.
+	demoting         bool
+	wasPrimary       bool
+	cancelCheckpoint context.CancelFunc
+}
+
+// stopped records that postgres exited; err is its wait result.
+func (l *lifetime) stopped(err error) error {
+	l.a.publish(func(v *runtimeView) { v.Exited, v.Primary, v.Postmaster = true, false, 0 })
+	var exitErr *exec.ExitError
+	if err != nil && !errors.As(err, &exitErr) {
+		return fmt.Errorf("waiting for postgres: %w", err)
+	}
+	return nil
+}
+
+// stop is a fast shutdown.
+func (l *lifetime) stop() error {
+	_ = l.cmd.Process.Signal(syscall.SIGINT)
+	err := l.stopped(<-l.done)
+	l.a.log.Info("postgres stopped")
+	return err
+}
+
+// fence is an immediate shutdown: every session ends now, nothing more is
+// committed.
+func (l *lifetime) fence(why string) error {
+	_ = l.cmd.Process.Signal(syscall.SIGQUIT)
+	l.a.publish(func(v *runtimeView) { v.Fenced, v.SetUp = true, false })
+	l.a.log.Error("fencing: PostgreSQL shut down immediately", "reason", why)
+	l.a.setState(StateFenced, why)
+	err := l.stopped(<-l.done)
+	killProcessGroup(l.cmd.Process.Pid)
+	return err
+}
+
+// restartLater handles postgres exiting by itself: the process group ends (a
+// new postmaster must not start while orphaned backends are still attached to
+// the old shared memory), then the restart backoff.
+func (l *lifetime) restartLater(ctx context.Context, err error) {
+	a := l.a
+	killProcessGroup(l.cmd.Process.Pid)
+	_ = l.stopped(nil)
+	if err == nil {
+		err = errors.New("exit status 0")
+	}
+	if time.Since(l.started) > time.Minute {
+		a.restartDelay = a.cfg.RestartBackoff
+	}
+	delay := a.restartDelay
+	a.restartDelay = min(a.restartDelay*2, 30*time.Second)
+	a.setState(StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
+	a.log.Warn("postgres exited by itself; restarting in place", "error", err.Error(), "in", delay.String())
+	select {
+	case <-ctx.Done():
+	case <-time.After(delay):
+	}
+}
+
+// startDemotion begins demoting a primary that holds the Lease: a checkpoint
+// (so that the shutdown is short, bounded by 20 s), then — on evCheckpointed —
+// a fast shutdown (the WAL senders send every record up to the shutdown
+// checkpoint to the connected standbys), then the Lease is released with the
+// shutdown checkpoint's position, which the next primary waits to have received
+// before it promotes.
 //
-// Rule 3 (never two writable primaries): the Lease is renewed throughout, so no
-// standby can take it while this primary may still commit; the fence still
-// holds (a renewal missing for the renew deadline shuts PostgreSQL down
-// immediately, whatever step the demotion is at); the checkpoint is bounded by
-// 20 s and the fast shutdown by DemoteTimeout, after which the shutdown is
-// immediate. A primary that stopped immediately has no final position: it does
-// not release the Lease with one, and a switchover target then does not
-// promote (the operator aborts the switchover, and this instance resumes).
-func (a *Agent) demote(cmd *exec.Cmd, done <-chan error, stopped func(error) error, fence func(string) error) error {
+// Rule 3: the Lease is renewed throughout, so no standby can take it while this
+// primary may still commit, and decideRun still fences at every event. A
+// primary that stopped immediately has no final position: it does not release
+// the Lease with one, and a switchover target then does not promote (the
+// operator aborts the switchover, and this instance resumes).
+func (l *lifetime) startDemotion() <-chan struct{} {
+	a := l.a
 	// Only a primary has a final position: a target that took the Lease but
 	// never promoted releases it without one (its checkpoint is a restartpoint,
 	// behind the old primary's WAL).
-	wasPrimary := a.primary.Load()
+	l.wasPrimary = a.view().Primary
 	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
-	a.setUp.Store(false)
+	a.publish(func(v *runtimeView) { v.SetUp = false })
 	a.lease.setDemoting(true)
-	defer a.lease.setDemoting(false)
-	fenceWhy := func() string {
-		since, held := a.lease.sinceRenew()
-		switch {
-		case !held:
-			return "the primary Lease was lost while demoting"
-		case since > a.cfg.RenewDeadline:
-			return fmt.Sprintf("the primary Lease was not renewed for %s while demoting (renew deadline %s)", since.Round(time.Millisecond), a.cfg.RenewDeadline)
-		}
-		return ""
-	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-
+	l.demoting = true
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	l.cancelCheckpoint = cancel
 	checkpointed := make(chan struct{})
 	go func() {
 		defer close(checkpointed)
@@ -270,64 +318,76 @@ func (a *Agent) demote(cmd *exec.Cmd, done <-chan error, stopped func(error) err
 			conn.Close(context.Background())
 		}
 	}()
-checkpoint:
-	for {
-		select {
-		case <-checkpointed:
-			break checkpoint
-		case err := <-done:
-			cancel()
-			killProcessGroup(cmd.Process.Pid)
-			return stopped(err)
-		case <-tick.C:
-			if why := fenceWhy(); why != "" {
-				cancel()
-				return fence(why)
-			}
-		}
-	}
+	return checkpointed
+}
 
-	_ = cmd.Process.Signal(syscall.SIGINT)
-	limit := time.NewTimer(a.cfg.DemoteTimeout)
-	defer limit.Stop()
-shutdown:
-	for {
-		select {
-		case err := <-done:
-			if err := stopped(err); err != nil {
-				return err
-			}
-			a.log.Info("postgres stopped")
-			break shutdown
-		case <-tick.C:
-			if why := fenceWhy(); why != "" {
-				return fence(why)
-			}
-		case <-limit.C:
-			return fence(fmt.Sprintf("the fast shutdown did not complete within %s", a.cfg.DemoteTimeout))
-		}
+// endDemotion stops renewing the Lease for a demotion, when there was one.
+func (l *lifetime) endDemotion() {
+	if l.cancelCheckpoint != nil {
+		l.cancelCheckpoint()
 	}
+	if l.demoting {
+		l.a.lease.setDemoting(false)
+	}
+}
+
+// release gives up the Lease after a clean demotion, with the final position
+// when this instance ran as the primary.
+func (l *lifetime) release() {
+	a := l.a
+	l.endDemotion()
+	l.demoting = false
 	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer rcancel()
-	if !wasPrimary {
+	if !l.wasPrimary {
 		if err := a.lease.release(rctx, "", 5*time.Second); err != nil {
 			a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
 		}
-		return nil
+		return
 	}
 	final, err := a.checkpointLSN(rctx)
 	if err != nil {
 		// Without a final position the Lease is not released: the next primary
 		// waits for it to expire.
 		a.log.Error("reading the final WAL position; keeping the Lease until it expires", "error", err.Error())
-		return nil
+		return
 	}
 	if err := a.lease.release(rctx, final, 5*time.Second); err != nil {
 		a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
-		return nil
+		return
 	}
 	a.log.Info("primary stopped and Lease released", "finalLSN", final)
-	return nil
+}
+
+// upstream is the pod a standby streams from, given the one it follows now.
+// While a failover chooses a new primary (no target) it keeps streaming from the
+// old one until that one released the Lease after its clean shutdown (its last
+// WAL is then received) or has been silent for the renew deadline (it has
+// fenced itself by then): only then does it stop, so that its position is final
+// when the operator compares the standbys.
+func (a *Agent) upstream(v leaseView, following string) string {
+	switch {
+	case v.Target == a.cfg.PodName:
+		// Becoming the primary: keep receiving the old primary's last WAL.
+		return following
+	case v.Target != "":
+		return v.Target
+	case v.Holder == "" || v.HolderSilentFor >= a.cfg.RenewDeadline:
+		return ""
+	}
+	return following
+}
+
+// follow points a running standby at its upstream, with a reload (PostgreSQL 13
+// and later reload primary_conninfo without a restart).
+func (a *Agent) follow(ctx context.Context, up string) {
+	a.log.Info("following a new upstream", "from", a.view().Following, "to", up)
+	a.publish(func(v *runtimeView) { v.Following = up })
+	if err := a.writeOwnConfig(false); err != nil {
+		a.log.Error("rewriting the standby configuration", "error", err.Error())
+	} else if err := a.reload(ctx); err != nil {
+		a.log.Warn("reloading the configuration", "error", err.Error())
+	}
 }
 
 // checkpointLSN is the latest checkpoint location of a stopped data directory.
@@ -349,24 +409,21 @@ func (a *Agent) controlData(ctx context.Context, field string) (string, error) {
 	return "", fmt.Errorf("pg_controldata printed no %q", field)
 }
 
-// reload makes PostgreSQL re-read its configuration.
-// applyUserConfig rewrites the configuration files for the current role and,
-// while PostgreSQL runs, reloads it.
-func (a *Agent) applyUserConfig(ctx context.Context) error {
-	if a.exited.Load() {
-		return nil // written at the next start
+// applyUserConfig rewrites the configuration files for the current role and
+// reloads PostgreSQL (supervisor only).
+func (a *Agent) applyUserConfig(ctx context.Context, primary bool) {
+	if err := a.writeOwnConfig(primary); err != nil {
+		a.log.Warn("applying the changed configuration", "error", err.Error())
+		return
 	}
-	if st, _ := a.currentState(); st != StateRunning {
-		// Not in the middle of a promotion, demotion or rewind: their own
-		// writes of the configuration decide the role's settings.
-		return fmt.Errorf("PostgreSQL is %s", st)
+	if err := a.reload(ctx); err != nil {
+		a.log.Warn("reloading the changed configuration", "error", err.Error())
+		return
 	}
-	if err := a.writeConfig(a.primary.Load()); err != nil {
-		return err
-	}
-	return a.reload(ctx)
+	a.log.Info("configuration changed: applied by a reload", "hash", a.view().ConfigHash)
 }
 
+// reload makes PostgreSQL re-read its configuration.
 func (a *Agent) reload(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -415,7 +472,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 		}
 		a.setState(StateRewinding, fmt.Sprintf("rewinding the former primary onto the timeline of %s (attempt %d)", target, attempt))
 		a.log.Info("rewinding the former primary", "source", target, "attempt", attempt)
-		if err = a.writeConfig(true); err != nil {
+		if err = a.writeOwnConfig(true); err != nil {
 			return err
 		}
 		cmd := a.command(ctx, filepath.Join(a.bins.Dir, "pg_rewind"), "--target-pgdata="+a.cfg.PGData, "--source-server="+conninfo)
@@ -568,7 +625,7 @@ func (a *Agent) watchLogLine(line string) {
 // the last two minutes.
 func (a *Agent) walMissing() bool {
 	at := a.walMissingAt.Load()
-	return at != 0 && time.Since(time.Unix(0, at)) < 2*time.Minute
+	return at != 0 && at > a.view().ClonedAt && time.Since(time.Unix(0, at)) < 2*time.Minute
 }
 
 // processIsPostgres reports whether pid is a live postgres process.
@@ -610,18 +667,22 @@ func (a *Agent) connectAs(ctx context.Context, user, database string) (*pgx.Conn
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
-func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
+// setUpPrimary is the setup worker of a lifetime (gen) that runs as the target
+// primary: it promotes PostgreSQL when it is in recovery, then puts the roles
+// and the application database in place, retrying until ctx ends. It changes no
+// running state itself: it reports to the supervisor.
+func (a *Agent) setUpPrimary(ctx context.Context, gen int64) {
 	for delay := 200 * time.Millisecond; ; delay = min(delay*2, 2*time.Second) {
-		if a.exited.Load() || ctx.Err() != nil {
+		if a.view().Exited || ctx.Err() != nil {
 			return
 		}
-		err := a.promoteIfPending(ctx)
+		err := a.promoteIfPending(ctx, gen)
 		if err == nil {
 			err = a.ensureRoles(ctx)
 		}
 		if err == nil {
-			a.setUp.Store(true)
 			a.log.Info("application role, database and replication role are in place")
+			a.tell(ctx, runMsg{gen: gen, ev: evSetUp})
 			return
 		}
 		a.log.Info("waiting to set up roles", "reason", err.Error())
@@ -633,12 +694,27 @@ func (a *Agent) ensureRolesWhenUp(ctx context.Context) {
 	}
 }
 
+// tell sends an event to the supervisor, unless ctx ends first.
+func (a *Agent) tell(ctx context.Context, m runMsg) bool {
+	select {
+	case a.events <- m:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// progress reports the setup worker's progress to the supervisor.
+func (a *Agent) progress(ctx context.Context, gen int64, st State, msg string) {
+	a.tell(ctx, runMsg{gen: gen, state: st, message: msg})
+}
+
 // promoteIfPending promotes the target primary while PostgreSQL is in recovery
 // (a standby that became the target, a primary rebuilt from a standby) to a new
 // timeline, only while it holds the Lease and, after a switchover, only once it
 // has received WAL past the old primary's final position. A checkpoint follows,
 // so that the new timeline is recorded and the old primary can rewind onto it.
-func (a *Agent) promoteIfPending(ctx context.Context) error {
+func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 	ctx, cancel := context.WithTimeout(ctx, 70*time.Second)
 	defer cancel()
 	conn, err := a.connect(ctx, "postgres")
@@ -652,7 +728,9 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 		return err
 	}
 	if !inRecovery {
-		a.primary.Store(true)
+		if !a.view().Primary {
+			a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
+		}
 		return nil
 	}
 	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
@@ -664,14 +742,14 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 		// the switchover): WAL it acknowledged may be missing here. The
 		// operator aborts the switchover (the old primary resumes) or turns it
 		// into a failover, which measures this standby's WAL first (rule 1).
-		a.setState(StatePromoting, "not promoting: the old primary released no final WAL position; waiting for the operator to abort the switchover or fail over")
+		a.progress(ctx, gen, StatePromoting, "not promoting: the old primary released no final WAL position; waiting for the operator to abort the switchover or fail over")
 		return errors.New("not promoting in a switchover without the old primary's final WAL position")
 	}
 	if final != "" && change != ChangeFailover {
 		f, err1 := parseLSN(final)
 		r, err2 := parseLSN(received)
 		if err1 != nil || err2 != nil || r <= f {
-			a.setState(StatePromoting, fmt.Sprintf("waiting to receive the old primary's WAL up to its final position %s (received %s)", final, orString(received, "nothing")))
+			a.progress(ctx, gen, StatePromoting, fmt.Sprintf("waiting to receive the old primary's WAL up to its final position %s (received %s)", final, orString(received, "nothing")))
 			return fmt.Errorf("not promoting before WAL past %s is received (received %q)", final, received)
 		}
 	}
@@ -680,13 +758,13 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	// instances and quorum on the Lease) is written and loaded before the
 	// promotion, so that the first commit the new primary accepts already
 	// waits for its quorum; a standby ignores the setting until then.
-	if err := a.loadPrimaryConfig(ctx, conn); err != nil {
+	if err := a.loadPrimaryConfig(ctx, gen, conn); err != nil {
 		return fmt.Errorf("not promoting: %w", err)
 	}
 	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
 		return errors.New("not promoting: the Lease or the target changed while the configuration was loaded")
 	}
-	a.setState(StatePromoting, "promoting to primary")
+	a.progress(ctx, gen, StatePromoting, "promoting to primary")
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
 		return fmt.Errorf("promoting: %w", err)
@@ -694,11 +772,11 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 	if !ok {
 		return errors.New("promotion did not complete within 60s")
 	}
-	a.primary.Store(true)
+	a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		a.log.Warn("checkpoint after the promotion", "error", err.Error())
 	}
-	a.setState(StateRunning, "PostgreSQL is running (promoted)")
+	a.progress(ctx, gen, StateRunning, "PostgreSQL is running (promoted)")
 	a.log.Info("promoted to primary on a new timeline")
 	return nil
 }
@@ -706,11 +784,21 @@ func (a *Agent) promoteIfPending(ctx context.Context) error {
 // loadPrimaryConfig writes the primary's configuration, reloads it and waits
 // until a new session sees its synchronous_standby_names (the postmaster has
 // loaded it; the backends that commit start after the promotion).
-func (a *Agent) loadPrimaryConfig(ctx context.Context, conn *pgx.Conn) error {
-	if err := a.writeConfig(true); err != nil {
-		return fmt.Errorf("writing the primary configuration: %w", err)
+func (a *Agent) loadPrimaryConfig(ctx context.Context, gen int64, conn *pgx.Conn) error {
+	// The supervisor writes it (it owns what was written).
+	reply := make(chan error, 1)
+	if !a.tell(ctx, runMsg{gen: gen, reply: reply}) {
+		return ctx.Err()
 	}
-	want := a.syncNames.Load()
+	select {
+	case err := <-reply:
+		if err != nil {
+			return fmt.Errorf("writing the primary configuration: %w", err)
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	want := a.view().SyncNames
 	if _, err := conn.Exec(ctx, "SELECT pg_reload_conf()"); err != nil {
 		return fmt.Errorf("reloading the primary configuration: %w", err)
 	}
@@ -915,19 +1003,20 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication
 
 // status queries PostgreSQL for the status endpoint.
 func (a *Agent) status(ctx context.Context) *Status {
-	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: a.bootstrapped.Load()}
-	st.State, st.Message = a.currentState()
+	rt := a.view()
+	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: rt.Bootstrapped}
+	st.State, st.Message = rt.State, rt.Message
 	st.Restoring = a.restoreInProgress()
 	v := a.lease.view()
-	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, a.fenced.Load(), v.LastErr
-	if !a.primary.Load() {
-		st.Following = a.following.Load()
+	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, rt.Fenced, v.LastErr
+	if !rt.Primary {
+		st.Following = rt.Following
 	}
 	if a.hasData() {
 		st.SystemIdentifier, _ = postgres.ReadSystemID(a.cfg.PGData)
 		st.DataVersion, _ = postgres.ReadDataMajor(a.cfg.PGData)
 	}
-	if a.exited.Load() {
+	if rt.Exited {
 		st.Error = "PostgreSQL is not running (" + string(st.State) + ")"
 		return st
 	}
@@ -1143,12 +1232,10 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		case <-t.C:
 		}
 		if tok, err := a.readSecret(a.cfg.InternalDir, InternalAgentTokenFile); err == nil {
-			a.mu.Lock()
-			if string(a.token) != tok {
-				a.prevToken, a.prevUntil, a.token = a.token, time.Now().Add(a.cfg.TokenGrace), []byte(tok)
+			if cur := a.tokens.Load(); string(cur.cur) != tok {
+				a.tokens.Store(&agentTokens{cur: []byte(tok), prev: cur.cur, prevUntil: time.Now().Add(a.cfg.TokenGrace)})
 				a.log.Info("agent token changed; the previous one is accepted for a grace period", "grace", a.cfg.TokenGrace.String())
 			}
-			a.mu.Unlock()
 		}
 		if d := a.tlsDigest(); d != "" && d != tlsDigest {
 			// A renewed certificate (or CA): installed and loaded without a
@@ -1158,7 +1245,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			} else {
 				tlsDigest = d
 				a.log.Info("TLS certificate changed: installed")
-				if !a.exited.Load() {
+				if !a.view().Exited {
 					if err := a.reload(ctx); err != nil {
 						a.log.Warn("reloading PostgreSQL for the renewed certificate", "error", err.Error())
 					}
@@ -1166,14 +1253,15 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			}
 		}
 		if d := digest(a.cfg.ConfigDir, UserConfigFile); a.cfg.ConfigDir != "" && d != userConf {
-			// spec.postgresql changed: rewrite the configuration files and
-			// reload; what needs a restart shows in the status (pending_restart)
-			// and the operator restarts the instances one at a time.
-			if err := a.applyUserConfig(ctx); err != nil {
-				a.log.Warn("applying the changed configuration; will retry", "error", err.Error())
-			} else {
-				userConf = d
-				a.log.Info("configuration changed: applied by a reload", "hash", a.writtenConfig.Load())
+			// spec.postgresql changed: the supervisor rewrites the
+			// configuration files and reloads (or writes them at the next
+			// start); what needs a restart shows in the status
+			// (pending_restart) and the operator restarts the instances one at
+			// a time.
+			userConf = d
+			select {
+			case a.configChanged <- struct{}{}:
+			default: // one already pending
 			}
 		}
 		if d := digest(a.cfg.InternalDir, InternalReplicationPasswordFile); d != "" && d != replPw {
@@ -1189,14 +1277,15 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			a.log.Info("application password changed")
 			pending = true
 		}
-		if pending && a.primary.Load() && a.setUp.Load() && !a.exited.Load() {
+		rt := a.view()
+		if pending && rt.Primary && rt.SetUp && !rt.Exited {
 			if err := a.ensureRoles(ctx); err != nil {
 				a.log.Warn("applying changed passwords; will retry", "error", err.Error())
 				continue
 			}
 			a.log.Info("changed passwords applied to the running primary")
 			pending = false
-		} else if pending && !a.primary.Load() {
+		} else if pending && !rt.Primary {
 			pending = false
 		}
 	}
@@ -1205,10 +1294,8 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 // configStatus reports which user configuration the instance runs, the
 // settings waiting for a restart and the lines PostgreSQL refused.
 func (a *Agent) configStatus(ctx context.Context, conn *pgx.Conn, st *Status) {
-	if h, _ := a.writtenConfig.Load().(string); h != "" {
-		st.ConfigHash = h
-	}
-	st.ConfigError, _ = a.configError.Load().(string)
+	rt := a.view()
+	st.ConfigHash, st.ConfigError = rt.ConfigHash, rt.ConfigError
 	rows, err := conn.Query(ctx, `SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name`)
 	if err == nil {
 		st.PendingRestart, err = pgx.CollectRows(rows, pgx.RowTo[string])

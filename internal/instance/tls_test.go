@@ -229,7 +229,7 @@ func TestTLSEverywhere(t *testing.T) {
 	})
 
 	t.Run("a renewed certificate is served without a restart", func(t *testing.T) {
-		pid := primary.agent.postmaster.Load()
+		pid := primary.agent.view().Postmaster
 		renewed := p.issueServer(t)
 		writeTLSDir(t, tlsDir, p.ca, renewed)
 		want := pki.Fingerprint(renewed.CertPEM)
@@ -253,7 +253,7 @@ func TestTLSEverywhere(t *testing.T) {
 			}
 			return nil
 		})
-		if now := primary.agent.postmaster.Load(); now != pid {
+		if now := primary.agent.view().Postmaster; now != pid {
 			t.Errorf("PostgreSQL restarted (pid %d → %d) for a renewed certificate", pid, now)
 		}
 	})
