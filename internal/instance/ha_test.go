@@ -430,11 +430,25 @@ func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
 		return fmt.Errorf("db-1's standbys: %+v", st.Replicas)
 	})
 	execApp(t, h.ports["db-1"], pw, "INSERT INTO items VALUES (2)")
+	// The metrics the PostgresSynchronousStandbysMissing alert reads.
+	syncMetrics := func() (required, connected float64) {
+		m := scrape(t, db1)
+		return mustSample(t, m, "postgres_synchronous_standbys_required"), mustSample(t, m, "postgres_synchronous_standbys_connected")
+	}
+	if r, c := syncMetrics(); r != 1 || c != 1 {
+		t.Errorf("db-1's synchronous standbys: required %v connected %v, want 1 and 1", r, c)
+	}
 
 	// Without its quorum, db-1 acknowledges nothing.
 	if err := db2.stop(); err != nil {
 		t.Fatal(err)
 	}
+	waitUntil(t, 30*time.Second, "db-1's metrics to show its quorum missing", func() error {
+		if r, c := syncMetrics(); r != 1 || c != 0 {
+			return fmt.Errorf("required %v connected %v, want 1 and 0", r, c)
+		}
+		return nil
+	})
 	c, err := appConn(ctx, h.ports["db-1"], pw, testAppDB)
 	if err != nil {
 		t.Fatal(err)

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -69,6 +71,10 @@ var (
 	descReplSync = desc("replication_sync",
 		"On the primary: 1 when a standby is synchronous or a quorum member (sync_state sync or quorum).",
 		"application_name")
+	descSyncRequired = desc("synchronous_standbys_required",
+		"On the primary: the standbys each commit waits for (the quorum of synchronous_standby_names; 0 with asynchronous replication).")
+	descSyncConnected = desc("synchronous_standbys_connected",
+		"On the primary: streaming standbys that count toward that quorum (sync_state sync or quorum). Below synchronous_standbys_required, commits wait.")
 	descStandbyLagBytes = desc("standby_replay_lag_bytes",
 		"On a standby: WAL received but not replayed yet.")
 	descStandbyDelay = desc("standby_replay_delay_seconds",
@@ -107,7 +113,7 @@ func (c *metricsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descUp, descPrimary, descInfo, descTimeline, descStartTime,
 		descConnections, descMaxConnections, descCommits, descRollbacks, descDBSize, descWAL,
 		descCheckpointsTimed, descCheckpointsReq, descOldestXact, descOldestXID, descReplLagBytes,
-		descReplLagSeconds, descReplSync, descStandbyLagBytes, descStandbyDelay, descStandbyStreaming,
+		descReplLagSeconds, descReplSync, descSyncRequired, descSyncConnected, descStandbyLagBytes, descStandbyDelay, descStandbyStreaming,
 		descSlotRetained, descSlotActive, descSlotKeepMax, descVolumeSize, descVolumeAvail} {
 		ch <- d
 	}
@@ -295,25 +301,35 @@ func scrapePostgres(ctx context.Context, conn *pgx.Conn, emit func(prometheus.Me
 	}
 
 	if !inRecovery {
+		connected := 0
 		if err := eachRow(ctx, conn, `SELECT coalesce(application_name, ''),
 			coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn), 0)::bigint,
 			coalesce(extract(epoch FROM replay_lag), 0)::float8,
-			sync_state IN ('sync', 'quorum')
+			sync_state IN ('sync', 'quorum'), coalesce(state, '') = 'streaming'
 			FROM pg_catalog.pg_stat_replication`, func(r pgx.Rows) error {
 			var name string
 			var lagBytes int64
 			var lagSeconds float64
-			var sync bool
-			if err := r.Scan(&name, &lagBytes, &lagSeconds, &sync); err != nil {
+			var sync, streaming bool
+			if err := r.Scan(&name, &lagBytes, &lagSeconds, &sync, &streaming); err != nil {
 				return err
 			}
 			gauge(descReplLagBytes, float64(lagBytes), name)
 			gauge(descReplLagSeconds, lagSeconds, name)
 			gauge(descReplSync, boolFloat(sync), name)
+			if sync && streaming {
+				connected++
+			}
 			return nil
 		}); err != nil {
 			return fmt.Errorf("reading replication: %w", err)
 		}
+		var names string
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_setting('synchronous_standby_names')`).Scan(&names); err != nil {
+			return fmt.Errorf("reading synchronous_standby_names: %w", err)
+		}
+		gauge(descSyncRequired, float64(synchronousQuorum(names)))
+		gauge(descSyncConnected, float64(connected))
 	}
 
 	if err := eachRow(ctx, conn, `SELECT slot_name::text, active,
@@ -399,4 +415,22 @@ func (a *Agent) MetricsAddr() net.Addr {
 // series' names.
 func MetricsCollector() prometheus.Collector {
 	return newMetricsCollector(&Agent{})
+}
+
+// quorumPattern reads the count of "ANY n (…)" or "FIRST n (…)", or "n (…)".
+var quorumPattern = regexp.MustCompile(`^\s*(?i:(?:ANY|FIRST)\s+)?([0-9]+)\s*\(`)
+
+// synchronousQuorum is how many standbys a commit waits for under the
+// synchronous_standby_names given: 0 when empty, 1 for a plain list.
+func synchronousQuorum(names string) int {
+	if strings.TrimSpace(names) == "" {
+		return 0
+	}
+	if m := quorumPattern.FindStringSubmatch(names); m != nil {
+		n, err := strconv.Atoi(m[1])
+		if err == nil {
+			return n
+		}
+	}
+	return 1
 }

@@ -97,6 +97,9 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 			{"postgres_is_primary", nil, 1},
 			{"postgres_info", []string{"role", "primary"}, 1},
 			{"postgres_replication_slot_active", []string{"slot_name", SlotName("db-1")}, 1},
+			// Asynchronous replication: no commit waits for a standby.
+			{"postgres_synchronous_standbys_required", nil, 0},
+			{"postgres_synchronous_standbys_connected", nil, 0},
 		} {
 			if got := mustSample(t, m, c.name, c.labels...); got != c.want {
 				t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -279,4 +282,21 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 			t.Error("a role is reported while PostgreSQL is down")
 		}
 	})
+}
+
+func TestSynchronousQuorumReadsTheCountOfSynchronousStandbyNames(t *testing.T) {
+	for names, want := range map[string]int{
+		"":                       0,
+		"  ":                     0,
+		`ANY 1 ("db-1", "db-2")`: 1,
+		`any 2 (a, b, c)`:        2,
+		`FIRST 2 (a, b)`:         2,
+		`3 (a, b, c)`:            3,
+		`a, b`:                   1,
+		`*`:                      1,
+	} {
+		if got := synchronousQuorum(names); got != want {
+			t.Errorf("synchronousQuorum(%q) = %d, want %d", names, got, want)
+		}
+	}
 }
