@@ -182,10 +182,10 @@ bench-scale-peer: $(KWOK) ## N=200 of ours and of CloudNativePG's Clusters, agen
 		-kwok $(KWOK) -cnpg-manager $(TOOLS_CACHE)/cnpg-manager -cnpg-crds $(CNPG_SRC)/config/crd/bases $(ARGS)
 
 .PHONY: bench-failover
-bench-failover: ## Write gap and lost rows of graceful deletion, hard kill and switchover under load (TRIALS=10), on the local cluster.
+bench-failover: ## Write gap and lost rows per fault class (graceful delete, postmaster/agent SIGKILL, forced deletion, partition, switchover) under load (TRIALS=5 MODE=async|sync|both), on the local cluster.
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
-	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-10} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-5} BENCH_FAILOVER_MODE=$${MODE:-both} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
 
 .PHONY: chaos
 chaos: ## Seeded nemesis against a 3-instance Database with append and bank checkers (SEED=1 DURATION=10m MODE=async|sync|both); report in bin/chaos.

@@ -14,22 +14,37 @@ import (
 
 // TestBenchFailover is `make bench-failover`, a benchmark rather than a test: it
 // runs only when BENCH_FAILOVER_TRIALS is set. Each trial, under a client writing a
-// row every 100 ms through the read-write Service, causes one event: a graceful
-// deletion of the primary pod (1 s grace), a hard kill (SIGKILL of its agent and
-// PostgreSQL on this host, then a forced deletion of the pod), or a switchover by
-// annotation. It prints the p50/p95/max of the longest write gap per trial and the
+// row every 100 ms through the read-write Service, causes one event on the
+// primary, one per fault class:
+//
+//   - graceful delete: deletion of the primary pod (1 s grace);
+//   - postmaster SIGKILL: PostgreSQL crashes inside a live pod (the agent
+//     restarts it in place; the primary does not move);
+//   - agent SIGKILL: the container's PID 1 dies with PostgreSQL (the kubelet
+//     restarts the container; the agent takes its Lease back);
+//   - forced deletion: SIGKILL of the agent and PostgreSQL on this host, then a
+//     forced deletion of the pod (a failover after the Lease expires);
+//   - partition: the primary's traffic to the API server and its peers dropped
+//     until a standby is promoted, then healed;
+//   - switchover: by annotation.
+//
+// It prints the p50/p95/max of the longest write gap per trial and the
 // acknowledged rows lost, next to the baseline measured in the same run: the
 // longest gap of the same client over the same time with no event.
+// BENCH_FAILOVER_MODE is async, sync or both (default).
 func TestBenchFailover(t *testing.T) {
 	trials, _ := strconv.Atoi(os.Getenv("BENCH_FAILOVER_TRIALS"))
 	if trials <= 0 {
 		t.Skip("set BENCH_FAILOVER_TRIALS (make bench-failover) to run the failover benchmark")
 	}
 	var out strings.Builder
-	for _, mode := range []struct{ name, manifest string }{
-		{"asynchronous replication", haDatabase},
-		{"synchronous replication (ANY 1 of 2 standbys)", strings.Replace(haDatabase, "replicas: 3", "replicas: 3\n  synchronousReplicas: 1", 1)},
+	for _, mode := range []struct{ key, name, manifest string }{
+		{"async", "asynchronous replication", haDatabase},
+		{"sync", "synchronous replication (ANY 1 of 2 standbys)", strings.Replace(haDatabase, "replicas: 3", "replicas: 3\n  synchronousReplicas: 1", 1)},
 	} {
+		if m := os.Getenv("BENCH_FAILOVER_MODE"); m != "" && m != "both" && m != mode.key {
+			continue
+		}
 		out.WriteString(benchFailover(t, mode.name, mode.manifest, trials))
 	}
 	t.Log(out.String())
@@ -47,7 +62,16 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 		gaps []time.Duration
 	}
 	results := map[string]*result{}
-	kinds := []string{"baseline (no event)", "graceful delete", "hard kill", "switchover"}
+	kinds := []string{"baseline (no event)", "graceful delete", "postmaster SIGKILL", "agent SIGKILL", "forced deletion", "partition", "switchover"}
+	libraryFault := func(class string) chaosFault {
+		for _, f := range faultLibrary {
+			if f.class == class {
+				return f
+			}
+		}
+		t.Fatalf("no fault %q in the library", class)
+		return chaosFault{}
+	}
 	for _, k := range kinds {
 		results[k] = &result{}
 	}
@@ -63,18 +87,39 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 			case "graceful delete":
 				c.must("delete", "pod", primary, "--grace-period=1", "--wait=false")
 				c.waitNewPrimary("ha", primary, 3*time.Minute)
-			case "hard kill":
+			case "postmaster SIGKILL":
+				if _, note := libraryFault("postmaster-kill").apply(c, "ha", primary); strings.HasPrefix(note, "no ") {
+					t.Fatalf("%s: %s", kind, note)
+				}
+			case "agent SIGKILL":
+				if _, note := libraryFault("agent-kill").apply(c, "ha", primary); strings.HasPrefix(note, "no ") {
+					t.Fatalf("%s: %s", kind, note)
+				}
+			case "forced deletion":
 				c.killAgent(primary)
 				c.must("delete", "pod", primary, "--grace-period=0", "--force")
 				c.waitNewPrimary("ha", primary, 3*time.Minute)
+			case "partition":
+				heal, _ := libraryFault("partition").apply(c, "ha", primary)
+				c.waitNewPrimary("ha", primary, 3*time.Minute)
+				// Writes resume on the new primary before the old one is
+				// healed: the gap is the failover's alone.
+				c.eventually(time.Minute, "writes to resume", func() string {
+					if n := len(w.snapshot()); n <= before+5 {
+						return fmt.Sprintf("%d rows acknowledged since the event", n-before)
+					}
+					return ""
+				})
+				heal()
 			case "switchover":
 				c.must("annotate", "database", "ha", "database.example.com/switchover-to=auto", "--overwrite")
 				c.waitNewPrimary("ha", primary, 3*time.Minute)
 			default:
 				time.Sleep(5 * time.Second)
 			}
-			// Writes resumed: the gap is over.
-			c.eventually(time.Minute, "writes to resume", func() string {
+			// Writes resumed: the gap is over (a container restarted by the
+			// kubelet may wait out its restart backoff).
+			c.eventually(3*time.Minute, "writes to resume", func() string {
 				if n := len(w.snapshot()); n <= before+5 {
 					return fmt.Sprintf("%d rows acknowledged since the event", n-before)
 				}
@@ -90,11 +135,11 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 	lost := c.missing("ha", acked)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfailover benchmark, %s: %d trial(s) per event, 3 instances, a write every 100 ms through the Service\n", mode, trials)
-	fmt.Fprintf(&b, "%-22s %8s %8s %8s\n", "longest write gap", "p50", "p95", "max")
+	fmt.Fprintf(&b, "%-22s %8s %8s %8s %8s\n", "longest write gap", "p50", "p95", "max", "trials")
 	for _, k := range kinds {
 		g := results[k].gaps
 		sort.Slice(g, func(i, j int) bool { return g[i] < g[j] })
-		fmt.Fprintf(&b, "%-22s %8s %8s %8s\n", k, pct(g, 50), pct(g, 95), pct(g, 100))
+		fmt.Fprintf(&b, "%-22s %8s %8s %8s %8d\n", k, pct(g, 50), pct(g, 95), pct(g, 100), len(g))
 	}
 	fmt.Fprintf(&b, "acknowledged rows: %d, lost: %d\n", len(acked), len(lost))
 	return b.String()
