@@ -263,9 +263,13 @@ const (
 	// ReasonArtifactOfOtherDatabase: the artifact's manifest names another
 	// Database (UID) and spec.allowOtherDatabase is not set.
 	ReasonArtifactOfOtherDatabase = "ArtifactOfOtherDatabase"
-	// ReasonManifestNotAuthenticated: the artifact's manifest is not signed with
-	// the Database's manifest key (edited, or signed by another Database).
+	// ReasonManifestNotAuthenticated: the artifact's manifest is signed with
+	// neither the Database's manifest key nor spec.manifestKeySecret's (edited,
+	// or signed by another Database), or not signed at all.
 	ReasonManifestNotAuthenticated = "ManifestNotAuthenticated"
+	// ReasonManifestKeyNotFound: the Secret of spec.manifestKeySecret (key
+	// "manifest-key") is missing.
+	ReasonManifestKeyNotFound = "ManifestKeyNotFound"
 )
 
 // +kubebuilder:object:root=true
@@ -328,6 +332,21 @@ type RestoreSpec struct {
 	// ArtifactOfOtherDatabase, so a shared bucket never restores the wrong data.
 	// +optional
 	AllowOtherDatabase bool `json:"allowOtherDatabase,omitempty"`
+	// ManifestKeySecret names a Secret in the Restore's namespace whose key
+	// "manifest-key" is the manifest key of the Database that wrote the
+	// artifact (copy it from that Database's <name>-internal Secret). An
+	// artifact's manifest must be signed with the target Database's key or
+	// with this one: another Database's artifact is authenticated with it.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	ManifestKeySecret string `json:"manifestKeySecret,omitempty"`
+	// AllowUnauthenticated restores an artifact whose manifest no key
+	// authenticates: its writer's key is lost (a deleted cluster), or it was
+	// written before manifests were signed and no Backup vouches for its
+	// checksum. The store is trusted instead; the archive's objects are still
+	// never owned by a superuser (the restore refuses such archives).
+	// +optional
+	AllowUnauthenticated bool `json:"allowUnauthenticated,omitempty"`
 	// KeepPreviousFor is how long the pre-restore copy of the database is kept
 	// (it accepts no connections; see the README for undoing a restore with it).
 	// "0s" drops it as soon as the restore is swapped in.

@@ -437,12 +437,15 @@ type RestoreOptions struct {
 	AllowOtherDatabase bool
 	// Identity decrypts an encrypted artifact.
 	Identity *age.X25519Identity
-	// ManifestKey is the target Database's manifest key. A manifest it does not
-	// authenticate (edited, or written by another Database) is refused unless
-	// AllowOtherDatabase; one without an HMAC (written before manifests were
-	// signed) only when ExpectSHA256 vouches for the artifact. Nil skips the
-	// check (a Job of an operator before signed manifests).
-	ManifestKey []byte
+	// ManifestKey is the target Database's manifest key, TrustedManifestKey
+	// the key of the Database that wrote the artifact (spec.manifestKeySecret;
+	// nil when not given). A manifest neither authenticates is refused unless
+	// AllowUnauthenticated, whether or not AllowOtherDatabase; an unsigned one
+	// (written before manifests were signed) passes when ExpectSHA256 vouches
+	// for the artifact. A nil ManifestKey skips the check (a Job of an operator
+	// before signed manifests).
+	ManifestKey, TrustedManifestKey []byte
+	AllowUnauthenticated            bool
 	// Agent is the client of the primary's agent and AgentURL its address.
 	Agent    *instance.Client
 	AgentURL string
@@ -469,14 +472,21 @@ func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, er
 		return nil, fmt.Errorf("%s: Database %s (UID %s) wrote it, not this one (UID %s); set spec.allowOtherDatabase to restore it anyway",
 			ErrOtherDatabase, m.DatabaseObject, m.DatabaseUID, o.ExpectDatabaseUID)
 	}
-	// Then the signature: a manifest that names this Database was signed with
-	// its key.
-	if o.ManifestKey != nil && !o.AllowOtherDatabase {
+	// Then the signature: every manifest is signed, with this Database's key
+	// or with the writer's the Restore names.
+	if o.ManifestKey != nil {
+		signed := m.HMAC != "" && (m.Authentic(o.ManifestKey) || (len(o.TrustedManifestKey) > 0 && m.Authentic(o.TrustedManifestKey)))
 		switch {
-		case m.HMAC == "" && o.ExpectSHA256 == "":
-			return nil, fmt.Errorf("%s: its manifest is not signed and no Backup vouches for its checksum; set spec.allowOtherDatabase to restore it anyway", ErrUnauthenticated)
-		case m.HMAC != "" && !m.Authentic(o.ManifestKey):
-			return nil, fmt.Errorf("%s: its manifest's signature does not verify with this Database's key (the manifest was edited, or another Database wrote it); set spec.allowOtherDatabase to restore it anyway", ErrUnauthenticated)
+		case signed, o.AllowUnauthenticated:
+		case m.HMAC == "" && o.ExpectSHA256 != "":
+			// Written before manifests were signed: the Backup's status,
+			// which only the operator writes, vouches for its checksum.
+		case m.HMAC == "":
+			return nil, fmt.Errorf("%s: its manifest is not signed and no Backup vouches for its checksum; set spec.allowUnauthenticated to restore it anyway", ErrUnauthenticated)
+		case len(o.TrustedManifestKey) > 0:
+			return nil, fmt.Errorf("%s: its manifest's signature verifies with neither this Database's key nor spec.manifestKeySecret's (the manifest was edited, or yet another Database wrote it); set spec.allowUnauthenticated to restore it anyway", ErrUnauthenticated)
+		default:
+			return nil, fmt.Errorf("%s: its manifest's signature does not verify with this Database's key (the manifest was edited, or another Database wrote it: name a Secret holding that Database's manifest-key in spec.manifestKeySecret, or set spec.allowUnauthenticated to restore it anyway)", ErrUnauthenticated)
 		}
 	}
 	if m.Encryption != "" && m.Encryption != EncryptionAge {

@@ -37,6 +37,9 @@ const (
 	// ManifestKeyDir holds the Database's manifest-key file in backup and
 	// restore Jobs.
 	ManifestKeyDir = "/etc/postgres-operator/manifest-key"
+	// TrustedManifestKeyDir holds, in restore Jobs, the manifest-key file of
+	// the Database that wrote the artifact (spec.manifestKeySecret).
+	TrustedManifestKeyDir = "/etc/postgres-operator/trusted-manifest-key"
 	// EncryptionDir holds the identity file of the age key of an encrypted
 	// Backup; EncryptionIdentityFile is that key of the user's Secret.
 	EncryptionDir          = "/etc/postgres-operator/encryption"
@@ -86,6 +89,8 @@ func Command(ctx context.Context, args []string) error {
 	allowOther := fs.Bool("allow-other-database", false, "restore: restore an artifact another Database wrote")
 	encryptionDir := fs.String("encryption-dir", "", "directory with the identity file of an age key: encrypt (run), decrypt (restore)")
 	manifestKeyDir := fs.String("manifest-key-dir", "", "run: sign the manifest, restore: authenticate it, with the manifest-key file there (none when empty)")
+	trustedKeyDir := fs.String("trusted-manifest-key-dir", "", "restore: also authenticate the manifest with the manifest-key file there (the writing Database's)")
+	allowUnauth := fs.Bool("allow-unauthenticated", false, "restore: restore a manifest no key authenticates")
 	verifyOnly := fs.Bool("verify-only", false, "restore: a drill (restore into a scratch database, compare row counts, drop it)")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -130,6 +135,14 @@ func Command(ctx context.Context, args []string) error {
 			}
 			manifestKey = []byte(k)
 		}
+		var trustedKey []byte
+		if *trustedKeyDir != "" {
+			k, err := readFile(*trustedKeyDir, instance.InternalManifestKeyFile)
+			if err != nil || k == "" {
+				return fmt.Errorf("the manifest key of spec.manifestKeySecret is missing: %v", err)
+			}
+			trustedKey = []byte(k)
+		}
 		var identity *age.X25519Identity
 		if *encryptionDir != "" {
 			text, err := readFile(*encryptionDir, EncryptionIdentityFile)
@@ -150,6 +163,7 @@ func Command(ctx context.Context, args []string) error {
 			}
 			res, err := Restore(ctx, RestoreOptions{Store: store, Key: *key, ExpectSHA256: *expectSHA,
 				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther, ManifestKey: manifestKey, Identity: identity,
+				TrustedManifestKey: trustedKey, AllowUnauthenticated: *allowUnauth,
 				Agent: agent, AgentURL: *agentURL,
 				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
 					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})

@@ -80,10 +80,15 @@ type RestoreJob struct {
 	ExpectSHA256 string
 	// DatabaseUID is the target Database's; AllowOtherDatabase lets an artifact
 	// of another through.
-	DatabaseUID         string
-	AllowOtherDatabase  bool
-	Jobs                int
-	KeepPreviousSeconds int64
+	DatabaseUID        string
+	AllowOtherDatabase bool
+	// TrustedManifestKeySecret is the Secret with the manifest key of the
+	// Database that wrote the artifact (spec.manifestKeySecret);
+	// AllowUnauthenticated restores a manifest no key authenticates.
+	TrustedManifestKeySecret string
+	AllowUnauthenticated     bool
+	Jobs                     int
+	KeepPreviousSeconds      int64
 	// VerifyOnly makes it a restore drill.
 	VerifyOnly bool
 }
@@ -139,6 +144,16 @@ func BuildJob(s JobSpec) *batchv1.Job {
 			"--database-uid="+r.DatabaseUID, fmt.Sprintf("--allow-other-database=%t", r.AllowOtherDatabase))
 		if r.VerifyOnly {
 			args = append(args, "--verify-only")
+		}
+		if r.AllowUnauthenticated {
+			args = append(args, "--allow-unauthenticated")
+		}
+		if r.TrustedManifestKeySecret != "" {
+			args = append(args, "--trusted-manifest-key-dir="+TrustedManifestKeyDir)
+			mounts = append(mounts, corev1.VolumeMount{Name: "trusted-manifest-key", MountPath: TrustedManifestKeyDir, ReadOnly: true})
+			volumes = append(volumes, corev1.Volume{Name: "trusted-manifest-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: r.TrustedManifestKeySecret, DefaultMode: ptr.To[int32](0o440),
+				Items: []corev1.KeyToPath{{Key: instance.InternalManifestKeyFile, Path: instance.InternalManifestKeyFile}}}}})
 		}
 		if r.TLSSecret != "" {
 			args = append(args, "--agent-tls-dir="+AgentTLSDir)

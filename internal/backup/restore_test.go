@@ -416,9 +416,10 @@ func TestCopyTargetAndScriptRowCounts(t *testing.T) {
 }
 
 // A manifest signed with the Database's key restores; one another Database
-// signed, one edited after signing, or an unsigned one no Backup vouches for is
-// refused before the agent is called, unless the restore allows another
-// Database's artifacts.
+// signed restores only with that Database's key (spec.manifestKeySecret), even
+// with allowOtherDatabase; one edited after signing, or an unsigned one no
+// Backup vouches for, is refused before the agent is called, unless the restore
+// explicitly allows unauthenticated manifests.
 func TestRestoreAuthenticatesTheManifest(t *testing.T) {
 	p := startPostgres(t)
 	ctx := context.Background()
@@ -454,10 +455,30 @@ func TestRestoreAuthenticatesTheManifest(t *testing.T) {
 		t.Errorf("a manifest signed by the Database: %v", err)
 	}
 	refused("signed by another Database", drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other}))
-	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, AllowOtherDatabase: true}); err != nil {
-		t.Errorf("another Database's artifact with allowOtherDatabase: %v", err)
+	// Rule 7: allowOtherDatabase lifts the identity check, never the
+	// signature: another Database's manifest is authenticated with that
+	// Database's key (spec.manifestKeySecret), or restored only with an
+	// explicit allowUnauthenticated.
+	refused("another Database's artifact with allowOtherDatabase and no key of its writer",
+		drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, AllowOtherDatabase: true}))
+	refused("another Database's artifact with a key that is not its writer's",
+		drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, TrustedManifestKey: []byte("a-third-key"), AllowOtherDatabase: true}))
+	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, TrustedManifestKey: key, AllowOtherDatabase: true}); err != nil {
+		t.Errorf("another Database's artifact with its writer's key: %v", err)
+	}
+	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, AllowOtherDatabase: true, AllowUnauthenticated: true}); err != nil {
+		t.Errorf("another Database's artifact with allowUnauthenticated: %v", err)
+	}
+	// The writer's key does not stand in for the identity check.
+	if err := drill(RestoreOptions{Key: "signed.dump.zst", ManifestKey: other, TrustedManifestKey: key, ExpectDatabaseUID: "uid-9"}); err == nil || !strings.Contains(err.Error(), ErrOtherDatabase) {
+		t.Errorf("another Database's artifact with its writer's key but no allowOtherDatabase: %v, want %q", err, ErrOtherDatabase)
 	}
 	refused("unsigned, nothing vouches for it", drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key}))
+	refused("unsigned, nothing vouches for it, another Database's allowed",
+		drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key, AllowOtherDatabase: true}))
+	if err := drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key, AllowUnauthenticated: true}); err != nil {
+		t.Errorf("an unsigned manifest with allowUnauthenticated: %v", err)
+	}
 	if err := drill(RestoreOptions{Key: "unsigned.dump.zst", ManifestKey: key, ExpectSHA256: unsigned.SHA256}); err != nil {
 		t.Errorf("an unsigned manifest whose checksum the Backup recorded: %v", err)
 	}

@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -395,6 +397,29 @@ spec:
 	if got := c.jsonpath("restore/clone-refused", `{.status.conditions[?(@.type=="Stalled")].reason}`); got != "ArtifactOfOtherDatabase" {
 		t.Errorf("restore of another Database's artifact: reason %q", got)
 	}
+	// Rule 7: allowOtherDatabase lifts the identity check, not the signature.
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: clone-unauthenticated
+spec:
+  databaseRef: {name: s3-clone}
+  allowOtherDatabase: true` + source)
+	c.must("wait", "--for=jsonpath={.status.phase}=Failed", "restore/clone-unauthenticated", "--timeout=300s")
+	if got := c.jsonpath("restore/clone-unauthenticated", `{.status.conditions[?(@.type=="Stalled")].reason}`); got != "ManifestNotAuthenticated" {
+		t.Errorf("restore of another Database's artifact without its writer's key: reason %q", got)
+	}
+	// The writer's manifest key, copied as a platform engineer would keep it.
+	writerKey, err := base64.StdEncoding.DecodeString(c.jsonpath("secret/s3-db-internal", "{.data.manifest-key}"))
+	if err != nil || len(writerKey) == 0 {
+		t.Fatalf("the manifest key of s3-db: %v", err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "manifest-key")
+	if err := os.WriteFile(keyFile, writerKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.must("create", "secret", "generic", "s3-db-manifest-key", "--from-file=manifest-key="+keyFile)
 	c.mustApply(`
 apiVersion: database.example.com/v1
 kind: Restore
@@ -403,6 +428,7 @@ metadata:
 spec:
   databaseRef: {name: s3-clone}
   allowOtherDatabase: true
+  manifestKeySecret: s3-db-manifest-key
   keepPreviousFor: 0s` + source)
 	c.must("wait", "--for=jsonpath={.status.phase}=Completed", "restore/clone", "--timeout=300s")
 	out, err := c.psql("s3-clone-0", true, "SELECT count(*) || ':' || md5(string_agg(v, ',' ORDER BY id)) FROM t")

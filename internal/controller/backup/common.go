@@ -21,6 +21,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
+	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -231,6 +232,21 @@ func encryptionWait(ctx context.Context, c client.Reader, ns string, e *database
 	if apierrors.IsNotFound(err) || (err == nil && len(s.Data[enginepkg.EncryptionIdentityFile]) == 0) {
 		return fmt.Sprintf("Waiting for the encryption Secret %s with key %s (an age identity, AGE-SECRET-KEY-1…)",
 			e.SecretName, enginepkg.EncryptionIdentityFile), nil
+	}
+	return "", err
+}
+
+// manifestKeyWait says what a Restore naming the manifest key Secret name waits
+// for ("" when nothing: none named, or it holds the key).
+func manifestKeyWait(ctx context.Context, c client.Reader, ns, name string) (string, error) {
+	if name == "" {
+		return "", nil
+	}
+	s := &corev1.Secret{}
+	err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s)
+	if apierrors.IsNotFound(err) || (err == nil && len(s.Data[instance.InternalManifestKeyFile]) == 0) {
+		return fmt.Sprintf("Waiting for the manifest key Secret %s with key %s (the writing Database's, from its -internal Secret)",
+			name, instance.InternalManifestKeyFile), nil
 	}
 	return "", err
 }

@@ -190,6 +190,12 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		}
 		return r.pending(rs, databasev1.ReasonEncryptionKeyNotFound, wait)
 	}
+	if wait, err := manifestKeyWait(ctx, r.APIReader, rs.Namespace, rs.Spec.ManifestKeySecret); err != nil || wait != "" {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.pending(rs, databasev1.ReasonManifestKeyNotFound, wait)
+	}
 	if running, err := backupRunning(ctx, r, rs.Namespace, db.Name); err != nil || running != "" {
 		if err != nil {
 			return ctrl.Result{}, err
@@ -217,7 +223,8 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		jobs = int(*rs.Spec.ParallelJobs)
 	}
 	rj := &enginepkg.RestoreJob{ID: restoreID(rs), ExpectSHA256: sha,
-		DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep}
+		DatabaseUID: string(db.UID), AllowOtherDatabase: rs.Spec.AllowOtherDatabase, Jobs: jobs, KeepPreviousSeconds: keep,
+		TrustedManifestKeySecret: rs.Spec.ManifestKeySecret, AllowUnauthenticated: rs.Spec.AllowUnauthenticated}
 	if err := agentAccess(ctx, r, db, rj, r.ClusterDomain); err != nil {
 		return ctrl.Result{}, err
 	}

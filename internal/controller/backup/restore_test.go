@@ -2,6 +2,8 @@ package backup
 
 import (
 	"slices"
+
+	corev1 "k8s.io/api/core/v1"
 	"strings"
 	"testing"
 	"time"
@@ -212,4 +214,51 @@ func TestRestoreFromABareLocationNeedsNoBackupObject(t *testing.T) {
 	if c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionStalled); c == nil || !strings.Contains(c.Message, "prod/db") {
 		t.Errorf("Stalled = %+v", c)
 	}
+}
+
+// Rule 7: a Restore of another Database's artifact names that Database's
+// manifest key; it waits for the Secret (ManifestKeyNotFound, naming it), then
+// its Job mounts only that key and authenticates the manifest with it. Without
+// a key the Job gets no --allow-unauthenticated unless the Restore asks.
+func TestARestoreNamingTheWritersManifestKeyWaitsForItAndMountsOnlyIt(t *testing.T) {
+	ns := newNamespace(t)
+	readyDatabase(t, ns, "test-db", true)
+	createPVC(t, ns, "mybackups")
+	mustApply(t, ns, oneShot)
+	finishJob(t, getJob(t, ns, "test-backup-backup"), true, resultMessage(&enginepkg.Manifest{SizeBytes: 5, SHA256: strings.Repeat("c", 64)}, ""))
+	mustApply(t, ns, testRestore+"  allowOtherDatabase: true\n  manifestKeySecret: old-cluster-key\n")
+	rs := waitRestore(t, ns, databasev1.RestorePending, databasev1.ReasonManifestKeyNotFound)
+	if c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionReady); !strings.Contains(c.Message, "old-cluster-key") {
+		t.Errorf("the condition does not name the Secret: %s", c.Message)
+	}
+	if err := k8s.Create(testCtx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "old-cluster-key", Namespace: ns},
+		StringData: map[string]string{instance.InternalManifestKeyFile: "the-writers-key", "agent-token": "not-for-the-job"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
+	job := getJob(t, ns, "test-restore-restore")
+	args := strings.Join(job.Spec.Template.Spec.Containers[0].Command, " ")
+	for _, want := range []string{"--allow-other-database=true", "--manifest-key-dir=" + enginepkg.ManifestKeyDir,
+		"--trusted-manifest-key-dir=" + enginepkg.TrustedManifestKeyDir} {
+		if !strings.Contains(args, want) {
+			t.Errorf("restore job command %q lacks %q", args, want)
+		}
+	}
+	if strings.Contains(args, "--allow-unauthenticated") {
+		t.Errorf("restore job command %q skips the signature", args)
+	}
+	found := false
+	for _, v := range job.Spec.Template.Spec.Volumes {
+		if v.Secret != nil && v.Secret.SecretName == "old-cluster-key" {
+			found = true
+			if len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != instance.InternalManifestKeyFile {
+				t.Errorf("the Job mounts more of the key Secret than manifest-key: %+v", v.Secret.Items)
+			}
+		}
+	}
+	if !found {
+		t.Error("the Job does not mount the writer's manifest key")
+	}
+	finishJob(t, job, false, resultMessage(nil, enginepkg.ErrUnauthenticated+": its manifest's signature verifies with neither this Database's key nor spec.manifestKeySecret's"))
+	waitRestore(t, ns, databasev1.RestoreFailed, databasev1.ReasonManifestNotAuthenticated)
 }
