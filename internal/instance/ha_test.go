@@ -23,6 +23,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -233,45 +235,124 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 	waitForAppLogin(t, ports["db-0"], s.appPassword)
 	execApp(t, ports["db-0"], s.appPassword, "CREATE TABLE items (id int PRIMARY KEY); INSERT INTO items SELECT generate_series(1, 1000)")
 
-	t.Run("switchover: the target promotes after the old primary's final WAL, nothing is lost", func(t *testing.T) {
-		// Writes go on until the old primary stops them.
-		var acked atomic.Int64
-		acked.Store(1000)
+	t.Run("switchover under write load: the target promotes after the old primary's final WAL, nothing acknowledged is lost", func(t *testing.T) {
+		// Four writers, as applications do: each reconnects to whichever
+		// instance accepts its write and records every acknowledged id; they
+		// run before, through and after the switchover (never stopping at an
+		// error), so the demotion's checkpoint and shutdown happen under load.
+		var mu sync.Mutex
+		var acked []int
+		var next atomic.Int64
+		next.Store(1000)
 		stopWriting := make(chan struct{})
-		writerDone := make(chan struct{})
-		go func() {
-			defer close(writerDone)
-			for id := 1001; ; id++ {
-				select {
-				case <-stopWriting:
-					return
-				default:
+		var writers sync.WaitGroup
+		for range 4 {
+			writers.Add(1)
+			go func() {
+				defer writers.Done()
+				var c *pgx.Conn
+				defer func() {
+					if c != nil {
+						c.Close(ctx)
+					}
+				}()
+				port := ports["db-0"]
+				for {
+					select {
+					case <-stopWriting:
+						return
+					default:
+					}
+					if c == nil {
+						var err error
+						if c, err = appConn(ctx, port, s.appPassword, testAppDB); err != nil {
+							c = nil
+							if port == ports["db-0"] {
+								port = ports["db-1"]
+							} else {
+								port = ports["db-0"]
+							}
+							time.Sleep(20 * time.Millisecond)
+							continue
+						}
+					}
+					id := int(next.Add(1))
+					wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+					_, err := c.Exec(wctx, "INSERT INTO items VALUES ($1)", id)
+					cancel()
+					if err != nil {
+						// A standby (read-only), a shut-down primary or a
+						// broken connection: try the other instance.
+						c.Close(ctx)
+						c = nil
+						if port == ports["db-0"] {
+							port = ports["db-1"]
+						} else {
+							port = ports["db-0"]
+						}
+						continue
+					}
+					mu.Lock()
+					acked = append(acked, id)
+					mu.Unlock()
 				}
-				c, err := appConn(ctx, ports["db-0"], s.appPassword, testAppDB)
-				if err != nil {
-					return
-				}
-				_, err = c.Exec(ctx, "INSERT INTO items VALUES ($1)", id)
-				c.Close(ctx)
-				if err != nil {
-					return
-				}
-				acked.Store(int64(id))
-			}
-		}()
-		time.Sleep(300 * time.Millisecond)
+			}()
+		}
+		time.Sleep(time.Second)
+		mu.Lock()
+		before := len(acked)
+		mu.Unlock()
+		if before == 0 {
+			t.Fatal("no write was acknowledged before the switchover: the load proves nothing")
+		}
 		setTarget("db-1", ChangeSwitchover)
 		st := waitPrimary(db1)
+		// Writes resume on the new primary before they stop.
+		waitUntil(t, 30*time.Second, "writes acknowledged by the new primary", func() error {
+			n, err := countItems(t, ports["db-1"], s.appPassword)
+			if err != nil {
+				return err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if n <= before+1000 {
+				return fmt.Errorf("%d rows", n)
+			}
+			return nil
+		})
 		close(stopWriting)
-		<-writerDone
+		writers.Wait()
 		if st.Timeline != 2 {
 			t.Errorf("new primary's timeline %d, want 2", st.Timeline)
 		}
 		setSlots(t, db1, s.token, SlotName("db-0"))
 		waitFollowing(db0, "db-1")
-		n, err := countItems(t, ports["db-1"], s.appPassword)
-		if err != nil || int64(n) < acked.Load() {
-			t.Errorf("the new primary has %d rows (%v); %d were acknowledged by the old one", n, err, acked.Load())
+		c, err := appConn(ctx, ports["db-1"], s.appPassword, testAppDB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(ctx)
+		rows, err := c.Query(ctx, "SELECT id FROM items")
+		if err != nil {
+			t.Fatal(err)
+		}
+		have, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			t.Fatal(err)
+		}
+		present := map[int]bool{}
+		for _, id := range have {
+			present[int(id)] = true
+		}
+		var lost []int
+		for _, id := range acked {
+			if !present[id] {
+				lost = append(lost, id)
+			}
+		}
+		t.Logf("%d writes acknowledged (%d before the switchover), %d lost", len(acked), before, len(lost))
+		if len(lost) > 0 {
+			t.Errorf("%d acknowledged rows are missing on the new primary, e.g. %v", len(lost), lost[:min(len(lost), 10)])
 		}
 		l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
 		if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != LeaseHolder("db-1", "uid-db-1") {
@@ -305,24 +386,34 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 			}
 		}()
 		time.Sleep(300 * time.Millisecond)
+		if lastWrite.Load() == 0 {
+			t.Fatal("no write was acknowledged by db-1 before the cut: the probe proves nothing")
+		}
 		cutAt := time.Now()
 		proxies["db-1"].cut()
-		waitUntil(t, 30*time.Second, "db-1 to fence itself", func() error {
-			st, err := db1.status(s.token)
+		// As the operator does: fail over as soon as the Lease has not been
+		// renewed for its duration, without knowing whether db-1 fenced.
+		waitUntil(t, 30*time.Second, "the Lease to expire", func() error {
+			l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
 			if err != nil {
 				return err
 			}
-			if !st.Fenced || st.Writable || st.Ready {
-				return fmt.Errorf("db-1 fenced %v writable %v ready %v state %s", st.Fenced, st.Writable, st.Ready, st.State)
+			if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+				return errors.New("no renew time")
+			}
+			if left := time.Until(l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)); left > 0 {
+				return fmt.Errorf("%s left", left)
 			}
 			return nil
 		})
-		// The operator would now see the Lease expire and fail over.
 		setTarget("db-0", ChangeFailover)
 		waitPrimary(db0)
 		promotedAt := time.Now()
 		close(stopProbe)
 		<-probeDone
+		if st, err := db1.status(s.token); err != nil || !st.Fenced || st.Writable || st.Ready {
+			t.Errorf("db-1 after the failover: %+v %v, want fenced, not writable, not ready", st, err)
+		}
 		last := time.Unix(0, lastWrite.Load())
 		if d := last.Sub(cutAt); d > 2*time.Second+500*time.Millisecond {
 			t.Errorf("the cut-off primary acknowledged a write %s after the cut (renew deadline 2s)", d)
