@@ -188,10 +188,10 @@ bench-failover: ## Write gap and lost rows per fault class (graceful delete, pos
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" BENCH_FAILOVER_TRIALS=$${TRIALS:-5} BENCH_FAILOVER_MODE=$${MODE:-both} go test -tags e2e -count=1 -timeout 180m -run TestBenchFailover -v ./test/e2e/
 
 .PHONY: chaos
-chaos: ## Seeded nemesis against a 3-instance Database with append and bank checkers (SEED=1 DURATION=10m MODE=async|sync|both); report in bin/chaos.
+chaos: ## Seeded nemesis against a 3-instance Database with append and bank checkers (SEED=1 DURATION=10m MODE=async|sync|both FAULTS=class,…); report in bin/chaos.
 	hack/localkube.sh up
 	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" hack/deploy-local.sh
-	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" CHAOS_SEED=$${SEED:-1} CHAOS_DURATION=$${DURATION:-10m} CHAOS_MODE=$${MODE:-both} \
+	KUBECONFIG="$$(hack/localkube.sh kubeconfig)" CHAOS_SEED=$${SEED:-1} CHAOS_DURATION=$${DURATION:-10m} CHAOS_MODE=$${MODE:-both} CHAOS_FAULTS=$${FAULTS:-} \
 		CHAOS_REPORT_DIR="$(CURDIR)/bin/chaos" go test -tags e2e -count=1 -timeout 600m -run TestChaos -v ./test/e2e/
 
 .PHONY: test-scale

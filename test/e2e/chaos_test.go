@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -35,15 +36,18 @@ import (
 // Faults (the fault library, all caused on this host in the pod's own
 // namespaces): SIGKILL of the postmaster, SIGKILL of the agent, SIGSTOP of
 // PostgreSQL (a pause), graceful and forced pod deletion, a partition of the
-// primary from the API server and its peers, the operator stopped. After each
+// primary from the API server and its peers, bandwidth throttling (tc tbf on
+// the host side of the pod's veth), the API server unreachable for every
+// instance, the operator stopped. After each
 // fault is healed the Database must be Ready with every check passed within a
 // bound ("always a primary again"). The run fails on any violation and writes a
 // report: the fault timeline, each checker's verdict, write-unavailability per
 // fault class (p50/p95/max) and the two-primary samples.
 //
 // CHAOS_SEED (default 1), CHAOS_DURATION (per mode; unset: skipped), CHAOS_MODE
-// (async, sync or both; default both) and CHAOS_REPORT_DIR (default bin/chaos)
-// configure it: `make chaos SEED=… DURATION=… MODE=…`.
+// (async, sync or both; default both), CHAOS_FAULTS (a comma-separated subset
+// of the fault classes; default all) and CHAOS_REPORT_DIR (default bin/chaos)
+// configure it: `make chaos SEED=… DURATION=… MODE=… FAULTS=…`.
 func TestChaos(t *testing.T) {
 	seed := uint64(1)
 	if v := os.Getenv("CHAOS_SEED"); v != "" {
@@ -137,6 +141,36 @@ var faultLibrary = []chaosFault{
 		apiIPs, apiIP, apiPort := apiServer(c)
 		heal := partition(c.t, podPID(c.t, c, pod), peers, apiIPs, apiIP, apiPort)
 		return heal, "dropped traffic to the API server and " + strings.Join(peers, ",")
+	}},
+	{"throttle", func(c *cluster, db, pod string) (func(), string) {
+		// tc tbf on the host side of the pod's veth: what the pod receives
+		// (a standby's WAL stream, a primary's client traffic) slows to
+		// 256 kbit/s. netem is not available on this kernel.
+		veth, err := hostVeth(podPID(c.t, c, pod))
+		if err != nil {
+			return nil, "no veth: " + err.Error()
+		}
+		if out, err := exec.Command("tc", "qdisc", "replace", "dev", veth, "root", "tbf", "rate", "256kbit", "burst", "16kb", "latency", "500ms").CombinedOutput(); err != nil {
+			return nil, fmt.Sprintf("tc on %s: %v %s", veth, err, out)
+		}
+		return func() { _ = exec.Command("tc", "qdisc", "del", "dev", veth, "root").Run() }, "tbf 256kbit into " + veth
+	}},
+	{"api-unreachable", func(c *cluster, db, pod string) (func(), string) {
+		// Every instance loses the API server (a control-plane outage): the
+		// primary cannot renew its Lease and fences itself; nobody can take
+		// the Lease until it heals.
+		apiIPs, apiIP, apiPort := apiServer(c)
+		var heals []func()
+		for _, p := range []string{db + "-0", db + "-1", db + "-2"} {
+			if c.jsonpath("pod/"+p, "{.metadata.uid}") != "" {
+				heals = append(heals, partition(c.t, podPID(c.t, c, p), nil, apiIPs, apiIP, apiPort))
+			}
+		}
+		return func() {
+			for _, h := range heals {
+				h()
+			}
+		}, fmt.Sprintf("dropped traffic to the API server from %d pods", len(heals))
 	}},
 	{"operator-stop", func(c *cluster, db, pod string) (func(), string) {
 		_, _ = run(context.Background(), "", "-n", operatorNamespace, "scale", "deploy/postgres-operator-controller-manager", "--replicas=0")
@@ -406,12 +440,23 @@ func runChaos(t *testing.T, mode string, seed uint64, duration time.Duration) {
 		}
 	}()
 
-	// The schedule.
+	// The schedule, from the faults CHAOS_FAULTS names (default: all).
+	library := faultLibrary
+	if names := os.Getenv("CHAOS_FAULTS"); names != "" {
+		library = nil
+		for _, n := range strings.Split(names, ",") {
+			i := slices.IndexFunc(faultLibrary, func(f chaosFault) bool { return f.class == strings.TrimSpace(n) })
+			if i < 0 {
+				t.Fatalf("CHAOS_FAULTS: no fault %q", n)
+			}
+			library = append(library, faultLibrary[i])
+		}
+	}
 	var timeline []fault
 	var notReady []string
 	start := time.Now()
 	for time.Since(start) < duration {
-		f := faultLibrary[rng.IntN(len(faultLibrary))]
+		f := library[rng.IntN(len(library))]
 		target := c.primary("ha")
 		if rng.IntN(4) == 0 {
 			// A standby, a quarter of the time.
@@ -546,4 +591,31 @@ func waitReady(c *cluster, db string, timeout time.Duration) string {
 		time.Sleep(2 * time.Second)
 	}
 	return last
+}
+
+// hostVeth is the host-side interface of the veth pair whose other end is
+// eth0 in the network namespace of process pid.
+func hostVeth(pid string) (string, error) {
+	out, err := inPodNetwork(pid, "ip", "-o", "link", "show", "eth0").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ip link in the pod: %v %s", err, out)
+	}
+	// "2: eth0@if7: <…>": 7 is the peer's index on the host.
+	_, rest, ok := strings.Cut(string(out), "@if")
+	if !ok {
+		return "", fmt.Errorf("no peer index in %q", out)
+	}
+	idx, _, _ := strings.Cut(rest, ":")
+	host, err := exec.Command("ip", "-o", "link").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("ip link: %v %s", err, host)
+	}
+	for _, line := range strings.Split(string(host), "\n") {
+		if n, name, ok := strings.Cut(line, ": "); ok && n == idx {
+			name, _, _ = strings.Cut(name, ":")
+			name, _, _ = strings.Cut(name, "@")
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("no host interface with index %s", idx)
 }

@@ -485,7 +485,13 @@ func TestSwitchoverRollingUpdateAndScaleDownUnderLoad(t *testing.T) {
 // and pod addresses are reused, so neither names nor addresses identify them.
 func podPID(t *testing.T, c *cluster, pod string) string {
 	t.Helper()
-	pid := podProcess(c, pod, func([]string) bool { return true })
+	// The sandbox's pause process lives as long as the pod and holds its
+	// network namespace: a heal made after PostgreSQL or the agent exited
+	// (fenced, restarted) still reaches that namespace.
+	pid := podProcess(c, pod, func(args []string) bool { return strings.HasSuffix(args[0], "pause") })
+	if pid == 0 {
+		pid = podProcess(c, pod, func([]string) bool { return true })
+	}
 	if pid == 0 {
 		t.Fatalf("no process of pod %s on this host", pod)
 	}
@@ -541,7 +547,11 @@ func partition(t *testing.T, pid string, peers, apiServiceIPs []string, apiIP, a
 	}
 	return func() {
 		for _, r := range rules {
-			_ = inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).Run()
+			if out, err := inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).CombinedOutput(); err != nil {
+				// A partition that is never healed fails everything after it
+				// in confusing ways: say so here.
+				t.Errorf("healing: iptables -D %v in the network of process %s: %v %s", r, pid, err, out)
+			}
 		}
 	}
 }
