@@ -335,8 +335,10 @@ func (l *lifetime) endDemotion() {
 // when this instance ran as the primary.
 func (l *lifetime) release() {
 	a := l.a
-	l.endDemotion()
-	l.demoting = false
+	// The Lease keeper renews until the release is done: a keeper no longer
+	// told the demotion is under way gives a Lease it holds without being the
+	// target away at once, without the final position (runPostgres's deferred
+	// endDemotion stops the renewals afterwards).
 	rctx, rcancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer rcancel()
 	if !l.wasPrimary {
