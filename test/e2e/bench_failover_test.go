@@ -60,7 +60,16 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 
 	type result struct {
 		gaps []time.Duration
+		lost int
 	}
+	// marks: the kind of each trial and the last id acknowledged when its
+	// event began; a lost id is charged to the last event begun before it
+	// was acknowledged (less two seconds of writes in flight).
+	type mark struct {
+		kind   string
+		fromID int
+	}
+	var marks []mark
 	results := map[string]*result{}
 	kinds := []string{"baseline (no event)", "graceful delete", "postmaster SIGKILL", "agent SIGKILL", "forced deletion", "partition", "switchover"}
 	libraryFault := func(class string) chaosFault {
@@ -79,7 +88,11 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 		for _, kind := range kinds {
 			c.waitChecksPassed("ha", 4*time.Minute)
 			time.Sleep(2 * time.Second)
-			before := len(w.snapshot())
+			snap := w.snapshot()
+			before := len(snap)
+			if before > 0 {
+				marks = append(marks, mark{kind, snap[before-1] - 20})
+			}
 			primary := c.primary("ha")
 			w.resetGap()
 			start := time.Now()
@@ -133,13 +146,24 @@ func benchFailover(t *testing.T, mode, manifest string, trials int) string {
 	}
 	acked, _ := w.finish()
 	lost := c.missing("ha", acked)
+	for _, id := range lost {
+		kind := "before the first event"
+		for _, m := range marks {
+			if m.fromID <= id {
+				kind = m.kind
+			}
+		}
+		if r, ok := results[kind]; ok {
+			r.lost++
+		}
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nfailover benchmark, %s: %d trial(s) per event, 3 instances, a write every 100 ms through the Service\n", mode, trials)
-	fmt.Fprintf(&b, "%-22s %8s %8s %8s %8s\n", "longest write gap", "p50", "p95", "max", "trials")
+	fmt.Fprintf(&b, "%-22s %8s %8s %8s %8s %8s\n", "longest write gap", "p50", "p95", "max", "trials", "lost")
 	for _, k := range kinds {
 		g := results[k].gaps
 		sort.Slice(g, func(i, j int) bool { return g[i] < g[j] })
-		fmt.Fprintf(&b, "%-22s %8s %8s %8s %8d\n", k, pct(g, 50), pct(g, 95), pct(g, 100), len(g))
+		fmt.Fprintf(&b, "%-22s %8s %8s %8s %8d %8d\n", k, pct(g, 50), pct(g, 95), pct(g, 100), len(g), results[k].lost)
 	}
 	fmt.Fprintf(&b, "acknowledged rows: %d, lost: %d\n", len(acked), len(lost))
 	return b.String()
