@@ -335,17 +335,39 @@ func (k *leaseKeeper) acquired() (string, string) {
 func (k *leaseKeeper) run(ctx context.Context, log func(msg string, args ...any)) {
 	for ctx.Err() == nil {
 		k.tick(ctx, log)
-		interval := k.retry
-		if v := k.view(); v.Known && v.Instances <= 1 && v.Target == HolderPod(k.me) && v.Held {
-			// A single instance writes nothing at steady state and reads rarely.
-			interval = 5 * k.retry
-		}
+		interval := k.nextInterval()
 		select {
 		case <-ctx.Done():
 		case <-k.kickC:
 		case <-time.After(interval):
 		}
 	}
+}
+
+// nextInterval is when the loop reads the Lease again. The retry period at
+// steady state; a single primary reads rarely; while a foreign holder has been
+// silent beyond the renew deadline (a failover is near) four times as often, so
+// that a standby sees its nomination at once; and a target waiting for the
+// Lease to expire reads it when it expires. Reading sooner never takes the
+// Lease sooner than allowed: the take still needs the holder's record
+// unchanged for the whole duration, as this agent observed it.
+func (k *leaseKeeper) nextInterval() time.Duration {
+	v := k.view()
+	k.mu.Lock()
+	want := k.want
+	k.mu.Unlock()
+	me := HolderPod(k.me)
+	switch {
+	case !v.Known:
+		return k.retry
+	case v.Instances <= 1 && v.Target == me && v.Held:
+		return 5 * k.retry
+	case v.Holder == "" || v.Holder == k.me || v.HolderSilentFor < k.deadline || v.HolderSilentFor > 3*k.duration:
+		return k.retry
+	case want && v.Target == me && v.ExpiresIn > 0 && v.ExpiresIn < k.retry/4:
+		return v.ExpiresIn + 5*time.Millisecond
+	}
+	return k.retry / 4
 }
 
 // tick reads the Lease and, when needed, renews, takes or releases it.

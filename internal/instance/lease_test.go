@@ -234,3 +234,51 @@ func TestLeaseKeeperReleaseRecordsWhoAndOnlyARealFinalPosition(t *testing.T) {
 		t.Errorf("after a release without a final position: holder %v annotations %v", l.Spec.HolderIdentity, l.Annotations)
 	}
 }
+
+// The keeper reads the Lease more often only while a failover is near (the
+// holder silent beyond the renew deadline), and a target waiting for the Lease
+// to expire reads it as it expires: the new primary takes it within
+// milliseconds of the earliest allowed instant instead of up to a retry period
+// later.
+func TestLeaseKeeperReadsOftenerOnlyWhileAFailoverIsNear(t *testing.T) {
+	ctx := context.Background()
+	now := time.Unix(1000, 0)
+	store := NewMemoryLeaseStore("db-0", 3)
+	primary := newLeaseKeeper(store, LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
+	standby := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	primary.now = func() time.Time { return now }
+	standby.now = func() time.Time { return now }
+	log := func(string, ...any) {}
+	primary.setWant(true)
+	primary.tick(ctx, log)
+	standby.tick(ctx, log)
+	if v := standby.view(); v.Holder != LeaseHolder("db-0", "u0") {
+		t.Fatalf("standby sees %+v", v)
+	}
+	for _, tc := range []struct {
+		name    string
+		advance time.Duration
+		target  string
+		want    time.Duration
+	}{
+		{"a standby of a renewing primary reads every retry period", time.Second, "", 2 * time.Second},
+		{"the primary itself reads every retry period", 0, "", 2 * time.Second},
+		{"the holder silent beyond the renew deadline: four times as often", 10 * time.Second, "", 500 * time.Millisecond},
+		{"the target reads when the Lease expires", 3*time.Second + 700*time.Millisecond, "db-1", 305 * time.Millisecond},
+		{"once the target took the Lease: the retry period again", time.Minute, "db-1", 2 * time.Second},
+	} {
+		now = now.Add(tc.advance)
+		if tc.target != "" {
+			store.SetAnnotation(LeaseAnnotationTarget, tc.target)
+			standby.setWant(true)
+			standby.tick(ctx, log) // as the loop does before it waits
+		}
+		k := standby
+		if tc.name == "the primary itself reads every retry period" {
+			k = primary
+		}
+		if got := k.nextInterval(); got != tc.want {
+			t.Errorf("%s: %s, want %s (view %+v)", tc.name, got, tc.want, k.view())
+		}
+	}
+}
