@@ -257,6 +257,10 @@ type Agent struct {
 	// upstream for has already been removed (unix nanoseconds; 0: never),
 	// written by the log watcher only.
 	walMissingAt atomic.Int64
+	// divergedAt is when PostgreSQL last logged that the primary's timeline
+	// forked off before this standby's recovery point (unix nanoseconds),
+	// written by the log watcher only.
+	divergedAt atomic.Int64
 
 	// lease keeps the primary Lease.
 	lease *leaseKeeper

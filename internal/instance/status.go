@@ -161,6 +161,12 @@ type Status struct {
 	// already been removed (seen in PostgreSQL's log within two minutes, and not
 	// streaming since): it can only be re-cloned.
 	WALMissing bool `json:"walMissing,omitempty"`
+	// Diverged: this standby's recovery went past the point where the
+	// primary's timeline forked off (PostgreSQL logged "new timeline … forked
+	// off … before current recovery point" within two minutes, and it is not
+	// streaming since): it holds WAL the primary never had and can only be
+	// re-cloned.
+	Diverged bool `json:"diverged,omitempty"`
 }
 
 // SlotStatus is one row of pg_replication_slots.

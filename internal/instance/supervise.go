@@ -616,18 +616,37 @@ func (w *lineWatcher) Write(p []byte) (int, error) {
 
 // watchLogLine notices, in PostgreSQL's own log, that a standby asked its upstream
 // for WAL that is gone: the evidence that only a re-clone can help.
+//
+// It also notices that the primary's new timeline forked off before this
+// standby's recovery point: the standby replayed WAL of the old primary that
+// the new one never received (an asynchronous failover gave it up), so it can
+// never follow the new timeline.
 func (a *Agent) watchLogLine(line string) {
 	if strings.Contains(line, "has already been removed") || strings.Contains(line, "can no longer get changes from replication slot") ||
 		strings.Contains(line, "has been invalidated") {
 		a.walMissingAt.Store(time.Now().UnixNano())
+	}
+	if strings.Contains(line, "forked off current database system timeline") && strings.Contains(line, "before current recovery point") {
+		a.divergedAt.Store(time.Now().UnixNano())
 	}
 }
 
 // walMissing reports whether the WAL this standby needs was reported gone within
 // the last two minutes.
 func (a *Agent) walMissing() bool {
-	at := a.walMissingAt.Load()
-	return at != 0 && at > a.view().ClonedAt && time.Since(time.Unix(0, at)) < 2*time.Minute
+	return recentSince(a.walMissingAt.Load(), a.view().ClonedAt)
+}
+
+// diverged reports whether this standby's recovery point was reported past the
+// primary's fork point within the last two minutes.
+func (a *Agent) diverged() bool {
+	return recentSince(a.divergedAt.Load(), a.view().ClonedAt)
+}
+
+// recentSince: at (unix nanoseconds) is set, after the last clone, and within
+// the last two minutes.
+func recentSince(at, clonedAt int64) bool {
+	return at != 0 && at > clonedAt && time.Since(time.Unix(0, at)) < 2*time.Minute
 }
 
 // processIsPostgres reports whether pid is a live postgres process.
@@ -1049,6 +1068,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 		}
 		st.CurrentLSN = st.ReplayLSN
 		st.WALMissing = st.WALReceiverStatus != "streaming" && a.walMissing()
+		st.Diverged = st.WALReceiverStatus != "streaming" && a.diverged()
 		return st
 	}
 	st.Role = RolePrimary

@@ -158,3 +158,33 @@ func TestDecideRunNeverLeavesAWritableStateUnfencedOnAStaleLease(t *testing.T) {
 		}
 	}
 }
+
+// PostgreSQL's own log is the evidence that a standby diverged (it replayed WAL
+// of the old primary that the new primary, promoted by an asynchronous
+// failover, never had) or that its WAL is gone: both only a re-clone mends.
+// Found by the chaos campaign: such a standby retried streaming forever.
+func TestWatchLogLineRecognisesADivergedStandby(t *testing.T) {
+	tests := []struct {
+		line                 string
+		diverged, walMissing bool
+	}{
+		{"2026-12-07 13:26:53.847 UTC [27] LOG:  new timeline 14 forked off current database system timeline 13 before current recovery point 0/53705B0", true, false},
+		{"2026-12-07 13:26:53.846 UTC [1258] LOG:  replication terminated by primary server", false, false},
+		{"2026-12-07 13:26:53.831 UTC [1258] LOG:  fetching timeline history file for timeline 14 from primary server", false, false},
+		{`FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed`, false, true},
+	}
+	for _, tc := range tests {
+		a := NewAgent(Config{PodName: "db-1"})
+		a.watchLogLine(tc.line)
+		if a.diverged() != tc.diverged || a.walMissing() != tc.walMissing {
+			t.Errorf("%q: diverged %v walMissing %v, want %v %v", tc.line, a.diverged(), a.walMissing(), tc.diverged, tc.walMissing)
+		}
+	}
+	// A clone after the evidence clears it.
+	a := NewAgent(Config{PodName: "db-1"})
+	a.watchLogLine(tests[0].line)
+	a.publish(func(v *runtimeView) { v.ClonedAt = time.Now().Add(time.Second).UnixNano() })
+	if a.diverged() {
+		t.Error("still diverged after a clone")
+	}
+}

@@ -253,6 +253,10 @@ func recloneReason(systemID string, primary, standby *instance.Status) string {
 	// The evidence is the primary's own answer, as the standby logged it: a
 	// position comparison alone would also flag a standby that is still replaying
 	// its local WAL after a restart.
+	if standby.Diverged {
+		return fmt.Sprintf("its recovery went past the point where the primary's timeline %d forked off (at %s it holds WAL the primary never had, given up by an asynchronous failover): it cannot follow",
+			primary.Timeline, instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN))
+	}
 	if standby.WALMissing {
 		pos := instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
 		return fmt.Sprintf("the primary answered that the WAL it needs has already been removed (it stopped at %s; the primary's oldest WAL starts at %s)", pos, primary.OldestWALLSN)

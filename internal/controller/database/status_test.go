@@ -338,6 +338,9 @@ func TestRecloneReason(t *testing.T) {
 		{"streaming per the standby", primary(nil), standby(func(s *instance.Status) { s.WALReceiverStatus = "streaming" }), ""},
 		{"the primary answered that the WAL is gone", primary(nil), standby(func(s *instance.Status) { s.WALMissing = true }),
 			"has already been removed (it stopped at 0/3000100; the primary's oldest WAL starts at 0/5000000)"},
+		{"past the primary's fork point (it kept WAL an asynchronous failover gave up)", primary(func(p *instance.Status) { p.Timeline = 14 }),
+			standby(func(s *instance.Status) { s.Timeline = 13; s.Diverged = true; s.ReplayLSN = "0/53705B0" }),
+			"past the point where the primary's timeline 14 forked off (at 0/53705B0"},
 		{"behind the primary's oldest WAL but still replaying locally (just restarted): no evidence, no re-clone", primary(nil), standby(nil), ""},
 		{"slot lost", primary(func(p *instance.Status) { p.Slots[0].WALStatus = "lost"; p.OldestWALLSN = "0/1000000" }), standby(nil), "slot pgop_db_1 lost the WAL"},
 		{"foreign data", primary(func(p *instance.Status) {
