@@ -200,7 +200,7 @@ test-scale: $(KWOK) ## The reduced scale benchmark: 50 Databases on kwok's fake 
 	KWOK="$(KWOK)" go test -tags scale -count=1 -timeout 20m -v ./test/scale/
 
 .PHONY: check
-check: test test-scale e2e ## Everything CI runs: unit, envtest and PostgreSQL tests, the reduced scale benchmark, then the e2e suite.
+check: check-generated test test-scale e2e ## Everything CI runs: generated files committed, unit, envtest and PostgreSQL tests, the reduced scale benchmark, then the e2e suite.
 
 ##@ Tools
 

@@ -64,7 +64,7 @@ func (r *BackupReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		if perr := r.Status().Patch(ctx, b, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("writing status: %w", perr))
 		}
-		phaseEvent(r.Recorder, b, "Backup", string(before.Phase), string(b.Status.Phase))
+		phaseEvent(ctx, r.Recorder, b, "Backup", string(before.Phase), string(b.Status.Phase), b.Status.Conditions)
 		if b.Spec.Schedule == "" && before.Phase != databasev1.BackupFailed && b.Status.Phase == databasev1.BackupFailed {
 			metrics.BackupFailures.WithLabelValues(b.Namespace, b.Spec.DatabaseRef.Name).Inc()
 		}

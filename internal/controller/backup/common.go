@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
@@ -57,8 +59,18 @@ type Runner struct {
 }
 
 // phaseEvent records a phase transition of obj; Failed is a warning.
-func phaseEvent(rec events.EventRecorder, obj runtime.Object, kind, from, to string) {
-	if rec == nil || from == to {
+func phaseEvent(ctx context.Context, rec events.EventRecorder, obj runtime.Object, kind, from, to string, conds []metav1.Condition) {
+	if from == to {
+		return
+	}
+	// Every transition is logged at info level; the logger carries the
+	// object's name and namespace (controller-runtime adds them).
+	kv := []any{"from", from, "to", to}
+	if ready := meta.FindStatusCondition(conds, databasev1.ConditionReady); ready != nil {
+		kv = append(kv, "reason", ready.Reason, "message", ready.Message)
+	}
+	logf.FromContext(ctx).Info(strings.ToLower(kind)+" phase changed", kv...)
+	if rec == nil {
 		return
 	}
 	typ := corev1.EventTypeNormal

@@ -49,7 +49,7 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if perr := r.Status().Patch(ctx, rs, client.MergeFrom(orig), client.FieldOwner(FieldOwner)); perr != nil {
 			return ctrl.Result{}, errors.Join(err, perr)
 		}
-		phaseEvent(r.Recorder, rs, "Restore", string(orig.Status.Phase), string(rs.Status.Phase))
+		phaseEvent(ctx, r.Recorder, rs, "Restore", string(orig.Status.Phase), string(rs.Status.Phase), rs.Status.Conditions)
 	}
 	return res, err
 }
