@@ -1,11 +1,13 @@
 package database
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	"k8s.io/client-go/rest"
@@ -14,6 +16,7 @@ import (
 
 	"k8s.io/utils/ptr"
 
+	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/scheme"
 )
 
@@ -195,5 +198,47 @@ func TestAppliedDifferenceNamesTheFirstFieldLiveDoesNotHold(t *testing.T) {
 				t.Errorf("appliedDifference = %q, want %q", got, c.diff)
 			}
 		})
+	}
+}
+
+// The reconciler's caches hold only existing Databases: once a Database is
+// deleted, its applied records, agent tokens and agent client are dropped
+// (issue 24: every deleted or re-created Database leaked an entry), and a
+// re-created one of the same name starts with none of the old tokens.
+func TestADeletedDatabaseLeavesNothingInTheReconcilersCaches(t *testing.T) {
+	ns := newNamespace(t)
+	db := readyDatabase(t, ns, 1, "7000000000000000044", nil)
+	r, _ := freshReconciler(t)
+	key := client.ObjectKeyFromObject(db)
+	if _, err := r.Reconcile(testCtx, ctrl.Request{NamespacedName: key}); err != nil {
+		t.Fatal(err)
+	}
+	held := func() (applied int, tokens bool) {
+		r.applied.Range(func(k, _ any) bool {
+			if strings.Contains(k.(string), "/"+ns+"/") {
+				applied++
+			}
+			return true
+		})
+		_, tokens = r.tokens.Load(key)
+		return applied, tokens
+	}
+	if a, tok := held(); a == 0 || !tok {
+		t.Fatalf("after a reconcile the caches hold %d applied records and tokens %v: the test proves nothing", a, tok)
+	}
+	if got := r.rememberToken(&databasev1.Database{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: db.Name, UID: "another-incarnation"}}, "new-token"); len(got) != 1 {
+		t.Errorf("a re-created Database inherited the previous tokens: %d of them", len(got))
+	}
+	if err := k8s.Delete(testCtx, db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Reconcile(testCtx, ctrl.Request{NamespacedName: key}); err != nil {
+		t.Fatal(err)
+	}
+	if a, tok := held(); a != 0 || tok {
+		t.Errorf("after the deletion the caches still hold %d applied records and tokens %v", a, tok)
+	}
+	if _, ok := r.agentClients.Load(key); ok {
+		t.Error("the agent client of the deleted Database is still held")
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,13 +87,40 @@ type Reconciler struct {
 	applied sync.Map // string -> appliedRecord
 	// tokens remembers the agent tokens per Database (current, previous) so that a
 	// rotated token does not lock the operator out while agents still hold the old.
-	tokens sync.Map // types.UID -> []string
+	tokens sync.Map // types.NamespacedName -> rememberedTokens
+	//
+	// Each of these caches holds entries of existing Databases only: forget
+	// drops a Database's entries when it is gone, so deleting and creating
+	// Databases never grows the operator's memory.
 	// agentClients holds the HTTPS client (and its client certificate) per
 	// Database for the agents; dropped when the Database is gone.
 	agentClients sync.Map // types.NamespacedName -> *agentClient
 }
 
 type appliedRecord struct{ hash, resourceVersion string }
+
+// rememberedTokens are the agent tokens of one incarnation (UID) of a Database.
+type rememberedTokens struct {
+	uid    types.UID
+	tokens []string
+}
+
+// forget drops what the caches hold for a Database that is gone: its agent
+// client, its tokens, and the applied records of its children (named after it:
+// a record of another Database whose name it prefixes is dropped too, which
+// costs that one a comparison with the live child at its next reconcile, never
+// a write).
+func (r *Reconciler) forget(key types.NamespacedName) {
+	r.forgetAgentClient(key)
+	r.tokens.Delete(key)
+	r.applied.Range(func(k, _ any) bool {
+		parts := strings.SplitN(k.(string), "/", 3)
+		if len(parts) == 3 && parts[1] == key.Namespace && (parts[2] == key.Name || strings.HasPrefix(parts[2], key.Name+"-")) {
+			r.applied.Delete(k)
+		}
+		return true
+	})
+}
 
 // +kubebuilder:rbac:groups=database.example.com,resources=databases,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=database.example.com,resources=databases/status,verbs=get;patch;update
@@ -164,7 +192,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	db := &databasev1.Database{}
 	if err := r.Get(ctx, req.NamespacedName, db); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.forgetAgentClient(req.NamespacedName)
+			r.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}

@@ -230,8 +230,15 @@ func sameData(have, want map[string][]byte) bool {
 // it changed (the agents pick up a new token only when the kubelet refreshes the
 // mounted file).
 func (r *Reconciler) rememberToken(db *databasev1.Database, token string) []string {
-	v, _ := r.tokens.Load(db.UID)
-	prev, _ := v.([]string)
+	key := types.NamespacedName{Namespace: db.Namespace, Name: db.Name}
+	v, _ := r.tokens.Load(key)
+	rem, _ := v.(rememberedTokens)
+	var prev []string
+	if rem.uid == db.UID {
+		// A re-created Database of the same name never inherits the tokens
+		// of the one before.
+		prev = rem.tokens
+	}
 	if len(prev) > 0 && prev[0] == token {
 		return prev
 	}
@@ -239,6 +246,6 @@ func (r *Reconciler) rememberToken(db *databasev1.Database, token string) []stri
 	if len(prev) > 0 && prev[0] != "" {
 		out = append(out, prev[0])
 	}
-	r.tokens.Store(db.UID, out)
+	r.tokens.Store(key, rememberedTokens{uid: db.UID, tokens: out})
 	return out
 }
