@@ -511,6 +511,9 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			"--run-dir=" + primary.cfg.RunDir, "--pod-name=db-0", "--primary-host=127.0.0.1",
 			"--port=" + strconv.Itoa(pPort), "--agent-port=" + strconv.Itoa(agentPort), "--agent-address=127.0.0.1",
 			"--listen-addresses=127.0.0.1", "--standalone",
+			// Short, so that the single primary's one Lease write is older
+			// than the renew deadline by the time of the SIGTERM below.
+			"--lease-duration=3s", "--renew-deadline=2s", "--retry-period=500ms",
 		}
 		done := make(chan error, 1)
 		runCtx, cancel := context.WithCancel(context.Background())
@@ -554,6 +557,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			t.Errorf("status after restart: %+v (%v)", st, err)
 		}
 
+		time.Sleep(2500 * time.Millisecond) // beyond the renew deadline
 		if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -567,6 +571,21 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(primary.cfg.PGData, "postmaster.pid")); !os.IsNotExist(err) {
 			t.Errorf("postmaster.pid still exists after SIGTERM: %v", err)
+		}
+		// A single instance's SIGTERM is a clean shutdown, never the fence's
+		// immediate one: it writes the Lease once, so its stale renewal is no
+		// reason to fence (it was, found by review: every graceful stop of a
+		// single primary crashed it).
+		bins, err := postgres.FindBinaries("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bins.PgControldata, "-D", primary.cfg.PGData).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(out), "Database cluster state:               shut down\n") {
+			t.Errorf("after SIGTERM the cluster state is not a clean shutdown:\n%s", out)
 		}
 	})
 }

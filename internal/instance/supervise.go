@@ -125,7 +125,9 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 				}
 				continue
 			case m.ev == "":
-				a.setState(m.state, m.message)
+				if run == runSettingUp {
+					a.setState(m.state, m.message)
+				}
 				continue
 			}
 			ev = m.ev
@@ -189,10 +191,8 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		case actRewriteSync:
 			if err := a.writeOwnConfig(true); err != nil {
 				a.log.Error("rewriting the primary configuration", "error", err.Error())
-			} else if err := a.reload(ctx); err != nil {
-				a.log.Warn("reloading the configuration", "error", err.Error())
 			} else {
-				a.log.Info("synchronous standbys changed", "synchronous_standby_names", a.view().SyncNames)
+				a.reloadAsync(ctx, "synchronous standbys changed", "synchronous_standby_names", a.view().SyncNames)
 			}
 		case actApplyConfig:
 			a.applyUserConfig(ctx, run == runPrimary || run == runSettingUp)
@@ -301,7 +301,9 @@ func (l *lifetime) startDemotion() <-chan struct{} {
 	// Only a primary has a final position: a target that took the Lease but
 	// never promoted releases it without one (its checkpoint is a restartpoint,
 	// behind the old primary's WAL).
-	l.wasPrimary = a.view().Primary
+	// PostgreSQL out of recovery on disk (no standby.signal) counts too: the
+	// setup worker's report of its promotion may still be on its way.
+	l.wasPrimary = a.view().Primary || !a.inRecoveryOnDisk()
 	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
 	a.publish(func(v *runtimeView) { v.SetUp = false })
 	a.lease.setDemoting(true)
@@ -387,9 +389,31 @@ func (a *Agent) follow(ctx context.Context, up string) {
 	a.publish(func(v *runtimeView) { v.Following = up })
 	if err := a.writeOwnConfig(false); err != nil {
 		a.log.Error("rewriting the standby configuration", "error", err.Error())
-	} else if err := a.reload(ctx); err != nil {
-		a.log.Warn("reloading the configuration", "error", err.Error())
+	} else {
+		a.reloadAsync(ctx, "following "+orString(up, "no upstream"))
 	}
+}
+
+// reloadAsync makes PostgreSQL re-read its configuration without holding up
+// the supervisor: a reload waits for a connection (up to 5 s), and the fence
+// must be checked meanwhile. A failed reload is retried by a configuration
+// rewrite for the current role a few seconds later.
+func (a *Agent) reloadAsync(ctx context.Context, what string, kv ...any) {
+	go func() {
+		if err := a.reload(ctx); err != nil {
+			a.log.Warn("reloading the configuration; will rewrite and reload again", "for", what, "error", err.Error())
+			select {
+			case <-ctx.Done():
+			case <-time.After(2 * time.Second):
+				select {
+				case a.configChanged <- struct{}{}:
+				default: // one is pending already
+				}
+			}
+			return
+		}
+		a.log.Info(what, kv...)
+	}()
 }
 
 // checkpointLSN is the latest checkpoint location of a stopped data directory.
@@ -418,11 +442,7 @@ func (a *Agent) applyUserConfig(ctx context.Context, primary bool) {
 		a.log.Warn("applying the changed configuration", "error", err.Error())
 		return
 	}
-	if err := a.reload(ctx); err != nil {
-		a.log.Warn("reloading the changed configuration", "error", err.Error())
-		return
-	}
-	a.log.Info("configuration changed: applied by a reload", "hash", a.view().ConfigHash)
+	a.reloadAsync(ctx, "configuration changed: applied by a reload", "hash", a.view().ConfigHash)
 }
 
 // reload makes PostgreSQL re-read its configuration.

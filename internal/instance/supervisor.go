@@ -182,14 +182,16 @@ func fenceReason(s runState, o runObs) string {
 	switch {
 	case o.Known && o.Holder != o.Me && !demoting:
 		return fmt.Sprintf("the primary Lease is held by %q: another instance may be primary", o.Holder)
-	case demoting && !o.Renewed:
+	case demoting && (!o.Renewed || (o.Known && o.Holder != o.Me)):
 		return "the primary Lease was lost while demoting"
+	case !o.Fencing:
+		// A single instance has nobody to fail over to: it never fences on a
+		// renewal it does not make (it writes the Lease once), demoting or
+		// not, so its shutdown stays a clean one.
+		return ""
 	case demoting && o.SinceRenew > o.RenewDeadline:
 		return fmt.Sprintf("the primary Lease was not renewed for %s while demoting (renew deadline %s)",
 			o.SinceRenew.Round(time.Millisecond), o.RenewDeadline)
-	case !o.Fencing:
-		// A single instance has nobody to fail over to: it never fences.
-		return ""
 	case !o.Renewed:
 		return "this primary does not hold the Lease"
 	case o.SinceRenew > o.RenewDeadline:
