@@ -545,13 +545,18 @@ func partition(t *testing.T, pid string, peers, apiServiceIPs []string, apiIP, a
 			t.Fatalf("iptables %v in the network of process %s: %v %s", r, pid, err, out)
 		}
 	}
-	return func() {
-		for _, r := range rules {
-			if out, err := inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).CombinedOutput(); err != nil {
-				// A partition that is never healed fails everything after it
-				// in confusing ways: say so here.
-				t.Errorf("healing: iptables -D %v in the network of process %s: %v %s", r, pid, err, out)
-			}
+	// Once: a test heals explicitly and again in its cleanup.
+	var once sync.Once
+	return func() { once.Do(func() { healRules(t, pid, rules) }) }
+}
+
+// healRules deletes the partition's rules.
+func healRules(t *testing.T, pid string, rules [][]string) {
+	for _, r := range rules {
+		if out, err := inPodNetwork(pid, append([]string{"iptables", "-w", "-D"}, r...)...).CombinedOutput(); err != nil {
+			// A partition that is never healed fails everything after it in
+			// confusing ways: say so here.
+			t.Errorf("healing: iptables -D %v in the network of process %s: %v %s", r, pid, err, out)
 		}
 	}
 }
