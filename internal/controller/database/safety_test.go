@@ -305,7 +305,11 @@ func TestSlotsAreKeptPerStandbyAndStandbysThatCannotCatchUpAreRecloned(t *testin
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	s.Status.WALMissing = true
+	// A new report, as the agent's next answer: the reconciler may still be
+	// reading the previous one.
+	st := *s.Status
+	st.WALMissing = true
+	s.Status = &st
 	instances.set(ns, "my-database-1", s)
 	eventually(t, "re-clone instruction", func() string {
 		if !slices.Contains(instances.given(ns), "my-database-1 reclone") {
