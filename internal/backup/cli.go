@@ -127,21 +127,13 @@ func Command(ctx context.Context, args []string) error {
 				return err
 			}
 		}
-		var manifestKey []byte
-		if *manifestKeyDir != "" {
-			k, err := readFile(*manifestKeyDir, instance.InternalManifestKeyFile)
-			if err != nil || k == "" {
-				return fmt.Errorf("the Database's manifest key is missing: %v", err)
-			}
-			manifestKey = []byte(k)
+		manifestKey, err := readManifestKey(*manifestKeyDir, "the Database's manifest key")
+		if err != nil {
+			return err
 		}
-		var trustedKey []byte
-		if *trustedKeyDir != "" {
-			k, err := readFile(*trustedKeyDir, instance.InternalManifestKeyFile)
-			if err != nil || k == "" {
-				return fmt.Errorf("the manifest key of spec.manifestKeySecret is missing: %v", err)
-			}
-			trustedKey = []byte(k)
+		trustedKey, err := readManifestKey(*trustedKeyDir, "the manifest key of spec.manifestKeySecret")
+		if err != nil {
+			return err
 		}
 		var identity *age.X25519Identity
 		if *encryptionDir != "" {
@@ -274,4 +266,16 @@ func writeResult(path string, r Result) {
 		b, _ = json.Marshal(r)
 	}
 	_ = os.WriteFile(path, b, 0o600) // #nosec G703 -- the termination log path is the Job spec's
+}
+
+// readManifestKey reads the manifest-key file in dir (nil when dir is "").
+func readManifestKey(dir, what string) ([]byte, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	k, err := readFile(dir, instance.InternalManifestKeyFile)
+	if err != nil || k == "" {
+		return nil, fmt.Errorf("%s is missing: %v", what, err)
+	}
+	return []byte(k), nil
 }
