@@ -28,7 +28,7 @@ import (
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
 )
@@ -447,11 +447,11 @@ type RestoreOptions struct {
 	ManifestKey, TrustedManifestKey []byte
 	AllowUnauthenticated            bool
 	// Agent is the client of the primary's agent and AgentURL its address.
-	Agent    *instance.Client
+	Agent    *agentapi.Client
 	AgentURL string
 	// Request is what the agent is told (ID, Jobs, KeepPreviousSeconds); the
 	// checksum and size come from the manifest.
-	Request instance.RestoreRequest
+	Request agentapi.RestoreRequest
 }
 
 // Restore checks the artifact's manifest (its checksum against the Backup's
@@ -460,7 +460,7 @@ type RestoreOptions struct {
 // received have the manifest's checksum (see internal/instance/restore.go); this
 // side hashes what it read too. A failure or an interruption before the swap
 // leaves the database as it was.
-func Restore(ctx context.Context, o RestoreOptions) (*instance.RestoreResult, error) {
+func Restore(ctx context.Context, o RestoreOptions) (*agentapi.RestoreResult, error) {
 	m, err := ReadManifest(ctx, o.Store, o.Key)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
@@ -265,10 +266,10 @@ func TestBackupAndRestore(t *testing.T) {
 }
 
 // restore runs the Job's side of a restore against the test's agent.
-func (p *pg) restore(ctx context.Context, store objectstore.Store, key, id string, jobs int) (*instance.RestoreResult, error) {
-	return Restore(ctx, RestoreOptions{Store: store, Key: key, Agent: instance.NewClient(&http.Client{}, "t"),
+func (p *pg) restore(ctx context.Context, store objectstore.Store, key, id string, jobs int) (*agentapi.RestoreResult, error) {
+	return Restore(ctx, RestoreOptions{Store: store, Key: key, Agent: agentapi.NewClient(&http.Client{}, "t"),
 		AgentURL: "http://" + p.agent.Addr().String(),
-		Request:  instance.RestoreRequest{ID: id, Jobs: jobs, KeepPreviousSeconds: 3600, SessionTimeoutSeconds: 10}})
+		Request:  agentapi.RestoreRequest{ID: id, Jobs: jobs, KeepPreviousSeconds: 3600, SessionTimeoutSeconds: 10}})
 }
 
 // super runs statements as the superuser over the agent's socket, in database db.
@@ -429,7 +430,7 @@ func TestJobsAreHardenedAndRestoreJobsUseTheClientCertificate(t *testing.T) {
 				t.Errorf("%s/%s: no memory request or limit", s.Name, c.Name)
 			}
 		}
-		if args := strings.Join(spec.Containers[0].Command, " "); !strings.Contains(args, "--run-dir="+instance.PodSecretDir) {
+		if args := strings.Join(spec.Containers[0].Command, " "); !strings.Contains(args, "--run-dir="+agentapi.PodSecretDir) {
 			t.Errorf("%s: the passfile is not in memory: %s", s.Name, args)
 		}
 		if s.Restore == nil {

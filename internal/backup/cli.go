@@ -13,7 +13,7 @@ import (
 
 	"filippo.io/age"
 
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
 )
@@ -51,7 +51,7 @@ const (
 // Result is what a backup Job reports in its termination message.
 type Result struct {
 	Manifest *Manifest               `json:"manifest,omitempty"`
-	Restore  *instance.RestoreResult `json:"restore,omitempty"`
+	Restore  *agentapi.RestoreResult `json:"restore,omitempty"`
 	Error    string                  `json:"error,omitempty"`
 }
 
@@ -157,7 +157,7 @@ func Command(ctx context.Context, args []string) error {
 				ExpectDatabaseUID: *databaseUID, AllowOtherDatabase: *allowOther, ManifestKey: manifestKey, Identity: identity,
 				TrustedManifestKey: trustedKey, AllowUnauthenticated: *allowUnauth,
 				Agent: agent, AgentURL: *agentURL,
-				Request: instance.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
+				Request: agentapi.RestoreRequest{ID: *restoreID, Jobs: *jobs, KeepPreviousSeconds: *keepPrevious,
 					SessionTimeoutSeconds: *sessionTimeout, VerifyOnly: *verifyOnly}})
 			if res != nil {
 				writeResult(*termLog, Result{Restore: res})
@@ -198,19 +198,19 @@ func Command(ctx context.Context, args []string) error {
 
 // agentClient authenticates to the primary's agent with the client certificate
 // in tlsDir, or, without one, with the token in tokenDir.
-func agentClient(tlsDir, tokenDir string) (*instance.Client, error) {
+func agentClient(tlsDir, tokenDir string) (*agentapi.Client, error) {
 	if tlsDir != "" {
-		cfg, err := instance.ClientTLSConfig(tlsDir)
+		cfg, err := agentapi.ClientTLSConfig(tlsDir)
 		if err != nil {
 			return nil, err
 		}
-		return instance.NewClient(&http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}, ""), nil
+		return agentapi.NewClient(&http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}, ""), nil
 	}
-	token, err := readFile(tokenDir, instance.InternalAgentTokenFile)
+	token, err := readFile(tokenDir, agentapi.InternalAgentTokenFile)
 	if err != nil {
 		return nil, err
 	}
-	return instance.NewClient(&http.Client{}, token), nil
+	return agentapi.NewClient(&http.Client{}, token), nil
 }
 
 func readFile(dir, name string) (string, error) {
@@ -244,7 +244,7 @@ func connFromFiles(credentialsDir, runDir, host, port string) (Conn, error) {
 		return Conn{}, err
 	}
 	c := Conn{Host: host, Port: port, User: user, Database: database, Passfile: passfile}
-	if ca := filepath.Join(credentialsDir, instance.TLSCAFile); fileExists(ca) {
+	if ca := filepath.Join(credentialsDir, agentapi.TLSCAFile); fileExists(ca) {
 		c.SSLRootCert = ca
 	}
 	return c, nil
@@ -273,7 +273,7 @@ func readManifestKey(dir, what string) ([]byte, error) {
 	if dir == "" {
 		return nil, nil
 	}
-	k, err := readFile(dir, instance.InternalManifestKeyFile)
+	k, err := readFile(dir, agentapi.InternalManifestKeyFile)
 	if err != nil || k == "" {
 		return nil, fmt.Errorf("%s is missing: %v", what, err)
 	}

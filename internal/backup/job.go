@@ -13,7 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -135,7 +135,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 	args := []string{controllerMount + "/manager", "backup", s.Action,
 		"--location=" + s.Target.Location.Scheme + "://" + s.Target.Location.Bucket,
 		// The passfile goes to the container's memory-backed /dev/shm.
-		"--key=" + s.Key, "--run-dir=" + instance.PodSecretDir}
+		"--key=" + s.Key, "--run-dir=" + agentapi.PodSecretDir}
 	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
 	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	if r := s.Restore; r != nil {
@@ -153,7 +153,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 			mounts = append(mounts, corev1.VolumeMount{Name: "trusted-manifest-key", MountPath: TrustedManifestKeyDir, ReadOnly: true})
 			volumes = append(volumes, corev1.Volume{Name: "trusted-manifest-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: r.TrustedManifestKeySecret, DefaultMode: ptr.To[int32](0o440),
-				Items: []corev1.KeyToPath{{Key: instance.InternalManifestKeyFile, Path: instance.InternalManifestKeyFile}}}}})
+				Items: []corev1.KeyToPath{{Key: agentapi.InternalManifestKeyFile, Path: agentapi.InternalManifestKeyFile}}}}})
 		}
 		if r.TLSSecret != "" {
 			args = append(args, "--agent-tls-dir="+AgentTLSDir)
@@ -165,7 +165,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 			mounts = append(mounts, corev1.VolumeMount{Name: "agent-token", MountPath: AgentTokenDir, ReadOnly: true})
 			volumes = append(volumes, corev1.Volume{Name: "agent-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 				SecretName: r.InternalSecret, DefaultMode: ptr.To[int32](0o440),
-				Items: []corev1.KeyToPath{{Key: instance.InternalAgentTokenFile, Path: instance.InternalAgentTokenFile}}}}})
+				Items: []corev1.KeyToPath{{Key: agentapi.InternalAgentTokenFile, Path: agentapi.InternalAgentTokenFile}}}}})
 		}
 	} else if s.Database != nil {
 		args = append(args, fmt.Sprintf("--host=%s.%s.svc.%s", s.Database.Name, s.Database.Namespace, ClusterDomain(s.ClusterDomain)), "--port=5432",
@@ -180,7 +180,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		mounts = append(mounts, corev1.VolumeMount{Name: "manifest-key", MountPath: ManifestKeyDir, ReadOnly: true})
 		volumes = append(volumes, corev1.Volume{Name: "manifest-key", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 			SecretName: s.ManifestKeySecret, DefaultMode: ptr.To[int32](0o440),
-			Items: []corev1.KeyToPath{{Key: instance.InternalManifestKeyFile, Path: instance.InternalManifestKeyFile}}}}})
+			Items: []corev1.KeyToPath{{Key: agentapi.InternalManifestKeyFile, Path: agentapi.InternalManifestKeyFile}}}}})
 	}
 	if s.EncryptionSecret != "" && s.Action != "delete" {
 		args = append(args, "--encryption-dir="+EncryptionDir)

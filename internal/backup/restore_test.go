@@ -19,7 +19,7 @@ import (
 	"filippo.io/age"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -90,7 +90,7 @@ func TestRestoreIsExactlyTheDatabaseAtBackupTime(t *testing.T) {
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if res.Jobs != 2 || res.Database != "appdb" || !strings.HasPrefix(res.PreviousDatabase, "appdb"+instance.PreRestoreInfix) {
+	if res.Jobs != 2 || res.Database != "appdb" || !strings.HasPrefix(res.PreviousDatabase, "appdb"+agentapi.PreRestoreInfix) {
 		t.Errorf("result = %+v", res)
 	}
 	if got := p.query(t, "appdb", "SELECT md5(string_agg(i::text, ',' ORDER BY id)) FROM items i"); got[0] != wantRows[0] {
@@ -238,7 +238,7 @@ func TestARestoreInterruptedMidwayLeavesTheOldDatabase(t *testing.T) {
 		// a killed Job): wait until it reports no restore.
 		deadline := time.Now().Add(30 * time.Second)
 		for {
-			st, err := instance.NewClient(nil, "t").GetStatus(ctx, "http://"+p.agent.Addr().String())
+			st, err := agentapi.NewClient(nil, "t").GetStatus(ctx, "http://"+p.agent.Addr().String())
 			if err == nil && st.Restoring == "" {
 				break
 			}
@@ -260,8 +260,8 @@ func TestARestoreInterruptedMidwayLeavesTheOldDatabase(t *testing.T) {
 	for _, jobs := range []int{1, 2} {
 		t.Run(fmt.Sprintf("stream cut with %d jobs", jobs), func(t *testing.T) {
 			fs := &failingStore{Store: store, cut: m.SizeBytes / 2}
-			_, err := Restore(ctx, RestoreOptions{Store: fs, Key: "cut.dump.zst", Agent: instance.NewClient(&http.Client{}, "t"),
-				AgentURL: "http://" + p.agent.Addr().String(), Request: instance.RestoreRequest{ID: fmt.Sprintf("cut%d", jobs), Jobs: jobs, KeepPreviousSeconds: 60}})
+			_, err := Restore(ctx, RestoreOptions{Store: fs, Key: "cut.dump.zst", Agent: agentapi.NewClient(&http.Client{}, "t"),
+				AgentURL: "http://" + p.agent.Addr().String(), Request: agentapi.RestoreRequest{ID: fmt.Sprintf("cut%d", jobs), Jobs: jobs, KeepPreviousSeconds: 60}})
 			if err == nil {
 				t.Fatal("a restore whose stream broke succeeded")
 			}
@@ -276,8 +276,8 @@ func TestARestoreInterruptedMidwayLeavesTheOldDatabase(t *testing.T) {
 		forged := bytes.Clone(pristine)
 		forged[len(forged)/2] ^= 0x01
 		for _, jobs := range []int{1, 2} {
-			_, err := instance.NewClient(&http.Client{}, "t").Restore(ctx, "http://"+p.agent.Addr().String(),
-				instance.RestoreRequest{ID: "forged", SHA256: m.SHA256, UncompressedBytes: m.UncompressedSize, Jobs: jobs}, bytes.NewReader(forged))
+			_, err := agentapi.NewClient(&http.Client{}, "t").Restore(ctx, "http://"+p.agent.Addr().String(),
+				agentapi.RestoreRequest{ID: "forged", SHA256: m.SHA256, UncompressedBytes: m.UncompressedSize, Jobs: jobs}, bytes.NewReader(forged))
 			if err == nil || !strings.Contains(err.Error(), "500") {
 				t.Fatalf("the agent did not refuse bytes that do not match the manifest (%d jobs): %v", jobs, err)
 			}
@@ -322,15 +322,15 @@ func TestRestoreOfThousandsOfTables(t *testing.T) {
 func TestTheAgentRefusesRestoresItCannotDo(t *testing.T) {
 	p := startPostgres(t)
 	ctx := context.Background()
-	c := instance.NewClient(&http.Client{}, "t")
+	c := agentapi.NewClient(&http.Client{}, "t")
 	url := "http://" + p.agent.Addr().String()
 	for _, tc := range []struct {
 		name string
-		req  instance.RestoreRequest
+		req  agentapi.RestoreRequest
 		want string
 	}{
-		{"bad id", instance.RestoreRequest{ID: "Bad-ID", SHA256: strings.Repeat("a", 64)}, "invalid restore id"},
-		{"bad checksum", instance.RestoreRequest{ID: "ok", SHA256: "abc"}, "invalid sha256"},
+		{"bad id", agentapi.RestoreRequest{ID: "Bad-ID", SHA256: strings.Repeat("a", 64)}, "invalid restore id"},
+		{"bad checksum", agentapi.RestoreRequest{ID: "ok", SHA256: "abc"}, "invalid sha256"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := c.Restore(ctx, url, tc.req, strings.NewReader("x"))
@@ -339,7 +339,7 @@ func TestTheAgentRefusesRestoresItCannotDo(t *testing.T) {
 			}
 		})
 	}
-	if _, err := instance.NewClient(&http.Client{}, "wrong").Restore(ctx, url, instance.RestoreRequest{ID: "x"}, strings.NewReader("")); !errors.Is(err, instance.ErrUnauthorized) {
+	if _, err := agentapi.NewClient(&http.Client{}, "wrong").Restore(ctx, url, agentapi.RestoreRequest{ID: "x"}, strings.NewReader("")); !errors.Is(err, agentapi.ErrUnauthorized) {
 		t.Errorf("wrong token: %v", err)
 	}
 }
@@ -360,9 +360,9 @@ func TestARestoreDrillComparesRowCountsAndChangesNothing(t *testing.T) {
 	}
 	p.exec(t, "DELETE FROM kinds WHERE id > 10; CREATE TABLE after_backup (x int)")
 	before := p.checksums(t)
-	drill := func(id string) (*instance.RestoreResult, error) {
-		return Restore(ctx, RestoreOptions{Store: store, Key: "drill.dump.zst", Agent: instance.NewClient(&http.Client{}, "t"),
-			AgentURL: "http://" + p.agent.Addr().String(), Request: instance.RestoreRequest{ID: id, Jobs: 2, VerifyOnly: true}})
+	drill := func(id string) (*agentapi.RestoreResult, error) {
+		return Restore(ctx, RestoreOptions{Store: store, Key: "drill.dump.zst", Agent: agentapi.NewClient(&http.Client{}, "t"),
+			AgentURL: "http://" + p.agent.Addr().String(), Request: agentapi.RestoreRequest{ID: id, Jobs: 2, VerifyOnly: true}})
 	}
 	res, err := drill("drill1")
 	if err != nil {
@@ -440,8 +440,8 @@ func TestRestoreAuthenticatesTheManifest(t *testing.T) {
 	n := 0
 	drill := func(o RestoreOptions) error {
 		n++
-		o.Store, o.Agent, o.AgentURL = store, instance.NewClient(&http.Client{}, "t"), "http://"+p.agent.Addr().String()
-		o.Request = instance.RestoreRequest{ID: fmt.Sprintf("auth%d", n), Jobs: 1, VerifyOnly: true}
+		o.Store, o.Agent, o.AgentURL = store, agentapi.NewClient(&http.Client{}, "t"), "http://"+p.agent.Addr().String()
+		o.Request = agentapi.RestoreRequest{ID: fmt.Sprintf("auth%d", n), Jobs: 1, VerifyOnly: true}
 		_, err := Restore(ctx, o)
 		return err
 	}
@@ -533,8 +533,8 @@ func TestEncryptedArtifactsRestoreOnlyWithTheirKey(t *testing.T) {
 	drill := func(ident *age.X25519Identity) error {
 		n++
 		_, err := Restore(ctx, RestoreOptions{Store: store, Key: "enc.dump.zst", Identity: ident, ExpectSHA256: m.SHA256,
-			Agent: instance.NewClient(&http.Client{}, "t"), AgentURL: "http://" + p.agent.Addr().String(),
-			Request: instance.RestoreRequest{ID: fmt.Sprintf("enc%d", n), Jobs: 1, VerifyOnly: true}})
+			Agent: agentapi.NewClient(&http.Client{}, "t"), AgentURL: "http://" + p.agent.Addr().String(),
+			Request: agentapi.RestoreRequest{ID: fmt.Sprintf("enc%d", n), Jobs: 1, VerifyOnly: true}})
 		return err
 	}
 	if err := drill(parsed); err != nil {

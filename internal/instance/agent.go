@@ -21,6 +21,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -131,11 +132,11 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.AppDatabase, "app-database", "", "application database (the Database's spec.databaseName)")
 	fs.StringVar(&cfg.TLSDir, "tls-dir", "", "directory of the server certificate, key and CA (no TLS when empty)")
 	fs.BoolVar(&cfg.TLSOptional, "tls-optional", false, "accept network connections without TLS")
-	fs.StringVar(&cfg.PGData, "pgdata", DefaultPGData, "PostgreSQL data directory")
-	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", DefaultCredentialsDir, "directory of the application credentials Secret")
-	fs.StringVar(&cfg.InternalDir, "internal-dir", DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
+	fs.StringVar(&cfg.PGData, "pgdata", agentapi.DefaultPGData, "PostgreSQL data directory")
+	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", agentapi.DefaultCredentialsDir, "directory of the application credentials Secret")
+	fs.StringVar(&cfg.InternalDir, "internal-dir", agentapi.DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
 	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of the Database's PostgreSQL configuration (the <name>-config ConfigMap); none when empty")
-	fs.StringVar(&cfg.RunDir, "run-dir", DefaultRunDir, "private directory for the socket")
+	fs.StringVar(&cfg.RunDir, "run-dir", agentapi.DefaultRunDir, "private directory for the socket")
 	fs.StringVar(&cfg.VolumeSocketDir, "volume-socket-dir", "", "a socket directory on the data volume, for the upgrade preflight (none when empty)")
 	fs.StringVar(&cfg.SecretDir, "secret-dir", "", "private directory for the passfile and TLS key (memory-backed in a pod); --run-dir when empty")
 	fs.StringVar(&cfg.PodName, "pod-name", os.Getenv("POD_NAME"), "name of this pod")
@@ -148,11 +149,11 @@ func Run(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 15*time.Second, "lease duration")
 	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 10*time.Second, "renew deadline: the primary fences itself after it")
 	fs.DurationVar(&cfg.RetryPeriod, "retry-period", 2*time.Second, "lease retry period")
-	fs.IntVar(&cfg.Port, "port", PostgresPort, "PostgreSQL port")
+	fs.IntVar(&cfg.Port, "port", agentapi.PostgresPort, "PostgreSQL port")
 	fs.IntVar(&cfg.PrimaryPort, "primary-port", 0, "PostgreSQL port of the primary (default: --port)")
-	fs.IntVar(&cfg.AgentPort, "agent-port", AgentPort, "agent HTTP port")
+	fs.IntVar(&cfg.AgentPort, "agent-port", agentapi.AgentPort, "agent HTTP port")
 	fs.StringVar(&cfg.AgentAddress, "agent-address", "", "agent HTTP listen address (all interfaces when empty)")
-	fs.IntVar(&cfg.MetricsPort, "metrics-port", MetricsPort, "port of the PostgreSQL metrics (Prometheus format); -1 turns them off")
+	fs.IntVar(&cfg.MetricsPort, "metrics-port", agentapi.MetricsPort, "port of the PostgreSQL metrics (Prometheus format); -1 turns them off")
 	fs.StringVar(&cfg.MetricsAddress, "metrics-address", "", "metrics listen address (all interfaces when empty)")
 	fs.StringVar(&cfg.ListenAddresses, "listen-addresses", "*", "PostgreSQL listen_addresses")
 	fs.StringVar(&cfg.BinDir, "bin-dir", "", "directory of the PostgreSQL programs (found automatically when empty)")
@@ -276,7 +277,7 @@ type Agent struct {
 // runtimeView is the agent's running state as the supervisor last published
 // it. A published view is never modified.
 type runtimeView struct {
-	State   State
+	State   agentapi.State
 	Message string
 	// Run is the supervisor's state in the current lifetime of PostgreSQL.
 	Run runState
@@ -318,7 +319,7 @@ type agentTokens struct {
 type runMsg struct {
 	gen     int64
 	ev      runEvent
-	state   State
+	state   agentapi.State
 	message string
 	reply   chan error
 }
@@ -381,24 +382,11 @@ func NewAgent(cfg Config) *Agent {
 		cfg.Leases = NewMemoryLeaseStore(cfg.PodName[:max(i, 0)]+"-0", 1)
 	}
 	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), events: make(chan runMsg, 4), configChanged: make(chan struct{}, 1)}
-	a.rt.Store(&runtimeView{State: StateStarting, Exited: true, Run: runStopped})
+	a.rt.Store(&runtimeView{State: agentapi.StateStarting, Exited: true, Run: runStopped})
 	a.restartDelay = cfg.RestartBackoff
-	a.lease = newLeaseKeeper(cfg.Leases, LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
+	a.lease = newLeaseKeeper(cfg.Leases, agentapi.LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
 	a.lease.position = a.primaryPosition
 	return a
-}
-
-// Ordinal returns the StatefulSet ordinal at the end of a pod name, or -1.
-func Ordinal(pod string) int {
-	i := strings.LastIndex(pod, "-")
-	if i < 0 {
-		return -1
-	}
-	n, err := strconv.Atoi(pod[i+1:])
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 // isTarget reports whether the Lease names this instance as the target primary.
@@ -414,7 +402,7 @@ func (a *Agent) Addr() net.Addr {
 }
 
 // setState publishes what the agent does (supervisor only).
-func (a *Agent) setState(s State, msg string) {
+func (a *Agent) setState(s agentapi.State, msg string) {
 	v := a.view()
 	if v.State == s && v.Message == msg {
 		return
@@ -423,7 +411,7 @@ func (a *Agent) setState(s State, msg string) {
 	a.log.Info("instance state", "state", string(s), "message", msg)
 }
 
-func (a *Agent) currentState() (State, string) {
+func (a *Agent) currentState() (agentapi.State, string) {
 	v := a.view()
 	return v.State, v.Message
 }
@@ -434,7 +422,7 @@ func (a *Agent) currentState() (State, string) {
 // in place when it exits by itself. It returns nil after a requested shutdown (ctx
 // cancelled).
 func (a *Agent) Run(ctx context.Context) error {
-	if Ordinal(a.cfg.PodName) < 0 {
+	if agentapi.Ordinal(a.cfg.PodName) < 0 {
 		return fmt.Errorf("pod name %q has no ordinal suffix", a.cfg.PodName)
 	}
 	if err := validateNames(a.cfg.AppUser, a.cfg.AppDatabase); err != nil {
@@ -444,7 +432,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.bins, err = postgres.FindBinaries(a.cfg.BinDir); err != nil {
 		return err
 	}
-	tok, err := a.readSecret(a.cfg.InternalDir, InternalAgentTokenFile)
+	tok, err := a.readSecret(a.cfg.InternalDir, agentapi.InternalAgentTokenFile)
 	if err != nil {
 		return fmt.Errorf("reading the agent token: %w", err)
 	}
@@ -501,7 +489,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		v := a.lease.view()
 		if !v.Known {
-			a.setState(StateWaitingForLease, "reading the primary Lease: "+orString(v.LastErr, "no answer yet"))
+			a.setState(agentapi.StateWaitingForLease, "reading the primary Lease: "+orString(v.LastErr, "no answer yet"))
 			a.waitLease(ctx, time.Second)
 			continue
 		}
@@ -510,20 +498,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.lease.setWant(facts.Primary)
 		if facts.Primary && (act == actionInitdb || act == actionStart || act == actionRecoverPrimary) && !v.Held {
 			// Never initdb, start writable or promote without the Lease.
-			a.setState(StateWaitingForLease, leaseWaitMessage(v))
+			a.setState(agentapi.StateWaitingForLease, leaseWaitMessage(v))
 			a.waitLease(ctx, time.Second)
 			continue
 		}
 		if !facts.Primary && (act == actionClone || act == actionReclone || act == actionStart) && v.Target == "" {
 			if act != actionStart || a.wasPrimary() {
-				a.setState(StateWaitingForLease, "no target primary yet (a failover is choosing one)")
+				a.setState(agentapi.StateWaitingForLease, "no target primary yet (a failover is choosing one)")
 				a.waitLease(ctx, time.Second)
 				continue
 			}
 		}
 		switch act {
 		case actionInitdb:
-			a.setState(StateInitializing, msg)
+			a.setState(agentapi.StateInitializing, msg)
 			if err := a.initdb(ctx); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -537,7 +525,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				// complete (clone builds in a staging directory and swaps it in).
 				a.log.Warn("re-cloning", "reason", msg)
 			}
-			a.setState(StateCloning, msg)
+			a.setState(agentapi.StateCloning, msg)
 			host, port := a.peerAddress(v.Target)
 			if err := a.clone(ctx, host, port, 0); err != nil {
 				if ctx.Err() != nil {
@@ -549,7 +537,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.publish(func(v *runtimeView) { v.ClonedAt = time.Now().UnixNano() })
 			a.drainInstructions()
 		case actionRecoverPrimary:
-			a.setState(StateRecovering, msg)
+			a.setState(agentapi.StateRecovering, msg)
 			host, port := a.peerAddress(facts.RecoverFrom)
 			err := a.clone(ctx, host, port, 5)
 			a.recoverFrom = ""
@@ -561,7 +549,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				// Back to DataMissing: the operator (or a human) may name another
 				// standby.
 				a.log.Warn("rebuilding the primary failed", "source", facts.RecoverFrom, "error", err.Error())
-				a.setState(StateDataMissing, fmt.Sprintf("rebuilding from %s failed (%v); the data directory is still empty", facts.RecoverFrom, err))
+				a.setState(agentapi.StateDataMissing, fmt.Sprintf("rebuilding from %s failed (%v); the data directory is still empty", facts.RecoverFrom, err))
 				select {
 				case <-ctx.Done():
 				case <-time.After(5 * time.Second):
@@ -594,7 +582,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 			case in := <-a.instr:
-				if in.recoverFrom != "" && st == StateDataMissing {
+				if in.recoverFrom != "" && st == agentapi.StateDataMissing {
 					a.recoverFrom = in.recoverFrom
 				}
 			case <-time.After(5 * time.Second):
@@ -637,7 +625,7 @@ func leaseWaitMessage(v leaseView) string {
 // Lease.
 func (a *Agent) facts(v leaseView) startFacts {
 	f := startFacts{Primary: v.Target == a.cfg.PodName, HasData: a.hasData(), BinaryMajor: a.binaryMajor}
-	if id, err := os.ReadFile(filepath.Join(a.cfg.InternalDir, InternalSystemIDFile)); err == nil {
+	if id, err := os.ReadFile(filepath.Join(a.cfg.InternalDir, agentapi.InternalSystemIDFile)); err == nil {
 		f.ExpectedSystemID = strings.TrimSpace(string(id))
 	}
 	if f.HasData {
@@ -789,11 +777,11 @@ func (a *Agent) passfile() string { return filepath.Join(a.secretDir(), "pgpass"
 // writePassfile writes the replication credential for pg_basebackup and
 // primary_conninfo; libpq reads it, so the password is in no argument or variable.
 func (a *Agent) writePassfile() error {
-	pw, err := a.readSecret(a.cfg.InternalDir, InternalReplicationPasswordFile)
+	pw, err := a.readSecret(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile)
 	if err != nil {
 		return err
 	}
-	return a.writeFile(a.passfile(), postgres.PgpassLine(ReplicationUser, pw), 0o600)
+	return a.writeFile(a.passfile(), postgres.PgpassLine(agentapi.ReplicationUser, pw), 0o600)
 }
 
 func (a *Agent) readSecret(dir, name string) (string, error) {
@@ -870,7 +858,7 @@ func (a *Agent) clone(ctx context.Context, host string, port int, maxAttempts in
 			"--pgdata="+staging,
 			"--host="+host,
 			"--port="+strconv.Itoa(port),
-			"--username="+ReplicationUser,
+			"--username="+agentapi.ReplicationUser,
 			"--wal-method=stream",
 			"--checkpoint=fast",
 			"--no-password",
@@ -979,7 +967,7 @@ func (a *Agent) writeConfig(primary bool, following string) (configWritten, erro
 		// A configuration the agent refuses is not applied: the instance
 		// keeps (or starts with) the operator's settings alone, and says so.
 		w.Error = err.Error()
-		user, userHash = UserConfig{}, ""
+		user, userHash = agentapi.UserConfig{}, ""
 	}
 	var quoteErr error
 	q := func(v string) string {
@@ -1038,12 +1026,12 @@ func (a *Agent) writeConfig(primary bool, following string) (configWritten, erro
 	}
 	if !primary && following != "" {
 		host, port := a.peerAddress(following)
-		conf = append(conf, "primary_slot_name = "+q(SlotName(a.cfg.PodName)))
+		conf = append(conf, "primary_slot_name = "+q(agentapi.SlotName(a.cfg.PodName)))
 		// libpq reads the password from the passfile: none is in the configuration.
 		conninfo := strings.Join(append([]string{
 			"host=" + postgres.ConninfoValue(host),
 			"port=" + strconv.Itoa(port),
-			"user=" + ReplicationUser,
+			"user=" + agentapi.ReplicationUser,
 			"passfile=" + postgres.ConninfoValue(a.passfile()),
 			"application_name=" + postgres.ConninfoValue(a.cfg.PodName),
 			// A restarted primary comes back on a new pod IP: give up on the old one
@@ -1085,15 +1073,15 @@ func (a *Agent) writeConfig(primary bool, following string) (configWritten, erro
 		"# Written by the postgres-operator instance agent at every start; do not edit.",
 		"# TYPE  DATABASE     USER               ADDRESS  METHOD",
 		"local   all          postgres                    peer map=operator",
-		"local   postgres     " + MonitorUser + "  peer map=operator",
-		"local   all          " + MonitorUser + "  reject",
+		"local   postgres     " + agentapi.MonitorUser + "  peer map=operator",
+		"local   all          " + agentapi.MonitorUser + "  reject",
 		"local   all          all                         scram-sha-256",
-		host + " replication  " + ReplicationUser + "  all      scram-sha-256",
+		host + " replication  " + agentapi.ReplicationUser + "  all      scram-sha-256",
 		// pg_rewind reads the new primary's files through the postgres database.
-		host + " postgres     " + ReplicationUser + "  all      scram-sha-256",
-		"host    all          " + ReplicationUser + "  all      reject",
+		host + " postgres     " + agentapi.ReplicationUser + "  all      scram-sha-256",
+		"host    all          " + agentapi.ReplicationUser + "  all      reject",
 		"host    all          postgres           all      reject",
-		"host    all          " + MonitorUser + "  all      reject",
+		"host    all          " + agentapi.MonitorUser + "  all      reject",
 	}
 	if len(user.PgHBA) > 0 {
 		hbaLines = append(append(hbaLines, "# spec.postgresql.pgHBA of the Database"), user.PgHBA...)
@@ -1105,7 +1093,7 @@ func (a *Agent) writeConfig(primary bool, following string) (configWritten, erro
 		return w, err
 	}
 	ident := "# MAPNAME  SYSTEM-USERNAME  PG-USERNAME\noperator  postgres  postgres\noperator  root  postgres\n" +
-		"operator  postgres  " + MonitorUser + "\noperator  root  " + MonitorUser + "\n"
+		"operator  postgres  " + agentapi.MonitorUser + "\noperator  root  " + agentapi.MonitorUser + "\n"
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, "pg_ident.conf"), ident, 0o600); err != nil {
 		return w, err
 	}

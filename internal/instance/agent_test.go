@@ -19,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -68,11 +69,11 @@ func newSecrets(t *testing.T, root string) testSecrets {
 	s := testSecrets{dir: root, credentials: filepath.Join(root, "credentials"), internal: filepath.Join(root, "internal"),
 		appPassword: `app-Pa55:word'x\y`, token: "test-token-0123456789"}
 	files := map[string]string{
-		filepath.Join(s.credentials, CredentialsUsernameFile):      testAppUser,
-		filepath.Join(s.credentials, CredentialsPasswordFile):      s.appPassword,
-		filepath.Join(s.credentials, CredentialsDatabaseFile):      testAppDB,
-		filepath.Join(s.internal, InternalReplicationPasswordFile): testReplPassword,
-		filepath.Join(s.internal, InternalAgentTokenFile):          s.token + "\n",
+		filepath.Join(s.credentials, agentapi.CredentialsUsernameFile):      testAppUser,
+		filepath.Join(s.credentials, agentapi.CredentialsPasswordFile):      s.appPassword,
+		filepath.Join(s.credentials, agentapi.CredentialsDatabaseFile):      testAppDB,
+		filepath.Join(s.internal, agentapi.InternalReplicationPasswordFile): testReplPassword,
+		filepath.Join(s.internal, agentapi.InternalAgentTokenFile):          s.token + "\n",
 	}
 	for p, v := range files {
 		writeTestFile(t, p, v)
@@ -162,11 +163,11 @@ func get(url, token string) (int, string) {
 
 func (ti *testInstance) get(path, token string) (int, string) { return get(ti.baseURL()+path, token) }
 
-func (ti *testInstance) status(token string) (*Status, error) {
-	return NewClient(nil, token).GetStatus(context.Background(), ti.baseURL())
+func (ti *testInstance) status(token string) (*agentapi.Status, error) {
+	return agentapi.NewClient(nil, token).GetStatus(context.Background(), ti.baseURL())
 }
 
-func (ti *testInstance) mustStatus(t *testing.T, token string) *Status {
+func (ti *testInstance) mustStatus(t *testing.T, token string) *agentapi.Status {
 	t.Helper()
 	st, err := ti.status(token)
 	if err != nil {
@@ -236,12 +237,12 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
 
 	t.Run("while bootstrapping the agent is live and started but not ready", func(t *testing.T) {
-		for _, p := range []string{PathHealthz, PathStartup} {
+		for _, p := range []string{agentapi.PathHealthz, agentapi.PathStartup} {
 			if code, body := primary.get(p, ""); code != http.StatusOK || body != "ok" {
 				t.Errorf("%s during bootstrap = %d %q, want 200 ok", p, code, body)
 			}
 		}
-		if code, _ := primary.get(PathReadyz, ""); code != http.StatusServiceUnavailable {
+		if code, _ := primary.get(agentapi.PathReadyz, ""); code != http.StatusServiceUnavailable {
 			t.Errorf("readiness during bootstrap = %d, want 503", code)
 		}
 	})
@@ -270,7 +271,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		if err := c.QueryRow(ctx, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user").Scan(&appSuper); err != nil || appSuper {
 			t.Errorf("application role superuser = %v (%v)", appSuper, err)
 		}
-		if err := c.QueryRow(ctx, "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = $1", ReplicationUser).
+		if err := c.QueryRow(ctx, "SELECT rolcanlogin, rolreplication FROM pg_roles WHERE rolname = $1", agentapi.ReplicationUser).
 			Scan(&replCanLogin, &replReplication); err != nil || !replCanLogin || !replReplication {
 			t.Errorf("replication role login=%v replication=%v (%v)", replCanLogin, replReplication, err)
 		}
@@ -340,7 +341,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	t.Run("probes: live and ready once postgres answers", func(t *testing.T) {
 		// Readiness follows the probe loop's reading (every half second).
 		waitUntil(t, 5*time.Second, "the probes", func() error {
-			for _, p := range []string{PathReadyz, PathStartup, PathHealthz} {
+			for _, p := range []string{agentapi.PathReadyz, agentapi.PathStartup, agentapi.PathHealthz} {
 				if code, body := primary.get(p, ""); code != http.StatusOK {
 					return fmt.Errorf("%s = %d %s", p, code, body)
 				}
@@ -351,7 +352,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 
 	t.Run("status requires the token and reports a writable primary", func(t *testing.T) {
 		for _, tok := range []string{"", "wrong-token", s.token + "x"} {
-			if code, body := primary.get(PathStatus, tok); code != http.StatusUnauthorized || strings.Contains(body, "db-0") {
+			if code, body := primary.get(agentapi.PathStatus, tok); code != http.StatusUnauthorized || strings.Contains(body, "db-0") {
 				t.Errorf("token %q: %d %s", tok, code, body)
 			}
 		}
@@ -359,7 +360,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			t.Errorf("client with a wrong token: %v, want an error naming 401", err)
 		}
 		st := primary.mustStatus(t, s.token)
-		if st.Role != RolePrimary || !st.Running || st.InRecovery || !st.Writable || st.WriteError != "" || st.Pod != "db-0" || st.Error != "" {
+		if st.Role != agentapi.RolePrimary || !st.Running || st.InRecovery || !st.Writable || st.WriteError != "" || st.Pod != "db-0" || st.Error != "" {
 			t.Errorf("primary status = %+v", st)
 		}
 		major := serverMajor(t)
@@ -368,14 +369,40 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
+	t.Run("the agent speaks this protocol under /v1 and the previous one at the root", func(t *testing.T) {
+		for _, p := range []string{agentapi.PathReadyz, agentapi.PathStartup, agentapi.PathHealthz} {
+			if code, body := primary.get(agentapi.Versioned(p), ""); code != http.StatusOK {
+				t.Errorf("%s = %d %s", agentapi.Versioned(p), code, body)
+			}
+		}
+		for _, prefix := range []string{agentapi.PathsFor(agentapi.ProtocolVersion), agentapi.PathsFor(agentapi.PreviousProtocolVersion)} {
+			if code, body := primary.get(prefix+agentapi.PathStatus, ""); code != http.StatusUnauthorized || strings.Contains(body, "db-0") {
+				t.Errorf("%s without the token: %d %s", prefix+agentapi.PathStatus, code, body)
+			}
+			c := agentapi.NewClient(nil, s.token)
+			st, err := c.GetStatus(ctx, primary.baseURL()+prefix)
+			if err != nil || st.Protocol != agentapi.ProtocolVersion || st.Role != agentapi.RolePrimary {
+				t.Errorf("status at %q: %+v %v", prefix+agentapi.PathStatus, st, err)
+			}
+			// An instruction through each version's path: the primary's slots
+			// (none: the set is already empty).
+			if err := c.SetSlots(ctx, primary.baseURL()+prefix, nil); err != nil {
+				t.Errorf("slots at %q: %v", prefix+agentapi.PathSlots, err)
+			}
+		}
+		if code, _ := primary.get("/v2"+agentapi.PathStatus, s.token); code != http.StatusNotFound {
+			t.Errorf("an unknown protocol's path answered %d, want 404", code)
+		}
+	})
+
 	t.Run("replication role logs in only to the postgres database, for pg_rewind, and reads no table", func(t *testing.T) {
-		cfg, _ := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", pPort, ReplicationUser, testAppDB))
+		cfg, _ := pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=%s sslmode=disable", pPort, agentapi.ReplicationUser, testAppDB))
 		cfg.Password = testReplPassword
 		if c, err := pgx.ConnectConfig(ctx, cfg); err == nil {
 			c.Close(ctx)
 			t.Error("the replication role logged in to the application database")
 		}
-		cfg, _ = pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable", pPort, ReplicationUser))
+		cfg, _ = pgx.ParseConfig(fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable", pPort, agentapi.ReplicationUser))
 		cfg.Password = testReplPassword
 		c, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
@@ -391,7 +418,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		}
 	})
 
-	setSlots(t, primary, s.token, SlotName("db-1"))
+	setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
 
 	t.Run("standby clones the primary and streams: a row written on the primary is read on the standby", func(t *testing.T) {
@@ -400,7 +427,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if st.Role != RoleReplica || st.WALReceiverStatus != "streaming" {
+			if st.Role != agentapi.RoleReplica || st.WALReceiverStatus != "streaming" {
 				return fmt.Errorf("standby status %+v", st)
 			}
 			return nil
@@ -447,7 +474,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 	t.Run("standby is ready and reports its replay position", func(t *testing.T) {
 		// Readiness follows the probe loop's reading (every half second).
 		waitUntil(t, 5*time.Second, "standby readiness", func() error {
-			if code, body := standby.get(PathReadyz, ""); code != http.StatusOK {
+			if code, body := standby.get(agentapi.PathReadyz, ""); code != http.StatusOK {
 				return fmt.Errorf("standby readiness = %d %s", code, body)
 			}
 			return nil
@@ -501,7 +528,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 			before[f] = string(b)
 		}
 		const rotated = "rotated-Pa55word"
-		writeTestFile(t, filepath.Join(s.credentials, CredentialsPasswordFile), rotated+"\n")
+		writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsPasswordFile), rotated+"\n")
 
 		// The exported entry point, with the flags the pod passes.
 		agentPort := testenv.FreePort(t)
@@ -521,7 +548,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		go func() { done <- Run(runCtx, args) }()
 		base := fmt.Sprintf("http://127.0.0.1:%d", agentPort)
 		waitUntil(t, 60*time.Second, "the restarted primary to be ready", func() error {
-			if code, body := get(base+PathReadyz, ""); code != http.StatusOK {
+			if code, body := get(base+agentapi.PathReadyz, ""); code != http.StatusOK {
 				return fmt.Errorf("%d %s", code, body)
 			}
 			return nil
@@ -552,7 +579,7 @@ func TestPrimaryAndStreamingStandby(t *testing.T) {
 		if n := strings.Count(before["postgresql.conf"], "include_if_exists = '"+operatorConfFile+"'"); n != 1 {
 			t.Errorf("the include line appears %d times", n)
 		}
-		st, err := NewClient(nil, s.token).GetStatus(ctx, base+"/")
+		st, err := agentapi.NewClient(nil, s.token).GetStatus(ctx, base+"/")
 		if err != nil || !st.Writable || st.Timeline != 1 {
 			t.Errorf("status after restart: %+v (%v)", st, err)
 		}
@@ -609,19 +636,19 @@ func TestAgentAnswersWhilePostgresIsDown(t *testing.T) {
 
 	// A clone may take hours: the probes that restart a container pass while it
 	// runs; readiness does not.
-	for _, p := range []string{PathHealthz, PathStartup} {
+	for _, p := range []string{agentapi.PathHealthz, agentapi.PathStartup} {
 		if code, body := in.get(p, ""); code != http.StatusOK || body != "ok" {
 			t.Errorf("%s while cloning = %d %q, want 200 ok", p, code, body)
 		}
 	}
-	if code, _ := in.get(PathReadyz, ""); code != http.StatusServiceUnavailable {
+	if code, _ := in.get(agentapi.PathReadyz, ""); code != http.StatusServiceUnavailable {
 		t.Errorf("readiness while cloning = %d, want 503", code)
 	}
-	if code, body := in.get(PathStatus, ""); code != http.StatusUnauthorized || strings.Contains(body, "db-2") {
+	if code, body := in.get(agentapi.PathStatus, ""); code != http.StatusUnauthorized || strings.Contains(body, "db-2") {
 		t.Errorf("status without a token = %d %q", code, body)
 	}
 	st := in.mustStatus(t, s.token)
-	if st.Running || st.Error == "" || st.Pod != "db-2" || st.Role != "" || st.State != StateCloning || st.Ready {
+	if st.Running || st.Error == "" || st.Pod != "db-2" || st.Role != "" || st.State != agentapi.StateCloning || st.Ready {
 		t.Errorf("status while postgres is down = %+v, want not running with an error", st)
 	}
 
@@ -706,14 +733,14 @@ func TestWriteConfig(t *testing.T) {
 			}
 			wantRules := []string{
 				"local all postgres peer map=operator",
-				"local postgres " + MonitorUser + " peer map=operator",
-				"local all " + MonitorUser + " reject",
+				"local postgres " + agentapi.MonitorUser + " peer map=operator",
+				"local all " + agentapi.MonitorUser + " reject",
 				"local all all scram-sha-256",
 				"host replication streaming_replica all scram-sha-256",
 				"host postgres streaming_replica all scram-sha-256",
 				"host all streaming_replica all reject",
 				"host all postgres all reject",
-				"host all " + MonitorUser + " all reject",
+				"host all " + agentapi.MonitorUser + " all reject",
 				"host all all all scram-sha-256",
 			}
 			if strings.Join(rules, "\n") != strings.Join(wantRules, "\n") {
@@ -753,14 +780,14 @@ func TestValidateNamesRefusesReservedRolesDatabasesAndNonIdentifiers(t *testing.
 		// The maintenance database is the superuser's: never handed over.
 		{"app", "postgres", false},
 		{"app", "pg_db", false},
-		{MonitorUser, "app", false},
+		{agentapi.MonitorUser, "app", false},
 		{"App", "app", false},
 		{"app", `a"b`, false},
 		{"", "app", false},
 		{"app", "", false},
 		{"1app", "app", false},
 		{"postgres", "app", false},
-		{ReplicationUser, "app", false},
+		{agentapi.ReplicationUser, "app", false},
 		{"pg_monitor", "app", false},
 		{"app", "template1", false},
 		{"app", "template0", false},
@@ -803,7 +830,7 @@ func TestRunRequiresALeaseOrAnExplicitStandaloneMode(t *testing.T) {
 
 func TestOrdinal(t *testing.T) {
 	for pod, want := range map[string]int{"db-0": 0, "my-database-12": 12, "db": -1, "db-x": -1, "": -1} {
-		if got := Ordinal(pod); got != want {
+		if got := agentapi.Ordinal(pod); got != want {
 			t.Errorf("Ordinal(%q) = %d, want %d", pod, got, want)
 		}
 	}

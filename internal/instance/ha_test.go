@@ -25,6 +25,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -139,8 +140,8 @@ func (h *haHarness) setTarget(target, change string) {
 		if err != nil {
 			return err
 		}
-		l.Annotations[LeaseAnnotationTarget] = target
-		l.Annotations[LeaseAnnotationChange] = change
+		l.Annotations[agentapi.LeaseAnnotationTarget] = target
+		l.Annotations[agentapi.LeaseAnnotationChange] = change
 		_, err = h.leases.Update(context.Background(), l, metav1.UpdateOptions{})
 		return err
 	}); err != nil {
@@ -165,15 +166,15 @@ func (h *haHarness) start(name, pod string) *testInstance {
 	})
 }
 
-func (h *haHarness) waitPrimary(ti *testInstance) *Status {
+func (h *haHarness) waitPrimary(ti *testInstance) *agentapi.Status {
 	h.t.Helper()
-	var st *Status
+	var st *agentapi.Status
 	waitUntil(h.t, 90*time.Second, ti.cfg.PodName+" to be a writable primary holding the Lease", func() error {
 		var err error
 		if st, err = ti.status(h.s.token); err != nil {
 			return err
 		}
-		if st.Role != RolePrimary || !st.Writable || !st.HoldsLease || !st.Ready {
+		if st.Role != agentapi.RolePrimary || !st.Writable || !st.HoldsLease || !st.Ready {
 			return fmt.Errorf("%s: role %q writable %v lease %v ready %v state %s %s %s", ti.cfg.PodName, st.Role, st.Writable, st.HoldsLease, st.Ready, st.State, st.Message, st.Error)
 		}
 		return nil
@@ -202,7 +203,7 @@ func (h *haHarness) waitFollowing(ti *testInstance, primary string) {
 		if err != nil {
 			return err
 		}
-		if st.Role != RoleReplica || st.Following != primary || st.WALReceiverStatus != "streaming" {
+		if st.Role != agentapi.RoleReplica || st.Following != primary || st.WALReceiverStatus != "streaming" {
 			return fmt.Errorf("%s: role %q following %q receiver %q state %s %s", ti.cfg.PodName, st.Role, st.Following, st.WALReceiverStatus, st.State, st.Message)
 		}
 		return nil
@@ -216,7 +217,7 @@ func (h *haHarness) waitFollowing(ti *testInstance, primary string) {
 // writes before its Lease can be taken; the standby takes the Lease only after
 // the lease duration and promotes; the old primary, healed, rewinds and follows.
 func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
-	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}, "db-0", "db-1")
+	h := newHAHarness(t, map[string]string{agentapi.LeaseAnnotationTarget: "db-0", agentapi.LeaseAnnotationInstances: "2"}, "db-0", "db-1")
 	ctx := context.Background()
 	s, ports, proxies, leases := h.s, h.ports, h.proxies, h.leases
 	setTarget, start, waitPrimary, waitFollowing := h.setTarget, h.start, h.waitPrimary, h.waitFollowing
@@ -226,10 +227,10 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 	if st.Timeline != 1 {
 		t.Errorf("timeline %d, want 1", st.Timeline)
 	}
-	setSlots(t, db0, s.token, SlotName("db-1"))
+	setSlots(t, db0, s.token, agentapi.SlotName("db-1"))
 	db1 := start("b", "db-1")
 	waitFollowing(db1, "db-0")
-	if st := db1.mustStatus(t, s.token); st.HoldsLease || st.Role != RoleReplica {
+	if st := db1.mustStatus(t, s.token); st.HoldsLease || st.Role != agentapi.RoleReplica {
 		t.Errorf("standby status %+v", st)
 	}
 	waitForAppLogin(t, ports["db-0"], s.appPassword)
@@ -305,7 +306,7 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 		if before == 0 {
 			t.Fatal("no write was acknowledged before the switchover: the load proves nothing")
 		}
-		setTarget("db-1", ChangeSwitchover)
+		setTarget("db-1", agentapi.ChangeSwitchover)
 		st := waitPrimary(db1)
 		// Writes resume on the new primary before they stop.
 		waitUntil(t, 30*time.Second, "writes acknowledged by the new primary", func() error {
@@ -325,7 +326,7 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 		if st.Timeline != 2 {
 			t.Errorf("new primary's timeline %d, want 2", st.Timeline)
 		}
-		setSlots(t, db1, s.token, SlotName("db-0"))
+		setSlots(t, db1, s.token, agentapi.SlotName("db-0"))
 		waitFollowing(db0, "db-1")
 		c, err := appConn(ctx, ports["db-1"], s.appPassword, testAppDB)
 		if err != nil {
@@ -355,7 +356,7 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 			t.Errorf("%d acknowledged rows are missing on the new primary, e.g. %v", len(lost), lost[:min(len(lost), 10)])
 		}
 		l, err := leases.Get(ctx, "db-primary", metav1.GetOptions{})
-		if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != LeaseHolder("db-1", "uid-db-1") {
+		if err != nil || l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity != agentapi.LeaseHolder("db-1", "uid-db-1") {
 			t.Errorf("lease after the switchover: %+v %v", l, err)
 		}
 	})
@@ -406,7 +407,7 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 			}
 			return nil
 		})
-		setTarget("db-0", ChangeFailover)
+		setTarget("db-0", agentapi.ChangeFailover)
 		waitPrimary(db0)
 		promotedAt := time.Now()
 		close(stopProbe)
@@ -428,11 +429,11 @@ func TestLeaseSwitchoverFencingAndFailover(t *testing.T) {
 	})
 
 	t.Run("the healed old primary rewinds and follows, never writable", func(t *testing.T) {
-		setSlots(t, db0, s.token, SlotName("db-1"))
+		setSlots(t, db0, s.token, agentapi.SlotName("db-1"))
 		proxies["db-1"].heal()
 		waitFollowing(db1, "db-0")
 		st := db1.mustStatus(t, s.token)
-		if st.Writable || st.Role != RoleReplica {
+		if st.Writable || st.Role != agentapi.RoleReplica {
 			t.Errorf("healed old primary: %+v", st)
 		}
 		execApp(t, ports["db-0"], s.appPassword, "INSERT INTO items VALUES (-1)")
@@ -473,14 +474,14 @@ func showSyncNames(t *testing.T, port int, password string) string {
 // promoted standby kept a standby's empty synchronous_standby_names and
 // acknowledged commits that no standby had.
 func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
-	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "3", LeaseAnnotationSynchronous: "1"}, "db-0", "db-1", "db-2")
+	h := newHAHarness(t, map[string]string{agentapi.LeaseAnnotationTarget: "db-0", agentapi.LeaseAnnotationInstances: "3", agentapi.LeaseAnnotationSynchronous: "1"}, "db-0", "db-1", "db-2")
 	ctx := context.Background()
 	pw := h.s.appPassword
 	db0 := h.start("a", "db-0")
 	// With a quorum the primary's set-up commits wait for a standby: the slots
 	// and standbys come first (as the operator does them).
-	h.waitRole(db0, RolePrimary)
-	setSlots(t, db0, h.s.token, SlotName("db-1"), SlotName("db-2"))
+	h.waitRole(db0, agentapi.RolePrimary)
+	setSlots(t, db0, h.s.token, agentapi.SlotName("db-1"), agentapi.SlotName("db-2"))
 	db1 := h.start("b", "db-1")
 	db2 := h.start("c", "db-2")
 	h.waitPrimary(db0)
@@ -499,10 +500,10 @@ func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
 		}
 		return nil
 	})
-	h.setTarget("db-1", ChangeFailover)
-	h.waitRole(db1, RolePrimary)
+	h.setTarget("db-1", agentapi.ChangeFailover)
+	h.waitRole(db1, agentapi.RolePrimary)
 	// The operator's part after a promotion: the standbys' slots.
-	setSlots(t, db1, h.s.token, SlotName("db-0"), SlotName("db-2"))
+	setSlots(t, db1, h.s.token, agentapi.SlotName("db-0"), agentapi.SlotName("db-2"))
 	h.waitPrimary(db1)
 	h.waitFollowing(db2, "db-1")
 	if got, want := showSyncNames(t, h.ports["db-1"], pw), `ANY 1 ("db-0", "db-2")`; got != want {
@@ -618,7 +619,7 @@ func TestAThrottledStandbyIsNotReadyBeyondMaxLagOfThePrimary(t *testing.T) {
 	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
 	waitForAppLogin(t, pPort, s.appPassword)
-	setSlots(t, primary, s.token, SlotName("db-1"))
+	setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	link := newThrottleProxy(t, fmt.Sprintf("127.0.0.1:%d", pPort))
 	standby := startInstanceWith(t, s, "standby", "db-1", sPort, link.port(), func(c *Config) { c.MaxLagBytes = 4 << 20 })
 	ready := func() (bool, string) {
@@ -662,12 +663,12 @@ func TestAThrottledStandbyIsNotReadyBeyondMaxLagOfThePrimary(t *testing.T) {
 // the target: the target took the expired Lease and promoted while the old
 // primary still acknowledged writes during its 20 s checkpoint.
 func TestADemotionThatHangsNeverYieldsTwoWritablePrimaries(t *testing.T) {
-	h := newHAHarness(t, map[string]string{LeaseAnnotationTarget: "db-0", LeaseAnnotationInstances: "2"}, "db-0", "db-1")
+	h := newHAHarness(t, map[string]string{agentapi.LeaseAnnotationTarget: "db-0", agentapi.LeaseAnnotationInstances: "2"}, "db-0", "db-1")
 	ctx := context.Background()
 	pw := h.s.appPassword
 	db0 := h.start("a", "db-0")
 	h.waitPrimary(db0)
-	setSlots(t, db0, h.s.token, SlotName("db-1"))
+	setSlots(t, db0, h.s.token, agentapi.SlotName("db-1"))
 	db1 := startInstanceWith(t, h.s, "b", "db-1", h.ports["db-1"], 0, func(c *Config) {
 		store, err := NewKubeLeaseStore(h.cfg, "default", "db-primary")
 		if err != nil {
@@ -720,7 +721,7 @@ func TestADemotionThatHangsNeverYieldsTwoWritablePrimaries(t *testing.T) {
 	go write(h.ports["db-1"], func() int { return int(next1.Add(1)) }, func() { first1.CompareAndSwap(0, time.Now().UnixNano()) })
 	time.Sleep(500 * time.Millisecond)
 	switchedAt := time.Now()
-	h.setTarget("db-1", ChangeSwitchover)
+	h.setTarget("db-1", agentapi.ChangeSwitchover)
 	waitUntil(t, 90*time.Second, "db-0 to stop (fenced after its bounded shutdown)", func() error {
 		st, err := db0.status(h.s.token)
 		if err != nil {

@@ -5,60 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 )
-
-// Annotations of the primary Lease. The operator writes the target primary, the
-// number of instances and the kind of change; the agent that releases the Lease
-// writes its final WAL position.
-const (
-	// LeaseAnnotationTarget is the pod that should be primary ("" while a failover
-	// chooses one): the mirror of the Database's status.targetPrimary.
-	LeaseAnnotationTarget = "database.example.com/target-primary"
-	// LeaseAnnotationInstances is spec.replicas. With one instance the primary
-	// neither renews the Lease nor fences itself.
-	LeaseAnnotationInstances = "database.example.com/instances"
-	// LeaseAnnotationSynchronous is spec.synchronousReplicas: the quorum of
-	// standbys the primary waits for at each commit.
-	LeaseAnnotationSynchronous = "database.example.com/synchronous-replicas"
-	// LeaseAnnotationChange is "failover" or "switchover" while the target changes.
-	LeaseAnnotationChange = "database.example.com/change"
-	// LeaseAnnotationFinalLSN is the position of the shutdown checkpoint of a
-	// primary that stopped cleanly and released the Lease: in a switchover the
-	// target promotes only once it has received WAL past it.
-	LeaseAnnotationFinalLSN = "database.example.com/final-lsn"
-	// LeaseAnnotationPrimaryLSN is the holder's WAL position (pg_current_wal_lsn)
-	// as of its last renewal, at most one retry period old: the operator's
-	// reference for how much WAL a standby may lack and still be promoted when
-	// the primary dies without releasing the Lease (spec.failover.maxLagOnFailover).
-	// A new holder removes it when it takes the Lease.
-	LeaseAnnotationPrimaryLSN = "database.example.com/primary-lsn"
-	// LeaseAnnotationReleasedBy is the pod that released the Lease last: a
-	// final-lsn is the old primary's only when it names that primary.
-	LeaseAnnotationReleasedBy = "database.example.com/released-by"
-
-	// ChangeFailover and ChangeSwitchover are the values of LeaseAnnotationChange.
-	ChangeFailover   = "failover"
-	ChangeSwitchover = "switchover"
-)
-
-// LeaseHolder is the Lease's holderIdentity for a pod: its name and UID, because a
-// StatefulSet gives a recreated pod the same name.
-func LeaseHolder(pod, uid string) string { return pod + "/" + uid }
-
-// HolderPod returns the pod name of a holderIdentity.
-func HolderPod(holder string) string {
-	pod, _, _ := strings.Cut(holder, "/")
-	return pod
-}
 
 // LeaseStore reads and writes the Database's primary Lease. Update is a
 // compare-and-swap on the resourceVersion of the Lease passed in.
@@ -106,7 +62,8 @@ type MemoryLeaseStore struct {
 func NewMemoryLeaseStore(target string, instances int) *MemoryLeaseStore {
 	s := &MemoryLeaseStore{}
 	s.lease.Name = "memory"
-	s.lease.Annotations = map[string]string{LeaseAnnotationTarget: target, LeaseAnnotationInstances: strconv.Itoa(instances)}
+	s.lease.Annotations = map[string]string{}
+	agentapi.LeaseIntent{Target: target, Instances: instances}.ApplyTo(s.lease.Annotations)
 	s.lease.ResourceVersion = "1"
 	s.rv = 1
 	return s
@@ -213,15 +170,6 @@ func (k *leaseKeeper) notify() {
 	}
 }
 
-func annotationInt(l *coordinationv1.Lease, key string, def int) int {
-	if v, ok := l.Annotations[key]; ok {
-		if n, err := strconv.Atoi(v); err == nil {
-			return n
-		}
-	}
-	return def
-}
-
 func holderOf(l *coordinationv1.Lease) string {
 	if l == nil || l.Spec.HolderIdentity == nil {
 		return ""
@@ -243,11 +191,9 @@ func (k *leaseKeeper) viewLocked() leaseView {
 	}
 	l := k.lease
 	v.Known = true
-	v.Target = l.Annotations[LeaseAnnotationTarget]
-	v.Instances = annotationInt(l, LeaseAnnotationInstances, 1)
-	v.Synchronous = annotationInt(l, LeaseAnnotationSynchronous, 0)
-	v.Change = l.Annotations[LeaseAnnotationChange]
-	v.FinalLSN = l.Annotations[LeaseAnnotationFinalLSN]
+	intent := agentapi.ReadLeaseIntent(l.Annotations)
+	v.Target, v.Instances, v.Synchronous, v.Change = intent.Target, intent.Instances, intent.Synchronous, intent.Change
+	v.FinalLSN = agentapi.ReadLeaseReport(l.Annotations).FinalLSN
 	v.Holder = holderOf(l)
 	if v.Holder == k.me && !k.lastRenew.IsZero() {
 		v.Fencing = k.fencing
@@ -356,7 +302,7 @@ func (k *leaseKeeper) nextInterval() time.Duration {
 	k.mu.Lock()
 	want := k.want
 	k.mu.Unlock()
-	me := HolderPod(k.me)
+	me := agentapi.HolderPod(k.me)
 	switch {
 	case !v.Known:
 		return k.retry
@@ -443,8 +389,9 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	holder := holderOf(l)
-	target := l.Annotations[LeaseAnnotationTarget]
-	instances := annotationInt(l, LeaseAnnotationInstances, 1)
+	intent := agentapi.ReadLeaseIntent(l.Annotations)
+	target, instances := intent.Target, intent.Instances
+	report := agentapi.ReadLeaseReport(l.Annotations)
 	now := metav1.NewMicroTime(k.now())
 	upd := l.DeepCopy()
 	if upd.Annotations == nil {
@@ -453,33 +400,30 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 	switch {
 	case holder == k.me && k.releaseLSN != nil:
 		upd.Spec.HolderIdentity = nil
-		if *k.releaseLSN == "" {
-			delete(upd.Annotations, LeaseAnnotationFinalLSN)
-		} else {
-			upd.Annotations[LeaseAnnotationFinalLSN] = *k.releaseLSN
-		}
-		upd.Annotations[LeaseAnnotationReleasedBy] = HolderPod(k.me)
+		report.FinalLSN, report.ReleasedBy = *k.releaseLSN, agentapi.HolderPod(k.me)
+		report.ApplyTo(upd.Annotations)
 		return upd, "released"
-	case holder == k.me && target != HolderPod(k.me) && !k.want:
+	case holder == k.me && target != agentapi.HolderPod(k.me) && !k.want:
 		// Held from before (PostgreSQL is not running as primary, e.g. after a
 		// fence or a crash) and no longer the target: let the new target have it
 		// without waiting out the duration.
 		upd.Spec.HolderIdentity = nil
-		delete(upd.Annotations, LeaseAnnotationFinalLSN)
-		upd.Annotations[LeaseAnnotationReleasedBy] = HolderPod(k.me)
+		report.FinalLSN, report.ReleasedBy = "", agentapi.HolderPod(k.me)
+		report.ApplyTo(upd.Annotations)
 		return upd, "released"
-	case holder == k.me && (target == HolderPod(k.me) || k.demoting) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
+	case holder == k.me && (target == agentapi.HolderPod(k.me) || k.demoting) && (instances > 1 || k.lastRenew.IsZero() || k.fencing):
 		// With standbys: every retry period. With one instance: once, so that
 		// the Lease records that this primary no longer fences (after a
 		// scale-down) and then never again.
 		upd.Spec.RenewTime = &now
 		if k.position != nil {
 			if p := k.position(); p != "" {
-				upd.Annotations[LeaseAnnotationPrimaryLSN] = p
+				report.PrimaryLSN = p
+				report.ApplyTo(upd.Annotations)
 			}
 		}
 		return upd, "renewed"
-	case holder != k.me && k.want && target == HolderPod(k.me) &&
+	case holder != k.me && k.want && target == agentapi.HolderPod(k.me) &&
 		(holder == "" || k.now().Sub(k.recordSince) >= k.duration):
 		upd.Spec.HolderIdentity = &k.me
 		upd.Spec.AcquireTime = &now
@@ -494,10 +438,10 @@ func (k *leaseKeeper) decide(l *coordinationv1.Lease) (*coordinationv1.Lease, st
 			n++
 		}
 		upd.Spec.LeaseTransitions = &n
-		k.finalLSNAtAcquire = l.Annotations[LeaseAnnotationFinalLSN]
-		k.changeAtAcquire = l.Annotations[LeaseAnnotationChange]
-		delete(upd.Annotations, LeaseAnnotationFinalLSN)
-		delete(upd.Annotations, LeaseAnnotationPrimaryLSN)
+		k.finalLSNAtAcquire = report.FinalLSN
+		k.changeAtAcquire = intent.Change
+		report.FinalLSN, report.PrimaryLSN = "", ""
+		report.ApplyTo(upd.Annotations)
 		if holder == "" {
 			return upd, "acquired (it was free)"
 		}
@@ -512,7 +456,7 @@ func (k *leaseKeeper) wrote(l *coordinationv1.Lease, what string, sent time.Time
 	defer k.mu.Unlock()
 	k.lease = l
 	k.lastErr = ""
-	k.fencing = annotationInt(l, LeaseAnnotationInstances, 1) > 1
+	k.fencing = agentapi.ReadLeaseIntent(l.Annotations).Instances > 1
 	switch what {
 	case "released":
 		k.releaseLSN = nil
@@ -538,7 +482,7 @@ type LeaseAgent struct {
 // NewLeaseAgent returns the Lease protocol of the agent of pod (UID uid).
 func NewLeaseAgent(store LeaseStore, pod, uid string, duration, deadline, retry time.Duration) *LeaseAgent {
 	a := &LeaseAgent{pod: pod}
-	a.k = newLeaseKeeper(targetFollower{store, a}, LeaseHolder(pod, uid), duration, deadline, retry)
+	a.k = newLeaseKeeper(targetFollower{store, a}, agentapi.LeaseHolder(pod, uid), duration, deadline, retry)
 	return a
 }
 
@@ -555,7 +499,7 @@ type targetFollower struct {
 func (s targetFollower) Get(ctx context.Context) (*coordinationv1.Lease, error) {
 	l, err := s.LeaseStore.Get(ctx)
 	if err == nil {
-		s.a.k.setWant(l.Annotations[LeaseAnnotationTarget] == s.a.pod)
+		s.a.k.setWant(agentapi.ReadLeaseIntent(l.Annotations).Target == s.a.pod)
 	}
 	return l, err
 }

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	coordinationv1 "k8s.io/api/coordination/v1"
 )
 
@@ -16,7 +17,7 @@ func TestLeaseKeeperRenewsOnlyWithStandbysAndStopsFencingAfterAScaleDown(t *test
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
 	store := NewMemoryLeaseStore("db-0", 1)
-	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k := newLeaseKeeper(store, agentapi.LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
 	k.now = func() time.Time { return now }
 	log := func(string, ...any) {}
 	writes := func() int { store.mu.Lock(); defer store.mu.Unlock(); return store.rv }
@@ -39,7 +40,7 @@ func TestLeaseKeeperRenewsOnlyWithStandbysAndStopsFencingAfterAScaleDown(t *test
 	}
 
 	// Scale up: renewals and fencing.
-	store.SetAnnotation(LeaseAnnotationInstances, "3")
+	store.SetAnnotation(agentapi.LeaseAnnotationInstances, "3")
 	k.tick(ctx, log)
 	if v := k.view(); !v.Held || !v.Fencing {
 		t.Fatalf("with standbys: %+v", v)
@@ -54,7 +55,7 @@ func TestLeaseKeeperRenewsOnlyWithStandbysAndStopsFencingAfterAScaleDown(t *test
 	}
 
 	// Scale down: one more write, then no fencing and no writes.
-	store.SetAnnotation(LeaseAnnotationInstances, "1")
+	store.SetAnnotation(agentapi.LeaseAnnotationInstances, "1")
 	k.tick(ctx, log)
 	w = writes()
 	now = now.Add(time.Minute)
@@ -72,18 +73,18 @@ func TestLeaseKeeperTakesTheLeaseOnlyAsTargetAfterTheDuration(t *testing.T) {
 	now := time.Unix(1000, 0)
 	store := NewMemoryLeaseStore("db-0", 2)
 	log := func(string, ...any) {}
-	old := newLeaseKeeper(store, LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
+	old := newLeaseKeeper(store, agentapi.LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
 	old.now = func() time.Time { return now }
 	old.setWant(true)
 	old.tick(ctx, log)
-	next := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	next := newLeaseKeeper(store, agentapi.LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
 	next.now = func() time.Time { return now }
 	next.setWant(true)
 	next.tick(ctx, log)
-	if v := next.view(); v.Holder != LeaseHolder("db-0", "u0") {
+	if v := next.view(); v.Holder != agentapi.LeaseHolder("db-0", "u0") {
 		t.Fatalf("db-1 took the Lease while not the target: %+v", v)
 	}
-	store.SetAnnotation(LeaseAnnotationTarget, "db-1")
+	store.SetAnnotation(agentapi.LeaseAnnotationTarget, "db-1")
 	now = now.Add(14 * time.Second)
 	next.tick(ctx, log)
 	if v := next.view(); v.Held {
@@ -91,7 +92,7 @@ func TestLeaseKeeperTakesTheLeaseOnlyAsTargetAfterTheDuration(t *testing.T) {
 	}
 	now = now.Add(2 * time.Second)
 	next.tick(ctx, log)
-	if v := next.view(); !v.Held || v.Holder != LeaseHolder("db-1", "u1") {
+	if v := next.view(); !v.Held || v.Holder != agentapi.LeaseHolder("db-1", "u1") {
 		t.Fatalf("not taken after the duration: %+v", v)
 	}
 	// The old holder learns it lost the Lease.
@@ -100,7 +101,7 @@ func TestLeaseKeeperTakesTheLeaseOnlyAsTargetAfterTheDuration(t *testing.T) {
 		t.Errorf("the old holder still believes it holds the Lease: %+v", v)
 	}
 	// A clean release is taken at once.
-	store.SetAnnotation(LeaseAnnotationTarget, "db-0")
+	store.SetAnnotation(agentapi.LeaseAnnotationTarget, "db-0")
 	next.setWant(false)
 	next.tick(ctx, log)
 	old.tick(ctx, log)
@@ -151,7 +152,7 @@ func TestLeaseKeeperCountsTheRenewalFromItsSending(t *testing.T) {
 	now := time.Unix(1000, 0)
 	mem := NewMemoryLeaseStore("db-0", 2)
 	store := slowStore{MemoryLeaseStore: mem, advance: func() { now = now.Add(3 * time.Second) }}
-	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k := newLeaseKeeper(store, agentapi.LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
 	k.now = func() time.Time { return now }
 	k.setWant(true)
 	k.tick(ctx, func(string, ...any) {})
@@ -173,13 +174,13 @@ func TestLeaseKeeperRecordsThePrimaryPositionAtEachRenewal(t *testing.T) {
 	store := NewMemoryLeaseStore("db-0", 2)
 	log := func(string, ...any) {}
 	pos := "0/3000060"
-	k := newLeaseKeeper(store, LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
+	k := newLeaseKeeper(store, agentapi.LeaseHolder("db-0", "u"), 15*time.Second, 10*time.Second, 2*time.Second)
 	k.now = func() time.Time { return now }
 	k.position = func() string { return pos }
 	k.setWant(true)
 	k.tick(ctx, log) // acquired
 	k.tick(ctx, log) // renewed
-	annotation := func() string { l, _ := store.Get(ctx); return l.Annotations[LeaseAnnotationPrimaryLSN] }
+	annotation := func() string { l, _ := store.Get(ctx); return l.Annotations[agentapi.LeaseAnnotationPrimaryLSN] }
 	if got := annotation(); got != "0/3000060" {
 		t.Fatalf("primary-lsn after a renewal: %q", got)
 	}
@@ -189,8 +190,8 @@ func TestLeaseKeeperRecordsThePrimaryPositionAtEachRenewal(t *testing.T) {
 	if got := annotation(); got != "0/5000000" {
 		t.Fatalf("primary-lsn after the next renewal: %q", got)
 	}
-	store.SetAnnotation(LeaseAnnotationTarget, "db-1")
-	next := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	store.SetAnnotation(agentapi.LeaseAnnotationTarget, "db-1")
+	next := newLeaseKeeper(store, agentapi.LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
 	next.now = func() time.Time { return now }
 	next.setWant(true)
 	next.tick(ctx, log)
@@ -212,8 +213,8 @@ func TestLeaseKeeperReleaseRecordsWhoAndOnlyARealFinalPosition(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
 	store := NewMemoryLeaseStore("db-1", 2)
-	store.SetAnnotation(LeaseAnnotationFinalLSN, "0/9000000") // the old primary's, from before
-	k := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	store.SetAnnotation(agentapi.LeaseAnnotationFinalLSN, "0/9000000") // the old primary's, from before
+	k := newLeaseKeeper(store, agentapi.LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
 	k.now = func() time.Time { return now }
 	k.setWant(true)
 	k.tick(ctx, func(string, ...any) {})
@@ -230,7 +231,7 @@ func TestLeaseKeeperReleaseRecordsWhoAndOnlyARealFinalPosition(t *testing.T) {
 		t.Fatal(err)
 	}
 	l, _ := store.Get(ctx)
-	if l.Spec.HolderIdentity != nil || l.Annotations[LeaseAnnotationFinalLSN] != "" || l.Annotations[LeaseAnnotationReleasedBy] != "db-1" {
+	if l.Spec.HolderIdentity != nil || l.Annotations[agentapi.LeaseAnnotationFinalLSN] != "" || l.Annotations[agentapi.LeaseAnnotationReleasedBy] != "db-1" {
 		t.Errorf("after a release without a final position: holder %v annotations %v", l.Spec.HolderIdentity, l.Annotations)
 	}
 }
@@ -244,15 +245,15 @@ func TestLeaseKeeperReadsOftenerOnlyWhileAFailoverIsNear(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
 	store := NewMemoryLeaseStore("db-0", 3)
-	primary := newLeaseKeeper(store, LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
-	standby := newLeaseKeeper(store, LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
+	primary := newLeaseKeeper(store, agentapi.LeaseHolder("db-0", "u0"), 15*time.Second, 10*time.Second, 2*time.Second)
+	standby := newLeaseKeeper(store, agentapi.LeaseHolder("db-1", "u1"), 15*time.Second, 10*time.Second, 2*time.Second)
 	primary.now = func() time.Time { return now }
 	standby.now = func() time.Time { return now }
 	log := func(string, ...any) {}
 	primary.setWant(true)
 	primary.tick(ctx, log)
 	standby.tick(ctx, log)
-	if v := standby.view(); v.Holder != LeaseHolder("db-0", "u0") {
+	if v := standby.view(); v.Holder != agentapi.LeaseHolder("db-0", "u0") {
 		t.Fatalf("standby sees %+v", v)
 	}
 	for _, tc := range []struct {
@@ -269,7 +270,7 @@ func TestLeaseKeeperReadsOftenerOnlyWhileAFailoverIsNear(t *testing.T) {
 	} {
 		now = now.Add(tc.advance)
 		if tc.target != "" {
-			store.SetAnnotation(LeaseAnnotationTarget, tc.target)
+			store.SetAnnotation(agentapi.LeaseAnnotationTarget, tc.target)
 			standby.setWant(true)
 			standby.tick(ctx, log) // as the loop does before it waits
 		}

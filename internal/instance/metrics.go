@@ -13,16 +13,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
-
-// MetricsPort is the port the agent serves PostgreSQL's metrics on, in the
-// Prometheus text format (plain HTTP, GET /metrics only: the series carry no
-// secret, and a scraper needs no certificate or token).
-const MetricsPort = 9187
 
 // metricsNamespace prefixes every series the agent exports.
 const metricsNamespace = "postgres"
@@ -156,7 +152,7 @@ func (c *metricsCollector) collectVolume(ch chan<- prometheus.Metric) {
 func (c *metricsCollector) collectPostgres(ctx context.Context, ch chan<- prometheus.Metric) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.conn != nil && c.conn.Config().User != MonitorUser && c.agent.view().SetUp {
+	if c.conn != nil && c.conn.Config().User != agentapi.MonitorUser && c.agent.view().SetUp {
 		c.conn.Close(context.Background())
 		c.conn = nil
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -59,7 +60,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 	pPort, sPort := testenv.FreePort(t), testenv.FreePort(t)
 	primary := startInstance(t, s, "primary", "db-0", pPort, pPort)
 	waitForAppLogin(t, pPort, s.appPassword)
-	setSlots(t, primary, s.token, SlotName("db-1"))
+	setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
 	waitUntil(t, 90*time.Second, "the standby to stream", func() error {
 		st, err := standby.status(s.token)
@@ -96,7 +97,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 			{"postgres_up", nil, 1},
 			{"postgres_is_primary", nil, 1},
 			{"postgres_info", []string{"role", "primary"}, 1},
-			{"postgres_replication_slot_active", []string{"slot_name", SlotName("db-1")}, 1},
+			{"postgres_replication_slot_active", []string{"slot_name", agentapi.SlotName("db-1")}, 1},
 			// Asynchronous replication: no commit waits for a standby.
 			{"postgres_synchronous_standbys_required", nil, 0},
 			{"postgres_synchronous_standbys_connected", nil, 0},
@@ -129,7 +130,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 			"go_goroutines", "process_resident_memory_bytes"} {
 			mustSample(t, m, name)
 		}
-		if _, ok := sample(m, "postgres_replication_slot_retained_wal_bytes", "slot_name", SlotName("db-1")); !ok {
+		if _, ok := sample(m, "postgres_replication_slot_retained_wal_bytes", "slot_name", agentapi.SlotName("db-1")); !ok {
 			t.Error("no retained WAL for the standby's slot")
 		}
 		if _, ok := sample(m, "postgres_standby_streaming"); ok {
@@ -219,11 +220,11 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 			user = c.conn.Config().User
 		}
 		c.mu.Unlock()
-		if user != MonitorUser {
-			t.Errorf("metrics connection as %q, want %q", user, MonitorUser)
+		if user != agentapi.MonitorUser {
+			t.Errorf("metrics connection as %q, want %q", user, agentapi.MonitorUser)
 		}
 		var super bool
-		if err := app.QueryRow(ctx, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1", MonitorUser).Scan(&super); err != nil {
+		if err := app.QueryRow(ctx, "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = $1", agentapi.MonitorUser).Scan(&super); err != nil {
 			t.Fatal(err)
 		}
 		if super {
@@ -234,7 +235,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 	t.Run("only GET /metrics is served on the metrics port", func(t *testing.T) {
 		base := "http://" + primary.agent.MetricsAddr().String()
 		for _, c := range []struct{ method, path string }{
-			{http.MethodPost, "/metrics"}, {http.MethodGet, PathStatus}, {http.MethodGet, PathReadyz},
+			{http.MethodPost, "/metrics"}, {http.MethodGet, agentapi.PathStatus}, {http.MethodGet, agentapi.PathReadyz},
 		} {
 			req, _ := http.NewRequest(c.method, base+c.path, strings.NewReader(""))
 			resp, err := http.DefaultClient.Do(req)

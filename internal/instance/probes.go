@@ -5,14 +5,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/jackc/pgx/v5"
 )
-
-// MonitorUser is the role the agent reads PostgreSQL's state with: a member of
-// pg_monitor that may log in only over the private socket, as the postgres OS
-// user (peer authentication), with a small connection limit. The superuser is
-// used only for what needs it (roles, promotion, slots, restores).
-const MonitorUser = "postgres_operator_monitor"
 
 // probeInterval is how often the probe loop reads PostgreSQL's state; a reading
 // older than probeStaleAfter counts as no answer.
@@ -169,7 +164,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 			a.probes.set(observation{At: time.Now()})
 		} else {
 			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if conn != nil && conn.Config().User != MonitorUser && a.view().SetUp {
+			if conn != nil && conn.Config().User != agentapi.MonitorUser && a.view().SetUp {
 				// Connected as the superuser before the monitoring role
 				// existed: switch to it.
 				conn.Close(context.Background())
@@ -203,7 +198,7 @@ func (a *Agent) probeLoop(ctx context.Context) {
 // role does not exist yet (a new primary before its roles are set up, a standby
 // cloned before they were).
 func (a *Agent) connectMonitor(ctx context.Context, database string) (*pgx.Conn, error) {
-	conn, err := a.connectAs(ctx, MonitorUser, database)
+	conn, err := a.connectAs(ctx, agentapi.MonitorUser, database)
 	if err == nil {
 		return conn, nil
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -49,64 +50,13 @@ import (
 // no connections and is dropped by the primary's agent once its time is up (a
 // comment on it records when).
 
-// PathRestore (PUT, authenticated) restores the request body into the application
-// database; the RestoreRequest is JSON in the HeaderRestoreRequest header.
 const (
-	PathRestore          = "/restore"
-	HeaderRestoreRequest = "X-Restore-Request"
 	// ScratchPrefix names the databases restores are built in.
 	ScratchPrefix = "pgo_restoring_"
-	// PreRestoreInfix is in the name of every pre-restore copy.
-	PreRestoreInfix = "_prerestore_"
 	// preRestoreComment starts the comment on a pre-restore copy, followed by the
 	// RFC 3339 time after which it is dropped.
 	preRestoreComment = "postgres-operator pre-restore copy; dropped after "
 )
-
-// RestoreRequest describes the artifact in the body of PUT /restore.
-type RestoreRequest struct {
-	// ID names the scratch database (lower-case letters and digits).
-	ID string `json:"id"`
-	// SHA256 of the body (the compressed artifact), from its verified manifest.
-	SHA256 string `json:"sha256"`
-	// UncompressedBytes is the archive's size, to decide whether it can be spooled.
-	UncompressedBytes int64 `json:"uncompressedBytes"`
-	// Jobs is pg_restore's parallelism (1: stream, no spool).
-	Jobs int `json:"jobs"`
-	// KeepPreviousSeconds: how long the pre-restore copy is kept (0: dropped at once).
-	KeepPreviousSeconds int64 `json:"keepPreviousSeconds"`
-	// VerifyOnly makes a restore drill: the artifact is restored into the
-	// scratch database, its rows counted and the scratch database dropped; the
-	// application database is not touched.
-	VerifyOnly bool `json:"verifyOnly,omitempty"`
-	// SessionTimeoutSeconds bounds the wait for sessions to end once terminated
-	// (default 30).
-	SessionTimeoutSeconds int `json:"sessionTimeoutSeconds,omitempty"`
-}
-
-// RestoreResult is the answer of PUT /restore.
-type RestoreResult struct {
-	Database string `json:"database"`
-	// PreviousDatabase is the pre-restore copy ("" when it was dropped at once).
-	PreviousDatabase  string    `json:"previousDatabase,omitempty"`
-	PreviousDropAfter time.Time `json:"previousDropAfter,omitempty"`
-	// TerminatedSessions is how many sessions the swap terminated.
-	TerminatedSessions int `json:"terminatedSessions"`
-	// Jobs is the parallelism pg_restore ran with (1 when streamed).
-	Jobs int `json:"jobs"`
-	// Tables is the number of tables in the restored database.
-	Tables int `json:"tables"`
-	// Seconds is the time from the first byte received to the swap.
-	Seconds float64 `json:"seconds"`
-	// RowCounts are the rows of each restored table (drills only).
-	RowCounts map[string]int64 `json:"rowCounts,omitempty"`
-	// Phases are the seconds spent in each step: prepare (scratch database),
-	// restore (receive, spool, pg_restore), analyze, swap.
-	Phases map[string]float64 `json:"phases,omitempty"`
-	// AlreadyRestored: this restore's ID was swapped in before (a retry whose
-	// first attempt completed without its answer arriving); nothing was done.
-	AlreadyRestored bool `json:"alreadyRestored,omitempty"`
-}
 
 // restoredComment is the comment the swap puts on the restored application
 // database, in the swap's transaction: it records durably which restore it is,
@@ -121,9 +71,9 @@ var restoreIDPattern = regexp.MustCompile(`^[a-z0-9]{1,32}$`)
 var errNotPrimary = errors.New("not a running primary")
 
 func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
-	var req RestoreRequest
-	if err := json.Unmarshal([]byte(r.Header.Get(HeaderRestoreRequest)), &req); err != nil {
-		http.Error(w, "invalid "+HeaderRestoreRequest+" header: "+err.Error(), http.StatusBadRequest)
+	var req agentapi.RestoreRequest
+	if err := json.Unmarshal([]byte(r.Header.Get(agentapi.HeaderRestoreRequest)), &req); err != nil {
+		http.Error(w, "invalid "+agentapi.HeaderRestoreRequest+" header: "+err.Error(), http.StatusBadRequest)
 		return
 	}
 	if !restoreIDPattern.MatchString(req.ID) {
@@ -212,7 +162,7 @@ func (a *Agent) runningPrimary() bool {
 	return rt.Primary && !rt.Exited && a.isTarget()
 }
 
-func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader) (*RestoreResult, error) {
+func (a *Agent) restore(ctx context.Context, req agentapi.RestoreRequest, body io.Reader) (*agentapi.RestoreResult, error) {
 	start := time.Now()
 	if !a.runningPrimary() {
 		return nil, errNotPrimary
@@ -236,7 +186,7 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	}
 	if !req.VerifyOnly && strings.HasPrefix(comment, restoredMarker(req.ID)+" ") {
 		a.log.Info("restore already swapped in: nothing to do", "id", req.ID)
-		return &RestoreResult{Database: appDB, AlreadyRestored: true, Seconds: time.Since(start).Seconds()}, nil
+		return &agentapi.RestoreResult{Database: appDB, AlreadyRestored: true, Seconds: time.Since(start).Seconds()}, nil
 	}
 	var encoding, collate, ctype string
 	if err := conn.QueryRow(ctx, `SELECT pg_encoding_to_char(encoding), datcollate, datctype FROM pg_database WHERE datname = $1`,
@@ -276,7 +226,7 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	}
 	phases["restore"] = time.Since(t0).Seconds()
 	t0 = time.Now()
-	res := &RestoreResult{Database: appDB, Jobs: jobs, Phases: phases}
+	res := &agentapi.RestoreResult{Database: appDB, Jobs: jobs, Phases: phases}
 	sc, err := a.connect(ctx, scratch)
 	if err != nil {
 		return nil, err
@@ -325,10 +275,10 @@ func (a *Agent) restore(ctx context.Context, req RestoreRequest, body io.Reader)
 	prev := ""
 	var dropAfter time.Time
 	name := appDB
-	if len(name) > 63-len(PreRestoreInfix)-15 {
-		name = name[:63-len(PreRestoreInfix)-15]
+	if len(name) > 63-len(agentapi.PreRestoreInfix)-15 {
+		name = name[:63-len(agentapi.PreRestoreInfix)-15]
 	}
-	prev = name + PreRestoreInfix + start.UTC().Format("20060102t150405")
+	prev = name + agentapi.PreRestoreInfix + start.UTC().Format("20060102t150405")
 	dropAfter = start.Add(time.Duration(req.KeepPreviousSeconds) * time.Second).UTC().Truncate(time.Second)
 	timeout := time.Duration(req.SessionTimeoutSeconds) * time.Second
 	if timeout <= 0 {
@@ -454,7 +404,7 @@ LIMIT 10`)
 // no code of the archive, and PostgreSQL runs index expressions, materialized
 // views and foreign-key checks as the table's owner. A streamed restore (one
 // pass over the archive) creates everything as its owner.
-func (a *Agent) pgRestore(ctx context.Context, req RestoreRequest, body io.Reader, scratch string) (int, error) {
+func (a *Agent) pgRestore(ctx context.Context, req agentapi.RestoreRequest, body io.Reader, scratch string) (int, error) {
 	hash := sha256.New()
 	dec, err := zstd.NewReader(io.TeeReader(body, hash), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(64<<20))
 	if err != nil {
@@ -734,7 +684,7 @@ func (a *Agent) dropExpiredCopiesOnce(ctx context.Context, now time.Time) error 
 	}
 	defer conn.Close(context.Background())
 	rows, err := conn.Query(ctx, `SELECT datname, coalesce(shobj_description(oid, 'pg_database'), '') FROM pg_database
-		WHERE strpos(datname, $1) > 0`, PreRestoreInfix)
+		WHERE strpos(datname, $1) > 0`, agentapi.PreRestoreInfix)
 	if err != nil {
 		return err
 	}
@@ -784,40 +734,4 @@ func (e *errRecorder) Read(p []byte) (int, error) {
 		e.err = err
 	}
 	return n, err
-}
-
-// Restore sends the artifact to the primary's agent at baseURL and waits for the
-// swap. The client must have no timeout: a restore takes as long as it takes (the
-// Job's deadline bounds it).
-func (c *Client) Restore(ctx context.Context, baseURL string, req RestoreRequest, body io.Reader) (*RestoreResult, error) {
-	meta, err := json.Marshal(req)
-	if err != nil {
-		return nil, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPut, baseURL+PathRestore, body)
-	if err != nil {
-		return nil, err
-	}
-	if c.token != "" {
-		hr.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	hr.Header.Set(HeaderRestoreRequest, string(meta))
-	hr.Header.Set("Content-Type", "application/octet-stream")
-	resp, err := c.http.Do(hr)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusUnauthorized {
-		return nil, ErrUnauthorized
-	}
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
-		return nil, fmt.Errorf("the primary's agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
-	var res RestoreResult
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&res); err != nil {
-		return nil, fmt.Errorf("decoding the restore result: %w", err)
-	}
-	return &res, nil
 }

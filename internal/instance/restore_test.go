@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -30,9 +31,9 @@ func TestExpiredPreRestoreCopiesAreDroppedAndOthersKept(t *testing.T) {
 	defer conn.Close(ctx)
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	dbs := map[string]string{
-		"appdb" + PreRestoreInfix + "20261201t000000": preRestoreComment + now.Add(-time.Minute).Format(time.RFC3339),
-		"appdb" + PreRestoreInfix + "20261202t000000": preRestoreComment + now.Add(time.Hour).Format(time.RFC3339),
-		"appdb" + PreRestoreInfix + "20261130t000000": "kept by hand",
+		"appdb" + agentapi.PreRestoreInfix + "20261201t000000": preRestoreComment + now.Add(-time.Minute).Format(time.RFC3339),
+		"appdb" + agentapi.PreRestoreInfix + "20261202t000000": preRestoreComment + now.Add(time.Hour).Format(time.RFC3339),
+		"appdb" + agentapi.PreRestoreInfix + "20261130t000000": "kept by hand",
 		"unrelated": preRestoreComment + now.Add(-time.Hour).Format(time.RFC3339),
 	}
 	for name, comment := range dbs {
@@ -51,7 +52,7 @@ func TestExpiredPreRestoreCopiesAreDroppedAndOthersKept(t *testing.T) {
 		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name).Scan(&exists); err != nil {
 			t.Fatal(err)
 		}
-		if want := name != "appdb"+PreRestoreInfix+"20261201t000000"; exists != want {
+		if want := name != "appdb"+agentapi.PreRestoreInfix+"20261201t000000"; exists != want {
 			t.Errorf("%s exists = %t, want %t", name, exists, want)
 		}
 	}

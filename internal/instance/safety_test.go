@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -87,7 +88,7 @@ func TestWALPositions(t *testing.T) {
 			t.Errorf("NeedsWALThatIsGone(%s, %s) = %v", tc.standby, tc.oldest, got)
 		}
 	}
-	if LaterLSN("0/5", "1/0") != "1/0" || LaterLSN("2/0", "1/FFFFFFFF") != "2/0" || LaterLSN("", "0/1") != "0/1" {
+	if agentapi.LaterLSN("0/5", "1/0") != "1/0" || agentapi.LaterLSN("2/0", "1/FFFFFFFF") != "2/0" || agentapi.LaterLSN("", "0/1") != "0/1" {
 		t.Error("LaterLSN")
 	}
 	if got, err := parseBinaryMajor("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"); err != nil || got != 15 {
@@ -96,17 +97,17 @@ func TestWALPositions(t *testing.T) {
 	if got, err := parseBinaryMajor("postgres (PostgreSQL) 18beta1"); err != nil || got != 18 {
 		t.Errorf("parseBinaryMajor(beta) = %d %v", got, err)
 	}
-	if SlotName("my-database-2") != "pgop_my_database_2" || !slotNamePattern.MatchString(SlotName("my-database-2")) {
-		t.Errorf("SlotName = %s", SlotName("my-database-2"))
+	if agentapi.SlotName("my-database-2") != "pgop_my_database_2" || !slotNamePattern.MatchString(agentapi.SlotName("my-database-2")) {
+		t.Errorf("SlotName = %s", agentapi.SlotName("my-database-2"))
 	}
 }
 
-func setSlots(t *testing.T, in *testInstance, token string, names ...string) []SlotStatus {
+func setSlots(t *testing.T, in *testInstance, token string, names ...string) []agentapi.SlotStatus {
 	t.Helper()
-	var out []SlotStatus
+	var out []agentapi.SlotStatus
 	waitUntil(t, 30*time.Second, "PUT /slots", func() error {
-		b, _ := json.Marshal(SlotsRequest{Names: names})
-		req, _ := http.NewRequest(http.MethodPut, in.baseURL()+PathSlots, bytes.NewReader(b))
+		b, _ := json.Marshal(agentapi.SlotsRequest{Names: names})
+		req, _ := http.NewRequest(http.MethodPut, in.baseURL()+agentapi.PathSlots, bytes.NewReader(b))
 		req.Header.Set("Authorization", "Bearer "+token)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -134,9 +135,9 @@ func post(t *testing.T, url, token string, body any) int {
 	return resp.StatusCode
 }
 
-func (ti *testInstance) waitState(t *testing.T, token string, want State) *Status {
+func (ti *testInstance) waitState(t *testing.T, token string, want agentapi.State) *agentapi.Status {
 	t.Helper()
-	var st *Status
+	var st *agentapi.Status
 	waitUntil(t, 90*time.Second, string(want), func() error {
 		var err error
 		if st, err = ti.status(token); err != nil {
@@ -150,15 +151,15 @@ func (ti *testInstance) waitState(t *testing.T, token string, want State) *Statu
 	return st
 }
 
-func (ti *testInstance) waitStreaming(t *testing.T, token string) *Status {
+func (ti *testInstance) waitStreaming(t *testing.T, token string) *agentapi.Status {
 	t.Helper()
-	var st *Status
+	var st *agentapi.Status
 	waitUntil(t, 90*time.Second, ti.cfg.PodName+" to stream", func() error {
 		var err error
 		if st, err = ti.status(token); err != nil {
 			return err
 		}
-		if st.Role != RoleReplica || st.WALReceiverStatus != "streaming" || !st.Ready {
+		if st.Role != agentapi.RoleReplica || st.WALReceiverStatus != "streaming" || !st.Ready {
 			return fmt.Errorf("standby %s: state %s receiver %q ready %v %s", ti.cfg.PodName, st.State, st.WALReceiverStatus, st.Ready, st.Error)
 		}
 		return nil
@@ -220,32 +221,32 @@ func TestDataSafety(t *testing.T) {
 		})
 		st := primary.mustStatus(t, s.token)
 		major := mustAtoi(t, serverMajor(t))
-		if st.SystemIdentifier == "" || st.SystemIdentifier == foreignID || !st.Bootstrapped || st.DataVersion != major || st.BinaryVersion != major || st.State != StateRunning || !st.Ready {
+		if st.SystemIdentifier == "" || st.SystemIdentifier == foreignID || !st.Bootstrapped || st.DataVersion != major || st.BinaryVersion != major || st.State != agentapi.StateRunning || !st.Ready {
 			t.Fatalf("status %+v", st)
 		}
 		systemID = st.SystemIdentifier
 		// What the operator does once it recorded the identity.
-		writeTestFile(t, filepath.Join(s.internal, InternalSystemIDFile), systemID)
+		writeTestFile(t, filepath.Join(s.internal, agentapi.InternalSystemIDFile), systemID)
 	})
 	execApp(t, pPort, s.appPassword, "CREATE TABLE items (id int PRIMARY KEY, body text); INSERT INTO items SELECT g, 'row' FROM generate_series(1, 100) g")
 
 	t.Run("slots: created, reported, dropped; only on the primary", func(t *testing.T) {
-		got := setSlots(t, primary, s.token, SlotName("db-1"), SlotName("db-2"))
+		got := setSlots(t, primary, s.token, agentapi.SlotName("db-1"), agentapi.SlotName("db-2"))
 		if len(got) != 2 || got[0].Name != "pgop_db_1" || got[1].Name != "pgop_db_2" || got[0].RestartLSN == "" || got[0].Active {
 			t.Fatalf("slots after create: %+v", got)
 		}
-		got = setSlots(t, primary, s.token, SlotName("db-1"))
+		got = setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 		if len(got) != 1 || got[0].Name != "pgop_db_1" {
 			t.Fatalf("slots after dropping db-2: %+v", got)
 		}
 		if st := primary.mustStatus(t, s.token); len(st.Slots) != 1 || st.OldestWALLSN == "" || st.WALSegmentSize != 16<<20 {
 			t.Errorf("primary status slots %+v oldest %q segment %d", st.Slots, st.OldestWALLSN, st.WALSegmentSize)
 		}
-		if code, _ := primary.get(PathSlots, s.token); code != http.StatusMethodNotAllowed {
+		if code, _ := primary.get(agentapi.PathSlots, s.token); code != http.StatusMethodNotAllowed {
 			t.Errorf("GET /slots = %d", code)
 		}
-		b, _ := json.Marshal(SlotsRequest{Names: []string{"pgop_x; DROP"}})
-		req, _ := http.NewRequest(http.MethodPut, primary.baseURL()+PathSlots, bytes.NewReader(b))
+		b, _ := json.Marshal(agentapi.SlotsRequest{Names: []string{"pgop_x; DROP"}})
+		req, _ := http.NewRequest(http.MethodPut, primary.baseURL()+agentapi.PathSlots, bytes.NewReader(b))
 		req.Header.Set("Authorization", "Bearer "+s.token)
 		if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode == http.StatusOK {
 			t.Errorf("an invalid slot name was accepted: %v", err)
@@ -278,7 +279,7 @@ func TestDataSafety(t *testing.T) {
 		if id, _ := postgres.ReadSystemID(foreign); id != foreignID {
 			t.Fatalf("foreign data directory identity %s", id)
 		}
-		setSlots(t, primary, s.token, SlotName("db-1"), SlotName("foreign-2"))
+		setSlots(t, primary, s.token, agentapi.SlotName("db-1"), agentapi.SlotName("foreign-2"))
 		in := startInstance(t, s, "foreign", "foreign-2", testenv.FreePort(t), pPort)
 		st := in.waitStreaming(t, s.token)
 		if st.SystemIdentifier != systemID {
@@ -290,7 +291,7 @@ func TestDataSafety(t *testing.T) {
 		if err := in.stop(); err != nil {
 			t.Error(err)
 		}
-		setSlots(t, primary, s.token, SlotName("db-1"))
+		setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	})
 
 	t.Run("postgres killed with SIGKILL is restarted in place by the agent, data intact", func(t *testing.T) {
@@ -327,7 +328,7 @@ func TestDataSafety(t *testing.T) {
 
 	t.Run("a changed application password is applied without a restart", func(t *testing.T) {
 		const rotated = "rotated-Pa55word-2"
-		writeTestFile(t, filepath.Join(s.credentials, CredentialsPasswordFile), rotated)
+		writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsPasswordFile), rotated)
 		waitUntil(t, 30*time.Second, "the new password to log in", func() error {
 			c, err := appConn(context.Background(), pPort, rotated, testAppDB)
 			if err != nil {
@@ -344,7 +345,7 @@ func TestDataSafety(t *testing.T) {
 
 	t.Run("a changed agent token is accepted at once and the old one for a grace period", func(t *testing.T) {
 		old := s.token
-		writeTestFile(t, filepath.Join(s.internal, InternalAgentTokenFile), "new-token-abcdefghij")
+		writeTestFile(t, filepath.Join(s.internal, agentapi.InternalAgentTokenFile), "new-token-abcdefghij")
 		waitUntil(t, 30*time.Second, "the new token", func() error {
 			_, err := primary.status("new-token-abcdefghij")
 			return err
@@ -368,15 +369,15 @@ func TestDataSafety(t *testing.T) {
 		if ps.OldestWALLSN == before {
 			t.Fatalf("the primary kept all its WAL (oldest %s)", before)
 		}
-		setSlots(t, primary, s.token, SlotName("db-1")) // scaled back up
+		setSlots(t, primary, s.token, agentapi.SlotName("db-1")) // scaled back up
 		standby = startInstance(parent, s, "standby", "db-1", sPort, pPort)
-		var st *Status
+		var st *agentapi.Status
 		waitUntil(t, 60*time.Second, "the standby to run without streaming", func() error {
 			var err error
 			if st, err = standby.status(s.token); err != nil {
 				return err
 			}
-			if st.State != StateRunning || !st.Running || st.ReplayLSN == "" {
+			if st.State != agentapi.StateRunning || !st.Running || st.ReplayLSN == "" {
 				return fmt.Errorf("state %s running %v", st.State, st.Running)
 			}
 			return nil
@@ -387,7 +388,7 @@ func TestDataSafety(t *testing.T) {
 		if st.WALReceiverStatus == "streaming" || st.Ready {
 			t.Fatalf("the standby streams although its WAL is gone: %+v", st)
 		}
-		if !NeedsWALThatIsGone(LaterLSN(st.ReplayLSN, st.ReceiveLSN), ps.OldestWALLSN, ps.WALSegmentSize) {
+		if !NeedsWALThatIsGone(agentapi.LaterLSN(st.ReplayLSN, st.ReceiveLSN), ps.OldestWALLSN, ps.WALSegmentSize) {
 			t.Fatalf("standby at %s/%s, primary oldest WAL %s: not detected as gone", st.ReplayLSN, st.ReceiveLSN, ps.OldestWALLSN)
 		}
 		waitUntil(t, 30*time.Second, "the standby to report its WAL missing", func() error {
@@ -396,7 +397,7 @@ func TestDataSafety(t *testing.T) {
 			}
 			return nil
 		})
-		if code := post(t, standby.baseURL()+PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
+		if code := post(t, standby.baseURL()+agentapi.PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
 			t.Fatalf("POST /reclone = %d", code)
 		}
 		standby.waitStreaming(t, s.token)
@@ -408,7 +409,7 @@ func TestDataSafety(t *testing.T) {
 			}
 			return nil
 		})
-		if code := post(t, primary.baseURL()+PathReclone, s.token, struct{}{}); code != http.StatusConflict {
+		if code := post(t, primary.baseURL()+agentapi.PathReclone, s.token, struct{}{}); code != http.StatusConflict {
 			t.Errorf("POST /reclone on the primary = %d, want 409", code)
 		}
 	})
@@ -423,7 +424,7 @@ func TestDataSafety(t *testing.T) {
 		}
 		cfgPeer := func(pod string) (string, int) { return "127.0.0.1", sPort }
 		primary = startInstanceWith(parent, s, "primary", "db-0", pPort, pPort, func(c *Config) { c.PeerAddress = cfgPeer })
-		st := primary.waitState(t, s.token, StateDataMissing)
+		st := primary.waitState(t, s.token, agentapi.StateDataMissing)
 		if !strings.Contains(st.Message, systemID) || st.Running || st.Ready {
 			t.Errorf("refusing primary status %+v", st)
 		}
@@ -431,16 +432,16 @@ func TestDataSafety(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(primary.cfg.PGData, "PG_VERSION")); !os.IsNotExist(err) {
 			t.Fatalf("a data directory was created: %v", err)
 		}
-		if code, _ := primary.get(PathReadyz, ""); code != http.StatusServiceUnavailable {
+		if code, _ := primary.get(agentapi.PathReadyz, ""); code != http.StatusServiceUnavailable {
 			t.Errorf("readiness of a refusing primary = %d", code)
 		}
-		if code, _ := primary.get(PathHealthz, ""); code != http.StatusOK {
+		if code, _ := primary.get(agentapi.PathHealthz, ""); code != http.StatusOK {
 			t.Errorf("liveness of a refusing primary = %d (it must not crash-loop)", code)
 		}
-		if code := post(t, primary.baseURL()+PathRecover, s.token, RecoverRequest{Source: "other-1"}); code != http.StatusBadRequest {
+		if code := post(t, primary.baseURL()+agentapi.PathRecover, s.token, agentapi.RecoverRequest{Source: "other-1"}); code != http.StatusBadRequest {
 			t.Errorf("recover from another StatefulSet's pod = %d, want 400", code)
 		}
-		if code := post(t, primary.baseURL()+PathRecover, s.token, RecoverRequest{Source: "db-1"}); code != http.StatusAccepted {
+		if code := post(t, primary.baseURL()+agentapi.PathRecover, s.token, agentapi.RecoverRequest{Source: "db-1"}); code != http.StatusAccepted {
 			t.Fatalf("POST /recover = %d", code)
 		}
 		waitUntil(t, 120*time.Second, "the rebuilt primary to accept writes", func() error {
@@ -448,7 +449,7 @@ func TestDataSafety(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			if st.Role != RolePrimary || !st.Writable || !st.Ready {
+			if st.Role != agentapi.RolePrimary || !st.Writable || !st.Ready {
 				return fmt.Errorf("state %s role %s writable %v: %s %s", st.State, st.Role, st.Writable, st.Message, st.Error)
 			}
 			if st.SystemIdentifier != systemID || st.Timeline < 2 {
@@ -460,7 +461,7 @@ func TestDataSafety(t *testing.T) {
 			t.Errorf("rows on the rebuilt primary: %d (%v), want %d", n, err, want)
 		}
 		execApp(t, pPort, s.appPassword, "INSERT INTO items VALUES (-1, 'after recovery')")
-		setSlots(t, primary, s.token, SlotName("db-1"))
+		setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 		standby.waitStreaming(t, s.token)
 		waitUntil(t, 30*time.Second, "the standby to follow the new timeline", func() error {
 			n, err := countItems(t, sPort, s.appPassword)
@@ -524,7 +525,7 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 	primary := startInstanceWith(t, s, "primary", "db-0", pPort, pPort, func(c *Config) { c.MaxSlotWALKeepSize = "32MB" })
 	waitForAppLogin(t, pPort, s.appPassword)
 	execApp(t, pPort, s.appPassword, "CREATE TABLE items (id int, body text)")
-	setSlots(t, primary, s.token, SlotName("db-1"))
+	setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	standby := startInstance(t, s, "standby", "db-1", sPort, pPort)
 	standby.waitStreaming(t, s.token)
 	if err := standby.stop(); err != nil {
@@ -538,16 +539,16 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 	standby = startInstance(t, s, "standby", "db-1", sPort, pPort)
 	waitUntil(t, 60*time.Second, "the standby to run", func() error {
 		st, err := standby.status(s.token)
-		if err != nil || st.State != StateRunning || !st.Running {
+		if err != nil || st.State != agentapi.StateRunning || !st.Running {
 			return fmt.Errorf("standby %+v %v", st, err)
 		}
 		return nil
 	})
-	if code := post(t, standby.baseURL()+PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
+	if code := post(t, standby.baseURL()+agentapi.PathReclone, s.token, struct{}{}); code != http.StatusAccepted {
 		t.Fatalf("POST /reclone = %d", code)
 	}
 	// What the operator does when it sees the lost, inactive slot.
-	got := setSlots(t, primary, s.token, SlotName("db-1"))
+	got := setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 	if len(got) != 1 || got[0].WALStatus == "lost" {
 		t.Fatalf("slot not recreated: %+v", got)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -72,7 +73,7 @@ func appExec(t *testing.T, port int, password, db, sql string) error {
 // applied it: proof that ensureRoles ran again after whatever the test changed.
 func rotatePassword(t *testing.T, s *testSecrets, port int, password string) {
 	t.Helper()
-	writeTestFile(t, filepath.Join(s.credentials, CredentialsPasswordFile), password)
+	writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsPasswordFile), password)
 	s.appPassword = password
 	waitForAppLogin(t, port, password)
 }
@@ -122,8 +123,8 @@ func TestTheApplicationRoleCannotBecomeSuperuser(t *testing.T) {
 	ctx := context.Background()
 
 	t.Run("a Secret naming the maintenance database and the superuser changes no owner", func(t *testing.T) {
-		writeTestFile(t, filepath.Join(s.credentials, CredentialsDatabaseFile), "postgres")
-		writeTestFile(t, filepath.Join(s.credentials, CredentialsUsernameFile), "postgres")
+		writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsDatabaseFile), "postgres")
+		writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsUsernameFile), "postgres")
 		rotatePassword(t, &s, port, "rotated-1")
 		c, err := primary.agent.connect(ctx, "postgres")
 		if err != nil {
@@ -179,19 +180,19 @@ func TestTheApplicationRoleCannotBecomeSuperuser(t *testing.T) {
 		// the role set-up and the probes, several times.
 		for i := 0; i < 3; i++ {
 			st := primary.mustStatus(t, s.token)
-			if !st.Writable || st.Role != RolePrimary {
+			if !st.Writable || st.Role != agentapi.RolePrimary {
 				t.Errorf("status under the planted objects: role %s writable %v (%s)", st.Role, st.Writable, st.WriteError)
 			}
-			primary.get(PathReadyz, "")
+			primary.get(agentapi.PathReadyz, "")
 			// Slots are managed in a superuser session.
-			setSlots(t, primary, s.token, SlotName("db-1"))
+			setSlots(t, primary, s.token, agentapi.SlotName("db-1"))
 		}
 		// (Checked before the role set-up runs again: it would reset the
 		// attribute with NOSUPERUSER.)
 		if isSuperuser(t, primary) {
 			t.Fatal("the application role became a superuser through an object the agent ran")
 		}
-		writeTestFile(t, filepath.Join(s.credentials, CredentialsPasswordFile), "rotated-2")
+		writeTestFile(t, filepath.Join(s.credentials, agentapi.CredentialsPasswordFile), "rotated-2")
 		s.appPassword = "rotated-2"
 		waitUntil(t, 30*time.Second, "the password change to be applied", func() error {
 			if isSuperuser(t, primary) {
@@ -216,7 +217,7 @@ func TestTheApplicationRoleCannotBecomeSuperuser(t *testing.T) {
 		}
 		art, sum, raw := dumpAppDB(t, port, s.appPassword)
 		for i, jobs := range []int{2, 1} {
-			res, err := NewClient(nil, s.token).Restore(ctx, primary.baseURL(), RestoreRequest{
+			res, err := agentapi.NewClient(nil, s.token).Restore(ctx, primary.baseURL(), agentapi.RestoreRequest{
 				ID: fmt.Sprintf("sec%d", i), SHA256: sum, UncompressedBytes: raw, Jobs: jobs}, bytes.NewReader(art))
 			if err != nil {
 				t.Fatalf("restore with %d jobs: %v", jobs, err)
@@ -251,7 +252,7 @@ func TestProbesOpenNoBackend(t *testing.T) {
 	primary := startInstance(t, s, "primary", "db-0", port, port)
 	waitForAppLogin(t, port, s.appPassword)
 	waitUntil(t, 30*time.Second, "readiness", func() error {
-		if code, _ := primary.get(PathReadyz, ""); code != 200 {
+		if code, _ := primary.get(agentapi.PathReadyz, ""); code != 200 {
 			return fmt.Errorf("readyz %d", code)
 		}
 		return nil
@@ -286,7 +287,7 @@ func TestProbesOpenNoBackend(t *testing.T) {
 	errs := make(chan error, 200)
 	for i := 0; i < 200; i++ {
 		go func() {
-			code, body := primary.get(PathReadyz, "")
+			code, body := primary.get(agentapi.PathReadyz, "")
 			if code != 200 {
 				errs <- fmt.Errorf("readyz %d %s", code, body)
 				return
@@ -307,11 +308,11 @@ func TestProbesOpenNoBackend(t *testing.T) {
 	// role exists.
 	waitUntil(t, 10*time.Second, "the probe loop to read as the monitoring role", func() error {
 		var monitorConns int
-		if err := c.QueryRow(context.Background(), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1", MonitorUser).Scan(&monitorConns); err != nil {
+		if err := c.QueryRow(context.Background(), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE usename = $1", agentapi.MonitorUser).Scan(&monitorConns); err != nil {
 			return err
 		}
 		if monitorConns < 1 {
-			return fmt.Errorf("no %s session", MonitorUser)
+			return fmt.Errorf("no %s session", agentapi.MonitorUser)
 		}
 		return nil
 	})

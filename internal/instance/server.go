@@ -1,19 +1,19 @@
 package instance
 
 import (
-	"bytes"
 	"context"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 const requestTimeout = 3 * time.Second
@@ -23,28 +23,36 @@ const requestTimeout = 3 * time.Second
 // token.
 func (a *Agent) serve() (*http.Server, error) {
 	mux := http.NewServeMux()
+	// handle serves an endpoint at its ProtocolVersion path and, for agents and
+	// restore Jobs of the previous release during an upgrade, at its
+	// PreviousProtocolVersion path (the same handler: the versions differ only
+	// in their paths).
+	handle := func(method, path string, h http.HandlerFunc) {
+		mux.HandleFunc(method+" "+agentapi.Versioned(path), h)
+		mux.HandleFunc(method+" "+path, h)
+	}
 	// Live (and started) while the agent answers: the agent itself restarts
 	// PostgreSQL in place, and a clone that progresses is never cut short by a
 	// probe (the agent stops only clones that stall).
 	live := func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }
-	mux.HandleFunc("GET "+PathHealthz, live)
-	mux.HandleFunc("GET "+PathStartup, live)
+	handle("GET", agentapi.PathHealthz, live)
+	handle("GET", agentapi.PathStartup, live)
 	// Readiness is answered from the probe loop's last reading: a request costs
 	// no backend, however many arrive.
-	mux.HandleFunc("GET "+PathReadyz, func(w http.ResponseWriter, _ *http.Request) {
+	handle("GET", agentapi.PathReadyz, func(w http.ResponseWriter, _ *http.Request) {
 		if !a.readyNow() {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ok"))
 	})
-	mux.HandleFunc("GET "+PathStatus, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+	handle("GET", agentapi.PathStatus, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 		defer cancel()
 		writeJSON(w, http.StatusOK, a.status(ctx))
 	}))
-	mux.HandleFunc("PUT "+PathSlots, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
-		var req SlotsRequest
+	handle("PUT", agentapi.PathSlots, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+		var req agentapi.SlotsRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16)).Decode(&req); err != nil {
 			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
 			return
@@ -62,23 +70,23 @@ func (a *Agent) serve() (*http.Server, error) {
 		}
 		writeJSON(w, http.StatusOK, slots)
 	}))
-	mux.HandleFunc("POST "+PathReclone, a.authenticated(func(w http.ResponseWriter, _ *http.Request) {
+	handle("POST", agentapi.PathReclone, a.authenticated(func(w http.ResponseWriter, _ *http.Request) {
 		rt := a.view()
 		st := rt.State
-		if rt.Primary || a.isTarget() || (st != StateRunning && st != StateRestarting) {
+		if rt.Primary || a.isTarget() || (st != agentapi.StateRunning && st != agentapi.StateRestarting) {
 			http.Error(w, "only a running standby re-clones (state "+string(st)+")", http.StatusConflict)
 			return
 		}
 		a.send(w, instruction{reclone: true})
 	}))
-	mux.HandleFunc("POST "+PathRecover, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
-		var req RecoverRequest
+	handle("POST", agentapi.PathRecover, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+		var req agentapi.RecoverRequest
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<12)).Decode(&req); err != nil {
 			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		st, _ := a.currentState()
-		if !a.isTarget() || st != StateDataMissing {
+		if !a.isTarget() || st != agentapi.StateDataMissing {
 			http.Error(w, "only a primary whose data is missing is recovered (state "+string(st)+")", http.StatusConflict)
 			return
 		}
@@ -89,7 +97,7 @@ func (a *Agent) serve() (*http.Server, error) {
 		a.send(w, instruction{recoverFrom: req.Source})
 	}))
 
-	mux.HandleFunc("PUT "+PathRestore, a.authenticatedAs(a.handleRestore, ClientOperator, ClientRestore))
+	handle("PUT", agentapi.PathRestore, a.authenticatedAs(a.handleRestore, agentapi.ClientOperator, agentapi.ClientRestore))
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.AgentAddress, strconv.Itoa(a.cfg.AgentPort)))
 	if err != nil {
@@ -113,7 +121,7 @@ func (a *Agent) serve() (*http.Server, error) {
 func (a *Agent) isPeer(pod string) bool {
 	i := strings.LastIndex(a.cfg.PodName, "-")
 	j := strings.LastIndex(pod, "-")
-	return i > 0 && j > 0 && pod != a.cfg.PodName && pod[:j] == a.cfg.PodName[:i] && Ordinal(pod) >= 0
+	return i > 0 && j > 0 && pod != a.cfg.PodName && pod[:j] == a.cfg.PodName[:i] && agentapi.Ordinal(pod) >= 0
 }
 
 // send passes an instruction to the main loop without blocking.
@@ -138,7 +146,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 // (verified against the Database's CA by the handshake, common name
 // ClientOperator); without TLS (an agent run outside a pod), by the bearer token.
 func (a *Agent) authenticated(h http.HandlerFunc) http.HandlerFunc {
-	return a.authenticatedAs(h, ClientOperator)
+	return a.authenticatedAs(h, agentapi.ClientOperator)
 }
 
 // authenticatedAs admits the client certificate common names given.
@@ -189,101 +197,4 @@ func (a *Agent) authorized(r *http.Request) bool {
 		return true
 	}
 	return len(prev) > 0 && time.Now().Before(until) && subtle.ConstantTimeCompare([]byte(got), prev) == 1
-}
-
-// Client reads instance status from agents.
-type Client struct {
-	http  *http.Client
-	token string
-}
-
-// NewClient returns a client authenticating with token. It never follows a
-// redirect: an agent (or whatever answers at its address) cannot send the
-// operator's requests, and its credentials, elsewhere.
-func NewClient(h *http.Client, token string) *Client {
-	if h == nil {
-		h = &http.Client{Timeout: requestTimeout}
-	}
-	c := *h
-	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
-	return &Client{http: &c, token: token}
-}
-
-// ErrUnauthorized is returned when the agent refuses the token.
-var ErrUnauthorized = errors.New("agent answered 401 Unauthorized")
-
-func (c *Client) do(ctx context.Context, method, url string, body any) (*http.Response, error) {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return nil, err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, url, rd)
-	if err != nil {
-		return nil, err
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode == http.StatusUnauthorized {
-		resp.Body.Close()
-		return nil, ErrUnauthorized
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("agent answered %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
-	return resp, nil
-}
-
-// SetSlots makes the primary's operator-managed replication slots exactly names.
-func (c *Client) SetSlots(ctx context.Context, baseURL string, names []string) error {
-	resp, err := c.do(ctx, http.MethodPut, strings.TrimSuffix(baseURL, "/")+PathSlots, SlotsRequest{Names: names})
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
-}
-
-// Reclone asks a standby to discard its data and clone the primary again.
-func (c *Client) Reclone(ctx context.Context, baseURL string) error {
-	resp, err := c.do(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+PathReclone, struct{}{})
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
-}
-
-// Recover asks a primary whose data is missing to rebuild it from standby source.
-func (c *Client) Recover(ctx context.Context, baseURL, source string) error {
-	resp, err := c.do(ctx, http.MethodPost, strings.TrimSuffix(baseURL, "/")+PathRecover, RecoverRequest{Source: source})
-	if err != nil {
-		return err
-	}
-	return resp.Body.Close()
-}
-
-// GetStatus returns the status of the agent at baseURL (http://host:port).
-func (c *Client) GetStatus(ctx context.Context, baseURL string) (*Status, error) {
-	resp, err := c.do(ctx, http.MethodGet, strings.TrimSuffix(baseURL, "/")+PathStatus, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	var st Status
-	if err := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, 1<<20)).Decode(&st); err != nil {
-		return nil, fmt.Errorf("decoding agent status: %w", err)
-	}
-	return &st, nil
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -67,7 +68,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		v.Primary = asPrimary && !a.inRecoveryOnDisk()
 		v.SetUp = !asPrimary
 	})
-	a.setState(StateRunning, "PostgreSQL is running")
+	a.setState(agentapi.StateRunning, "PostgreSQL is running")
 	a.log.Info("postgres started", "pid", cmd.Process.Pid, "primary", asPrimary, "following", following)
 	go func() { l.done <- cmd.Wait() }()
 
@@ -163,7 +164,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 			}
 			return nil, l.stop()
 		case actStopForReclone:
-			a.setState(StateCloning, "stopping PostgreSQL to re-clone the primary")
+			a.setState(agentapi.StateCloning, "stopping PostgreSQL to re-clone the primary")
 			return &instruction{reclone: true}, l.stop()
 		case actRestartLater:
 			cancelSetup()
@@ -186,7 +187,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		case actSetUp:
 			a.lease.setWant(true)
 			a.publish(func(v *runtimeView) { v.SetUp = false })
-			a.setState(StatePromoting, "this standby is the target primary and holds the Lease: promoting")
+			a.setState(agentapi.StatePromoting, "this standby is the target primary and holds the Lease: promoting")
 			go a.setUpPrimary(setupCtx, l.gen)
 		case actRewriteSync:
 			if err := a.writeOwnConfig(true); err != nil {
@@ -207,7 +208,7 @@ func (a *Agent) observeRun() runObs {
 	rt := a.view()
 	me := a.cfg.PodName
 	return runObs{
-		Me: LeaseHolder(me, a.cfg.PodUID), Pod: me,
+		Me: agentapi.LeaseHolder(me, a.cfg.PodUID), Pod: me,
 		Known: v.Known, Holder: v.Holder, Held: v.Held, Target: v.Target, Fencing: v.Fencing,
 		SinceRenew: since, Renewed: renewed, RenewDeadline: a.cfg.RenewDeadline, LastErr: v.LastErr,
 		Upstream: a.upstream(v, rt.Following), Following: rt.Following,
@@ -255,7 +256,7 @@ func (l *lifetime) fence(why string) error {
 	_ = l.cmd.Process.Signal(syscall.SIGQUIT)
 	l.a.publish(func(v *runtimeView) { v.Fenced, v.SetUp = true, false })
 	l.a.log.Error("fencing: PostgreSQL shut down immediately", "reason", why)
-	l.a.setState(StateFenced, why)
+	l.a.setState(agentapi.StateFenced, why)
 	err := l.stopped(<-l.done)
 	killProcessGroup(l.cmd.Process.Pid)
 	return err
@@ -276,7 +277,7 @@ func (l *lifetime) restartLater(ctx context.Context, err error) {
 	}
 	delay := a.restartDelay
 	a.restartDelay = min(a.restartDelay*2, 30*time.Second)
-	a.setState(StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
+	a.setState(agentapi.StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
 	a.log.Warn("postgres exited by itself; restarting in place", "error", err.Error(), "in", delay.String())
 	select {
 	case <-ctx.Done():
@@ -304,7 +305,7 @@ func (l *lifetime) startDemotion() <-chan struct{} {
 	// PostgreSQL out of recovery on disk (no standby.signal) counts too: the
 	// setup worker's report of its promotion may still be on its way.
 	l.wasPrimary = a.view().Primary || !a.inRecoveryOnDisk()
-	a.setState(StateDemoting, "checkpointing, stopping and releasing the primary Lease")
+	a.setState(agentapi.StateDemoting, "checkpointing, stopping and releasing the primary Lease")
 	a.publish(func(v *runtimeView) { v.SetUp = false })
 	a.lease.setDemoting(true)
 	l.demoting = true
@@ -467,7 +468,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 	params := []string{
 		"host=" + postgres.ConninfoValue(host),
 		"port=" + strconv.Itoa(port),
-		"user=" + ReplicationUser,
+		"user=" + agentapi.ReplicationUser,
 		"dbname=postgres",
 		"passfile=" + postgres.ConninfoValue(a.passfile()),
 		"connect_timeout=5",
@@ -484,7 +485,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 		// yet finds "the same timeline", rewinds nothing, and leaves this
 		// instance ahead of the new primary's fork point.
 		if why := a.rewindSourceNotReady(ctx, pgxConninfo); why != "" {
-			a.setState(StateRewinding, fmt.Sprintf("waiting for %s to be promoted before rewinding: %s", target, why))
+			a.setState(agentapi.StateRewinding, fmt.Sprintf("waiting for %s to be promoted before rewinding: %s", target, why))
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -492,7 +493,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 			}
 			continue
 		}
-		a.setState(StateRewinding, fmt.Sprintf("rewinding the former primary onto the timeline of %s (attempt %d)", target, attempt))
+		a.setState(agentapi.StateRewinding, fmt.Sprintf("rewinding the former primary onto the timeline of %s (attempt %d)", target, attempt))
 		a.log.Info("rewinding the former primary", "source", target, "attempt", attempt)
 		if err = a.writeOwnConfig(true); err != nil {
 			return err
@@ -746,7 +747,7 @@ func (a *Agent) tell(ctx context.Context, m runMsg) bool {
 }
 
 // progress reports the setup worker's progress to the supervisor.
-func (a *Agent) progress(ctx context.Context, gen int64, st State, msg string) {
+func (a *Agent) progress(ctx context.Context, gen int64, st agentapi.State, msg string) {
 	a.tell(ctx, runMsg{gen: gen, state: st, message: msg})
 }
 
@@ -778,19 +779,19 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 		return errors.New("not promoting: this instance does not hold the primary Lease as the target")
 	}
 	final, change := a.lease.acquired()
-	if final == "" && a.lease.view().Change == ChangeSwitchover {
+	if final == "" && a.lease.view().Change == agentapi.ChangeSwitchover {
 		// The old primary did not stop cleanly (it was fenced or killed during
 		// the switchover): WAL it acknowledged may be missing here. The
 		// operator aborts the switchover (the old primary resumes) or turns it
 		// into a failover, which measures this standby's WAL first (rule 1).
-		a.progress(ctx, gen, StatePromoting, "not promoting: the old primary released no final WAL position; waiting for the operator to abort the switchover or fail over")
+		a.progress(ctx, gen, agentapi.StatePromoting, "not promoting: the old primary released no final WAL position; waiting for the operator to abort the switchover or fail over")
 		return errors.New("not promoting in a switchover without the old primary's final WAL position")
 	}
-	if final != "" && change != ChangeFailover {
-		f, err1 := parseLSN(final)
-		r, err2 := parseLSN(received)
+	if final != "" && change != agentapi.ChangeFailover {
+		f, err1 := agentapi.ParseLSN(final)
+		r, err2 := agentapi.ParseLSN(received)
 		if err1 != nil || err2 != nil || r <= f {
-			a.progress(ctx, gen, StatePromoting, fmt.Sprintf("waiting to receive the old primary's WAL up to its final position %s (received %s)", final, orString(received, "nothing")))
+			a.progress(ctx, gen, agentapi.StatePromoting, fmt.Sprintf("waiting to receive the old primary's WAL up to its final position %s (received %s)", final, orString(received, "nothing")))
 			return fmt.Errorf("not promoting before WAL past %s is received (received %q)", final, received)
 		}
 	}
@@ -805,7 +806,7 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
 		return errors.New("not promoting: the Lease or the target changed while the configuration was loaded")
 	}
-	a.progress(ctx, gen, StatePromoting, "promoting to primary")
+	a.progress(ctx, gen, agentapi.StatePromoting, "promoting to primary")
 	var ok bool
 	if err := conn.QueryRow(ctx, "SELECT pg_promote(true, 60)").Scan(&ok); err != nil {
 		return fmt.Errorf("promoting: %w", err)
@@ -817,7 +818,7 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		a.log.Warn("checkpoint after the promotion", "error", err.Error())
 	}
-	a.progress(ctx, gen, StateRunning, "PostgreSQL is running (promoted)")
+	a.progress(ctx, gen, agentapi.StateRunning, "PostgreSQL is running (promoted)")
 	a.log.Info("promoted to primary on a new timeline")
 	return nil
 }
@@ -875,11 +876,11 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	if err := validateNames(appUser, appDB); err != nil {
 		return err
 	}
-	appPassword, err := a.readSecret(a.cfg.CredentialsDir, CredentialsPasswordFile)
+	appPassword, err := a.readSecret(a.cfg.CredentialsDir, agentapi.CredentialsPasswordFile)
 	if err != nil {
 		return err
 	}
-	replPassword, err := a.readSecret(a.cfg.InternalDir, InternalReplicationPasswordFile)
+	replPassword, err := a.readSecret(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile)
 	if err != nil {
 		return err
 	}
@@ -900,7 +901,7 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 	if _, err := conn.Exec(ctx, quietSession); err != nil {
 		return err
 	}
-	if err := ensureRole(ctx, conn, ReplicationUser, replPassword, "REPLICATION"); err != nil {
+	if err := ensureRole(ctx, conn, agentapi.ReplicationUser, replPassword, "REPLICATION"); err != nil {
 		return err
 	}
 	// What pg_rewind needs of its source, and nothing more (PostgreSQL's
@@ -909,7 +910,7 @@ func (a *Agent) ensureRoles(ctx context.Context) error {
 		"pg_read_binary_file(text)", "pg_read_binary_file(text, bigint, bigint, boolean)",
 		// and the former primary's check that the source is promoted.
 		"pg_control_checkpoint()"} {
-		if _, err := conn.Exec(ctx, "GRANT EXECUTE ON FUNCTION pg_catalog."+fn+" TO "+postgres.QuoteIdentifier(ReplicationUser)); err != nil {
+		if _, err := conn.Exec(ctx, "GRANT EXECUTE ON FUNCTION pg_catalog."+fn+" TO "+postgres.QuoteIdentifier(agentapi.ReplicationUser)); err != nil {
 			return fmt.Errorf("granting %s for pg_rewind: %w", fn, err)
 		}
 	}
@@ -983,7 +984,7 @@ func validateNames(user, database string) error {
 		return fmt.Errorf("the application user %q is not a lowercase PostgreSQL identifier", user)
 	case !namePattern.MatchString(database):
 		return fmt.Errorf("the application database %q is not a lowercase PostgreSQL identifier", database)
-	case user == "postgres" || user == ReplicationUser || user == MonitorUser || strings.HasPrefix(user, "pg_"):
+	case user == "postgres" || user == agentapi.ReplicationUser || user == agentapi.MonitorUser || strings.HasPrefix(user, "pg_"):
 		return fmt.Errorf("the application user may not be %q: it is reserved", user)
 	case database == "postgres" || database == "template0" || database == "template1" || strings.HasPrefix(database, "pg_"):
 		return fmt.Errorf("the application database may not be %q: it is reserved", database)
@@ -996,14 +997,14 @@ func validateNames(user, database string) error {
 // authentication over the private socket), at most 5 connections.
 func ensureMonitorRole(ctx context.Context, conn *pgx.Conn) error {
 	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)", MonitorUser).Scan(&exists); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $1)", agentapi.MonitorUser).Scan(&exists); err != nil {
 		return err
 	}
 	verb := "ALTER"
 	if !exists {
 		verb = "CREATE"
 	}
-	q := postgres.QuoteIdentifier(MonitorUser)
+	q := postgres.QuoteIdentifier(agentapi.MonitorUser)
 	for _, stmt := range []string{
 		verb + " ROLE " + q + " WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 5 PASSWORD NULL",
 		"GRANT pg_monitor TO " + q,
@@ -1043,9 +1044,9 @@ func ensureRole(ctx context.Context, conn *pgx.Conn, name, password, replication
 }
 
 // status queries PostgreSQL for the status endpoint.
-func (a *Agent) status(ctx context.Context) *Status {
+func (a *Agent) status(ctx context.Context) *agentapi.Status {
 	rt := a.view()
-	st := &Status{Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: rt.Bootstrapped}
+	st := &agentapi.Status{Protocol: agentapi.ProtocolVersion, Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: rt.Bootstrapped}
 	st.State, st.Message = rt.State, rt.Message
 	st.Restoring = a.restoreInProgress()
 	v := a.lease.view()
@@ -1078,7 +1079,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 	st.ServerVersionNum, _ = strconv.Atoi(versionNum)
 	a.configStatus(ctx, conn, st)
 	if st.InRecovery {
-		st.Role = RoleReplica
+		st.Role = agentapi.RoleReplica
 		err = conn.QueryRow(ctx, `SELECT coalesce(pg_last_wal_receive_lsn()::text, ''), coalesce(pg_last_wal_replay_lsn()::text, ''),
 			coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint,
 			coalesce((SELECT status FROM pg_stat_wal_receiver LIMIT 1), '')`).
@@ -1091,7 +1092,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 		st.Diverged = st.WALReceiverStatus != "streaming" && a.diverged()
 		return st
 	}
-	st.Role = RolePrimary
+	st.Role = agentapi.RolePrimary
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&st.CurrentLSN); err != nil {
 		st.Error = "querying WAL position: " + err.Error()
 		return st
@@ -1105,7 +1106,7 @@ func (a *Agent) status(ctx context.Context) *Status {
 		return st
 	}
 	for rows.Next() {
-		var r ReplicaStatus
+		var r agentapi.ReplicaStatus
 		if err := rows.Scan(&r.ApplicationName, &r.State, &r.SyncState, &r.SentLSN, &r.ReplayLSN, &r.LagBytes); err != nil {
 			st.Error = "reading replication: " + err.Error()
 			break
@@ -1147,14 +1148,14 @@ func (a *Agent) writeCheck(ctx context.Context, conn *pgx.Conn) error {
 }
 
 // listSlots returns the operator-managed physical replication slots.
-func listSlots(ctx context.Context, conn *pgx.Conn) ([]SlotStatus, error) {
+func listSlots(ctx context.Context, conn *pgx.Conn) ([]agentapi.SlotStatus, error) {
 	rows, err := conn.Query(ctx, `SELECT slot_name::text, active, coalesce(wal_status, ''), coalesce(restart_lsn::text, '')
-		FROM pg_replication_slots WHERE slot_type = 'physical' AND starts_with(slot_name::text, $1) ORDER BY slot_name`, SlotPrefix)
+		FROM pg_replication_slots WHERE slot_type = 'physical' AND starts_with(slot_name::text, $1) ORDER BY slot_name`, agentapi.SlotPrefix)
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (SlotStatus, error) {
-		var s SlotStatus
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (agentapi.SlotStatus, error) {
+		var s agentapi.SlotStatus
 		err := r.Scan(&s.Name, &s.Active, &s.WALStatus, &s.RestartLSN)
 		return s, err
 	})
@@ -1183,7 +1184,7 @@ func oldestWAL(ctx context.Context, conn *pgx.Conn) (string, uint64, error) {
 // created (reserving WAL at once), inactive ones not in names are dropped, and an
 // inactive slot that lost its WAL (max_slot_wal_keep_size) is recreated so that
 // the re-cloned standby can use it.
-func (a *Agent) syncSlots(ctx context.Context, names []string) ([]SlotStatus, error) {
+func (a *Agent) syncSlots(ctx context.Context, names []string) ([]agentapi.SlotStatus, error) {
 	for _, n := range names {
 		if !slotNamePattern.MatchString(n) {
 			return nil, fmt.Errorf("invalid slot name %q", n)
@@ -1242,7 +1243,7 @@ func (a *Agent) syncSlots(ctx context.Context, names []string) ([]SlotStatus, er
 	return listSlots(ctx, conn)
 }
 
-var slotNamePattern = regexp.MustCompile(`^` + SlotPrefix + `[a-z0-9_]{1,58}$`)
+var slotNamePattern = regexp.MustCompile(`^` + agentapi.SlotPrefix + `[a-z0-9_]{1,58}$`)
 
 // pidFile is postmaster.pid, present while postgres runs.
 func (a *Agent) pidFile() string { return filepath.Join(a.cfg.PGData, "postmaster.pid") }
@@ -1261,9 +1262,9 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		return hex.EncodeToString(sum[:])
 	}
 	tlsDigest := a.tlsDigest()
-	appPw := digest(a.cfg.CredentialsDir, CredentialsPasswordFile)
-	replPw := digest(a.cfg.InternalDir, InternalReplicationPasswordFile)
-	userConf := digest(a.cfg.ConfigDir, UserConfigFile)
+	appPw := digest(a.cfg.CredentialsDir, agentapi.CredentialsPasswordFile)
+	replPw := digest(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile)
+	userConf := digest(a.cfg.ConfigDir, agentapi.UserConfigFile)
 	t := time.NewTicker(a.cfg.SecretPoll)
 	defer t.Stop()
 	pending := false
@@ -1273,7 +1274,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if tok, err := a.readSecret(a.cfg.InternalDir, InternalAgentTokenFile); err == nil {
+		if tok, err := a.readSecret(a.cfg.InternalDir, agentapi.InternalAgentTokenFile); err == nil {
 			if cur := a.tokens.Load(); string(cur.cur) != tok {
 				a.tokens.Store(&agentTokens{cur: []byte(tok), prev: cur.cur, prevUntil: time.Now().Add(a.cfg.TokenGrace)})
 				a.log.Info("agent token changed; the previous one is accepted for a grace period", "grace", a.cfg.TokenGrace.String())
@@ -1294,7 +1295,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 				}
 			}
 		}
-		if d := digest(a.cfg.ConfigDir, UserConfigFile); a.cfg.ConfigDir != "" && d != userConf {
+		if d := digest(a.cfg.ConfigDir, agentapi.UserConfigFile); a.cfg.ConfigDir != "" && d != userConf {
 			// spec.postgresql changed: the supervisor rewrites the
 			// configuration files and reloads (or writes them at the next
 			// start); what needs a restart shows in the status
@@ -1306,7 +1307,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			default: // one already pending
 			}
 		}
-		if d := digest(a.cfg.InternalDir, InternalReplicationPasswordFile); d != "" && d != replPw {
+		if d := digest(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile); d != "" && d != replPw {
 			replPw = d
 			if err := a.writePassfile(); err != nil {
 				a.log.Error("rewriting the replication passfile", "error", err.Error())
@@ -1314,7 +1315,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			a.log.Info("replication password changed")
 			pending = true
 		}
-		if d := digest(a.cfg.CredentialsDir, CredentialsPasswordFile); d != "" && d != appPw {
+		if d := digest(a.cfg.CredentialsDir, agentapi.CredentialsPasswordFile); d != "" && d != appPw {
 			appPw = d
 			a.log.Info("application password changed")
 			pending = true
@@ -1335,7 +1336,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 
 // configStatus reports which user configuration the instance runs, the
 // settings waiting for a restart and the lines PostgreSQL refused.
-func (a *Agent) configStatus(ctx context.Context, conn *pgx.Conn, st *Status) {
+func (a *Agent) configStatus(ctx context.Context, conn *pgx.Conn, st *agentapi.Status) {
 	rt := a.view()
 	st.ConfigHash, st.ConfigError = rt.ConfigHash, rt.ConfigError
 	rows, err := conn.Query(ctx, `SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name`)

@@ -9,26 +9,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
-	corev1 "k8s.io/api/core/v1"
-)
-
-// Files of the TLS directory (the Database's <name>-server-tls Secret): the
-// instances' server certificate and key (PostgreSQL's and the agent's) and the
-// Database's CA, which also signs the client certificates the agent accepts.
-const (
-	TLSCertFile = "tls.crt"
-	TLSKeyFile  = "tls.key"
-	TLSCAFile   = "ca.crt"
-)
-
-// Client certificate common names the agent accepts: the operator, and the
-// Database's restore Jobs (which may only restore).
-const (
-	ClientOperator = "postgres-operator"
-	ClientRestore  = "postgres-operator-restore"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // Copies in the private secret directory (memory-backed in a pod), owned by the
@@ -45,7 +28,7 @@ func (a *Agent) tlsDigest() string {
 		return ""
 	}
 	h := sha256.New()
-	for _, f := range []string{TLSCertFile, TLSKeyFile, TLSCAFile} {
+	for _, f := range []string{agentapi.TLSCertFile, agentapi.TLSKeyFile, agentapi.TLSCAFile} {
 		b, err := os.ReadFile(filepath.Join(a.cfg.TLSDir, f))
 		if err != nil {
 			return ""
@@ -72,15 +55,15 @@ func (a *Agent) installTLS() error {
 		}
 		return b, nil
 	}
-	cert, err := read(TLSCertFile)
+	cert, err := read(agentapi.TLSCertFile)
 	if err != nil {
 		return err
 	}
-	key, err := read(TLSKeyFile)
+	key, err := read(agentapi.TLSKeyFile)
 	if err != nil {
 		return err
 	}
-	ca, err := read(TLSCAFile)
+	ca, err := read(agentapi.TLSCAFile)
 	if err != nil {
 		return err
 	}
@@ -172,55 +155,4 @@ func (a *Agent) sslEnv() []string {
 	}
 	none := filepath.Join(a.secretDir(), "no-client-cert")
 	return []string{"PGSSLMODE=verify-full", "PGSSLROOTCERT=" + a.caPath(), "PGSSLCERT=" + none, "PGSSLKEY=" + none}
-}
-
-// tlsDirFlag is the instance subcommand's flag naming the TLS directory.
-const tlsDirFlag = "--tls-dir="
-
-// TLSDirArg is the argument that starts an agent with TLS from dir.
-func TLSDirArg(dir string) string { return tlsDirFlag + dir }
-
-// ContainerName is the name of the instance pods' container that runs the agent
-// and PostgreSQL.
-const ContainerName = "postgres"
-
-// RestoreTLSSecret is the name of the Secret with the client certificate
-// (ClientRestore) that the restore Jobs of Database database present.
-func RestoreTLSSecret(database string) string { return database + "-restore-tls" }
-
-// PodServesTLS reports whether an instance pod's agent was started with a TLS
-// directory, and so serves HTTPS and requires a client certificate: the
-// operator and restore Jobs choose their scheme and credentials by it while
-// pods of an earlier operator are replaced.
-func PodServesTLS(pod *corev1.Pod) bool {
-	for _, c := range pod.Spec.Containers {
-		if c.Name != ContainerName {
-			continue
-		}
-		for _, a := range c.Command {
-			if strings.HasPrefix(a, tlsDirFlag) && len(a) > len(tlsDirFlag) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// ClientTLSConfig is the configuration of a client of the agents with the
-// client certificate in dir (TLSCertFile, TLSKeyFile) that trusts only the CA
-// there (TLSCAFile).
-func ClientTLSConfig(dir string) (*tls.Config, error) {
-	pair, err := tls.LoadX509KeyPair(filepath.Join(dir, TLSCertFile), filepath.Join(dir, TLSKeyFile))
-	if err != nil {
-		return nil, fmt.Errorf("loading the client certificate: %w", err)
-	}
-	ca, err := os.ReadFile(filepath.Join(dir, TLSCAFile))
-	if err != nil {
-		return nil, fmt.Errorf("reading the CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, errors.New("the CA file holds no certificate")
-	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: pool, Certificates: []tls.Certificate{pair}}, nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/pki"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -33,10 +34,10 @@ func newTestPKI(t *testing.T) testPKI {
 	}
 	p := testPKI{ca: ca}
 	p.server = p.issueServer(t)
-	if p.operator, err = pki.Issue(ca, pki.Leaf{CommonName: ClientOperator, Client: true}, now); err != nil {
+	if p.operator, err = pki.Issue(ca, pki.Leaf{CommonName: agentapi.ClientOperator, Client: true}, now); err != nil {
 		t.Fatal(err)
 	}
-	if p.restore, err = pki.Issue(ca, pki.Leaf{CommonName: ClientRestore, Client: true}, now); err != nil {
+	if p.restore, err = pki.Issue(ca, pki.Leaf{CommonName: agentapi.ClientRestore, Client: true}, now); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -53,9 +54,9 @@ func (p testPKI) issueServer(t *testing.T) pki.Pair {
 
 func writeTLSDir(t *testing.T, dir string, ca, server pki.Pair) {
 	t.Helper()
-	writeTestFile(t, filepath.Join(dir, TLSCertFile), string(server.CertPEM))
-	writeTestFile(t, filepath.Join(dir, TLSKeyFile), string(server.KeyPEM))
-	writeTestFile(t, filepath.Join(dir, TLSCAFile), string(ca.CertPEM))
+	writeTestFile(t, filepath.Join(dir, agentapi.TLSCertFile), string(server.CertPEM))
+	writeTestFile(t, filepath.Join(dir, agentapi.TLSKeyFile), string(server.KeyPEM))
+	writeTestFile(t, filepath.Join(dir, agentapi.TLSCAFile), string(ca.CertPEM))
 }
 
 // httpsClient trusts the test CA only and presents client (none when nil).
@@ -127,7 +128,7 @@ func TestTLSEverywhere(t *testing.T) {
 	withTLS := func(c *Config) { c.TLSDir = tlsDir; c.SecretDir = secretDir }
 	primary := startInstanceWith(t, s, "primary", "db-0", pPort, pPort, withTLS)
 	base := "https://" + primary.agent.Addr().String()
-	operator := NewClient(p.httpsClient(t, &p.operator), "")
+	operator := agentapi.NewClient(p.httpsClient(t, &p.operator), "")
 
 	waitUntil(t, 60*time.Second, "a verify-full login", func() error {
 		c, err := p.appConnTLS(ctx, t, pPort, s.appPassword, "verify-full")
@@ -164,23 +165,23 @@ func TestTLSEverywhere(t *testing.T) {
 	})
 
 	t.Run("the agent admits only client certificates of the Database's CA", func(t *testing.T) {
-		if _, err := NewClient(p.httpsClient(t, nil), s.token).GetStatus(ctx, base); err == nil {
+		if _, err := agentapi.NewClient(p.httpsClient(t, nil), s.token).GetStatus(ctx, base); err == nil {
 			t.Error("status without a client certificate (but with the token) was served")
 		}
-		if _, err := NewClient(p.httpsClient(t, &p.restore), "").GetStatus(ctx, base); err == nil {
+		if _, err := agentapi.NewClient(p.httpsClient(t, &p.restore), "").GetStatus(ctx, base); err == nil {
 			t.Error("status with the restore Job's certificate was served")
 		}
 		other := newTestPKI(t)
-		if _, err := NewClient(p.httpsClient(t, &other.operator), "").GetStatus(ctx, base); err == nil {
+		if _, err := agentapi.NewClient(p.httpsClient(t, &other.operator), "").GetStatus(ctx, base); err == nil {
 			t.Error("status with an operator certificate of another CA was served")
 		}
-		if code, _ := get("http://"+primary.agent.Addr().String()+PathStatus, s.token); code == 200 {
+		if code, _ := get("http://"+primary.agent.Addr().String()+agentapi.PathStatus, s.token); code == 200 {
 			t.Error("the agent answered plain HTTP")
 		}
-		if st, err := operator.GetStatus(ctx, base); err != nil || st.Role != RolePrimary {
+		if st, err := operator.GetStatus(ctx, base); err != nil || st.Role != agentapi.RolePrimary {
 			t.Fatalf("status with the operator's certificate: %+v %v", st, err)
 		}
-		resp, err := p.httpsClient(t, nil).Get(base + PathHealthz)
+		resp, err := p.httpsClient(t, nil).Get(base + agentapi.PathHealthz)
 		if err != nil || resp.StatusCode != 200 {
 			t.Errorf("the probe without a client certificate: %v %v", resp, err)
 		} else {
@@ -189,7 +190,7 @@ func TestTLSEverywhere(t *testing.T) {
 	})
 
 	// The slot the operator would create for the standby.
-	if err := operator.SetSlots(ctx, base, []string{SlotName("db-1")}); err != nil {
+	if err := operator.SetSlots(ctx, base, []string{agentapi.SlotName("db-1")}); err != nil {
 		t.Fatalf("setting slots with the operator's certificate: %v", err)
 	}
 	standby := startInstanceWith(t, s, "standby", "db-1", sPort, pPort, withTLS)

@@ -11,18 +11,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
-func writeUserConfig(t *testing.T, dir string, c UserConfig) string {
+func writeUserConfig(t *testing.T, dir string, c agentapi.UserConfig) string {
 	t.Helper()
 	b, h, err := c.Encode()
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeTestFile(t, filepath.Join(dir, UserConfigFile+".tmp"), string(b))
+	writeTestFile(t, filepath.Join(dir, agentapi.UserConfigFile+".tmp"), string(b))
 	// Atomically, as the kubelet swaps a ConfigMap volume's files.
-	if err := os.Rename(filepath.Join(dir, UserConfigFile+".tmp"), filepath.Join(dir, UserConfigFile)); err != nil {
+	if err := os.Rename(filepath.Join(dir, agentapi.UserConfigFile+".tmp"), filepath.Join(dir, agentapi.UserConfigFile)); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -34,18 +35,18 @@ func writeUserConfig(t *testing.T, dir string, c UserConfig) string {
 func TestUserConfigValidate(t *testing.T) {
 	for _, c := range []struct {
 		name string
-		cfg  UserConfig
+		cfg  agentapi.UserConfig
 		want string
 	}{
-		{"ordinary settings", UserConfig{Parameters: map[string]string{"work_mem": "64MB", "pg_stat_statements.max": "1000"},
+		{"ordinary settings", agentapi.UserConfig{Parameters: map[string]string{"work_mem": "64MB", "pg_stat_statements.max": "1000"},
 			PgHBA: []string{"hostssl mydb app 10.0.0.0/8 scram-sha-256"}, SharedPreloadLibraries: []string{"pg_stat_statements"}}, ""},
-		{"a managed setting", UserConfig{Parameters: map[string]string{"wal_level": "minimal"}}, "managed by the operator"},
-		{"a name that is no setting", UserConfig{Parameters: map[string]string{"Work-Mem": "1"}}, "not a setting name"},
-		{"a value over two lines", UserConfig{Parameters: map[string]string{"work_mem": "1MB\nport = 1"}}, "line break"},
-		{"an hba line of no type", UserConfig{PgHBA: []string{"all all 0.0.0.0/0 trust"}}, "not one local/host"},
-		{"an hba line for the superuser", UserConfig{PgHBA: []string{"host all postgres 0.0.0.0/0 trust"}}, "reserves"},
-		{"an hba line for the replication role", UserConfig{PgHBA: []string{"host replication " + ReplicationUser + " 0.0.0.0/0 trust"}}, "reserves"},
-		{"a library path", UserConfig{SharedPreloadLibraries: []string{"/tmp/evil.so"}}, "not a library name"},
+		{"a managed setting", agentapi.UserConfig{Parameters: map[string]string{"wal_level": "minimal"}}, "managed by the operator"},
+		{"a name that is no setting", agentapi.UserConfig{Parameters: map[string]string{"Work-Mem": "1"}}, "not a setting name"},
+		{"a value over two lines", agentapi.UserConfig{Parameters: map[string]string{"work_mem": "1MB\nport = 1"}}, "line break"},
+		{"an hba line of no type", agentapi.UserConfig{PgHBA: []string{"all all 0.0.0.0/0 trust"}}, "not one local/host"},
+		{"an hba line for the superuser", agentapi.UserConfig{PgHBA: []string{"host all postgres 0.0.0.0/0 trust"}}, "reserves"},
+		{"an hba line for the replication role", agentapi.UserConfig{PgHBA: []string{"host replication " + agentapi.ReplicationUser + " 0.0.0.0/0 trust"}}, "reserves"},
+		{"a library path", agentapi.UserConfig{SharedPreloadLibraries: []string{"/tmp/evil.so"}}, "not a library name"},
 	} {
 		err := c.cfg.Validate()
 		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
@@ -67,7 +68,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	if err := os.MkdirAll(confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	h1 := writeUserConfig(t, confDir, UserConfig{Parameters: map[string]string{"work_mem": "12MB", "log_line_prefix": "it's %m "}})
+	h1 := writeUserConfig(t, confDir, agentapi.UserConfig{Parameters: map[string]string{"work_mem": "12MB", "log_line_prefix": "it's %m "}})
 
 	cfg := testConfig(s, "primary", "db-0", port, port)
 	cfg.ConfigDir = confDir
@@ -121,7 +122,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	before := startTime()
 
 	t.Run("a reloadable change is applied by a reload, without a restart", func(t *testing.T) {
-		h2 := writeUserConfig(t, confDir, UserConfig{Parameters: map[string]string{"work_mem": "24MB"}})
+		h2 := writeUserConfig(t, confDir, agentapi.UserConfig{Parameters: map[string]string{"work_mem": "24MB"}})
 		waitUntil(t, 20*time.Second, "work_mem 24MB", func() error {
 			if got := show("work_mem"); got != "24MB" {
 				return fmt.Errorf("work_mem %s", got)
@@ -137,7 +138,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	})
 
 	t.Run("a change that needs a restart is reported as pending", func(t *testing.T) {
-		writeUserConfig(t, confDir, UserConfig{Parameters: map[string]string{"work_mem": "24MB", "max_connections": "77"}})
+		writeUserConfig(t, confDir, agentapi.UserConfig{Parameters: map[string]string{"work_mem": "24MB", "max_connections": "77"}})
 		waitUntil(t, 20*time.Second, "max_connections pending a restart", func() error {
 			if st := ti.mustStatus(t, s.token); !slices.Contains(st.PendingRestart, "max_connections") {
 				return fmt.Errorf("pending %v", st.PendingRestart)
@@ -153,7 +154,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	})
 
 	t.Run("an invalid value is reported and not applied", func(t *testing.T) {
-		writeUserConfig(t, confDir, UserConfig{Parameters: map[string]string{"work_mem": "lots"}})
+		writeUserConfig(t, confDir, agentapi.UserConfig{Parameters: map[string]string{"work_mem": "lots"}})
 		waitUntil(t, 20*time.Second, "the invalid value reported", func() error {
 			st := ti.mustStatus(t, s.token)
 			if !slices.ContainsFunc(st.ConfigErrors, func(e string) bool { return strings.Contains(e, "work_mem") }) {
@@ -167,8 +168,8 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	})
 
 	t.Run("a file the agent refuses is not applied and the reason is reported", func(t *testing.T) {
-		b, _ := json.Marshal(UserConfig{Parameters: map[string]string{"port": "1"}})
-		writeTestFile(t, filepath.Join(confDir, UserConfigFile), string(b))
+		b, _ := json.Marshal(agentapi.UserConfig{Parameters: map[string]string{"port": "1"}})
+		writeTestFile(t, filepath.Join(confDir, agentapi.UserConfigFile), string(b))
 		waitUntil(t, 20*time.Second, "the refusal reported", func() error {
 			if st := ti.mustStatus(t, s.token); !strings.Contains(st.ConfigError, "port is managed by the operator") || st.ConfigHash != "" {
 				return fmt.Errorf("config error %q, hash %q", st.ConfigError, st.ConfigHash)
@@ -181,7 +182,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	})
 
 	t.Run("pg_hba lines come before the operator's final rule", func(t *testing.T) {
-		writeUserConfig(t, confDir, UserConfig{PgHBA: []string{"host all " + testAppUser + " 127.0.0.1/32 reject"}})
+		writeUserConfig(t, confDir, agentapi.UserConfig{PgHBA: []string{"host all " + testAppUser + " 127.0.0.1/32 reject"}})
 		waitUntil(t, 20*time.Second, "the application role refused", func() error {
 			c, err := appConn(ctx, port, s.appPassword, testAppDB)
 			if err == nil {
@@ -199,12 +200,12 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 		}
 		text := string(hba)
 		user, final := strings.Index(text, "reject\n# "), strings.LastIndex(text, "all          all                all      scram-sha-256")
-		if i := strings.Index(text, "127.0.0.1/32 reject"); i < 0 || i > final || i < strings.Index(text, MonitorUser+"  all      reject") || user < 0 {
+		if i := strings.Index(text, "127.0.0.1/32 reject"); i < 0 || i > final || i < strings.Index(text, agentapi.MonitorUser+"  all      reject") || user < 0 {
 			t.Errorf("the user's line is not between the operator's rules and its final rule:\n%s", text)
 		}
 		// The superuser over the socket is untouched.
 		show("work_mem")
-		writeUserConfig(t, confDir, UserConfig{})
+		writeUserConfig(t, confDir, agentapi.UserConfig{})
 		waitForAppLogin(t, port, s.appPassword)
 	})
 }

@@ -13,8 +13,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/controller/database"
-	"github.com/example/postgres-operator/internal/instance"
 )
 
 // ScriptedAgents play the instance agents of kwok's pods, which run nothing:
@@ -57,47 +57,47 @@ func (a *ScriptedAgents) Statuses(ctx context.Context, pods []corev1.Pod, _ data
 	return out
 }
 
-func (a *ScriptedAgents) status(ctx context.Context, p *corev1.Pod, running map[string]bool) (*instance.Status, error) {
+func (a *ScriptedAgents) status(ctx context.Context, p *corev1.Pod, running map[string]bool) (*agentapi.Status, error) {
 	db := p.Labels[database.LabelDatabase]
 	var lease coordinationv1.Lease
 	if err := a.Cache.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: db + "-primary"}, &lease); err != nil {
 		return nil, fmt.Errorf("agent of %s: reading the Lease: %w", p.Name, err)
 	}
-	target := lease.Annotations[instance.LeaseAnnotationTarget]
-	if target == "" && lease.Annotations[instance.LeaseAnnotationChange] == "" {
+	target := lease.Annotations[agentapi.LeaseAnnotationTarget]
+	if target == "" && lease.Annotations[agentapi.LeaseAnnotationChange] == "" {
 		// As a real agent does until the operator names the first target.
-		return &instance.Status{Pod: p.Name, State: instance.StateWaitingForLease, Message: "waiting for the primary Lease to name a target"}, nil
+		return &agentapi.Status{Pod: p.Name, State: agentapi.StateWaitingForLease, Message: "waiting for the primary Lease to name a target"}, nil
 	}
 	major, minor := imageVersion(p)
-	st := &instance.Status{
-		Pod: p.Name, Running: true, State: instance.StateRunning, Ready: true, Timeline: 1,
+	st := &agentapi.Status{
+		Pod: p.Name, Running: true, State: agentapi.StateRunning, Ready: true, Timeline: 1,
 		ServerVersion: fmt.Sprintf("%d.%d", major, minor), ServerVersionNum: major*10000 + minor,
 		DataVersion: major, BinaryVersion: major, SystemIdentifier: systemID(p.Namespace, db),
 		Target: target, CurrentLSN: "0/3000060", WALSegmentSize: 16 << 20,
 	}
 	var cm corev1.ConfigMap
 	if err := a.Cache.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: db + "-config"}, &cm); err == nil {
-		st.ConfigHash = instance.ConfigHash([]byte(cm.Data[instance.UserConfigFile]))
+		st.ConfigHash = agentapi.ConfigHash([]byte(cm.Data[agentapi.UserConfigFile]))
 	}
 	// The Lease itself is the simulated agents' (harness.runLeaseAgents):
 	// the pod that holds it is the primary.
-	holder := instance.LeaseHolder(p.Name, string(p.UID))
+	holder := agentapi.LeaseHolder(p.Name, string(p.UID))
 	if p.Name != target || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != holder {
-		st.Role, st.InRecovery, st.WALReceiverStatus, st.Following = instance.RoleReplica, true, "streaming", target
+		st.Role, st.InRecovery, st.WALReceiverStatus, st.Following = agentapi.RoleReplica, true, "streaming", target
 		st.ReceiveLSN, st.ReplayLSN = st.CurrentLSN, st.CurrentLSN
 		return st, nil
 	}
-	st.Role, st.Writable, st.HoldsLease, st.Bootstrapped = instance.RolePrimary, true, true, true
+	st.Role, st.Writable, st.HoldsLease, st.Bootstrapped = agentapi.RolePrimary, true, true, true
 	active := map[string]bool{}
 	for name := range running {
-		active[instance.SlotName(name)] = true
+		active[agentapi.SlotName(name)] = true
 		if name != p.Name && strings.HasPrefix(name, db+"-") {
-			st.Replicas = append(st.Replicas, instance.ReplicaStatus{ApplicationName: name, State: "streaming"})
+			st.Replicas = append(st.Replicas, agentapi.ReplicaStatus{ApplicationName: name, State: "streaming"})
 		}
 	}
 	if v, ok := a.slots.Load(p.Namespace + "/" + p.Name); ok {
 		for _, name := range v.([]string) {
-			st.Slots = append(st.Slots, instance.SlotStatus{Name: name, Active: active[name], WALStatus: "reserved", RestartLSN: st.CurrentLSN})
+			st.Slots = append(st.Slots, agentapi.SlotStatus{Name: name, Active: active[name], WALStatus: "reserved", RestartLSN: st.CurrentLSN})
 		}
 	}
 	return st, nil

@@ -27,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/controller/database"
 	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/scheme"
@@ -342,7 +343,7 @@ type harness struct {
 // loopback ones is ever written. The operator reads the slices' targetRefs.
 func (h *harness) route(ctx context.Context, key types.NamespacedName) {
 	var pods corev1.PodList
-	if err := h.cache.List(ctx, &pods, client.InNamespace(key.Namespace), client.MatchingLabels{database.LabelDatabase: key.Name, database.LabelRole: instance.RolePrimary}); err != nil {
+	if err := h.cache.List(ctx, &pods, client.InNamespace(key.Namespace), client.MatchingLabels{database.LabelDatabase: key.Name, database.LabelRole: agentapi.RolePrimary}); err != nil {
 		return
 	}
 	var eps []discoveryv1.Endpoint

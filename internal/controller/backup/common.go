@@ -22,8 +22,8 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -256,9 +256,9 @@ func manifestKeyWait(ctx context.Context, c client.Reader, ns, name string) (str
 	}
 	s := &corev1.Secret{}
 	err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s)
-	if apierrors.IsNotFound(err) || (err == nil && len(s.Data[instance.InternalManifestKeyFile]) == 0) {
+	if apierrors.IsNotFound(err) || (err == nil && len(s.Data[agentapi.InternalManifestKeyFile]) == 0) {
 		return fmt.Sprintf("Waiting for the manifest key Secret %s with key %s (the writing Database's, from its -internal Secret)",
-			name, instance.InternalManifestKeyFile), nil
+			name, agentapi.InternalManifestKeyFile), nil
 	}
 	return "", err
 }

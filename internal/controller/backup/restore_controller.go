@@ -19,8 +19,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/objectstore"
 )
 
@@ -360,22 +360,25 @@ func artifactTarget(location string, s3 *databasev1.S3Config, d Defaults, what s
 }
 
 // agentAccess fills in how a restore Job reaches the primary's agent, by its
-// pod DNS name: over HTTPS with the Database's restore client certificate when
-// the primary pod serves TLS, else over HTTP with the agent token (a pod of an
-// operator before TLS).
+// pod DNS name, at the path of the protocol its pod's annotation names: over
+// HTTPS with the Database's restore client certificate when the primary pod
+// serves TLS, else over HTTP with the agent token (a pod of an operator before
+// TLS).
 func agentAccess(ctx context.Context, c client.Reader, db *databasev1.Database, rj *enginepkg.RestoreJob, domain string) error {
 	pod := &corev1.Pod{}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: db.Status.CurrentPrimary}, pod); err != nil {
 		return fmt.Errorf("reading the primary pod %s: %w", db.Status.CurrentPrimary, err)
 	}
-	scheme := "http"
-	if instance.PodServesTLS(pod) {
-		scheme = "https"
-		rj.TLSSecret = instance.RestoreTLSSecret(db.Name)
+	e, err := agentapi.PodEndpoint(pod)
+	if err != nil {
+		return err
+	}
+	if e.TLS {
+		rj.TLSSecret = agentapi.RestoreTLSSecret(db.Name)
 	} else {
 		rj.InternalSecret = db.Name + "-internal"
 	}
-	rj.AgentURL = fmt.Sprintf("%s://%s.%s-hl.%s.svc.%s:%d", scheme, db.Status.CurrentPrimary, db.Name, db.Namespace, enginepkg.ClusterDomain(domain), instance.AgentPort)
+	rj.AgentURL = e.URL(fmt.Sprintf("%s.%s-hl.%s.svc.%s", db.Status.CurrentPrimary, db.Name, db.Namespace, enginepkg.ClusterDomain(domain)))
 	return nil
 }
 

@@ -3,10 +3,11 @@ package backup
 import (
 	"slices"
 
-	corev1 "k8s.io/api/core/v1"
 	"strings"
 	"testing"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -14,8 +15,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -92,7 +93,7 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 			continue
 		}
 		secrets = append(secrets, v.Secret.SecretName)
-		if v.Secret.SecretName == "test-db-internal" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != instance.InternalManifestKeyFile) {
+		if v.Secret.SecretName == "test-db-internal" && (len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != agentapi.InternalManifestKeyFile) {
 			t.Errorf("the restore Job mounts more of the internal Secret than the manifest key: %+v", v.Secret.Items)
 		}
 	}
@@ -109,7 +110,7 @@ func TestRestoreWaitsForDatabaseAndBackupThenRestoresWithAJob(t *testing.T) {
 		t.Errorf("job not owned by the Restore")
 	}
 	dropAfter := time.Date(2026, 12, 3, 4, 0, 0, 0, time.UTC)
-	finishJob(t, job, true, restoreResultMessage(&instance.RestoreResult{Database: "app", PreviousDatabase: "app_prerestore_20261202t040000",
+	finishJob(t, job, true, restoreResultMessage(&agentapi.RestoreResult{Database: "app", PreviousDatabase: "app_prerestore_20261202t040000",
 		PreviousDropAfter: dropAfter, TerminatedSessions: 3, Jobs: 2, Tables: 12, Seconds: 4.2}))
 	rs = waitRestore(t, ns, databasev1.RestoreCompleted, databasev1.ReasonCompleted)
 	if rs.Status.RestoreTime == nil {
@@ -232,7 +233,7 @@ func TestARestoreNamingTheWritersManifestKeyWaitsForItAndMountsOnlyIt(t *testing
 		t.Errorf("the condition does not name the Secret: %s", c.Message)
 	}
 	if err := k8s.Create(testCtx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "old-cluster-key", Namespace: ns},
-		StringData: map[string]string{instance.InternalManifestKeyFile: "the-writers-key", "agent-token": "not-for-the-job"}}); err != nil {
+		StringData: map[string]string{agentapi.InternalManifestKeyFile: "the-writers-key", "agent-token": "not-for-the-job"}}); err != nil {
 		t.Fatal(err)
 	}
 	waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
@@ -251,7 +252,7 @@ func TestARestoreNamingTheWritersManifestKeyWaitsForItAndMountsOnlyIt(t *testing
 	for _, v := range job.Spec.Template.Spec.Volumes {
 		if v.Secret != nil && v.Secret.SecretName == "old-cluster-key" {
 			found = true
-			if len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != instance.InternalManifestKeyFile {
+			if len(v.Secret.Items) != 1 || v.Secret.Items[0].Key != agentapi.InternalManifestKeyFile {
 				t.Errorf("the Job mounts more of the key Secret than manifest-key: %+v", v.Secret.Items)
 			}
 		}

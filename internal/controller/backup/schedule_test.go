@@ -12,8 +12,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -191,7 +191,7 @@ func TestRestoreDrillsRunOnTheirScheduleAndReportTheirOutcome(t *testing.T) {
 	// A Restore of the Database waits for the drill.
 	mustApply(t, ns, strings.Replace(testRestore, "name: test-backup", "name: drilled", 1))
 	waitRestore(t, ns, databasev1.RestorePending, databasev1.ReasonVerificationInProgress)
-	finishJob(t, drill, true, restoreResultMessage(&instance.RestoreResult{Database: "app", Jobs: 2, Seconds: 12.5,
+	finishJob(t, drill, true, restoreResultMessage(&agentapi.RestoreResult{Database: "app", Jobs: 2, Seconds: 12.5,
 		RowCounts: map[string]int64{"public.a": 1, "public.b": 2}}))
 	poke(t, ns, "drilled")
 	testenv.Eventually(t, "the drill recorded", func() string {
@@ -206,7 +206,7 @@ func TestRestoreDrillsRunOnTheirScheduleAndReportTheirOutcome(t *testing.T) {
 		return ""
 	})
 	rs := waitRestore(t, ns, databasev1.RestoreInProgress, databasev1.ReasonJobRunning)
-	finishJob(t, getJob(t, ns, "test-restore-restore"), true, restoreResultMessage(&instance.RestoreResult{Database: "app"}))
+	finishJob(t, getJob(t, ns, "test-restore-restore"), true, restoreResultMessage(&agentapi.RestoreResult{Database: "app"}))
 	waitRestore(t, ns, databasev1.RestoreCompleted, databasev1.ReasonCompleted)
 	_ = rs
 

@@ -22,9 +22,9 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
 	enginepkg "github.com/example/postgres-operator/internal/backup"
 	"github.com/example/postgres-operator/internal/controller/database"
-	"github.com/example/postgres-operator/internal/instance"
 	"github.com/example/postgres-operator/internal/scheme"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -158,8 +158,8 @@ func setDatabaseStatus(t *testing.T, ns, name string, phase databasev1.Phase, pr
 	// The primary pod, as the StatefulSet creates it: its agent serves TLS.
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name + "-0", Namespace: ns, Labels: map[string]string{LabelManagedBy: ManagedBy}},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: instance.ContainerName, Image: "postgres:15.18",
-			Command: []string{"/controller/manager", "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: agentapi.ContainerName, Image: "postgres:15.18",
+			Command: []string{"/controller/manager", "instance", agentapi.TLSDirArg(agentapi.DefaultTLSDir)}}}},
 	}
 	if err := k8s.Create(testCtx, pod); err != nil && !strings.Contains(err.Error(), "already exists") {
 		t.Fatal(err)
@@ -270,7 +270,7 @@ func finishJob(t *testing.T, job *batchv1.Job, succeeded bool, message string) {
 	})
 }
 
-func restoreResultMessage(r *instance.RestoreResult) string {
+func restoreResultMessage(r *agentapi.RestoreResult) string {
 	b, _ := json.Marshal(enginepkg.Result{Restore: r})
 	return string(b)
 }

@@ -2,10 +2,11 @@ package database
 
 import (
 	"fmt"
-	batchv1 "k8s.io/api/batch/v1"
 	"strings"
 	"testing"
 	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -19,7 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/testenv"
 	"github.com/example/postgres-operator/internal/upgrade"
 )
@@ -128,7 +129,7 @@ func createPod(t *testing.T, db *databasev1.Database, ordinal int) *corev1.Pod {
 			Labels:    withRevision(podLabels(db), "rev-1"),
 		},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres", Image: "postgres:15",
-			Command: []string{agentBinaryPath, "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
+			Command: []string{agentBinaryPath, "instance", agentapi.TLSDirArg(agentapi.DefaultTLSDir)}}}},
 	}
 	if err := k8s.Create(testCtx, pod); err != nil {
 		t.Fatal(err)
@@ -167,15 +168,15 @@ func withRevision(l map[string]string, rev string) map[string]string {
 // primaryReport is what the agent of a primary that holds the Lease reports (the
 // fake agents take the Lease for it, as the real ones do).
 func primaryReport(pod string, standbys map[string]int64) InstanceReport {
-	st := &instance.Status{Pod: pod, Role: instance.RolePrimary, Running: true, Writable: true, ServerVersion: "15.18", HoldsLease: true, Target: pod, Timeline: 1}
+	st := &agentapi.Status{Pod: pod, Role: agentapi.RolePrimary, Running: true, Writable: true, ServerVersion: "15.18", HoldsLease: true, Target: pod, Timeline: 1}
 	for name, lag := range standbys {
-		st.Replicas = append(st.Replicas, instance.ReplicaStatus{ApplicationName: name, State: "streaming", LagBytes: lag})
+		st.Replicas = append(st.Replicas, agentapi.ReplicaStatus{ApplicationName: name, State: "streaming", LagBytes: lag})
 	}
 	return InstanceReport{Status: st}
 }
 
 func replicaReport(pod string) InstanceReport {
-	return InstanceReport{Status: &instance.Status{Pod: pod, Role: instance.RoleReplica, Running: true, InRecovery: true, WALReceiverStatus: "streaming"}}
+	return InstanceReport{Status: &agentapi.Status{Pod: pod, Role: agentapi.RoleReplica, Running: true, InRecovery: true, WALReceiverStatus: "streaming"}}
 }
 
 func TestCreateMakesSecretsServicesStatefulSetOwnedByTheDatabase(t *testing.T) {
@@ -215,10 +216,10 @@ func TestCreateMakesSecretsServicesStatefulSetOwnedByTheDatabase(t *testing.T) {
 	if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &internal); err != nil {
 		t.Fatal(err)
 	}
-	if len(internal.Data[instance.InternalReplicationPasswordFile]) < 32 || len(internal.Data[instance.InternalAgentTokenFile]) < 32 {
+	if len(internal.Data[agentapi.InternalReplicationPasswordFile]) < 32 || len(internal.Data[agentapi.InternalAgentTokenFile]) < 32 {
 		t.Errorf("internal secret lacks replication password or agent token")
 	}
-	if string(internal.Data[instance.InternalReplicationPasswordFile]) == string(creds.Data["password"]) {
+	if string(internal.Data[agentapi.InternalReplicationPasswordFile]) == string(creds.Data["password"]) {
 		t.Errorf("replication and application passwords must differ")
 	}
 
@@ -688,10 +689,10 @@ func TestMajorUpgradeRunsItsJobsAndRecordsTheNewIdentity(t *testing.T) {
 		var internal corev1.Secret
 		_ = k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &internal)
 		if err != nil || db.Status.Upgrade == nil || db.Status.Upgrade.Phase != databasev1.UpgradeStarting || db.Status.SystemIdentifier != "7311" ||
-			db.Status.DataVersion != 17 || string(internal.Data[instance.InternalSystemIDFile]) != "7311" ||
+			db.Status.DataVersion != 17 || string(internal.Data[agentapi.InternalSystemIDFile]) != "7311" ||
 			sts.Spec.Template.Spec.Containers[0].Image != "postgres:17" || *sts.Spec.Replicas != 1 {
 			return fmt.Sprintf("upgrade %+v id %s/%s data %d sts %s×%d", db.Status.Upgrade, db.Status.SystemIdentifier,
-				internal.Data[instance.InternalSystemIDFile], db.Status.DataVersion, sts.Spec.Template.Spec.Containers[0].Image, *sts.Spec.Replicas)
+				internal.Data[agentapi.InternalSystemIDFile], db.Status.DataVersion, sts.Spec.Template.Spec.Containers[0].Image, *sts.Spec.Replicas)
 		}
 		return ""
 	})

@@ -17,7 +17,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // reconcileStorage grows PersistentVolumeClaims whose request is below
@@ -38,7 +38,7 @@ func (r *Reconciler) reconcileStorage(ctx context.Context, db *databasev1.Databa
 	classes := map[string]*storagev1.StorageClass{}
 	for i := range pvcs.Items {
 		pvc := &pvcs.Items[i]
-		if instance.Ordinal(pvc.Name) >= int(replicas(db)) {
+		if agentapi.Ordinal(pvc.Name) >= int(replicas(db)) {
 			continue // a retained volume of a scaled-down instance
 		}
 		have := pvc.Spec.Resources.Requests[corev1.ResourceStorage]
@@ -152,10 +152,10 @@ func (r *Reconciler) reconcileIdentity(ctx context.Context, db *databasev1.Datab
 // retainedDataConflict explains why a cluster the primary has just initialised
 // must not be recorded: standby volumes older than the Database (kept from an
 // earlier Database of the same name) or standbys reporting another cluster's data.
-func retainedDataConflict(db *databasev1.Database, obs observation, p *instance.Status) string {
+func retainedDataConflict(db *databasev1.Database, obs observation, p *agentapi.Status) string {
 	var old []string
 	for _, pvc := range obs.PVCs {
-		if instance.Ordinal(pvc.Name) > 0 && pvc.CreationTimestamp.Before(&db.CreationTimestamp) {
+		if agentapi.Ordinal(pvc.Name) > 0 && pvc.CreationTimestamp.Before(&db.CreationTimestamp) {
 			old = append(old, pvc.Name)
 		}
 	}
@@ -176,7 +176,7 @@ func retainedDataConflict(db *databasev1.Database, obs observation, p *instance.
 // newIdentity describes the identity a primary reports for the first time: made
 // by our initdb, found on the volume of a new Database (adopted), or that of a
 // cluster that already ran before the operator recorded identities (an upgrade).
-func newIdentity(db *databasev1.Database, p *instance.Status) *identity {
+func newIdentity(db *databasev1.Database, p *agentapi.Status) *identity {
 	id := &identity{SystemID: p.SystemIdentifier, DataVersion: p.DataVersion, Pod: p.Pod}
 	switch {
 	case p.Bootstrapped:
@@ -194,7 +194,7 @@ func desiredSlots(db *databasev1.Database, primary string) []string {
 	var out []string
 	for i := int32(0); i < replicas(db); i++ {
 		if pod := fmt.Sprintf("%s-%d", statefulSetName(db), i); pod != primary {
-			out = append(out, instance.SlotName(pod))
+			out = append(out, agentapi.SlotName(pod))
 		}
 	}
 	return out
@@ -202,7 +202,7 @@ func desiredSlots(db *databasev1.Database, primary string) []string {
 
 // slotsNeedSync reports whether the primary's managed slots differ from want, or a
 // wanted one lost its WAL and is not in use (the agent recreates it).
-func slotsNeedSync(have []instance.SlotStatus, want []string) bool {
+func slotsNeedSync(have []agentapi.SlotStatus, want []string) bool {
 	w := map[string]bool{}
 	for _, n := range want {
 		w[n] = true
@@ -226,8 +226,8 @@ func slotsNeedSync(have []instance.SlotStatus, want []string) bool {
 // recloneReason says why a running standby can never catch up by streaming and
 // must be re-cloned, or "" when it can. It is pure: the operator acts on what the
 // primary and the standby report.
-func recloneReason(systemID string, primary, standby *instance.Status) string {
-	if standby == nil || primary == nil || !standby.Running || standby.Role != instance.RoleReplica {
+func recloneReason(systemID string, primary, standby *agentapi.Status) string {
+	if standby == nil || primary == nil || !standby.Running || standby.Role != agentapi.RoleReplica {
 		return ""
 	}
 	if systemID != "" && standby.SystemIdentifier != "" && standby.SystemIdentifier != systemID {
@@ -244,7 +244,7 @@ func recloneReason(systemID string, primary, standby *instance.Status) string {
 	if standby.WALReceiverStatus == "streaming" {
 		return ""
 	}
-	slot := instance.SlotName(standby.Pod)
+	slot := agentapi.SlotName(standby.Pod)
 	for _, s := range primary.Slots {
 		if s.Name == slot && s.WALStatus == "lost" {
 			return fmt.Sprintf("its replication slot %s lost the WAL it needs (more than max_slot_wal_keep_size behind)", slot)
@@ -255,10 +255,10 @@ func recloneReason(systemID string, primary, standby *instance.Status) string {
 	// its local WAL after a restart.
 	if standby.Diverged {
 		return fmt.Sprintf("its recovery went past the point where the primary's timeline %d forked off (at %s it holds WAL the primary never had, given up by an asynchronous failover): it cannot follow",
-			primary.Timeline, instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN))
+			primary.Timeline, agentapi.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN))
 	}
 	if standby.WALMissing {
-		pos := instance.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
+		pos := agentapi.LaterLSN(standby.ReplayLSN, standby.ReceiveLSN)
 		return fmt.Sprintf("the primary answered that the WAL it needs has already been removed (it stopped at %s; the primary's oldest WAL starts at %s)", pos, primary.OldestWALLSN)
 	}
 	return ""
@@ -315,7 +315,7 @@ func (r *Reconciler) reconcileReplication(ctx context.Context, db *databasev1.Da
 		for _, n := range podNames(*obs) {
 			rep := obs.Instances[n]
 			pod := pods[n]
-			if rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateVersionMismatch || pod.DeletionTimestamp != nil {
+			if rep.Err != nil || rep.Status == nil || rep.Status.State != agentapi.StateVersionMismatch || pod.DeletionTimestamp != nil {
 				continue
 			}
 			if img := podImage(*obs, n); img == want {
@@ -344,7 +344,7 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 	}
 	primaryPod := db.Status.TargetPrimary
 	rep, ok := obs.Instances[primaryPod]
-	if ok && rep.Err == nil && rep.Status != nil && rep.Status.Running && rep.Status.Role == instance.RolePrimary && rep.Status.Writable {
+	if ok && rep.Err == nil && rep.Status != nil && rep.Status.Running && rep.Status.Role == agentapi.RolePrimary && rep.Status.Writable {
 		// Done (or never needed): the annotation must not rebuild the primary from a
 		// then stale standby after some later loss.
 		if err := r.removeAnnotation(ctx, db, databasev1.AnnotationRecoverPrimaryFrom); err != nil {
@@ -357,15 +357,15 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 		}
 		return nil
 	}
-	if !ok || rep.Err != nil || rep.Status == nil || rep.Status.State != instance.StateDataMissing {
+	if !ok || rep.Err != nil || rep.Status == nil || rep.Status.State != agentapi.StateDataMissing {
 		return nil
 	}
 	src, ok := obs.Instances[source]
 	switch {
-	case source == primaryPod || instance.Ordinal(source) < 0 || !strings.HasPrefix(source, statefulSetName(db)+"-"):
+	case source == primaryPod || agentapi.Ordinal(source) < 0 || !strings.HasPrefix(source, statefulSetName(db)+"-"):
 		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q does not name a standby pod of this Database", databasev1.AnnotationRecoverPrimaryFrom, source)
 		return nil
-	case !ok || src.Err != nil || src.Status == nil || !src.Status.Running || src.Status.Role != instance.RoleReplica:
+	case !ok || src.Err != nil || src.Status == nil || !src.Status.Running || src.Status.Role != agentapi.RoleReplica:
 		obs.RecoveryError = fmt.Sprintf("Annotation %s=%q: that standby is not running", databasev1.AnnotationRecoverPrimaryFrom, source)
 		return nil
 	case mostAdvancedOther(*obs, primaryPod, source) != "":
@@ -404,8 +404,8 @@ func mostAdvancedOther(obs observation, primaryPod, source string) string {
 		return ""
 	}
 	src := obs.Instances[source].Status
-	srcLSN := instance.LaterLSN(src.ReplayLSN, src.ReceiveLSN)
-	if instance.LaterLSN(srcLSN, bestLSN) == srcLSN {
+	srcLSN := agentapi.LaterLSN(src.ReplayLSN, src.ReceiveLSN)
+	if agentapi.LaterLSN(srcLSN, bestLSN) == srcLSN {
 		return "" // as far as the most advanced
 	}
 	return fmt.Sprintf("Annotation %s=%q: standby %s is further ahead (%s, %s is at %s); rebuilding from %s would lose the transactions only %s has. Name %s instead",

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // The change-of-primary state machine. Its states are the PrimaryChangePhase
@@ -107,7 +107,7 @@ type haDecision struct {
 	Change *databasev1.PrimaryChange
 	// Finished is set when a change completed or was aborted in this step.
 	Finished *databasev1.PrimaryChange
-	// LeaseChange is instance.ChangeFailover, ChangeSwitchover or "".
+	// LeaseChange is agentapi.ChangeFailover, ChangeSwitchover or "".
 	LeaseChange string
 	// Unlabel are pods whose role label must be removed now.
 	Unlabel []string
@@ -135,7 +135,7 @@ func samePrimaryChange(a, b *databasev1.PrimaryChange) bool {
 	return a.Kind == b.Kind && a.Phase == b.Phase && a.From == b.From && a.To == b.To && a.Message == b.Message && a.PrimaryLSN == b.PrimaryLSN
 }
 
-func (in haInput) report(pod string) *instance.Status {
+func (in haInput) report(pod string) *agentapi.Status {
 	r, ok := in.Reports[pod]
 	if !ok || r.Err != nil || r.Status == nil {
 		return nil
@@ -150,7 +150,7 @@ func primaryFailure(in haInput) string {
 	if in.Target == "" {
 		return ""
 	}
-	if instance.HolderPod(in.Lease.Holder) != in.Target && in.CurrentPrimary != in.Target {
+	if agentapi.HolderPod(in.Lease.Holder) != in.Target && in.CurrentPrimary != in.Target {
 		// Never primary yet (bootstrap, or still taking the Lease): nothing to
 		// fail over from.
 		return ""
@@ -163,7 +163,7 @@ func primaryFailure(in haInput) string {
 		return fmt.Sprintf("pod %s is being deleted", in.Target)
 	}
 	holder := in.Lease.Holder
-	if holder != "" && instance.HolderPod(holder) == in.Target && holder != instance.LeaseHolder(in.Target, pod.UID) {
+	if holder != "" && agentapi.HolderPod(holder) == in.Target && holder != agentapi.LeaseHolder(in.Target, pod.UID) {
 		return fmt.Sprintf("pod %s was replaced: the Lease is still held by its previous incarnation (%s)", in.Target, holder)
 	}
 	st := in.report(in.Target)
@@ -205,7 +205,7 @@ type candidate struct {
 func oldPrimaryPosition(in haInput, c *databasev1.PrimaryChange) (pos string, final bool) {
 	l := in.Lease
 	if l.Holder == "" && l.FinalLSN != "" && (l.ReleasedBy == "" || l.ReleasedBy == c.From) &&
-		(c.PrimaryLSN == "" || instance.LaterLSN(l.FinalLSN, c.PrimaryLSN) == l.FinalLSN) {
+		(c.PrimaryLSN == "" || agentapi.LaterLSN(l.FinalLSN, c.PrimaryLSN) == l.FinalLSN) {
 		// Released by the old primary itself, and never behind what was
 		// recorded (the reference never moves backwards).
 		return l.FinalLSN, true
@@ -214,8 +214,8 @@ func oldPrimaryPosition(in haInput, c *databasev1.PrimaryChange) (pos string, fi
 		return c.PrimaryLSN, true
 	}
 	pos = c.PrimaryLSN
-	if l.Holder == "" || instance.HolderPod(l.Holder) == c.From {
-		pos = instance.LaterLSN(pos, l.PrimaryLSN)
+	if l.Holder == "" || agentapi.HolderPod(l.Holder) == c.From {
+		pos = agentapi.LaterLSN(pos, l.PrimaryLSN)
 	}
 	return pos, false
 }
@@ -230,18 +230,18 @@ func qualify(in haInput, c *databasev1.PrimaryChange, cands []candidate) []candi
 			// No position known (agents that record none): the most
 			// advanced standby, as before this rule.
 			cd.Lag, cd.Qualifies = -1, true
-		case instance.LSNDiff(cd.LSN, "0/0") <= 0:
+		case agentapi.LSNDiff(cd.LSN, "0/0") <= 0:
 			// A standby that reports no position cannot be measured.
 			cd.Lag, cd.Qualifies = -1, false
 		case final:
 			// The shutdown checkpoint record starts at pos: received past it.
-			cd.Lag = max(0, instance.LSNDiff(pos, cd.LSN))
-			cd.Qualifies = instance.LaterLSN(cd.LSN, pos) == cd.LSN && cd.LSN != pos
+			cd.Lag = max(0, agentapi.LSNDiff(pos, cd.LSN))
+			cd.Qualifies = agentapi.LaterLSN(cd.LSN, pos) == cd.LSN && cd.LSN != pos
 			if !cd.Qualifies && cd.Lag == 0 {
 				cd.Lag = 1
 			}
 		default:
-			cd.Lag = max(0, instance.LSNDiff(pos, cd.LSN))
+			cd.Lag = max(0, agentapi.LSNDiff(pos, cd.LSN))
 			cd.Qualifies = cd.Lag <= in.MaxLagOnFailover
 		}
 	}
@@ -278,11 +278,11 @@ func candidates(in haInput, except string) []candidate {
 	var out []candidate
 	for pod := range in.Pods {
 		st := in.report(pod)
-		if pod == except || st == nil || !st.Running || st.Role != instance.RoleReplica || refusing(st.State) ||
-			instance.Ordinal(pod) < 0 || instance.Ordinal(pod) >= in.Replicas || in.Pods[pod].Terminating {
+		if pod == except || st == nil || !st.Running || st.Role != agentapi.RoleReplica || refusing(st.State) ||
+			agentapi.Ordinal(pod) < 0 || agentapi.Ordinal(pod) >= in.Replicas || in.Pods[pod].Terminating {
 			continue
 		}
-		out = append(out, candidate{Pod: pod, Timeline: st.Timeline, LSN: instance.LaterLSN(st.ReceiveLSN, st.ReplayLSN)})
+		out = append(out, candidate{Pod: pod, Timeline: st.Timeline, LSN: agentapi.LaterLSN(st.ReceiveLSN, st.ReplayLSN)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -290,7 +290,7 @@ func candidates(in haInput, except string) []candidate {
 			return a.Timeline > b.Timeline
 		}
 		if a.LSN != b.LSN {
-			return instance.LaterLSN(a.LSN, b.LSN) == a.LSN
+			return agentapi.LaterLSN(a.LSN, b.LSN) == a.LSN
 		}
 		return a.Pod < b.Pod
 	})
@@ -302,7 +302,7 @@ func candidates(in haInput, except string) []candidate {
 func writablePrimaries(in haInput, except string) []string {
 	var out []string
 	for pod := range in.Pods {
-		if st := in.report(pod); pod != except && st != nil && st.Role == instance.RolePrimary && st.Writable {
+		if st := in.report(pod); pod != except && st != nil && st.Role == agentapi.RolePrimary && st.Writable {
 			out = append(out, pod)
 		}
 	}
@@ -315,7 +315,7 @@ func writablePrimaries(in haInput, except string) []string {
 func promoted(in haInput, pod string) bool {
 	st := in.report(pod)
 	p, ok := in.Pods[pod]
-	return st != nil && ok && st.Role == instance.RolePrimary && st.HoldsLease && in.Lease.Holder == instance.LeaseHolder(pod, p.UID)
+	return st != nil && ok && st.Role == agentapi.RolePrimary && st.HoldsLease && in.Lease.Holder == agentapi.LeaseHolder(pod, p.UID)
 }
 
 // decideHA is the state machine's transition function.
@@ -341,7 +341,7 @@ func decideHA(in haInput) haDecision {
 		// targets were recorded), else ordinal 0.
 		d.Target = in.StatefulSet + "-0"
 		for pod := range in.Pods {
-			if st := in.report(pod); st != nil && st.Role == instance.RolePrimary && st.Writable {
+			if st := in.report(pod); st != nil && st.Role == agentapi.RolePrimary && st.Writable {
 				d.Target = pod
 			}
 		}
@@ -380,14 +380,14 @@ func decideHA(in haInput) haDecision {
 			return d
 		}
 		d.Target = ""
-		d.LeaseChange = instance.ChangeFailover
+		d.LeaseChange = agentapi.ChangeFailover
 		c = withPrimaryLSN(in, c)
 		d.Change = phase(c, databasev1.PrimaryChangeFencing, "Primary failed: "+strings.TrimPrefix(c.Message, "Primary failed: ")+
 			"; no instance is the target: the standbys stop streaming before the most advanced one is chosen")
 		return d
 
 	case databasev1.PrimaryChangeFencing:
-		d.Target, d.LeaseChange = "", instance.ChangeFailover
+		d.Target, d.LeaseChange = "", agentapi.ChangeFailover
 		d.Unlabel = []string{c.From}
 		c = withPrimaryLSN(in, c)
 		if w := writablePrimaries(in, ""); len(w) > 0 {
@@ -405,7 +405,7 @@ func decideHA(in haInput) haDecision {
 		}
 		var streaming []string
 		for pod := range in.Pods {
-			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && (st.WALReceiverStatus == "streaming" || st.Target != "") {
+			if st := in.report(pod); st != nil && st.Role == agentapi.RoleReplica && (st.WALReceiverStatus == "streaming" || st.Target != "") {
 				streaming = append(streaming, pod)
 			}
 		}
@@ -426,12 +426,12 @@ func decideHA(in haInput) haDecision {
 		if w := writablePrimaries(in, ""); len(w) > 0 {
 			return d
 		}
-		if p, ok := in.Pods[c.From]; ok && in.Lease.Holder == instance.LeaseHolder(c.From, p.UID) {
+		if p, ok := in.Pods[c.From]; ok && in.Lease.Holder == agentapi.LeaseHolder(c.From, p.UID) {
 			// The returning old primary took the Lease back and is starting.
 			return d
 		}
 		for pod := range in.Pods {
-			if st := in.report(pod); st != nil && st.Role == instance.RoleReplica && st.WALReceiverStatus == "streaming" {
+			if st := in.report(pod); st != nil && st.Role == agentapi.RoleReplica && st.WALReceiverStatus == "streaming" {
 				// Streaming from the returning old primary: it is about to
 				// resume, positions are moving.
 				return d
@@ -441,9 +441,9 @@ func decideHA(in haInput) haDecision {
 
 	case databasev1.PrimaryChangePromoting:
 		d.Target = c.To
-		d.LeaseChange = instance.ChangeFailover
+		d.LeaseChange = agentapi.ChangeFailover
 		if c.Kind == databasev1.PrimaryChangeSwitchover {
-			d.LeaseChange = instance.ChangeSwitchover
+			d.LeaseChange = agentapi.ChangeSwitchover
 		}
 		if c.From != c.To {
 			d.Unlabel = []string{c.From}
@@ -469,7 +469,7 @@ func decideHA(in haInput) haDecision {
 		}
 		if !exists || p.Terminating {
 			// The candidate is gone before it promoted: choose again.
-			d.Target, d.LeaseChange = "", instance.ChangeFailover
+			d.Target, d.LeaseChange = "", agentapi.ChangeFailover
 			n := phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Candidate %s disappeared before it was promoted; choosing again", c.To))
 			n.Kind, n.To = databasev1.PrimaryChangeFailover, ""
 			d.Change = n
@@ -487,7 +487,7 @@ func decideHA(in haInput) haDecision {
 					return d
 				}
 			}
-			d.Target, d.LeaseChange = "", instance.ChangeFailover
+			d.Target, d.LeaseChange = "", agentapi.ChangeFailover
 			n := phase(c, databasev1.PrimaryChangeFencing, fmt.Sprintf("Candidate %s was not primary within %s (%s); choosing again", c.To, in.PromoteTimeout, promotingWhy(in, c.To)))
 			n.Kind, n.To = databasev1.PrimaryChangeFailover, ""
 			d.Change = n
@@ -520,7 +520,7 @@ const demotionBound = 90 * time.Second
 // Lease and renewed it within its duration.
 func oldPrimaryHoldsLiveLease(in haInput, pod string) bool {
 	l := in.Lease
-	return l.Holder != "" && instance.HolderPod(l.Holder) == pod && !l.RenewTime.IsZero() && !l.expired(in.Now)
+	return l.Holder != "" && agentapi.HolderPod(l.Holder) == pod && !l.RenewTime.IsZero() && !l.expired(in.Now)
 }
 
 // expired reports whether the Lease's last renewal is older than its duration
@@ -554,7 +554,7 @@ func choosePromotion(in haInput, d haDecision, c *databasev1.PrimaryChange, phas
 			if cd.Pod != in.ForceFailoverTo {
 				continue
 			}
-			d.Target, d.LeaseChange, d.Unlabel = cd.Pod, instance.ChangeFailover, []string{c.From}
+			d.Target, d.LeaseChange, d.Unlabel = cd.Pod, agentapi.ChangeFailover, []string{c.From}
 			d.Forced = &forcedFailover{Pod: cd.Pod, LostBytes: cd.Lag}
 			n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s on request (%s), giving up the WAL it lacks: %s",
 				cd.Pod, databasev1.AnnotationForceFailoverTo, describeCandidates([]candidate{cd})))
@@ -604,7 +604,7 @@ func choosePromotion(in haInput, d haDecision, c *databasev1.PrimaryChange, phas
 		}
 		return blocked(fmt.Sprintf("no standby is within maxLagOnFailover (%d bytes) of %s's last recorded position %s", in.MaxLagOnFailover, c.From, pos))
 	}
-	d.Target, d.LeaseChange, d.Unlabel = best.Pod, instance.ChangeFailover, []string{c.From}
+	d.Target, d.LeaseChange, d.Unlabel = best.Pod, agentapi.ChangeFailover, []string{c.From}
 	n := phase(c, databasev1.PrimaryChangePromoting, fmt.Sprintf("Promoting %s: the most advanced qualifying standby (timeline %d, WAL received up to %s)", best.Pod, best.Timeline, best.LSN))
 	n.To = best.Pod
 	d.Change = n
@@ -640,7 +640,7 @@ func decideSwitchover(in haInput, d haDecision, now metav1.Time) haDecision {
 		return refuse("%s", why)
 	}
 	d.Target = to
-	d.LeaseChange = instance.ChangeSwitchover
+	d.LeaseChange = agentapi.ChangeSwitchover
 	d.Unlabel = []string{in.Target}
 	d.Change = &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeSwitchover, Phase: databasev1.PrimaryChangePromoting,
 		From: in.Target, To: to, StartedAt: now, PhaseSince: now,
@@ -657,11 +657,11 @@ func healthyStandby(in haInput, pod string) string {
 	if !ok || p.Terminating {
 		return fmt.Sprintf("%s is not an instance of this Database", pod)
 	}
-	if o := instance.Ordinal(pod); o < 0 || o >= in.Replicas {
+	if o := agentapi.Ordinal(pod); o < 0 || o >= in.Replicas {
 		return fmt.Sprintf("%s is beyond spec.replicas (%d)", pod, in.Replicas)
 	}
 	st := in.report(pod)
-	if st == nil || !st.Running || st.Role != instance.RoleReplica {
+	if st == nil || !st.Running || st.Role != agentapi.RoleReplica {
 		return fmt.Sprintf("%s is not a running standby", pod)
 	}
 	primary := in.report(in.Target)

@@ -10,7 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 var haNow = time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
@@ -21,13 +21,13 @@ func haWorld() haInput {
 	in := haInput{
 		Now: haNow, StatefulSet: "db", Replicas: 3, MaxLagBytes: 64 << 20, FencingTimeout: 15 * time.Second, Target: "db-0",
 		MaxLagOnFailover: 1 << 20, PromoteTimeout: 2 * time.Minute,
-		Lease: leaseObs{Exists: true, Holder: instance.LeaseHolder("db-0", "u0"), RenewTime: haNow.Add(-time.Second), Duration: 15 * time.Second},
+		Lease: leaseObs{Exists: true, Holder: agentapi.LeaseHolder("db-0", "u0"), RenewTime: haNow.Add(-time.Second), Duration: 15 * time.Second},
 		Pods:  map[string]podObs{"db-0": {UID: "u0", Ready: true, Updated: true}, "db-1": {UID: "u1", Ready: true, Updated: true}, "db-2": {UID: "u2", Ready: true, Updated: true}},
 		Reports: map[string]InstanceReport{
-			"db-0": {Status: &instance.Status{Pod: "db-0", Running: true, Role: instance.RolePrimary, Writable: true, HoldsLease: true, Target: "db-0", Timeline: 1,
-				Replicas: []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming", LagBytes: 10}, {ApplicationName: "db-2", State: "streaming", LagBytes: 500}}}},
-			"db-1": {Status: &instance.Status{Pod: "db-1", Running: true, Role: instance.RoleReplica, Target: "db-0", Timeline: 1, ReceiveLSN: "0/5000000", ReplayLSN: "0/5000000", WALReceiverStatus: "streaming"}},
-			"db-2": {Status: &instance.Status{Pod: "db-2", Running: true, Role: instance.RoleReplica, Target: "db-0", Timeline: 1, ReceiveLSN: "0/4000000", ReplayLSN: "0/4000000", WALReceiverStatus: "streaming"}},
+			"db-0": {Status: &agentapi.Status{Pod: "db-0", Running: true, Role: agentapi.RolePrimary, Writable: true, HoldsLease: true, Target: "db-0", Timeline: 1,
+				Replicas: []agentapi.ReplicaStatus{{ApplicationName: "db-1", State: "streaming", LagBytes: 10}, {ApplicationName: "db-2", State: "streaming", LagBytes: 500}}}},
+			"db-1": {Status: &agentapi.Status{Pod: "db-1", Running: true, Role: agentapi.RoleReplica, Target: "db-0", Timeline: 1, ReceiveLSN: "0/5000000", ReplayLSN: "0/5000000", WALReceiverStatus: "streaming"}},
+			"db-2": {Status: &agentapi.Status{Pod: "db-2", Running: true, Role: agentapi.RoleReplica, Target: "db-0", Timeline: 1, ReceiveLSN: "0/4000000", ReplayLSN: "0/4000000", WALReceiverStatus: "streaming"}},
 		},
 	}
 	return in
@@ -103,8 +103,8 @@ func TestDecideHA(t *testing.T) {
 			in: func() haInput {
 				in := haWorld()
 				in.Target = ""
-				in.Reports["db-0"].Status.Role = instance.RoleReplica
-				in.Reports["db-2"].Status.Role, in.Reports["db-2"].Status.Writable = instance.RolePrimary, true
+				in.Reports["db-0"].Status.Role = agentapi.RoleReplica
+				in.Reports["db-2"].Status.Role, in.Reports["db-2"].Status.Writable = agentapi.RolePrimary, true
 				return in
 			},
 			wantTarget: "db-2",
@@ -135,17 +135,17 @@ func TestDecideHA(t *testing.T) {
 			wantTarget:  "",
 			wantPhase:   databasev1.PrimaryChangeFencing,
 			wantUnlabel: []string{"db-0"},
-			wantLease:   instance.ChangeFailover,
+			wantLease:   agentapi.ChangeFailover,
 		},
 		{
 			name: "primary pod gone and recreated with a new UID while the Lease names the old one",
 			in: func() haInput {
 				in := haWorld()
 				in.Pods["db-0"] = podObs{UID: "u0-new"}
-				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", State: instance.StateWaitingForLease}}
+				in.Reports["db-0"] = InstanceReport{Status: &agentapi.Status{Pod: "db-0", State: agentapi.StateWaitingForLease}}
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "unreachable and not ready",
@@ -155,7 +155,7 @@ func TestDecideHA(t *testing.T) {
 				in.Reports["db-0"] = InstanceReport{Err: errors.New("connection refused")}
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "a fenced primary (partitioned from the API server) is failed",
@@ -164,7 +164,7 @@ func TestDecideHA(t *testing.T) {
 				in.Reports["db-0"].Status.Fenced, in.Reports["db-0"].Status.HoldsLease = true, false
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "an expired Lease the primary no longer claims is a failure",
@@ -174,14 +174,14 @@ func TestDecideHA(t *testing.T) {
 				in.Reports["db-0"].Status.HoldsLease = false
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "a primary whose data is missing waits for the recovery procedure, no failover",
 			in: func() haInput {
 				in := haWorld()
 				in.Pods["db-0"] = podObs{UID: "u0"}
-				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", State: instance.StateDataMissing}}
+				in.Reports["db-0"] = InstanceReport{Status: &agentapi.Status{Pod: "db-0", State: agentapi.StateDataMissing}}
 				return in
 			},
 			wantTarget: "db-0",
@@ -226,7 +226,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeDetected, "db-0", "", haNow.Add(-31*time.Second))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "the primary recovered within the delay: aborted",
@@ -249,7 +249,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-2*time.Second))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantMessage: "to stop streaming",
 		},
 		{
@@ -261,12 +261,12 @@ func TestDecideHA(t *testing.T) {
 				in := stopped(haWorld())
 				in.Lease.RenewTime, in.Lease.PrimaryLSN = haNow.Add(-time.Second), "0/5000000"
 				in.Pods["db-0"] = podObs{UID: "u0", Terminating: true}
-				in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.State = false, instance.StateDemoting
+				in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.State = false, agentapi.StateDemoting
 				in.Target = ""
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Minute))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantMessage: "release the Lease with its final WAL position",
 		},
 		{
@@ -277,7 +277,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-20*time.Second))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantMessage: "stop accepting writes",
 		},
 		{
@@ -291,7 +291,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Second))
 				return in
 			},
-			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "a later timeline wins over more WAL on an older one",
@@ -305,7 +305,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Second))
 				return in
 			},
-			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "synchronous replication: not promoted while too few standbys report to be sure of every acknowledged commit",
@@ -331,7 +331,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-time.Second))
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "unanswered standbys are ignored after the fencing timeout",
@@ -340,11 +340,11 @@ func TestDecideHA(t *testing.T) {
 				delete(in.Pods, "db-0")
 				delete(in.Reports, "db-0")
 				in.Target = ""
-				in.Reports["db-2"] = InstanceReport{Status: &instance.Status{Pod: "db-2", Running: true, Role: instance.RoleReplica, Target: "db-0", WALReceiverStatus: "streaming"}}
+				in.Reports["db-2"] = InstanceReport{Status: &agentapi.Status{Pod: "db-2", Running: true, Role: agentapi.RoleReplica, Target: "db-0", WALReceiverStatus: "streaming"}}
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-16*time.Second))
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			// Was "stays fencing" (target "" forever: the old primary could
@@ -372,7 +372,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-5*time.Second))
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "completed when the candidate reports primary and the Lease names it",
@@ -381,8 +381,8 @@ func TestDecideHA(t *testing.T) {
 				delete(in.Pods, "db-0")
 				delete(in.Reports, "db-0")
 				in.Target = "db-1"
-				in.Lease.Holder = instance.LeaseHolder("db-1", "u1")
-				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = instance.RolePrimary, true
+				in.Lease.Holder = agentapi.LeaseHolder("db-1", "u1")
+				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = agentapi.RolePrimary, true
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-5*time.Second))
 				return in
 			},
@@ -394,11 +394,11 @@ func TestDecideHA(t *testing.T) {
 				in := stopped(haWorld())
 				delete(in.Pods, "db-0")
 				in.Target = "db-1"
-				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = instance.RolePrimary, true
+				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = agentapi.RolePrimary, true
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-5*time.Second))
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "the candidate disappears: choose again",
@@ -410,17 +410,17 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-5*time.Second))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name:       "switchover by annotation to a streaming standby",
 			in:         func() haInput { in := haWorld(); in.SwitchoverTo, in.SwitchoverWhy = "db-2", "annotation"; return in },
-			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeSwitchover,
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeSwitchover,
 		},
 		{
 			name:       "switchover auto picks the most advanced standby",
 			in:         func() haInput { in := haWorld(); in.SwitchoverTo = databasev1.SwitchoverAuto; return in },
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeSwitchover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeSwitchover,
 		},
 		{
 			name: "switchover to a lagging standby is refused",
@@ -455,16 +455,16 @@ func TestDecideHA(t *testing.T) {
 				in.SwitchoverTo = "db-1"
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "switchover completes when the target holds the Lease",
 			in: func() haInput {
 				in := haWorld()
 				in.Target = "db-1"
-				in.Lease.Holder = instance.LeaseHolder("db-1", "u1")
-				in.Reports["db-0"].Status.Role, in.Reports["db-0"].Status.Writable = instance.RoleReplica, false
-				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = instance.RolePrimary, true
+				in.Lease.Holder = agentapi.LeaseHolder("db-1", "u1")
+				in.Reports["db-0"].Status.Role, in.Reports["db-0"].Status.Writable = agentapi.RoleReplica, false
+				in.Reports["db-1"].Status.Role, in.Reports["db-1"].Status.HoldsLease = agentapi.RolePrimary, true
 				in.Change = change(databasev1.PrimaryChangeSwitchover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-3*time.Second))
 				return in
 			},
@@ -500,7 +500,7 @@ func TestDecideHA(t *testing.T) {
 				in.Lease.Holder, in.Lease.FinalLSN = "", "0/4800000"
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "clean shutdown: a standby exactly at the final position lacks the shutdown checkpoint record",
@@ -518,7 +518,7 @@ func TestDecideHA(t *testing.T) {
 				in.Lease.PrimaryLSN = "0/5080000" // db-1 lacks 512 KiB
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantPrimaryLSN: "0/5080000",
 		},
 		{
@@ -539,14 +539,14 @@ func TestDecideHA(t *testing.T) {
 				in.Lease.PrimaryLSN = "0/5000000"
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "the position recorded on the change holds after a new holder cleared the Lease's",
 			in: func() haInput {
 				in := fencedWorld()
 				in.Change.PrimaryLSN = "0/6000000"
-				in.Lease.Holder = instance.LeaseHolder("db-2", "u2")
+				in.Lease.Holder = agentapi.LeaseHolder("db-2", "u2")
 				return in
 			},
 			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantPrimaryLSN: "0/6000000",
@@ -559,7 +559,7 @@ func TestDecideHA(t *testing.T) {
 				in.ForceFailoverTo = "db-2"
 				return in
 			},
-			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantForced: "db-2:33554432",
 		},
 		{
@@ -567,8 +567,8 @@ func TestDecideHA(t *testing.T) {
 			in: func() haInput {
 				in := blockedWorld()
 				in.Pods["db-0"] = podObs{UID: "u0b", Ready: true}
-				in.Lease.Holder = instance.LeaseHolder("db-0", "u0b")
-				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", Running: true, Role: instance.RolePrimary, Writable: true, HoldsLease: true, Target: "db-0", Timeline: 1}}
+				in.Lease.Holder = agentapi.LeaseHolder("db-0", "u0b")
+				in.Reports["db-0"] = InstanceReport{Status: &agentapi.Status{Pod: "db-0", Running: true, Role: agentapi.RolePrimary, Writable: true, HoldsLease: true, Target: "db-0", Timeline: 1}}
 				return in
 			},
 			wantTarget: "db-0", wantDone: databasev1.PrimaryChangeAborted,
@@ -590,7 +590,7 @@ func TestDecideHA(t *testing.T) {
 				in.ForceFailoverTo = "db-1"
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantForced: "db-1:16777216",
 		},
 		{
@@ -609,7 +609,7 @@ func TestDecideHA(t *testing.T) {
 				in.Reports["db-2"].Status.ReceiveLSN = "0/6000000"
 				return in
 			},
-			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 
 		{
@@ -659,7 +659,7 @@ func TestDecideHA(t *testing.T) {
 				in.Lease.PrimaryLSN = "0/9000000"
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "fencing stops waiting for a demoting old primary after the demotion bound",
@@ -672,14 +672,14 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangeFencing, "db-0", "", haNow.Add(-2*time.Minute))
 				return in
 			},
-			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "db-1", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-1", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 		},
 		{
 			name: "blocked: the returning old primary took the Lease back: wait for it",
 			in: func() haInput {
 				in := blockedWorld()
 				in.Pods["db-0"] = podObs{UID: "u0b"}
-				in.Lease.Holder = instance.LeaseHolder("db-0", "u0b")
+				in.Lease.Holder = agentapi.LeaseHolder("db-0", "u0b")
 				in.Reports["db-2"].Status.ReceiveLSN = "0/6000000" // would qualify
 				return in
 			},
@@ -691,7 +691,7 @@ func TestDecideHA(t *testing.T) {
 				in := fencedWorld()
 				in.Lease.PrimaryLSN = "0/6000000"
 				in.Pods["db-0"] = podObs{UID: "u0b"}
-				in.Reports["db-0"] = InstanceReport{Status: &instance.Status{Pod: "db-0", State: instance.StateDataMissing, Message: "the data directory is empty"}}
+				in.Reports["db-0"] = InstanceReport{Status: &agentapi.Status{Pod: "db-0", State: agentapi.StateDataMissing, Message: "the data directory is empty"}}
 				return in
 			},
 			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantMessage: "cannot resume: it reports DataMissing",
@@ -715,7 +715,7 @@ func TestDecideHA(t *testing.T) {
 			in: func() haInput {
 				in := haWorld()
 				in.Target = "db-1"
-				in.Lease.Holder = instance.LeaseHolder("db-1", "u1")
+				in.Lease.Holder = agentapi.LeaseHolder("db-1", "u1")
 				in.Reports["db-0"].Status.Role, in.Reports["db-0"].Status.Writable, in.Reports["db-0"].Status.Running = "", false, false
 				in.Reports["db-1"].Status.Message = "waiting to receive the old primary's WAL up to its final position"
 				in.Change = change(databasev1.PrimaryChangeSwitchover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-3*time.Minute))
@@ -733,7 +733,7 @@ func TestDecideHA(t *testing.T) {
 				in.Change = change(databasev1.PrimaryChangeFailover, databasev1.PrimaryChangePromoting, "db-0", "db-1", haNow.Add(-3*time.Minute))
 				return in
 			},
-			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: instance.ChangeFailover,
+			wantTarget: "", wantPhase: databasev1.PrimaryChangeFencing, wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
 			wantMessage: "was not primary within 2m0s",
 		},
 	}
@@ -901,16 +901,16 @@ func TestDecideRollout(t *testing.T) {
 // A primary started by the previous version's agent (no Lease) keeps its label
 // during the operator upgrade; an agent of this version never looks like one.
 func TestLegacyPrimaryKeepsItsLabelUntilReplaced(t *testing.T) {
-	legacy := &instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true, Writable: true, State: instance.StateRunning}
+	legacy := &agentapi.Status{Pod: "db-0", Role: agentapi.RolePrimary, Running: true, Writable: true, State: agentapi.StateRunning}
 	if !legacyPrimary(legacy) {
 		t.Error("a primary reporting no Lease fields is not recognised as the previous version's")
 	}
-	for name, st := range map[string]*instance.Status{
-		"current agent holding the Lease": {Role: instance.RolePrimary, State: instance.StateRunning, Target: "db-0", HoldsLease: true},
-		"current agent demoting":          {Role: instance.RolePrimary, State: instance.StateDemoting},
-		"fenced":                          {Role: instance.RolePrimary, State: instance.StateRunning, Fenced: true},
-		"cannot reach the API server":     {Role: instance.RolePrimary, State: instance.StateRunning, LeaseError: "timeout"},
-		"standby":                         {Role: instance.RoleReplica, State: instance.StateRunning},
+	for name, st := range map[string]*agentapi.Status{
+		"current agent holding the Lease": {Role: agentapi.RolePrimary, State: agentapi.StateRunning, Target: "db-0", HoldsLease: true},
+		"current agent demoting":          {Role: agentapi.RolePrimary, State: agentapi.StateDemoting},
+		"fenced":                          {Role: agentapi.RolePrimary, State: agentapi.StateRunning, Fenced: true},
+		"cannot reach the API server":     {Role: agentapi.RolePrimary, State: agentapi.StateRunning, LeaseError: "timeout"},
+		"standby":                         {Role: agentapi.RoleReplica, State: agentapi.StateRunning},
 	} {
 		if legacyPrimary(st) {
 			t.Errorf("%s taken for a previous-version primary", name)

@@ -23,7 +23,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/metrics"
 )
 
@@ -135,7 +135,7 @@ func (r *Reconciler) reconcileAccess(ctx context.Context, db *databasev1.Databas
 	switch {
 	case apierrors.IsNotFound(err):
 		lease = &coordinationv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: leaseName(db), Namespace: db.Namespace, Labels: podLabels(db),
-			Annotations: map[string]string{instance.LeaseAnnotationInstances: strconv.Itoa(int(replicas(db)))},
+			Annotations: leaseAnnotations(agentapi.LeaseIntent{Instances: int(replicas(db)), Synchronous: int(db.Spec.SynchronousReplicas)}),
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: databasev1.GroupVersion.String(), Kind: "Database", Name: db.Name, UID: db.UID,
 				Controller: ptrTo(true), BlockOwnerDeletion: ptrTo(true)}}}}
 		if err := r.Create(ctx, lease, client.FieldOwner(FieldOwner)); err != nil {
@@ -162,6 +162,14 @@ func (r *Reconciler) reader() client.Reader {
 	return r.Client
 }
 
+// leaseAnnotations are the annotations of a new Lease with the intent i.
+func leaseAnnotations(i agentapi.LeaseIntent) map[string]string {
+	a := map[string]string{}
+	i.ApplyTo(a)
+	return a
+}
+
+// observeLease reads what the state machines need of the Lease.
 func observeLease(l *coordinationv1.Lease) leaseObs {
 	if l == nil {
 		return leaseObs{}
@@ -176,11 +184,11 @@ func observeLease(l *coordinationv1.Lease) leaseObs {
 	if l.Spec.LeaseDurationSeconds != nil {
 		o.Duration = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
 	}
+	report := agentapi.ReadLeaseReport(l.Annotations)
 	if o.Holder == "" {
-		o.FinalLSN = l.Annotations[instance.LeaseAnnotationFinalLSN]
+		o.FinalLSN = report.FinalLSN
 	}
-	o.PrimaryLSN = l.Annotations[instance.LeaseAnnotationPrimaryLSN]
-	o.ReleasedBy = l.Annotations[instance.LeaseAnnotationReleasedBy]
+	o.PrimaryLSN, o.ReleasedBy = report.PrimaryLSN, report.ReleasedBy
 	return o
 }
 
@@ -223,7 +231,7 @@ func (r *Reconciler) reconcileHA(ctx context.Context, db *databasev1.Database, o
 	switch {
 	case annotation != "":
 		in.SwitchoverTo, in.SwitchoverWhy = annotation, "requested by annotation "+databasev1.AnnotationSwitchoverTo
-	case in.Target != "" && instance.Ordinal(in.Target) >= in.Replicas:
+	case in.Target != "" && agentapi.Ordinal(in.Target) >= in.Replicas:
 		in.SwitchoverTo, in.SwitchoverWhy = databasev1.SwitchoverAuto, fmt.Sprintf("scale-down to %d instances removes the primary's ordinal", in.Replicas)
 	default:
 		if ro := decideRollout(rolloutInputFrom(db, *obs, in)); ro.Switchover {
@@ -358,30 +366,17 @@ func leaseInstances(db *databasev1.Database, obs *observation) int {
 // change on the Lease, with optimistic concurrency (the agents renew it
 // concurrently: a conflict is retried on a fresh read).
 func (r *Reconciler) syncLease(ctx context.Context, db *databasev1.Database, obs *observation, target, change string) error {
-	want := map[string]string{instance.LeaseAnnotationTarget: target, instance.LeaseAnnotationInstances: strconv.Itoa(leaseInstances(db, obs)),
-		instance.LeaseAnnotationChange: change, instance.LeaseAnnotationSynchronous: strconv.Itoa(int(db.Spec.SynchronousReplicas))}
+	want := agentapi.LeaseIntent{Target: target, Instances: leaseInstances(db, obs), Change: change, Synchronous: int(db.Spec.SynchronousReplicas)}
 	for attempt := 0; attempt < 3; attempt++ {
 		l := obs.Lease
-		same := true
-		for k, v := range want {
-			if have, ok := l.Annotations[k]; have != v || (!ok && v != "") {
-				same = false
-			}
-		}
-		if same {
+		if want.Matches(l.Annotations) {
 			return nil
 		}
 		upd := l.DeepCopy()
 		if upd.Annotations == nil {
 			upd.Annotations = map[string]string{}
 		}
-		for k, v := range want {
-			if v == "" && k == instance.LeaseAnnotationChange {
-				delete(upd.Annotations, k)
-				continue
-			}
-			upd.Annotations[k] = v
-		}
+		want.ApplyTo(upd.Annotations)
 		err := r.Patch(ctx, upd, client.MergeFromWithOptions(l, client.MergeFromWithOptimisticLock{}), client.FieldOwner(FieldOwner))
 		if err == nil {
 			obs.Lease = upd
@@ -416,22 +411,22 @@ func roleFor(db *databasev1.Database, obs observation, pod *corev1.Pod) (string,
 	switch {
 	case refusing(st.State):
 		return "", true
-	case st.Role == instance.RolePrimary:
+	case st.Role == agentapi.RolePrimary:
 		holder := ""
 		if obs.Lease != nil && obs.Lease.Spec.HolderIdentity != nil {
 			holder = *obs.Lease.Spec.HolderIdentity
 		}
-		if pod.Name == db.Status.TargetPrimary && st.HoldsLease && holder == instance.LeaseHolder(pod.Name, string(pod.UID)) {
-			return instance.RolePrimary, true
+		if pod.Name == db.Status.TargetPrimary && st.HoldsLease && holder == agentapi.LeaseHolder(pod.Name, string(pod.UID)) {
+			return agentapi.RolePrimary, true
 		}
 		if pod.Name == db.Status.TargetPrimary && legacyPrimary(st) {
 			// Started by an agent of the previous version, which knows no Lease:
 			// it keeps serving until the rolling update replaces it.
-			return instance.RolePrimary, true
+			return agentapi.RolePrimary, true
 		}
 		return "", true
-	case st.Role == instance.RoleReplica:
-		return instance.RoleReplica, true
+	case st.Role == agentapi.RoleReplica:
+		return agentapi.RoleReplica, true
 	}
 	return "", false
 }
@@ -439,8 +434,8 @@ func roleFor(db *databasev1.Database, obs observation, pod *corev1.Pod) (string,
 // legacyPrimary reports whether st is a primary run by an agent of the previous
 // version of the operator, which reports no Lease fields (an agent of this version
 // running a primary always reports its target).
-func legacyPrimary(st *instance.Status) bool {
-	return st != nil && st.Role == instance.RolePrimary && st.State == instance.StateRunning && st.Target == "" && !st.HoldsLease && !st.Fenced && st.LeaseError == ""
+func legacyPrimary(st *agentapi.Status) bool {
+	return st != nil && st.Role == agentapi.RolePrimary && st.State == agentapi.StateRunning && st.Target == "" && !st.HoldsLease && !st.Fenced && st.LeaseError == ""
 }
 
 // labelRoles sets each pod's role label to roleFor, touching only pods whose
@@ -479,13 +474,13 @@ func buildDisruptionBudgets(db *databasev1.Database) []*policyv1ac.PodDisruption
 		WithOwnerReferences(ownerReference(db)).
 		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
 			WithMaxUnavailable(intstr.FromInt32(1)).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), instance.RoleReplica))))
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), agentapi.RoleReplica))))
 	primary := policyv1ac.PodDisruptionBudget(primaryPDBName(db), db.Namespace).
 		WithLabels(podLabels(db)).
 		WithOwnerReferences(ownerReference(db)).
 		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
 			WithMinAvailable(intstr.FromInt32(1)).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), instance.RolePrimary))))
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(withRole(selectorLabels(db), agentapi.RolePrimary))))
 	return []*policyv1ac.PodDisruptionBudgetApplyConfiguration{all, primary}
 }
 

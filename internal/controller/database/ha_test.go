@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/metrics"
 )
 
@@ -35,7 +35,7 @@ func getLease(t *testing.T, ns string) *coordinationv1.Lease {
 func labelledPrimaries(t *testing.T, ns string) []string {
 	t.Helper()
 	var pods corev1.PodList
-	if err := k8s.List(testCtx, &pods, client.InNamespace(ns), client.MatchingLabels{LabelRole: instance.RolePrimary}); err != nil {
+	if err := k8s.List(testCtx, &pods, client.InNamespace(ns), client.MatchingLabels{LabelRole: agentapi.RolePrimary}); err != nil {
 		t.Fatal(err)
 	}
 	var out []string
@@ -70,7 +70,7 @@ func TestInstancesGetALeaseOnlyRoleAndTheLeaseNamesTheTarget(t *testing.T) {
 		t.Errorf("role binding %+v %v", rb, err)
 	}
 	l := getLease(t, ns)
-	if l.Annotations[instance.LeaseAnnotationTarget] != "my-database-0" || l.Annotations[instance.LeaseAnnotationInstances] != "3" {
+	if l.Annotations[agentapi.LeaseAnnotationTarget] != "my-database-0" || l.Annotations[agentapi.LeaseAnnotationInstances] != "3" {
 		t.Errorf("lease annotations %v", l.Annotations)
 	}
 	if db := getDB(t, ns, "my-database"); db.Status.TargetPrimary != "my-database-0" || db.Status.CurrentPrimary != "my-database-0" || db.Status.Timeline != 1 {
@@ -84,8 +84,8 @@ func TestInstancesGetALeaseOnlyRoleAndTheLeaseNamesTheTarget(t *testing.T) {
 		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-primary"}, &primary); err != nil {
 			return err.Error()
 		}
-		if all.Spec.MaxUnavailable.IntValue() != 1 || all.Spec.Selector.MatchLabels[LabelRole] != instance.RoleReplica ||
-			primary.Spec.MinAvailable.IntValue() != 1 || primary.Spec.Selector.MatchLabels[LabelRole] != instance.RolePrimary {
+		if all.Spec.MaxUnavailable.IntValue() != 1 || all.Spec.Selector.MatchLabels[LabelRole] != agentapi.RoleReplica ||
+			primary.Spec.MinAvailable.IntValue() != 1 || primary.Spec.Selector.MatchLabels[LabelRole] != agentapi.RolePrimary {
 			return fmt.Sprintf("budgets %+v %+v", all.Spec, primary.Spec)
 		}
 		return ""
@@ -130,7 +130,7 @@ func TestFailoverChoosesTheMostAdvancedStandbyAfterTheyStopped(t *testing.T) {
 		if d.Status.Phase != databasev1.PhaseFailingOver || d.Status.PrimaryChange == nil || d.Status.PrimaryChange.Phase != databasev1.PrimaryChangeFencing || d.Status.TargetPrimary != "" {
 			return fmt.Sprintf("phase %s change %+v target %q", d.Status.Phase, d.Status.PrimaryChange, d.Status.TargetPrimary)
 		}
-		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationTarget] != "" || l.Annotations[instance.LeaseAnnotationChange] != instance.ChangeFailover {
+		if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationTarget] != "" || l.Annotations[agentapi.LeaseAnnotationChange] != agentapi.ChangeFailover {
 			return fmt.Sprintf("lease annotations %v", l.Annotations)
 		}
 		return ""
@@ -146,7 +146,7 @@ func TestFailoverChoosesTheMostAdvancedStandbyAfterTheyStopped(t *testing.T) {
 		if d.Status.TargetPrimary != "my-database-2" || d.Status.PrimaryChange == nil || d.Status.PrimaryChange.Phase != databasev1.PrimaryChangePromoting {
 			return fmt.Sprintf("target %q change %+v", d.Status.TargetPrimary, d.Status.PrimaryChange)
 		}
-		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationTarget] != "my-database-2" {
+		if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationTarget] != "my-database-2" {
 			return fmt.Sprintf("lease annotations %v", l.Annotations)
 		}
 		return ""
@@ -226,7 +226,7 @@ func TestSwitchoverAnnotationLifecycle(t *testing.T) {
 		if d.Status.Phase != databasev1.PhaseSwitchingOver || d.Status.TargetPrimary != "my-database-1" {
 			return fmt.Sprintf("phase %s target %q", d.Status.Phase, d.Status.TargetPrimary)
 		}
-		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationTarget] != "my-database-1" || l.Annotations[instance.LeaseAnnotationChange] != instance.ChangeSwitchover {
+		if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationTarget] != "my-database-1" || l.Annotations[agentapi.LeaseAnnotationChange] != agentapi.ChangeSwitchover {
 			return fmt.Sprintf("lease %v", l.Annotations)
 		}
 		return ""
@@ -295,8 +295,8 @@ func TestScaleDownWaitsForASwitchoverOffTheRemovedOrdinal(t *testing.T) {
 	// Rule 3: the Lease keeps the instance count until the switchover is done,
 	// so the old primary keeps renewing and fencing (with "1" it would stop
 	// both, and stay writable while the target takes the Lease).
-	if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationInstances] != "3" {
-		t.Errorf("the Lease's instances during the switchover off the removed ordinal: %q, want 3", l.Annotations[instance.LeaseAnnotationInstances])
+	if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationInstances] != "3" {
+		t.Errorf("the Lease's instances during the switchover off the removed ordinal: %q, want 3", l.Annotations[agentapi.LeaseAnnotationInstances])
 	}
 	instances.set(ns, "my-database-2", replicaReport("my-database-2"))
 	instances.set(ns, "my-database-0", primaryReport("my-database-0", nil))
@@ -308,8 +308,8 @@ func TestScaleDownWaitsForASwitchoverOffTheRemovedOrdinal(t *testing.T) {
 		if *sts.Spec.Replicas != 1 {
 			return fmt.Sprintf("statefulset replicas %d", *sts.Spec.Replicas)
 		}
-		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationInstances] != "1" {
-			return fmt.Sprintf("the Lease's instances %q after the scale-down", l.Annotations[instance.LeaseAnnotationInstances])
+		if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationInstances] != "1" {
+			return fmt.Sprintf("the Lease's instances %q after the scale-down", l.Annotations[agentapi.LeaseAnnotationInstances])
 		}
 		return ""
 	})
@@ -335,7 +335,7 @@ func TestTargetPrimaryIsWrittenWithOptimisticConcurrency(t *testing.T) {
 	if !apierrors.IsConflict(err) {
 		t.Fatalf("reconcileHA on a stale Database: %v, want a conflict", err)
 	}
-	if l := getLease(t, ns); l.ResourceVersion != lease.ResourceVersion && l.Annotations[instance.LeaseAnnotationTarget] != "my-database-0" {
+	if l := getLease(t, ns); l.ResourceVersion != lease.ResourceVersion && l.Annotations[agentapi.LeaseAnnotationTarget] != "my-database-0" {
 		t.Errorf("the Lease was changed after a conflicting status write: %v", l.Annotations)
 	}
 }
@@ -367,7 +367,7 @@ func TestFailoverIsBlockedWithoutTheOldPrimarysWALUntilForced(t *testing.T) {
 	})
 	// The primary's last renewal (as its agent writes it).
 	l := getLease(t, ns)
-	l.Annotations[instance.LeaseAnnotationPrimaryLSN] = "0/6000000"
+	l.Annotations[agentapi.LeaseAnnotationPrimaryLSN] = "0/6000000"
 	if err := k8s.Update(testCtx, l); err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +386,7 @@ func TestFailoverIsBlockedWithoutTheOldPrimarysWALUntilForced(t *testing.T) {
 		if c == nil || c.Phase != databasev1.PrimaryChangeBlocked || d.Status.TargetPrimary != "my-database-0" || c.PrimaryLSN != "0/6000000" {
 			return fmt.Sprintf("target %q change %+v", d.Status.TargetPrimary, c)
 		}
-		if l := getLease(t, ns); l.Annotations[instance.LeaseAnnotationTarget] != "my-database-0" {
+		if l := getLease(t, ns); l.Annotations[agentapi.LeaseAnnotationTarget] != "my-database-0" {
 			return fmt.Sprintf("lease annotations %v", l.Annotations)
 		}
 		found := false

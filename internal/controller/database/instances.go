@@ -4,20 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
+	"github.com/example/postgres-operator/internal/agentapi"
 	corev1 "k8s.io/api/core/v1"
-
-	"github.com/example/postgres-operator/internal/instance"
 )
 
 // InstanceReport is what the operator learnt from one instance's agent.
 type InstanceReport struct {
-	Status *instance.Status
+	Status *agentapi.Status
 	Err    error
 }
 
@@ -58,37 +55,44 @@ func NewHTTPInstanceClient() *HTTPInstanceClient {
 	}
 }
 
-func agentURL(pod *corev1.Pod) (string, error) {
+// agentEndpoint is how to reach a pod's agent (its protocol annotation) and
+// its base URL.
+func agentEndpoint(pod *corev1.Pod) (agentapi.Endpoint, string, error) {
 	if pod.Status.PodIP == "" {
-		return "", fmt.Errorf("pod %s has no IP", pod.Name)
+		return agentapi.Endpoint{}, "", fmt.Errorf("pod %s has no IP", pod.Name)
 	}
-	scheme := "http://"
-	if instance.PodServesTLS(pod) {
-		scheme = "https://"
+	e, err := agentapi.PodEndpoint(pod)
+	if err != nil {
+		return agentapi.Endpoint{}, "", err
 	}
-	return scheme + net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(instance.AgentPort)), nil
+	return e, e.URL(pod.Status.PodIP), nil
 }
 
-// withAuth calls f with the mutual-TLS client for a pod that serves HTTPS, else
-// with each token until one is not refused.
-func (s *HTTPInstanceClient) withAuth(ctx context.Context, pod *corev1.Pod, auth AgentAuth, f func(ctx context.Context, c *instance.Client) error) error {
-	if instance.PodServesTLS(pod) {
+// withAuth calls f with the agent's base URL and the mutual-TLS client for a
+// pod that serves HTTPS, else (a pod of the previous release started without
+// TLS) with each token until one is not refused.
+func (s *HTTPInstanceClient) withAuth(ctx context.Context, pod *corev1.Pod, auth AgentAuth, f func(ctx context.Context, c *agentapi.Client, base string) error) error {
+	e, base, err := agentEndpoint(pod)
+	if err != nil {
+		return err
+	}
+	if e.TLS {
 		if auth.HTTPS == nil {
 			return errors.New("no TLS client for the agent (the Database's CA is not available)")
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.Timeout)
 		defer cancel()
-		return f(rctx, instance.NewClient(auth.HTTPS, ""))
+		return f(rctx, agentapi.NewClient(auth.HTTPS, ""), base)
 	}
-	err := errors.New("no agent token")
+	err = errors.New("no agent token")
 	for _, t := range auth.Tokens {
 		if t == "" {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, s.Timeout)
-		err = f(rctx, instance.NewClient(s.HTTPClient, t))
+		err = f(rctx, agentapi.NewClient(s.HTTPClient, t), base)
 		cancel()
-		if !errors.Is(err, instance.ErrUnauthorized) {
+		if !errors.Is(err, agentapi.ErrUnauthorized) {
 			return err
 		}
 	}
@@ -108,11 +112,13 @@ func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, au
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			base, _ := agentURL(pod)
-			var st *instance.Status
-			err := s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error {
+			var st *agentapi.Status
+			err := s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error {
 				var err error
 				st, err = c.GetStatus(ctx, base)
+				if err == nil && st.Protocol > agentapi.ProtocolVersion {
+					st, err = nil, fmt.Errorf("the agent speaks protocol %d, this operator at most %d", st.Protocol, agentapi.ProtocolVersion)
+				}
 				return err
 			})
 			if err != nil {
@@ -129,27 +135,15 @@ func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, au
 
 // SetSlots sets the primary's replication slots.
 func (s *HTTPInstanceClient) SetSlots(ctx context.Context, pod *corev1.Pod, auth AgentAuth, names []string) error {
-	base, err := agentURL(pod)
-	if err != nil {
-		return err
-	}
-	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.SetSlots(ctx, base, names) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error { return c.SetSlots(ctx, base, names) })
 }
 
 // Reclone asks a standby to clone the primary again.
 func (s *HTTPInstanceClient) Reclone(ctx context.Context, pod *corev1.Pod, auth AgentAuth) error {
-	base, err := agentURL(pod)
-	if err != nil {
-		return err
-	}
-	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.Reclone(ctx, base) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error { return c.Reclone(ctx, base) })
 }
 
 // Recover asks a primary whose data is missing to rebuild it from source.
 func (s *HTTPInstanceClient) Recover(ctx context.Context, pod *corev1.Pod, auth AgentAuth, source string) error {
-	base, err := agentURL(pod)
-	if err != nil {
-		return err
-	}
-	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *instance.Client) error { return c.Recover(ctx, base, source) })
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error { return c.Recover(ctx, base, source) })
 }

@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/pki"
 )
 
@@ -31,11 +34,11 @@ func TestInstanceClientFallsBackToThePreviousToken(t *testing.T) {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
-		_ = json.NewEncoder(w).Encode(instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true})
+		_ = json.NewEncoder(w).Encode(agentapi.Status{Pod: "db-0", Role: agentapi.RolePrimary, Running: true})
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(instance.AgentPort))
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(agentapi.AgentPort))
 	if err != nil {
-		t.Skipf("agent port %d is busy: %v", instance.AgentPort, err)
+		t.Skipf("agent port %d is busy: %v", agentapi.AgentPort, err)
 	}
 	srv.Listener = ln
 	srv.Start()
@@ -43,7 +46,7 @@ func TestInstanceClientFallsBackToThePreviousToken(t *testing.T) {
 	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "db-0"}, Status: corev1.PodStatus{PodIP: "127.0.0.1"}}}
 	c := NewHTTPInstanceClient()
 	got := c.Statuses(context.Background(), pods, AgentAuth{Tokens: []string{"new-token", "old-token"}})
-	if r := got["db-0"]; r.Err != nil || r.Status == nil || r.Status.Role != instance.RolePrimary {
+	if r := got["db-0"]; r.Err != nil || r.Status == nil || r.Status.Role != agentapi.RolePrimary {
 		t.Errorf("report = %+v", r)
 	}
 	if len(seen) != 2 || seen[0] != "Bearer new-token" || seen[1] != "Bearer old-token" {
@@ -83,37 +86,20 @@ func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
 	db := &databasev1.Database{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", UID: "u1"}}
 	serve := func(ca pki.Pair) (*httptest.Server, *[]string) {
 		var clients []string
-		leaf, err := pki.Issue(ca, serverLeaf(db, ""), now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(ca.CertPEM)
-		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		srv := startTLSAgent(t, db, ca, now, func(w http.ResponseWriter, r *http.Request) {
 			if len(r.TLS.VerifiedChains) > 0 {
 				clients = append(clients, r.TLS.VerifiedChains[0][0].Subject.CommonName)
 			}
 			if r.Header.Get("Authorization") != "" {
 				t.Error("a bearer token was sent over mutual TLS")
 			}
-			_ = json.NewEncoder(w).Encode(instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true})
-		}))
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(instance.AgentPort))
-		if err != nil {
-			t.Skipf("agent port %d is busy: %v", instance.AgentPort, err)
-		}
-		srv.Listener = ln
-		srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
-		srv.StartTLS()
+			_ = json.NewEncoder(w).Encode(agentapi.Status{Pod: "db-0", Role: agentapi.RolePrimary, Running: true})
+		})
 		return srv, &clients
 	}
 	pods := []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "db-0"},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: instance.ContainerName,
-			Command: []string{"/controller/manager", "instance", instance.TLSDirArg(instance.DefaultTLSDir)}}}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: agentapi.ContainerName,
+			Command: []string{"/controller/manager", "instance", agentapi.TLSDirArg(agentapi.DefaultTLSDir)}}}},
 		Status: corev1.PodStatus{PodIP: "127.0.0.1"}}}
 
 	r := &Reconciler{}
@@ -143,10 +129,10 @@ func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
 	srv, clients := serve(ca)
 	got := c.Statuses(context.Background(), pods, AgentAuth{HTTPS: httpc, Tokens: []string{"token"}})
 	srv.Close()
-	if rep := got["db-0"]; rep.Err != nil || rep.Status == nil || rep.Status.Role != instance.RolePrimary {
+	if rep := got["db-0"]; rep.Err != nil || rep.Status == nil || rep.Status.Role != agentapi.RolePrimary {
 		t.Errorf("report = %+v", rep)
 	}
-	if len(*clients) != 1 || (*clients)[0] != instance.ClientOperator {
+	if len(*clients) != 1 || (*clients)[0] != agentapi.ClientOperator {
 		t.Errorf("client certificates seen: %v", *clients)
 	}
 
@@ -165,5 +151,118 @@ func TestInstanceClientUsesMutualTLSForAgentsThatServeIt(t *testing.T) {
 	// fallback to plain HTTP with the token.
 	if rep := c.Statuses(context.Background(), pods, AgentAuth{Tokens: []string{"token"}})["db-0"]; rep.Err == nil {
 		t.Error("a TLS agent was queried without the TLS client")
+	}
+}
+
+// startTLSAgent serves h over HTTPS at 127.0.0.1:AgentPort with a server
+// certificate of ca for db's instances, admitting only client certificates of
+// ca.
+func startTLSAgent(t *testing.T, db *databasev1.Database, ca pki.Pair, now time.Time, h http.HandlerFunc) *httptest.Server {
+	t.Helper()
+	leaf, err := pki.Issue(ca, serverLeaf(db, ""), now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca.CertPEM)
+	srv := httptest.NewUnstartedServer(h)
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(agentapi.AgentPort))
+	if err != nil {
+		t.Skipf("agent port %d is busy: %v", agentapi.AgentPort, err)
+	}
+	srv.Listener = ln
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.StartTLS()
+	return srv
+}
+
+// The operator speaks to each agent the protocol its pod's annotation names:
+// an agent of the previous release (no annotation, unversioned paths only) is
+// still read and instructed during an operator upgrade, an agent of this
+// release is reached under /v1, and an agent speaking a newer protocol than
+// the operator knows is an error, not a misread status.
+func TestTheOperatorSpeaksEachPodsProtocol(t *testing.T) {
+	now := time.Now()
+	ca, err := pki.NewCA("ns/db", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &databasev1.Database{ObjectMeta: metav1.ObjectMeta{Name: "db", Namespace: "ns", UID: "u1"}}
+	httpc, err := (&Reconciler{}).agentTLS(db, ca, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsCommand := []string{"/controller/manager", "instance", agentapi.TLSDirArg(agentapi.DefaultTLSDir)}
+	newPod := func(annotations map[string]string) []corev1.Pod {
+		return []corev1.Pod{{ObjectMeta: metav1.ObjectMeta{Name: "db-0", Annotations: annotations},
+			Spec:   corev1.PodSpec{Containers: []corev1.Container{{Name: agentapi.ContainerName, Command: tlsCommand}}},
+			Status: corev1.PodStatus{PodIP: "127.0.0.1"}}}
+	}
+	for _, tc := range []struct {
+		name string
+		// agentPrefix is where the fake agent serves its endpoints: "" is the
+		// previous release's agent (it knows no /v1), "/v1" this one's.
+		agentPrefix string
+		protocol    int
+		annotations map[string]string
+		wantPaths   []string
+		wantErr     string
+	}{
+		{"previous release", "", 0, nil, []string{"GET /status", "PUT /slots", "POST /reclone", "POST /recover"}, ""},
+		{"this release", "/v1", 1, map[string]string{agentapi.ProtocolAnnotation: "1"},
+			[]string{"GET /v1/status", "PUT /v1/slots", "POST /v1/reclone", "POST /v1/recover"}, ""},
+		{"an agent answering a newer protocol", "/v1", 2, map[string]string{agentapi.ProtocolAnnotation: "1"},
+			[]string{"GET /v1/status"}, "speaks protocol 2"},
+		{"a pod annotated with a newer protocol", "/v1", 2, map[string]string{agentapi.ProtocolAnnotation: "2"}, nil, "speaks protocol 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var paths []string
+			srv := startTLSAgent(t, db, ca, now, func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				paths = append(paths, r.Method+" "+r.URL.Path)
+				mu.Unlock()
+				if !strings.HasPrefix(r.URL.Path, tc.agentPrefix+"/") || strings.Count(r.URL.Path, "/") != strings.Count(tc.agentPrefix, "/")+1 {
+					http.NotFound(w, r)
+					return
+				}
+				_ = json.NewEncoder(w).Encode(agentapi.Status{Protocol: tc.protocol, Pod: "db-0", Role: agentapi.RolePrimary, Running: true})
+			})
+			defer srv.Close()
+			pods := newPod(tc.annotations)
+			c := NewHTTPInstanceClient()
+			auth := AgentAuth{HTTPS: httpc}
+			rep := c.Statuses(context.Background(), pods, auth)["db-0"]
+			errs := []error{rep.Err,
+				c.SetSlots(context.Background(), &pods[0], auth, []string{"pgop_db_1"}),
+				c.Reclone(context.Background(), &pods[0], auth),
+				c.Recover(context.Background(), &pods[0], auth, "db-1")}
+			if tc.wantErr != "" {
+				if rep.Err == nil || !strings.Contains(rep.Err.Error(), tc.wantErr) || rep.Status != nil {
+					t.Errorf("status report = %+v, want an error containing %q", rep, tc.wantErr)
+				}
+			} else {
+				for _, err := range errs {
+					if err != nil {
+						t.Errorf("a request to the agent failed: %v", err)
+					}
+				}
+				if rep.Status == nil || rep.Status.Role != agentapi.RolePrimary || rep.Status.Protocol != tc.protocol {
+					t.Errorf("status report = %+v", rep)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.wantPaths != nil && (len(paths) < len(tc.wantPaths) || !slices.Equal(paths[:len(tc.wantPaths)], tc.wantPaths)) {
+				t.Errorf("requests = %v, want %v first", paths, tc.wantPaths)
+			}
+			if tc.wantPaths == nil && len(paths) != 0 {
+				t.Errorf("a pod of a newer protocol was sent requests: %v", paths)
+			}
+		})
 	}
 }

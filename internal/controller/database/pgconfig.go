@@ -14,7 +14,7 @@ import (
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;patch
@@ -30,8 +30,8 @@ import (
 func configMapName(db *databasev1.Database) string { return db.Name + "-config" }
 
 // userConfig is db's spec.postgresql as the agents read it.
-func userConfig(db *databasev1.Database) instance.UserConfig {
-	c := instance.UserConfig{
+func userConfig(db *databasev1.Database) agentapi.UserConfig {
+	c := agentapi.UserConfig{
 		PgHBA:                  db.Spec.PostgreSQL.PgHBA,
 		SharedPreloadLibraries: db.Spec.PostgreSQL.SharedPreloadLibraries,
 	}
@@ -53,7 +53,7 @@ func buildConfigMap(db *databasev1.Database) (*corev1ac.ConfigMapApplyConfigurat
 	return corev1ac.ConfigMap(configMapName(db), db.Namespace).
 		WithLabels(withExtra(map[string]string{LabelManagedBy: ManagedByValue, LabelDatabase: db.Name}, nil)).
 		WithOwnerReferences(ownerReference(db)).
-		WithData(map[string]string{instance.UserConfigFile: string(b)}), hash, nil
+		WithData(map[string]string{agentapi.UserConfigFile: string(b)}), hash, nil
 }
 
 func (r *Reconciler) reconcileConfig(ctx context.Context, db *databasev1.Database, obs *observation) error {

@@ -9,11 +9,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 func report(hash string, pending []string, errs ...string) InstanceReport {
-	return InstanceReport{Status: &instance.Status{Running: true, ConfigHash: hash, PendingRestart: pending, ConfigErrors: errs}}
+	return InstanceReport{Status: &agentapi.Status{Running: true, ConfigHash: hash, PendingRestart: pending, ConfigErrors: errs}}
 }
 
 // The transitions of spec.postgresql's rollout: loading, reloaded, a restart
@@ -48,10 +48,10 @@ func TestDecideConfiguration(t *testing.T) {
 			map[string]InstanceReport{"db-0": report("new", []string{"shared_buffers"}, `shared_buffers (line 3): setting could not be applied`), "db-1": report("new", nil)},
 			databasev1.ReasonConfigurationInvalid, metav1.ConditionFalse, "older", "2/2", "db-0: shared_buffers (line 3)"},
 		{"a refused file", nil,
-			map[string]InstanceReport{"db-0": {Status: &instance.Status{Running: true, ConfigError: "port is managed by the operator"}}},
+			map[string]InstanceReport{"db-0": {Status: &agentapi.Status{Running: true, ConfigError: "port is managed by the operator"}}},
 			databasev1.ReasonConfigurationInvalid, metav1.ConditionFalse, "", "0/2", "port is managed"},
 		{"instances that do not run are not counted", nil,
-			map[string]InstanceReport{"db-0": report("new", nil), "db-1": {Status: &instance.Status{Running: false, ConfigHash: "new"}}},
+			map[string]InstanceReport{"db-0": report("new", nil), "db-1": {Status: &agentapi.Status{Running: false, ConfigHash: "new"}}},
 			databasev1.ReasonConfigurationApplying, metav1.ConditionFalse, "", "1/2", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -75,11 +75,11 @@ func TestTheConfigMapCarriesSpecPostgreSQLAndThePodsMountIt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	file := cm.Data[instance.UserConfigFile]
+	file := cm.Data[agentapi.UserConfigFile]
 	if want := `{"parameters":{"max_connections":"200","work_mem":"64MB"},"pgHBA":["hostssl all all 10.0.0.0/8 scram-sha-256"],"sharedPreloadLibraries":["pg_stat_statements"]}`; file != want {
 		t.Errorf("file = %s", file)
 	}
-	if hash != instance.ConfigHash([]byte(file)) {
+	if hash != agentapi.ConfigHash([]byte(file)) {
 		t.Error("the hash is not the file's")
 	}
 	_, again, _ := buildConfigMap(db)
@@ -114,12 +114,12 @@ func TestThePodsMountTheConfigurationAndCarryTheRestartHash(t *testing.T) {
 	}
 	c := ac.Spec.Template.Spec.Containers[0]
 	for _, m := range c.VolumeMounts {
-		mounted = mounted || (*m.MountPath == instance.DefaultConfigDir && *m.ReadOnly)
+		mounted = mounted || (*m.MountPath == agentapi.DefaultConfigDir && *m.ReadOnly)
 	}
 	if !mounted || !optional {
 		t.Errorf("config volume mounted %v (read-only), optional %v", mounted, optional)
 	}
-	if !slices.Contains(c.Command, "--config-dir="+instance.DefaultConfigDir) {
+	if !slices.Contains(c.Command, "--config-dir="+agentapi.DefaultConfigDir) {
 		t.Errorf("the agent is not told where the configuration is: %v", c.Command)
 	}
 }

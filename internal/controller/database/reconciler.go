@@ -36,7 +36,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // Requeue intervals: the agents' state is not watchable, so it is polled.
@@ -414,7 +414,7 @@ func (r *Reconciler) applyStatefulSet(ctx context.Context, db *databasev1.Databa
 		keep = append(keep, c.From, c.To)
 	}
 	for _, p := range keep {
-		if o := int32(instance.Ordinal(p)); o >= n {
+		if o := int32(agentapi.Ordinal(p)); o >= n {
 			n = o + 1
 		}
 	}

@@ -18,7 +18,7 @@ import (
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -46,7 +46,7 @@ const (
 	// applies.
 	FieldOwner = "postgres-operator"
 
-	containerPostgres  = instance.ContainerName
+	containerPostgres  = agentapi.ContainerName
 	containerBootstrap = "bootstrap-agent"
 	volumeData         = "data"
 	volumeController   = "controller"
@@ -98,11 +98,11 @@ func serviceHost(db *databasev1.Database, service, domain string) string {
 }
 
 func endpoint(db *databasev1.Database, domain string) string {
-	return fmt.Sprintf("%s:%d", serviceHost(db, readWriteServiceName(db), domain), instance.PostgresPort)
+	return fmt.Sprintf("%s:%d", serviceHost(db, readWriteServiceName(db), domain), agentapi.PostgresPort)
 }
 
 func readOnlyEndpoint(db *databasev1.Database, domain string) string {
-	return fmt.Sprintf("%s:%d", serviceHost(db, readOnlyServiceName(db), domain), instance.PostgresPort)
+	return fmt.Sprintf("%s:%d", serviceHost(db, readOnlyServiceName(db), domain), agentapi.PostgresPort)
 }
 
 // selectorLabels select every instance pod of db. They are the StatefulSet's
@@ -169,7 +169,7 @@ func image(db *databasev1.Database) string {
 func buildServices(db *databasev1.Database) []*corev1ac.ServiceApplyConfiguration {
 	port := corev1ac.ServicePort().
 		WithName(portNamePostgres).
-		WithPort(instance.PostgresPort).
+		WithPort(agentapi.PostgresPort).
 		WithTargetPort(intstr.FromString(portNamePostgres)).
 		WithProtocol(corev1.ProtocolTCP)
 	svc := func(name string, selector map[string]string) *corev1ac.ServiceApplyConfiguration {
@@ -182,8 +182,8 @@ func buildServices(db *databasev1.Database) []*corev1ac.ServiceApplyConfiguratio
 				WithSelector(selector).
 				WithPorts(port))
 	}
-	rw := svc(readWriteServiceName(db), withRole(selectorLabels(db), instance.RolePrimary))
-	ro := svc(readOnlyServiceName(db), withRole(selectorLabels(db), instance.RoleReplica))
+	rw := svc(readWriteServiceName(db), withRole(selectorLabels(db), agentapi.RolePrimary))
+	ro := svc(readOnlyServiceName(db), withRole(selectorLabels(db), agentapi.RoleReplica))
 	hl := svc(headlessServiceName(db), selectorLabels(db))
 	hl.Spec.WithClusterIP(corev1.ClusterIPNone).WithPublishNotReadyAddresses(true)
 	return []*corev1ac.ServiceApplyConfiguration{rw, ro, hl}
@@ -244,18 +244,18 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		// Names from the spec (validated by the CRD), never from a Secret.
 		"--app-user=" + db.Spec.Username,
 		"--app-database=" + db.Spec.DatabaseName,
-		"--pgdata=" + instance.DefaultPGData,
-		"--credentials-dir=" + instance.DefaultCredentialsDir,
-		"--internal-dir=" + instance.DefaultInternalDir,
-		"--config-dir=" + instance.DefaultConfigDir,
-		"--run-dir=" + instance.DefaultRunDir,
-		"--volume-socket-dir=" + instance.DefaultVolumeSocketDir,
+		"--pgdata=" + agentapi.DefaultPGData,
+		"--credentials-dir=" + agentapi.DefaultCredentialsDir,
+		"--internal-dir=" + agentapi.DefaultInternalDir,
+		"--config-dir=" + agentapi.DefaultConfigDir,
+		"--run-dir=" + agentapi.DefaultRunDir,
+		"--volume-socket-dir=" + agentapi.DefaultVolumeSocketDir,
 		// Passfile and TLS key copies in memory, never on a disk.
-		"--secret-dir=" + instance.PodSecretDir,
+		"--secret-dir=" + agentapi.PodSecretDir,
 		"--max-lag-bytes=" + strconv.FormatInt(maxLagBytes(db), 10),
 		"--max-slot-wal-keep-size=" + maxSlotWALKeepSize(db, in.ClaimSize),
 		// TLS for PostgreSQL, replication and the agent's HTTPS endpoint.
-		instance.TLSDirArg(instance.DefaultTLSDir),
+		agentapi.TLSDirArg(agentapi.DefaultTLSDir),
 	}
 	if db.Spec.TLS.Mode == databasev1.TLSOptional {
 		args = append(args, "--tls-optional")
@@ -272,28 +272,28 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.uid"))),
 			corev1ac.EnvVar().WithName("POD_NAMESPACE").WithValueFrom(corev1ac.EnvVarSource().
 				WithFieldRef(corev1ac.ObjectFieldSelector().WithFieldPath("metadata.namespace"))),
-			corev1ac.EnvVar().WithName("PGDATA").WithValue(instance.DefaultPGData),
+			corev1ac.EnvVar().WithName("PGDATA").WithValue(agentapi.DefaultPGData),
 		).
 		WithPorts(
-			corev1ac.ContainerPort().WithName(portNamePostgres).WithContainerPort(instance.PostgresPort).WithProtocol(corev1.ProtocolTCP),
-			corev1ac.ContainerPort().WithName(portNameAgent).WithContainerPort(instance.AgentPort).WithProtocol(corev1.ProtocolTCP),
-			corev1ac.ContainerPort().WithName(portNameMetrics).WithContainerPort(instance.MetricsPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(portNamePostgres).WithContainerPort(agentapi.PostgresPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(portNameAgent).WithContainerPort(agentapi.AgentPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName(portNameMetrics).WithContainerPort(agentapi.MetricsPort).WithProtocol(corev1.ProtocolTCP),
 		).
 		// The agent answers as soon as it runs; it supervises a clone (however long
 		// a clone that progresses takes) and restarts PostgreSQL itself.
-		WithStartupProbe(probe(instance.PathStartup, 5, 60)).
+		WithStartupProbe(probe(agentapi.Versioned(agentapi.PathStartup), 5, 60)).
 		// Readiness follows the Lease closely: a primary that cannot renew leaves
 		// the Services within seconds, well before it fences itself.
-		WithReadinessProbe(probe(instance.PathReadyz, 1, 2).WithTimeoutSeconds(1)).
-		WithLivenessProbe(probe(instance.PathHealthz, 10, 6)).
+		WithReadinessProbe(probe(agentapi.Versioned(agentapi.PathReadyz), 1, 2).WithTimeoutSeconds(1)).
+		WithLivenessProbe(probe(agentapi.Versioned(agentapi.PathHealthz), 10, 6)).
 		WithSecurityContext(restricted).
 		WithVolumeMounts(
 			corev1ac.VolumeMount().WithName(volumeData).WithMountPath(dataMountPath),
 			corev1ac.VolumeMount().WithName(volumeController).WithMountPath(controllerMountPath),
-			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(instance.DefaultCredentialsDir).WithReadOnly(true),
-			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(instance.DefaultInternalDir).WithReadOnly(true),
-			corev1ac.VolumeMount().WithName(volumeConfig).WithMountPath(instance.DefaultConfigDir).WithReadOnly(true),
-			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(instance.DefaultTLSDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(agentapi.DefaultCredentialsDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(agentapi.DefaultInternalDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeConfig).WithMountPath(agentapi.DefaultConfigDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(agentapi.DefaultTLSDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
 			corev1ac.VolumeMount().WithName(volumeTmp).WithMountPath("/tmp"),
 		)
@@ -389,17 +389,19 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 					))))
 }
 
-// podAnnotations are the user's pod annotations and, once the instances had to
-// restart for a configuration, its hash (a new one restarts them).
+// podAnnotations are the user's pod annotations, the protocol version the
+// pod's agent speaks (how the operator and the restore Jobs reach it) and,
+// once the instances had to restart for a configuration, its hash (a new one
+// restarts them).
 func podAnnotations(db *databasev1.Database, in statefulSetInput) map[string]string {
-	if in.ConfigRestart == "" {
-		return db.Spec.PodTemplate.Annotations
-	}
-	out := make(map[string]string, len(db.Spec.PodTemplate.Annotations)+1)
+	out := make(map[string]string, len(db.Spec.PodTemplate.Annotations)+2)
 	for k, v := range db.Spec.PodTemplate.Annotations {
 		out[k] = v
 	}
-	out[databasev1.AnnotationConfigRestart] = in.ConfigRestart
+	out[agentapi.ProtocolAnnotation] = strconv.Itoa(agentapi.ProtocolVersion)
+	if in.ConfigRestart != "" {
+		out[databasev1.AnnotationConfigRestart] = in.ConfigRestart
+	}
 	return out
 }
 
@@ -485,7 +487,7 @@ func specHash(v any) (string, error) {
 func credentialsData(db *databasev1.Database, password string, caPEM []byte, domain string) map[string][]byte {
 	host := serviceHost(db, readWriteServiceName(db), domain)
 	roHost := serviceHost(db, readOnlyServiceName(db), domain)
-	port := strconv.Itoa(instance.PostgresPort)
+	port := strconv.Itoa(agentapi.PostgresPort)
 	sslmode := ""
 	d := map[string][]byte{
 		"username": []byte(db.Spec.Username),
@@ -497,7 +499,7 @@ func credentialsData(db *databasev1.Database, password string, caPEM []byte, dom
 	}
 	if len(caPEM) > 0 {
 		sslmode = "verify-full"
-		d[instance.TLSCAFile] = caPEM
+		d[agentapi.TLSCAFile] = caPEM
 		d["sslmode"] = []byte(sslmode)
 	}
 	d["uri"] = []byte(postgresURI(db.Spec.Username, password, host, port, db.Spec.DatabaseName, sslmode))

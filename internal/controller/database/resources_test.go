@@ -12,7 +12,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 func TestStatefulSetRunsTheAgentWithSecretsAsFilesOnly(t *testing.T) {
@@ -42,11 +42,11 @@ func TestStatefulSetRunsTheAgentWithSecretsAsFilesOnly(t *testing.T) {
 	for _, m := range c.VolumeMounts {
 		mounts[*m.Name] = *m.MountPath
 	}
-	if mounts[volumeCredentials] != instance.DefaultCredentialsDir || mounts[volumeInternal] != instance.DefaultInternalDir {
+	if mounts[volumeCredentials] != agentapi.DefaultCredentialsDir || mounts[volumeInternal] != agentapi.DefaultInternalDir {
 		t.Errorf("secrets are not mounted where the agent reads them: %v", mounts)
 	}
 	for name, p := range map[string]string{"startup": *c.StartupProbe.HTTPGet.Path, "readiness": *c.ReadinessProbe.HTTPGet.Path, "liveness": *c.LivenessProbe.HTTPGet.Path} {
-		if !strings.HasPrefix(p, "/") || p == instance.PathStatus {
+		if !strings.HasPrefix(p, "/") || p == agentapi.PathStatus {
 			t.Errorf("%s probe path %q", name, p)
 		}
 	}
@@ -197,9 +197,11 @@ func TestPodAndServiceTemplatesAddTheClustersConventions(t *testing.T) {
 	if js := job.Spec.Template.Spec; len(js.ImagePullSecrets) != 1 || js.PriorityClassName != "database-critical" || job.Spec.Template.Labels["team"] != "payments" {
 		t.Errorf("upgrade Job pod: pull secrets %v priority %q labels %v", js.ImagePullSecrets, js.PriorityClassName, job.Spec.Template.Labels)
 	}
-	// Without them nothing changes (no rollout of existing Databases).
+	// Without them nothing changes (no rollout of existing Databases): the
+	// only annotation is the agent's protocol version, which changes only with
+	// the agent's image (itself a rollout).
 	plain := buildStatefulSet(testDB(2), statefulSetInput{Image: "postgres:15", AgentImage: "op:1", ClaimSize: resource.MustParse("1Gi")})
-	if plain.Spec.Template.Annotations != nil || plain.Spec.Template.Spec.PriorityClassName != nil || len(plain.Spec.Template.Spec.ImagePullSecrets) != 0 {
+	if len(plain.Spec.Template.Annotations) != 1 || plain.Spec.Template.Annotations[agentapi.ProtocolAnnotation] != "1" || plain.Spec.Template.Spec.PriorityClassName != nil || len(plain.Spec.Template.Spec.ImagePullSecrets) != 0 {
 		t.Errorf("an empty podTemplate changed the pod template")
 	}
 }

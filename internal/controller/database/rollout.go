@@ -12,7 +12,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // The rolling update. The StatefulSet's update strategy is OnDelete: the operator
@@ -123,7 +123,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	sort.Strings(names)
 	for _, n := range names {
 		p := in.Pods[n]
-		if p.Updated || p.Terminating || instance.Ordinal(n) >= in.Replicas {
+		if p.Updated || p.Terminating || agentapi.Ordinal(n) >= in.Replicas {
 			continue
 		}
 		if n == in.Target {
@@ -152,7 +152,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 	}
 	var unhealthy []string
 	for _, n := range names {
-		if instance.Ordinal(n) >= in.Replicas || in.Pods[n].Terminating {
+		if agentapi.Ordinal(n) >= in.Replicas || in.Pods[n].Terminating {
 			continue
 		}
 		if why := in.healthy(n); why != "" {
@@ -168,7 +168,7 @@ func decideRollout(in rolloutInput) rolloutDecision {
 			if a != b {
 				return a > b
 			}
-			return instance.Ordinal(oldStandbys[i]) > instance.Ordinal(oldStandbys[j])
+			return agentapi.Ordinal(oldStandbys[i]) > agentapi.Ordinal(oldStandbys[j])
 		})
 		return rolloutDecision{State: rolloutReplaceStandby, Delete: oldStandbys[0],
 			Message: fmt.Sprintf("replacing standby %s (%d standby(s) on the old revision; the primary last, after a switchover)", oldStandbys[0], len(oldStandbys))}

@@ -17,7 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // readyDatabase brings a seed Database with the given replicas to Ready through
@@ -88,12 +88,12 @@ func TestIdentityIsRecordedInStatusAndGivenToTheAgents(t *testing.T) {
 	if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &internal); err != nil {
 		t.Fatal(err)
 	}
-	if got := string(internal.Data[instance.InternalSystemIDFile]); got != "7301" {
+	if got := string(internal.Data[agentapi.InternalSystemIDFile]); got != "7301" {
 		t.Errorf("internal Secret system-identifier = %q: the agents would not know the Database is initialised", got)
 	}
 	// A deleted internal Secret comes back with the identity, so the agents still
 	// know the Database is initialised, and a Warning says it was regenerated.
-	oldToken := string(internal.Data[instance.InternalAgentTokenFile])
+	oldToken := string(internal.Data[agentapi.InternalAgentTokenFile])
 	if err := k8s.Delete(testCtx, &internal); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,7 @@ func TestIdentityIsRecordedInStatusAndGivenToTheAgents(t *testing.T) {
 		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-internal"}, &now); err != nil {
 			return err.Error()
 		}
-		if string(now.Data[instance.InternalSystemIDFile]) != "7301" || string(now.Data[instance.InternalAgentTokenFile]) == oldToken {
+		if string(now.Data[agentapi.InternalSystemIDFile]) != "7301" || string(now.Data[agentapi.InternalAgentTokenFile]) == oldToken {
 			return "recreated without the identity, or with the old token"
 		}
 		return findEvent(ns, corev1.EventTypeWarning, "InternalSecretRegenerated", "")
@@ -170,7 +170,7 @@ func TestDriftOfChildrenIsCorrected(t *testing.T) {
 		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database"}, &svc); err != nil {
 			return err.Error()
 		}
-		if *sts.Spec.Replicas != 1 || svc.Spec.Selector[LabelRole] != instance.RolePrimary || svc.Spec.Selector["app"] != "database" {
+		if *sts.Spec.Replicas != 1 || svc.Spec.Selector[LabelRole] != agentapi.RolePrimary || svc.Spec.Selector["app"] != "database" {
 			return fmt.Sprintf("replicas %d selector %v", *sts.Spec.Replicas, svc.Spec.Selector)
 		}
 		return ""
@@ -273,7 +273,7 @@ func TestStorageThatCannotGrowIsReportedWithoutTouchingReadiness(t *testing.T) {
 		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "my-database-0"}, &pod); err != nil {
 			return err.Error()
 		}
-		if pod.Labels[LabelRole] != instance.RolePrimary {
+		if pod.Labels[LabelRole] != agentapi.RolePrimary {
 			return fmt.Sprintf("labels %v", pod.Labels)
 		}
 		return ""
@@ -293,7 +293,7 @@ func TestSlotsAreKeptPerStandbyAndStandbysThatCannotCatchUpAreRecloned(t *testin
 	// primary no longer has.
 	p := primaryReport("my-database-0", nil)
 	p.Status.SystemIdentifier, p.Status.DataVersion = "7305", 15
-	p.Status.Slots = []instance.SlotStatus{{Name: "pgop_my_database_1", WALStatus: "reserved"}}
+	p.Status.Slots = []agentapi.SlotStatus{{Name: "pgop_my_database_1", WALStatus: "reserved"}}
 	p.Status.OldestWALLSN, p.Status.WALSegmentSize = "0/9000000", 16<<20
 	instances.set(ns, "my-database-0", p)
 	s := replicaReport("my-database-1")
@@ -341,7 +341,7 @@ func TestMissingPrimaryDataStallsAndTheAnnotationRebuildsItFromAStandby(t *testi
 		}
 		return ""
 	})
-	instances.set(ns, "my-database-0", InstanceReport{Status: &instance.Status{Pod: "my-database-0", State: instance.StateDataMissing,
+	instances.set(ns, "my-database-0", InstanceReport{Status: &agentapi.Status{Pod: "my-database-0", State: agentapi.StateDataMissing,
 		Message: "the data directory is empty", Error: "PostgreSQL is not running"}})
 	db := waitPhase(t, ns, "my-database", databasev1.PhaseFailed)
 	c := meta.FindStatusCondition(db.Status.Conditions, databasev1.ConditionStalled)

@@ -16,7 +16,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 const passwordAlphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -133,8 +133,8 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 			"Secret %s was missing and was recreated with a new password; the instances apply it to the running primary", cred.Name)
 	}
 	if cred != nil && !created {
-		want := credentialsData(db, string(cred.Data[instance.CredentialsPasswordFile]), obs.CAPEM, obs.ClusterDomain)
-		if len(cred.Data[instance.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
+		want := credentialsData(db, string(cred.Data[agentapi.CredentialsPasswordFile]), obs.CAPEM, obs.ClusterDomain)
+		if len(cred.Data[agentapi.CredentialsPasswordFile]) > 0 && !sameData(cred.Data, want) {
 			if err := r.patchSecretData(ctx, cred, want); err != nil {
 				return fmt.Errorf("refreshing the derived keys: %w", err)
 			}
@@ -156,13 +156,13 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 			return nil, err
 		}
 		d := map[string][]byte{
-			"replication-username":                   []byte(instance.ReplicationUser),
-			instance.InternalReplicationPasswordFile: []byte(repl),
-			instance.InternalAgentTokenFile:          []byte(token),
-			instance.InternalManifestKeyFile:         []byte(mkey),
+			"replication-username":                   []byte(agentapi.ReplicationUser),
+			agentapi.InternalReplicationPasswordFile: []byte(repl),
+			agentapi.InternalAgentTokenFile:          []byte(token),
+			agentapi.InternalManifestKeyFile:         []byte(mkey),
 		}
 		if db.Status.SystemIdentifier != "" {
-			d[instance.InternalSystemIDFile] = []byte(db.Status.SystemIdentifier)
+			d[agentapi.InternalSystemIDFile] = []byte(db.Status.SystemIdentifier)
 		}
 		return d, nil
 	})
@@ -176,30 +176,30 @@ func (r *Reconciler) reconcileSecrets(ctx context.Context, db *databasev1.Databa
 		r.Recorder.Eventf(db, nil, corev1.EventTypeWarning, "InternalSecretRegenerated", "RegenerateSecret",
 			"Secret %s was missing and was recreated with a new replication password and agent token", internal.Name)
 	}
-	if id := db.Status.SystemIdentifier; id != "" && string(internal.Data[instance.InternalSystemIDFile]) != id {
+	if id := db.Status.SystemIdentifier; id != "" && string(internal.Data[agentapi.InternalSystemIDFile]) != id {
 		if err := r.recordSystemID(ctx, internal, id); err != nil {
 			return err
 		}
 	}
-	if len(internal.Data[instance.InternalManifestKeyFile]) == 0 {
+	if len(internal.Data[agentapi.InternalManifestKeyFile]) == 0 {
 		// A Secret of an operator before signed manifests: add the key once.
 		mkey, err := generatePassword(48)
 		if err != nil {
 			return err
 		}
-		if err := r.patchSecretData(ctx, internal, map[string][]byte{instance.InternalManifestKeyFile: []byte(mkey)}); err != nil {
+		if err := r.patchSecretData(ctx, internal, map[string][]byte{agentapi.InternalManifestKeyFile: []byte(mkey)}); err != nil {
 			return err
 		}
 	}
-	obs.SecretSystemID = string(internal.Data[instance.InternalSystemIDFile])
-	obs.Agent.Tokens = r.rememberToken(db, string(internal.Data[instance.InternalAgentTokenFile]))
+	obs.SecretSystemID = string(internal.Data[agentapi.InternalSystemIDFile])
+	obs.Agent.Tokens = r.rememberToken(db, string(internal.Data[agentapi.InternalAgentTokenFile]))
 	return nil
 }
 
 // recordSystemID writes the system identifier into the internal Secret, where
 // every agent reads it before starting PostgreSQL.
 func (r *Reconciler) recordSystemID(ctx context.Context, internal *corev1.Secret, id string) error {
-	return r.patchSecretData(ctx, internal, map[string][]byte{instance.InternalSystemIDFile: []byte(id)})
+	return r.patchSecretData(ctx, internal, map[string][]byte{agentapi.InternalSystemIDFile: []byte(id)})
 }
 
 // patchSecretData sets keys of a Secret (merge patch: the others stay).

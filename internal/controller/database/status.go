@@ -15,7 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 // observation is everything Reconcile saw; deriveStatus turns it into a status.
@@ -363,12 +363,12 @@ func setCondition(st *databasev1.DatabaseStatus, gen int64, now time.Time, typ s
 }
 
 // refusing reports whether an agent state is a refusal to start.
-func refusing(s instance.State) bool {
-	return s == instance.StateDataMissing || s == instance.StateForeignData || s == instance.StateVersionMismatch
+func refusing(s agentapi.State) bool {
+	return s == agentapi.StateDataMissing || s == agentapi.StateForeignData || s == agentapi.StateVersionMismatch
 }
 
 // agentRefusal returns the first instance whose agent refuses to start, by name.
-func agentRefusal(obs observation) (string, *instance.Status) {
+func agentRefusal(obs observation) (string, *agentapi.Status) {
 	for _, n := range podNames(obs) {
 		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && refusing(r.Status.State) {
 			return n, r.Status
@@ -393,8 +393,8 @@ func mostAdvancedStandby(obs observation, except string) (string, string) {
 	best, bestLSN := "", ""
 	for _, n := range standbyNames(obs, except) {
 		st := obs.Instances[n].Status
-		pos := instance.LaterLSN(st.ReplayLSN, st.ReceiveLSN)
-		if best == "" || instance.LaterLSN(bestLSN, pos) != bestLSN {
+		pos := agentapi.LaterLSN(st.ReplayLSN, st.ReceiveLSN)
+		if best == "" || agentapi.LaterLSN(bestLSN, pos) != bestLSN {
 			best, bestLSN = n, pos
 		}
 	}
@@ -405,7 +405,7 @@ func mostAdvancedStandby(obs observation, except string) (string, string) {
 func standbyNames(obs observation, except string) []string {
 	var out []string
 	for _, n := range podNames(obs) {
-		if r, ok := obs.Instances[n]; ok && n != except && r.Err == nil && r.Status != nil && r.Status.Running && r.Status.Role == instance.RoleReplica {
+		if r, ok := obs.Instances[n]; ok && n != except && r.Err == nil && r.Status != nil && r.Status.Running && r.Status.Role == agentapi.RoleReplica {
 			out = append(out, n)
 		}
 	}
@@ -422,7 +422,7 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 	}
 	if pod, st := agentRefusal(obs); st != nil {
 		switch st.State {
-		case instance.StateDataMissing:
+		case agentapi.StateDataMissing:
 			msg := fmt.Sprintf("Primary %s has no data directory on its volume (PVC %s-%s) although the Database was initialised (system identifier %s); "+
 				"the operator refuses to create a new, empty database", pod, volumeData, pod, systemID)
 			if best, lsn := mostAdvancedStandby(obs, pod); best != "" {
@@ -439,10 +439,10 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 				msg += ". " + obs.RecoveryError
 			}
 			return verdict{databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, msg}
-		case instance.StateForeignData:
+		case agentapi.StateForeignData:
 			return verdict{databasev1.PhaseFailed, databasev1.ReasonPrimaryDataForeign,
 				fmt.Sprintf("Primary %s (PVC %s-%s): %s", pod, volumeData, pod, st.Message)}
-		case instance.StateVersionMismatch:
+		case agentapi.StateVersionMismatch:
 			return verdict{databasev1.PhaseFailed, databasev1.ReasonDataVersionMismatch,
 				fmt.Sprintf("Instance %s: its data directory is PostgreSQL %d but image %s runs PostgreSQL %d; PostgreSQL was not started. "+
 					"Set spec.image back to a PostgreSQL %d image (the instance is then recreated with it)", pod, st.DataVersion, podImage(obs, pod), st.BinaryVersion, st.DataVersion)}
@@ -462,7 +462,7 @@ func decide(db *databasev1.Database, obs observation, systemID string) verdict {
 		return verdict{databasev1.PhaseFailingOver, databasev1.ReasonFailingOver, fmt.Sprintf("%s: %s", c.Phase, c.Message)}
 	}
 	for _, n := range podNames(obs) {
-		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && r.Status.State == instance.StateRecovering {
+		if r, ok := obs.Instances[n]; ok && r.Err == nil && r.Status != nil && r.Status.State == agentapi.StateRecovering {
 			return verdict{databasev1.PhaseDeploying, databasev1.ReasonRecoveringPrimary, fmt.Sprintf("Primary %s: %s", n, r.Status.Message)}
 		}
 	}
@@ -519,11 +519,11 @@ func podImage(obs observation, pod string) string {
 
 // primaryOf returns the status of the one instance that reports itself primary, or
 // nil when none or more than one does.
-func primaryOf(obs observation) *instance.Status {
-	var p *instance.Status
+func primaryOf(obs observation) *agentapi.Status {
+	var p *agentapi.Status
 	for _, pod := range obs.Pods {
 		r, ok := obs.Instances[pod.Name]
-		if !ok || r.Err != nil || r.Status == nil || r.Status.Role != instance.RolePrimary {
+		if !ok || r.Err != nil || r.Status == nil || r.Status.Role != agentapi.RolePrimary {
 			continue
 		}
 		if p != nil {
@@ -556,7 +556,7 @@ func primaryAvailability(db *databasev1.Database, obs observation) conditionVerd
 			unreachable = append(unreachable, n+" has not reported its status yet")
 		case r.Err != nil:
 			unreachable = append(unreachable, fmt.Sprintf("%s: %v", n, r.Err))
-		case r.Status != nil && r.Status.Running && r.Status.Role == instance.RolePrimary:
+		case r.Status != nil && r.Status.Running && r.Status.Role == agentapi.RolePrimary:
 			primaries = append(primaries, n)
 		}
 	}
@@ -607,7 +607,7 @@ func replicasHealth(db *databasev1.Database, obs observation) conditionVerdict {
 	if primary == nil {
 		return fail(databasev1.ReasonPrimaryUnknown, "Standbys cannot be checked without a primary")
 	}
-	streaming := make(map[string]instance.ReplicaStatus, len(primary.Replicas))
+	streaming := make(map[string]agentapi.ReplicaStatus, len(primary.Replicas))
 	for _, rs := range primary.Replicas {
 		streaming[rs.ApplicationName] = rs
 	}
@@ -656,7 +656,7 @@ func replicasHealth(db *databasev1.Database, obs observation) conditionVerdict {
 
 // synchronousStandbys are the standbys the primary counts toward its quorum,
 // sorted (nil when none).
-func synchronousStandbys(p *instance.Status) []string {
+func synchronousStandbys(p *agentapi.Status) []string {
 	var out []string
 	for _, r := range p.Replicas {
 		if r.SyncState == "sync" || r.SyncState == "quorum" {

@@ -14,7 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 )
 
 func testDB(replicas int32) *databasev1.Database {
@@ -55,7 +55,7 @@ func TestDeriveStatusPhases(t *testing.T) {
 	notWritable.Status.Writable, notWritable.Status.WriteError = false, "read-only"
 	twoPrimaries := map[string]InstanceReport{"db-0": primaryReport("db-0", nil), "db-1": primaryReport("db-1", nil)}
 	catchingUp := primaryReport("db-0", nil)
-	catchingUp.Status.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "catchup"}}
+	catchingUp.Status.Replicas = []agentapi.ReplicaStatus{{ApplicationName: "db-1", State: "catchup"}}
 	routed := map[string]bool{"db-0": true}
 
 	tests := []struct {
@@ -79,7 +79,7 @@ func TestDeriveStatusPhases(t *testing.T) {
 			Instances: map[string]InstanceReport{"db-0": healthy["db-0"]}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonInstanceUnreachable, "db-1"},
 		{"postgres down", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Status: &instance.Status{Pod: "db-1", Error: "no socket"}}}, RoutedPods: routed},
+			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": {Status: &agentapi.Status{Pod: "db-1", Error: "no socket"}}}, RoutedPods: routed},
 			databasev1.PhaseVerifying, databasev1.ReasonInstanceUnreachable, "db-1: PostgreSQL is not accepting connections: no socket"},
 		{"two primaries", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: twoPrimaries},
 			databasev1.PhaseVerifying, databasev1.ReasonPrimaryUnknown, "found 2: [db-0, db-1]"},
@@ -99,23 +99,23 @@ func TestDeriveStatusPhases(t *testing.T) {
 		{"a child with our name that we do not own", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Conflicts: []string{"Service ns/db exists and is not owned by Database db"}},
 			databasev1.PhaseFailed, databasev1.ReasonChildConflict, "Service ns/db exists and is not owned"},
 		{"primary data missing, a standby holds the data", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateDataMissing, "empty"), "db-1": healthy["db-1"]}},
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", agentapi.StateDataMissing, "empty"), "db-1": healthy["db-1"]}},
 			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, "PVC data-db-0) although the Database was initialised (system identifier 7001); the operator refuses to create a new, empty database. The data is on standby db-1: to rebuild the primary from it, run kubectl annotate database db database.example.com/recover-primary-from=db-1"},
 		{"primary data missing, no standby", observation{StatefulSet: sts(2, 0, 2, "a", "a"), Pods: pods("db-0"),
-			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateDataMissing, "empty")}},
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", agentapi.StateDataMissing, "empty")}},
 			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataMissing, "No standby holds a copy"},
 		{"primary data foreign", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateForeignData, "belongs to another cluster"), "db-1": healthy["db-1"]}},
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", agentapi.StateForeignData, "belongs to another cluster"), "db-1": healthy["db-1"]}},
 			databasev1.PhaseFailed, databasev1.ReasonPrimaryDataForeign, "db-0 (PVC data-db-0): belongs to another cluster"},
 		{"data directory of another major", observation{StatefulSet: sts(2, 1, 2, "a", "b"), Pods: pods("db-0", "db-1"),
 			Instances: map[string]InstanceReport{"db-0": healthy["db-0"], "db-1": func() InstanceReport {
-				r := agentState("db-1", instance.StateVersionMismatch, "")
+				r := agentState("db-1", agentapi.StateVersionMismatch, "")
 				r.Status.DataVersion, r.Status.BinaryVersion = 15, 17
 				return r
 			}()}},
 			databasev1.PhaseFailed, databasev1.ReasonDataVersionMismatch, "Instance db-1: its data directory is PostgreSQL 15 but image (unknown) runs PostgreSQL 17"},
 		{"primary being rebuilt", observation{StatefulSet: sts(2, 1, 2, "a", "a"), Pods: pods("db-0", "db-1"),
-			Instances: map[string]InstanceReport{"db-0": agentState("db-0", instance.StateRecovering, "cloning db-1"), "db-1": healthy["db-1"]}},
+			Instances: map[string]InstanceReport{"db-0": agentState("db-0", agentapi.StateRecovering, "cloning db-1"), "db-1": healthy["db-1"]}},
 			databasev1.PhaseDeploying, databasev1.ReasonRecoveringPrimary, "db-0: cloning db-1"},
 		{"standby re-cloned", observation{StatefulSet: sts(2, 2, 2, "a", "a"), Pods: pods("db-0", "db-1"), Instances: healthy, RoutedPods: routed,
 			Recloning: map[string]string{"db-1": "WAL removed"}},
@@ -165,8 +165,8 @@ func TestDeriveStatusIsStableAndKeepsTransitionTimes(t *testing.T) {
 	}
 }
 
-func agentState(pod string, state instance.State, msg string) InstanceReport {
-	return InstanceReport{Status: &instance.Status{Pod: pod, State: state, Message: msg, Error: "PostgreSQL is not running"}}
+func agentState(pod string, state agentapi.State, msg string) InstanceReport {
+	return InstanceReport{Status: &agentapi.Status{Pod: pod, State: state, Message: msg, Error: "PostgreSQL is not running"}}
 }
 
 func TestObservationErrorKeepsTheLastPhaseAndIsReportedInReconciling(t *testing.T) {
@@ -297,7 +297,7 @@ func TestIdentityIsRecordedOnceAndSaysWhetherDataWasAdopted(t *testing.T) {
 
 func TestNewIdentityTellsInitdbAdoptionAndUpgradeApart(t *testing.T) {
 	db := testDB(1)
-	p := &instance.Status{Pod: "db-0", SystemIdentifier: "7", DataVersion: 15, Bootstrapped: true}
+	p := &agentapi.Status{Pod: "db-0", SystemIdentifier: "7", DataVersion: 15, Bootstrapped: true}
 	if id := newIdentity(db, p); id.Adopted || id.Existing {
 		t.Errorf("initdb: %+v", id)
 	}
@@ -312,16 +312,16 @@ func TestNewIdentityTellsInitdbAdoptionAndUpgradeApart(t *testing.T) {
 }
 
 func TestRecloneReason(t *testing.T) {
-	primary := func(mod func(*instance.Status)) *instance.Status {
-		p := &instance.Status{Pod: "db-0", Role: instance.RolePrimary, Running: true, OldestWALLSN: "0/5000000", WALSegmentSize: 16 << 20,
-			Slots: []instance.SlotStatus{{Name: "pgop_db_1", WALStatus: "reserved"}}}
+	primary := func(mod func(*agentapi.Status)) *agentapi.Status {
+		p := &agentapi.Status{Pod: "db-0", Role: agentapi.RolePrimary, Running: true, OldestWALLSN: "0/5000000", WALSegmentSize: 16 << 20,
+			Slots: []agentapi.SlotStatus{{Name: "pgop_db_1", WALStatus: "reserved"}}}
 		if mod != nil {
 			mod(p)
 		}
 		return p
 	}
-	standby := func(mod func(*instance.Status)) *instance.Status {
-		s := &instance.Status{Pod: "db-1", Role: instance.RoleReplica, Running: true, InRecovery: true, SystemIdentifier: "7001", ReplayLSN: "0/3000100"}
+	standby := func(mod func(*agentapi.Status)) *agentapi.Status {
+		s := &agentapi.Status{Pod: "db-1", Role: agentapi.RoleReplica, Running: true, InRecovery: true, SystemIdentifier: "7001", ReplayLSN: "0/3000100"}
 		if mod != nil {
 			mod(s)
 		}
@@ -329,29 +329,29 @@ func TestRecloneReason(t *testing.T) {
 	}
 	tests := []struct {
 		name             string
-		primary, standby *instance.Status
+		primary, standby *agentapi.Status
 		want             string
 	}{
-		{"streaming per the primary", primary(func(p *instance.Status) {
-			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
+		{"streaming per the primary", primary(func(p *agentapi.Status) {
+			p.Replicas = []agentapi.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
 		}), standby(nil), ""},
-		{"streaming per the standby", primary(nil), standby(func(s *instance.Status) { s.WALReceiverStatus = "streaming" }), ""},
-		{"the primary answered that the WAL is gone", primary(nil), standby(func(s *instance.Status) { s.WALMissing = true }),
+		{"streaming per the standby", primary(nil), standby(func(s *agentapi.Status) { s.WALReceiverStatus = "streaming" }), ""},
+		{"the primary answered that the WAL is gone", primary(nil), standby(func(s *agentapi.Status) { s.WALMissing = true }),
 			"has already been removed (it stopped at 0/3000100; the primary's oldest WAL starts at 0/5000000)"},
-		{"past the primary's fork point (it kept WAL an asynchronous failover gave up)", primary(func(p *instance.Status) { p.Timeline = 14 }),
-			standby(func(s *instance.Status) { s.Timeline = 13; s.Diverged = true; s.ReplayLSN = "0/53705B0" }),
+		{"past the primary's fork point (it kept WAL an asynchronous failover gave up)", primary(func(p *agentapi.Status) { p.Timeline = 14 }),
+			standby(func(s *agentapi.Status) { s.Timeline = 13; s.Diverged = true; s.ReplayLSN = "0/53705B0" }),
 			"past the point where the primary's timeline 14 forked off (at 0/53705B0"},
 		{"behind the primary's oldest WAL but still replaying locally (just restarted): no evidence, no re-clone", primary(nil), standby(nil), ""},
-		{"slot lost", primary(func(p *instance.Status) { p.Slots[0].WALStatus = "lost"; p.OldestWALLSN = "0/1000000" }), standby(nil), "slot pgop_db_1 lost the WAL"},
-		{"foreign data", primary(func(p *instance.Status) {
-			p.Replicas = []instance.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
-		}), standby(func(s *instance.Status) { s.SystemIdentifier = "8888" }), "belongs to another cluster (system identifier 8888"},
-		{"diverged: on a timeline the primary never had", primary(func(p *instance.Status) { p.Timeline = 1 }),
-			standby(func(s *instance.Status) { s.Timeline = 2; s.WALReceiverStatus = "streaming" }), "timeline 2, which the primary (timeline 1) never had"},
-		{"following a newer timeline of the primary", primary(func(p *instance.Status) { p.Timeline = 3; p.OldestWALLSN = "0/1000000" }),
-			standby(func(s *instance.Status) { s.Timeline = 2 }), ""},
-		{"not running: the agent decides", primary(nil), standby(func(s *instance.Status) { s.Running = false }), ""},
-		{"a primary is not re-cloned", primary(nil), standby(func(s *instance.Status) { s.Role = instance.RolePrimary }), ""},
+		{"slot lost", primary(func(p *agentapi.Status) { p.Slots[0].WALStatus = "lost"; p.OldestWALLSN = "0/1000000" }), standby(nil), "slot pgop_db_1 lost the WAL"},
+		{"foreign data", primary(func(p *agentapi.Status) {
+			p.Replicas = []agentapi.ReplicaStatus{{ApplicationName: "db-1", State: "streaming"}}
+		}), standby(func(s *agentapi.Status) { s.SystemIdentifier = "8888" }), "belongs to another cluster (system identifier 8888"},
+		{"diverged: on a timeline the primary never had", primary(func(p *agentapi.Status) { p.Timeline = 1 }),
+			standby(func(s *agentapi.Status) { s.Timeline = 2; s.WALReceiverStatus = "streaming" }), "timeline 2, which the primary (timeline 1) never had"},
+		{"following a newer timeline of the primary", primary(func(p *agentapi.Status) { p.Timeline = 3; p.OldestWALLSN = "0/1000000" }),
+			standby(func(s *agentapi.Status) { s.Timeline = 2 }), ""},
+		{"not running: the agent decides", primary(nil), standby(func(s *agentapi.Status) { s.Running = false }), ""},
+		{"a primary is not re-cloned", primary(nil), standby(func(s *agentapi.Status) { s.Role = agentapi.RolePrimary }), ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -367,15 +367,15 @@ func TestSlotsNeedSync(t *testing.T) {
 	want := []string{"pgop_db_1", "pgop_db_2"}
 	tests := []struct {
 		name string
-		have []instance.SlotStatus
+		have []agentapi.SlotStatus
 		sync bool
 	}{
 		{"none yet", nil, true},
-		{"exact", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}}, false},
-		{"one missing", []instance.SlotStatus{{Name: "pgop_db_1"}}, true},
-		{"an extra inactive one (scaled down)", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3"}}, true},
-		{"an extra active one is left until its standby is gone", []instance.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3", Active: true}}, false},
-		{"a lost inactive one is recreated", []instance.SlotStatus{{Name: "pgop_db_1", WALStatus: "lost"}, {Name: "pgop_db_2"}}, true},
+		{"exact", []agentapi.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}}, false},
+		{"one missing", []agentapi.SlotStatus{{Name: "pgop_db_1"}}, true},
+		{"an extra inactive one (scaled down)", []agentapi.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3"}}, true},
+		{"an extra active one is left until its standby is gone", []agentapi.SlotStatus{{Name: "pgop_db_1"}, {Name: "pgop_db_2"}, {Name: "pgop_db_3", Active: true}}, false},
+		{"a lost inactive one is recreated", []agentapi.SlotStatus{{Name: "pgop_db_1", WALStatus: "lost"}, {Name: "pgop_db_2"}}, true},
 	}
 	for _, tc := range tests {
 		if got := slotsNeedSync(tc.have, want); got != tc.sync {
@@ -488,7 +488,7 @@ func TestRetainedDataConflictKeepsAFreshInitdbFromBeingRecorded(t *testing.T) {
 	pvc := func(name string, created int64) corev1.PersistentVolumeClaim {
 		return corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: name, CreationTimestamp: metav1.Unix(created, 0)}}
 	}
-	p := &instance.Status{Pod: "db-0", SystemIdentifier: "new", Bootstrapped: true}
+	p := &agentapi.Status{Pod: "db-0", SystemIdentifier: "new", Bootstrapped: true}
 	if why := retainedDataConflict(db, observation{PVCs: []corev1.PersistentVolumeClaim{pvc("data-db-0", 2001), pvc("data-db-1", 2002)}}, p); why != "" {
 		t.Errorf("volumes of this Database flagged: %s", why)
 	}
@@ -497,7 +497,7 @@ func TestRetainedDataConflictKeepsAFreshInitdbFromBeingRecorded(t *testing.T) {
 		t.Errorf("retained standby volume: %q", why)
 	}
 	obs := observation{Pods: pods("db-0", "db-1"), Instances: map[string]InstanceReport{
-		"db-0": {Status: p}, "db-1": {Status: &instance.Status{Pod: "db-1", SystemIdentifier: "old"}}}}
+		"db-0": {Status: p}, "db-1": {Status: &agentapi.Status{Pod: "db-1", SystemIdentifier: "old"}}}}
 	if why := retainedDataConflict(db, obs, p); !strings.Contains(why, "db-1 (system identifier old)") {
 		t.Errorf("standby of another cluster: %q", why)
 	}
@@ -509,10 +509,10 @@ func TestRetainedDataConflictKeepsAFreshInitdbFromBeingRecorded(t *testing.T) {
 
 func TestRecoveryNamesTheMostAdvancedStandby(t *testing.T) {
 	standby := func(name, replay, receive string) InstanceReport {
-		return InstanceReport{Status: &instance.Status{Pod: name, Role: instance.RoleReplica, Running: true, ReplayLSN: replay, ReceiveLSN: receive}}
+		return InstanceReport{Status: &agentapi.Status{Pod: name, Role: agentapi.RoleReplica, Running: true, ReplayLSN: replay, ReceiveLSN: receive}}
 	}
 	obs := observation{Pods: pods("db-0", "db-1", "db-2"), Instances: map[string]InstanceReport{
-		"db-0": agentState("db-0", instance.StateDataMissing, ""),
+		"db-0": agentState("db-0", agentapi.StateDataMissing, ""),
 		"db-1": standby("db-1", "0/5000000", "0/5000000"),
 		"db-2": standby("db-2", "0/4000000", "0/6000000"),
 	}}
@@ -607,7 +607,7 @@ func TestRestoringCondition(t *testing.T) {
 func TestStatusShowsTheCurrentSynchronousStandbys(t *testing.T) {
 	db := testDB(3)
 	primary := primaryReport("db-0", nil)
-	primary.Status.Replicas = []instance.ReplicaStatus{
+	primary.Status.Replicas = []agentapi.ReplicaStatus{
 		{ApplicationName: "db-2", State: "streaming", SyncState: "quorum"},
 		{ApplicationName: "db-1", State: "streaming", SyncState: "quorum"},
 	}

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/scheme"
 	"github.com/example/postgres-operator/internal/testenv"
 )
@@ -125,11 +125,16 @@ func (f *fakeInstances) Statuses(ctx context.Context, pods []corev1.Pod, auth Ag
 	for _, p := range pods {
 		// Like the HTTP client: an agent serving TLS is reached only with the
 		// operator's mutual-TLS client, an older one with the token.
-		if instance.PodServesTLS(&p) && auth.HTTPS == nil {
+		e, err := agentapi.PodEndpoint(&p)
+		if err != nil {
+			out[p.Name] = InstanceReport{Err: err}
+			continue
+		}
+		if e.TLS && auth.HTTPS == nil {
 			out[p.Name] = InstanceReport{Err: fmt.Errorf("no TLS client for the agent")}
 			continue
 		}
-		if !instance.PodServesTLS(&p) && (len(auth.Tokens) == 0 || auth.Tokens[0] == "") {
+		if !e.TLS && (len(auth.Tokens) == 0 || auth.Tokens[0] == "") {
 			out[p.Name] = InstanceReport{Err: fmt.Errorf("no agent token")}
 			continue
 		}
@@ -150,7 +155,7 @@ func (f *fakeInstances) takeLease(ctx context.Context, p *corev1.Pod) {
 	if err := k8s.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: db + "-primary"}, &l); err != nil {
 		return
 	}
-	holder := instance.LeaseHolder(p.Name, string(p.UID))
+	holder := agentapi.LeaseHolder(p.Name, string(p.UID))
 	if l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == holder {
 		return
 	}

@@ -15,7 +15,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/pki"
 )
 
@@ -31,7 +31,7 @@ const (
 // restore Jobs.
 func caSecretName(db *databasev1.Database) string         { return db.Name + "-ca" }
 func serverTLSSecretName(db *databasev1.Database) string  { return db.Name + "-server-tls" }
-func restoreTLSSecretName(db *databasev1.Database) string { return instance.RestoreTLSSecret(db.Name) }
+func restoreTLSSecretName(db *databasev1.Database) string { return agentapi.RestoreTLSSecret(db.Name) }
 
 // agentServerName is the name the operator verifies in an agent's certificate
 // (it reaches the agents by pod IP; all instances share the certificate).
@@ -83,7 +83,7 @@ func (r *Reconciler) reconcileTLS(ctx context.Context, db *databasev1.Database, 
 		leaf   pki.Leaf
 	}{
 		{serverTLSSecretName(db), serverLeaf(db, obs.ClusterDomain)},
-		{restoreTLSSecretName(db), pki.Leaf{CommonName: instance.ClientRestore, Client: true}},
+		{restoreTLSSecretName(db), pki.Leaf{CommonName: agentapi.ClientRestore, Client: true}},
 	} {
 		if err := r.ensureLeaf(ctx, db, obs, want.secret, ca, want.leaf, now); err != nil {
 			errs = append(errs, err)
@@ -105,14 +105,14 @@ func (r *Reconciler) ensureLeaf(ctx context.Context, db *databasev1.Database, ob
 		if err != nil {
 			return nil, fmt.Errorf("issuing the certificate of secret %s: %w", name, err)
 		}
-		return map[string][]byte{instance.TLSCertFile: p.CertPEM, instance.TLSKeyFile: p.KeyPEM, instance.TLSCAFile: ca.CertPEM}, nil
+		return map[string][]byte{agentapi.TLSCertFile: p.CertPEM, agentapi.TLSKeyFile: p.KeyPEM, agentapi.TLSCAFile: ca.CertPEM}, nil
 	}
 	secret, created, err := r.ensureSecret(ctx, db, obs, name, issue)
 	if err != nil || secret == nil || created {
 		return err
 	}
-	reason := pki.RenewReason(secret.Data[instance.TLSCertFile], ca.CertPEM, leaf, now)
-	if reason == "" && string(secret.Data[instance.TLSCAFile]) == string(ca.CertPEM) {
+	reason := pki.RenewReason(secret.Data[agentapi.TLSCertFile], ca.CertPEM, leaf, now)
+	if reason == "" && string(secret.Data[agentapi.TLSCAFile]) == string(ca.CertPEM) {
 		return nil
 	}
 	if reason == "" {
@@ -152,7 +152,7 @@ func (r *Reconciler) agentTLS(db *databasev1.Database, ca pki.Pair, now time.Tim
 			return c.http, nil
 		}
 	}
-	p, err := pki.Issue(ca, pki.Leaf{CommonName: instance.ClientOperator, Client: true}, now)
+	p, err := pki.Issue(ca, pki.Leaf{CommonName: agentapi.ClientOperator, Client: true}, now)
 	if err != nil {
 		return nil, fmt.Errorf("issuing the operator's client certificate: %w", err)
 	}

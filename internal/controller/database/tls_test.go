@@ -13,7 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/pki"
 )
 
@@ -82,7 +82,7 @@ func TestEveryDatabaseGetsACAAndCertificatesAndHardenedInstances(t *testing.T) {
 
 	restore := getSecret(t, ns, "my-database-restore-tls")
 	rc, err := pki.ParseCert(restore.Data["tls.crt"])
-	if err != nil || rc.Subject.CommonName != instance.ClientRestore {
+	if err != nil || rc.Subject.CommonName != agentapi.ClientRestore {
 		t.Fatalf("restore client certificate: %v %v", err, rc)
 	}
 	if err := verifyLeaf(restore.Data["tls.crt"], caPEM, "", x509.ExtKeyUsageClientAuth); err != nil {
@@ -135,7 +135,7 @@ func TestEveryDatabaseGetsACAAndCertificatesAndHardenedInstances(t *testing.T) {
 		}
 	}
 	c := spec.Containers[0]
-	if !slices.Contains(c.Command, "--tls-dir="+instance.DefaultTLSDir) || slices.Contains(c.Command, "--tls-optional") {
+	if !slices.Contains(c.Command, "--tls-dir="+agentapi.DefaultTLSDir) || slices.Contains(c.Command, "--tls-optional") {
 		t.Errorf("command %v", c.Command)
 	}
 	for _, p := range []*corev1.Probe{c.ReadinessProbe, c.LivenessProbe, c.StartupProbe} {

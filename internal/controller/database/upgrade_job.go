@@ -17,7 +17,7 @@ import (
 	logf "sigs.k8s.io/controller-runtime/pkg/log"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
-	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/upgrade"
 )
 
@@ -213,7 +213,7 @@ func buildUpgradeJob(db *databasev1.Database, st *databasev1.UpgradeStatus, kind
 	if st.Method == databasev1.UpgradeCopy {
 		method = upgrade.MethodCopy
 	}
-	args := []string{agentBinaryPath, "upgrade", kind, "--pgdata=" + instance.DefaultPGData, "--old=" + oldMountPath,
+	args := []string{agentBinaryPath, "upgrade", kind, "--pgdata=" + agentapi.DefaultPGData, "--old=" + oldMountPath,
 		"--method=" + string(method)}
 	if v := db.Spec.Upgrade.RebuildCollationIndexes; v != nil && !*v {
 		args = append(args, "--rebuild-collation-indexes=false")
@@ -242,7 +242,7 @@ func buildUpgradeJob(db *databasev1.Database, st *databasev1.UpgradeStatus, kind
 		Containers: []corev1.Container{{
 			Name: containerUpgrade, Image: st.ToImage, ImagePullPolicy: corev1.PullIfNotPresent,
 			Command: args, SecurityContext: restricted, Resources: work,
-			Env: []corev1.EnvVar{{Name: "PGDATA", Value: instance.DefaultPGData}},
+			Env: []corev1.EnvVar{{Name: "PGDATA", Value: agentapi.DefaultPGData}},
 			VolumeMounts: []corev1.VolumeMount{
 				{Name: volumeData, MountPath: dataMountPath},
 				{Name: volumeController, MountPath: controllerMountPath},

@@ -1,8 +1,4 @@
-// Package instance is the instance agent: the process that runs as PID 1 of the
-// postgres container of every Database pod. It bootstraps or clones the data
-// directory, writes the configuration the operator owns, supervises PostgreSQL and
-// serves the probe and status endpoints the kubelet and the operator read.
-package instance
+package agentapi
 
 // Roles an instance reports.
 const (
@@ -45,7 +41,8 @@ const (
 	// DefaultTLSDir is where instance pods mount the <name>-server-tls Secret.
 	DefaultTLSDir = "/etc/postgres-operator/tls"
 
-	// HTTP paths.
+	// HTTP paths, under PathPrefix in ProtocolVersion (Versioned) and at the
+	// root in PreviousProtocolVersion.
 	PathHealthz = "/healthz"
 	PathReadyz  = "/readyz"
 	PathStartup = "/startupz"
@@ -75,6 +72,9 @@ type RecoverRequest struct {
 
 // Status is what an instance reports on its authenticated status endpoint.
 type Status struct {
+	// Protocol is the protocol version the agent speaks (ProtocolVersion); an
+	// agent of the previous release does not report it (0).
+	Protocol int `json:"protocol,omitempty"`
 	// Pod is the name of the pod the agent runs in.
 	Pod string `json:"pod"`
 	// Restoring is the ID of the restore this (primary) instance is applying.
@@ -194,3 +194,57 @@ type ReplicaStatus struct {
 	// LagBytes is pg_current_wal_lsn() minus replay_lsn.
 	LagBytes int64 `json:"lagBytes"`
 }
+
+// State is what an agent is doing; it is reported on /status so that the operator
+// (and a human reading the Database's conditions) sees why an instance is not
+// serving.
+type State string
+
+// The agent's states. The start-up decision between them is planStart.
+const (
+	// StateStarting: the agent has not decided yet (reading the data directory).
+	StateStarting State = "Starting"
+	// StateInitializing: initdb of a brand-new cluster (only ever on a Database
+	// whose system identifier is not recorded).
+	StateInitializing State = "Initializing"
+	// StateCloning: pg_basebackup from the primary (a new or re-cloned standby).
+	StateCloning State = "Cloning"
+	// StateRecovering: a primary whose data was missing is rebuilt from a standby.
+	StateRecovering State = "RecoveringPrimary"
+	// StateRunning: PostgreSQL is supervised (it may be starting up).
+	StateRunning State = "Running"
+	// StateRestarting: PostgreSQL exited by itself; the agent restarts it in place
+	// after a bounded backoff.
+	StateRestarting State = "Restarting"
+	// StateDataMissing: the primary's volume holds no data directory although the
+	// Database was initialised; the agent refuses to create an empty cluster.
+	StateDataMissing State = "DataMissing"
+	// StateForeignData: the primary's data directory belongs to another cluster
+	// (system identifier differs from the recorded one); the agent refuses to start.
+	StateForeignData State = "ForeignData"
+	// StateVersionMismatch: the data directory's major version differs from the
+	// image's PostgreSQL; the agent does not start PostgreSQL (no crash loop).
+	StateVersionMismatch State = "VersionMismatch"
+	// StateWaitingForLease: the agent cannot read the primary Lease yet, or it is
+	// the target primary and waits for the Lease to be released or to expire, or
+	// a former primary waits for a new target before it rewinds.
+	StateWaitingForLease State = "WaitingForLease"
+	// StatePromoting: a standby that became the target holds the Lease and is
+	// being promoted.
+	StatePromoting State = "Promoting"
+	// StateDemoting: a primary that is no longer the target checkpoints, stops
+	// and releases the Lease.
+	StateDemoting State = "Demoting"
+	// StateFenced: the primary could not renew the Lease within the renew
+	// deadline and shut PostgreSQL down immediately; it starts again only as the
+	// holder of the Lease, or as a standby of the new primary.
+	StateFenced State = "Fenced"
+	// StateRewinding: a former primary runs pg_rewind onto the new primary's
+	// timeline before it starts as a standby.
+	StateRewinding State = "Rewinding"
+)
+
+// MetricsPort is the port the agent serves PostgreSQL's metrics on, in the
+// Prometheus text format (plain HTTP, GET /metrics only: the series carry no
+// secret, and a scraper needs no certificate or token).
+const MetricsPort = 9187
