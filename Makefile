@@ -10,6 +10,7 @@ KUSTOMIZE_VERSION ?= v5.8.1
 K8S_VERSION ?= v1.37.1
 ETCD_VERSION ?= v3.7.3
 GOSEC_VERSION ?= v2.30.0
+GOLANGCI_LINT_VERSION ?= v2.15.0
 # promtool (the alert rules' checks and unit tests) comes from Prometheus's Go
 # module, whose versions are v0.<minor>.<patch> for Prometheus 3.<minor>.
 PROMTOOL_VERSION ?= v0.316.0
@@ -26,6 +27,7 @@ TOOLS_CACHE ?= $(HOME)/.cache/postgres-operator/tools
 PROMTOOL ?= $(TOOLS_CACHE)/promtool-$(PROMTOOL_VERSION)/promtool
 HELM ?= $(TOOLS_CACHE)/helm-$(HELM_VERSION)/helm
 KWOK ?= $(TOOLS_CACHE)/kwok-$(KWOK_VERSION)/kwok
+GOLANGCI_LINT ?= $(TOOLS_CACHE)/golangci-lint-$(GOLANGCI_LINT_VERSION)/golangci-lint
 KUBECTL ?= kubectl
 
 # The race detector on every unit, envtest and PostgreSQL test (issue 23: one
@@ -69,10 +71,14 @@ GOSEC_EXCLUDE ?= G104,G101,G115,G204,G304
 lint-security: $(GOSEC) ## Static security analysis (gosec, pinned).
 	$(GOSEC) -quiet -exclude=$(GOSEC_EXCLUDE) -exclude-dir=test -exclude-dir=hack ./...
 
+.PHONY: lint
+lint: $(GOLANGCI_LINT) ## golangci-lint (pinned; .golangci.yml lists the linters and every exclusion).
+	$(GOLANGCI_LINT) run ./...
+
 .PHONY: test
-test: manifests generate chart vet lint-security envtest-assets $(PROMTOOL) $(HELM) ## Unit, envtest and PostgreSQL tests.
+test: manifests generate chart vet lint lint-security envtest-assets $(PROMTOOL) $(HELM) ## Unit, envtest and PostgreSQL tests.
 	hack/ensure-postgres.sh
-	PROMTOOL="$(PROMTOOL)" HELM="$(HELM)" POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
+	PROMTOOL="$(PROMTOOL)" HELM="$(HELM)" GOLANGCI_LINT="$(GOLANGCI_LINT)" POSTGRES_ROOTFS="$$(hack/pg-rootfs.sh)" \
 	KUBEBUILDER_ASSETS="$$(K8S_VERSION=$(K8S_VERSION) ETCD_VERSION=$(ETCD_VERSION) hack/k8s-binaries.sh etcd kube-apiserver)" \
 		go test $(GO_TEST_FLAGS) ./...
 
@@ -213,6 +219,10 @@ $(GOSEC):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install github.com/securego/gosec/v2/cmd/gosec@$(GOSEC_VERSION)
 	mv $(LOCALBIN)/gosec $@
+
+$(GOLANGCI_LINT):
+	@mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 
 $(HELM):
 	@mkdir -p $(dir $@)

@@ -271,7 +271,7 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 	}
 	defer rc.Close()
 	hash := sha256.New()
-	var in io.Reader = io.TeeReader(rc, hash)
+	in := io.TeeReader(rc, hash)
 	if id != nil {
 		// Every chunk is authenticated as it is decrypted.
 		if in, err = age.Decrypt(in, id); err != nil {
@@ -506,7 +506,7 @@ func Restore(ctx context.Context, o RestoreOptions) (*agentapi.RestoreResult, er
 	hash := sha256.New()
 	req := o.Request
 	req.SHA256, req.UncompressedBytes = m.SHA256, m.UncompressedSize
-	var body io.Reader = io.TeeReader(rc, hash)
+	body := io.TeeReader(rc, hash)
 	if m.Encryption != "" {
 		// The agent receives the compressed archive: decrypted here, each
 		// chunk authenticated (a forged byte ends the stream, so nothing is

@@ -48,20 +48,26 @@ func startPostgres(t *testing.T) *pg {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(root, 0o755)
-	t.Cleanup(func() { os.RemoveAll(root) })
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(root) })
 	p := &pg{port: testenv.FreePort(t), password: "app-password-1", root: root, bins: bins}
 	files := map[string]string{
 		"credentials/username": "appuser", "credentials/password": p.password, "credentials/database": "appdb",
 		"internal/replication-password": "r", "internal/agent-token": "t",
 	}
 	for name, v := range files {
-		os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o700)
+		if err := os.MkdirAll(filepath.Join(root, filepath.Dir(name)), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(filepath.Join(root, name), []byte(v), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	os.MkdirAll(filepath.Join(root, "db"), 0o755)
+	if err := os.MkdirAll(filepath.Join(root, "db"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := io.Discard
 	if os.Getenv("TEST_VERBOSE") != "" {
@@ -77,7 +83,12 @@ func startPostgres(t *testing.T) *pg {
 	p.agent = agent
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Logf("agent: %v", err)
+		}
+	})
 	conn, err := connFromFiles(filepath.Join(root, "credentials"), filepath.Join(root, "client"), "127.0.0.1", fmt.Sprint(p.port))
 	if err != nil {
 		t.Fatal(err)
@@ -195,7 +206,7 @@ func startS3(t *testing.T) *objectstore.S3 {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	store, err := objectstore.NewS3(objectstore.S3Options{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), Region: "us-east-1",
 		ForcePathStyle: true, AccessKeyID: "testkey", SecretKey: "testsecret123", Bucket: "backups", PartSize: 5 << 20})
 	if err != nil {
@@ -320,7 +331,7 @@ func TestCorruptedOrTruncatedArtifactsAreRefusedAndChangeNothing(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, err := p.restore(ctx, store, key, fmt.Sprintf("%s%d", strings.ReplaceAll(name, " ", ""), jobs), jobs)
-				if err == nil || !(strings.Contains(err.Error(), "checksum mismatch") || strings.Contains(err.Error(), "corrupted or truncated")) {
+				if err == nil || (!strings.Contains(err.Error(), "checksum mismatch") && !strings.Contains(err.Error(), "corrupted or truncated")) {
 					t.Fatalf("restore of a damaged artifact: %v", err)
 				}
 				if d := equalSums(before, p.checksums(t)); d != "" {

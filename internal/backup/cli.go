@@ -275,7 +275,7 @@ func readManifestKey(dir, what string) ([]byte, error) {
 	}
 	k, err := readFile(dir, agentapi.InternalManifestKeyFile)
 	if err != nil || k == "" {
-		return nil, fmt.Errorf("%s is missing: %v", what, err)
+		return nil, fmt.Errorf("%s is missing: %w", what, err)
 	}
 	return []byte(k), nil
 }

@@ -41,7 +41,7 @@ func TestBackupAndRestoreOverTLSWithAPrivateCA(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	open := func(cas ...string) *objectstore.S3 {
 		s, err := objectstore.NewS3(objectstore.S3Options{Endpoint: fmt.Sprintf("https://127.0.0.1:%d", port), Region: "us-east-1",
 			ForcePathStyle: true, AccessKeyID: "testkey", SecretKey: "testsecret123", Bucket: "backups", PartSize: 5 << 20, CAFiles: cas})

@@ -130,7 +130,7 @@ func startInstance(t *testing.T, s testSecrets, name, pod string, port, primaryP
 	ctx, cancel := context.WithCancel(context.Background())
 	ti := &testInstance{t: t, agent: NewAgent(cfg), cancel: cancel, done: make(chan error, 1), cfg: cfg}
 	go func() { ti.done <- ti.agent.Run(ctx) }()
-	t.Cleanup(func() { ti.stop() })
+	t.Cleanup(func() { _ = ti.stop() })
 	return ti
 }
 

@@ -496,7 +496,7 @@ func TestAPromotedStandbyWaitsForItsSynchronousQuorum(t *testing.T) {
 	h.proxies["db-0"].cut()
 	waitUntil(t, 30*time.Second, "db-0 to fence itself", func() error {
 		if st, err := db0.status(h.s.token); err != nil || !st.Fenced {
-			return fmt.Errorf("db-0 not fenced yet (%v)", err)
+			return fmt.Errorf("db-0 not fenced yet (%w)", err)
 		}
 		return nil
 	})

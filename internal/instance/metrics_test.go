@@ -174,7 +174,7 @@ func TestMetricsOfAPrimaryAndItsStandby(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer tx.Rollback(ctx)
+		defer func() { _ = tx.Rollback(ctx) }()
 		if _, err := tx.Exec(ctx, "SELECT pg_catalog.txid_current()"); err != nil {
 			t.Fatal(err)
 		}

@@ -405,7 +405,7 @@ func TestDataSafety(t *testing.T) {
 		waitUntil(t, 30*time.Second, "equal rows", func() error {
 			n, err := countItems(t, sPort, s.appPassword)
 			if err != nil || n != want {
-				return fmt.Errorf("standby rows %d (%v), primary %d", n, err, want)
+				return fmt.Errorf("standby rows %d (%w), primary %d", n, err, want)
 			}
 			return nil
 		})
@@ -466,7 +466,7 @@ func TestDataSafety(t *testing.T) {
 		waitUntil(t, 30*time.Second, "the standby to follow the new timeline", func() error {
 			n, err := countItems(t, sPort, s.appPassword)
 			if err != nil || n != want+1 {
-				return fmt.Errorf("standby rows %d (%v), want %d", n, err, want+1)
+				return fmt.Errorf("standby rows %d (%w), want %d", n, err, want+1)
 			}
 			return nil
 		})
@@ -483,7 +483,7 @@ func startInstanceWith(t *testing.T, s testSecrets, name, pod string, port, prim
 	ctx, cancel := context.WithCancel(context.Background())
 	ti := &testInstance{t: t, agent: NewAgent(cfg), cancel: cancel, done: make(chan error, 1), cfg: cfg}
 	go func() { ti.done <- ti.agent.Run(ctx) }()
-	t.Cleanup(func() { ti.stop() })
+	t.Cleanup(func() { _ = ti.stop() })
 	return ti
 }
 
@@ -540,7 +540,7 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 	waitUntil(t, 60*time.Second, "the standby to run", func() error {
 		st, err := standby.status(s.token)
 		if err != nil || st.State != agentapi.StateRunning || !st.Running {
-			return fmt.Errorf("standby %+v %v", st, err)
+			return fmt.Errorf("standby %+v %w", st, err)
 		}
 		return nil
 	})
@@ -556,7 +556,7 @@ func TestLostSlotReclonesAndIsRecreated(t *testing.T) {
 	want, _ := countItems(t, pPort, s.appPassword)
 	waitUntil(t, 30*time.Second, "equal rows", func() error {
 		if n, err := countItems(t, sPort, s.appPassword); err != nil || n != want {
-			return fmt.Errorf("standby rows %d (%v), want %d", n, err, want)
+			return fmt.Errorf("standby rows %d (%w), want %d", n, err, want)
 		}
 		return nil
 	})

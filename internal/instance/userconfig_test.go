@@ -78,7 +78,7 @@ func TestUserConfigIsAppliedByReloadAndReportsPendingRestarts(t *testing.T) {
 	actx, cancel := context.WithCancel(ctx)
 	ti := &testInstance{t: t, agent: NewAgent(cfg), cancel: cancel, done: make(chan error, 1), cfg: cfg}
 	go func() { ti.done <- ti.agent.Run(actx) }()
-	t.Cleanup(func() { ti.stop() })
+	t.Cleanup(func() { _ = ti.stop() })
 	waitForAppLogin(t, port, s.appPassword)
 
 	show := func(name string) string {

@@ -40,8 +40,8 @@ var debianRoot = "/usr/lib/postgresql"
 func FindBinaries(dir string) (Binaries, error) {
 	if dir == "" {
 		if p, err := exec.LookPath("postgres"); err == nil {
-			if real, err := filepath.EvalSymlinks(p); err == nil {
-				p = real
+			if resolved, err := filepath.EvalSymlinks(p); err == nil {
+				p = resolved
 			}
 			dir = filepath.Dir(p)
 		}

@@ -60,7 +60,7 @@ func newHarness(t *testing.T) *harness {
 		cmd := exec.Command("go", "build", "-o", managerBin, "../../cmd")
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+			buildErr = fmt.Errorf("go build: %w: %s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -92,12 +92,8 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
-// command returns cmd args run in image as uid 999 with the Job's mounts.
-func (h *harness) command(image string, args ...string) *exec.Cmd {
-	return h.commandNS(image, false, args...)
-}
-
-// commandNS is command, in a PID namespace of its own when pod is set: the
+// commandNS returns args run in image as uid 999 with the Job's mounts, in a
+// PID namespace of its own when pod is set: the
 // upgrade Jobs run in pods of their own, where the instances' processes (and
 // the PID in their postmaster.pid) are invisible.
 func (h *harness) commandNS(image string, pod bool, args ...string) *exec.Cmd {
@@ -133,7 +129,7 @@ func (h *harness) runNS(image string, pod bool, args ...string) (string, error) 
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if err != nil {
-		return stdout.String(), fmt.Errorf("%v: %v\nstdout: %s\nstderr: %s", args, err, stdout.String(), stderr.String())
+		return stdout.String(), fmt.Errorf("%v: %w\nstdout: %s\nstderr: %s", args, err, stdout.String(), stderr.String())
 	}
 	return stdout.String(), nil
 }

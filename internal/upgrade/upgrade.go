@@ -501,16 +501,16 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 // concludes the server is live and only reads from it.
 func (r *runner) disarmOldStart() error {
 	pgCtl := filepath.Join(r.old.Bindir, "pg_ctl")
-	real := pgCtl + ".real"
-	if !exists(real) {
-		if err := os.Rename(pgCtl, real); err != nil {
+	renamed := pgCtl + ".renamed"
+	if !exists(renamed) {
+		if err := os.Rename(pgCtl, renamed); err != nil {
 			return err
 		}
 	}
 	// pg_upgrade checks the binary's version (-V) before using it.
 	script := "#!/bin/sh\n" +
 		"for a in \"$@\"; do [ \"$a\" = start ] && { echo 'the upgrade check never starts the live old server' >&2; exit 1; }; done\n" +
-		"exec '" + real + "' \"$@\"\n"
+		"exec '" + renamed + "' \"$@\"\n"
 	return os.WriteFile(pgCtl, []byte(script), 0o755) // #nosec G306 -- an executable wrapper
 }
 

@@ -233,7 +233,7 @@ func podProcesses(c *cluster, pod string, match func(args []string) bool) []int 
 			continue
 		}
 		cg, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cgroup"))
-		if err != nil || !(strings.Contains(string(cg), "pod"+uid) || strings.Contains(string(cg), "pod"+strings.ReplaceAll(uid, "-", "_"))) {
+		if err != nil || (!strings.Contains(string(cg), "pod"+uid) && !strings.Contains(string(cg), "pod"+strings.ReplaceAll(uid, "-", "_"))) {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
@@ -653,7 +653,7 @@ func waitReady(c *cluster, db string, timeout time.Duration) string {
 func hostVeth(pid string) (string, error) {
 	out, err := inPodNetwork(pid, "ip", "-o", "link", "show", "eth0").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("ip link in the pod: %v %s", err, out)
+		return "", fmt.Errorf("ip link in the pod: %w %s", err, out)
 	}
 	// "2: eth0@if7: <…>": 7 is the peer's index on the host.
 	_, rest, ok := strings.Cut(string(out), "@if")
@@ -663,7 +663,7 @@ func hostVeth(pid string) (string, error) {
 	idx, _, _ := strings.Cut(rest, ":")
 	host, err := exec.Command("ip", "-o", "link").CombinedOutput()
 	if err != nil {
-		return "", fmt.Errorf("ip link: %v %s", err, host)
+		return "", fmt.Errorf("ip link: %w %s", err, host)
 	}
 	for _, line := range strings.Split(string(host), "\n") {
 		if n, name, ok := strings.Cut(line, ": "); ok && n == idx {

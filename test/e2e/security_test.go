@@ -314,7 +314,7 @@ func servedSerial(addr string, postgres bool) (string, error) {
 		}
 		b := make([]byte, 1)
 		if _, err := io.ReadFull(conn, b); err != nil || b[0] != 'S' {
-			return "", fmt.Errorf("no TLS offered: %q %v", b, err)
+			return "", fmt.Errorf("no TLS offered: %q %w", b, err)
 		}
 	}
 	tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true}) // #nosec G402 -- only reads which certificate is served

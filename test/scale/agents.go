@@ -111,9 +111,9 @@ func imageVersion(p *corev1.Pod) (int, int) {
 			continue
 		}
 		tag := c.Image[strings.LastIndex(c.Image, ":")+1:]
-		maj, min, _ := strings.Cut(tag, ".")
+		maj, mnr, _ := strings.Cut(tag, ".")
 		major, _ := strconv.Atoi(maj)
-		minor, err := strconv.Atoi(min)
+		minor, err := strconv.Atoi(mnr)
 		if err != nil {
 			minor = 6
 		}

@@ -382,9 +382,9 @@ func (h *harness) route(ctx context.Context, key types.NamespacedName) {
 
 // describe prints the state of up to max of the Databases that missed a
 // goal: their status and conditions, their pods and their Lease.
-func (h *harness) describe(ctx context.Context, out io.Writer, keys []string, max int) {
+func (h *harness) describe(ctx context.Context, out io.Writer, keys []string, limit int) {
 	for i, k := range keys {
-		if i == max {
+		if i == limit {
 			break
 		}
 		ns, name, _ := strings.Cut(k, "/")

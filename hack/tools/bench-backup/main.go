@@ -106,7 +106,12 @@ func run(rows, scale, runs int, manager string) error {
 	})
 	done := make(chan error, 1)
 	go func() { done <- agent.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "agent:", err)
+		}
+	}()
 
 	passfile := filepath.Join(root, "pgpass")
 	if err := os.WriteFile(passfile, []byte(postgres.PgpassLine("bench", "bench-password")), 0o600); err != nil {
@@ -225,7 +230,7 @@ func (b *bench) measure(name string, runs int) error {
 		var out enginepkg.Result
 		raw, _ := os.ReadFile(term)
 		if err := json.Unmarshal(raw, &out); err != nil || out.Manifest == nil {
-			return fmt.Errorf("backup result %q: %v", raw, err)
+			return fmt.Errorf("backup result %q: %w", raw, err)
 		}
 		manifest = out.Manifest
 

@@ -146,7 +146,7 @@ func TestLatestSlotInATimeZone(t *testing.T) {
 	if due := latestSlot(sched, last, now); !due.IsZero() {
 		t.Errorf("UTC: due %v, want none before 03:00 UTC", due)
 	}
-	var _ cron.Schedule = sched
+	var _ cron.Schedule = sched //nolint:staticcheck // asserts latestSlot takes any cron.Schedule
 }
 
 func objKey(ns, name string) types.NamespacedName {

@@ -115,7 +115,7 @@ func (r *Reconciler) reconcileAccess(ctx context.Context, db *databasev1.Databas
 		{"Role", role, liveRole, func() *string { return role.ResourceVersion }},
 		{"RoleBinding", rb, liveRB, func() *string { return rb.ResourceVersion }},
 	} {
-		var live client.Object = c.live
+		live := c.live
 		if err := r.Get(ctx, key, c.live); apierrors.IsNotFound(err) {
 			live = nil
 		} else if err != nil {
