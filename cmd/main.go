@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/example/postgres-operator/internal/backup"
 	"github.com/example/postgres-operator/internal/instance"
+	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/manager"
 	"github.com/example/postgres-operator/internal/upgrade"
 )
@@ -50,7 +52,7 @@ func main() {
 		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup, upgrade or install-agent)", cmd)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "error:", err)
+		logging.New(os.Stderr, slog.LevelInfo).Error("exiting", "command", cmd, logging.ErrorKey, err)
 		os.Exit(1)
 	}
 }

@@ -17,7 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"log/slog"
 	"os/exec"
 	"sort"
 	"strings"
@@ -29,6 +29,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
 )
@@ -217,7 +218,7 @@ func Run(ctx context.Context, o Options) (*Manifest, error) {
 		switch {
 		case werr != nil:
 			// pg_dump's messages can quote rows: whole in the Job's log only.
-			fmt.Fprintf(os.Stderr, "pg_dump failed: %v\n%s\n", werr, stderr.String())
+			slog.Warn("pg_dump failed", logging.ErrorKey, werr, "stderr", stderr.String())
 			pw.CloseWithError(fmt.Errorf("pg_dump failed: %w: %s", werr, postgres.Summary(stderr.String())))
 		case err != nil:
 			pw.CloseWithError(fmt.Errorf("compressing the dump: %w", err))
@@ -309,7 +310,7 @@ func verify(ctx context.Context, store objectstore.Store, key, wantSHA, pgRestor
 	werr := cmd.Wait()
 	ferr := <-fed
 	if werr != nil {
-		fmt.Fprintf(os.Stderr, "pg_restore could not read the archive: %v\n%s\n", werr, stderr.String())
+		slog.Warn("pg_restore could not read the archive", logging.ErrorKey, werr, "stderr", stderr.String())
 		return "", nil, fmt.Errorf("pg_restore could not read the archive: %w: %s", werr, postgres.Summary(stderr.String()))
 	}
 	if ferr != nil && !errors.Is(ferr, syscall.EPIPE) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"filippo.io/age"
 
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
 )
@@ -61,6 +63,8 @@ func Command(ctx context.Context, args []string) error {
 		return errors.New("usage: backup run|restore|delete [flags]")
 	}
 	action := args[0]
+	// The Job's diagnostics, in the one log format; stdout carries the result.
+	slog.SetDefault(logging.New(os.Stderr, slog.LevelInfo).With("command", "backup "+action))
 	fs := flag.NewFlagSet("backup "+action, flag.ContinueOnError)
 	location := fs.String("location", "", "s3://bucket/prefix or pvc://claim/path")
 	key := fs.String("key", "", "object key of the artifact, relative to the bucket or volume")

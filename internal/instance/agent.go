@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/postgres"
 )
 
@@ -179,7 +180,7 @@ func Run(ctx context.Context, args []string) error {
 	if cfg.LeaseName != "" && *standalone {
 		return fmt.Errorf("--standalone and --lease-name exclude each other")
 	}
-	cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	cfg.Log = logging.New(os.Stderr, slog.LevelInfo)
 	if cfg.LeaseName != "" {
 		rc, err := rest.InClusterConfig()
 		if err != nil {
@@ -337,7 +338,7 @@ func (a *Agent) publish(change func(v *runtimeView)) {
 // NewAgent returns an agent for cfg.
 func NewAgent(cfg Config) *Agent {
 	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+		cfg.Log = logging.New(os.Stderr, slog.LevelInfo)
 	}
 	if cfg.PrimaryPort == 0 {
 		cfg.PrimaryPort = cfg.Port
@@ -548,7 +549,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 				// Back to DataMissing: the operator (or a human) may name another
 				// standby.
-				a.log.Warn("rebuilding the primary failed", "source", facts.RecoverFrom, "error", err.Error())
+				a.log.Warn("rebuilding the primary failed", "source", facts.RecoverFrom, "error", err)
 				a.setState(agentapi.StateDataMissing, fmt.Sprintf("rebuilding from %s failed (%v); the data directory is still empty", facts.RecoverFrom, err))
 				select {
 				case <-ctx.Done():
@@ -563,7 +564,7 @@ func (a *Agent) Run(ctx context.Context) error {
 					if ctx.Err() != nil {
 						return nil
 					}
-					a.log.Warn("rewinding the former primary failed; re-cloning it", "error", err.Error())
+					a.log.Warn("rewinding the former primary failed; re-cloning it", "error", err)
 					a.recloneRequested = true
 				}
 				continue
@@ -884,7 +885,7 @@ func (a *Agent) clone(ctx context.Context, host string, port int, maxAttempts in
 			_ = os.RemoveAll(staging)
 			return fmt.Errorf("pg_basebackup from %s:%d failed %d times: %w", host, port, attempt, err)
 		}
-		a.log.Warn("pg_basebackup failed; retrying", "error", err.Error(), "in", delay.String())
+		a.log.Warn("pg_basebackup failed; retrying", "error", err, "in", delay.String())
 		st, _ := a.currentState()
 		a.setState(st, fmt.Sprintf("cloning %s:%d: attempt %d failed (%v); retrying in %s", host, port, attempt, err, delay))
 		select {

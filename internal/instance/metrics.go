@@ -127,7 +127,7 @@ func (c *metricsCollector) Collect(ch chan<- prometheus.Metric) {
 			up = 1
 		} else {
 			c.errors.Inc()
-			c.agent.log.Debug("metrics scrape failed", "error", err.Error())
+			c.agent.log.Debug("metrics scrape failed", "error", err)
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, up)
@@ -391,7 +391,7 @@ func (a *Agent) serveMetrics() (*http.Server, *metricsCollector, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("metrics HTTP server stopped", "error", err.Error())
+			a.log.Error("metrics HTTP server stopped", "error", err)
 		}
 	}()
 	return srv, c, nil

@@ -96,7 +96,7 @@ func (a *Agent) handleRestore(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, errNotPrimary) {
 			code = http.StatusConflict
 		}
-		a.log.Warn("restore failed; the application database is unchanged", "id", req.ID, "error", err.Error())
+		a.log.Warn("restore failed; the application database is unchanged", "id", req.ID, "error", err)
 		http.Error(w, err.Error(), code)
 		return
 	}
@@ -209,7 +209,7 @@ func (a *Agent) restore(ctx context.Context, req agentapi.RestoreRequest, body i
 			dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if _, err := conn.Exec(dctx, "DROP DATABASE IF EXISTS "+qs+" WITH (FORCE)"); err != nil {
-				a.log.Warn("dropping the scratch database", "database", scratch, "error", err.Error())
+				a.log.Warn("dropping the scratch database", "database", scratch, "error", err)
 			}
 		}
 	}()
@@ -296,7 +296,7 @@ func (a *Agent) restore(ctx context.Context, req agentapi.RestoreRequest, body i
 	res.PreviousDatabase, res.PreviousDropAfter = prev, dropAfter
 	if req.KeepPreviousSeconds <= 0 {
 		if _, err := conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+postgres.QuoteIdentifier(prev)+" WITH (FORCE)"); err != nil {
-			a.log.Warn("dropping the pre-restore copy", "database", prev, "error", err.Error())
+			a.log.Warn("dropping the pre-restore copy", "database", prev, "error", err)
 		} else {
 			res.PreviousDatabase, res.PreviousDropAfter = "", time.Time{}
 		}
@@ -497,7 +497,7 @@ func (a *Agent) pgRestore(ctx context.Context, req agentapi.RestoreRequest, body
 		}
 		// pg_restore's messages can quote the archive's data: they go to the
 		// agent's log, the caller gets only the last line's kind of failure.
-		a.log.Warn("pg_restore failed", "error", err.Error(), "stderr", stderr.String())
+		a.log.Warn("pg_restore failed", "error", err, "stderr", stderr.String())
 		return fmt.Errorf("pg_restore: %w: %s", err, postgres.Summary(stderr.String()))
 	}
 	if spool != "" {
@@ -541,7 +541,7 @@ func (a *Agent) swap(ctx context.Context, conn *pgx.Conn, appDB, scratch, prev s
 			return
 		}
 		if _, err := conn.Exec(context.Background(), "ALTER DATABASE "+qa+" WITH ALLOW_CONNECTIONS true"); err != nil {
-			a.log.Warn("allowing connections to the application database again", "error", err.Error())
+			a.log.Warn("allowing connections to the application database again", "error", err)
 		}
 	}
 	defer reopen()
@@ -670,7 +670,7 @@ func (a *Agent) dropExpiredCopies(ctx context.Context, every time.Duration) {
 			continue
 		}
 		if err := a.dropExpiredCopiesOnce(ctx, time.Now()); err != nil {
-			a.log.Info("dropping expired pre-restore copies", "error", err.Error())
+			a.log.Info("dropping expired pre-restore copies", "error", err)
 		}
 	}
 }

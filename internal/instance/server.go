@@ -111,7 +111,7 @@ func (a *Agent) serve() (*http.Server, error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Error("agent HTTP server stopped", "error", err.Error())
+			a.log.Error("agent HTTP server stopped", "error", err)
 		}
 	}()
 	return srv, nil

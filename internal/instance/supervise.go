@@ -191,7 +191,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 			go a.setUpPrimary(setupCtx, l.gen)
 		case actRewriteSync:
 			if err := a.writeOwnConfig(true); err != nil {
-				a.log.Error("rewriting the primary configuration", "error", err.Error())
+				a.log.Error("rewriting the primary configuration", "error", err)
 			} else {
 				a.reloadAsync(ctx, "synchronous standbys changed", "synchronous_standby_names", a.view().SyncNames)
 			}
@@ -278,7 +278,7 @@ func (l *lifetime) restartLater(ctx context.Context, err error) {
 	delay := a.restartDelay
 	a.restartDelay = min(a.restartDelay*2, 30*time.Second)
 	a.setState(agentapi.StateRestarting, fmt.Sprintf("PostgreSQL exited by itself (%v); restarting it in %s", err, delay))
-	a.log.Warn("postgres exited by itself; restarting in place", "error", err.Error(), "in", delay.String())
+	a.log.Warn("postgres exited by itself; restarting in place", "error", err, "in", delay.String())
 	select {
 	case <-ctx.Done():
 	case <-time.After(delay):
@@ -316,7 +316,7 @@ func (l *lifetime) startDemotion() <-chan struct{} {
 		defer close(checkpointed)
 		if conn, err := a.connect(ctx, "postgres"); err == nil {
 			if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
-				a.log.Warn("checkpoint before the shutdown", "error", err.Error())
+				a.log.Warn("checkpoint before the shutdown", "error", err)
 			}
 			conn.Close(context.Background())
 		}
@@ -346,7 +346,7 @@ func (l *lifetime) release() {
 	defer rcancel()
 	if !l.wasPrimary {
 		if err := a.lease.release(rctx, "", 5*time.Second); err != nil {
-			a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
+			a.log.Warn("releasing the primary Lease; it will expire", "error", err)
 		}
 		return
 	}
@@ -354,11 +354,11 @@ func (l *lifetime) release() {
 	if err != nil {
 		// Without a final position the Lease is not released: the next primary
 		// waits for it to expire.
-		a.log.Error("reading the final WAL position; keeping the Lease until it expires", "error", err.Error())
+		a.log.Error("reading the final WAL position; keeping the Lease until it expires", "error", err)
 		return
 	}
 	if err := a.lease.release(rctx, final, 5*time.Second); err != nil {
-		a.log.Warn("releasing the primary Lease; it will expire", "error", err.Error())
+		a.log.Warn("releasing the primary Lease; it will expire", "error", err)
 		return
 	}
 	a.log.Info("primary stopped and Lease released", "finalLSN", final)
@@ -389,7 +389,7 @@ func (a *Agent) follow(ctx context.Context, up string) {
 	a.log.Info("following a new upstream", "from", a.view().Following, "to", up)
 	a.publish(func(v *runtimeView) { v.Following = up })
 	if err := a.writeOwnConfig(false); err != nil {
-		a.log.Error("rewriting the standby configuration", "error", err.Error())
+		a.log.Error("rewriting the standby configuration", "error", err)
 	} else {
 		a.reloadAsync(ctx, "following "+orString(up, "no upstream"))
 	}
@@ -402,7 +402,7 @@ func (a *Agent) follow(ctx context.Context, up string) {
 func (a *Agent) reloadAsync(ctx context.Context, what string, kv ...any) {
 	go func() {
 		if err := a.reload(ctx); err != nil {
-			a.log.Warn("reloading the configuration; will rewrite and reload again", "for", what, "error", err.Error())
+			a.log.Warn("reloading the configuration; will rewrite and reload again", "for", what, "error", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(2 * time.Second):
@@ -440,7 +440,7 @@ func (a *Agent) controlData(ctx context.Context, field string) (string, error) {
 // reloads PostgreSQL (supervisor only).
 func (a *Agent) applyUserConfig(ctx context.Context, primary bool) {
 	if err := a.writeOwnConfig(primary); err != nil {
-		a.log.Warn("applying the changed configuration", "error", err.Error())
+		a.log.Warn("applying the changed configuration", "error", err)
 		return
 	}
 	a.reloadAsync(ctx, "configuration changed: applied by a reload", "hash", a.view().ConfigHash)
@@ -509,7 +509,7 @@ func (a *Agent) rewind(ctx context.Context, target string) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		a.log.Warn("pg_rewind failed", "error", err.Error(), "attempt", attempt)
+		a.log.Warn("pg_rewind failed", "error", err, "attempt", attempt)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -727,7 +727,7 @@ func (a *Agent) setUpPrimary(ctx context.Context, gen int64) {
 			a.tell(ctx, runMsg{gen: gen, ev: evSetUp})
 			return
 		}
-		a.log.Info("waiting to set up roles", "reason", err.Error())
+		a.log.Info("waiting to set up roles", "reason", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -816,7 +816,7 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 	}
 	a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
-		a.log.Warn("checkpoint after the promotion", "error", err.Error())
+		a.log.Warn("checkpoint after the promotion", "error", err)
 	}
 	a.progress(ctx, gen, agentapi.StateRunning, "PostgreSQL is running (promoted)")
 	a.log.Info("promoted to primary on a new timeline")
@@ -1284,13 +1284,13 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			// A renewed certificate (or CA): installed and loaded without a
 			// restart (PostgreSQL reloads its certificate on SIGHUP).
 			if err := a.installTLS(); err != nil {
-				a.log.Warn("installing the renewed TLS certificate; will retry", "error", err.Error())
+				a.log.Warn("installing the renewed TLS certificate; will retry", "error", err)
 			} else {
 				tlsDigest = d
 				a.log.Info("TLS certificate changed: installed")
 				if !a.view().Exited {
 					if err := a.reload(ctx); err != nil {
-						a.log.Warn("reloading PostgreSQL for the renewed certificate", "error", err.Error())
+						a.log.Warn("reloading PostgreSQL for the renewed certificate", "error", err)
 					}
 				}
 			}
@@ -1310,7 +1310,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		if d := digest(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile); d != "" && d != replPw {
 			replPw = d
 			if err := a.writePassfile(); err != nil {
-				a.log.Error("rewriting the replication passfile", "error", err.Error())
+				a.log.Error("rewriting the replication passfile", "error", err)
 			}
 			a.log.Info("replication password changed")
 			pending = true
@@ -1323,7 +1323,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 		rt := a.view()
 		if pending && rt.Primary && rt.SetUp && !rt.Exited {
 			if err := a.ensureRoles(ctx); err != nil {
-				a.log.Warn("applying changed passwords; will retry", "error", err.Error())
+				a.log.Warn("applying changed passwords; will retry", "error", err)
 				continue
 			}
 			a.log.Info("changed passwords applied to the running primary")

@@ -19,7 +19,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -27,6 +26,7 @@ import (
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	backupctrl "github.com/example/postgres-operator/internal/controller/backup"
 	"github.com/example/postgres-operator/internal/controller/database"
+	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/metrics"
 	"github.com/example/postgres-operator/internal/scheme"
 )
@@ -104,12 +104,15 @@ func RunWith(args []string, hooks Hooks) error {
 	fs.BoolVar(&s3PathStyle, "default-backup-s3-path-style", false, "Path-style addressing for an s3:// default location.")
 	fs.StringVar(&s3Secret, "default-backup-s3-credentials-secret", "",
 		"Secret (in each Backup's namespace) with accessKeyId and secretAccessKey for an s3:// default location.")
-	zopts := zap.Options{Development: false}
-	zopts.BindFlags(fs)
+	logLevel := fs.String("log-level", "info", "Least level logged: debug (with controller-runtime's V(1) lines), info, warn or error.")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	level, err := logging.ParseLevel(*logLevel)
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(logging.Logr(os.Stderr, level))
 	if s3Endpoint != "" {
 		defaults.S3 = &databasev1.S3Config{Endpoint: s3Endpoint, Region: s3Region, ForcePathStyle: s3PathStyle,
 			CredentialsSecret: corev1.LocalObjectReference{Name: s3Secret}}

@@ -6,7 +6,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+
+	"github.com/example/postgres-operator/internal/logging"
 )
 
 // MessageLimit is the size of a container's termination message the kubelet
@@ -39,7 +42,7 @@ func Command(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg.Method = Method(method)
-	cfg.Log = func(format string, a ...any) { fmt.Fprintf(os.Stderr, "upgrade: "+format+"\n", a...) }
+	cfg.Log = logging.New(os.Stderr, slog.LevelInfo).With("command", "upgrade "+sub)
 
 	var res Result
 	switch sub {
@@ -48,7 +51,7 @@ func Command(ctx context.Context, args []string) error {
 		if err != nil {
 			return fmt.Errorf("collecting the old installation: %w", err)
 		}
-		cfg.Log("collected PostgreSQL %s (glibc %s, ICU %s) with %d libraries", inst.Version, inst.Glibc, orNone(inst.ICU), len(inst.Libs))
+		cfg.Log.Info("collected the old installation", "version", inst.Version, "glibc", inst.Glibc, "icu", orNone(inst.ICU), "libraries", len(inst.Libs))
 		return nil
 	case "check":
 		res = Check(ctx, cfg)
@@ -63,7 +66,7 @@ func Command(ctx context.Context, args []string) error {
 	fmt.Println(string(b))
 	if resultFile != "" {
 		if err := os.WriteFile(resultFile, b, 0o600); err != nil { // #nosec G306 G304 -- the termination log
-			cfg.Log("writing the result: %v", err)
+			cfg.Log.Warn("writing the result", logging.ErrorKey, err)
 		}
 	}
 	if !res.OK {

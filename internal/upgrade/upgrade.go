@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -68,8 +69,8 @@ type Config struct {
 	// FailAfter stops the process (exit 3) right after the named step: the tests'
 	// stand-in for a kill at that point.
 	FailAfter string
-	// Log receives progress lines.
-	Log func(format string, args ...any)
+	// Log receives the progress (the one log format: internal/logging).
+	Log *slog.Logger
 }
 
 // Step is one step of an upgrade with its times.
@@ -137,7 +138,7 @@ type runner struct {
 
 func newRunner(cfg Config, res *Result) (*runner, error) {
 	if cfg.Log == nil {
-		cfg.Log = func(string, ...any) {}
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Method == "" {
 		cfg.Method = MethodLink
@@ -154,7 +155,7 @@ func newRunner(cfg Config, res *Result) (*runner, error) {
 
 func (r *runner) step(name string, f func() error) error {
 	s := Step{Name: name, Started: time.Now().UTC().Truncate(time.Millisecond)}
-	r.cfg.Log("step %s", name)
+	r.cfg.Log.Info("step", "name", name)
 	err := f()
 	s.Finished = time.Now().UTC().Truncate(time.Millisecond)
 	r.res.Steps = append(r.res.Steps, s)
@@ -164,7 +165,7 @@ func (r *runner) step(name string, f func() error) error {
 	if r.cfg.FailAfter == name {
 		// As a killed pod: every process ends, a running server without a
 		// shutdown checkpoint.
-		r.cfg.Log("stopping after %s (--fail-after)", name)
+		r.cfg.Log.Info("stopping after a step (--fail-after)", "name", name)
 		if r.running != "" {
 			_, _ = r.run(context.Background(), filepath.Join(r.running, "pg_ctl"), "stop", "-D", r.cfg.PGData, "-m", "immediate")
 		}
@@ -474,7 +475,7 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 			if err == nil || attempt == 3 || !strings.Contains(err.Error(), "postmaster.pid") {
 				return err
 			}
-			r.cfg.Log("the old server's postmaster.pid vanished during the check (a restart?): retrying")
+			r.cfg.Log.Info("the old server's postmaster.pid vanished during the check (a restart?): retrying")
 			select {
 			case <-ctx.Done():
 				return err
@@ -501,7 +502,7 @@ func Check(ctx context.Context, cfg Config) (res Result) {
 // concludes the server is live and only reads from it.
 func (r *runner) disarmOldStart() error {
 	pgCtl := filepath.Join(r.old.Bindir, "pg_ctl")
-	renamed := pgCtl + ".renamed"
+	renamed := pgCtl + ".real"
 	if !exists(renamed) {
 		if err := os.Rename(pgCtl, renamed); err != nil {
 			return err
@@ -592,7 +593,7 @@ func (r *runner) upgrade(ctx context.Context) error {
 	case dataMajor(pg) == r.new.Major:
 		// Swapped by an earlier run: only the steps after the swap may be left.
 		r.res.PastPointOfNoReturn = true
-		r.cfg.Log("the data directory is already PostgreSQL %d: resuming after the swap", r.new.Major)
+		r.cfg.Log.Info("the data directory is already the new major: resuming after the swap", "major", r.new.Major)
 		return r.afterSwap(ctx)
 	case !exists(pg) && exists(r.oldDirectory()) && exists(filepath.Join(r.work, upgradedMarker)) && dataMajor(r.newData) == r.new.Major:
 		// Killed between the two renames of the swap.

@@ -46,7 +46,7 @@ func StartOperator(bin, kubeconfig, agents string, log io.Writer, managerArgs ..
 	o := &Operator{metricsURL: fmt.Sprintf("http://127.0.0.1:%d/metrics", port), pprofURL: fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/", pport), done: make(chan struct{})}
 	args := append([]string{"--agents=" + agents, "--requests-address=127.0.0.1:0", "--",
 		fmt.Sprintf("--metrics-bind-address=127.0.0.1:%d", port), "--metrics-secure=false",
-		"--health-probe-bind-address=0", fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pport), "--agent-image=postgres-operator:bench", "--zap-log-level=error"}, managerArgs...)
+		"--health-probe-bind-address=0", fmt.Sprintf("--pprof-bind-address=127.0.0.1:%d", pport), "--agent-image=postgres-operator:bench", "--log-level=error"}, managerArgs...)
 	cmd := exec.Command(bin, args...) // #nosec G204 -- the benchmark's own operator binary
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig)
 	cmd.Stdout = log

@@ -218,7 +218,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{}, errors.Join(obs.ReconcileErr, perr)
 	}
 	if obs.ReconcileErr != nil {
-		log.Info("reconcile step failed", "error", obs.ReconcileErr.Error())
+		log.Info("reconcile step failed", "error", obs.ReconcileErr)
 	}
 	log.V(1).Info("reconciled", "phase", newStatus.Phase)
 	switch {
