@@ -86,8 +86,9 @@ type Status struct {
 	Running bool `json:"running"`
 	// InRecovery is pg_is_in_recovery().
 	InRecovery bool `json:"inRecovery"`
-	// Writable is true when a primary committed a write to its heartbeat table
-	// during this status request.
+	// Writable is true when a primary committed a transaction with a
+	// transaction ID during this status request (its commit record written and
+	// flushed, and acknowledged by the synchronous standbys if any).
 	Writable bool `json:"writable"`
 	// WriteError holds why the write check failed (primary only).
 	WriteError string `json:"writeError,omitempty"`
