@@ -60,22 +60,21 @@ type Endpoint struct {
 
 // PodEndpoint reads how to reach a pod's agent from the pod: its protocol
 // annotation, or for a pod of the previous release (no annotation) whether
-// the operator that created it started the agent with a TLS directory. An
-// annotation this operator cannot speak is an error (a pod of a newer
-// operator, during a rollback).
+// the operator that created it started the agent with a TLS directory. A pod
+// of a newer release is spoken to in this release's version, which its agent
+// still serves (the rule for every protocol change).
 func PodEndpoint(pod *corev1.Pod) (Endpoint, error) {
 	v, ok := pod.Annotations[ProtocolAnnotation]
 	if !ok {
 		return Endpoint{Protocol: PreviousProtocolVersion, TLS: startedWithTLSDir(pod)}, nil
 	}
 	n, err := strconv.Atoi(v)
-	switch {
-	case err != nil || n < 1:
+	if err != nil || n < 1 {
 		return Endpoint{}, fmt.Errorf("pod %s: annotation %s=%q is not a protocol version", pod.Name, ProtocolAnnotation, v)
-	case n > ProtocolVersion:
-		return Endpoint{}, fmt.Errorf("pod %s: its agent speaks protocol %d, this operator at most %d", pod.Name, n, ProtocolVersion)
 	}
-	return Endpoint{Protocol: n, TLS: true}, nil
+	// An agent of a newer release (after a rollback of the operator) still
+	// serves its previous version, which is this one.
+	return Endpoint{Protocol: min(n, ProtocolVersion), TLS: true}, nil
 }
 
 // URL is the base URL of the agent at host ("10.0.0.7" or a DNS name): the

@@ -36,7 +36,8 @@ func TestThePodSaysHowToReachItsAgent(t *testing.T) {
 			Endpoint{Protocol: 0, TLS: false}, "http://10.0.0.7:8000", ""},
 		{"an empty TLS flag is no TLS", pod(nil, "/manager", "instance", "--tls-dir="),
 			Endpoint{Protocol: 0, TLS: false}, "http://10.0.0.7:8000", ""},
-		{"a newer operator's pod", pod(map[string]string{ProtocolAnnotation: "2"}), Endpoint{}, "", "speaks protocol 2, this operator at most 1"},
+		{"a newer release's pod is spoken to in this version", pod(map[string]string{ProtocolAnnotation: "2"}),
+			Endpoint{Protocol: 1, TLS: true}, "https://10.0.0.7:8000/v1", ""},
 		{"garbage", pod(map[string]string{ProtocolAnnotation: "v1"}), Endpoint{}, "", "is not a protocol version"},
 		{"zero is not written", pod(map[string]string{ProtocolAnnotation: "0"}), Endpoint{}, "", "is not a protocol version"},
 	} {

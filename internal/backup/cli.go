@@ -278,8 +278,11 @@ func readManifestKey(dir, what string) ([]byte, error) {
 		return nil, nil
 	}
 	k, err := readFile(dir, agentapi.InternalManifestKeyFile)
-	if err != nil || k == "" {
+	if err != nil {
 		return nil, fmt.Errorf("%s is missing: %w", what, err)
+	}
+	if k == "" {
+		return nil, fmt.Errorf("%s is empty", what)
 	}
 	return []byte(k), nil
 }

@@ -63,8 +63,9 @@ func (a *ScriptedAgents) status(ctx context.Context, p *corev1.Pod, running map[
 	if err := a.Cache.Get(ctx, types.NamespacedName{Namespace: p.Namespace, Name: db + "-primary"}, &lease); err != nil {
 		return nil, fmt.Errorf("agent of %s: reading the Lease: %w", p.Name, err)
 	}
-	target := lease.Annotations[agentapi.LeaseAnnotationTarget]
-	if target == "" && lease.Annotations[agentapi.LeaseAnnotationChange] == "" {
+	intent := agentapi.ReadLeaseIntent(lease.Annotations)
+	target := intent.Target
+	if target == "" && intent.Change == "" {
 		// As a real agent does until the operator names the first target.
 		return &agentapi.Status{Pod: p.Name, State: agentapi.StateWaitingForLease, Message: "waiting for the primary Lease to name a target"}, nil
 	}

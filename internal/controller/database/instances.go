@@ -116,9 +116,6 @@ func (s *HTTPInstanceClient) Statuses(ctx context.Context, pods []corev1.Pod, au
 			err := s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error {
 				var err error
 				st, err = c.GetStatus(ctx, base)
-				if err == nil && st.Protocol > agentapi.ProtocolVersion {
-					st, err = nil, fmt.Errorf("the agent speaks protocol %d, this operator at most %d", st.Protocol, agentapi.ProtocolVersion)
-				}
 				return err
 			})
 			if err != nil {
