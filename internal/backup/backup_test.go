@@ -190,39 +190,11 @@ func equalSums(a, b map[string]string) string {
 	return strings.Join(diff, "; ")
 }
 
-// startS3 runs versitygw on a loopback port and returns a store on a fresh bucket.
+// startS3 runs a real S3 server and returns a store on a fresh bucket.
 func startS3(t *testing.T) *objectstore.S3 {
 	t.Helper()
-	out, err := exec.Command(filepath.Join("..", "..", "hack", "s3-server.sh")).Output()
-	if err != nil {
-		t.Fatalf("building the S3 server: %v", err)
-	}
-	dir := t.TempDir()
-	port := testenv.FreePort(t)
-	cmd := exec.Command(strings.TrimSpace(string(out)), "--access", "testkey", "--secret", "testsecret123",
-		"--port", fmt.Sprintf("127.0.0.1:%d", port), "posix", dir)
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	store, err := objectstore.NewS3(objectstore.S3Options{Endpoint: fmt.Sprintf("http://127.0.0.1:%d", port), Region: "us-east-1",
-		ForcePathStyle: true, AccessKeyID: "testkey", SecretKey: "testsecret123", Bucket: "backups", PartSize: 5 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := store.EnsureBucket(context.Background(), "us-east-1")
-		if err == nil {
-			return store
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("S3 server: %v\n%s", err, logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	store, _ := testenv.StartS3(t, "backups")
+	return store
 }
 
 func exists(store objectstore.Store, key string) bool {

@@ -16,6 +16,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
@@ -72,14 +73,20 @@ func (l Location) Key(name string) string {
 // URL is the address of the object key in this location.
 func (l Location) URL(key string) string { return l.Scheme + "://" + l.Bucket + "/" + key }
 
+// ErrNotFound is returned (wrapped) by Get for a key that does not exist.
+var ErrNotFound = errors.New("no such object")
+
 // Store holds artifacts by key.
 type Store interface {
 	// Put streams r into key. On any error nothing is left under key.
 	Put(ctx context.Context, key string, r io.Reader) (int64, error)
-	// Get opens key for streaming.
+	// Get opens key for streaming; a missing key is an ErrNotFound.
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	// Delete removes key; a missing key is not an error.
 	Delete(ctx context.Context, key string) error
+	// List returns the keys under prefix (a "directory": prefix ends with
+	// "/"), sorted, without objects still being written.
+	List(ctx context.Context, prefix string) ([]string, error)
 }
 
 // Dir stores objects as files under Root (e.g. a volume's mount point).
@@ -135,6 +142,9 @@ func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
 		return nil, err
 	}
 	f, err := os.Open(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +165,35 @@ func (d Dir) Delete(_ context.Context, key string) error {
 		return err
 	}
 	return nil
+}
+
+// List walks the directory of prefix; files being written (.partial) are
+// not listed.
+func (d Dir) List(_ context.Context, prefix string) ([]string, error) {
+	p := d.Root
+	if strings.Trim(prefix, "/") != "" {
+		var err error
+		if p, err = d.path(prefix); err != nil {
+			return nil, err
+		}
+	}
+	var keys []string
+	err := filepath.WalkDir(p, func(fp string, e os.DirEntry, err error) error {
+		if errors.Is(err, os.ErrNotExist) && fp == p {
+			return filepath.SkipAll
+		}
+		if err != nil || e.IsDir() || strings.HasSuffix(fp, ".partial") {
+			return err
+		}
+		rel, err := filepath.Rel(d.Root, fp)
+		if err != nil {
+			return err
+		}
+		keys = append(keys, filepath.ToSlash(rel))
+		return nil
+	})
+	sort.Strings(keys)
+	return keys, err
 }
 
 type contextReader struct {
@@ -268,6 +307,9 @@ func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	}
 	if _, err := obj.Stat(); err != nil {
 		obj.Close()
+		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
+			return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, ErrNotFound)
+		}
 		return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, err)
 	}
 	return obj, nil
@@ -279,6 +321,20 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 		return fmt.Errorf("deleting s3://%s/%s: %w", s.bucket, key, err)
 	}
 	return nil
+}
+
+// List lists the keys under prefix (multipart uploads in progress are not
+// objects yet).
+func (s *S3) List(ctx context.Context, prefix string) ([]string, error) {
+	var keys []string
+	for o := range s.client.ListObjects(ctx, s.bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
+		if o.Err != nil {
+			return nil, fmt.Errorf("listing s3://%s/%s: %w", s.bucket, prefix, o.Err)
+		}
+		keys = append(keys, o.Key)
+	}
+	sort.Strings(keys)
+	return keys, nil
 }
 
 // EnsureBucket creates the bucket if it does not exist (tests and the local store).
