@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/manager"
 	"github.com/example/postgres-operator/internal/upgrade"
+	"github.com/example/postgres-operator/internal/walarchive"
 )
 
 func main() {
@@ -46,13 +48,22 @@ func main() {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		err = upgrade.Command(ctx, args)
 		stop()
+	case "wal-push", "wal-fetch":
+		// archive_command and restore_command of a Database with a WAL archive.
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		err = walarchive.Command(ctx, cmd, args)
+		stop()
 	case "install-agent":
 		err = installAgent(args)
 	default:
-		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup, upgrade or install-agent)", cmd)
+		err = fmt.Errorf("unknown subcommand %q (want manager, instance, backup, upgrade, wal-push, wal-fetch or install-agent)", cmd)
 	}
 	if err != nil {
 		logging.New(os.Stderr, slog.LevelInfo).Error("exiting", "command", cmd, logging.ErrorKey, err)
+		var exit interface{ ExitCode() int }
+		if errors.As(err, &exit) {
+			os.Exit(exit.ExitCode())
+		}
 		os.Exit(1)
 	}
 }

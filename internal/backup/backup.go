@@ -28,6 +28,7 @@ import (
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/example/postgres-operator/internal/agekey"
 	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/objectstore"
@@ -84,18 +85,7 @@ const EncryptionAge = "age-x25519"
 
 // ParseIdentity reads an age X25519 identity (age-keygen's output: comment
 // lines and one AGE-SECRET-KEY-1… line).
-func ParseIdentity(text string) (*age.X25519Identity, error) {
-	ids, err := age.ParseIdentities(strings.NewReader(text))
-	if err != nil {
-		return nil, fmt.Errorf("reading the age identity: %w", err)
-	}
-	for _, id := range ids {
-		if x, ok := id.(*age.X25519Identity); ok {
-			return x, nil
-		}
-	}
-	return nil, errors.New("no age X25519 identity (AGE-SECRET-KEY-1…) found")
-}
+func ParseIdentity(text string) (*age.X25519Identity, error) { return agekey.Parse(text) }
 
 // Manifest describes an artifact; it is stored next to it once the artifact is
 // verified, so an artifact without a manifest is never taken as valid.

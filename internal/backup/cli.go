@@ -73,13 +73,8 @@ func Command(ctx context.Context, args []string) error {
 	credentialsDir := fs.String("credentials-dir", "/etc/postgres-operator/credentials", "directory with username, password, database files")
 	runDir := fs.String("run-dir", "/controller/run", "private directory for the passfile")
 	binDir := fs.String("bin-dir", "", "PostgreSQL programs (found automatically when empty)")
-	s3Endpoint := fs.String("s3-endpoint", "", "S3 endpoint URL")
-	s3Region := fs.String("s3-region", "us-east-1", "S3 region")
-	s3PathStyle := fs.Bool("s3-path-style", false, "path-style bucket addressing")
-	s3CABundle := fs.String("s3-ca-bundle", "", "CA bundle of the operator image (used when the file exists)")
-	s3CAFile := fs.String("s3-ca-file", "", "PEM certificates of a private CA to trust (must exist)")
-	s3Creds := fs.String("s3-credentials-dir", S3CredentialsDir, "directory with accessKeyId and secretAccessKey files")
-	storageMount := fs.String("storage-mount", StorageMount, "mount point of a pvc:// location's claim")
+	var storeFlags objectstore.Flags
+	storeFlags.Register(fs, StorageMount, S3CredentialsDir)
 	agentURL := fs.String("agent-url", "", "restore: base URL of the primary's agent")
 	agentTokenDir := fs.String("agent-token-dir", AgentTokenDir, "restore: directory with the agent-token file (an agent without TLS)")
 	agentTLSDir := fs.String("agent-tls-dir", "", "restore: directory with the client certificate and CA for an agent that serves HTTPS")
@@ -105,31 +100,9 @@ func Command(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		var store objectstore.Store
-		switch loc.Scheme {
-		case "pvc":
-			store = objectstore.Dir{Root: *storageMount}
-		case "s3":
-			ak, err := readFile(*s3Creds, "accessKeyId")
-			if err != nil {
-				return err
-			}
-			sk, err := readFile(*s3Creds, "secretAccessKey")
-			if err != nil {
-				return err
-			}
-			var cas []string
-			if _, err := os.Stat(*s3CABundle); *s3CABundle != "" && err == nil {
-				cas = append(cas, *s3CABundle)
-			}
-			if *s3CAFile != "" {
-				cas = append(cas, *s3CAFile)
-			}
-			store, err = objectstore.NewS3(objectstore.S3Options{Endpoint: *s3Endpoint, Region: *s3Region,
-				ForcePathStyle: *s3PathStyle, AccessKeyID: ak, SecretKey: sk, Bucket: loc.Bucket, CAFiles: cas})
-			if err != nil {
-				return err
-			}
+		store, err := storeFlags.Open(loc)
+		if err != nil {
+			return err
 		}
 		manifestKey, err := readManifestKey(*manifestKeyDir, "the Database's manifest key")
 		if err != nil {

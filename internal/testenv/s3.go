@@ -52,6 +52,9 @@ type S3Server struct {
 	logs     bytes.Buffer
 }
 
+// Endpoint is the server's URL.
+func (s *S3Server) Endpoint() string { return fmt.Sprintf("http://127.0.0.1:%d", s.port) }
+
 // Start starts the server (again) on its port and data directory.
 func (s *S3Server) Start() {
 	s.t.Helper()

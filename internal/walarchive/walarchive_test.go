@@ -65,9 +65,21 @@ func startServer(t *testing.T) *server {
 		}
 	}
 	s.run(t, bins.Initdb, "-D", s.data, "-U", "postgres", "--auth=trust", "--no-sync", "--wal-segsize=1", "-E", "UTF8")
+	// In postgresql.conf, not on the command line: ALTER SYSTEM can change
+	// the archive_command.
+	conf, err := os.OpenFile(filepath.Join(s.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fmt.Fprintf(conf, "\narchive_mode = on\nwal_level = replica\nfsync = off\narchive_command = 'cp %%p %s/%%f'\n", s.archiveDir)
+	if cerr := conf.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
 	s.run(t, bins.PgCtl, "-D", s.data, "-w", "-l", filepath.Join(root, "log"), "-o",
-		fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s -c archive_mode=on -c wal_level=replica -c fsync=off -c archive_command='cp %%p %s/%%f'",
-			s.port, root, s.archiveDir), "start")
+		fmt.Sprintf("-p %d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s", s.port, root), "start")
 	t.Cleanup(func() {
 		cmd := exec.Command(bins.PgCtl, "-D", s.data, "-m", "immediate", "stop")
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
