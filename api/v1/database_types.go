@@ -150,6 +150,41 @@ type DatabaseSpec struct {
 	// ConfigurationApplied says which happened.
 	// +optional
 	PostgreSQL PostgreSQLConfig `json:"postgresql,omitempty"`
+
+	// WALArchive archives every WAL segment and timeline history file of the
+	// primary continuously (compressed, checksummed, encrypted when asked,
+	// never overwritten by a different file of the same name), within
+	// archiveTimeout of its being written. `walArchive: {}` archives to the
+	// operator's default location. Turning it on or off, or moving it,
+	// restarts nothing (a reload). Condition ContinuousArchiving and
+	// status.walArchive report it.
+	// +optional
+	WALArchive *WALArchiveSpec `json:"walArchive,omitempty"`
+}
+
+// WALArchiveSpec is where and how a Database archives its WAL.
+type WALArchiveSpec struct {
+	// StorageLocation is s3://bucket[/prefix]; the archive is under its
+	// wal/ directory. Empty: the operator's default location
+	// (--default-backup-location), under <namespace>/<name>/.
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('s3://')",message="walArchive.storageLocation must be an s3:// location (a pvc:// WAL archive is not supported yet: it needs a volume every instance can reach)"
+	// +optional
+	StorageLocation string `json:"storageLocation,omitempty"`
+	// S3 is how to reach an s3:// location (the default location's when
+	// empty).
+	// +optional
+	S3 *S3Config `json:"s3,omitempty"`
+	// Encryption encrypts every archived file to the age key of this Secret
+	// before it leaves the instance.
+	// +optional
+	Encryption *BackupEncryption `json:"encryption,omitempty"`
+	// ArchiveTimeout bounds how long written WAL waits before its segment is
+	// switched and archived (archive_timeout): the archive's lag behind the
+	// primary when it writes little. Between 10s and 1h.
+	// +kubebuilder:default="60s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('1h')",message="walArchive.archiveTimeout must be between 10s and 1h"
+	// +optional
+	ArchiveTimeout *metav1.Duration `json:"archiveTimeout,omitempty"`
 }
 
 // ObjectMetadata is labels and annotations added to objects the operator
@@ -710,6 +745,10 @@ type DatabaseStatus struct {
 	// +optional
 	Configuration *ConfigurationStatus `json:"configuration,omitempty"`
 
+	// WALArchive is the primary's continuous archiving (spec.walArchive).
+	// +optional
+	WALArchive *WALArchiveStatus `json:"walArchive,omitempty"`
+
 	// Instances is "ready/total" (readyReplicas/spec.replicas), for kubectl get.
 	// +optional
 	Instances string `json:"instances,omitempty"`
@@ -762,7 +801,52 @@ const (
 	// ConditionConfigurationApplied is True when every instance runs the
 	// current spec.postgresql (by a reload, or after a rolling restart).
 	ConditionConfigurationApplied = "ConfigurationApplied"
+	// ConditionContinuousArchiving is True while the primary archives its
+	// WAL (spec.walArchive), False with the store's error when archiving
+	// fails; absent without spec.walArchive.
+	ConditionContinuousArchiving = "ContinuousArchiving"
 )
+
+// Reasons of ConditionContinuousArchiving.
+const (
+	// ReasonArchiving: the last WAL file was archived, none failed since.
+	ReasonArchiving = "Archiving"
+	// ReasonArchiveFailing: archiving the last WAL file failed (the message
+	// has the store's error); PostgreSQL keeps the WAL and retries.
+	ReasonArchiveFailing = "ArchiveFailing"
+	// ReasonArchiveStarting: the archive is configured and nothing was
+	// archived yet.
+	ReasonArchiveStarting = "ArchiveStarting"
+	// ReasonArchiveUnknown: the primary's agent did not report archiving.
+	ReasonArchiveUnknown = "ArchiveUnknown"
+	// ReasonNoArchiveLocation: spec.walArchive names no location and the
+	// operator has no default one, or its S3 settings are missing.
+	ReasonNoArchiveLocation = "NoArchiveLocation"
+	// ReasonArchiveSecretNotFound: a Secret the archive needs (S3
+	// credentials, encryption key) is missing or lacks its key.
+	ReasonArchiveSecretNotFound = "ArchiveSecretNotFound"
+)
+
+// WALArchiveStatus is the primary's continuous archiving.
+type WALArchiveStatus struct {
+	// Location is the archive's location (s3://bucket/prefix; its files are
+	// under wal/).
+	Location string `json:"location,omitempty"`
+	// LastArchivedWAL is the last WAL file archived, at LastArchivedTime.
+	// +optional
+	LastArchivedWAL string `json:"lastArchivedWAL,omitempty"`
+	// +optional
+	LastArchivedTime *metav1.Time `json:"lastArchivedTime,omitempty"`
+	// LastFailedWAL is the last WAL file whose archiving failed, at
+	// LastFailedTime.
+	// +optional
+	LastFailedWAL string `json:"lastFailedWAL,omitempty"`
+	// +optional
+	LastFailedTime *metav1.Time `json:"lastFailedTime,omitempty"`
+	// PendingFiles are the finished WAL files not archived yet (each up to
+	// the WAL segment size, 16 MiB by default).
+	PendingFiles int32 `json:"pendingFiles"`
+}
 
 // AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby
 // pods, asks the operator to rebuild a primary whose data directory is missing by

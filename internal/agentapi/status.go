@@ -1,5 +1,7 @@
 package agentapi
 
+import "time"
+
 // Roles an instance reports.
 const (
 	RolePrimary = "primary"
@@ -168,6 +170,29 @@ type Status struct {
 	// streaming since): it holds WAL the primary never had and can only be
 	// re-cloned.
 	Diverged bool `json:"diverged,omitempty"`
+	// Archive is the primary's continuous WAL archiving (nil when no archive
+	// is configured, and on standbys).
+	Archive *ArchiveStatus `json:"archive,omitempty"`
+}
+
+// ArchiveStatus is a primary's WAL archiving: PostgreSQL's archiver
+// statistics (pg_stat_archiver, since the server started), the WAL files
+// waiting to be archived, and the archiver's last error.
+type ArchiveStatus struct {
+	// Location is the archive's location.
+	Location         string     `json:"location"`
+	ArchivedCount    int64      `json:"archivedCount"`
+	LastArchivedWAL  string     `json:"lastArchivedWAL,omitempty"`
+	LastArchivedTime *time.Time `json:"lastArchivedTime,omitempty"`
+	FailedCount      int64      `json:"failedCount"`
+	LastFailedWAL    string     `json:"lastFailedWAL,omitempty"`
+	LastFailedTime   *time.Time `json:"lastFailedTime,omitempty"`
+	// PendingFiles are the WAL files PostgreSQL has finished and not yet
+	// archived (pg_wal/archive_status/*.ready).
+	PendingFiles int `json:"pendingFiles"`
+	// Error is the archiver's last error, when it failed after its last
+	// success (the store's answer; never a credential).
+	Error string `json:"error,omitempty"`
 }
 
 // SlotStatus is one row of pg_replication_slots.

@@ -37,6 +37,11 @@ type Config struct {
 	TLSOptional    bool
 	CredentialsDir string
 	InternalDir    string
+	// WALArchiveDir holds the WAL archive's configuration (the Database's
+	// <name>-wal-archive Secret; archiving is off while it has none).
+	WALArchiveDir string
+	// AgentBinary is this program, which archive_command runs (wal-push).
+	AgentBinary string
 	// ConfigDir holds the Database's spec.postgresql (UserConfigFile, from the
 	// <name>-config ConfigMap); none when empty.
 	ConfigDir string
@@ -129,6 +134,7 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", agentapi.DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", agentapi.DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
 	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of the Database's PostgreSQL configuration (the <name>-config ConfigMap); none when empty")
+	fs.StringVar(&cfg.WALArchiveDir, "wal-archive-dir", "", "directory of the WAL archive's configuration (the <name>-wal-archive Secret); no archive when empty")
 	fs.StringVar(&cfg.RunDir, "run-dir", agentapi.DefaultRunDir, "private directory for the socket")
 	fs.StringVar(&cfg.VolumeSocketDir, "volume-socket-dir", "", "a socket directory on the data volume, for the upgrade preflight (none when empty)")
 	fs.StringVar(&cfg.SecretDir, "secret-dir", "", "private directory for the passfile and TLS key (memory-backed in a pod); --run-dir when empty")
@@ -154,6 +160,9 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.MaxSlotWALKeepSize, "max-slot-wal-keep-size", "", "max_slot_wal_keep_size, e.g. 256MB (unlimited when empty)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if self, err := os.Executable(); err == nil {
+		cfg.AgentBinary = self
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", fs.Args())

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/walarchive"
 )
 
 // watchSecrets applies changes of the mounted Secret files without a restart: a new
@@ -32,6 +33,7 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 	appPw := digest(a.cfg.CredentialsDir, agentapi.CredentialsPasswordFile)
 	replPw := digest(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile)
 	userConf := digest(a.cfg.ConfigDir, agentapi.UserConfigFile)
+	archiveConf := digest(a.cfg.WALArchiveDir, walarchive.ConfigFile)
 	t := time.NewTicker(a.cfg.SecretPoll)
 	defer t.Stop()
 	pending := false
@@ -72,6 +74,16 @@ func (a *Agent) watchSecrets(ctx context.Context) {
 			select {
 			case a.configChanged <- struct{}{}:
 			default: // one already pending
+			}
+		}
+		if d := digest(a.cfg.WALArchiveDir, walarchive.ConfigFile); a.cfg.WALArchiveDir != "" && d != archiveConf {
+			// The WAL archive was turned on, off or moved: a rewrite and a
+			// reload (archive_mode is always on).
+			archiveConf = d
+			a.log.Info("WAL archive configuration changed")
+			select {
+			case a.configChanged <- struct{}{}:
+			default:
 			}
 		}
 		if d := digest(a.cfg.InternalDir, agentapi.InternalReplicationPasswordFile); d != "" && d != replPw {

@@ -61,6 +61,7 @@ func (a *Agent) status(ctx context.Context) *agentapi.Status {
 		return st
 	}
 	st.Role = agentapi.RolePrimary
+	st.Archive = a.archiveStatus(ctx, conn)
 	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&st.CurrentLSN); err != nil {
 		st.Error = "querying WAL position: " + err.Error()
 		return st

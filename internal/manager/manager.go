@@ -177,6 +177,7 @@ func RunWith(args []string, hooks Hooks) error {
 		Instances:               instances,
 		APIReader:               mgr.GetAPIReader(),
 		AgentImage:              agentImage,
+		ArchiveDefaults:         database.ArchiveDefaults{Location: defaults.Location, S3: defaults.S3},
 		ClusterDomain:           clusterDomain,
 		MaxConcurrentReconciles: concurrency,
 	}).SetupWithManager(mgr); err != nil {

@@ -41,6 +41,8 @@ func (e *ExitError) ExitCode() int { return e.Code }
 func Command(ctx context.Context, sub string, args []string) error {
 	fs := flag.NewFlagSet(sub, flag.ContinueOnError)
 	location := fs.String("location", "", "s3://bucket/prefix or pvc://claim/path of the Database's WAL archive")
+	configDir := fs.String("config-dir", "", "directory of the Database's WAL archive configuration (the <name>-wal-archive Secret); replaces --location and the store flags")
+	statusFile := fs.String("status-file", "", "wal-push: where to record the result (for the agent's status)")
 	encryptionDir := fs.String("encryption-dir", "", "directory with the identity file of an age key: encrypt (push), decrypt (fetch)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "bound on one push or fetch")
 	var storeFlags objectstore.Flags
@@ -51,15 +53,23 @@ func Command(ctx context.Context, sub string, args []string) error {
 	if fs.NArg() != 2 {
 		return fmt.Errorf("usage: %s [flags] %s", sub, map[string]string{"wal-push": "<path> <name>", "wal-fetch": "<name> <dest>"}[sub])
 	}
-	loc, err := objectstore.ParseLocation(*location)
-	if err != nil {
-		return err
+	var a *Archive
+	if *configDir != "" {
+		var err error
+		if a, err = OpenConfigDir(*configDir); err != nil {
+			return &ExitError{Code: ExitUnavailable, Err: err}
+		}
+	} else {
+		loc, err := objectstore.ParseLocation(*location)
+		if err != nil {
+			return err
+		}
+		store, err := storeFlags.Open(loc)
+		if err != nil {
+			return &ExitError{Code: ExitUnavailable, Err: err}
+		}
+		a = &Archive{Store: store, Prefix: loc.Prefix}
 	}
-	store, err := storeFlags.Open(loc)
-	if err != nil {
-		return &ExitError{Code: ExitUnavailable, Err: err}
-	}
-	a := &Archive{Store: store, Prefix: loc.Prefix}
 	if *encryptionDir != "" {
 		b, err := os.ReadFile(filepath.Join(*encryptionDir, "identity")) // #nosec G304 -- the mounted key's file
 		if err != nil {
@@ -76,6 +86,13 @@ func Command(ctx context.Context, sub string, args []string) error {
 	switch sub {
 	case "wal-push":
 		_, err := a.Push(ctx, fs.Arg(0), fs.Arg(1))
+		if *statusFile != "" {
+			st := PushStatus{Time: time.Now().UTC(), Name: fs.Arg(1)}
+			if err != nil {
+				st.Error = err.Error()
+			}
+			_ = WritePushStatus(*statusFile, st)
+		}
 		return err
 	case "wal-fetch":
 		_, err := a.Fetch(ctx, fs.Arg(0), fs.Arg(1))

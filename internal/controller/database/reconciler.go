@@ -62,6 +62,8 @@ type Reconciler struct {
 	Instances InstanceClient
 	// AgentImage is the operator image the instance pods copy the agent from.
 	AgentImage string
+	// ArchiveDefaults is where `walArchive: {}` archives.
+	ArchiveDefaults ArchiveDefaults
 	// ClusterDomain is the cluster's DNS domain, in the Services' names the
 	// credentials, the status and the certificates use ("cluster.local" when
 	// empty).
@@ -127,7 +129,7 @@ func (r *Reconciler) forget(key types.NamespacedName) {
 // +kubebuilder:rbac:groups=database.example.com,resources=databases/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=statefulsets,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch;delete
 // +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups=storage.k8s.io,resources=storageclasses,verbs=get;list;watch
@@ -148,6 +150,7 @@ func (r *Reconciler) steps() []step {
 		{"secrets", r.reconcileSecrets},
 		{"services", r.reconcileServices},
 		{"config", r.reconcileConfig},
+		{"walarchive", r.reconcileWALArchive},
 		{"access", r.reconcileAccess},
 		{"upgrade", r.reconcileUpgrade},
 		{"statefulset", r.reconcileStatefulSet},

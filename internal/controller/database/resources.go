@@ -53,6 +53,7 @@ const (
 	volumeCredentials  = "credentials"
 	volumeInternal     = "internal"
 	volumeConfig       = "config"
+	volumeWALArchive   = "wal-archive"
 	volumeShm          = "shm"
 	volumeTLS          = "tls"
 	volumeTmp          = "tmp"
@@ -248,6 +249,9 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 		"--credentials-dir=" + agentapi.DefaultCredentialsDir,
 		"--internal-dir=" + agentapi.DefaultInternalDir,
 		"--config-dir=" + agentapi.DefaultConfigDir,
+		// Always mounted (optional): turning the archive on or off is a
+		// reload, never a new pod.
+		"--wal-archive-dir=" + WALArchiveDir,
 		"--run-dir=" + agentapi.DefaultRunDir,
 		"--volume-socket-dir=" + agentapi.DefaultVolumeSocketDir,
 		// Passfile and TLS key copies in memory, never on a disk.
@@ -293,6 +297,7 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 			corev1ac.VolumeMount().WithName(volumeCredentials).WithMountPath(agentapi.DefaultCredentialsDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeInternal).WithMountPath(agentapi.DefaultInternalDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeConfig).WithMountPath(agentapi.DefaultConfigDir).WithReadOnly(true),
+			corev1ac.VolumeMount().WithName(volumeWALArchive).WithMountPath(WALArchiveDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeTLS).WithMountPath(agentapi.DefaultTLSDir).WithReadOnly(true),
 			corev1ac.VolumeMount().WithName(volumeShm).WithMountPath("/dev/shm"),
 			corev1ac.VolumeMount().WithName(volumeTmp).WithMountPath("/tmp"),
@@ -381,6 +386,8 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 						corev1ac.Volume().WithName(volumeTmp).WithEmptyDir(corev1ac.EmptyDirVolumeSource().WithSizeLimit(tmpSizeLimit)),
 						secretVolume(volumeCredentials, credentialsSecretName(db)),
 						secretVolume(volumeInternal, internalSecretName(db)),
+						corev1ac.Volume().WithName(volumeWALArchive).WithSecret(corev1ac.SecretVolumeSource().
+							WithSecretName(walArchiveSecretName(db)).WithOptional(true).WithDefaultMode(0o440)),
 						secretVolume(volumeTLS, serverTLSSecretName(db)),
 						// spec.postgresql; optional: an instance starts with the
 						// operator's settings alone before the ConfigMap exists.

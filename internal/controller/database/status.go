@@ -54,6 +54,9 @@ type observation struct {
 	Upgrade *upgradeDecision
 	// Conflicts name children with our names that this Database does not own.
 	Conflicts []string
+	// Archive is what the WAL archive step found (nil without
+	// spec.walArchive).
+	Archive *archiveObs
 	// ReconcileErr joins the errors of this reconcile's steps.
 	ReconcileErr error
 	// ObserveErr is set when the pods or endpoints could not be listed: the
@@ -204,6 +207,18 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		cv := decideConfiguration(obs.ConfigHash, prev.Configuration, int(replicas(db)), obs.Instances)
 		st.Configuration = &cv.Status
 		set(databasev1.ConditionConfigurationApplied, cv.Condition, cv.Reason, cv.Message)
+	}
+
+	if av := decideArchiving(obs.Archive, primaryOf(obs)); obs.Archive != nil {
+		st.WALArchive = av.Status
+		if av.Status == nil {
+			st.WALArchive = prev.WALArchive
+		}
+		set(databasev1.ConditionContinuousArchiving, av.Condition, av.Reason, av.Message)
+	} else if db.Spec.WALArchive == nil {
+		meta.RemoveStatusCondition(&st.Conditions, databasev1.ConditionContinuousArchiving)
+	} else {
+		st.WALArchive = prev.WALArchive
 	}
 
 	if obs.StatefulSet != nil {

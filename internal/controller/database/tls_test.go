@@ -116,7 +116,9 @@ func TestEveryDatabaseGetsACAAndCertificatesAndHardenedInstances(t *testing.T) {
 		}
 	}
 	slices.Sort(mounted)
-	if want := []string{"my-database-credentials", "my-database-internal", "my-database-server-tls"}; !slices.Equal(mounted, want) {
+	// (and the WAL archive's configuration and store credentials, optional:
+	// empty without spec.walArchive)
+	if want := []string{"my-database-credentials", "my-database-internal", "my-database-server-tls", "my-database-wal-archive"}; !slices.Equal(mounted, want) {
 		t.Errorf("mounted Secrets %v, want %v", mounted, want)
 	}
 	// Every container writes only to its volumes, with bounded resources for

@@ -62,6 +62,12 @@ func TestCreateValidation(t *testing.T) {
 			"pg_hba lines may not name postgres, streaming_replica or postgres_operator_monitor"},
 		{"a library name with a path", "size: 10Gi", "size: 10Gi\n  postgresql:\n    sharedPreloadLibraries: [\"/tmp/evil\"]",
 			"spec.postgresql.sharedPreloadLibraries[0] in body should match"},
+		{"a pvc:// WAL archive", "size: 10Gi", "size: 10Gi\n  walArchive:\n    storageLocation: pvc://claim/wal",
+			"walArchive.storageLocation must be an s3:// location"},
+		{"a WAL archive timeout below 10s", "size: 10Gi", "size: 10Gi\n  walArchive:\n    archiveTimeout: 5s",
+			"walArchive.archiveTimeout must be between 10s and 1h"},
+		{"a WAL archive timeout above 1h", "size: 10Gi", "size: 10Gi\n  walArchive:\n    archiveTimeout: 2h",
+			"walArchive.archiveTimeout must be between 10s and 1h"},
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,0 +1,227 @@
+package database
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	databasev1 "github.com/example/postgres-operator/api/v1"
+	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/objectstore"
+	"github.com/example/postgres-operator/internal/walarchive"
+)
+
+// WALArchiveDir is where instance pods mount the <name>-wal-archive Secret.
+const WALArchiveDir = "/etc/postgres-operator/wal-archive"
+
+// ArchiveDefaults is the operator's default location, which `walArchive: {}`
+// archives to (the default backup location's, under <namespace>/<name>).
+type ArchiveDefaults struct {
+	// Location is s3://bucket/prefix ("" or pvc://…: no default WAL archive).
+	Location string
+	// S3 reaches it.
+	S3 *databasev1.S3Config
+}
+
+func walArchiveSecretName(db *databasev1.Database) string { return db.Name + "-wal-archive" }
+
+// archiveObs is what the archive step found: whether an archive is
+// configured, where, and why it cannot be when it cannot.
+type archiveObs struct {
+	Configured      bool
+	Location        string
+	Reason, Message string
+}
+
+// resolveArchive returns the archive's location and S3 settings for db.
+func resolveArchive(db *databasev1.Database, d ArchiveDefaults) (string, *databasev1.S3Config, error) {
+	spec := db.Spec.WALArchive
+	loc, s3 := spec.StorageLocation, spec.S3
+	if loc == "" {
+		if !strings.HasPrefix(d.Location, "s3://") {
+			return "", nil, fmt.Errorf("spec.walArchive names no storageLocation and the operator has no default s3:// location (--default-backup-location)")
+		}
+		l, err := objectstore.ParseLocation(d.Location)
+		if err != nil {
+			return "", nil, err
+		}
+		l.Prefix = strings.Trim(l.Prefix+"/"+db.Namespace+"/"+db.Name, "/")
+		loc = l.URL(l.Prefix)
+		if s3 == nil {
+			s3 = d.S3
+		}
+	}
+	if _, err := objectstore.ParseLocation(loc); err != nil {
+		return "", nil, err
+	}
+	if s3 == nil {
+		return "", nil, fmt.Errorf("the archive location %s needs spec.walArchive.s3 (endpoint and credentials)", loc)
+	}
+	return loc, s3, nil
+}
+
+// reconcileWALArchive writes the <name>-wal-archive Secret every instance
+// mounts: the archive's configuration and the credentials (copied from the
+// user's Secrets), or deletes it when spec.walArchive is unset. The agents
+// apply a change with a reload.
+func (r *Reconciler) reconcileWALArchive(ctx context.Context, db *databasev1.Database, obs *observation) error {
+	key := types.NamespacedName{Namespace: db.Namespace, Name: walArchiveSecretName(db)}
+	live := &corev1.Secret{}
+	err := r.Get(ctx, key, live)
+	switch {
+	case apierrors.IsNotFound(err):
+		live = nil
+	case err != nil:
+		return fmt.Errorf("getting secret %s: %w", key.Name, err)
+	case !metav1.IsControlledBy(live, db):
+		conflict(obs, "Secret", live, db)
+		return nil
+	}
+	if db.Spec.WALArchive == nil {
+		if live != nil {
+			if err := r.Delete(ctx, live); err != nil && !apierrors.IsNotFound(err) {
+				return fmt.Errorf("deleting secret %s: %w", key.Name, err)
+			}
+		}
+		return nil
+	}
+	obs.Archive = &archiveObs{}
+	data, loc, reason, err := r.archiveSecretData(ctx, db)
+	if err != nil {
+		// The agents keep the last configuration they had (archiving on
+		// stays on): the condition says what is wrong.
+		obs.Archive.Reason, obs.Archive.Message = reason, err.Error()
+		return nil
+	}
+	obs.Archive.Configured, obs.Archive.Location = true, loc
+	if live != nil && maps.EqualFunc(live.Data, data, func(a, b []byte) bool { return string(a) == string(b) }) {
+		return nil
+	}
+	ac := corev1ac.Secret(key.Name, key.Namespace).
+		WithLabels(withExtra(map[string]string{LabelManagedBy: ManagedByValue, LabelDatabase: db.Name}, nil)).
+		WithOwnerReferences(ownerReference(db)).
+		WithType(corev1.SecretTypeOpaque).
+		WithData(data)
+	if err := r.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying secret %s: %w", key.Name, err)
+	}
+	return nil
+}
+
+// archiveSecretData is the content of the <name>-wal-archive Secret, and on
+// failure the condition's reason.
+func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Database) (map[string][]byte, string, string, error) {
+	loc, s3, err := resolveArchive(db, r.ArchiveDefaults)
+	if err != nil {
+		return nil, "", databasev1.ReasonNoArchiveLocation, err
+	}
+	spec := db.Spec.WALArchive
+	c := walarchive.Config{Location: loc, Endpoint: s3.Endpoint, Region: s3.Region, ForcePathStyle: s3.ForcePathStyle,
+		Encrypted: spec.Encryption != nil}
+	if spec.ArchiveTimeout != nil {
+		c.ArchiveTimeoutSeconds = int(spec.ArchiveTimeout.Duration / time.Second)
+	}
+	data := map[string][]byte{}
+	read := func(name, key, what string) ([]byte, error) {
+		// The user's Secrets are not in the operator's cache (it holds the
+		// Secrets the operator owns): read them from the API server.
+		s := &corev1.Secret{}
+		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: name}, s); err != nil {
+			return nil, fmt.Errorf("the %s Secret %s: %w", what, name, err)
+		}
+		v, ok := s.Data[key]
+		if !ok || len(v) == 0 {
+			return nil, fmt.Errorf("the %s Secret %s has no key %s", what, name, key)
+		}
+		return v, nil
+	}
+	for _, k := range []string{walarchive.AccessKeyFile, walarchive.SecretKeyFile} {
+		v, err := read(s3.CredentialsSecret.Name, k, "S3 credentials")
+		if err != nil {
+			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+		}
+		data[k] = v
+	}
+	if s3.CASecret != nil {
+		v, err := read(s3.CASecret.Name, s3.CASecret.Key, "S3 CA")
+		if err != nil {
+			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+		}
+		data[walarchive.CAFile] = v
+	}
+	if spec.Encryption != nil {
+		v, err := read(spec.Encryption.SecretName, walarchive.IdentityFile, "encryption key")
+		if err != nil {
+			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+		}
+		data[walarchive.IdentityFile] = v
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, "", databasev1.ReasonNoArchiveLocation, err
+	}
+	data[walarchive.ConfigFile] = b
+	return data, loc, "", nil
+}
+
+// archiveVerdict is the Database's archiving status and condition.
+type archiveVerdict struct {
+	Status          *databasev1.WALArchiveStatus
+	Condition       metav1.ConditionStatus
+	Reason, Message string
+}
+
+// decideArchiving derives status.walArchive and the ContinuousArchiving
+// condition from the archive step and the primary's report. It is pure.
+func decideArchiving(a *archiveObs, primary *agentapi.Status) archiveVerdict {
+	switch {
+	case a == nil:
+		return archiveVerdict{}
+	case !a.Configured:
+		return archiveVerdict{Condition: metav1.ConditionFalse, Reason: a.Reason, Message: a.Message}
+	}
+	v := archiveVerdict{Status: &databasev1.WALArchiveStatus{Location: a.Location}}
+	if primary == nil || primary.Archive == nil || primary.Archive.Location != a.Location {
+		v.Condition, v.Reason = metav1.ConditionUnknown, databasev1.ReasonArchiveUnknown
+		v.Message = "Waiting for the primary to report archiving to " + a.Location
+		return v
+	}
+	p := primary.Archive
+	v.Status.LastArchivedWAL, v.Status.LastFailedWAL = p.LastArchivedWAL, p.LastFailedWAL
+	v.Status.PendingFiles = int32(p.PendingFiles)
+	if p.LastArchivedTime != nil {
+		t := metav1.NewTime(*p.LastArchivedTime)
+		v.Status.LastArchivedTime = &t
+	}
+	if p.LastFailedTime != nil {
+		t := metav1.NewTime(*p.LastFailedTime)
+		v.Status.LastFailedTime = &t
+	}
+	failing := p.LastFailedTime != nil && (p.LastArchivedTime == nil || p.LastFailedTime.After(*p.LastArchivedTime))
+	switch {
+	case failing:
+		v.Condition, v.Reason = metav1.ConditionFalse, databasev1.ReasonArchiveFailing
+		msg := p.Error
+		if msg == "" {
+			msg = "the archive command failed"
+		}
+		v.Message = fmt.Sprintf("Archiving %s failed (%d files waiting; PostgreSQL keeps them and retries): %s", p.LastFailedWAL, p.PendingFiles, msg)
+	case p.LastArchivedTime == nil:
+		v.Condition, v.Reason = metav1.ConditionTrue, databasev1.ReasonArchiveStarting
+		v.Message = "Archiving to " + a.Location + "; no WAL file archived yet"
+	default:
+		v.Condition, v.Reason = metav1.ConditionTrue, databasev1.ReasonArchiving
+		v.Message = fmt.Sprintf("Archived %s at %s to %s", p.LastArchivedWAL, p.LastArchivedTime.UTC().Format(time.RFC3339), a.Location)
+	}
+	return v
+}
