@@ -193,6 +193,9 @@ type ArchiveStatus struct {
 	// Error is the archiver's last error, when it failed after its last
 	// success (the store's answer; never a credential).
 	Error string `json:"error,omitempty"`
+	// ConfigError: the mounted archive configuration cannot be read (every
+	// push fails until it can).
+	ConfigError string `json:"configError,omitempty"`
 }
 
 // SlotStatus is one row of pg_replication_slots.

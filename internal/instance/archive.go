@@ -4,6 +4,7 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,18 +19,24 @@ import (
 
 // archiveConfLines are PostgreSQL's archiving settings. archive_mode is
 // always on, so that turning the archive on or off is a reload, never a
-// restart: without an archive configured, archive_command succeeds without
-// keeping anything (as with archiving off, nothing accumulates in pg_wal).
-// With one, it is this binary's wal-push, which reads the mounted
-// configuration and records its result for the status.
+// restart: with no archive configured (no configuration file at all),
+// archive_command succeeds without keeping anything (as with archiving off,
+// nothing accumulates in pg_wal). With one, it is this binary's wal-push,
+// which reads the mounted configuration and records its result for the
+// status; a configuration it cannot read makes every push fail (and say why),
+// never a silent '/bin/true' that would let PostgreSQL recycle WAL the
+// archive does not have.
 func (a *Agent) archiveConfLines(q func(string) string) []string {
 	lines := []string{"archive_mode = on"}
 	c, err := a.archiveConfig()
-	if err != nil || a.cfg.AgentBinary == "" {
+	if errors.Is(err, walarchive.ErrNoConfig) || a.cfg.AgentBinary == "" {
 		return append(lines, "archive_command = '/bin/true'", "archive_timeout = 0")
 	}
 	cmd := strings.Join([]string{a.cfg.AgentBinary, "wal-push",
-		"--config-dir=" + a.cfg.WALArchiveDir, "--status-file=" + a.pushStatusFile(), "%p", "%f"}, " ")
+		"--config-dir=" + a.cfg.WALArchiveDir, "--status-file=" + a.pushStatusFile(),
+		// The operator image's CA bundle, copied next to the agent.
+		"--s3-ca-bundle=" + filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt"),
+		"%p", "%f"}, " ")
 	return append(lines, "archive_command = "+q(cmd),
 		"archive_timeout = "+strconv.Itoa(int(c.ArchiveTimeout()/time.Second)))
 }
@@ -49,8 +56,11 @@ func (a *Agent) pushStatusFile() string { return filepath.Join(a.cfg.RunDir, "wa
 // archiver statistics, the WAL files waiting, and wal-push's last error.
 func (a *Agent) archiveStatus(ctx context.Context, conn *pgx.Conn) *agentapi.ArchiveStatus {
 	c, err := a.archiveConfig()
-	if err != nil {
+	if errors.Is(err, walarchive.ErrNoConfig) {
 		return nil
+	}
+	if err != nil {
+		return &agentapi.ArchiveStatus{ConfigError: "reading the archive configuration: " + err.Error()}
 	}
 	st := &agentapi.ArchiveStatus{Location: c.Location}
 	var lastOK, lastFail *time.Time

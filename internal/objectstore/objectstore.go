@@ -143,6 +143,11 @@ func (d Dir) Get(_ context.Context, key string) (io.ReadCloser, error) {
 	}
 	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
+		// A missing volume root (an unmounted claim) is not a missing
+		// object: a caller may act on "not found" (recovery ends there).
+		if _, rerr := os.Stat(d.Root); rerr != nil {
+			return nil, fmt.Errorf("the storage root %s: %w", d.Root, rerr)
+		}
 		return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
 	}
 	if err != nil {
@@ -308,6 +313,15 @@ func (s *S3) Get(ctx context.Context, key string) (io.ReadCloser, error) {
 	if _, err := obj.Stat(); err != nil {
 		obj.Close()
 		if minio.ToErrorResponse(err).Code == "NoSuchKey" {
+			// minio-go reports any 404 of a HEAD as NoSuchKey: a missing
+			// bucket (or a proxy's 404) must not read as a missing object.
+			ok, berr := s.client.BucketExists(ctx, s.bucket)
+			switch {
+			case berr != nil:
+				return nil, fmt.Errorf("reading s3://%s/%s: checking the bucket: %w", s.bucket, key, berr)
+			case !ok:
+				return nil, fmt.Errorf("reading s3://%s/%s: the bucket does not exist", s.bucket, key)
+			}
 			return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, ErrNotFound)
 		}
 		return nil, fmt.Errorf("reading s3://%s/%s: %w", s.bucket, key, err)

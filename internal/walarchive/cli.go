@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/example/postgres-operator/internal/agekey"
 	"github.com/example/postgres-operator/internal/objectstore"
+	"github.com/example/postgres-operator/internal/postgres"
 )
 
 // Exit codes of wal-fetch, as restore_command: PostgreSQL takes 1 for "this
@@ -37,14 +39,25 @@ func (e *ExitError) Unwrap() error { return e.Err }
 func (e *ExitError) ExitCode() int { return e.Code }
 
 // Command runs `wal-push [flags] <path> <name>` (an archive_command: %p %f)
-// and `wal-fetch [flags] <name> <dest>` (a restore_command: %f %p).
+// and `wal-fetch [flags] <name> <dest>` (a restore_command: %f %p). Both run
+// in the data directory (PostgreSQL's working directory), whose system
+// identifier names the archive's directory: <location>/<system id>/wal/, so a
+// new cluster (a recreated Database, a restore into a new one) never mixes
+// its WAL with another's under the same names.
+//
+// wal-push fails with status 1 whatever went wrong (PostgreSQL counts the
+// failure in pg_stat_archiver, keeps the file and retries; a status above
+// 125 would only restart its archiver, unseen) and records the error in
+// --status-file. wal-fetch exits ExitNotArchived only for a file the archive
+// does not have, ExitUnavailable for anything else.
 func Command(ctx context.Context, sub string, args []string) error {
 	fs := flag.NewFlagSet(sub, flag.ContinueOnError)
 	location := fs.String("location", "", "s3://bucket/prefix or pvc://claim/path of the Database's WAL archive")
 	configDir := fs.String("config-dir", "", "directory of the Database's WAL archive configuration (the <name>-wal-archive Secret); replaces --location and the store flags")
 	statusFile := fs.String("status-file", "", "wal-push: where to record the result (for the agent's status)")
 	encryptionDir := fs.String("encryption-dir", "", "directory with the identity file of an age key: encrypt (push), decrypt (fetch)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "bound on one push or fetch")
+	systemID := fs.String("system-id", "", "the cluster's system identifier (default: read from the data directory, the working directory)")
+	timeout := fs.Duration("timeout", time.Minute, "bound on one push or fetch")
 	var storeFlags objectstore.Flags
 	storeFlags.Register(fs, "/wal-archive", "/etc/postgres-operator/wal-archive-s3")
 	if err := fs.Parse(args); err != nil {
@@ -53,39 +66,14 @@ func Command(ctx context.Context, sub string, args []string) error {
 	if fs.NArg() != 2 {
 		return fmt.Errorf("usage: %s [flags] %s", sub, map[string]string{"wal-push": "<path> <name>", "wal-fetch": "<name> <dest>"}[sub])
 	}
-	var a *Archive
-	if *configDir != "" {
-		var err error
-		if a, err = OpenConfigDir(*configDir); err != nil {
-			return &ExitError{Code: ExitUnavailable, Err: err}
-		}
-	} else {
-		loc, err := objectstore.ParseLocation(*location)
-		if err != nil {
-			return err
-		}
-		store, err := storeFlags.Open(loc)
-		if err != nil {
-			return &ExitError{Code: ExitUnavailable, Err: err}
-		}
-		a = &Archive{Store: store, Prefix: loc.Prefix}
-	}
-	if *encryptionDir != "" {
-		b, err := os.ReadFile(filepath.Join(*encryptionDir, "identity")) // #nosec G304 -- the mounted key's file
-		if err != nil {
-			return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("reading the encryption key: %w", err)}
-		}
-		id, err := agekey.Parse(string(b))
-		if err != nil {
-			return &ExitError{Code: ExitUnavailable, Err: err}
-		}
-		a.Recipient, a.Identity = id.Recipient(), id
-	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	a, err := open(*configDir, *location, *encryptionDir, *systemID, storeFlags)
 	switch sub {
 	case "wal-push":
-		_, err := a.Push(ctx, fs.Arg(0), fs.Arg(1))
+		if err == nil {
+			_, err = a.Push(ctx, fs.Arg(0), fs.Arg(1))
+		}
 		if *statusFile != "" {
 			st := PushStatus{Time: time.Now().UTC(), Name: fs.Arg(1)}
 			if err != nil {
@@ -95,7 +83,9 @@ func Command(ctx context.Context, sub string, args []string) error {
 		}
 		return err
 	case "wal-fetch":
-		_, err := a.Fetch(ctx, fs.Arg(0), fs.Arg(1))
+		if err == nil {
+			_, err = a.Fetch(ctx, fs.Arg(0), fs.Arg(1))
+		}
 		switch {
 		case errors.Is(err, ErrNotArchived):
 			return &ExitError{Code: ExitNotArchived, Err: err}
@@ -105,4 +95,46 @@ func Command(ctx context.Context, sub string, args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown WAL command %q (wal-push or wal-fetch)", sub)
+}
+
+// open opens the archive of the configuration directory, or of the location
+// and store flags, in the system identifier's directory.
+func open(configDir, location, encryptionDir, systemID string, storeFlags objectstore.Flags) (*Archive, error) {
+	if systemID == "" {
+		id, err := postgres.ReadSystemID(".")
+		if err != nil {
+			return nil, fmt.Errorf("the system identifier of the data directory (the working directory): %w", err)
+		}
+		systemID = id
+	}
+	var a *Archive
+	if configDir != "" {
+		var err error
+		if a, err = OpenConfigDir(configDir, storeFlags.S3CABundle); err != nil {
+			return nil, err
+		}
+	} else {
+		loc, err := objectstore.ParseLocation(location)
+		if err != nil {
+			return nil, err
+		}
+		store, err := storeFlags.Open(loc)
+		if err != nil {
+			return nil, err
+		}
+		a = &Archive{Store: store, Prefix: loc.Prefix}
+	}
+	a.Prefix = strings.TrimPrefix(a.Prefix+"/"+systemID, "/")
+	if encryptionDir != "" {
+		b, err := os.ReadFile(filepath.Join(encryptionDir, IdentityFile)) // #nosec G304 -- the mounted key's file
+		if err != nil {
+			return nil, fmt.Errorf("reading the encryption key: %w", err)
+		}
+		id, err := agekey.Parse(string(b))
+		if err != nil {
+			return nil, err
+		}
+		a.Recipient, a.Identity = id.Recipient(), id
+	}
+	return a, nil
 }

@@ -73,8 +73,10 @@ func (c Config) ArchiveTimeout() time.Duration {
 	return time.Duration(c.ArchiveTimeoutSeconds) * time.Second
 }
 
-// OpenConfigDir opens the archive the configuration in dir describes.
-func OpenConfigDir(dir string) (*Archive, error) {
+// OpenConfigDir opens the archive the configuration in dir describes;
+// caBundle (used when the file exists) is the operator image's CA bundle,
+// copied next to the agent (a postgres image may have none).
+func OpenConfigDir(dir, caBundle string) (*Archive, error) {
 	c, err := ReadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -83,7 +85,7 @@ func OpenConfigDir(dir string) (*Archive, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := objectstore.Flags{S3Endpoint: c.Endpoint, S3Region: c.Region, S3PathStyle: c.ForcePathStyle, S3CredentialsDir: dir}
+	f := objectstore.Flags{S3Endpoint: c.Endpoint, S3Region: c.Region, S3PathStyle: c.ForcePathStyle, S3CredentialsDir: dir, S3CABundle: caBundle}
 	if _, err := os.Stat(filepath.Join(dir, CAFile)); err == nil {
 		f.S3CAFile = filepath.Join(dir, CAFile)
 	}

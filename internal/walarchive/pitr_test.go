@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
 )
 
@@ -52,7 +53,12 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 	s.exec(t, "SELECT pg_reload_conf()")
 	// The archiver picks the new command up at its next loop: switch until a
 	// segment lands in S3.
-	archive := &Archive{Store: store, Prefix: "ns/db"}
+	// The archive's directory is the cluster's system identifier.
+	sysid, err := postgres.ReadSystemID(s.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archive := &Archive{Store: store, Prefix: "ns/db/" + sysid}
 	waitFor(t, 60*time.Second, "the archiver to push to S3", func() error {
 		_, seg := s.commitAndSwitch(t, -int(time.Now().UnixNano()%1000000))
 		time.Sleep(200 * time.Millisecond)
@@ -171,10 +177,10 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 	// restore_command's answers: a missing file is "not found" (1: recovery
 	// ends there); an unreachable store aborts recovery (above 125) instead of
 	// ending it early at a point nobody asked for.
-	t.Run("wal-fetch exits 1 for a missing file and 200 when the store is unreachable", func(t *testing.T) {
-		fetch := func(name string) int {
-			args := append([]string{"wal-fetch"}, strings.Fields(flags)...)
-			cmd := exec.Command(bin, append(args, "--timeout=5s", name, filepath.Join(t.TempDir(), "f"))...)
+	t.Run("wal-fetch exits 1 for a missing file and 200 when the store is unreachable; wal-push 1 and says why", func(t *testing.T) {
+		run := func(flags string, args ...string) int {
+			cmd := exec.Command(bin, append(append([]string{args[0]}, strings.Fields(flags)...), append([]string{"--timeout=5s"}, args[1:]...)...)...)
+			cmd.Dir = s.data // the data directory: its system identifier
 			if err := cmd.Run(); err != nil {
 				if ee, ok := err.(*exec.ExitError); ok { //nolint:errorlint // the concrete type carries the status
 					return ee.ExitCode()
@@ -183,16 +189,34 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 			}
 			return 0
 		}
+		fetch := func(name string) int { return run(flags, "wal-fetch", name, filepath.Join(t.TempDir(), "f")) }
 		if code := fetch(last); code != 0 {
 			t.Fatalf("fetching an archived segment exited %d", code)
 		}
 		if code := fetch("0000000100000000000000FF"); code != ExitNotArchived {
 			t.Errorf("fetching a missing segment exited %d, want %d", code, ExitNotArchived)
 		}
+		// A bucket that does not exist is not "no such file": recovery must
+		// not end there.
+		noBucket := strings.Replace(flags, "s3://archive/", "s3://no-such-bucket/", 1)
+		if code := run(noBucket, "wal-fetch", last, filepath.Join(t.TempDir(), "f")); code != ExitUnavailable {
+			t.Errorf("fetching from a bucket that does not exist exited %d, want %d", code, ExitUnavailable)
+		}
+		statusFile := filepath.Join(t.TempDir(), "push.json")
+		var current string
+		if err := s.conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_current_wal_lsn())").Scan(&current); err != nil {
+			t.Fatal(err)
+		}
 		srv.Stop()
 		defer srv.Start()
 		if code := fetch(last); code != ExitUnavailable {
 			t.Errorf("fetching with the store down exited %d, want %d", code, ExitUnavailable)
+		}
+		if code := run(flags+" --status-file="+statusFile, "wal-push", filepath.Join("pg_wal", current), current); code != 1 {
+			t.Errorf("pushing with the store down exited %d, want 1 (PostgreSQL counts it and retries)", code)
+		}
+		if ps, err := ReadPushStatus(statusFile); err != nil || !strings.Contains(ps.Error, "connection refused") {
+			t.Errorf("wal-push's status: %+v %v, want the store's error", ps, err)
 		}
 	})
 }

@@ -195,6 +195,13 @@ func TestArchiveAndFetchRoundTrip(t *testing.T) {
 				if err != nil || !bytes.Equal(got, want) {
 					t.Fatalf("fetched %d bytes (%v), want the %d bytes PostgreSQL wrote", len(got), err, len(want))
 				}
+				if storeName == "volume" {
+					// An unmounted volume is not an empty archive.
+					gone := &Archive{Store: objectstore.Dir{Root: filepath.Join(t.TempDir(), "unmounted")}}
+					if _, err := gone.Fetch(ctx, seg, dest+"x"); err == nil || errors.Is(err, ErrNotArchived) {
+						t.Errorf("fetching from a missing volume root: %v, want an error that is not ErrNotArchived", err)
+					}
+				}
 				missing := SegmentName(Segment{Timeline: 9, No: 1}, segSize)
 				if _, err := a.Fetch(ctx, missing, dest+"2"); !errors.Is(err, ErrNotArchived) {
 					t.Errorf("fetching a missing segment: %v, want ErrNotArchived", err)

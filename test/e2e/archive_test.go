@@ -74,7 +74,7 @@ spec:
 		return ""
 	})
 	fetched := c.must("exec", "wal-db-0", "-c", "postgres", "--", "sh", "-c",
-		"/controller/manager wal-fetch --config-dir=/etc/postgres-operator/wal-archive "+seg+" /tmp/"+seg+" && "+
+		"cd /var/lib/postgresql/data/pgdata && /controller/manager wal-fetch --config-dir=/etc/postgres-operator/wal-archive "+seg+" /tmp/"+seg+" && "+
 			"sha256sum /tmp/"+seg+" /var/lib/postgresql/data/pgdata/pg_wal/"+seg+" | cut -d' ' -f1 | uniq | wc -l; rm -f /tmp/"+seg)
 	if strings.TrimSpace(fetched) != "1" {
 		t.Errorf("the archived %s differs from pg_wal's: %s", seg, fetched)

@@ -85,6 +85,10 @@ func (r *Reconciler) reconcileWALArchive(ctx context.Context, db *databasev1.Dat
 		return fmt.Errorf("getting secret %s: %w", key.Name, err)
 	case !metav1.IsControlledBy(live, db):
 		conflict(obs, "Secret", live, db)
+		if db.Spec.WALArchive != nil {
+			obs.Archive = &archiveObs{Reason: databasev1.ReasonArchiveSecretNotFound,
+				Message: "Secret " + key.Name + " exists and is not owned by the Database: the archive cannot be configured"}
+		}
 		return nil
 	}
 	if db.Spec.WALArchive == nil {
@@ -191,7 +195,14 @@ func decideArchiving(a *archiveObs, primary *agentapi.Status) archiveVerdict {
 		return archiveVerdict{Condition: metav1.ConditionFalse, Reason: a.Reason, Message: a.Message}
 	}
 	v := archiveVerdict{Status: &databasev1.WALArchiveStatus{Location: a.Location}}
+	if primary != nil && primary.Archive != nil && primary.Archive.ConfigError != "" {
+		v.Status = nil
+		v.Condition, v.Reason, v.Message = metav1.ConditionFalse, databasev1.ReasonArchiveFailing, primary.Archive.ConfigError
+		return v
+	}
 	if primary == nil || primary.Archive == nil || primary.Archive.Location != a.Location {
+		// The last known figures stay (the caller keeps the previous status).
+		v.Status = nil
 		v.Condition, v.Reason = metav1.ConditionUnknown, databasev1.ReasonArchiveUnknown
 		v.Message = "Waiting for the primary to report archiving to " + a.Location
 		return v
