@@ -261,7 +261,7 @@ func (a *Agent) restore(ctx context.Context, req agentapi.RestoreRequest, body i
 		stderr := &postgres.Tail{Max: 1 << 10}
 		cmd.Stderr = stderr
 		if rerr := cmd.Run(); rerr != nil {
-			a.log.Warn("vacuumdb failed", "error", rerr.Error(), "stderr", stderr.String())
+			a.log.Warn("vacuumdb failed", "error", rerr, "stderr", stderr.String())
 			err = fmt.Errorf("%w: %s", rerr, postgres.Summary(stderr.String()))
 		}
 	}
