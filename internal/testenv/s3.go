@@ -18,7 +18,7 @@ import (
 // bucket, and how to stop and start the server again (its data kept).
 func StartS3(t *testing.T, bucket string) (*objectstore.S3, *S3Server) {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(repoRoot(), "hack", "s3-server.sh")).Output()
+	out, err := exec.Command(filepath.Join(RepoRoot(), "hack", "s3-server.sh")).Output()
 	if err != nil {
 		t.Fatalf("building the S3 server: %v", err)
 	}

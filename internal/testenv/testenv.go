@@ -22,8 +22,8 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// repoRoot is the repository root, found from this file's location.
-func repoRoot() string {
+// RepoRoot is the repository root, found from this file's location.
+func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
@@ -33,14 +33,14 @@ func repoRoot() string {
 func New() (*envtest.Environment, error) {
 	assets := os.Getenv("KUBEBUILDER_ASSETS")
 	if assets == "" {
-		out, err := exec.Command(filepath.Join(repoRoot(), "hack", "k8s-binaries.sh"), "etcd", "kube-apiserver").Output()
+		out, err := exec.Command(filepath.Join(RepoRoot(), "hack", "k8s-binaries.sh"), "etcd", "kube-apiserver").Output()
 		if err != nil {
 			return nil, fmt.Errorf("hack/k8s-binaries.sh: %w", err)
 		}
 		assets = strings.TrimSpace(string(out))
 	}
 	return &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(repoRoot(), "config", "crd", "bases")},
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		BinaryAssetsDirectory: assets,
 	}, nil

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,7 +37,7 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 
 	bin := filepath.Join(s.root, "manager")
 	build := exec.Command("go", "build", "-o", bin, "./cmd")
-	build.Dir = repoRoot()
+	build.Dir = testenv.RepoRoot()
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the binary: %v\n%s", err, out)
@@ -238,11 +237,6 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() error) {
 		}
 	}
 	t.Fatalf("timed out waiting for %s: %v", what, err)
-}
-
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
 func (s *server) writeFile(t *testing.T, path, content string) {

@@ -48,10 +48,7 @@ func TestTheOperatorReadsAgentsOfThisReleaseAndThePrevious(t *testing.T) {
 	} else {
 		_ = ln.Close()
 	}
-	root, err := filepath.Abs("../../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := testenv.RepoRoot()
 	previous := buildPreviousAgent(t, root)
 	current := filepath.Join(t.TempDir(), "manager")
 	if out, err := goBuild(root, current); err != nil {
