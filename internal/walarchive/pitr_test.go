@@ -66,8 +66,18 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 	})
 	s.exec(t, "DELETE FROM t")
 
-	base := filepath.Join(s.root, "base")
-	s.run(t, s.bins.Dir+"/pg_basebackup", "-h", "127.0.0.1", "-p", fmt.Sprint(s.port), "-U", "postgres", "-D", base, "-X", "none", "-c", "fast")
+	// The base backup goes into the archive (no WAL in it: every segment
+	// recovery needs comes from the archive), read back and verified, and
+	// complete only once its WAL is archived.
+	base, err := archive.TakeBase(ctx, BaseOptions{Name: "base-1", PgBasebackup: s.bins.Dir + "/pg_basebackup",
+		Source:   Source{Host: "127.0.0.1", Port: s.port, User: "postgres", Env: []string{"PGSSLMODE=disable"}},
+		SystemID: sysid, WALTimeout: time.Minute, Poll: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if base.SystemID != sysid || base.WALSegmentSize != 1<<20 || base.Files < 100 || base.StartWAL == "" || base.EndWAL < base.StartWAL {
+		t.Fatalf("base backup %+v", base)
+	}
 
 	const rows = 8
 	var between []time.Time // between[k]: after row k+1 committed, before row k+2
@@ -101,7 +111,9 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 	recoverTo := func(t *testing.T, target string) []int {
 		t.Helper()
 		data := filepath.Join(s.root, "recovered-"+fmt.Sprint(time.Now().UnixNano()))
-		s.run(t, "/bin/cp", "-a", base, data)
+		if _, err := archive.RestoreBase(ctx, base.Name, data); err != nil {
+			t.Fatal(err)
+		}
 		conf := fmt.Sprintf("\nrestore_command = '%s wal-fetch %s %%f %%p'\nrecovery_target_action = 'promote'\n%s\n", bin, flags, target)
 		f, err := os.OpenFile(filepath.Join(data, "postgresql.auto.conf"), os.O_APPEND|os.O_WRONLY, 0)
 		if err != nil {
