@@ -5,8 +5,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// BackupSpec defines a logical backup (pg_dump) of a Database: one now, or, with a
-// schedule, one per schedule slot.
+// BackupSpec defines a backup of a Database: one now, or, with a schedule, one
+// per schedule slot. Logical (pg_dump, to storageLocation) or Physical (a base
+// backup into the Database's WAL archive, the start of point-in-time recovery).
+// +kubebuilder:validation:XValidation:rule="!has(self.method) || self.method != 'Physical' || (!has(self.storageLocation) && !has(self.s3) && !has(self.encryption))",message="a Physical Backup goes to the Database's spec.walArchive location, with its s3 settings and encryption: storageLocation, s3 and encryption apply to Logical Backups only"
+// +kubebuilder:validation:XValidation:rule="!has(self.method) || self.method != 'Physical' || !has(self.verify)",message="verify (restore drills) is not available for Physical Backups yet"
 // +kubebuilder:validation:XValidation:rule="has(self.schedule) || self == oldSelf",message="the spec of a one-shot Backup (without schedule) is immutable; create a new Backup instead"
 // +kubebuilder:validation:XValidation:rule="!has(self.s3) || !has(self.storageLocation) || self.storageLocation.startsWith('s3://')",message="s3 settings apply only to an s3:// storageLocation"
 // +kubebuilder:validation:XValidation:rule="size(self.databaseRef.name) > 0",message="databaseRef.name must name a Database"
@@ -14,6 +17,17 @@ import (
 type BackupSpec struct {
 	// DatabaseRef names the Database (in the Backup's namespace) to back up.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
+
+	// Method is Logical (default: pg_dump of the application database to
+	// storageLocation, restorable into any Database) or Physical (pg_basebackup
+	// of the whole cluster, taken from a streaming standby when there is one,
+	// into the Database's WAL archive: the Database needs spec.walArchive, and
+	// the Backup is Completed once the stored tar was read back and checked
+	// against PostgreSQL's backup manifest and the WAL it needs is archived).
+	// +kubebuilder:validation:Enum=Logical;Physical
+	// +kubebuilder:default=Logical
+	// +optional
+	Method BackupMethod `json:"method,omitempty"`
 
 	// Schedule is a 5-field cron expression (minute hour day-of-month month
 	// day-of-week) or a macro such as @daily, in UTC. A Backup with a schedule acts
@@ -152,6 +166,43 @@ type S3Config struct {
 	CASecret *corev1.SecretKeySelector `json:"caSecret,omitempty"`
 }
 
+// BackupMethod is how a Backup copies the Database.
+type BackupMethod string
+
+const (
+	// BackupMethodLogical: pg_dump of the application database.
+	BackupMethodLogical BackupMethod = "Logical"
+	// BackupMethodPhysical: a base backup (pg_basebackup) into the WAL archive.
+	BackupMethodPhysical BackupMethod = "Physical"
+)
+
+// BaseBackupStatus describes a Physical Backup's base backup.
+type BaseBackupStatus struct {
+	// Name is the base backup's directory in the archive:
+	// <walArchive location>/<systemIdentifier>/base/<name>/.
+	Name string `json:"name"`
+	// SystemIdentifier is the cluster's.
+	SystemIdentifier string `json:"systemIdentifier"`
+	// Source is the instance it was taken from.
+	// +optional
+	Source string `json:"source,omitempty"`
+	// Timeline, StartLSN and EndLSN: the WAL a restore of it replays at least;
+	// StartWAL and EndWAL name its first and last segments, archived before
+	// the Backup completed.
+	Timeline int64  `json:"timeline"`
+	StartLSN string `json:"startLSN"`
+	EndLSN   string `json:"endLSN"`
+	StartWAL string `json:"startWAL"`
+	EndWAL   string `json:"endWAL"`
+	// Files is how many files were checked against the backup manifest.
+	Files int32 `json:"files"`
+	// UncompressedBytes is the size of the data directory's tar.
+	UncompressedBytes int64 `json:"uncompressedBytes"`
+	// Encrypted: stored encrypted to the WAL archive's age key.
+	// +optional
+	Encrypted bool `json:"encrypted,omitempty"`
+}
+
 // BackupPhase is the phase of a Backup.
 // +kubebuilder:validation:Enum=Pending;InProgress;Completed;Failed
 type BackupPhase string
@@ -176,9 +227,16 @@ type BackupStatus struct {
 	// BackupTime is when the artifact was completed.
 	// +optional
 	BackupTime *metav1.Time `json:"backupTime,omitempty"`
-	// BackupLocation is the artifact's URL, e.g. pvc://backups/ns/db/name.dump.zst.
+	// BackupLocation is the artifact's URL, e.g. pvc://backups/ns/db/name.dump.zst;
+	// for a Physical Backup, its directory in the WAL archive.
 	// +optional
 	BackupLocation string `json:"backupLocation,omitempty"`
+	// Method is the method the backup used.
+	// +optional
+	Method BackupMethod `json:"method,omitempty"`
+	// BaseBackup describes a completed Physical Backup.
+	// +optional
+	BaseBackup *BaseBackupStatus `json:"baseBackup,omitempty"`
 	// LastScheduledTime is the last schedule slot a run was created for.
 	// +optional
 	LastScheduledTime *metav1.Time `json:"lastScheduledTime,omitempty"`
@@ -248,6 +306,15 @@ const (
 	ReasonBackupInProgress  = "BackupInProgress"
 	// ReasonSuspended: a scheduled Backup with spec.suspend creates no runs.
 	ReasonSuspended = "Suspended"
+	// ReasonWALArchiveNotConfigured: a Physical Backup's Database has no
+	// spec.walArchive; ReasonWALArchiveNotReady: its archiving is not working
+	// (condition ContinuousArchiving is not True), so the WAL a base backup
+	// needs would never be archived.
+	ReasonWALArchiveNotConfigured = "WALArchiveNotConfigured"
+	ReasonWALArchiveNotReady      = "WALArchiveNotReady"
+	// ReasonPhysicalRestoreUnsupported: a Restore names a Physical Backup,
+	// which only point-in-time recovery restores (not available yet).
+	ReasonPhysicalRestoreUnsupported = "PhysicalRestoreUnsupported"
 	// ReasonLastRunFailed: a scheduled Backup is not Ready while its latest
 	// finished run failed.
 	ReasonLastRunFailed = "LastRunFailed"
@@ -278,6 +345,7 @@ const (
 // +kubebuilder:selectablefield:JSONPath=".spec.databaseRef.name"
 // +kubebuilder:printcolumn:name="Phase",type="string",JSONPath=".status.phase"
 // +kubebuilder:printcolumn:name="Database",type="string",JSONPath=".spec.databaseRef.name"
+// +kubebuilder:printcolumn:name="Method",type="string",JSONPath=".spec.method"
 // +kubebuilder:printcolumn:name="Schedule",type="string",JSONPath=".spec.schedule"
 // +kubebuilder:printcolumn:name="Last Backup",type="date",JSONPath=".status.backupTime"
 // +kubebuilder:printcolumn:name="Size",type="integer",JSONPath=".status.sizeBytes",priority=1

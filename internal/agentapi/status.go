@@ -277,3 +277,11 @@ const (
 // Prometheus text format (plain HTTP, GET /metrics only: the series carry no
 // secret, and a scraper needs no certificate or token).
 const MetricsPort = 9187
+
+// WALArchiveDir is where instance pods and physical backup Jobs mount the
+// Database's WAL archive configuration, the Secret WALArchiveSecretName
+// (walarchive.Config and the credentials it needs).
+const WALArchiveDir = "/etc/postgres-operator/wal-archive"
+
+// WALArchiveSecretName is the name of a Database's WAL archive Secret.
+func WALArchiveSecretName(database string) string { return database + "-wal-archive" }

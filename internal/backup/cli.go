@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"filippo.io/age"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/example/postgres-operator/internal/logging"
 	"github.com/example/postgres-operator/internal/objectstore"
 	"github.com/example/postgres-operator/internal/postgres"
+	"github.com/example/postgres-operator/internal/walarchive"
 )
 
 // Paths and files the backup Jobs use.
@@ -54,7 +56,9 @@ const (
 type Result struct {
 	Manifest *Manifest               `json:"manifest,omitempty"`
 	Restore  *agentapi.RestoreResult `json:"restore,omitempty"`
-	Error    string                  `json:"error,omitempty"`
+	// Base is a physical backup's base backup.
+	Base  *walarchive.BaseBackup `json:"base,omitempty"`
+	Error string                 `json:"error,omitempty"`
 }
 
 // Command runs the `backup` subcommand: `backup run|restore|delete [flags]`.
@@ -92,8 +96,33 @@ func Command(ctx context.Context, args []string) error {
 	allowUnauth := fs.Bool("allow-unauthenticated", false, "restore: restore a manifest no key authenticates")
 	verifyOnly := fs.Bool("verify-only", false, "restore: a drill (restore into a scratch database, compare row counts, drop it)")
 	termLog := fs.String("termination-log", TerminationLog, "file that receives the JSON result")
+	method := fs.String("method", "logical", "logical (pg_dump to --location) or physical (pg_basebackup into the Database's WAL archive)")
+	walArchiveDir := fs.String("wal-archive-dir", agentapi.WALArchiveDir, "physical: the Database's WAL archive configuration (its <name>-wal-archive Secret)")
+	systemID := fs.String("system-id", "", "physical: the Database's system identifier (the archive's directory; a source of another cluster is refused)")
+	baseName := fs.String("base-name", "", "physical: the base backup's name in the archive")
+	replicationDir := fs.String("replication-password-dir", ReplicationPasswordDir, "physical: directory with the replication-password file")
+	caFile := fs.String("ca-file", "", "physical: the Database's CA, to verify the instance (verify-full); TLS is only preferred when the file is absent")
+	walTimeout := fs.Duration("wal-timeout", 10*time.Minute, "physical: bound on the wait for the backup's WAL to be archived")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *method == "physical" {
+		var portN int
+		if _, err := fmt.Sscan(*port, &portN); err != nil {
+			return fmt.Errorf("--port: %w", err)
+		}
+		b, err := RunPhysical(ctx, PhysicalOptions{Action: action, ArchiveDir: *walArchiveDir, CABundle: storeFlags.S3CABundle,
+			SystemID: *systemID, BaseName: *baseName, Host: *host, Port: portN, ReplicationPasswordDir: *replicationDir,
+			CAFile: *caFile, RunDir: *runDir, BinDir: *binDir, WALTimeout: *walTimeout})
+		if err != nil {
+			writeResult(*termLog, Result{Error: err.Error()})
+			return err
+		}
+		if b != nil {
+			writeResult(*termLog, Result{Base: b})
+			printJSON(b)
+		}
+		return nil
 	}
 	err := func() error {
 		loc, err := objectstore.ParseLocation(*location)

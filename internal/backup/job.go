@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -52,6 +53,23 @@ type JobSpec struct {
 	EncryptionSecret string
 	// ClusterDomain is the cluster's DNS domain ("cluster.local" when empty).
 	ClusterDomain string
+	// Physical makes it a Physical Backup's run or delete Job (Target, Key,
+	// ManifestKeySecret and EncryptionSecret are then unused).
+	Physical *PhysicalJob
+}
+
+// PhysicalJob is what a physical backup Job needs.
+type PhysicalJob struct {
+	// DatabaseName names the Database whose Secrets are mounted: its WAL
+	// archive configuration, its replication password and its CA.
+	DatabaseName string
+	// SystemID is the Database's system identifier; BaseName the base
+	// backup's name in the archive.
+	SystemID, BaseName string
+	// Host is the instance a run copies: <pod>.<headless Service>.<ns>.svc.<domain>.
+	Host string
+	// WALTimeout bounds a run's wait for its WAL to be archived.
+	WALTimeout time.Duration
 }
 
 // ClusterDomain is d, or "cluster.local" when d is empty.
@@ -138,7 +156,32 @@ func BuildJob(s JobSpec) *batchv1.Job {
 		"--key=" + s.Key, "--run-dir=" + agentapi.PodSecretDir}
 	mounts := []corev1.VolumeMount{{Name: "controller", MountPath: controllerMount}}
 	volumes := []corev1.Volume{{Name: "controller", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
-	if r := s.Restore; r != nil {
+	if p := s.Physical; p != nil {
+		// Into (or out of) the Database's WAL archive, with its Secret: no
+		// storage location, manifest key or Backup encryption of its own.
+		args = []string{controllerMount + "/manager", "backup", s.Action, "--method=physical",
+			"--system-id=" + p.SystemID, "--base-name=" + p.BaseName, "--wal-archive-dir=" + agentapi.WALArchiveDir,
+			"--run-dir=" + agentapi.PodSecretDir, "--s3-ca-bundle=" + controllerMount + "/" + CABundleFile}
+		mounts = append(mounts, corev1.VolumeMount{Name: "wal-archive", MountPath: agentapi.WALArchiveDir, ReadOnly: true})
+		volumes = append(volumes, corev1.Volume{Name: "wal-archive", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: agentapi.WALArchiveSecretName(p.DatabaseName), DefaultMode: ptr.To[int32](0o440)}}})
+		if s.Action == "run" {
+			args = append(args, "--host="+p.Host, "--port=5432", "--replication-password-dir="+ReplicationPasswordDir,
+				"--ca-file="+DatabaseCADir+"/"+agentapi.TLSCAFile, fmt.Sprintf("--wal-timeout=%s", p.WALTimeout))
+			mounts = append(mounts,
+				corev1.VolumeMount{Name: "replication", MountPath: ReplicationPasswordDir, ReadOnly: true},
+				corev1.VolumeMount{Name: "database-ca", MountPath: DatabaseCADir, ReadOnly: true})
+			volumes = append(volumes,
+				corev1.Volume{Name: "replication", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: p.DatabaseName + "-internal", DefaultMode: ptr.To[int32](0o440),
+					Items: []corev1.KeyToPath{{Key: agentapi.InternalReplicationPasswordFile, Path: agentapi.InternalReplicationPasswordFile}}}}},
+				// The CA is there when TLS is on (the Job then verifies the
+				// instance's certificate); optional otherwise.
+				corev1.Volume{Name: "database-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: p.DatabaseName + "-credentials", DefaultMode: ptr.To[int32](0o440), Optional: ptr.To(true),
+					Items: []corev1.KeyToPath{{Key: agentapi.TLSCAFile, Path: agentapi.TLSCAFile}}}}})
+		}
+	} else if r := s.Restore; r != nil {
 		args = append(args, "--agent-url="+r.AgentURL, "--restore-id="+r.ID,
 			"--expect-sha256="+r.ExpectSHA256, fmt.Sprintf("--jobs=%d", r.Jobs), fmt.Sprintf("--keep-previous-seconds=%d", r.KeepPreviousSeconds),
 			"--database-uid="+r.DatabaseUID, fmt.Sprintf("--allow-other-database=%t", r.AllowOtherDatabase))

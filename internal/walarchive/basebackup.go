@@ -391,6 +391,20 @@ func (a *Archive) RestoreBase(ctx context.Context, name, dir string) (BaseBackup
 	return b, nil
 }
 
+// DeleteBase deletes the base backup name: its backup.json first (from then
+// on it is never used), then its tar.
+func (a *Archive) DeleteBase(ctx context.Context, name string) error {
+	if !baseNamePattern.MatchString(name) {
+		return fmt.Errorf("%q is not a valid base backup name", name)
+	}
+	for _, f := range []string{BaseManifest, BaseObject} {
+		if err := a.Store.Delete(ctx, a.BaseKey(name, f)); err != nil && !errors.Is(err, objectstore.ErrNotFound) {
+			return fmt.Errorf("deleting %s of base backup %s: %w", f, name, err)
+		}
+	}
+	return nil
+}
+
 // walRange is one WAL-Ranges entry of a backup manifest.
 type walRange struct {
 	Timeline   uint32

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/example/postgres-operator/internal/agekey"
@@ -105,6 +106,20 @@ func OpenConfigDir(dir, caBundle string) (*Archive, error) {
 		}
 		a.Recipient, a.Identity = id.Recipient(), id
 	}
+	return a, nil
+}
+
+// OpenSystem opens the archive of the configuration in dir, in the
+// directory of the cluster with the given system identifier.
+func OpenSystem(dir, caBundle, systemID string) (*Archive, error) {
+	if systemID == "" {
+		return nil, errors.New("no system identifier")
+	}
+	a, err := OpenConfigDir(dir, caBundle)
+	if err != nil {
+		return nil, err
+	}
+	a.Prefix = strings.TrimPrefix(a.Prefix+"/"+systemID, "/")
 	return a, nil
 }
 

@@ -104,18 +104,28 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 	if b.Status.Phase == databasev1.BackupCompleted || b.Status.Phase == databasev1.BackupFailed {
 		return ctrl.Result{}, nil
 	}
-	target, isDefault, ok, err := resolveTarget(b, r.Defaults)
-	if err != nil {
-		return r.failed(b, databasev1.ReasonNoStorageLocation, err.Error())
-	}
-	if !ok {
-		return r.failed(b, databasev1.ReasonNoStorageLocation,
-			"No storage location: set spec.storageLocation (s3://bucket/prefix with spec.s3, or pvc://claim/path) "+
-				"or start the operator with --default-backup-location")
+	physical := b.Spec.Method == databasev1.BackupMethodPhysical
+	b.Status.Method = databasev1.BackupMethodLogical
+	var target enginepkg.Target
+	var isDefault bool
+	if physical {
+		b.Status.Method = databasev1.BackupMethodPhysical
+	} else {
+		var ok bool
+		var err error
+		target, isDefault, ok, err = resolveTarget(b, r.Defaults)
+		if err != nil {
+			return r.failed(b, databasev1.ReasonNoStorageLocation, err.Error())
+		}
+		if !ok {
+			return r.failed(b, databasev1.ReasonNoStorageLocation,
+				"No storage location: set spec.storageLocation (s3://bucket/prefix with spec.s3, or pvc://claim/path) "+
+					"or start the operator with --default-backup-location")
+		}
 	}
 	jobName := enginepkg.JobName(b.Name, "backup")
 	job := &batchv1.Job{}
-	err = r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
+	err := r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return ctrl.Result{}, err
 	}
@@ -141,32 +151,47 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 			}
 			return r.pending(b, databasev1.ReasonRestoreInProgress, fmt.Sprintf("Waiting for Restore %s of Database %s to finish", rs, db.Name))
 		}
-		if wait, err := r.ensureStorage(ctx, b.Namespace, target, isDefault); err != nil || wait != "" {
+		var spec enginepkg.JobSpec
+		var location string
+		if physical {
+			ps, src, err := r.physicalJob(ctx, b, db, jobName)
 			if err != nil {
 				return ctrl.Result{}, err
 			}
-			return r.pending(b, databasev1.ReasonStorageNotFound, wait)
-		}
-		if wait, err := encryptionWait(ctx, r.APIReader, b.Namespace, b.Spec.Encryption); err != nil || wait != "" {
-			if err != nil {
-				return ctrl.Result{}, err
+			if ps == nil {
+				return r.pending(b, src.Reason, src.Message)
 			}
-			return r.pending(b, databasev1.ReasonEncryptionKeyNotFound, wait)
+			spec, location = *ps, physicalLocation(db, ps.Physical.BaseName)
+		} else {
+			if wait, err := r.ensureStorage(ctx, b.Namespace, target, isDefault); err != nil || wait != "" {
+				if err != nil {
+					return ctrl.Result{}, err
+				}
+				return r.pending(b, databasev1.ReasonStorageNotFound, wait)
+			}
+			if wait, err := encryptionWait(ctx, r.APIReader, b.Namespace, b.Spec.Encryption); err != nil || wait != "" {
+				if err != nil {
+					return ctrl.Result{}, err
+				}
+				return r.pending(b, databasev1.ReasonEncryptionKeyNotFound, wait)
+			}
+			spec = enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
+				Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
+				Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
+				ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(b.Spec.Encryption),
+				Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
+			}
+			location = target.Location.URL(artifactKey(b, db, target))
 		}
 		if err := r.patchFinalizer(ctx, b, controllerutil.AddFinalizer); err != nil {
 			return ctrl.Result{}, fmt.Errorf("adding finalizer: %w", err)
 		}
-		job = enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
-			Name: jobName, Namespace: b.Namespace, Action: "run", Image: databaseImage(db), AgentImage: r.AgentImage,
-			Database: db, Target: target, Key: artifactKey(b, db, target), Owner: ownerRef(b, "Backup"),
-			ManifestKeySecret: db.Name + "-internal", EncryptionSecret: encryptionSecret(b.Spec.Encryption),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
-		})
+		job = enginepkg.BuildJob(spec)
 		if err := r.Create(ctx, job, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {
 			return ctrl.Result{}, fmt.Errorf("creating backup job: %w", err)
 		}
 		// Recorded once: deletion and restores use this, never a recomputed one.
-		b.Status.BackupLocation = target.Location.URL(artifactKey(b, db, target))
+		b.Status.BackupLocation = location
 		logf.FromContext(ctx).Info("backup job created", "job", jobName, "location", b.Status.BackupLocation)
 	}
 	b.Status.JobName = jobName
@@ -183,6 +208,18 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		b.Status.Phase = databasev1.BackupCompleted
 		now := metav1.NewTime(r.Clock.Now())
 		b.Status.BackupTime = &now
+		if physical {
+			if res == nil || res.Base == nil {
+				// A run's result is its proof: without it nothing says the
+				// base backup was verified.
+				return r.failed(b, databasev1.ReasonJobFailed, "Job "+jobName+" succeeded without reporting its base backup")
+			}
+			completePhysical(b, res.Base)
+			conditionsFor(&b.Status.Conditions, b.Generation, true, false, databasev1.ReasonCompleted,
+				fmt.Sprintf("The base backup was read back and its %d files checked against PostgreSQL's backup manifest; its WAL %s to %s is archived",
+					res.Base.Files, res.Base.StartWAL, res.Base.EndWAL))
+			return ctrl.Result{}, nil
+		}
 		if res != nil && res.Manifest != nil {
 			m := res.Manifest
 			b.Status.SizeBytes, b.Status.SHA256, b.Status.ServerVersion, b.Status.Format = m.SizeBytes, m.SHA256, m.ServerVersion, m.Format
@@ -197,7 +234,11 @@ func (r *BackupReconciler) reconcileRun(ctx context.Context, b *databasev1.Backu
 		return r.failed(b, databasev1.ReasonJobFailed, jobFailureMessage(ctx, r, job))
 	default:
 		b.Status.Phase = databasev1.BackupInProgress
-		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is running pg_dump")
+		what := "pg_dump"
+		if physical {
+			what = "pg_basebackup"
+		}
+		conditionsFor(&b.Status.Conditions, b.Generation, false, false, databasev1.ReasonJobRunning, "Job "+jobName+" is running "+what)
 		return ctrl.Result{}, nil
 	}
 }
@@ -292,25 +333,44 @@ func (r *BackupReconciler) reconcileDelete(ctx context.Context, b *databasev1.Ba
 	if b.Status.BackupLocation == "" {
 		return release() // nothing was written
 	}
-	// The artifact is deleted where status says it was written, never at a
-	// location recomputed from the spec and the current defaults.
-	target, key, err := restoreTarget(b, r.Defaults)
-	if err != nil {
-		r.event(b, corev1.EventTypeWarning, "ArtifactNotDeleted", fmt.Sprintf("Cannot delete %s: %v", b.Status.BackupLocation, err))
+	if b.Status.Method == databasev1.BackupMethodPhysical && b.Status.BaseBackup == nil {
+		// A run that failed removed what it wrote; one that completed
+		// records its base backup.
 		return release()
 	}
 	jobName := enginepkg.JobName(b.Name, "delete")
 	job := &batchv1.Job{}
-	err = r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
+	err := r.Get(ctx, types.NamespacedName{Namespace: b.Namespace, Name: jobName}, job)
 	if err == nil && !metav1.IsControlledBy(job, b) {
 		return r.removeForeignJob(ctx, b, job)
 	}
 	if apierrors.IsNotFound(err) {
-		job = enginepkg.BuildJob(enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
-			Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
-			Target: target, Key: key, Owner: ownerRef(b, "Backup"),
-			Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
-		})
+		var spec *enginepkg.JobSpec
+		if b.Status.BaseBackup != nil {
+			ps, why, err := r.physicalDeleteJob(ctx, b, jobName)
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			if ps == nil {
+				r.event(b, corev1.EventTypeWarning, "ArtifactNotDeleted", why)
+				return release()
+			}
+			spec = ps
+		} else {
+			// The artifact is deleted where status says it was written, never at a
+			// location recomputed from the spec and the current defaults.
+			target, key, err := restoreTarget(b, r.Defaults)
+			if err != nil {
+				r.event(b, corev1.EventTypeWarning, "ArtifactNotDeleted", fmt.Sprintf("Cannot delete %s: %v", b.Status.BackupLocation, err))
+				return release()
+			}
+			spec = &enginepkg.JobSpec{ClusterDomain: r.ClusterDomain,
+				Name: jobName, Namespace: b.Namespace, Action: "delete", Image: r.AgentImage, AgentImage: r.AgentImage,
+				Target: target, Key: key, Owner: ownerRef(b, "Backup"),
+				Labels: map[string]string{LabelManagedBy: ManagedBy, "database.example.com/backup": enginepkg.LabelValue(b.Name)},
+			}
+		}
+		job = enginepkg.BuildJob(*spec)
 		// The operator image has no shell and no PostgreSQL: run the binary directly.
 		job.Spec.Template.Spec.Containers[0].Command[0] = "/manager"
 		job.Spec.Template.Spec.InitContainers = nil
@@ -509,7 +569,7 @@ func (r *BackupReconciler) createRun(ctx context.Context, b *databasev1.Backup, 
 			Labels:          map[string]string{LabelSchedule: enginepkg.LabelValue(b.Name), LabelManagedBy: ManagedBy},
 			OwnerReferences: []metav1.OwnerReference{ownerRef(b, "Backup")},
 		},
-		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3,
+		Spec: databasev1.BackupSpec{DatabaseRef: b.Spec.DatabaseRef, Method: b.Spec.Method, StorageLocation: b.Spec.StorageLocation, S3: b.Spec.S3,
 			Encryption: b.Spec.Encryption},
 	}
 	if err := r.Create(ctx, run, client.FieldOwner(FieldOwner)); err != nil && !apierrors.IsAlreadyExists(err) {

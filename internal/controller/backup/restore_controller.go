@@ -176,6 +176,12 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 			return r.pending(rs, reason, msg)
 		}
 		rs.Status.BackupName = b.Name
+		if b.Spec.Method == databasev1.BackupMethodPhysical || b.Status.Method == databasev1.BackupMethodPhysical {
+			rs.Status.Phase = databasev1.RestoreFailed
+			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonPhysicalRestoreUnsupported,
+				fmt.Sprintf("Backup %s is a Physical Backup: restoring a base backup (point-in-time recovery) is not available yet; restore a Logical Backup", b.Name))
+			return ctrl.Result{}, nil
+		}
 		if target, key, err = restoreTarget(b, r.Defaults); err != nil {
 			rs.Status.Phase = databasev1.RestoreFailed
 			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonNoStorageLocation, err.Error())

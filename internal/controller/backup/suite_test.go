@@ -65,7 +65,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	// No default location: Backups must say where they go.
-	if err := (&BackupReconciler{Runner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Clock: fake, AgentImage: "operator:test"}}).SetupWithManager(mgr); err != nil {
+	if err := (&BackupReconciler{Runner{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: mgr.GetEventRecorder("backup-controller"), Clock: fake, AgentImage: "operator:test"}}).SetupWithManager(mgr); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}

@@ -22,7 +22,7 @@ import (
 )
 
 // WALArchiveDir is where instance pods mount the <name>-wal-archive Secret.
-const WALArchiveDir = "/etc/postgres-operator/wal-archive"
+const WALArchiveDir = agentapi.WALArchiveDir
 
 // ArchiveDefaults is the operator's default location, which `walArchive: {}`
 // archives to (the default backup location's, under <namespace>/<name>).
@@ -33,7 +33,9 @@ type ArchiveDefaults struct {
 	S3 *databasev1.S3Config
 }
 
-func walArchiveSecretName(db *databasev1.Database) string { return db.Name + "-wal-archive" }
+func walArchiveSecretName(db *databasev1.Database) string {
+	return agentapi.WALArchiveSecretName(db.Name)
+}
 
 // archiveObs is what the archive step found: whether an archive is
 // configured, where, and why it cannot be when it cannot.
