@@ -110,8 +110,9 @@ func (s Source) conninfo(replication bool) string {
 	}
 	for _, e := range s.Env {
 		k, v, _ := strings.Cut(e, "=")
-		if p, ok := map[string]string{"PGPASSFILE": "passfile", "PGSSLMODE": "sslmode", "PGSSLROOTCERT": "sslrootcert",
-			"PGSSLCERT": "sslcert", "PGSSLKEY": "sslkey"}[k]; ok {
+		// Not PGSSLCERT/PGSSLKEY: libpq ignores a missing client
+		// certificate (the way to send none), pgconn fails on it.
+		if p, ok := map[string]string{"PGPASSFILE": "passfile", "PGSSLMODE": "sslmode", "PGSSLROOTCERT": "sslrootcert"}[k]; ok {
 			c += " " + p + "=" + postgres.ConninfoValue(v)
 		}
 	}

@@ -80,6 +80,56 @@ spec:
 		t.Errorf("the archived %s differs from pg_wal's: %s", seg, fetched)
 	}
 
+	// A Physical Backup: taken from the standby (a second instance added
+	// now), streamed into the archive, read back and checked against its
+	// backup manifest, and Completed once the WAL it needs is archived (the
+	// primary's archive_timeout closes the segment the standby's backup
+	// ended in).
+	c.must("patch", "database", "wal-db", "--type=merge", "-p", `{"spec":{"replicas":2}}`)
+	c.eventually(readyTimeout, "two ready instances", func() string {
+		if r := c.jsonpath("database/wal-db", "{.status.readyReplicas}"); r != "2" {
+			return "ready " + r
+		}
+		return ""
+	})
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: base-1
+spec:
+  databaseRef:
+    name: wal-db
+  method: Physical
+`)
+	c.eventually(5*time.Minute, "the Physical Backup Completed", func() string {
+		p := c.jsonpath("backup/base-1", "{.status.phase}")
+		if p == "Failed" {
+			t.Fatalf("the Physical Backup failed: %s", c.jsonpath("backup/base-1", "{.status.error}"))
+		}
+		if p != "Completed" {
+			return p + ": " + c.jsonpath("backup/base-1", `{.status.conditions[?(@.type=="Ready")].message}`)
+		}
+		return ""
+	})
+	if src := c.jsonpath("backup/base-1", "{.status.baseBackup.source}"); !strings.HasPrefix(src, "wal-db-1.") {
+		t.Errorf("the base backup was taken from %q, want the standby wal-db-1", src)
+	}
+	files, _ := strconv.Atoi(c.jsonpath("backup/base-1", "{.status.baseBackup.files}"))
+	endWAL := c.jsonpath("backup/base-1", "{.status.baseBackup.endWAL}")
+	if files < 500 || endWAL == "" || c.jsonpath("backup/base-1", "{.status.baseBackup.systemIdentifier}") != c.jsonpath("database/wal-db", "{.status.systemIdentifier}") {
+		t.Errorf("status.baseBackup: %s", c.jsonpath("backup/base-1", "{.status.baseBackup}"))
+	}
+	t.Logf("Physical Backup: %s in %s, %s", c.jsonpath("backup/base-1", "{.status.baseBackup}"), c.jsonpath("backup/base-1", "{.status.duration}"),
+		c.jsonpath("backup/base-1", `{.status.conditions[?(@.type=="Ready")].message}`))
+	// The base backup is in the archive: fetched back in the standby's pod
+	// with the operator's own binary, its WAL's last segment too.
+	fetched = c.must("exec", "wal-db-1", "-c", "postgres", "--", "sh", "-c",
+		"cd /var/lib/postgresql/data/pgdata && /controller/manager wal-fetch --config-dir=/etc/postgres-operator/wal-archive "+endWAL+" /tmp/"+endWAL+" && echo fetched; rm -f /tmp/"+endWAL)
+	if !strings.Contains(fetched, "fetched") {
+		t.Errorf("the base backup's last WAL segment %s is not in the archive: %s", endWAL, fetched)
+	}
+
 	// The store goes away under writes.
 	stop := make(chan struct{})
 	done := make(chan int)
