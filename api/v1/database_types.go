@@ -805,6 +805,23 @@ const (
 	// WAL (spec.walArchive), False with the store's error when archiving
 	// fails; absent without spec.walArchive.
 	ConditionContinuousArchiving = "ContinuousArchiving"
+	// ConditionRecoverable is True when the WAL archive holds a base backup
+	// and every WAL segment after it: status.walArchive's window is then the
+	// span a point-in-time recovery can reach.
+	ConditionRecoverable = "Recoverable"
+)
+
+// Reasons of ConditionRecoverable.
+const (
+	// ReasonRecoverable: a window exists.
+	ReasonRecoverable = "Recoverable"
+	// ReasonNoBaseBackup: the archive holds no verified base backup (take a
+	// Physical Backup).
+	ReasonNoBaseBackup = "NoBaseBackup"
+	// ReasonArchiveGap: every base backup is followed by a gap in the WAL.
+	ReasonArchiveGap = "ArchiveGap"
+	// ReasonRecoverableUnknown: the primary has not surveyed the archive yet.
+	ReasonRecoverableUnknown = "RecoverableUnknown"
 )
 
 // Reasons of ConditionContinuousArchiving.
@@ -844,8 +861,36 @@ type WALArchiveStatus struct {
 	// +optional
 	LastFailedTime *metav1.Time `json:"lastFailedTime,omitempty"`
 	// PendingFiles are the finished WAL files not archived yet (each up to
-	// the WAL segment size, 16 MiB by default).
+	// the WAL segment size, 16 MiB by default); PendingBytes their size.
 	PendingFiles int32 `json:"pendingFiles"`
+	// +optional
+	PendingBytes int64 `json:"pendingBytes,omitempty"`
+	// FirstRecoverablePoint and LastRecoverablePoint bound the times a
+	// point-in-time recovery from this archive can reach: from the end of the
+	// oldest verified base backup (a Physical Backup) with no gap in the WAL
+	// after it (rounded up to the second), to the commit time of the last
+	// commit archived (read from the archived WAL; rounded down). Unset
+	// while there is no such base backup (condition Recoverable says why).
+	// +optional
+	FirstRecoverablePoint *metav1.Time `json:"firstRecoverablePoint,omitempty"`
+	// +optional
+	LastRecoverablePoint *metav1.Time `json:"lastRecoverablePoint,omitempty"`
+	// BaseBackups is how many verified base backups the archive holds for
+	// this cluster; UsableBaseBackups those with no gap in the WAL after them.
+	// +optional
+	BaseBackups int32 `json:"baseBackups,omitempty"`
+	// +optional
+	UsableBaseBackups int32 `json:"usableBaseBackups,omitempty"`
+	// Gaps name the runs of WAL segments missing from the archive: no
+	// recovery replays across one.
+	// +optional
+	Gaps []string `json:"gaps,omitempty"`
+	// SurveyTime is when the primary last listed the archive (every minute);
+	// SurveyError why that listing failed (the figures are the previous ones).
+	// +optional
+	SurveyTime *metav1.Time `json:"surveyTime,omitempty"`
+	// +optional
+	SurveyError string `json:"surveyError,omitempty"`
 }
 
 // AnnotationRecoverPrimaryFrom, set on a Database to the name of one of its standby

@@ -196,6 +196,33 @@ type ArchiveStatus struct {
 	// ConfigError: the mounted archive configuration cannot be read (every
 	// push fails until it can).
 	ConfigError string `json:"configError,omitempty"`
+	// PendingBytes is the size of the pending files.
+	PendingBytes int64 `json:"pendingBytes"`
+	// LastCommitTime is the commit time of the last commit archived (read
+	// from the archived segment by wal-push), in LastCommitWAL.
+	LastCommitTime *time.Time `json:"lastCommitTime,omitempty"`
+	LastCommitWAL  string     `json:"lastCommitWAL,omitempty"`
+	// Window is the agent's last survey of the archive (nil: none yet).
+	Window *ArchiveWindow `json:"window,omitempty"`
+}
+
+// ArchiveWindow is what a survey of the archive found: the base backups a
+// recovery can start from, the gaps in the WAL, and the earliest point a
+// recovery can reach.
+type ArchiveWindow struct {
+	SurveyTime time.Time `json:"surveyTime"`
+	// FirstRecoverablePoint is the end of the oldest base backup with no gap
+	// in the archived WAL after its start (FirstBaseBackup); nil: none.
+	FirstRecoverablePoint *time.Time `json:"firstRecoverablePoint,omitempty"`
+	FirstBaseBackup       string     `json:"firstBaseBackup,omitempty"`
+	// BaseBackups are the verified base backups in the archive, Usable those
+	// with no gap after their start.
+	BaseBackups int `json:"baseBackups"`
+	Usable      int `json:"usable"`
+	// Gaps name the missing segments ("segments X to Y are missing").
+	Gaps []string `json:"gaps,omitempty"`
+	// Error is why the last survey failed (the previous figures stay).
+	Error string `json:"error,omitempty"`
 }
 
 // SlotStatus is one row of pg_replication_slots.

@@ -91,6 +91,10 @@ type Agent struct {
 	tlsState tlsState
 	// probes is the probe loop's last reading of PostgreSQL.
 	probes probeCache
+	// survey is the last survey of the WAL archive, written by the survey
+	// loop only; surveyKick asks it for a new one (with the segment size).
+	survey     atomic.Pointer[agentapi.ArchiveWindow]
+	surveyKick chan uint64
 	// restoreMu guards currentRestore, the restore running (one at a time).
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
@@ -203,7 +207,8 @@ func NewAgent(cfg Config) *Agent {
 		i := strings.LastIndex(cfg.PodName, "-")
 		cfg.Leases = NewMemoryLeaseStore(cfg.PodName[:max(i, 0)]+"-0", 1)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), events: make(chan runMsg, 4), configChanged: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: cfg.Log, ready: make(chan struct{}), instr: make(chan instruction, 1), events: make(chan runMsg, 4), configChanged: make(chan struct{}, 1),
+		surveyKick: make(chan uint64, 1)}
 	a.rt.Store(&runtimeView{State: agentapi.StateStarting, Exited: true, Run: runStopped})
 	a.restartDelay = cfg.RestartBackoff
 	a.lease = newLeaseKeeper(cfg.Leases, agentapi.LeaseHolder(cfg.PodName, cfg.PodUID), cfg.LeaseDuration, cfg.RenewDeadline, cfg.RetryPeriod)
@@ -298,6 +303,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	go a.dropExpiredCopies(ctx, time.Minute)
+	go a.surveyLoop(ctx)
 	go a.probeLoop(ctx) // #nosec G118 -- the agent's own context
 
 	if err := a.writePassfile(); err != nil {

@@ -5,6 +5,7 @@ package instance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/walarchive"
 )
 
@@ -79,13 +81,93 @@ func (a *Agent) archiveStatus(ctx context.Context, conn *pgx.Conn) *agentapi.Arc
 	st.LastArchivedTime, st.LastFailedTime = lastOK, lastFail
 	if entries, err := os.ReadDir(filepath.Join(a.cfg.PGData, "pg_wal", "archive_status")); err == nil {
 		for _, e := range entries {
-			if strings.HasSuffix(e.Name(), ".ready") {
+			if name, ok := strings.CutSuffix(e.Name(), ".ready"); ok {
 				st.PendingFiles++
+				if fi, err := os.Stat(filepath.Join(a.cfg.PGData, "pg_wal", name)); err == nil {
+					st.PendingBytes += fi.Size()
+				}
 			}
 		}
 	}
-	if ps, err := walarchive.ReadPushStatus(a.pushStatusFile()); err == nil && ps.Error != "" && (lastOK == nil || ps.Time.After(*lastOK)) {
-		st.Error = ps.Error
+	if ps, err := walarchive.ReadPushStatus(a.pushStatusFile()); err == nil {
+		if ps.Error != "" && (lastOK == nil || ps.Time.After(*lastOK)) {
+			st.Error = ps.Error
+		}
+		st.LastCommitTime, st.LastCommitWAL = ps.LastCommitTime, ps.LastCommitWAL
+	}
+	st.Window = a.survey.Load()
+	if st.Window == nil || time.Since(st.Window.SurveyTime) >= a.surveyInterval() || st.Window.Error != "" && time.Since(st.Window.SurveyTime) >= 10*time.Second {
+		var segSize uint64
+		if err := conn.QueryRow(ctx, "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'").Scan(&segSize); err == nil && segSize > 0 {
+			select {
+			case a.surveyKick <- segSize:
+			default: // one is on its way
+			}
+		}
 	}
 	return st
+}
+
+// surveyInterval is how often the primary surveys the archive (a listing
+// of its WAL and base backups, and a read of each base backup's manifest).
+func (a *Agent) surveyInterval() time.Duration {
+	if a.cfg.ArchiveSurveyInterval > 0 {
+		return a.cfg.ArchiveSurveyInterval
+	}
+	return time.Minute
+}
+
+// surveyLoop surveys the archive when the status asks for it, and publishes
+// the result (it alone writes a.survey).
+func (a *Agent) surveyLoop(ctx context.Context) {
+	for {
+		var segSize uint64
+		select {
+		case <-ctx.Done():
+			return
+		case segSize = <-a.surveyKick:
+		}
+		c, err := a.archiveConfig()
+		if err != nil {
+			continue
+		}
+		w := &agentapi.ArchiveWindow{SurveyTime: time.Now().UTC()}
+		sctx, cancel := context.WithTimeout(ctx, time.Minute)
+		s, err := a.surveyArchive(sctx, segSize)
+		cancel()
+		if err != nil {
+			// The previous figures stay, with the error.
+			if prev := a.survey.Load(); prev != nil {
+				keep := *prev
+				w = &keep
+				w.SurveyTime = time.Now().UTC()
+			}
+			w.Error = "surveying " + c.Location + ": " + err.Error()
+			a.survey.Store(w)
+			continue
+		}
+		w.FirstRecoverablePoint, w.FirstBaseBackup = s.First, s.FirstBase
+		w.BaseBackups, w.Usable = len(s.Bases), s.Usable
+		for i, g := range s.Gaps {
+			if i == 10 {
+				w.Gaps = append(w.Gaps, fmt.Sprintf("and %d more", len(s.Gaps)-10))
+				break
+			}
+			w.Gaps = append(w.Gaps, g.String())
+		}
+		a.survey.Store(w)
+	}
+}
+
+// surveyArchive lists this cluster's directory of the archive.
+func (a *Agent) surveyArchive(ctx context.Context, segSize uint64) (walarchive.Survey, error) {
+	sysid, err := postgres.ReadSystemID(a.cfg.PGData)
+	if err != nil {
+		return walarchive.Survey{}, err
+	}
+	arch, err := walarchive.OpenSystem(a.cfg.WALArchiveDir, filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt"), sysid)
+	if err != nil {
+		return walarchive.Survey{}, err
+	}
+	return arch.Survey(ctx, segSize, time.Now().UTC())
 }

@@ -40,6 +40,9 @@ type Config struct {
 	// WALArchiveDir holds the WAL archive's configuration (the Database's
 	// <name>-wal-archive Secret; archiving is off while it has none).
 	WALArchiveDir string
+	// ArchiveSurveyInterval is how often the primary surveys the archive's
+	// base backups and gaps (a minute when 0).
+	ArchiveSurveyInterval time.Duration
 	// AgentBinary is this program, which archive_command runs (wal-push).
 	AgentBinary string
 	// ConfigDir holds the Database's spec.postgresql (UserConfigFile, from the

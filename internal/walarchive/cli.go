@@ -76,8 +76,12 @@ func Command(ctx context.Context, sub string, args []string) error {
 		}
 		if *statusFile != "" {
 			st := PushStatus{Time: time.Now().UTC(), Name: fs.Arg(1)}
+			prev, _ := ReadPushStatus(*statusFile)
+			st.LastCommitTime, st.LastCommitWAL = prev.LastCommitTime, prev.LastCommitWAL
 			if err != nil {
 				st.Error = err.Error()
+			} else if t, ok := lastCommit(ctx, fs.Arg(0), fs.Arg(1)); ok && (prev.LastCommitWAL == "" || fs.Arg(1) >= prev.LastCommitWAL) {
+				st.LastCommitTime, st.LastCommitWAL = &t, fs.Arg(1)
 			}
 			_ = WritePushStatus(*statusFile, st)
 		}
@@ -95,6 +99,21 @@ func Command(ctx context.Context, sub string, args []string) error {
 		return nil
 	}
 	return fmt.Errorf("unknown WAL command %q (wal-push or wal-fetch)", sub)
+}
+
+// lastCommit reads the last commit time of the segment just archived (not
+// of a history or partial file). It never fails a push: without
+// pg_waldump, or on an unreadable segment, the previous figure stays.
+func lastCommit(ctx context.Context, path, name string) (time.Time, bool) {
+	if len(name) != 24 {
+		return time.Time{}, false
+	}
+	bins, err := postgres.FindBinaries("")
+	if err != nil {
+		return time.Time{}, false
+	}
+	t, ok, err := LastCommitTime(ctx, filepath.Join(bins.Dir, "pg_waldump"), path)
+	return t, ok && err == nil
 }
 
 // open opens the archive of the configuration directory, or of the location

@@ -130,6 +130,11 @@ type PushStatus struct {
 	Time  time.Time `json:"time"`
 	Name  string    `json:"name"`
 	Error string    `json:"error,omitempty"`
+	// LastCommitTime is the commit time of the last commit in the newest
+	// archived segment that holds one (LastCommitWAL): the newest point a
+	// recovery from the archive reaches by time. Carried from push to push.
+	LastCommitTime *time.Time `json:"lastCommitTime,omitempty"`
+	LastCommitWAL  string     `json:"lastCommitWAL,omitempty"`
 }
 
 // WritePushStatus records the result of a push at path (atomically).

@@ -48,7 +48,8 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 	}
 	s.chownAll(t, s.root)
 	flags := fmt.Sprintf("--location=s3://archive/ns/db --s3-endpoint=%s --s3-path-style --s3-credentials-dir=%s", srv.Endpoint(), creds)
-	s.exec(t, fmt.Sprintf("ALTER SYSTEM SET archive_command = '%s wal-push %s %%p %%f'", bin, flags))
+	statusFile := filepath.Join(s.root, "wal-push.json")
+	s.exec(t, fmt.Sprintf("ALTER SYSTEM SET archive_command = '%s wal-push %s --status-file=%s %%p %%f'", bin, flags, statusFile))
 	s.exec(t, "SELECT pg_reload_conf()")
 	// The archiver picks the new command up at its next loop: switch until a
 	// segment lands in S3.
@@ -107,6 +108,19 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 		}
 		return nil
 	})
+
+	// wal-push read the last archived commit's time from the segment: the
+	// last row's commit, between its clock reading before and after.
+	ps, err := ReadPushStatus(statusFile)
+	if err != nil || ps.LastCommitTime == nil || ps.LastCommitTime.After(between[rows-1]) || !ps.LastCommitTime.After(between[rows-2]) {
+		t.Errorf("wal-push's last commit time %v (%v), want in (%v, %v]", ps.LastCommitTime, err, between[rows-2], between[rows-1])
+	}
+	// The survey finds the base backup and no gap: the window starts at its
+	// end.
+	survey, err := archive.Survey(ctx, 1<<20, time.Now())
+	if err != nil || survey.First == nil || !survey.First.Equal(base.EndTime) || survey.Usable != 1 || len(survey.Gaps) != 0 {
+		t.Errorf("survey %+v %v, want the window from %v", survey, err, base.EndTime)
+	}
 
 	recoverTo := func(t *testing.T, target string) []int {
 		t.Helper()
@@ -228,6 +242,16 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 		}
 		if ps, err := ReadPushStatus(statusFile); err != nil || !strings.Contains(ps.Error, "connection refused") {
 			t.Errorf("wal-push's status: %+v %v, want the store's error", ps, err)
+		}
+	})
+	t.Run("a segment deleted from the archive: no window, the gap named", func(t *testing.T) {
+		if err := store.Delete(ctx, archive.key(base.EndWAL)); err != nil {
+			t.Fatal(err)
+		}
+		survey, err := archive.Survey(ctx, 1<<20, time.Now())
+		if err != nil || survey.First != nil || survey.Usable != 0 || len(survey.Bases) != 1 || len(survey.Gaps) != 1 ||
+			!strings.Contains(survey.Gaps[0].String(), base.EndWAL) {
+			t.Errorf("survey %+v %v, want no window and the gap at %s", survey, err, base.EndWAL)
 		}
 	})
 }

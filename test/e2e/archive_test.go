@@ -92,6 +92,13 @@ spec:
 		}
 		return ""
 	})
+	// No base backup yet: not recoverable, and the condition says what to do.
+	c.eventually(2*time.Minute, "Recoverable False: NoBaseBackup", func() string {
+		if r := c.condition("wal-db", "Recoverable", "reason"); r != "NoBaseBackup" {
+			return r + ": " + c.condition("wal-db", "Recoverable", "message")
+		}
+		return ""
+	})
 	c.mustApply(`
 apiVersion: database.example.com/v1
 kind: Backup
@@ -129,6 +136,22 @@ spec:
 	if !strings.Contains(fetched, "fetched") {
 		t.Errorf("the base backup's last WAL segment %s is not in the archive: %s", endWAL, fetched)
 	}
+
+	// The window: from the base backup's end to the last archived commit.
+	c.mustPsql("wal-db-0", "INSERT INTO t VALUES (1002, 'after the base backup')")
+	c.mustPsql("wal-db-0", "SELECT pg_switch_wal()")
+	c.eventually(3*time.Minute, "Recoverable True with a window past the base backup", func() string {
+		if r := c.condition("wal-db", "Recoverable", "reason"); r != "Recoverable" {
+			return r + ": " + c.condition("wal-db", "Recoverable", "message")
+		}
+		first := c.jsonpath("database/wal-db", "{.status.walArchive.firstRecoverablePoint}")
+		last := c.jsonpath("database/wal-db", "{.status.walArchive.lastRecoverablePoint}")
+		if first < c.jsonpath("backup/base-1", "{.status.backupTime}") || last <= first {
+			return "window " + first + " to " + last
+		}
+		return ""
+	})
+	t.Logf("Recoverable: %s", c.condition("wal-db", "Recoverable", "message"))
 
 	// The store goes away under writes.
 	stop := make(chan struct{})

@@ -180,6 +180,64 @@ func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Datab
 	return data, loc, "", nil
 }
 
+// windowOf fills the recoverable window of st from the primary's report: its
+// survey of the archive and the last archived commit. A primary that has not
+// surveyed yet (just promoted, just started) keeps the previous window.
+func windowOf(st *databasev1.WALArchiveStatus, p *agentapi.ArchiveStatus, prev *databasev1.WALArchiveStatus) {
+	w := p.Window
+	if w == nil {
+		if prev != nil && prev.Location == st.Location {
+			st.FirstRecoverablePoint, st.LastRecoverablePoint = prev.FirstRecoverablePoint, prev.LastRecoverablePoint
+			st.BaseBackups, st.UsableBaseBackups, st.Gaps, st.SurveyTime, st.SurveyError = prev.BaseBackups, prev.UsableBaseBackups, prev.Gaps, prev.SurveyTime, prev.SurveyError
+		}
+		return
+	}
+	t := metav1.NewTime(w.SurveyTime)
+	st.SurveyTime, st.SurveyError = &t, w.Error
+	st.BaseBackups, st.UsableBaseBackups, st.Gaps = int32(w.BaseBackups), int32(w.Usable), w.Gaps
+	if w.FirstRecoverablePoint == nil {
+		return
+	}
+	// Seconds, as metav1.Time holds them: the first point rounded up and the
+	// last down, so that the window never claims a second it cannot reach.
+	first := w.FirstRecoverablePoint.UTC()
+	if f := first.Truncate(time.Second); !f.Equal(first) {
+		first = f.Add(time.Second)
+	}
+	last := first
+	lastCommit := p.LastCommitTime
+	if lastCommit == nil && prev != nil && prev.LastRecoverablePoint != nil {
+		lastCommit = &prev.LastRecoverablePoint.Time
+	}
+	if lastCommit != nil && lastCommit.Truncate(time.Second).After(first) {
+		last = lastCommit.UTC().Truncate(time.Second)
+	}
+	ft, lt := metav1.NewTime(first), metav1.NewTime(last)
+	st.FirstRecoverablePoint, st.LastRecoverablePoint = &ft, &lt
+}
+
+// decideRecoverable derives the Recoverable condition from the recorded
+// window. It is pure.
+func decideRecoverable(st *databasev1.WALArchiveStatus) (metav1.ConditionStatus, string, string) {
+	switch {
+	case st == nil || st.SurveyTime == nil:
+		return metav1.ConditionUnknown, databasev1.ReasonRecoverableUnknown, "Waiting for the primary to survey the WAL archive"
+	case st.FirstRecoverablePoint != nil:
+		msg := fmt.Sprintf("Recoverable to any time from %s to %s (%d usable base backups)",
+			st.FirstRecoverablePoint.UTC().Format(time.RFC3339), st.LastRecoverablePoint.UTC().Format(time.RFC3339), st.UsableBaseBackups)
+		if len(st.Gaps) > 0 {
+			msg += "; before the window: " + strings.Join(st.Gaps, ", ")
+		}
+		return metav1.ConditionTrue, databasev1.ReasonRecoverable, msg
+	case st.BaseBackups == 0:
+		return metav1.ConditionFalse, databasev1.ReasonNoBaseBackup,
+			"The WAL archive holds no base backup of this cluster: take a Backup with method: Physical to make it recoverable to a point in time"
+	default:
+		return metav1.ConditionFalse, databasev1.ReasonArchiveGap, fmt.Sprintf(
+			"No base backup can be recovered past the gaps in the WAL archive (%s): take a Backup with method: Physical", strings.Join(st.Gaps, ", "))
+	}
+}
+
 // archiveVerdict is the Database's archiving status and condition.
 type archiveVerdict struct {
 	Status          *databasev1.WALArchiveStatus
@@ -189,7 +247,7 @@ type archiveVerdict struct {
 
 // decideArchiving derives status.walArchive and the ContinuousArchiving
 // condition from the archive step and the primary's report. It is pure.
-func decideArchiving(a *archiveObs, primary *agentapi.Status) archiveVerdict {
+func decideArchiving(a *archiveObs, primary *agentapi.Status, prev *databasev1.WALArchiveStatus) archiveVerdict {
 	switch {
 	case a == nil:
 		return archiveVerdict{}
@@ -211,7 +269,8 @@ func decideArchiving(a *archiveObs, primary *agentapi.Status) archiveVerdict {
 	}
 	p := primary.Archive
 	v.Status.LastArchivedWAL, v.Status.LastFailedWAL = p.LastArchivedWAL, p.LastFailedWAL
-	v.Status.PendingFiles = int32(p.PendingFiles)
+	v.Status.PendingFiles, v.Status.PendingBytes = int32(p.PendingFiles), p.PendingBytes
+	windowOf(v.Status, p, prev)
 	if p.LastArchivedTime != nil {
 		t := metav1.NewTime(*p.LastArchivedTime)
 		v.Status.LastArchivedTime = &t

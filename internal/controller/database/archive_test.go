@@ -66,7 +66,7 @@ func TestDecideArchiving(t *testing.T) {
 			metav1.ConditionFalse, databasev1.ReasonArchiveFailing, "000000010000000000000001"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			v := decideArchiving(tc.obs, tc.primary)
+			v := decideArchiving(tc.obs, tc.primary, nil)
 			if v.Condition != tc.status || v.Reason != tc.reason || !strings.Contains(v.Message, tc.message) {
 				t.Errorf("got %s %s %q, want %s %s containing %q", v.Condition, v.Reason, v.Message, tc.status, tc.reason, tc.message)
 			}
@@ -76,6 +76,66 @@ func TestDecideArchiving(t *testing.T) {
 					int(v.Status.PendingFiles) != a.PendingFiles || v.Status.Location != loc {
 					t.Errorf("status = %+v from %+v", v.Status, a)
 				}
+			}
+		})
+	}
+}
+
+// The window in status.walArchive and the Recoverable condition, from the
+// primary's survey of the archive and its last archived commit.
+func TestTheRecoverableWindow(t *testing.T) {
+	loc := "s3://bucket/ns/db"
+	configured := &archiveObs{Configured: true, Location: loc}
+	at := func(s string) *time.Time {
+		v, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &v
+	}
+	mt := func(s string) *metav1.Time { v := metav1.NewTime(*at(s)); return &v }
+	survey := &agentapi.ArchiveWindow{SurveyTime: *at("2026-12-07T12:00:00Z"), FirstRecoverablePoint: at("2026-12-07T10:00:00.2Z"),
+		FirstBaseBackup: "nightly", BaseBackups: 2, Usable: 1, Gaps: []string{"segment 000000010000000000000002 is missing"}}
+	prev := &databasev1.WALArchiveStatus{Location: loc, FirstRecoverablePoint: mt("2026-12-06T10:00:01Z"), LastRecoverablePoint: mt("2026-12-07T11:00:00Z"),
+		BaseBackups: 3, UsableBaseBackups: 3, SurveyTime: mt("2026-12-07T11:59:00Z")}
+	for _, tc := range []struct {
+		name        string
+		report      *agentapi.ArchiveStatus
+		prev        *databasev1.WALArchiveStatus
+		first, last string
+		status      metav1.ConditionStatus
+		reason, msg string
+	}{
+		{"no survey yet: Unknown", &agentapi.ArchiveStatus{Location: loc}, nil, "", "", metav1.ConditionUnknown, databasev1.ReasonRecoverableUnknown, "survey"},
+		{"a new primary that has not surveyed keeps the previous window", &agentapi.ArchiveStatus{Location: loc}, prev,
+			"2026-12-06T10:00:01Z", "2026-12-07T11:00:00Z", metav1.ConditionTrue, databasev1.ReasonRecoverable, "3 usable"},
+		{"no base backup: False, take a Physical Backup", &agentapi.ArchiveStatus{Location: loc, Window: &agentapi.ArchiveWindow{SurveyTime: time.Now()}}, nil,
+			"", "", metav1.ConditionFalse, databasev1.ReasonNoBaseBackup, "method: Physical"},
+		{"every base backup before a gap: False naming it", &agentapi.ArchiveStatus{Location: loc, Window: &agentapi.ArchiveWindow{SurveyTime: time.Now(), BaseBackups: 1,
+			Gaps: []string{"segment 000000010000000000000009 is missing"}}}, nil, "", "", metav1.ConditionFalse, databasev1.ReasonArchiveGap, "000000010000000000000009"},
+		{"a window: from the base backup's end rounded up to the last commit rounded down", &agentapi.ArchiveStatus{Location: loc, Window: survey,
+			LastCommitTime: at("2026-12-07T11:58:30.9Z")}, nil,
+			"2026-12-07T10:00:01Z", "2026-12-07T11:58:30Z", metav1.ConditionTrue, databasev1.ReasonRecoverable, "before the window: segment 000000010000000000000002"},
+		{"no commit since the base backup: the window is its end", &agentapi.ArchiveStatus{Location: loc, Window: survey}, nil,
+			"2026-12-07T10:00:01Z", "2026-12-07T10:00:01Z", metav1.ConditionTrue, databasev1.ReasonRecoverable, "1 usable"},
+		{"a new primary that has archived no commit yet keeps the last point", &agentapi.ArchiveStatus{Location: loc, Window: survey}, prev,
+			"2026-12-07T10:00:01Z", "2026-12-07T11:00:00Z", metav1.ConditionTrue, databasev1.ReasonRecoverable, "2026-12-07T11:00:00Z"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := decideArchiving(configured, &agentapi.Status{Role: agentapi.RolePrimary, Archive: tc.report}, tc.prev)
+			st := v.Status
+			str := func(p *metav1.Time) string {
+				if p == nil {
+					return ""
+				}
+				return p.UTC().Format(time.RFC3339)
+			}
+			if str(st.FirstRecoverablePoint) != tc.first || str(st.LastRecoverablePoint) != tc.last {
+				t.Errorf("window %s to %s, want %s to %s", str(st.FirstRecoverablePoint), str(st.LastRecoverablePoint), tc.first, tc.last)
+			}
+			cs, reason, msg := decideRecoverable(st)
+			if cs != tc.status || reason != tc.reason || !strings.Contains(msg, tc.msg) {
+				t.Errorf("Recoverable %s %s %q, want %s %s containing %q", cs, reason, msg, tc.status, tc.reason, tc.msg)
 			}
 		})
 	}

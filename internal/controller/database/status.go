@@ -209,7 +209,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		set(databasev1.ConditionConfigurationApplied, cv.Condition, cv.Reason, cv.Message)
 	}
 
-	if av := decideArchiving(obs.Archive, primaryOf(obs)); obs.Archive != nil {
+	if av := decideArchiving(obs.Archive, primaryOf(obs), prev.WALArchive); obs.Archive != nil {
 		st.WALArchive = av.Status
 		if av.Status == nil {
 			st.WALArchive = prev.WALArchive
@@ -219,6 +219,12 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		meta.RemoveStatusCondition(&st.Conditions, databasev1.ConditionContinuousArchiving)
 	} else {
 		st.WALArchive = prev.WALArchive
+	}
+	if db.Spec.WALArchive != nil && obs.Archive != nil && obs.Archive.Configured {
+		rs, rr, rm := decideRecoverable(st.WALArchive)
+		set(databasev1.ConditionRecoverable, rs, rr, rm)
+	} else if db.Spec.WALArchive == nil {
+		meta.RemoveStatusCondition(&st.Conditions, databasev1.ConditionRecoverable)
 	}
 
 	if obs.StatefulSet != nil {
