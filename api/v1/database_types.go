@@ -160,6 +160,14 @@ type DatabaseSpec struct {
 	// status.walArchive report it.
 	// +optional
 	WALArchive *WALArchiveSpec `json:"walArchive,omitempty"`
+
+	// Bootstrap creates the new Database's cluster from another's WAL archive
+	// instead of an empty one (point-in-time recovery into a new Database:
+	// disaster recovery, a clone at a past moment). It is used once, when the
+	// first instance starts on an empty volume, and cannot change.
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.bootstrap cannot change: it created the cluster"
+	// +optional
+	Bootstrap *BootstrapSpec `json:"bootstrap,omitempty"`
 }
 
 // WALArchiveSpec is where and how a Database archives its WAL.
@@ -185,6 +193,70 @@ type WALArchiveSpec struct {
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('10s') && duration(self) <= duration('1h')",message="walArchive.archiveTimeout must be between 10s and 1h"
 	// +optional
 	ArchiveTimeout *metav1.Duration `json:"archiveTimeout,omitempty"`
+}
+
+// BootstrapSpec is how a new Database's cluster is created.
+type BootstrapSpec struct {
+	// PointInTime recovers the cluster from a WAL archive to a target.
+	PointInTime *PointInTimeBootstrap `json:"pointInTime"`
+}
+
+// PointInTimeBootstrap is a point-in-time recovery into a new Database: the
+// newest verified base backup of the source archive that ends before the
+// target is restored on the first instance, the archived WAL replayed up to
+// the target, and the cluster promoted there on a new timeline; the other
+// instances clone it. A target the archive cannot reach is refused before
+// anything is restored (condition Recovered, reason TargetNotRecoverable).
+// +kubebuilder:validation:XValidation:rule="has(self.databaseRef) != has(self.storageLocation)",message="set exactly one source: databaseRef (a Database whose spec.walArchive to read) or storageLocation (a bare archive, with systemIdentifier)"
+// +kubebuilder:validation:XValidation:rule="!has(self.storageLocation) || has(self.systemIdentifier)",message="a bare archive location needs systemIdentifier (the source cluster's directory in it)"
+// +kubebuilder:validation:XValidation:rule="[has(self.time), has(self.lsn), has(self.restorePoint), has(self.latest) && self.latest].filter(x, x).size() == 1",message="set exactly one target: time, lsn, restorePoint or latest: true"
+type PointInTimeBootstrap struct {
+	// DatabaseRef names a Database in this namespace whose WAL archive
+	// (spec.walArchive, its location, s3 settings and encryption) and system
+	// identifier are the source.
+	// +optional
+	DatabaseRef *corev1.LocalObjectReference `json:"databaseRef,omitempty"`
+	// StorageLocation is a bare archive, s3://bucket[/prefix], as the source
+	// Database's status.walArchive.location showed it (with S3 and
+	// Encryption): for disaster recovery when the source Database is gone.
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('s3://')",message="storageLocation must be an s3:// location"
+	// +optional
+	StorageLocation string `json:"storageLocation,omitempty"`
+	// +optional
+	S3 *S3Config `json:"s3,omitempty"`
+	// +optional
+	Encryption *BackupEncryption `json:"encryption,omitempty"`
+	// SystemIdentifier is the source cluster's (its status.systemIdentifier):
+	// its directory in a bare archive.
+	// +kubebuilder:validation:Pattern=`^[0-9]{1,20}$`
+	// +optional
+	SystemIdentifier string `json:"systemIdentifier,omitempty"`
+
+	RecoveryTarget `json:",inline"`
+}
+
+// RecoveryTarget is where a point-in-time recovery stops: exactly one of
+// time, lsn, restorePoint and latest.
+type RecoveryTarget struct {
+	// Time stops the recovery at this moment (RFC 3339): transactions that
+	// committed before it (at it, with inclusive) are kept, later ones not.
+	// +optional
+	Time *metav1.Time `json:"time,omitempty"`
+	// LSN stops it at this WAL position, e.g. 0/3000060.
+	// +kubebuilder:validation:Pattern=`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`
+	// +optional
+	LSN string `json:"lsn,omitempty"`
+	// RestorePoint stops it at a point created with pg_create_restore_point().
+	// +kubebuilder:validation:MaxLength=63
+	// +optional
+	RestorePoint string `json:"restorePoint,omitempty"`
+	// Latest replays everything the archive holds.
+	// +optional
+	Latest bool `json:"latest,omitempty"`
+	// Inclusive: stop just after the target (true, default) or just before it.
+	// +kubebuilder:default=true
+	// +optional
+	Inclusive *bool `json:"inclusive,omitempty"`
 }
 
 // ObjectMetadata is labels and annotations added to objects the operator
@@ -749,6 +821,10 @@ type DatabaseStatus struct {
 	// +optional
 	WALArchive *WALArchiveStatus `json:"walArchive,omitempty"`
 
+	// Recovery is the outcome of spec.bootstrap.pointInTime.
+	// +optional
+	Recovery *RecoveryStatus `json:"recovery,omitempty"`
+
 	// Instances is "ready/total" (readyReplicas/spec.replicas), for kubectl get.
 	// +optional
 	Instances string `json:"instances,omitempty"`
@@ -809,6 +885,40 @@ const (
 	// and every WAL segment after it: status.walArchive's window is then the
 	// span a point-in-time recovery can reach.
 	ConditionRecoverable = "Recoverable"
+	// ConditionRecovered is about spec.bootstrap.pointInTime: True once the
+	// cluster was recovered and promoted at the target, False while it is
+	// (RecoveryInProgress) or when it cannot be (TargetNotRecoverable).
+	ConditionRecovered = "Recovered"
+)
+
+// RecoveryStatus is what a point-in-time recovery reached.
+type RecoveryStatus struct {
+	// BaseBackup is the base backup restored.
+	BaseBackup string `json:"baseBackup,omitempty"`
+	// Target is the target, as PostgreSQL was given it.
+	Target string `json:"target,omitempty"`
+	// ReachedLSN is where the replay ended; ReachedTime the commit time of
+	// the last transaction replayed.
+	// +optional
+	ReachedLSN string `json:"reachedLSN,omitempty"`
+	// +optional
+	ReachedTime *metav1.Time `json:"reachedTime,omitempty"`
+	// Timeline is the new timeline the cluster was promoted on.
+	// +optional
+	Timeline int64 `json:"timeline,omitempty"`
+	// Error says why the recovery cannot be done.
+	// +optional
+	Error string `json:"error,omitempty"`
+}
+
+// Reasons of ConditionRecovered.
+const (
+	ReasonRecovered            = "Recovered"
+	ReasonRecoveryInProgress   = "RecoveryInProgress"
+	ReasonTargetNotRecoverable = "TargetNotRecoverable"
+	// ReasonRecoverySourceNotFound: the databaseRef of the source names no
+	// Database with a WAL archive and a system identifier.
+	ReasonRecoverySourceNotFound = "RecoverySourceNotFound"
 )
 
 // Reasons of ConditionRecoverable.

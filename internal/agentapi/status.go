@@ -173,6 +173,8 @@ type Status struct {
 	// Archive is the primary's continuous WAL archiving (nil when no archive
 	// is configured, and on standbys).
 	Archive *ArchiveStatus `json:"archive,omitempty"`
+	// Recovery is a point-in-time bootstrap's progress or outcome.
+	Recovery *RecoveryResult `json:"recovery,omitempty"`
 }
 
 // ArchiveStatus is a primary's WAL archiving: PostgreSQL's archiver
@@ -312,3 +314,24 @@ const WALArchiveDir = "/etc/postgres-operator/wal-archive"
 
 // WALArchiveSecretName is the name of a Database's WAL archive Secret.
 func WALArchiveSecretName(database string) string { return database + "-wal-archive" }
+
+// RecoveryResult is a point-in-time bootstrap's progress or outcome.
+type RecoveryResult struct {
+	BaseBackup string `json:"baseBackup,omitempty"`
+	Target     string `json:"target,omitempty"`
+	// Done: PostgreSQL promoted at the end of the recovery.
+	Done        bool       `json:"done,omitempty"`
+	ReachedLSN  string     `json:"reachedLSN,omitempty"`
+	ReachedTime *time.Time `json:"reachedTime,omitempty"`
+	Timeline    int64      `json:"timeline,omitempty"`
+	// Error: the archive cannot reach the target (nothing was restored).
+	Error string `json:"error,omitempty"`
+}
+
+// RecoverySourceDir is where instance pods of a Database bootstrapped by a
+// point-in-time recovery mount its source, the Secret
+// RecoverySourceSecretName (the archive's configuration and the target).
+const RecoverySourceDir = "/etc/postgres-operator/recovery-source"
+
+// RecoverySourceSecretName is the name of a Database's recovery source Secret.
+func RecoverySourceSecretName(database string) string { return database + "-recovery-source" }

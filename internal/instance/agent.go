@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -93,8 +94,14 @@ type Agent struct {
 	probes probeCache
 	// survey is the last survey of the WAL archive, written by the survey
 	// loop only; surveyKick asks it for a new one (with the segment size).
-	survey     atomic.Pointer[agentapi.ArchiveWindow]
-	surveyKick chan uint64
+	survey atomic.Pointer[agentapi.ArchiveWindow]
+	// recoveryRefusal is why a point-in-time bootstrap cannot be done
+	// (written by the main loop only).
+	recoveryRefusal atomic.Pointer[string]
+	// loadedRecovery is the recovery the running PostgreSQL was started for
+	// (nil: none), written before each start.
+	loadedRecovery atomic.Pointer[recoveryState]
+	surveyKick     chan uint64
 	// restoreMu guards currentRestore, the restore running (one at a time).
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
@@ -324,7 +331,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		facts := a.facts(v)
 		act, msg := planStart(facts)
 		a.lease.setWant(facts.Primary)
-		if facts.Primary && (act == actionInitdb || act == actionStart || act == actionRecoverPrimary) && !v.Held {
+		if facts.Primary && (act == actionInitdb || act == actionRecoverArchive || act == actionStart || act == actionRecoverPrimary) && !v.Held {
 			// Never initdb, start writable or promote without the Lease.
 			a.setState(agentapi.StateWaitingForLease, leaseWaitMessage(v))
 			a.waitLease(ctx, time.Second)
@@ -338,6 +345,29 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 		switch act {
+		case actionRecoverArchive:
+			a.setState(agentapi.StateRecovering, msg)
+			err := a.recoverFromArchive(ctx, *facts.Recovery)
+			var refused *errRefused
+			switch {
+			case err == nil:
+				a.recoveryRefusal.Store(nil)
+				a.publish(func(v *runtimeView) { v.Bootstrapped = true })
+				continue
+			case ctx.Err() != nil:
+				return nil
+			case errors.As(err, &refused):
+				m := refused.msg
+				a.recoveryRefusal.Store(&m)
+				a.setState(agentapi.StateRecovering, "refusing the point-in-time recovery: "+m)
+			default:
+				a.log.Warn("point-in-time recovery failed; retrying", "error", err)
+				a.setState(agentapi.StateRecovering, "point-in-time recovery failed (retrying in 30s): "+err.Error())
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(30 * time.Second):
+			}
 		case actionInitdb:
 			a.setState(agentapi.StateInitializing, msg)
 			if err := a.initdb(ctx); err != nil {
@@ -459,6 +489,13 @@ func (a *Agent) facts(v leaseView) startFacts {
 	if f.HasData {
 		f.DataSystemID, _ = postgres.ReadSystemID(a.cfg.PGData)
 		f.DataMajor, _ = postgres.ReadDataMajor(a.cfg.PGData)
+	}
+	if !f.HasData && f.ExpectedSystemID == "" {
+		r, err := a.recoverySource()
+		if err != nil {
+			a.log.Warn("reading the recovery source", "error", err)
+		}
+		f.Recovery, f.RecoveryExpected = r, a.cfg.RecoverySourceDir != ""
 	}
 	f.RecoverFrom = a.recoverFrom
 	f.RecloneRequested = a.recloneRequested

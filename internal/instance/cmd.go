@@ -40,6 +40,9 @@ type Config struct {
 	// WALArchiveDir holds the WAL archive's configuration (the Database's
 	// <name>-wal-archive Secret; archiving is off while it has none).
 	WALArchiveDir string
+	// RecoverySourceDir holds a point-in-time bootstrap's source archive and
+	// target (the Database's <name>-recovery-source Secret); none when empty.
+	RecoverySourceDir string
 	// ArchiveSurveyInterval is how often the primary surveys the archive's
 	// base backups and gaps (a minute when 0).
 	ArchiveSurveyInterval time.Duration
@@ -137,6 +140,7 @@ func Run(ctx context.Context, args []string) error {
 	fs.StringVar(&cfg.CredentialsDir, "credentials-dir", agentapi.DefaultCredentialsDir, "directory of the application credentials Secret")
 	fs.StringVar(&cfg.InternalDir, "internal-dir", agentapi.DefaultInternalDir, "directory of the internal Secret (replication password, agent token)")
 	fs.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of the Database's PostgreSQL configuration (the <name>-config ConfigMap); none when empty")
+	fs.StringVar(&cfg.RecoverySourceDir, "recovery-source-dir", "", "directory of a point-in-time bootstrap's source (the <name>-recovery-source Secret); none when empty")
 	fs.StringVar(&cfg.WALArchiveDir, "wal-archive-dir", "", "directory of the WAL archive's configuration (the <name>-wal-archive Secret); no archive when empty")
 	fs.StringVar(&cfg.RunDir, "run-dir", agentapi.DefaultRunDir, "private directory for the socket")
 	fs.StringVar(&cfg.VolumeSocketDir, "volume-socket-dir", "", "a socket directory on the data volume, for the upgrade preflight (none when empty)")

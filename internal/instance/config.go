@@ -97,6 +97,7 @@ func (a *Agent) writeConfig(primary bool, following string) (configWritten, erro
 		conf = append(conf, "max_slot_wal_keep_size = "+q(a.cfg.MaxSlotWALKeepSize))
 	}
 	conf = append(conf, a.archiveConfLines(q)...)
+	conf = append(conf, a.recoveryConfLines(primary, q)...)
 	if a.tlsEnabled() {
 		conf = append(conf, "ssl = on",
 			"ssl_cert_file = "+q(a.serverCertPath()),

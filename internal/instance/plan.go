@@ -6,6 +6,7 @@ import (
 
 	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
+	"github.com/example/postgres-operator/internal/walarchive"
 )
 
 // startAction is what the agent does next with its data directory.
@@ -20,6 +21,8 @@ const (
 	actionRefuseForeign  startAction = "refuse-foreign"
 	actionRefuseVersion  startAction = "refuse-version"
 	actionRecoverPrimary startAction = "recover-primary"
+	actionRecoverArchive startAction = "recover-archive"
+	actionWaitRecovery   startAction = "refuse-until-recovery-source"
 )
 
 // startFacts is what the start-up decision depends on.
@@ -40,6 +43,12 @@ type startFacts struct {
 	RecoverFrom string
 	// RecloneRequested: the operator asked this standby to re-clone (its WAL is gone).
 	RecloneRequested bool
+	// Recovery is the point-in-time recovery a new Database bootstraps by
+	// (nil: initdb).
+	Recovery *walarchive.RecoveryRequest
+	// RecoveryExpected: the Database bootstraps by a point-in-time recovery
+	// (its source directory is configured), so it never runs initdb.
+	RecoveryExpected bool
 }
 
 // planStart decides what the agent does with its data directory. It never creates
@@ -50,6 +59,12 @@ func planStart(f startFacts) (startAction, string) {
 		switch {
 		case !f.Primary:
 			return actionClone, "empty data directory: cloning the primary"
+		case f.ExpectedSystemID == "" && f.Recovery != nil:
+			return actionRecoverArchive, fmt.Sprintf("empty data directory and the Database was never initialised: recovering cluster %s from its archive to %s",
+				f.Recovery.SystemID, f.Recovery)
+		case f.ExpectedSystemID == "" && f.RecoveryExpected:
+			return actionWaitRecovery, "empty data directory and the Database bootstraps by a point-in-time recovery: waiting for its source and target " +
+				"(the <name>-recovery-source Secret); never initdb"
 		case f.ExpectedSystemID == "":
 			return actionInitdb, "empty data directory and the Database was never initialised: initdb"
 		case f.RecoverFrom != "":
@@ -101,6 +116,8 @@ func refusalState(a startAction) (agentapi.State, bool) {
 		return agentapi.StateForeignData, true
 	case actionRefuseVersion:
 		return agentapi.StateVersionMismatch, true
+	case actionWaitRecovery:
+		return agentapi.StateRecovering, true
 	}
 	return "", false
 }

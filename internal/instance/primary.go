@@ -72,10 +72,16 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 		return err
 	}
 	if !inRecovery {
+		if a.recordRecovery(ctx, conn) {
+			a.progress(ctx, gen, agentapi.StateRunning, "PostgreSQL is running (recovered to the target and promoted)")
+		}
 		if !a.view().Primary {
 			a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
 		}
 		return nil
+	}
+	if err := a.holdPromotion(ctx, gen, conn); err != nil {
+		return err
 	}
 	if v := a.lease.view(); !v.Held || v.Target != a.cfg.PodName {
 		return errors.New("not promoting: this instance does not hold the primary Lease as the target")
@@ -117,6 +123,7 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 		return errors.New("promotion did not complete within 60s")
 	}
 	a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
+	a.recordRecovery(ctx, conn)
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		a.log.Warn("checkpoint after the promotion", "error", err)
 	}

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/example/postgres-operator/internal/walarchive"
+
 	"github.com/example/postgres-operator/internal/agentapi"
 	"github.com/example/postgres-operator/internal/postgres"
 	"github.com/example/postgres-operator/internal/testenv"
@@ -30,6 +32,13 @@ func TestPlanStart(t *testing.T) {
 		{"initialised Database, empty primary volume: refuse", startFacts{Primary: true, ExpectedSystemID: "7"}, actionRefuseMissing, "refusing to create a new, empty cluster"},
 		{"empty primary volume with a recovery source: rebuild from the standby", startFacts{Primary: true, ExpectedSystemID: "7", RecoverFrom: "db-1"}, actionRecoverPrimary, "db-1"},
 		{"a recovery source is ignored for a Database never initialised", startFacts{Primary: true, RecoverFrom: "db-1"}, actionInitdb, ""},
+		{"new Database bootstrapped by a point-in-time recovery: the primary recovers it", startFacts{Primary: true,
+			Recovery: &walarchive.RecoveryRequest{SystemID: "9", Latest: true}, RecoveryExpected: true}, actionRecoverArchive, "recovering cluster 9"},
+		{"point-in-time bootstrap whose source is not there yet: never initdb", startFacts{Primary: true, RecoveryExpected: true}, actionWaitRecovery, "never initdb"},
+		{"a point-in-time bootstrap never runs again once initialised", startFacts{Primary: true, ExpectedSystemID: "9",
+			Recovery: &walarchive.RecoveryRequest{SystemID: "9", Latest: true}, RecoveryExpected: true}, actionRefuseMissing, "refusing"},
+		{"a standby of a point-in-time bootstrap clones the primary", startFacts{
+			Recovery: &walarchive.RecoveryRequest{SystemID: "9", Latest: true}, RecoveryExpected: true}, actionClone, "cloning"},
 		{"empty standby volume: clone", startFacts{ExpectedSystemID: "7"}, actionClone, "cloning"},
 		{"empty standby volume before identity: clone", startFacts{}, actionClone, "cloning"},
 		{"primary with its own data", startFacts{Primary: true, HasData: true, DataSystemID: "7", ExpectedSystemID: "7", DataMajor: 15, BinaryMajor: 15}, actionStart, ""},

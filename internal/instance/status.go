@@ -17,6 +17,7 @@ func (a *Agent) status(ctx context.Context) *agentapi.Status {
 	st := &agentapi.Status{Protocol: agentapi.ProtocolVersion, Pod: a.cfg.PodName, BinaryVersion: a.binaryMajor, Bootstrapped: rt.Bootstrapped}
 	st.State, st.Message = rt.State, rt.Message
 	st.Restoring = a.restoreInProgress()
+	st.Recovery = a.recoveryReport()
 	v := a.lease.view()
 	st.Target, st.HoldsLease, st.Fenced, st.LeaseError = v.Target, v.Held, rt.Fenced, v.LastErr
 	if !rt.Primary {

@@ -22,8 +22,12 @@ type Survey struct {
 	// window). FirstBase names that backup.
 	First     *time.Time
 	FirstBase string
-	// Usable is how many base backups have no gap after their start.
-	Usable int
+	// Usable is how many base backups have no gap after their start;
+	// UsableBases are they, oldest first.
+	Usable      int
+	UsableBases []BaseBackup
+	// Newest is the newest archived segment (zero when none).
+	Newest Segment
 }
 
 // Survey lists the archive: its base backups and WAL segments of segSize.
@@ -54,6 +58,11 @@ func (a *Archive) Survey(ctx context.Context, segSize uint64, now time.Time) (Su
 	}
 	s := DecideWindow(bases, c.Gaps(segSize), segSize)
 	s.Time = now
+	for tl, segs := range c.Segments {
+		if n := segs[len(segs)-1]; len(segs) > 0 && (n > s.Newest.No || n == s.Newest.No && tl > s.Newest.Timeline) {
+			s.Newest = Segment{Timeline: tl, No: n}
+		}
+	}
 	return s, nil
 }
 
@@ -82,6 +91,7 @@ func DecideWindow(bases []BaseBackup, gaps []Gap, segSize uint64) Survey {
 			continue
 		}
 		s.Usable++
+		s.UsableBases = append(s.UsableBases, b)
 		if s.First == nil {
 			t := b.EndTime
 			s.First, s.FirstBase = &t, b.Name

@@ -137,12 +137,22 @@ func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Datab
 	if spec.ArchiveTimeout != nil {
 		c.ArchiveTimeoutSeconds = int(spec.ArchiveTimeout.Duration / time.Second)
 	}
+	data, err := r.storeSecretData(ctx, db.Namespace, c, s3, spec.Encryption)
+	if err != nil {
+		return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+	}
+	return data, loc, "", nil
+}
+
+// storeSecretData is an archive's configuration directory: c, with the S3
+// credentials, CA and encryption key copied from the user's Secrets in ns.
+func (r *Reconciler) storeSecretData(ctx context.Context, ns string, c walarchive.Config, s3 *databasev1.S3Config, enc *databasev1.BackupEncryption) (map[string][]byte, error) {
 	data := map[string][]byte{}
 	read := func(name, key, what string) ([]byte, error) {
 		// The user's Secrets are not in the operator's cache (it holds the
 		// Secrets the operator owns): read them from the API server.
 		s := &corev1.Secret{}
-		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: db.Namespace, Name: name}, s); err != nil {
+		if err := r.reader().Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, s); err != nil {
 			return nil, fmt.Errorf("the %s Secret %s: %w", what, name, err)
 		}
 		v, ok := s.Data[key]
@@ -154,30 +164,31 @@ func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Datab
 	for _, k := range []string{walarchive.AccessKeyFile, walarchive.SecretKeyFile} {
 		v, err := read(s3.CredentialsSecret.Name, k, "S3 credentials")
 		if err != nil {
-			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+			return nil, err
 		}
 		data[k] = v
 	}
 	if s3.CASecret != nil {
 		v, err := read(s3.CASecret.Name, s3.CASecret.Key, "S3 CA")
 		if err != nil {
-			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+			return nil, err
 		}
 		data[walarchive.CAFile] = v
 	}
-	if spec.Encryption != nil {
-		v, err := read(spec.Encryption.SecretName, walarchive.IdentityFile, "encryption key")
+	if enc != nil {
+		v, err := read(enc.SecretName, walarchive.IdentityFile, "encryption key")
 		if err != nil {
-			return nil, "", databasev1.ReasonArchiveSecretNotFound, err
+			return nil, err
 		}
 		data[walarchive.IdentityFile] = v
 	}
+	c.Encrypted = enc != nil
 	b, err := json.Marshal(c)
 	if err != nil {
-		return nil, "", databasev1.ReasonNoArchiveLocation, err
+		return nil, err
 	}
 	data[walarchive.ConfigFile] = b
-	return data, loc, "", nil
+	return data, nil
 }
 
 // windowOf fills the recoverable window of st from the primary's report: its

@@ -151,6 +151,7 @@ func (r *Reconciler) steps() []step {
 		{"services", r.reconcileServices},
 		{"config", r.reconcileConfig},
 		{"walarchive", r.reconcileWALArchive},
+		{"recoverysource", r.reconcileRecoverySource},
 		{"access", r.reconcileAccess},
 		{"upgrade", r.reconcileUpgrade},
 		{"statefulset", r.reconcileStatefulSet},

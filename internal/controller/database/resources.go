@@ -46,17 +46,18 @@ const (
 	// applies.
 	FieldOwner = "postgres-operator"
 
-	containerPostgres  = agentapi.ContainerName
-	containerBootstrap = "bootstrap-agent"
-	volumeData         = "data"
-	volumeController   = "controller"
-	volumeCredentials  = "credentials"
-	volumeInternal     = "internal"
-	volumeConfig       = "config"
-	volumeWALArchive   = "wal-archive"
-	volumeShm          = "shm"
-	volumeTLS          = "tls"
-	volumeTmp          = "tmp"
+	containerPostgres    = agentapi.ContainerName
+	containerBootstrap   = "bootstrap-agent"
+	volumeData           = "data"
+	volumeController     = "controller"
+	volumeCredentials    = "credentials"
+	volumeInternal       = "internal"
+	volumeConfig         = "config"
+	volumeWALArchive     = "wal-archive"
+	volumeRecoverySource = "recovery-source"
+	volumeShm            = "shm"
+	volumeTLS            = "tls"
+	volumeTmp            = "tmp"
 
 	dataMountPath       = "/var/lib/postgresql/data"
 	controllerMountPath = "/controller"
@@ -264,6 +265,12 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 	if db.Spec.TLS.Mode == databasev1.TLSOptional {
 		args = append(args, "--tls-optional")
 	}
+	pitr := db.Spec.Bootstrap != nil && db.Spec.Bootstrap.PointInTime != nil
+	if pitr {
+		// Only for a Database bootstrapped by a point-in-time recovery (the
+		// spec cannot change): its agents never run initdb.
+		args = append(args, "--recovery-source-dir="+agentapi.RecoverySourceDir)
+	}
 	container := corev1ac.Container().
 		WithName(containerPostgres).
 		WithImage(in.Image).
@@ -339,6 +346,11 @@ func buildStatefulSet(db *databasev1.Database, in statefulSetInput) *appsv1ac.St
 	}
 	podSpec := corev1ac.PodSpec()
 	scheduling(db, podSpec)
+	if pitr {
+		container.WithVolumeMounts(corev1ac.VolumeMount().WithName(volumeRecoverySource).WithMountPath(agentapi.RecoverySourceDir).WithReadOnly(true))
+		podSpec.WithVolumes(corev1ac.Volume().WithName(volumeRecoverySource).WithSecret(corev1ac.SecretVolumeSource().
+			WithSecretName(agentapi.RecoverySourceSecretName(db.Name)).WithOptional(true).WithDefaultMode(0o440)))
+	}
 
 	return appsv1ac.StatefulSet(statefulSetName(db), db.Namespace).
 		WithLabels(labels).

@@ -57,6 +57,9 @@ type observation struct {
 	// Archive is what the WAL archive step found (nil without
 	// spec.walArchive).
 	Archive *archiveObs
+	// Recovery is what the recovery source step found (nil without
+	// spec.bootstrap.pointInTime).
+	Recovery *recoveryObs
 	// ReconcileErr joins the errors of this reconcile's steps.
 	ReconcileErr error
 	// ObserveErr is set when the pods or endpoints could not be listed: the
@@ -219,6 +222,11 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 		meta.RemoveStatusCondition(&st.Conditions, databasev1.ConditionContinuousArchiving)
 	} else {
 		st.WALArchive = prev.WALArchive
+	}
+	if db.Spec.Bootstrap != nil && db.Spec.Bootstrap.PointInTime != nil {
+		rs, cs, reason, msg := decideRecovered(obs.Recovery, recoveringInstance(obs), prev.Recovery)
+		st.Recovery = rs
+		set(databasev1.ConditionRecovered, cs, reason, msg)
 	}
 	if db.Spec.WALArchive != nil && obs.Archive != nil && obs.Archive.Configured {
 		rs, rr, rm := decideRecoverable(st.WALArchive)
@@ -553,6 +561,18 @@ func primaryOf(obs observation) *agentapi.Status {
 		p = r.Status
 	}
 	return p
+}
+
+// recoveringInstance is the report of the instance that carries a
+// point-in-time bootstrap (it is in recovery, or not running, until it
+// promotes at the target): the one whose report has a recovery.
+func recoveringInstance(obs observation) *agentapi.Status {
+	for _, pod := range obs.Pods {
+		if r, ok := obs.Instances[pod.Name]; ok && r.Err == nil && r.Status != nil && r.Status.Recovery != nil {
+			return r.Status
+		}
+	}
+	return nil
 }
 
 func maxLagBytes(db *databasev1.Database) int64 {

@@ -1,0 +1,249 @@
+// Point-in-time recovery into a new Database: the first instance's cluster
+// is a base backup of another cluster's WAL archive, replayed to a target.
+
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/walarchive"
+)
+
+// Files in PGDATA of a point-in-time recovery: recoveryStateFile while
+// PostgreSQL replays to the target (the configuration then carries the
+// recovery settings, and the agent does not promote: PostgreSQL does, at
+// the target), recoveryResultFile once it promoted.
+const (
+	recoveryStateFile  = "pgo-recovery.json"
+	recoveryResultFile = "pgo-recovery-result.json"
+)
+
+// recoveryState is what recoveryStateFile holds.
+type recoveryState struct {
+	Request    walarchive.RecoveryRequest `json:"request"`
+	BaseBackup string                     `json:"baseBackup"`
+}
+
+// recoverySource reads the recovery to do, when the Database bootstraps from
+// an archive (nil otherwise).
+func (a *Agent) recoverySource() (*walarchive.RecoveryRequest, error) {
+	if a.cfg.RecoverySourceDir == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(filepath.Join(a.cfg.RecoverySourceDir, walarchive.RecoveryTargetFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r walarchive.RecoveryRequest
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", walarchive.RecoveryTargetFile, err)
+	}
+	if r.SystemID == "" {
+		return nil, fmt.Errorf("%s names no system identifier", walarchive.RecoveryTargetFile)
+	}
+	return &r, nil
+}
+
+// errRefused is a recovery the archive cannot do; the agent says why and
+// waits (a newer base backup or more WAL may come).
+type errRefused struct{ msg string }
+
+func (e *errRefused) Error() string { return e.msg }
+
+// recoverFromArchive restores the base backup a recovery to r starts from
+// into the staging directory, with recovery.signal and recoveryStateFile,
+// and installs it as PGDATA. PostgreSQL then replays the archive to the
+// target and promotes itself.
+func (a *Agent) recoverFromArchive(ctx context.Context, r walarchive.RecoveryRequest) error {
+	caBundle := filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt")
+	arch, err := walarchive.OpenSystem(a.cfg.RecoverySourceDir, caBundle, r.SystemID)
+	if err != nil {
+		return fmt.Errorf("opening the source archive: %w", err)
+	}
+	segSize := uint64(16 << 20)
+	bases, err := arch.Survey(ctx, segSize, time.Now())
+	if err != nil {
+		return fmt.Errorf("surveying the source archive: %w", err)
+	}
+	if len(bases.Bases) > 0 && bases.Bases[0].WALSegmentSize != segSize {
+		segSize = bases.Bases[0].WALSegmentSize
+		if bases, err = arch.Survey(ctx, segSize, time.Now()); err != nil {
+			return fmt.Errorf("surveying the source archive: %w", err)
+		}
+	}
+	var lastCommit *time.Time
+	if r.Time != nil {
+		tmp, err := os.MkdirTemp(filepath.Dir(a.cfg.PGData), ".pgo-survey-")
+		if err != nil {
+			return err
+		}
+		lastCommit, err = arch.NewestCommit(ctx, bases, segSize, filepath.Join(a.bins.Dir, "pg_waldump"), tmp)
+		_ = os.RemoveAll(tmp)
+		if err != nil {
+			return fmt.Errorf("reading the archive's last commit: %w", err)
+		}
+	}
+	var newestEnd agentapi.LSN
+	if bases.Newest != (walarchive.Segment{}) {
+		newestEnd = walarchive.SegmentEnd(bases.Newest, segSize)
+	}
+	base, err := walarchive.ChooseBase(bases, r, lastCommit, newestEnd)
+	if errors.Is(err, walarchive.ErrTargetNotRecoverable) {
+		return &errRefused{msg: err.Error()}
+	}
+	if err != nil {
+		return err
+	}
+	a.setState(agentapi.StateRecovering, fmt.Sprintf("restoring base backup %s of cluster %s to recover to %s", base.Name, r.SystemID, r))
+	staging := a.stagingDir()
+	if err := os.RemoveAll(staging); err != nil {
+		return err
+	}
+	if _, err := arch.RestoreBase(ctx, base.Name, staging); err != nil {
+		_ = os.RemoveAll(staging)
+		return fmt.Errorf("restoring base backup %s: %w", base.Name, err)
+	}
+	st, err := json.Marshal(recoveryState{Request: r, BaseBackup: base.Name})
+	if err != nil {
+		return err
+	}
+	for name, content := range map[string]string{"recovery.signal": "", recoveryStateFile: string(st)} {
+		if err := os.WriteFile(filepath.Join(staging, name), []byte(content), 0o600); err != nil {
+			return err
+		}
+	}
+	if err := filepath.Walk(staging, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return a.chown(p)
+	}); err != nil {
+		return err
+	}
+	a.log.Info("base backup restored; PostgreSQL replays the archive to the target", "baseBackup", base.Name, "target", r.String())
+	return a.install()
+}
+
+// readRecoveryState reads recoveryStateFile (nil when no recovery runs or
+// waits to be recorded).
+func (a *Agent) readRecoveryState() *recoveryState {
+	b, err := os.ReadFile(filepath.Join(a.cfg.PGData, recoveryStateFile))
+	if err != nil {
+		return nil
+	}
+	var s recoveryState
+	if json.Unmarshal(b, &s) != nil {
+		return nil
+	}
+	return &s
+}
+
+// startingPostgres records, before PostgreSQL starts, whether it starts
+// with the recovery settings: they stay in its configuration until it
+// stops (they can only change with a restart, and PostgreSQL complains of
+// every reload without them), never longer.
+func (a *Agent) startingPostgres() { a.loadedRecovery.Store(a.readRecoveryState()) }
+
+// recoveryConfLines are the recovery settings of a primary while a recovery
+// runs, and until the PostgreSQL that ran it stops. Never a standby's: at
+// its target the recovery promotes.
+func (a *Agent) recoveryConfLines(primary bool, q func(string) string) []string {
+	if !primary {
+		return nil
+	}
+	s := a.readRecoveryState()
+	if s == nil {
+		s = a.loadedRecovery.Load()
+	}
+	if s == nil {
+		return nil
+	}
+	cmd := strings.Join([]string{a.cfg.AgentBinary, "wal-fetch", "--config-dir=" + a.cfg.RecoverySourceDir,
+		"--system-id=" + s.Request.SystemID,
+		"--s3-ca-bundle=" + filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt"), "%f", "%p"}, " ")
+	return walarchive.RecoverySettings(s.Request, cmd, q)
+}
+
+// holdPromotion reports whether the agent must not promote PostgreSQL
+// itself: a point-in-time recovery promotes at its target. It says how far
+// the replay is.
+func (a *Agent) holdPromotion(ctx context.Context, gen int64, conn *pgx.Conn) error {
+	// The state file, not recovery.signal: PostgreSQL removes the signal
+	// moments before its recovery ends.
+	s := a.readRecoveryState()
+	if s == nil {
+		return nil
+	}
+	var lsn string
+	var at *time.Time
+	_ = conn.QueryRow(ctx, "SELECT coalesce(pg_last_wal_replay_lsn()::text, ''), pg_last_xact_replay_timestamp()").Scan(&lsn, &at)
+	msg := fmt.Sprintf("recovering to %s from base backup %s: replayed to %s", s.Request, s.BaseBackup, orString(lsn, "nothing yet"))
+	if at != nil {
+		msg += " (last commit " + at.UTC().Format(time.RFC3339Nano) + ")"
+	}
+	a.progress(ctx, gen, agentapi.StateRecovering, msg)
+	return errors.New("waiting for the point-in-time recovery to reach its target")
+}
+
+// recordRecovery writes recoveryResultFile once PostgreSQL promoted at the
+// end of a recovery, and removes recoveryStateFile; it reports whether it
+// recorded one.
+func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) bool {
+	path := filepath.Join(a.cfg.PGData, recoveryStateFile)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var s recoveryState
+	_ = json.Unmarshal(b, &s)
+	res := agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String()}
+	var at *time.Time
+	if err := conn.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, ''), pg_last_xact_replay_timestamp(),
+		(SELECT timeline_id FROM pg_control_checkpoint())`).Scan(&res.ReachedLSN, &at, &res.Timeline); err != nil {
+		a.log.Warn("reading where the recovery ended", "error", err)
+		return false
+	}
+	res.ReachedTime = at
+	out, _ := json.Marshal(res)
+	if err := a.writeFile(filepath.Join(a.cfg.PGData, recoveryResultFile), string(out), 0o600); err != nil {
+		a.log.Warn("recording the recovery", "error", err)
+		return false
+	}
+	_ = os.Remove(path)
+	a.log.Info("point-in-time recovery complete", "target", res.Target, "reachedLSN", res.ReachedLSN, "timeline", res.Timeline)
+	return true
+}
+
+// recoveryReport is the recovery's state for the status.
+func (a *Agent) recoveryReport() *agentapi.RecoveryResult {
+	if b, err := os.ReadFile(filepath.Join(a.cfg.PGData, recoveryResultFile)); err == nil {
+		var r agentapi.RecoveryResult
+		if json.Unmarshal(b, &r) == nil {
+			r.Done = true
+			return &r
+		}
+	}
+	if s := a.readRecoveryState(); s != nil {
+		return &agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String()}
+	}
+	if !a.hasData() && a.cfg.RecoverySourceDir != "" && a.recoveryRefusal.Load() == nil {
+		return &agentapi.RecoveryResult{}
+	}
+	if msg := a.recoveryRefusal.Load(); msg != nil {
+		return &agentapi.RecoveryResult{Error: *msg}
+	}
+	return nil
+}
