@@ -12,6 +12,7 @@ const DefaultImage = "postgres:17"
 
 // DatabaseSpec defines the desired state of a PostgreSQL database.
 // +kubebuilder:validation:XValidation:rule="!has(self.synchronousReplicas) || self.synchronousReplicas < (has(self.replicas) ? self.replicas : 1)",message="synchronousReplicas must be below replicas: it counts standbys, and a Database has replicas-1 of them"
+// +kubebuilder:validation:XValidation:rule="has(self.bootstrap) == has(oldSelf.bootstrap)",message="spec.bootstrap can be set only when the Database is created, and never removed"
 type DatabaseSpec struct {
 	// Image is the PostgreSQL container image, e.g. "postgres:17". Any image laid out
 	// like the official postgres images works (binaries on PATH or under

@@ -263,7 +263,7 @@ func BuildJob(s JobSpec) *batchv1.Job {
 	mounts = append(mounts, corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"})
 	volumes = append(volumes, corev1.Volume{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 		SizeLimit: ptr.To(resource.MustParse("64Mi"))}}})
-	return &batchv1.Job{
+	job := &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, Labels: s.Labels,
 			OwnerReferences: []metav1.OwnerReference{s.Owner}},
 		Spec: batchv1.JobSpec{
@@ -306,4 +306,10 @@ func BuildJob(s JobSpec) *batchv1.Job {
 			},
 		},
 	}
+	if s.Physical != nil {
+		// A retry starts only once the failed pod is gone: two pods never
+		// stream the same base backup, nor delete what the other wrote.
+		job.Spec.PodReplacementPolicy = ptr.To(batchv1.Failed)
+	}
+	return job
 }

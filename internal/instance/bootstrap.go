@@ -68,6 +68,9 @@ func (a *Agent) clone(ctx context.Context, host string, port int, maxAttempts in
 		err := cmd.Run()
 		cancel()
 		if err == nil {
+			if err := dropRecoveryFiles(staging); err != nil {
+				return err
+			}
 			if err := a.writeFile(filepath.Join(staging, "standby.signal"), "", 0o600); err != nil {
 				return err
 			}

@@ -155,20 +155,23 @@ func (a *Agent) readRecoveryState() *recoveryState {
 // with the recovery settings: they stay in its configuration until it
 // stops (they can only change with a restart, and PostgreSQL complains of
 // every reload without them), never longer.
-func (a *Agent) startingPostgres() { a.loadedRecovery.Store(a.readRecoveryState()) }
+// A standby never does (and its clone of the primary never holds the state
+// file: the clone drops it, dropRecoveryFiles), so a standby promoted later
+// is never held back and records nothing.
+func (a *Agent) startingPostgres(asPrimary bool) {
+	var s *recoveryState
+	if asPrimary {
+		s = a.readRecoveryState()
+	}
+	a.loadedRecovery.Store(s)
+}
 
 // recoveryConfLines are the recovery settings of a primary while a recovery
 // runs, and until the PostgreSQL that ran it stops. Never a standby's: at
 // its target the recovery promotes.
 func (a *Agent) recoveryConfLines(primary bool, q func(string) string) []string {
-	if !primary {
-		return nil
-	}
-	s := a.readRecoveryState()
-	if s == nil {
-		s = a.loadedRecovery.Load()
-	}
-	if s == nil {
+	s := a.loadedRecovery.Load()
+	if !primary || s == nil {
 		return nil
 	}
 	cmd := strings.Join([]string{a.cfg.AgentBinary, "wal-fetch", "--config-dir=" + a.cfg.RecoverySourceDir,
@@ -181,10 +184,10 @@ func (a *Agent) recoveryConfLines(primary bool, q func(string) string) []string 
 // itself: a point-in-time recovery promotes at its target. It says how far
 // the replay is.
 func (a *Agent) holdPromotion(ctx context.Context, gen int64, conn *pgx.Conn) error {
-	// The state file, not recovery.signal: PostgreSQL removes the signal
-	// moments before its recovery ends.
-	s := a.readRecoveryState()
-	if s == nil {
+	// What the running PostgreSQL was started for, not recovery.signal:
+	// PostgreSQL removes the signal moments before its recovery ends.
+	s := a.loadedRecovery.Load()
+	if s == nil || a.readRecoveryState() == nil {
 		return nil
 	}
 	var lsn string
@@ -201,11 +204,17 @@ func (a *Agent) holdPromotion(ctx context.Context, gen int64, conn *pgx.Conn) er
 // recordRecovery writes recoveryResultFile once PostgreSQL promoted at the
 // end of a recovery, and removes recoveryStateFile; it reports whether it
 // recorded one.
-func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) bool {
+func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	if a.loadedRecovery.Load() == nil {
+		return false, nil
+	}
 	path := filepath.Join(a.cfg.PGData, recoveryStateFile)
 	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, err
 	}
 	var s recoveryState
 	_ = json.Unmarshal(b, &s)
@@ -213,18 +222,29 @@ func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) bool {
 	var at *time.Time
 	if err := conn.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, ''), pg_last_xact_replay_timestamp(),
 		(SELECT timeline_id FROM pg_control_checkpoint())`).Scan(&res.ReachedLSN, &at, &res.Timeline); err != nil {
-		a.log.Warn("reading where the recovery ended", "error", err)
-		return false
+		return false, fmt.Errorf("reading where the recovery ended: %w", err)
 	}
 	res.ReachedTime = at
 	out, _ := json.Marshal(res)
 	if err := a.writeFile(filepath.Join(a.cfg.PGData, recoveryResultFile), string(out), 0o600); err != nil {
-		a.log.Warn("recording the recovery", "error", err)
-		return false
+		return false, fmt.Errorf("recording the recovery: %w", err)
 	}
-	_ = os.Remove(path)
+	if err := os.Remove(path); err != nil {
+		return false, err
+	}
 	a.log.Info("point-in-time recovery complete", "target", res.Target, "reachedLSN", res.ReachedLSN, "timeline", res.Timeline)
-	return true
+	return true, nil
+}
+
+// dropRecoveryFiles removes a recovery's files from a clone of the
+// recovered primary: they describe the primary's past, not the clone's.
+func dropRecoveryFiles(dir string) error {
+	for _, f := range []string{recoveryStateFile, recoveryResultFile} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // recoveryReport is the recovery's state for the status.

@@ -72,7 +72,11 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 		return err
 	}
 	if !inRecovery {
-		if a.recordRecovery(ctx, conn) {
+		recorded, err := a.recordRecovery(ctx, conn)
+		if err != nil {
+			return err // retried: the recovery's outcome is recorded before the set-up ends
+		}
+		if recorded {
 			a.progress(ctx, gen, agentapi.StateRunning, "PostgreSQL is running (recovered to the target and promoted)")
 		}
 		if !a.view().Primary {
@@ -123,7 +127,9 @@ func (a *Agent) promoteIfPending(ctx context.Context, gen int64) error {
 		return errors.New("promotion did not complete within 60s")
 	}
 	a.tell(ctx, runMsg{gen: gen, ev: evPromoted})
-	a.recordRecovery(ctx, conn)
+	if _, err := a.recordRecovery(ctx, conn); err != nil {
+		a.log.Warn("recording the recovery", "error", err)
+	}
 	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
 		a.log.Warn("checkpoint after the promotion", "error", err)
 	}

@@ -39,7 +39,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		following = a.upstream(a.lease.view(), "")
 	}
 	a.publish(func(v *runtimeView) { v.Following = following })
-	a.startingPostgres()
+	a.startingPostgres(asPrimary)
 	if err := a.writeOwnConfig(asPrimary); err != nil {
 		return nil, err
 	}

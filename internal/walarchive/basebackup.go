@@ -153,9 +153,14 @@ func (a *Archive) TakeBase(ctx context.Context, o BaseOptions) (BaseBackup, erro
 	if !baseNamePattern.MatchString(o.Name) {
 		return BaseBackup{}, fmt.Errorf("%q is not a valid base backup name", o.Name)
 	}
-	if _, err := a.Store.Get(ctx, a.BaseKey(o.Name, BaseManifest)); err == nil {
-		return BaseBackup{}, fmt.Errorf("base backup %s already exists", o.Name)
-	} else if !errors.Is(err, objectstore.ErrNotFound) {
+	// A base backup of this name that completed is this backup's (names
+	// are unique per Backup): a retry of a run that completed, but died
+	// before it could say so, reports it instead of failing.
+	switch done, err := a.ReadBase(ctx, o.Name); {
+	case err == nil:
+		return done, nil
+	case errors.Is(err, ErrNotArchived):
+	default:
 		return BaseBackup{}, err
 	}
 	sysid, segSize, err := identify(ctx, o.Source)
@@ -365,7 +370,7 @@ func (a *Archive) ReadBase(ctx context.Context, name string) (BaseBackup, error)
 	defer rc.Close()
 	var b BaseBackup
 	if err := json.NewDecoder(io.LimitReader(rc, 1<<20)).Decode(&b); err != nil {
-		return BaseBackup{}, fmt.Errorf("%s of base backup %s: %w", BaseManifest, name, err)
+		return BaseBackup{}, fmt.Errorf("%s of base backup %s: %w: %w", BaseManifest, name, ErrCorrupt, err)
 	}
 	if b.Name != name || b.Format != BaseFormat || len(b.SHA256) != 64 {
 		return BaseBackup{}, fmt.Errorf("%s of base backup %s: %w", BaseManifest, name, ErrCorrupt)
@@ -545,7 +550,8 @@ func checkTar(r io.Reader, dir string) (baseFacts, error) {
 			}
 			w = io.MultiWriter(w, file)
 		}
-		n, err := io.Copy(w, tr)
+		// Exactly the size the entry declares (the tar reader stops there).
+		n, err := io.CopyN(w, tr, h.Size)
 		if file != nil {
 			if err == nil {
 				err = file.Sync()

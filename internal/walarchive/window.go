@@ -48,8 +48,8 @@ func (a *Archive) Survey(ctx context.Context, segSize uint64, now time.Time) (Su
 			continue
 		}
 		b, err := a.ReadBase(ctx, name)
-		if errors.Is(err, ErrNotArchived) {
-			continue // deleted meanwhile
+		if errors.Is(err, ErrNotArchived) || errors.Is(err, ErrCorrupt) {
+			continue // deleted meanwhile, or unreadable: never a recovery's start
 		}
 		if err != nil {
 			return Survey{}, err

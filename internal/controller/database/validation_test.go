@@ -35,6 +35,16 @@ func TestCreateValidation(t *testing.T) {
 		{"username streaming_replica", "username: admin", "username: streaming_replica", "username must not be a reserved name"},
 		{"empty image", "image: postgres:14", "image: \"\"", "image must not be empty"},
 		{"missing databaseName", "  databaseName: mydb\n", "", "spec.databaseName: Required value"},
+		{"point-in-time bootstrap with two targets", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      latest: true\n      lsn: 0/1000000",
+			"set exactly one target: time, lsn, restorePoint or latest: true"},
+		{"point-in-time bootstrap without a target", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      inclusive: false",
+			"set exactly one target"},
+		{"point-in-time bootstrap with two sources", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      storageLocation: s3://b/p\n      systemIdentifier: \"7\"\n      latest: true",
+			"set exactly one source"},
+		{"point-in-time bootstrap from a bare location without the system identifier", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      storageLocation: s3://b/p\n      latest: true",
+			"a bare archive location needs systemIdentifier"},
+		{"point-in-time bootstrap to a malformed LSN", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      lsn: yesterday",
+			"spec.bootstrap.pointInTime.lsn in body should match"},
 		{"renew deadline too close to the lease duration", "size: 10Gi", "size: 10Gi\n  failover:\n    leaseDurationSeconds: 11",
 			"failover.renewDeadlineSeconds must be at least 2 seconds shorter than failover.leaseDurationSeconds"},
 		{"retry period above half the renew deadline", "size: 10Gi", "size: 10Gi\n  failover:\n    retryPeriodSeconds: 6",
@@ -141,6 +151,8 @@ func TestUpdateValidation(t *testing.T) {
 		{"username is immutable", "username: admin", "username: other", "username is immutable"},
 		{"storageClass is immutable", "storageClass: fast", "storageClass: slow", "storage.storageClass is immutable"},
 		{"storageClass cannot be removed", "\n    storageClass: fast", "", "storage.storageClass is immutable"},
+		{"bootstrap cannot be added to a Database that exists", "storageClass: fast", "storageClass: fast\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      latest: true",
+			"spec.bootstrap can be set only when the Database is created, and never removed"},
 		{"storage never shrinks", "size: 10Gi", "size: 5Gi", "storage.size may grow but never shrink"},
 		{"storage never shrinks across units", "size: 10Gi", "size: 10G", "storage.size may grow but never shrink"},
 	}
@@ -155,6 +167,25 @@ func TestUpdateValidation(t *testing.T) {
 			}
 		})
 	}
+	t.Run("bootstrap can neither be removed nor changed", func(t *testing.T) {
+		pitr := strings.Replace(strings.Replace(base, "name: my-database", "name: pitr-db", 1), "storageClass: fast",
+			"storageClass: fast\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      latest: true", 1)
+		if err := applyYAML(t, ns, pitr); err != nil {
+			t.Fatal(err)
+		}
+		for to, want := range map[string]string{
+			"":                               "spec.bootstrap can be set only when the Database is created, and never removed",
+			"time: \"2026-12-07T12:00:00Z\"": "spec.bootstrap cannot change",
+		} {
+			changed := strings.Replace(pitr, "\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      latest: true", "", 1)
+			if to != "" {
+				changed = strings.Replace(pitr, "latest: true", to, 1)
+			}
+			if err := applyYAML(t, ns, changed); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("%q: %v, want %q", to, err, want)
+			}
+		}
+	})
 	t.Run("storage may grow", func(t *testing.T) {
 		if err := applyYAML(t, ns, strings.Replace(base, "size: 10Gi", "size: 20Gi", 1)); err != nil {
 			t.Errorf("growing storage was refused: %v", err)
