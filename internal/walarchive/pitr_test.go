@@ -240,7 +240,11 @@ func TestPointInTimeRecoveryFromTheArchive(t *testing.T) {
 		if code := run(flags+" --status-file="+statusFile, "wal-push", filepath.Join("pg_wal", current), current); code != 1 {
 			t.Errorf("pushing with the store down exited %d, want 1 (PostgreSQL counts it and retries)", code)
 		}
-		if ps, err := ReadPushStatus(statusFile); err != nil || !strings.Contains(ps.Error, "connection refused") {
+		// The store's error, naming the object: refused, or (the S3
+		// client retries a refused connection with backoff) the push's
+		// timeout running out while it retries, as on a loaded machine.
+		if ps, err := ReadPushStatus(statusFile); err != nil || !strings.Contains(ps.Error, "s3://archive/ns/db/") ||
+			!strings.Contains(ps.Error, "connection refused") && !strings.Contains(ps.Error, "context deadline exceeded") {
 			t.Errorf("wal-push's status: %+v %v, want the store's error", ps, err)
 		}
 	})
