@@ -519,6 +519,9 @@ func (c *cluster) twoInstances() (primary, standby string) {
 	if primary == "ha-0" {
 		standby = "ha-1"
 	}
+	// Ready means the EndpointSlice lists the primary; kube-proxy programs
+	// the Service a moment later (a CI run once saw "connection refused").
+	c.serviceAnswers(primary)
 	return primary, standby
 }
 
