@@ -110,18 +110,7 @@ func (r *Reconciler) reconcileWALArchive(ctx context.Context, db *databasev1.Dat
 		return nil
 	}
 	obs.Archive.Configured, obs.Archive.Location = true, loc
-	if live != nil && maps.EqualFunc(live.Data, data, func(a, b []byte) bool { return string(a) == string(b) }) {
-		return nil
-	}
-	ac := corev1ac.Secret(key.Name, key.Namespace).
-		WithLabels(withExtra(map[string]string{LabelManagedBy: ManagedByValue, LabelDatabase: db.Name}, nil)).
-		WithOwnerReferences(ownerReference(db)).
-		WithType(corev1.SecretTypeOpaque).
-		WithData(data)
-	if err := r.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying secret %s: %w", key.Name, err)
-	}
-	return nil
+	return r.applyOwnedSecret(ctx, db, key, live, data)
 }
 
 // archiveSecretData is the content of the <name>-wal-archive Secret, and on
@@ -307,4 +296,22 @@ func decideArchiving(a *archiveObs, primary *agentapi.Status, prev *databasev1.W
 		v.Message = fmt.Sprintf("Archived %s at %s to %s", p.LastArchivedWAL, p.LastArchivedTime.UTC().Format(time.RFC3339), a.Location)
 	}
 	return v
+}
+
+// applyOwnedSecret applies the Secret key, owned by db, with data, unless the
+// live one (nil: none) already holds exactly that: an unchanged Secret costs
+// no API write.
+func (r *Reconciler) applyOwnedSecret(ctx context.Context, db *databasev1.Database, key types.NamespacedName, live *corev1.Secret, data map[string][]byte) error {
+	if live != nil && maps.EqualFunc(live.Data, data, func(a, b []byte) bool { return string(a) == string(b) }) {
+		return nil
+	}
+	ac := corev1ac.Secret(key.Name, key.Namespace).
+		WithLabels(withExtra(map[string]string{LabelManagedBy: ManagedByValue, LabelDatabase: db.Name}, nil)).
+		WithOwnerReferences(ownerReference(db)).
+		WithType(corev1.SecretTypeOpaque).
+		WithData(data)
+	if err := r.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying secret %s: %w", key.Name, err)
+	}
+	return nil
 }

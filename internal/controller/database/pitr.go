@@ -4,15 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/agentapi"
@@ -152,18 +149,7 @@ func (r *Reconciler) reconcileRecoverySource(ctx context.Context, db *databasev1
 	}
 	data[walarchive.RecoveryTargetFile] = target
 	obs.Recovery = &recoveryObs{Ready: true}
-	if live != nil && maps.EqualFunc(live.Data, data, func(a, b []byte) bool { return string(a) == string(b) }) {
-		return nil
-	}
-	ac := corev1ac.Secret(key.Name, key.Namespace).
-		WithLabels(withExtra(map[string]string{LabelManagedBy: ManagedByValue, LabelDatabase: db.Name}, nil)).
-		WithOwnerReferences(ownerReference(db)).
-		WithType(corev1.SecretTypeOpaque).
-		WithData(data)
-	if err := r.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying secret %s: %w", key.Name, err)
-	}
-	return nil
+	return r.applyOwnedSecret(ctx, db, key, live, data)
 }
 
 // decideRecovered derives status.recovery and the Recovered condition of a
