@@ -312,9 +312,15 @@ const (
 	// needs would never be archived.
 	ReasonWALArchiveNotConfigured = "WALArchiveNotConfigured"
 	ReasonWALArchiveNotReady      = "WALArchiveNotReady"
-	// ReasonPhysicalRestoreUnsupported: a Restore names a Physical Backup,
-	// which only point-in-time recovery restores (not available yet).
+	// ReasonPhysicalRestoreUnsupported: a logical Restore (no
+	// spec.pointInTime) names a Physical Backup.
 	ReasonPhysicalRestoreUnsupported = "PhysicalRestoreUnsupported"
+	// ReasonUndoNotPossible: spec.undo names no Completed point-in-time
+	// Restore of the Database whose previous data directory is still kept.
+	ReasonUndoNotPossible = "UndoNotPossible"
+	// ReasonRecoveryFailed: an in-place point-in-time Restore failed before
+	// its swap (the archive did not catch up, a store error): nothing changed.
+	ReasonRecoveryFailed = "RecoveryFailed"
 	// ReasonLastRunFailed: a scheduled Backup is not Ready while its latest
 	// finished run failed.
 	ReasonLastRunFailed = "LastRunFailed"
@@ -382,7 +388,12 @@ type BackupList struct {
 // pre-restore copy (status.previousDatabase) for keepPreviousFor.
 // +kubebuilder:validation:XValidation:rule="self == oldSelf",message="the spec of a Restore is immutable; create a new Restore instead"
 // +kubebuilder:validation:XValidation:rule="size(self.databaseRef.name) > 0",message="databaseRef.name must name a Database"
-// +kubebuilder:validation:XValidation:rule="(has(self.backupRef) && size(self.backupRef.name) > 0) != has(self.source)",message="set exactly one of backupRef (a Backup) and source (a bare artifact location)"
+//
+// With pointInTime the restore is physical and in place instead: see
+// RestorePointInTime; undo puts back what such a restore replaced.
+// +kubebuilder:validation:XValidation:rule="has(self.pointInTime) || (has(self.undo) && size(self.undo) > 0) || ((has(self.backupRef) && size(self.backupRef.name) > 0) != has(self.source))",message="set exactly one of backupRef (a Backup) and source (a bare artifact location), or pointInTime, or undo"
+// +kubebuilder:validation:XValidation:rule="!has(self.pointInTime) || !has(self.source)",message="pointInTime restores from the Database's own WAL archive: source is for logical artifacts"
+// +kubebuilder:validation:XValidation:rule="!(has(self.undo) && size(self.undo) > 0) || (!has(self.pointInTime) && !has(self.source) && (!has(self.backupRef) || size(self.backupRef.name) == 0))",message="undo names an earlier point-in-time Restore and takes no backupRef, source or pointInTime"
 type RestoreSpec struct {
 	// DatabaseRef names the Database (in the Restore's namespace) to restore into.
 	DatabaseRef corev1.LocalObjectReference `json:"databaseRef"`
@@ -421,6 +432,21 @@ type RestoreSpec struct {
 	// +kubebuilder:default="24h"
 	// +optional
 	KeepPreviousFor *metav1.Duration `json:"keepPreviousFor,omitempty"`
+	// PointInTime restores the Database in place, from its own WAL archive
+	// (spec.walArchive), to a target. backupRef, when set, names the Physical
+	// Backup to start from; without it the newest usable base backup that
+	// ends before the target is used.
+	// +optional
+	PointInTime *RestorePointInTime `json:"pointInTime,omitempty"`
+	// Undo names an earlier Completed point-in-time Restore of this Database
+	// whose previous data directory is still kept (its
+	// status.previousDataDropAfter has not passed, and the instance that
+	// holds it, status.previousDataPod, is the primary): that directory is
+	// put back, replayed to its end and promoted on a new timeline. What it
+	// replaces is kept in turn, so an undo can be undone.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Undo string `json:"undo,omitempty"`
 	// ParallelJobs is pg_restore's --jobs. With more than one the artifact is
 	// spooled, uncompressed, on the primary's data volume during the restore
 	// (when it has room; else it is streamed with one job).
@@ -429,6 +455,18 @@ type RestoreSpec struct {
 	// +kubebuilder:validation:Maximum=16
 	// +optional
 	ParallelJobs *int32 `json:"parallelJobs,omitempty"`
+}
+
+// RestorePointInTime is an in-place point-in-time restore: the primary
+// restores a base backup from the Database's WAL archive into a staging
+// directory while it still serves, stops, keeps its data directory aside
+// (for keepPreviousFor, on its volume), and replays the archive to the
+// target, where PostgreSQL promotes on a new timeline. The standbys then
+// re-clone. A target the archive cannot reach is refused before anything
+// changes (reason TargetNotRecoverable, naming the window).
+// +kubebuilder:validation:XValidation:rule="[has(self.time), has(self.lsn), has(self.xid), has(self.restorePoint), has(self.latest) && self.latest].filter(x, x).size() == 1",message="set exactly one target: time, lsn, xid, restorePoint or latest: true"
+type RestorePointInTime struct {
+	RecoveryTarget `json:",inline"`
 }
 
 // RestoreSource is an artifact at a storage location, without a Backup object.
@@ -486,6 +524,21 @@ type RestoreStatus struct {
 	// ANALYZE, swap).
 	// +optional
 	Duration string `json:"duration,omitempty"`
+	// Recovery is where an in-place point-in-time restore (or an undo)
+	// ended: the base backup, the target, the position and commit time
+	// reached, the new timeline.
+	// +optional
+	Recovery *RecoveryStatus `json:"recovery,omitempty"`
+	// PreviousData is the data directory an in-place point-in-time restore
+	// (or an undo) replaced, kept on the volume of PreviousDataPod until
+	// PreviousDataDropAfter: a Restore with spec.undo naming this one puts
+	// it back.
+	// +optional
+	PreviousData string `json:"previousData,omitempty"`
+	// +optional
+	PreviousDataPod string `json:"previousDataPod,omitempty"`
+	// +optional
+	PreviousDataDropAfter *metav1.Time `json:"previousDataDropAfter,omitempty"`
 	// BackupName is the Backup restored: spec.backupRef, or for a scheduled
 	// Backup the run that was its newest completed one when this Restore first
 	// found one (it does not move to a later run; retention keeps it while this

@@ -210,7 +210,7 @@ type BootstrapSpec struct {
 // anything is restored (condition Recovered, reason TargetNotRecoverable).
 // +kubebuilder:validation:XValidation:rule="has(self.databaseRef) != has(self.storageLocation)",message="set exactly one source: databaseRef (a Database whose spec.walArchive to read) or storageLocation (a bare archive, with systemIdentifier)"
 // +kubebuilder:validation:XValidation:rule="!has(self.storageLocation) || has(self.systemIdentifier)",message="a bare archive location needs systemIdentifier (the source cluster's directory in it)"
-// +kubebuilder:validation:XValidation:rule="[has(self.time), has(self.lsn), has(self.restorePoint), has(self.latest) && self.latest].filter(x, x).size() == 1",message="set exactly one target: time, lsn, restorePoint or latest: true"
+// +kubebuilder:validation:XValidation:rule="[has(self.time), has(self.lsn), has(self.xid), has(self.restorePoint), has(self.latest) && self.latest].filter(x, x).size() == 1",message="set exactly one target: time, lsn, xid, restorePoint or latest: true"
 type PointInTimeBootstrap struct {
 	// DatabaseRef names a Database in this namespace whose WAL archive
 	// (spec.walArchive, its location, s3 settings and encryption) and system
@@ -237,7 +237,7 @@ type PointInTimeBootstrap struct {
 }
 
 // RecoveryTarget is where a point-in-time recovery stops: exactly one of
-// time, lsn, restorePoint and latest.
+// time, lsn, xid, restorePoint and latest.
 type RecoveryTarget struct {
 	// Time stops the recovery at this moment (RFC 3339): transactions that
 	// committed before it (at it, with inclusive) are kept, later ones not.
@@ -247,6 +247,10 @@ type RecoveryTarget struct {
 	// +kubebuilder:validation:Pattern=`^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$`
 	// +optional
 	LSN string `json:"lsn,omitempty"`
+	// XID stops it at the commit of this transaction (its txid_current()).
+	// +kubebuilder:validation:Pattern=`^[0-9]{1,20}$`
+	// +optional
+	XID string `json:"xid,omitempty"`
 	// RestorePoint stops it at a point created with pg_create_restore_point().
 	// +kubebuilder:validation:MaxLength=63
 	// +optional
@@ -826,6 +830,11 @@ type DatabaseStatus struct {
 	// +optional
 	Recovery *RecoveryStatus `json:"recovery,omitempty"`
 
+	// InPlaceRecovery is the in-place point-in-time Restore (or undo) the
+	// primary runs or last ran, as it reports it.
+	// +optional
+	InPlaceRecovery *InPlaceRecoveryStatus `json:"inPlaceRecovery,omitempty"`
+
 	// Instances is "ready/total" (readyReplicas/spec.replicas), for kubectl get.
 	// +optional
 	Instances string `json:"instances,omitempty"`
@@ -910,6 +919,29 @@ type RecoveryStatus struct {
 	// Error says why the recovery cannot be done.
 	// +optional
 	Error string `json:"error,omitempty"`
+}
+
+// InPlaceRecoveryStatus is an in-place point-in-time recovery's progress or
+// outcome on the primary.
+type InPlaceRecoveryStatus struct {
+	// ID is the Restore's UID.
+	ID string `json:"id"`
+	// Pod is the primary that runs it.
+	Pod string `json:"pod"`
+	// Phase is InProgress, Completed or Failed.
+	Phase RestorePhase `json:"phase"`
+	// Message says what it does now.
+	// +optional
+	Message string `json:"message,omitempty"`
+
+	RecoveryStatus `json:",inline"`
+
+	// PreviousData is the data directory it replaced, kept on Pod's volume
+	// until PreviousDataDropAfter.
+	// +optional
+	PreviousData string `json:"previousData,omitempty"`
+	// +optional
+	PreviousDataDropAfter *metav1.Time `json:"previousDataDropAfter,omitempty"`
 }
 
 // Reasons of ConditionRecovered.

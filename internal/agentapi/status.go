@@ -315,10 +315,20 @@ const WALArchiveDir = "/etc/postgres-operator/wal-archive"
 // WALArchiveSecretName is the name of a Database's WAL archive Secret.
 func WALArchiveSecretName(database string) string { return database + "-wal-archive" }
 
-// RecoveryResult is a point-in-time bootstrap's progress or outcome.
+// RecoveryResult is a point-in-time recovery's progress or outcome: a
+// bootstrap's (ID "") or an in-place one's.
 type RecoveryResult struct {
-	BaseBackup string `json:"baseBackup,omitempty"`
-	Target     string `json:"target,omitempty"`
+	// ID is an in-place recovery's (InPlaceRecoveryRequest.ID).
+	ID string `json:"id,omitempty"`
+	// Message says what the recovery is doing (an in-place one, before its
+	// data directory is swapped in).
+	Message string `json:"message,omitempty"`
+	// PreviousData is the data directory an in-place recovery replaced, kept
+	// on this instance's volume until KeepUntil.
+	PreviousData string     `json:"previousData,omitempty"`
+	KeepUntil    *time.Time `json:"keepUntil,omitempty"`
+	BaseBackup   string     `json:"baseBackup,omitempty"`
+	Target       string     `json:"target,omitempty"`
 	// Done: PostgreSQL promoted at the end of the recovery.
 	Done        bool       `json:"done,omitempty"`
 	ReachedLSN  string     `json:"reachedLSN,omitempty"`

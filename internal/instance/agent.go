@@ -27,6 +27,10 @@ type instruction struct {
 	reclone bool
 	// recoverFrom: a primary with missing data is rebuilt from this standby.
 	recoverFrom string
+	// inPlace: the primary stops to swap in what an in-place recovery
+	// prepared; reply says whether it will.
+	inPlace *inPlacePlan
+	reply   chan error
 }
 
 // Agent runs one PostgreSQL instance.
@@ -101,7 +105,12 @@ type Agent struct {
 	// loadedRecovery is the recovery the running PostgreSQL was started for
 	// (nil: none), written before each start.
 	loadedRecovery atomic.Pointer[recoveryState]
-	surveyKick     chan uint64
+	// inPlace is the in-place recovery being prepared, or the last one that
+	// failed before its swap (its worker publishes it); inPlaceBusy is held
+	// by that worker.
+	inPlace     atomic.Pointer[agentapi.RecoveryResult]
+	inPlaceBusy atomic.Bool
+	surveyKick  chan uint64
 	// restoreMu guards currentRestore, the restore running (one at a time).
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
@@ -284,6 +293,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.prepareDirs(); err != nil {
 		return err
 	}
+	if err := a.finishSwap(); err != nil {
+		return err
+	}
 	if err := a.installTLS(); err != nil {
 		return err
 	}
@@ -429,6 +441,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			in, err := a.runPostgres(ctx, facts.Primary)
 			if err != nil {
 				return err
+			}
+			if in != nil && in.inPlace != nil {
+				if err := a.swapInPlace(*in.inPlace); err != nil {
+					// The data directory is as it was: PostgreSQL starts on it.
+					a.log.Error("in-place recovery: the swap failed; starting the data directory as it was", "id", in.inPlace.ID, "error", err)
+					e := err.Error()
+					a.inPlace.Store(&agentapi.RecoveryResult{ID: in.inPlace.ID, Error: "the swap failed: " + e})
+				} else {
+					a.inPlace.Store(nil) // the files in PGDATA report it now
+				}
+				continue
 			}
 			if in != nil && in.reclone {
 				a.log.Warn("re-cloning on the operator's request")

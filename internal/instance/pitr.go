@@ -32,6 +32,14 @@ const (
 type recoveryState struct {
 	Request    walarchive.RecoveryRequest `json:"request"`
 	BaseBackup string                     `json:"baseBackup"`
+	// ID is an in-place recovery's; ConfigDir the archive configuration
+	// wal-fetch reads ("": the recovery source directory of a bootstrap).
+	ID        string `json:"id,omitempty"`
+	ConfigDir string `json:"configDir,omitempty"`
+	// PreviousData and KeepUntil: the data directory an in-place recovery
+	// replaced, and when it is deleted.
+	PreviousData string     `json:"previousData,omitempty"`
+	KeepUntil    *time.Time `json:"keepUntil,omitempty"`
 }
 
 // recoverySource reads the recovery to do, when the Database bootstraps from
@@ -63,6 +71,56 @@ type errRefused struct{ msg string }
 
 func (e *errRefused) Error() string { return e.msg }
 
+// chooseRecoveryBase surveys arch and picks the base backup a recovery to r
+// starts from (only, when set, the one named): errRefused when the archive
+// cannot reach the target.
+func (a *Agent) chooseRecoveryBase(ctx context.Context, arch *walarchive.Archive, r walarchive.RecoveryRequest, only string) (walarchive.BaseBackup, error) {
+	segSize := uint64(16 << 20)
+	bases, err := arch.Survey(ctx, segSize, time.Now())
+	if err != nil {
+		return walarchive.BaseBackup{}, fmt.Errorf("surveying the archive: %w", err)
+	}
+	if len(bases.Bases) > 0 && bases.Bases[0].WALSegmentSize != segSize {
+		segSize = bases.Bases[0].WALSegmentSize
+		if bases, err = arch.Survey(ctx, segSize, time.Now()); err != nil {
+			return walarchive.BaseBackup{}, fmt.Errorf("surveying the archive: %w", err)
+		}
+	}
+	var lastCommit *time.Time
+	if r.Time != nil {
+		tmp, err := os.MkdirTemp(filepath.Dir(a.cfg.PGData), ".pgo-survey-")
+		if err != nil {
+			return walarchive.BaseBackup{}, err
+		}
+		lastCommit, err = arch.NewestCommit(ctx, bases, segSize, filepath.Join(a.bins.Dir, "pg_waldump"), tmp)
+		_ = os.RemoveAll(tmp)
+		if err != nil {
+			return walarchive.BaseBackup{}, fmt.Errorf("reading the archive's last commit: %w", err)
+		}
+	}
+	var newestEnd agentapi.LSN
+	if bases.Newest != (walarchive.Segment{}) {
+		newestEnd = walarchive.SegmentEnd(bases.Newest, segSize)
+	}
+	if only != "" {
+		var keep []walarchive.BaseBackup
+		for _, b := range bases.UsableBases {
+			if b.Name == only {
+				keep = append(keep, b)
+			}
+		}
+		if len(keep) == 0 {
+			return walarchive.BaseBackup{}, &errRefused{msg: fmt.Sprintf("base backup %s is not in the archive, or a gap in the WAL follows it", only)}
+		}
+		bases.UsableBases = keep
+	}
+	base, err := walarchive.ChooseBase(bases, r, lastCommit, newestEnd)
+	if errors.Is(err, walarchive.ErrTargetNotRecoverable) {
+		return walarchive.BaseBackup{}, &errRefused{msg: err.Error()}
+	}
+	return base, err
+}
+
 // recoverFromArchive restores the base backup a recovery to r starts from
 // into the staging directory, with recovery.signal and recoveryStateFile,
 // and installs it as PGDATA. PostgreSQL then replays the archive to the
@@ -73,37 +131,7 @@ func (a *Agent) recoverFromArchive(ctx context.Context, r walarchive.RecoveryReq
 	if err != nil {
 		return fmt.Errorf("opening the source archive: %w", err)
 	}
-	segSize := uint64(16 << 20)
-	bases, err := arch.Survey(ctx, segSize, time.Now())
-	if err != nil {
-		return fmt.Errorf("surveying the source archive: %w", err)
-	}
-	if len(bases.Bases) > 0 && bases.Bases[0].WALSegmentSize != segSize {
-		segSize = bases.Bases[0].WALSegmentSize
-		if bases, err = arch.Survey(ctx, segSize, time.Now()); err != nil {
-			return fmt.Errorf("surveying the source archive: %w", err)
-		}
-	}
-	var lastCommit *time.Time
-	if r.Time != nil {
-		tmp, err := os.MkdirTemp(filepath.Dir(a.cfg.PGData), ".pgo-survey-")
-		if err != nil {
-			return err
-		}
-		lastCommit, err = arch.NewestCommit(ctx, bases, segSize, filepath.Join(a.bins.Dir, "pg_waldump"), tmp)
-		_ = os.RemoveAll(tmp)
-		if err != nil {
-			return fmt.Errorf("reading the archive's last commit: %w", err)
-		}
-	}
-	var newestEnd agentapi.LSN
-	if bases.Newest != (walarchive.Segment{}) {
-		newestEnd = walarchive.SegmentEnd(bases.Newest, segSize)
-	}
-	base, err := walarchive.ChooseBase(bases, r, lastCommit, newestEnd)
-	if errors.Is(err, walarchive.ErrTargetNotRecoverable) {
-		return &errRefused{msg: err.Error()}
-	}
+	base, err := a.chooseRecoveryBase(ctx, arch, r, "")
 	if err != nil {
 		return err
 	}
@@ -115,6 +143,11 @@ func (a *Agent) recoverFromArchive(ctx context.Context, r walarchive.RecoveryReq
 	if _, err := arch.RestoreBase(ctx, base.Name, staging); err != nil {
 		_ = os.RemoveAll(staging)
 		return fmt.Errorf("restoring base backup %s: %w", base.Name, err)
+	}
+	// A base backup of a cluster that was itself recovered holds that
+	// recovery's files: they describe its past.
+	if err := dropRecoveryFiles(staging); err != nil {
+		return err
 	}
 	st, err := json.Marshal(recoveryState{Request: r, BaseBackup: base.Name})
 	if err != nil {
@@ -174,7 +207,11 @@ func (a *Agent) recoveryConfLines(primary bool, q func(string) string) []string 
 	if !primary || s == nil {
 		return nil
 	}
-	cmd := strings.Join([]string{a.cfg.AgentBinary, "wal-fetch", "--config-dir=" + a.cfg.RecoverySourceDir,
+	dir := s.ConfigDir
+	if dir == "" {
+		dir = a.cfg.RecoverySourceDir
+	}
+	cmd := strings.Join([]string{a.cfg.AgentBinary, "wal-fetch", "--config-dir=" + dir,
 		"--system-id=" + s.Request.SystemID,
 		"--s3-ca-bundle=" + filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt"), "%f", "%p"}, " ")
 	return walarchive.RecoverySettings(s.Request, cmd, q)
@@ -218,7 +255,7 @@ func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) (bool, error
 	}
 	var s recoveryState
 	_ = json.Unmarshal(b, &s)
-	res := agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String()}
+	res := agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String(), ID: s.ID, PreviousData: s.PreviousData, KeepUntil: s.KeepUntil}
 	var at *time.Time
 	if err := conn.QueryRow(ctx, `SELECT coalesce(pg_last_wal_replay_lsn()::text, ''), pg_last_xact_replay_timestamp(),
 		(SELECT timeline_id FROM pg_control_checkpoint())`).Scan(&res.ReachedLSN, &at, &res.Timeline); err != nil {
@@ -249,6 +286,11 @@ func dropRecoveryFiles(dir string) error {
 
 // recoveryReport is the recovery's state for the status.
 func (a *Agent) recoveryReport() *agentapi.RecoveryResult {
+	if p := a.inPlace.Load(); p != nil {
+		// An in-place recovery before its swap, or one that failed.
+		r := *p
+		return &r
+	}
 	if b, err := os.ReadFile(filepath.Join(a.cfg.PGData, recoveryResultFile)); err == nil {
 		var r agentapi.RecoveryResult
 		if json.Unmarshal(b, &r) == nil {
@@ -257,7 +299,8 @@ func (a *Agent) recoveryReport() *agentapi.RecoveryResult {
 		}
 	}
 	if s := a.readRecoveryState(); s != nil {
-		return &agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String()}
+		return &agentapi.RecoveryResult{BaseBackup: s.BaseBackup, Target: s.Request.String(), ID: s.ID, PreviousData: s.PreviousData,
+			KeepUntil: s.KeepUntil, Message: "replaying the archive to the target"}
 	}
 	if !a.hasData() && a.cfg.RecoverySourceDir != "" && a.recoveryRefusal.Load() == nil {
 		return &agentapi.RecoveryResult{}

@@ -666,6 +666,7 @@ func (a *Agent) dropExpiredCopies(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 		}
+		a.dropExpiredPrevious(time.Now())
 		if !a.runningPrimary() || a.restoreInProgress() != "" {
 			continue
 		}

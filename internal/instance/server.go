@@ -97,6 +97,18 @@ func (a *Agent) serve() (*http.Server, error) {
 		a.send(w, instruction{recoverFrom: req.Source})
 	}))
 
+	handle("POST", agentapi.PathRecoverInPlace, a.authenticated(func(w http.ResponseWriter, r *http.Request) {
+		var req agentapi.InPlaceRecoveryRequest
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<12)).Decode(&req); err != nil {
+			http.Error(w, "invalid body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := a.startInPlace(req); err != nil {
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
 	handle("PUT", agentapi.PathRestore, a.authenticatedAs(a.handleRestore, agentapi.ClientOperator, agentapi.ClientRestore))
 
 	ln, err := net.Listen("tcp", net.JoinHostPort(a.cfg.AgentAddress, strconv.Itoa(a.cfg.AgentPort)))

@@ -78,6 +78,12 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	var checkpointed <-chan struct{}
 	var demoteLimit <-chan time.Time
 	var exitErr error
+	var inPlace *instruction
+	defer func() {
+		if inPlace != nil && inPlace.reply != nil {
+			inPlace.reply <- errors.New("PostgreSQL stopped for another reason")
+		}
+	}()
 	for {
 		var ev runEvent
 		select {
@@ -87,10 +93,15 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 			ctxDone = nil
 			ev = evShutdown
 		case in := <-a.instr:
-			if !in.reclone {
+			switch {
+			case in.inPlace != nil:
+				inPlace = &in
+				ev = evRecoverInPlace
+			case in.reclone:
+				ev = evReclone
+			default:
 				continue // a recovery is for a primary whose data is missing
 			}
-			ev = evReclone
 		case <-a.lease.changed:
 			ev = evLease
 		case <-fenceTick.C:
@@ -138,6 +149,10 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		}
 		run, pending = d.Next, d.ConfigPending
 		a.publish(func(v *runtimeView) { v.Run = run })
+		if ev == evRecoverInPlace && d.Action != actStopForRecovery {
+			inPlace.reply <- fmt.Errorf("not the running primary (%s)", run)
+			inPlace = nil
+		}
 
 		switch d.Action {
 		case actFence:
@@ -155,6 +170,12 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 				a.log.Info("shutdown requested: fast shutdown of postgres")
 			}
 			return nil, l.stop()
+		case actStopForRecovery:
+			in := inPlace
+			inPlace = nil
+			in.reply <- nil
+			a.setState(agentapi.StateRecovering, "stopping PostgreSQL to swap in the in-place recovery's data directory (the Lease stays held)")
+			return in, l.stop()
 		case actStopForReclone:
 			a.setState(agentapi.StateCloning, "stopping PostgreSQL to re-clone the primary")
 			return &instruction{reclone: true}, l.stop()
@@ -414,14 +435,19 @@ func (w *lineWatcher) Write(p []byte) (int, error) {
 //
 // It also notices that the primary's new timeline forked off before this
 // standby's recovery point: the standby replayed WAL of the old primary that
-// the new one never received (an asynchronous failover gave it up), so it can
-// never follow the new timeline.
+// the new one never received (an asynchronous failover gave it up), or is on
+// a timeline the primary's history does not hold (a point-in-time restore
+// branched off elsewhere), so it can never follow the new timeline.
 func (a *Agent) watchLogLine(line string) {
 	if strings.Contains(line, "has already been removed") || strings.Contains(line, "can no longer get changes from replication slot") ||
 		strings.Contains(line, "has been invalidated") {
 		a.walMissingAt.Store(time.Now().UnixNano())
 	}
-	if strings.Contains(line, "forked off current database system timeline") && strings.Contains(line, "before current recovery point") {
+	// "new timeline N is not a child of database system timeline M": the
+	// primary's history does not hold this standby's timeline at all (an
+	// in-place point-in-time restore, or its undo, branched off elsewhere).
+	if (strings.Contains(line, "forked off current database system timeline") && strings.Contains(line, "before current recovery point")) ||
+		(strings.Contains(line, "is not a child of database system timeline")) {
 		a.divergedAt.Store(time.Now().UnixNano())
 	}
 }

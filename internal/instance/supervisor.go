@@ -84,6 +84,9 @@ const (
 	evShutdown runEvent = "Shutdown"
 	// evReclone: the operator asked this standby to clone the primary again.
 	evReclone runEvent = "Reclone"
+	// evRecoverInPlace: an in-place recovery is prepared and waits for the
+	// primary to stop for its swap.
+	evRecoverInPlace runEvent = "RecoverInPlace"
 	// evPromoted: the setup worker saw PostgreSQL out of recovery.
 	evPromoted runEvent = "Promoted"
 	// evSetUp: the setup worker put the roles and databases in place.
@@ -144,6 +147,9 @@ const (
 	actStop runAction = "Stop"
 	// actStopForReclone: stop, then clone the primary again.
 	actStopForReclone runAction = "StopForReclone"
+	// actStopForRecovery: a fast shutdown of the primary, keeping the
+	// Lease, then the swap of an in-place recovery.
+	actStopForRecovery runAction = "StopForRecovery"
 	// actRestartLater: PostgreSQL exited by itself; restart after the backoff.
 	actRestartLater runAction = "RestartLater"
 	// actRelease: the demoted primary stopped: release the Lease with the final
@@ -280,6 +286,11 @@ func decideRun(s runState, pending bool, ev runEvent, o runObs) runDecision {
 				return runDecision{Next: runPrimary, Action: actApplyConfig}
 			}
 			return to(runPrimary, actNone)
+		case evRecoverInPlace:
+			if s == runPrimary && o.Held {
+				return to(runStopped, actStopForRecovery)
+			}
+			return stay(actNone)
 		case evPromoted, evReclone:
 			// Promotion is recorded by the caller; a primary never re-clones.
 			return stay(actNone)

@@ -108,6 +108,14 @@ func TestDecideRun(t *testing.T) {
 		{name: "a second SIGTERM during a demotion changes nothing", state: runDemotingStop, ev: evShutdown,
 			obs: withObs(primaryObs(), func(o *runObs) { o.Target = "db-1" }), next: runDemotingStop, action: actNone},
 		{name: "a re-clone instruction never stops a primary", state: runPrimary, ev: evReclone, obs: primaryObs(), next: runPrimary, action: actNone},
+		// An in-place recovery: only a set-up primary that holds the Lease
+		// stops for the swap, and keeps the Lease (no demotion, no release).
+		{name: "a primary holding the Lease stops for an in-place recovery's swap", state: runPrimary, ev: evRecoverInPlace, obs: primaryObs(), next: runStopped, action: actStopForRecovery},
+		{name: "a primary that lost the Lease never swaps", state: runPrimary, ev: evRecoverInPlace,
+			obs: withObs(primaryObs(), func(o *runObs) { o.Held = false }), next: runPrimary, action: actNone},
+		{name: "a primary still setting up does not swap", state: runSettingUp, ev: evRecoverInPlace, obs: primaryObs(), next: runSettingUp, action: actNone},
+		{name: "a standby never swaps", state: runStandby, ev: evRecoverInPlace, obs: standbyObs(), next: runStandby, action: actNone},
+		{name: "a demoting primary never swaps", state: runDemotingCheckpoint, ev: evRecoverInPlace, obs: primaryObs(), next: runDemotingCheckpoint, action: actNone},
 
 		// Rule 2: synchronous replication belongs to whoever is primary.
 		{name: "a primary rewrites synchronous_standby_names when the Lease's set changes", state: runPrimary, ev: evLease,
@@ -171,6 +179,11 @@ func TestWatchLogLineRecognisesADivergedStandby(t *testing.T) {
 		diverged, walMissing bool
 	}{
 		{"2026-12-07 13:26:53.847 UTC [27] LOG:  new timeline 14 forked off current database system timeline 13 before current recovery point 0/53705B0", true, false},
+		// Seen after an undo of an in-place point-in-time restore: the
+		// standby had re-cloned onto the restore's timeline 2, which the
+		// undo's timeline 3 (branched off timeline 1) does not hold.
+		{"2026-12-07 22:30:05.790 UTC [56] LOG:  new timeline 3 is not a child of database system timeline 2", true, false},
+		{"2026-12-07 22:30:05.787 UTC [113] FATAL:  could not start WAL streaming: ERROR:  requested timeline 2 is not in this server's history", false, false},
 		{"2026-12-07 13:26:53.846 UTC [1258] LOG:  replication terminated by primary server", false, false},
 		{"2026-12-07 13:26:53.831 UTC [1258] LOG:  fetching timeline history file for timeline 14 from primary server", false, false},
 		{`FATAL:  could not receive data from WAL stream: ERROR:  requested WAL segment 000000010000000000000003 has already been removed`, false, true},

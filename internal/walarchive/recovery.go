@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,8 +25,13 @@ type RecoveryRequest struct {
 	Time         *time.Time `json:"time,omitempty"`
 	LSN          string     `json:"lsn,omitempty"`
 	RestorePoint string     `json:"restorePoint,omitempty"`
+	XID          string     `json:"xid,omitempty"`
 	Latest       bool       `json:"latest,omitempty"`
 	Inclusive    bool       `json:"inclusive"`
+	// Timeline is the timeline the recovery follows (0: the newest one in the
+	// archive). Undoing an in-place recovery replays its previous data
+	// directory's own timeline to its end.
+	Timeline int64 `json:"timeline,omitempty"`
 }
 
 // String names the target as a human reads it.
@@ -41,6 +47,8 @@ func (r RecoveryRequest) String() string {
 		return "LSN " + r.LSN + incl
 	case r.RestorePoint != "":
 		return "restore point " + r.RestorePoint + incl
+	case r.XID != "":
+		return "transaction " + r.XID + incl
 	default:
 		return "the end of the archive"
 	}
@@ -51,7 +59,7 @@ var ErrTargetNotRecoverable = errors.New("the target is outside the archive's re
 
 // ChooseBase picks the base backup a recovery to r starts from: for a time or
 // an LSN, the newest usable one that ends before the target; for a restore
-// point, the oldest usable one (the point may be anywhere after it); for the
+// point or a transaction, the oldest usable one (it may be anywhere after it); for the
 // end of the archive, the newest. A target before the first usable base
 // backup, or (lastCommit and newestEnd known) after the last archived commit
 // or the end of the newest segment, is refused naming the window.
@@ -102,7 +110,9 @@ func ChooseBase(s Survey, r RecoveryRequest, lastCommit *time.Time, newestEnd ag
 			return BaseBackup{}, fmt.Errorf("%w: LSN %s is before the end of the first usable base backup (%s)", ErrTargetNotRecoverable, r.LSN, s.UsableBases[0].EndLSN)
 		}
 		return *pick, nil
-	case r.RestorePoint != "":
+	case r.RestorePoint != "", r.XID != "":
+		// Where the point or the transaction's commit lies is only known
+		// by replaying: from the oldest usable base backup.
 		return s.UsableBases[0], nil
 	default:
 		return s.UsableBases[len(s.UsableBases)-1], nil
@@ -121,7 +131,11 @@ func gapList(gs []Gap) string {
 // wal-fetch as restore_command, the target, promotion at the target, on the
 // newest timeline. quote quotes a setting's value.
 func RecoverySettings(r RecoveryRequest, restoreCommand string, quote func(string) string) []string {
-	lines := []string{"restore_command = " + quote(restoreCommand), "recovery_target_timeline = 'latest'", "recovery_target_action = 'promote'"}
+	tl := "latest"
+	if r.Timeline > 0 {
+		tl = strconv.FormatInt(r.Timeline, 10)
+	}
+	lines := []string{"restore_command = " + quote(restoreCommand), "recovery_target_timeline = " + quote(tl), "recovery_target_action = 'promote'"}
 	incl := "on"
 	if !r.Inclusive {
 		incl = "off"
@@ -133,6 +147,8 @@ func RecoverySettings(r RecoveryRequest, restoreCommand string, quote func(strin
 		lines = append(lines, "recovery_target_lsn = "+quote(r.LSN), "recovery_target_inclusive = "+incl)
 	case r.RestorePoint != "":
 		lines = append(lines, "recovery_target_name = "+quote(r.RestorePoint), "recovery_target_inclusive = "+incl)
+	case r.XID != "":
+		lines = append(lines, "recovery_target_xid = "+quote(r.XID), "recovery_target_inclusive = "+incl)
 	}
 	return lines
 }

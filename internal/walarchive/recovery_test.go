@@ -33,6 +33,7 @@ func TestChooseBase(t *testing.T) {
 		{"an LSN before the first end: refused", window, RecoveryRequest{LSN: "0/3000000"}, "", "before the end of the first usable base backup"},
 		{"an LSN past the archived WAL: refused", window, RecoveryRequest{LSN: "0/F000000"}, "", "past the end of the archived WAL"},
 		{"a restore point: the oldest (it may be anywhere after it)", window, RecoveryRequest{RestorePoint: "before-migration"}, "a", ""},
+		{"a transaction: the oldest", window, RecoveryRequest{XID: "900"}, "a", ""},
 		{"the end of the archive: the newest", window, RecoveryRequest{Latest: true}, "b", ""},
 		{"no base backup: refused", Survey{}, RecoveryRequest{Latest: true, SystemID: "7"}, "", "no base backup of cluster 7"},
 		{"every base backup before a gap: refused naming it", DecideWindow([]BaseBackup{a},
@@ -66,10 +67,18 @@ func TestRecoverySettings(t *testing.T) {
 		{RecoveryRequest{Time: &tm, Inclusive: true}, []string{"recovery_target_time = '2026-12-07 12:00:01.5+00'", "recovery_target_inclusive = on"}, []string{"recovery_target_lsn"}},
 		{RecoveryRequest{LSN: "0/3000060"}, []string{"recovery_target_lsn = '0/3000060'", "recovery_target_inclusive = off"}, []string{"recovery_target_time ="}},
 		{RecoveryRequest{RestorePoint: "p1", Inclusive: true}, []string{"recovery_target_name = 'p1'"}, nil},
+		{RecoveryRequest{XID: "1234", Inclusive: false}, []string{"recovery_target_xid = '1234'", "recovery_target_inclusive = off"}, []string{"recovery_target_name"}},
 		{RecoveryRequest{Latest: true}, nil, []string{"recovery_target_time =", "recovery_target_lsn", "recovery_target_name", "recovery_target_inclusive"}},
+		// An undo replays its previous data directory's own timeline, never
+		// the newer one the restore it undoes created.
+		{RecoveryRequest{Latest: true, Timeline: 3}, []string{"recovery_target_timeline = '3'"}, []string{"recovery_target_timeline = 'latest'"}},
 	} {
 		got := strings.Join(RecoverySettings(tc.r, "/controller/manager wal-fetch %f %p", q), "\n")
-		for _, w := range append(tc.want, "restore_command = '/controller/manager wal-fetch %f %p'", "recovery_target_action = 'promote'", "recovery_target_timeline = 'latest'") {
+		want := append(tc.want, "restore_command = '/controller/manager wal-fetch %f %p'", "recovery_target_action = 'promote'")
+		if tc.r.Timeline == 0 {
+			want = append(want, "recovery_target_timeline = 'latest'")
+		}
+		for _, w := range want {
 			if !strings.Contains(got, w) {
 				t.Errorf("%s: settings\n%s\nlack %q", tc.r, got, w)
 			}

@@ -228,3 +228,207 @@ spec:
 		}
 	})
 }
+
+// An in-place point-in-time Restore on the real cluster, checked row by
+// row: rows committed one by one with the server's clock read between each;
+// a Restore to a time between two commits leaves exactly the rows committed
+// before it, on a new timeline, and the standby follows (it re-clones); a
+// row written after it is kept only in the replaced data directory, and the
+// undo Restore brings back every row of before the restore; a target
+// before the window is refused before anything changes.
+func TestPointInTimeRestoreInPlaceAndUndo(t *testing.T) {
+	c := newCluster(t)
+	c.mustApply(`
+apiVersion: v1
+kind: Secret
+metadata:
+  name: s3-creds
+stringData:
+  accessKeyId: e2e-access
+  secretAccessKey: e2e-secret-key-123
+` + s3Server("s3", 7070, ""))
+	c.must("wait", "--for=condition=Ready", "pod/s3", "--timeout=120s")
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Database
+metadata:
+  name: pit
+spec:
+  image: postgres:15
+  databaseName: testdb
+  username: admin
+  replicas: 2
+  storage:
+    size: "1Gi"
+  walArchive:
+    storageLocation: s3://backups/pit
+    archiveTimeout: 10s
+    s3:
+      endpoint: http://s3:7070
+      forcePathStyle: true
+      credentialsSecret:
+        name: s3-creds
+`)
+	c.waitPhase("pit", "Ready", readyTimeout)
+	primary := c.jsonpath("database/pit", "{.status.currentPrimary}")
+	c.mustPsql(primary, "CREATE TABLE t(id int primary key); SELECT pg_switch_wal()")
+	c.eventually(3*time.Minute, "archiving", func() string {
+		if r := c.condition("pit", "ContinuousArchiving", "reason"); r != "Archiving" {
+			return r + ": " + c.condition("pit", "ContinuousArchiving", "message")
+		}
+		return ""
+	})
+	c.mustApply(`
+apiVersion: database.example.com/v1
+kind: Backup
+metadata:
+  name: pit-base
+spec:
+  databaseRef:
+    name: pit
+  method: Physical
+`)
+	c.eventually(5*time.Minute, "the Physical Backup Completed", func() string {
+		if p := c.jsonpath("backup/pit-base", "{.status.phase}"); p != "Completed" {
+			return p + " " + c.jsonpath("backup/pit-base", "{.status.error}")
+		}
+		return ""
+	})
+	const rows = 8
+	var between []string
+	for id := 1; id <= rows; id++ {
+		c.mustPsql(primary, fmt.Sprintf("INSERT INTO t (id) VALUES (%d)", id))
+		out := c.mustPsql(primary, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+		between = append(between, strings.TrimSpace(out))
+		time.Sleep(1100 * time.Millisecond)
+	}
+	c.mustPsql(primary, "SELECT pg_switch_wal()")
+	c.eventually(3*time.Minute, "the window to cover the last row", func() string {
+		if last := c.jsonpath("database/pit", "{.status.walArchive.lastRecoverablePoint}"); last < between[rows-2][:19] {
+			return "last recoverable point " + last + ": " + c.condition("pit", "Recoverable", "message")
+		}
+		return ""
+	})
+	ids := func(pod string) string {
+		return strings.Join(strings.Fields(c.mustPsql(pod, "SELECT id FROM t ORDER BY id")), ",")
+	}
+	seq := func(n int) string {
+		var s []string
+		for i := 1; i <= n; i++ {
+			s = append(s, strconv.Itoa(i))
+		}
+		return strings.Join(s, ",")
+	}
+	restore := func(name, spec string) {
+		c.mustApply(fmt.Sprintf(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: %s
+spec:
+  databaseRef:
+    name: pit
+  %s
+`, name, spec))
+	}
+	waitRestore := func(name string, d time.Duration) {
+		c.eventually(d, "Restore "+name+" Completed", func() string {
+			p := c.jsonpath("restore/"+name, "{.status.phase}")
+			if p == "Failed" {
+				t.Fatalf("Restore %s failed: %s", name, c.jsonpath("restore/"+name, "{.status.error}"))
+			}
+			if p != "Completed" {
+				return p + ": " + c.jsonpath("restore/"+name, "{.status.conditions[?(@.type==\"Ready\")].message}")
+			}
+			return ""
+		})
+	}
+	standbyHolds := func(want string) {
+		c.eventually(readyTimeout, "the standby to hold "+want, func() string {
+			if r := c.jsonpath("database/pit", "{.status.readyReplicas}"); r != "2" {
+				return "ready " + r
+			}
+			p := c.jsonpath("database/pit", "{.status.currentPrimary}")
+			standby := map[bool]string{true: "pit-1", false: "pit-0"}[p == "pit-0"]
+			out, err := c.psql(standby, false, "SELECT id FROM t ORDER BY id")
+			if err != nil {
+				return err.Error()
+			}
+			if got := strings.Join(strings.Fields(out), ","); got != want {
+				return "standby holds " + got
+			}
+			return ""
+		})
+	}
+
+	t.Run("a target before the window is refused and nothing changes", func(t *testing.T) {
+		restore("too-early", "pointInTime:\n    time: \"2020-01-01T00:00:00Z\"")
+		c.eventually(time.Minute, "Failed: TargetNotRecoverable", func() string {
+			if r := c.jsonpath("restore/too-early", "{.status.conditions[?(@.type==\"Ready\")].reason}"); r != "TargetNotRecoverable" {
+				return r
+			}
+			return ""
+		})
+		if msg := c.jsonpath("restore/too-early", "{.status.error}"); !strings.Contains(msg, "window") {
+			t.Errorf("the refusal does not name the window: %s", msg)
+		}
+		if got := ids(primary); got != seq(rows) {
+			t.Errorf("rows %s after a refused Restore, want %s", got, seq(rows))
+		}
+	})
+
+	const k = 5
+	t.Run("to a time between two commits: exactly the rows before it, a new timeline, the standby follows", func(t *testing.T) {
+		restore("to-five", "pointInTime:\n    time: \""+between[k-1]+"\"")
+		waitRestore("to-five", 2*readyTimeout)
+		c.waitPhase("pit", "Ready", readyTimeout)
+		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
+		if got := ids(primary); got != seq(k) {
+			t.Errorf("rows after the restore %s, want %s", got, seq(k))
+		}
+		if tl, _ := strconv.Atoi(c.jsonpath("restore/to-five", "{.status.recovery.timeline}")); tl < 2 {
+			t.Errorf("recovery status %s: want a new timeline", c.jsonpath("restore/to-five", "{.status.recovery}"))
+		}
+		if c.jsonpath("restore/to-five", "{.status.previousData}") == "" {
+			t.Errorf("no previous data directory recorded: %s", c.jsonpath("restore/to-five", "{.status}"))
+		}
+		t.Logf("%s", c.jsonpath("restore/to-five", "{.status.conditions[?(@.type==\"Ready\")].message}"))
+		standbyHolds(seq(k))
+		c.mustPsql(primary, "INSERT INTO t (id) VALUES (100)")
+	})
+
+	t.Run("undo: every row of before the restore is back, the standby follows", func(t *testing.T) {
+		restore("undo-five", "undo: to-five")
+		waitRestore("undo-five", 2*readyTimeout)
+		c.waitPhase("pit", "Ready", readyTimeout)
+		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
+		if got := ids(primary); got != seq(rows) {
+			t.Errorf("rows after the undo %s, want %s", got, seq(rows))
+		}
+		t.Logf("%s", c.jsonpath("restore/undo-five", "{.status.conditions[?(@.type==\"Ready\")].message}"))
+		standbyHolds(seq(rows))
+		// Writable on its new timeline.
+		c.mustPsql(primary, "INSERT INTO t (id) VALUES (200)")
+	})
+
+	t.Run("bad input is refused with a message", func(t *testing.T) {
+		for _, tc := range []struct{ spec, want string }{
+			{"pointInTime:\n    latest: true\n    lsn: 0/3000000", "set exactly one target"},
+			{"undo: to-five\n  backupRef:\n    name: pit-base", "undo names an earlier point-in-time Restore"},
+		} {
+			out, err := c.apply(fmt.Sprintf(`
+apiVersion: database.example.com/v1
+kind: Restore
+metadata:
+  name: bad
+spec:
+  databaseRef:
+    name: pit
+  %s
+`, tc.spec))
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("%q: %v %s; want %q", tc.spec, err, out, tc.want)
+			}
+		}
+	})
+}

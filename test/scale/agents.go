@@ -139,6 +139,11 @@ func (a *ScriptedAgents) SetSlots(_ context.Context, pod *corev1.Pod, _ database
 
 func (a *ScriptedAgents) Reclone(context.Context, *corev1.Pod, database.AgentAuth) error { return nil }
 
+// RecoverInPlace is never asked of scripted agents (no Restores run).
+func (a *ScriptedAgents) RecoverInPlace(context.Context, *corev1.Pod, database.AgentAuth, agentapi.InPlaceRecoveryRequest) error {
+	return nil
+}
+
 func (a *ScriptedAgents) Recover(context.Context, *corev1.Pod, database.AgentAuth, string) error {
 	return nil
 }

@@ -61,6 +61,9 @@ func (r *RestoreReconciler) pending(rs *databasev1.Restore, reason, msg string) 
 }
 
 func (r *RestoreReconciler) reconcile(ctx context.Context, rs *databasev1.Restore) (ctrl.Result, error) {
+	if rs.Spec.PointInTime != nil || rs.Spec.Undo != "" {
+		return r.reconcileInPlace(ctx, rs)
+	}
 	jobName := enginepkg.JobName(rs.Name, "restore")
 	job := &batchv1.Job{}
 	err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: jobName}, job)
@@ -179,7 +182,7 @@ func (r *RestoreReconciler) start(ctx context.Context, rs *databasev1.Restore, j
 		if b.Spec.Method == databasev1.BackupMethodPhysical || b.Status.Method == databasev1.BackupMethodPhysical {
 			rs.Status.Phase = databasev1.RestoreFailed
 			conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonPhysicalRestoreUnsupported,
-				fmt.Sprintf("Backup %s is a Physical Backup: restoring a base backup (point-in-time recovery) is not available yet; restore a Logical Backup", b.Name))
+				fmt.Sprintf("Backup %s is a Physical Backup: it is restored by a point-in-time Restore (spec.pointInTime, e.g. latest: true, with this backupRef)", b.Name))
 			return ctrl.Result{}, nil
 		}
 		if target, key, err = restoreTarget(b, r.Defaults); err != nil {

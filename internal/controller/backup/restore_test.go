@@ -34,9 +34,14 @@ spec:
 
 func waitRestore(t *testing.T, ns string, phase databasev1.RestorePhase, reason string) *databasev1.Restore {
 	t.Helper()
+	return waitRestoreNamed(t, ns, "test-restore", phase, reason)
+}
+
+func waitRestoreNamed(t *testing.T, ns, name string, phase databasev1.RestorePhase, reason string) *databasev1.Restore {
+	t.Helper()
 	rs := &databasev1.Restore{}
 	testenv.Eventually(t, "restore "+string(phase)+"/"+reason, func() string {
-		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "test-restore"}, rs); err != nil {
+		if err := k8s.Get(testCtx, types.NamespacedName{Namespace: ns, Name: name}, rs); err != nil {
 			return err.Error()
 		}
 		c := meta.FindStatusCondition(rs.Status.Conditions, databasev1.ConditionReady)
@@ -183,6 +188,14 @@ func TestRestoreValidation(t *testing.T) {
 		{"  backupRef:\n    name: test-backup\n", "  backupRef:\n    name: test-backup\n  source:\n    location: s3://bucket/a/b.dump.zst\n", "set exactly one of backupRef"},
 		{"  backupRef:\n    name: test-backup\n", "  source:\n    location: s3://bucket\n", "source.location must be s3://bucket/key or pvc://claim/key"},
 		{"  backupRef:\n    name: test-backup\n", "  backupRef:\n    name: test-backup\n  parallelJobs: 0\n", "should be greater than or equal to 1"},
+		// In-place point-in-time Restores and undos.
+		{"  backupRef:\n    name: test-backup\n", "  pointInTime:\n    latest: true\n    lsn: 0/3000000\n", "set exactly one target: time, lsn, xid, restorePoint or latest: true"},
+		{"  backupRef:\n    name: test-backup\n", "  pointInTime:\n    inclusive: false\n", "set exactly one target"},
+		{"  backupRef:\n    name: test-backup\n", "  pointInTime:\n    lsn: \"3000000\"\n", "spec.pointInTime.lsn in body should match"},
+		{"  backupRef:\n    name: test-backup\n", "  pointInTime:\n    xid: abc\n", "spec.pointInTime.xid in body should match"},
+		{"  backupRef:\n    name: test-backup\n", "  pointInTime:\n    latest: true\n  source:\n    location: s3://bucket/a/b.dump.zst\n", "pointInTime restores from the Database's own WAL archive"},
+		{"  backupRef:\n    name: test-backup\n", "  undo: earlier\n  backupRef:\n    name: test-backup\n", "undo names an earlier point-in-time Restore and takes no backupRef"},
+		{"  backupRef:\n    name: test-backup\n", "  undo: earlier\n  pointInTime:\n    latest: true\n", "undo names an earlier point-in-time Restore"},
 	} {
 		if err := apply(t, ns, strings.Replace(testRestore, tc.from, tc.to, 1)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v; want %q", tc.to, err, tc.want)

@@ -38,6 +38,7 @@ type InstanceClient interface {
 	SetSlots(ctx context.Context, pod *corev1.Pod, auth AgentAuth, names []string) error
 	Reclone(ctx context.Context, pod *corev1.Pod, auth AgentAuth) error
 	Recover(ctx context.Context, pod *corev1.Pod, auth AgentAuth, source string) error
+	RecoverInPlace(ctx context.Context, pod *corev1.Pod, auth AgentAuth, req agentapi.InPlaceRecoveryRequest) error
 }
 
 // HTTPInstanceClient calls agents over HTTP at <podIP>:<AgentPort>.
@@ -138,6 +139,14 @@ func (s *HTTPInstanceClient) SetSlots(ctx context.Context, pod *corev1.Pod, auth
 // Reclone asks a standby to clone the primary again.
 func (s *HTTPInstanceClient) Reclone(ctx context.Context, pod *corev1.Pod, auth AgentAuth) error {
 	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error { return c.Reclone(ctx, base) })
+}
+
+// RecoverInPlace asks the primary to restore its cluster in place to a point
+// in time (or to undo such a restore).
+func (s *HTTPInstanceClient) RecoverInPlace(ctx context.Context, pod *corev1.Pod, auth AgentAuth, req agentapi.InPlaceRecoveryRequest) error {
+	return s.withAuth(ctx, pod, auth, func(ctx context.Context, c *agentapi.Client, base string) error {
+		return c.RecoverInPlace(ctx, base, req)
+	})
 }
 
 // Recover asks a primary whose data is missing to rebuild it from source.

@@ -161,6 +161,7 @@ func (r *Reconciler) steps() []step {
 		{"identity", r.reconcileIdentity},
 		{"replication", r.reconcileReplication},
 		{"recovery", r.reconcileRecovery},
+		{"inplacerecovery", r.reconcileInPlaceRecovery},
 		{"rollout", r.reconcileRollout},
 		{"disruption", r.reconcileDisruptionBudgets},
 		{"restores", r.observeRestores},

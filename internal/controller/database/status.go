@@ -60,6 +60,8 @@ type observation struct {
 	// Recovery is what the recovery source step found (nil without
 	// spec.bootstrap.pointInTime).
 	Recovery *recoveryObs
+	// InPlace is the in-place recovery the target primary reports (nil: none).
+	InPlace *inPlaceObs
 	// ReconcileErr joins the errors of this reconcile's steps.
 	ReconcileErr error
 	// ObserveErr is set when the pods or endpoints could not be listed: the
@@ -223,6 +225,7 @@ func deriveStatus(db *databasev1.Database, obs observation) databasev1.DatabaseS
 	} else {
 		st.WALArchive = prev.WALArchive
 	}
+	st.InPlaceRecovery = decideInPlace(obs.InPlace, prev.InPlaceRecovery)
 	if db.Spec.Bootstrap != nil && db.Spec.Bootstrap.PointInTime != nil {
 		rs, cs, reason, msg := decideRecovered(obs.Recovery, recoveringInstance(obs), prev.Recovery)
 		st.Recovery = rs
@@ -568,7 +571,7 @@ func primaryOf(obs observation) *agentapi.Status {
 // promotes at the target): the one whose report has a recovery.
 func recoveringInstance(obs observation) *agentapi.Status {
 	for _, pod := range obs.Pods {
-		if r, ok := obs.Instances[pod.Name]; ok && r.Err == nil && r.Status != nil && r.Status.Recovery != nil {
+		if r, ok := obs.Instances[pod.Name]; ok && r.Err == nil && r.Status != nil && r.Status.Recovery != nil && r.Status.Recovery.ID == "" {
 			return r.Status
 		}
 	}

@@ -188,6 +188,11 @@ func (f *fakeInstances) Recover(_ context.Context, pod *corev1.Pod, _ AgentAuth,
 	return nil
 }
 
+func (f *fakeInstances) RecoverInPlace(_ context.Context, pod *corev1.Pod, _ AgentAuth, req agentapi.InPlaceRecoveryRequest) error {
+	f.record(pod, "recover-in-place "+req.ID+" undo="+req.Undo)
+	return nil
+}
+
 // given returns the instructions given to pods of namespace ns.
 func (f *fakeInstances) given(ns string) []string {
 	f.mu.Lock()

@@ -1,0 +1,415 @@
+// In-place point-in-time recovery: the primary restores its own cluster, from
+// the Database's WAL archive, to a target, keeping the data directory it
+// replaces; and the undo of such a recovery.
+//
+//	request ──> Preparing: check the target (refused: nothing changed)
+//	              │ base backup restored into the staging directory while
+//	              │ PostgreSQL still serves (undo: the previous directory
+//	              │ is checked and given the recovery files)
+//	              │ pg_switch_wal(), wait until the archive has it
+//	              v
+//	            Stopping: the supervisor stops PostgreSQL (fast shutdown; the
+//	              │ Lease stays held, so no standby takes over)
+//	              v
+//	            Swapping (journalled): PGDATA -> previous-<id>,
+//	              │ staging (undo: previous-<undo>) -> PGDATA
+//	              v
+//	            Replaying: PostgreSQL replays the archive to the target and
+//	              │ promotes on a new timeline (the agent never promotes it)
+//	              v
+//	            Done (pgo-recovery-result.json with the ID)
+//
+// Whatever fails before the swap leaves the running cluster as it was.
+
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/postgres"
+	"github.com/example/postgres-operator/internal/walarchive"
+)
+
+// inPlacePlan is what the supervisor swaps in once PostgreSQL stopped.
+type inPlacePlan struct {
+	ID string `json:"id"`
+	// Src is the directory that becomes PGDATA: the staging directory, or
+	// the previous directory an undo puts back.
+	Src string `json:"src"`
+	// Prev is where PGDATA goes, kept until KeepUntil.
+	Prev      string    `json:"prev"`
+	KeepUntil time.Time `json:"keepUntil"`
+}
+
+// swapJournal is written beside PGDATA while a swap's renames run: an agent
+// that restarts half-way finishes or rolls back the swap from it.
+func (a *Agent) swapJournal() string {
+	return filepath.Join(filepath.Dir(a.cfg.PGData), ".pgo-swap.json")
+}
+
+// previousDir is where an in-place recovery with this ID keeps the data
+// directory it replaced; its keep-until time is in previousDir + ".json".
+func (a *Agent) previousDir(id string) string {
+	return filepath.Join(filepath.Dir(a.cfg.PGData), ".previous-"+id)
+}
+
+// previousMeta is the sidecar of a previous data directory.
+type previousMeta struct {
+	KeepUntil time.Time `json:"keepUntil"`
+}
+
+// startInPlace validates a request and starts its worker: an error is the
+// HTTP answer (the request is not taken).
+func (a *Agent) startInPlace(req agentapi.InPlaceRecoveryRequest) error {
+	if !agentapi.ValidRecoveryID(req.ID) || (req.Undo != "" && !agentapi.ValidRecoveryID(req.Undo)) {
+		return fmt.Errorf("invalid recovery ID %q", req.ID)
+	}
+	if req.Undo == "" && a.cfg.WALArchiveDir == "" {
+		return errors.New("this Database has no WAL archive (spec.walArchive)")
+	}
+	if cur := a.inPlace.Load(); cur != nil && cur.ID == req.ID {
+		return nil // preparing, or failed: the same answer
+	}
+	if r := a.recoveryReport(); r != nil && r.ID == req.ID {
+		return nil // swapped in: replaying, or done
+	}
+	if !a.runningPrimary() || a.view().Run != runPrimary {
+		return errNotPrimary
+	}
+	if a.restoreInProgress() != "" {
+		return errors.New("a logical restore is in progress")
+	}
+	if !a.inPlaceBusy.CompareAndSwap(false, true) {
+		return errors.New("another in-place recovery is being prepared")
+	}
+	a.inPlace.Store(&agentapi.RecoveryResult{ID: req.ID, Message: "checking the target against the archive"})
+	go func() {
+		defer a.inPlaceBusy.Store(false)
+		// Bounded: a recovery that cannot be prepared in an hour fails.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		err := a.prepareInPlace(ctx, req)
+		if err == nil {
+			return // the supervisor swaps it in, and clears inPlace then
+		}
+		a.log.Warn("in-place recovery not done; the cluster is unchanged", "id", req.ID, "error", err)
+		msg := err.Error()
+		var refused *errRefused
+		if errors.As(err, &refused) {
+			msg = "refused: " + refused.msg
+		}
+		a.inPlace.Store(&agentapi.RecoveryResult{ID: req.ID, Error: msg})
+	}()
+	return nil
+}
+
+func (a *Agent) inPlaceProgress(id, msg string) {
+	a.log.Info("in-place recovery", "id", id, "step", msg)
+	a.inPlace.Store(&agentapi.RecoveryResult{ID: id, Message: msg})
+}
+
+// prepareInPlace does everything up to the swap, then hands the swap to the
+// supervisor. Any error leaves the cluster as it was.
+func (a *Agent) prepareInPlace(ctx context.Context, req agentapi.InPlaceRecoveryRequest) error {
+	sysid, err := postgres.ReadSystemID(a.cfg.PGData)
+	if err != nil {
+		return err
+	}
+	keep := req.KeepPreviousUntil.UTC()
+	state := recoveryState{ID: req.ID, ConfigDir: a.cfg.WALArchiveDir, PreviousData: filepath.Base(a.previousDir(req.ID)), KeepUntil: &keep}
+	plan := inPlacePlan{ID: req.ID, Prev: a.previousDir(req.ID), KeepUntil: keep}
+	if _, err := os.Stat(plan.Prev); err == nil {
+		return fmt.Errorf("%s already exists", plan.Prev)
+	}
+	if req.Undo != "" {
+		plan.Src = a.previousDir(req.Undo)
+		if err := a.prepareUndo(ctx, req, sysid, &state, plan.Src); err != nil {
+			return err
+		}
+	} else {
+		plan.Src = a.stagingDir()
+		if err := a.prepareStaging(ctx, req, sysid, &state); err != nil {
+			_ = os.RemoveAll(plan.Src)
+			return err
+		}
+	}
+	undoPrepared := func() {
+		if req.Undo != "" {
+			_ = dropRecoveryFiles(plan.Src)
+			_ = os.Remove(filepath.Join(plan.Src, "recovery.signal"))
+		} else {
+			_ = os.RemoveAll(plan.Src)
+		}
+	}
+	if err := a.archiveCaughtUp(ctx, req.ID); err != nil {
+		undoPrepared()
+		return err
+	}
+	a.inPlaceProgress(req.ID, "stopping PostgreSQL to swap the data directory")
+	reply := make(chan error, 1)
+	select {
+	case a.instr <- instruction{inPlace: &plan, reply: reply}:
+	case <-time.After(30 * time.Second):
+		undoPrepared()
+		return errors.New("the supervisor did not take the swap (busy with another instruction)")
+	}
+	select {
+	case err := <-reply:
+		if err != nil {
+			undoPrepared()
+			return fmt.Errorf("not swapped: %w", err)
+		}
+		return nil
+	case <-time.After(time.Minute):
+		// The supervisor may still act on it: what was prepared stays (the
+		// swap itself checks it); a new request starts afresh.
+		return errors.New("the supervisor did not answer the swap in time")
+	}
+}
+
+// prepareStaging restores the base backup that reaches the target into the
+// staging directory, with the recovery files.
+func (a *Agent) prepareStaging(ctx context.Context, req agentapi.InPlaceRecoveryRequest, sysid string, state *recoveryState) error {
+	r := walarchive.RecoveryRequest{SystemID: sysid, Time: req.Time, LSN: req.LSN, XID: req.XID, RestorePoint: req.RestorePoint,
+		Latest: req.Latest, Inclusive: req.Inclusive}
+	caBundle := filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt")
+	arch, err := walarchive.OpenSystem(a.cfg.WALArchiveDir, caBundle, sysid)
+	if err != nil {
+		return fmt.Errorf("opening the archive: %w", err)
+	}
+	base, err := a.chooseRecoveryBase(ctx, arch, r, req.BaseBackup)
+	if err != nil {
+		return err
+	}
+	free, err := freeBytes(filepath.Dir(a.cfg.PGData))
+	if err != nil {
+		return err
+	}
+	if need := base.Size + base.Size/10; free < need {
+		return &errRefused{msg: fmt.Sprintf("the data volume has %d bytes free; restoring base backup %s beside the current data directory needs about %d", free, base.Name, need)}
+	}
+	staging := a.stagingDir()
+	if err := os.RemoveAll(staging); err != nil {
+		return err
+	}
+	a.inPlaceProgress(req.ID, fmt.Sprintf("restoring base backup %s into a staging directory (PostgreSQL still serves)", base.Name))
+	if _, err := arch.RestoreBase(ctx, base.Name, staging); err != nil {
+		return fmt.Errorf("restoring base backup %s: %w", base.Name, err)
+	}
+	state.Request, state.BaseBackup = r, base.Name
+	return a.writeRecoveryFiles(staging, *state)
+}
+
+// prepareUndo checks the previous directory an undo puts back and gives it
+// the recovery files: it replays its own timeline to its end (its last WAL
+// is in its pg_wal) and promotes on a new timeline, above every timeline in
+// the archive.
+func (a *Agent) prepareUndo(ctx context.Context, req agentapi.InPlaceRecoveryRequest, sysid string, state *recoveryState, dir string) error {
+	if _, err := os.Stat(filepath.Join(dir, "global", "pg_control")); err != nil {
+		return &errRefused{msg: fmt.Sprintf("the data directory recovery %s replaced is not on this instance (%s): it was deleted, or is on another instance's volume", req.Undo, filepath.Base(dir))}
+	}
+	if id, err := postgres.ReadSystemID(dir); err != nil || id != sysid {
+		return &errRefused{msg: fmt.Sprintf("%s is not a data directory of this cluster", filepath.Base(dir))}
+	}
+	tl, err := a.checkpointTimeline(ctx, dir)
+	if err != nil {
+		return err
+	}
+	if a.cfg.WALArchiveDir == "" {
+		return &errRefused{msg: "an undo replays with the WAL archive's history files: spec.walArchive is not set"}
+	}
+	state.Request = walarchive.RecoveryRequest{SystemID: sysid, Latest: true, Timeline: tl, Inclusive: true}
+	state.BaseBackup = filepath.Base(dir)
+	if err := dropRecoveryFiles(dir); err != nil {
+		return err
+	}
+	return a.writeRecoveryFiles(dir, *state)
+}
+
+// writeRecoveryFiles makes dir start in archive recovery for state.
+func (a *Agent) writeRecoveryFiles(dir string, state recoveryState) error {
+	if err := dropRecoveryFiles(dir); err != nil {
+		return err
+	}
+	st, err := json.Marshal(state)
+	if err != nil {
+		return err
+	}
+	for name, content := range map[string]string{"recovery.signal": "", recoveryStateFile: string(st)} {
+		if err := a.writeFile(filepath.Join(dir, name), content, 0o600); err != nil {
+			return err
+		}
+	}
+	// A standby's base backup holds standby.signal: with it PostgreSQL
+	// would follow, never promote at the target.
+	if err := os.Remove(filepath.Join(dir, "standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return a.chown(p)
+	})
+}
+
+// checkpointTimeline is the timeline of dir's latest checkpoint.
+func (a *Agent) checkpointTimeline(ctx context.Context, dir string) (int64, error) {
+	cmd := a.command(ctx, filepath.Join(a.bins.Dir, "pg_controldata"), "-D", dir)
+	cmd.Stdout = nil
+	cmd.Env = []string{"LC_ALL=C"}
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("pg_controldata %s: %w", filepath.Base(dir), err)
+	}
+	return parseCheckpointTimeline(string(out))
+}
+
+func parseCheckpointTimeline(out string) (int64, error) {
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "Latest checkpoint's TimeLineID:"); ok {
+			return strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("pg_controldata printed no latest checkpoint timeline")
+}
+
+// archiveCaughtUp switches to a new WAL segment and waits until the
+// archive holds it: every commit before the stop is then recoverable from
+// the archive (what is written after it is kept in the previous data
+// directory).
+func (a *Agent) archiveCaughtUp(ctx context.Context, id string) error {
+	a.inPlaceProgress(id, "switching WAL and waiting for the archive to hold it")
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	conn, err := a.connect(ctx, "postgres")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var seg string
+	if err := conn.QueryRow(ctx, "SELECT pg_walfile_name(pg_switch_wal())").Scan(&seg); err != nil {
+		return fmt.Errorf("switching WAL: %w", err)
+	}
+	for {
+		var last string
+		if err := conn.QueryRow(ctx, "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver").Scan(&last); err != nil {
+			return fmt.Errorf("reading the archiver: %w", err)
+		}
+		if len(last) >= 24 && last[:24] >= seg {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the archive did not receive WAL segment %s within 3 minutes (its last is %q): "+
+				"see the ContinuousArchiving condition; nothing was changed", seg, last)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// swapInPlace puts the plan's directory in place of PGDATA, which is kept
+// as the plan's previous directory. PostgreSQL is stopped. The journal
+// makes the two renames one step across an agent restart.
+func (a *Agent) swapInPlace(p inPlacePlan) error {
+	if _, err := os.Stat(filepath.Join(p.Src, "global", "pg_control")); err != nil {
+		return fmt.Errorf("nothing to swap in: %w", err)
+	}
+	meta, _ := json.Marshal(previousMeta{KeepUntil: p.KeepUntil})
+	if err := a.writeFile(p.Prev+".json", string(meta), 0o600); err != nil {
+		return err
+	}
+	j, _ := json.Marshal(p)
+	if err := a.writeFile(a.swapJournal(), string(j), 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(a.cfg.PGData, p.Prev); err != nil {
+		_ = os.Remove(a.swapJournal())
+		return fmt.Errorf("keeping the data directory aside: %w", err)
+	}
+	if err := os.Rename(p.Src, a.cfg.PGData); err != nil {
+		if rerr := os.Rename(p.Prev, a.cfg.PGData); rerr != nil {
+			return fmt.Errorf("swapping in %s: %w (and putting the data directory back: %w; the journal finishes it at the next start)", p.Src, err, rerr)
+		}
+		_ = os.Remove(a.swapJournal())
+		return fmt.Errorf("swapping in %s: %w", p.Src, err)
+	}
+	syncDir(filepath.Dir(a.cfg.PGData))
+	_ = os.Remove(p.Src + ".json") // an undo's source was a previous directory
+	if err := os.Remove(a.swapJournal()); err != nil {
+		return err
+	}
+	a.log.Info("in-place recovery swapped in; PostgreSQL replays the archive to the target", "id", p.ID, "previous", p.Prev)
+	return nil
+}
+
+// finishSwap completes a swap an agent restart interrupted: PGDATA missing
+// means the first rename happened; the source then goes in (or, gone, the
+// previous directory goes back).
+func (a *Agent) finishSwap() error {
+	b, err := os.ReadFile(a.swapJournal())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var p inPlacePlan
+	if err := json.Unmarshal(b, &p); err != nil || p.Src == "" || p.Prev == "" {
+		return fmt.Errorf("unreadable swap journal %s", a.swapJournal())
+	}
+	if _, err := os.Stat(a.cfg.PGData); errors.Is(err, os.ErrNotExist) {
+		src := p.Src
+		if _, err := os.Stat(filepath.Join(src, "global", "pg_control")); err != nil {
+			src = p.Prev // the source is gone or incomplete: roll back
+		}
+		if err := os.Rename(src, a.cfg.PGData); err != nil {
+			return fmt.Errorf("finishing the interrupted swap: %w", err)
+		}
+		a.log.Warn("finished a swap an agent restart interrupted", "id", p.ID, "installed", src)
+		syncDir(filepath.Dir(a.cfg.PGData))
+	}
+	return os.Remove(a.swapJournal())
+}
+
+func syncDir(dir string) {
+	if f, err := os.Open(dir); err == nil { // #nosec G304 -- the data volume
+		_ = f.Sync()
+		_ = f.Close()
+	}
+}
+
+// dropExpiredPrevious deletes previous data directories whose keep-until
+// time passed (on any instance: they live on its own volume).
+func (a *Agent) dropExpiredPrevious(now time.Time) {
+	metas, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".previous-*.json"))
+	for _, m := range metas {
+		b, err := os.ReadFile(m) // #nosec G304 -- the data volume
+		if err != nil {
+			continue
+		}
+		var pm previousMeta
+		if json.Unmarshal(b, &pm) != nil || now.Before(pm.KeepUntil) {
+			continue
+		}
+		dir := strings.TrimSuffix(m, ".json")
+		if dir == a.cfg.PGData {
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			a.log.Warn("deleting an expired previous data directory", "dir", dir, "error", err)
+			continue
+		}
+		_ = os.Remove(m)
+		a.log.Info("deleted an expired previous data directory", "dir", filepath.Base(dir))
+	}
+}

@@ -1,0 +1,154 @@
+package instance
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The timeline an undo replays is the previous data directory's own.
+func TestParseCheckpointTimeline(t *testing.T) {
+	out := "pg_control version number:            1300\nLatest checkpoint's TimeLineID:       3\nLatest checkpoint's PrevTimeLineID:   2\n"
+	if tl, err := parseCheckpointTimeline(out); err != nil || tl != 3 {
+		t.Errorf("got %d %v, want 3", tl, err)
+	}
+	if _, err := parseCheckpointTimeline("nothing"); err == nil {
+		t.Error("no timeline was not an error")
+	}
+}
+
+// mkData makes a directory that looks like a data directory, tagged.
+func mkData(t *testing.T, dir, tag string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(dir, "global"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"global/pg_control": "x", "PG_VERSION": "15", "tag": tag} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func tagOf(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "tag"))
+	if err != nil {
+		return "missing"
+	}
+	return string(b)
+}
+
+// The swap keeps the data directory aside and puts the prepared one in its
+// place; an agent restart at any point between the two renames finishes it
+// (or rolls it back when the prepared directory is gone): PGDATA is never
+// left missing, and no directory is lost.
+func TestTheSwapOfAnInPlaceRecoveryIsOneStepAcrossRestarts(t *testing.T) {
+	keep := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
+	setup := func(t *testing.T) (*Agent, inPlacePlan) {
+		root := t.TempDir()
+		a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
+		mkData(t, a.cfg.PGData, "current")
+		mkData(t, a.stagingDir(), "restored")
+		return a, inPlacePlan{ID: "r1", Src: a.stagingDir(), Prev: a.previousDir("r1"), KeepUntil: keep}
+	}
+	t.Run("swap", func(t *testing.T) {
+		a, p := setup(t)
+		if err := a.swapInPlace(p); err != nil {
+			t.Fatal(err)
+		}
+		if tagOf(a.cfg.PGData) != "restored" || tagOf(p.Prev) != "current" {
+			t.Errorf("PGDATA %s, previous %s", tagOf(a.cfg.PGData), tagOf(p.Prev))
+		}
+		if _, err := os.Stat(a.swapJournal()); !os.IsNotExist(err) {
+			t.Errorf("the journal is left: %v", err)
+		}
+		var m previousMeta
+		b, _ := os.ReadFile(p.Prev + ".json")
+		if json.Unmarshal(b, &m) != nil || !m.KeepUntil.Equal(keep) {
+			t.Errorf("previous directory's keep-until %q", b)
+		}
+	})
+	t.Run("an incomplete source is never swapped in", func(t *testing.T) {
+		a, p := setup(t)
+		_ = os.Remove(filepath.Join(p.Src, "global", "pg_control"))
+		if err := a.swapInPlace(p); err == nil {
+			t.Fatal("swapped in an incomplete directory")
+		}
+		if tagOf(a.cfg.PGData) != "current" {
+			t.Errorf("PGDATA %s", tagOf(a.cfg.PGData))
+		}
+	})
+	for _, tc := range []struct {
+		name       string
+		crash      func(a *Agent, p inPlacePlan)
+		pgdata     string
+		prev       string
+		stagingTag string
+	}{
+		{"a restart after the first rename finishes the swap", func(a *Agent, p inPlacePlan) {
+			_ = os.Rename(a.cfg.PGData, p.Prev)
+		}, "restored", "current", "missing"},
+		{"a restart after the first rename with the source gone rolls back", func(a *Agent, p inPlacePlan) {
+			_ = os.Rename(a.cfg.PGData, p.Prev)
+			_ = os.RemoveAll(p.Src)
+		}, "current", "missing", "missing"},
+		{"a restart before the first rename changes nothing", func(*Agent, inPlacePlan) {}, "current", "missing", "restored"},
+		{"a restart after both renames changes nothing", func(a *Agent, p inPlacePlan) {
+			_ = os.Rename(a.cfg.PGData, p.Prev)
+			_ = os.Rename(p.Src, a.cfg.PGData)
+		}, "restored", "current", "missing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, p := setup(t)
+			j, _ := json.Marshal(p)
+			if err := os.WriteFile(a.swapJournal(), j, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			tc.crash(a, p)
+			if err := a.finishSwap(); err != nil {
+				t.Fatal(err)
+			}
+			if got := tagOf(a.cfg.PGData); got != tc.pgdata {
+				t.Errorf("PGDATA %s, want %s", got, tc.pgdata)
+			}
+			if got := tagOf(p.Prev); got != tc.prev {
+				t.Errorf("previous %s, want %s", got, tc.prev)
+			}
+			if got := tagOf(p.Src); got != tc.stagingTag {
+				t.Errorf("staging %s, want %s", got, tc.stagingTag)
+			}
+			if _, err := os.Stat(a.swapJournal()); !os.IsNotExist(err) {
+				t.Errorf("the journal is left: %v", err)
+			}
+		})
+	}
+}
+
+// Previous data directories go when their time is up, on any instance, and
+// never PGDATA.
+func TestExpiredPreviousDataDirectoriesAreDeleted(t *testing.T) {
+	root := t.TempDir()
+	a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
+	mkData(t, a.cfg.PGData, "current")
+	now := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
+	for id, until := range map[string]time.Time{"old": now.Add(-time.Minute), "kept": now.Add(time.Hour)} {
+		mkData(t, a.previousDir(id), id)
+		b, _ := json.Marshal(previousMeta{KeepUntil: until})
+		if err := os.WriteFile(a.previousDir(id)+".json", b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.dropExpiredPrevious(now)
+	if tagOf(a.previousDir("old")) != "missing" {
+		t.Error("an expired previous data directory is kept")
+	}
+	if tagOf(a.previousDir("kept")) != "kept" || tagOf(a.cfg.PGData) != "current" {
+		t.Error("a directory whose time is not up was deleted")
+	}
+}
+
+func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
