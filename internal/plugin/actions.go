@@ -18,7 +18,7 @@ import (
 )
 
 func backupCommand(o *options) *cobra.Command {
-	var name string
+	var name, method string
 	var wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -34,9 +34,13 @@ func backupCommand(o *options) *cobra.Command {
 			if name == "" {
 				name = fmt.Sprintf("%s-%s", args[0], time.Now().UTC().Format("20060102-150405"))
 			}
+			m, err := backupMethod(method)
+			if err != nil {
+				return err
+			}
 			b := &databasev1.Backup{
 				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-				Spec:       databasev1.BackupSpec{DatabaseRef: corev1.LocalObjectReference{Name: args[0]}},
+				Spec:       databasev1.BackupSpec{DatabaseRef: corev1.LocalObjectReference{Name: args[0]}, Method: m},
 			}
 			return o.createAndFollow(ctx, c, b, wait, timeout, func() outcome {
 				switch b.Status.Phase {
@@ -51,23 +55,100 @@ func backupCommand(o *options) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&name, "name", "", "name of the Backup (default <database>-<UTC time>)")
+	cmd.Flags().StringVar(&method, "method", "logical", "logical (pg_dump) or physical (a base backup into the Database's WAL archive)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the backup completed or failed, printing its progress")
 	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "how long --wait waits")
 	return cmd
 }
 
+// restoreFlags are restore's flags.
+type restoreFlags struct {
+	backup, toTime, toLSN, toXID, toRestorePoint, undo string
+	latest, exclusive                                 bool
+	keepPreviousFor                                   time.Duration
+}
+
+// restoreSpec is the Restore the flags ask for: logical (--backup alone), a
+// point-in-time restore in place (one --to-… flag or --latest, optionally
+// from --backup, a Physical one), or an undo.
+func restoreSpec(db string, f restoreFlags) (databasev1.RestoreSpec, error) {
+	spec := databasev1.RestoreSpec{DatabaseRef: corev1.LocalObjectReference{Name: db}}
+	if f.keepPreviousFor > 0 {
+		spec.KeepPreviousFor = &metav1.Duration{Duration: f.keepPreviousFor}
+	}
+	var t databasev1.RecoveryTarget
+	targets := 0
+	if f.toTime != "" {
+		at, err := time.Parse(time.RFC3339Nano, f.toTime)
+		if err != nil {
+			return spec, fmt.Errorf("--to-time %q: want RFC 3339, e.g. 2026-12-07T11:59:30Z", f.toTime)
+		}
+		mt := metav1.NewTime(at)
+		t.Time, targets = &mt, targets+1
+	}
+	for _, v := range []struct {
+		val string
+		dst *string
+	}{{f.toLSN, &t.LSN}, {f.toXID, &t.XID}, {f.toRestorePoint, &t.RestorePoint}} {
+		if v.val != "" {
+			*v.dst, targets = v.val, targets+1
+		}
+	}
+	if f.latest {
+		t.Latest, targets = true, targets+1
+	}
+	switch {
+	case f.undo != "":
+		if targets > 0 || f.backup != "" {
+			return spec, errors.New("--undo takes no --backup and no target: it puts back what that point-in-time Restore replaced")
+		}
+		spec.Undo = f.undo
+	case targets > 1:
+		return spec, errors.New("give one target: --to-time, --to-lsn, --to-xid, --to-restore-point or --latest")
+	case targets == 1:
+		if f.exclusive {
+			no := false
+			t.Inclusive = &no
+		}
+		spec.PointInTime = &databasev1.RestorePointInTime{RecoveryTarget: t}
+		spec.BackupRef.Name = f.backup
+	case f.backup == "":
+		return spec, errors.New("--backup is required: the name of a completed Backup (kubectl get pgbackup), " +
+			"or a point in time (--to-time, --to-lsn, --to-xid, --to-restore-point, --latest), or --undo RESTORE")
+	default:
+		if f.exclusive {
+			return spec, errors.New("--exclusive goes with a point-in-time target")
+		}
+		spec.BackupRef.Name = f.backup
+	}
+	return spec, nil
+}
+
+// backupMethod is --method's Backup method.
+func backupMethod(m string) (databasev1.BackupMethod, error) {
+	switch strings.ToLower(m) {
+	case "", "logical":
+		return databasev1.BackupMethodLogical, nil
+	case "physical":
+		return databasev1.BackupMethodPhysical, nil
+	}
+	return "", fmt.Errorf("--method %q: logical or physical", m)
+}
+
 func restoreCommand(o *options) *cobra.Command {
-	var name, backup string
+	var name string
+	var f restoreFlags
 	var wait bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "restore DATABASE --backup BACKUP",
-		Short: "Restore a Database from a completed Backup (atomically; the previous database is kept)",
+		Use:   "restore DATABASE (--backup BACKUP | --to-time T | --to-lsn L | --to-xid X | --to-restore-point P | --latest | --undo RESTORE)",
+		Short: "Restore a Database: a logical Backup atomically, or in place to a point in time from its WAL archive (undoable)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			if backup == "" {
-				return errors.New("--backup is required: the name of a completed Backup (kubectl get pgbackup)")
+			spec, err := restoreSpec(args[0], f)
+			if err != nil {
+				return err
 			}
 			ns, c, _, _, err := o.load(ctx, args[0])
 			if err != nil {
@@ -76,14 +157,15 @@ func restoreCommand(o *options) *cobra.Command {
 			if name == "" {
 				name = fmt.Sprintf("%s-restore-%s", args[0], time.Now().UTC().Format("20060102-150405"))
 			}
-			rs := &databasev1.Restore{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-				Spec: databasev1.RestoreSpec{DatabaseRef: corev1.LocalObjectReference{Name: args[0]},
-					BackupRef: corev1.LocalObjectReference{Name: backup}},
-			}
+			rs := &databasev1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}
 			return o.createAndFollow(ctx, c, rs, wait, timeout, func() outcome {
 				switch rs.Status.Phase {
 				case databasev1.RestoreCompleted:
+					if r := rs.Status.Recovery; r != nil {
+						return outcome{done: true, summary: fmt.Sprintf("Restored in place to %s: replay ended at %s, timeline %d; "+
+							"the previous data directory is kept until %s (undo: kubectl pg restore %s --undo %s)", r.Target, orDash(r.ReachedLSN), r.Timeline,
+							orDash(timeString(rs.Status.PreviousDataDropAfter)), args[0], rs.Name)}
+					}
 					return outcome{done: true, summary: fmt.Sprintf("Completed in %s; previous database kept as %s",
 						orDash(rs.Status.Duration), orDash(rs.Status.PreviousDatabase))}
 				case databasev1.RestoreFailed:
@@ -93,7 +175,15 @@ func restoreCommand(o *options) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().StringVar(&backup, "backup", "", "the completed Backup to restore (required)")
+	cmd.Flags().StringVar(&f.backup, "backup", "", "the completed Backup to restore (with a point-in-time target: the Physical Backup to start from)")
+	cmd.Flags().StringVar(&f.toTime, "to-time", "", "restore in place to this time (RFC 3339) from the WAL archive")
+	cmd.Flags().StringVar(&f.toLSN, "to-lsn", "", "restore in place to this WAL position (e.g. 0/3000060)")
+	cmd.Flags().StringVar(&f.toXID, "to-xid", "", "restore in place to the commit of this transaction")
+	cmd.Flags().StringVar(&f.toRestorePoint, "to-restore-point", "", "restore in place to this pg_create_restore_point() name")
+	cmd.Flags().BoolVar(&f.latest, "latest", false, "restore in place to the end of the WAL archive")
+	cmd.Flags().BoolVar(&f.exclusive, "exclusive", false, "stop just before the target instead of just after it")
+	cmd.Flags().StringVar(&f.undo, "undo", "", "undo this point-in-time Restore: put back the data directory it replaced")
+	cmd.Flags().DurationVar(&f.keepPreviousFor, "keep-previous-for", 0, "how long the replaced database or data directory is kept (default 24h)")
 	cmd.Flags().StringVar(&name, "name", "", "name of the Restore (default <database>-restore-<UTC time>)")
 	cmd.Flags().BoolVar(&wait, "wait", false, "wait until the restore completed or failed, printing its progress")
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Minute, "how long --wait waits")
@@ -284,4 +374,12 @@ func (o *options) createAndFollow(ctx context.Context, c client.Client, obj clie
 		}
 		return false, progress, nil
 	})
+}
+
+// timeString is t in RFC 3339 ("" when nil).
+func timeString(t *metav1.Time) string {
+	if t == nil {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 
@@ -54,6 +55,7 @@ func TestRenderStatusShowsInstancesLagConditionsAndBackups(t *testing.T) {
 	now := time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)
 	done := metav1.NewTime(now.Add(-time.Hour))
 	finished := metav1.NewTime(now.Add(-10 * time.Minute))
+	first := metav1.NewTime(now.Add(-48 * time.Hour))
 	v := statusView{
 		Now: now,
 		DB: &databasev1.Database{
@@ -63,7 +65,10 @@ func TestRenderStatusShowsInstancesLagConditionsAndBackups(t *testing.T) {
 				Phase: databasev1.PhaseDeploying, CurrentPrimary: "orders-1", Timeline: 3, Instances: "2/3", PostgresVersion: "17.6",
 				LastPrimaryChange: &databasev1.PrimaryChange{Kind: databasev1.PrimaryChangeFailover, From: "orders-0", To: "orders-1",
 					Phase: databasev1.PrimaryChangeCompleted, FinishedAt: &finished},
-				Conditions: []metav1.Condition{{Type: "Ready", Status: "False", Reason: "Scaling", Message: "2 of 3 instances ready"}},
+				Conditions: []metav1.Condition{{Type: "Ready", Status: "False", Reason: "Scaling", Message: "2 of 3 instances ready"},
+					{Type: databasev1.ConditionRecoverable, Status: "True", Reason: databasev1.ReasonRecoverable}},
+				WALArchive: &databasev1.WALArchiveStatus{Location: "s3://b/orders", LastArchivedWAL: "000000030000000000000009", PendingFiles: 1,
+					FirstRecoverablePoint: &first, LastRecoverablePoint: &finished, UsableBaseBackups: 2},
 			},
 		},
 		Pods: []corev1.Pod{pod("orders-0", "replica", false, 4), pod("orders-1", "primary", true, 0), pod("orders-2", "replica", true, 0)},
@@ -88,6 +93,8 @@ func TestRenderStatusShowsInstancesLagConditionsAndBackups(t *testing.T) {
 		`(?m)^Ready\s+False\s+Scaling\s+`,
 		`(?m)^nightly\s+@daily\s+Failed\s+1h0m0s ago\s+3.0 MiB\s+12s\s+Schedule "@daily": the latest run failed: pg_dump: out of memory`,
 		`Not ready: 2 of 3 instances ready`,
+		`WAL archive: s3://b/orders, last archived 000000030000000000000009, 1 files pending`,
+		`Recoverable window: \S+ to \S+ \(2 usable base backups; kubectl pg restore orders --to-time …\)`,
 	} {
 		if !regexp.MustCompile(want).MatchString(out) {
 			t.Errorf("status lacks %s:\n%s", want, out)
@@ -133,5 +140,52 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// The Restore each combination of restore's flags asks for, and the
+// combinations refused before anything is created.
+func TestRestoreSpecFromFlags(t *testing.T) {
+	no := false
+	at := metav1.NewTime(time.Date(2026, 12, 7, 11, 59, 30, 0, time.UTC))
+	for _, tc := range []struct {
+		name string
+		f    restoreFlags
+		want databasev1.RestoreSpec
+		err  string
+	}{
+		{"a logical backup", restoreFlags{backup: "nightly"}, databasev1.RestoreSpec{BackupRef: corev1.LocalObjectReference{Name: "nightly"}}, ""},
+		{"to a time", restoreFlags{toTime: "2026-12-07T11:59:30Z"},
+			databasev1.RestoreSpec{PointInTime: &databasev1.RestorePointInTime{RecoveryTarget: databasev1.RecoveryTarget{Time: &at}}}, ""},
+		{"to an LSN, exclusive, from a Physical Backup, kept 2h", restoreFlags{toLSN: "0/3000060", exclusive: true, backup: "base", keepPreviousFor: 2 * time.Hour},
+			databasev1.RestoreSpec{BackupRef: corev1.LocalObjectReference{Name: "base"}, KeepPreviousFor: &metav1.Duration{Duration: 2 * time.Hour},
+				PointInTime: &databasev1.RestorePointInTime{RecoveryTarget: databasev1.RecoveryTarget{LSN: "0/3000060", Inclusive: &no}}}, ""},
+		{"to the end", restoreFlags{latest: true}, databasev1.RestoreSpec{PointInTime: &databasev1.RestorePointInTime{RecoveryTarget: databasev1.RecoveryTarget{Latest: true}}}, ""},
+		{"an undo", restoreFlags{undo: "r1"}, databasev1.RestoreSpec{Undo: "r1"}, ""},
+		{"nothing", restoreFlags{}, databasev1.RestoreSpec{}, "--backup is required"},
+		{"two targets", restoreFlags{latest: true, toXID: "5"}, databasev1.RestoreSpec{}, "give one target"},
+		{"an undo with a target", restoreFlags{undo: "r1", latest: true}, databasev1.RestoreSpec{}, "--undo takes no --backup and no target"},
+		{"a time that is not RFC 3339", restoreFlags{toTime: "yesterday"}, databasev1.RestoreSpec{}, "want RFC 3339"},
+		{"exclusive without a target", restoreFlags{backup: "b", exclusive: true}, databasev1.RestoreSpec{}, "--exclusive goes with a point-in-time target"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := restoreSpec("orders", tc.f)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want %q", err, tc.err)
+				}
+				return
+			}
+			tc.want.DatabaseRef.Name = "orders"
+			if err != nil || !equality.Semantic.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v %v, want %+v", got, err, tc.want)
+			}
+		})
+	}
+	if m, err := backupMethod("physical"); err != nil || m != databasev1.BackupMethodPhysical {
+		t.Errorf("--method physical: %s %v", m, err)
+	}
+	if _, err := backupMethod("snapshot"); err == nil {
+		t.Error("--method snapshot was accepted")
 	}
 }

@@ -174,6 +174,23 @@ func renderStatus(w io.Writer, v statusView) {
 	if u := st.Upgrade; u != nil {
 		fmt.Fprintf(w, "Major upgrade: %d → %d (%s): %s\n", u.FromMajor, u.ToMajor, u.Method, u.Phase)
 	}
+	if a := st.WALArchive; a != nil {
+		last := orDash(a.LastArchivedWAL)
+		if a.LastArchivedTime != nil {
+			last += " at " + timeString(a.LastArchivedTime)
+		}
+		fmt.Fprintf(w, "WAL archive: %s, last archived %s, %d files pending\n", orDash(a.Location), last, a.PendingFiles)
+		if c := meta.FindStatusCondition(st.Conditions, databasev1.ConditionRecoverable); c != nil && c.Status == metav1.ConditionTrue &&
+			a.FirstRecoverablePoint != nil && a.LastRecoverablePoint != nil {
+			fmt.Fprintf(w, "Recoverable window: %s to %s (%d usable base backups; kubectl pg restore %s --to-time …)\n",
+				timeString(a.FirstRecoverablePoint), timeString(a.LastRecoverablePoint), a.UsableBaseBackups, db.Name)
+		} else if c != nil {
+			fmt.Fprintf(w, "Recoverable window: none (%s: %s)\n", c.Reason, c.Message)
+		}
+	}
+	if ip := st.InPlaceRecovery; ip != nil && ip.Phase == databasev1.RestoreInProgress {
+		fmt.Fprintf(w, "In-place point-in-time restore on %s: %s\n", ip.Pod, orDash(ip.Message))
+	}
 
 	fmt.Fprintln(w, "\nInstances:")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
