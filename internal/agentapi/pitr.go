@@ -35,9 +35,9 @@ type InPlaceRecoveryRequest struct {
 	// previous data directory is put back (replayed to its end and promoted on
 	// a new timeline); the current one is kept in its place.
 	Undo string `json:"undo,omitempty"`
-	// KeepPreviousUntil is when the agent deletes the data directory the
-	// recovery replaces.
-	KeepPreviousUntil time.Time `json:"keepPreviousUntil"`
+	// KeepPreviousSeconds is how long after the swap the agent keeps the
+	// data directory the recovery replaces.
+	KeepPreviousSeconds int64 `json:"keepPreviousSeconds"`
 }
 
 var recoveryIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)

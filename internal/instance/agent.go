@@ -31,6 +31,8 @@ type instruction struct {
 	// prepared; reply says whether it will.
 	inPlace *inPlacePlan
 	reply   chan error
+	// exited: PostgreSQL exited by itself (runPostgres's answer).
+	exited bool
 }
 
 // Agent runs one PostgreSQL instance.
@@ -110,7 +112,9 @@ type Agent struct {
 	// by that worker.
 	inPlace     atomic.Pointer[agentapi.RecoveryResult]
 	inPlaceBusy atomic.Bool
-	surveyKick  chan uint64
+	// lastFatal is PostgreSQL's last FATAL log line (the log watcher's).
+	lastFatal  atomic.Pointer[string]
+	surveyKick chan uint64
 	// restoreMu guards currentRestore, the restore running (one at a time).
 	restoreMu      sync.Mutex
 	currentRestore *restoreSlot
@@ -427,6 +431,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case actionStart:
 			if !facts.Primary && a.wasPrimary() {
+				if aside, err := a.setAsideUnfinishedRecovery(); err != nil {
+					return err
+				} else if aside {
+					continue // cloned afresh: the unfinished recovery's data is kept
+				}
 				// A former primary never starts writable: it rewinds onto the
 				// target's timeline (or is re-cloned) and follows it.
 				if err := a.rewind(ctx, v.Target); err != nil {
@@ -442,8 +451,24 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			if in != nil && in.exited {
+				// An in-place recovery whose replay PostgreSQL gave up on
+				// is rolled back: the Restore fails, nothing changed.
+				if _, err := a.rollBackFailedReplay(); err != nil {
+					var inc *errSwapIncomplete
+					if errors.As(err, &inc) {
+						return err
+					}
+					a.log.Error("rolling back a failed in-place recovery", "error", err)
+				}
+				continue
+			}
 			if in != nil && in.inPlace != nil {
-				if err := a.swapInPlace(*in.inPlace); err != nil {
+				if err := a.swapInPlace(in.inPlace); err != nil {
+					var inc *errSwapIncomplete
+					if errors.As(err, &inc) {
+						return err // the journal finishes it at the next start
+					}
 					// The data directory is as it was: PostgreSQL starts on it.
 					a.log.Error("in-place recovery: the swap failed; starting the data directory as it was", "id", in.inPlace.ID, "error", err)
 					e := err.Error()

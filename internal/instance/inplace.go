@@ -32,6 +32,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/example/postgres-operator/internal/agentapi"
@@ -41,14 +42,23 @@ import (
 
 // inPlacePlan is what the supervisor swaps in once PostgreSQL stopped.
 type inPlacePlan struct {
-	ID string `json:"id"`
+	// claim is taken once, by the supervisor (planTaken: it stops and
+	// swaps) or by the worker that gave up waiting (planAbandoned): never
+	// both.
+	claim atomic.Int32
+	ID    string `json:"id"`
 	// Src is the directory that becomes PGDATA: the staging directory, or
 	// the previous directory an undo puts back.
 	Src string `json:"src"`
-	// Prev is where PGDATA goes, kept until KeepUntil.
-	Prev      string    `json:"prev"`
-	KeepUntil time.Time `json:"keepUntil"`
+	// Prev is where PGDATA goes, kept for Keep from the swap.
+	Prev string        `json:"prev"`
+	Keep time.Duration `json:"keep"`
 }
+
+const (
+	planTaken     = 1
+	planAbandoned = 2
+)
 
 // swapJournal is written beside PGDATA while a swap's renames run: an agent
 // that restarts half-way finishes or rolls back the swap from it.
@@ -60,6 +70,12 @@ func (a *Agent) swapJournal() string {
 // directory it replaced; its keep-until time is in previousDir + ".json".
 func (a *Agent) previousDir(id string) string {
 	return filepath.Join(filepath.Dir(a.cfg.PGData), ".previous-"+id)
+}
+
+// inPlaceStaging is where an in-place recovery restores its base backup:
+// its own directory, never the clone's staging directory.
+func (a *Agent) inPlaceStaging(id string) string {
+	return filepath.Join(filepath.Dir(a.cfg.PGData), ".inplace-"+id)
 }
 
 // previousMeta is the sidecar of a previous data directory.
@@ -124,11 +140,11 @@ func (a *Agent) prepareInPlace(ctx context.Context, req agentapi.InPlaceRecovery
 	if err != nil {
 		return err
 	}
-	keep := req.KeepPreviousUntil.UTC()
-	state := recoveryState{ID: req.ID, ConfigDir: a.cfg.WALArchiveDir, PreviousData: filepath.Base(a.previousDir(req.ID)), KeepUntil: &keep}
-	plan := inPlacePlan{ID: req.ID, Prev: a.previousDir(req.ID), KeepUntil: keep}
+	keep := time.Duration(req.KeepPreviousSeconds) * time.Second
+	state := recoveryState{ID: req.ID, ConfigDir: a.cfg.WALArchiveDir, PreviousData: filepath.Base(a.previousDir(req.ID))}
+	plan := &inPlacePlan{ID: req.ID, Prev: a.previousDir(req.ID), Keep: keep}
 	if _, err := os.Stat(plan.Prev); err == nil {
-		return fmt.Errorf("%s already exists", plan.Prev)
+		return fmt.Errorf("recovery %s was already swapped in once (%s exists): it is not done again", req.ID, filepath.Base(plan.Prev))
 	}
 	if req.Undo != "" {
 		plan.Src = a.previousDir(req.Undo)
@@ -136,8 +152,8 @@ func (a *Agent) prepareInPlace(ctx context.Context, req agentapi.InPlaceRecovery
 			return err
 		}
 	} else {
-		plan.Src = a.stagingDir()
-		if err := a.prepareStaging(ctx, req, sysid, &state); err != nil {
+		plan.Src = a.inPlaceStaging(req.ID)
+		if err := a.prepareStaging(ctx, req, sysid, &state, plan.Src); err != nil {
 			_ = os.RemoveAll(plan.Src)
 			return err
 		}
@@ -157,7 +173,7 @@ func (a *Agent) prepareInPlace(ctx context.Context, req agentapi.InPlaceRecovery
 	a.inPlaceProgress(req.ID, "stopping PostgreSQL to swap the data directory")
 	reply := make(chan error, 1)
 	select {
-	case a.instr <- instruction{inPlace: &plan, reply: reply}:
+	case a.instr <- instruction{inPlace: plan, reply: reply}:
 	case <-time.After(30 * time.Second):
 		undoPrepared()
 		return errors.New("the supervisor did not take the swap (busy with another instruction)")
@@ -170,15 +186,17 @@ func (a *Agent) prepareInPlace(ctx context.Context, req agentapi.InPlaceRecovery
 		}
 		return nil
 	case <-time.After(time.Minute):
-		// The supervisor may still act on it: what was prepared stays (the
-		// swap itself checks it); a new request starts afresh.
-		return errors.New("the supervisor did not answer the swap in time")
+		if !plan.claim.CompareAndSwap(0, planAbandoned) {
+			return nil // the supervisor took it after all
+		}
+		undoPrepared()
+		return errors.New("the primary did not stop for the swap in time (it was not running as the primary)")
 	}
 }
 
 // prepareStaging restores the base backup that reaches the target into the
 // staging directory, with the recovery files.
-func (a *Agent) prepareStaging(ctx context.Context, req agentapi.InPlaceRecoveryRequest, sysid string, state *recoveryState) error {
+func (a *Agent) prepareStaging(ctx context.Context, req agentapi.InPlaceRecoveryRequest, sysid string, state *recoveryState, staging string) error {
 	r := walarchive.RecoveryRequest{SystemID: sysid, Time: req.Time, LSN: req.LSN, XID: req.XID, RestorePoint: req.RestorePoint,
 		Latest: req.Latest, Inclusive: req.Inclusive}
 	caBundle := filepath.Join(filepath.Dir(a.cfg.AgentBinary), "ca-certificates.crt")
@@ -190,16 +208,19 @@ func (a *Agent) prepareStaging(ctx context.Context, req agentapi.InPlaceRecovery
 	if err != nil {
 		return err
 	}
+	// What an earlier attempt left (an agent killed while restoring).
+	left, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".inplace-*"))
+	for _, d := range left {
+		if err := os.RemoveAll(d); err != nil {
+			return err
+		}
+	}
 	free, err := freeBytes(filepath.Dir(a.cfg.PGData))
 	if err != nil {
 		return err
 	}
 	if need := base.Size + base.Size/10; free < need {
 		return &errRefused{msg: fmt.Sprintf("the data volume has %d bytes free; restoring base backup %s beside the current data directory needs about %d", free, base.Name, need)}
-	}
-	staging := a.stagingDir()
-	if err := os.RemoveAll(staging); err != nil {
-		return err
 	}
 	a.inPlaceProgress(req.ID, fmt.Sprintf("restoring base backup %s into a staging directory (PostgreSQL still serves)", base.Name))
 	if _, err := arch.RestoreBase(ctx, base.Name, staging); err != nil {
@@ -226,6 +247,12 @@ func (a *Agent) prepareUndo(ctx context.Context, req agentapi.InPlaceRecoveryReq
 	}
 	if a.cfg.WALArchiveDir == "" {
 		return &errRefused{msg: "an undo replays with the WAL archive's history files: spec.walArchive is not set"}
+	}
+	// The expiry must not take the directory while the undo uses it (both
+	// hold inPlaceBusy; the swap then removes this sidecar).
+	hold, _ := json.Marshal(previousMeta{KeepUntil: time.Now().Add(24 * time.Hour).UTC()})
+	if err := a.writeFileSync(dir+".json", string(hold)); err != nil {
+		return err
 	}
 	state.Request = walarchive.RecoveryRequest{SystemID: sysid, Latest: true, Timeline: tl, Inclusive: true}
 	state.BaseBackup = filepath.Base(dir)
@@ -320,16 +347,20 @@ func (a *Agent) archiveCaughtUp(ctx context.Context, id string) error {
 // swapInPlace puts the plan's directory in place of PGDATA, which is kept
 // as the plan's previous directory. PostgreSQL is stopped. The journal
 // makes the two renames one step across an agent restart.
-func (a *Agent) swapInPlace(p inPlacePlan) error {
+func (a *Agent) swapInPlace(p *inPlacePlan) error {
 	if _, err := os.Stat(filepath.Join(p.Src, "global", "pg_control")); err != nil {
 		return fmt.Errorf("nothing to swap in: %w", err)
 	}
-	meta, _ := json.Marshal(previousMeta{KeepUntil: p.KeepUntil})
-	if err := a.writeFile(p.Prev+".json", string(meta), 0o600); err != nil {
+	keepUntil := time.Now().Add(p.Keep).UTC().Truncate(time.Second)
+	meta, _ := json.Marshal(previousMeta{KeepUntil: keepUntil})
+	if err := a.writeFileSync(p.Prev+".json", string(meta)); err != nil {
+		return err
+	}
+	if err := a.setKeepUntil(p.Src, keepUntil); err != nil {
 		return err
 	}
 	j, _ := json.Marshal(p)
-	if err := a.writeFile(a.swapJournal(), string(j), 0o600); err != nil {
+	if err := a.writeFileSync(a.swapJournal(), string(j)); err != nil {
 		return err
 	}
 	if err := os.Rename(a.cfg.PGData, p.Prev); err != nil {
@@ -338,7 +369,7 @@ func (a *Agent) swapInPlace(p inPlacePlan) error {
 	}
 	if err := os.Rename(p.Src, a.cfg.PGData); err != nil {
 		if rerr := os.Rename(p.Prev, a.cfg.PGData); rerr != nil {
-			return fmt.Errorf("swapping in %s: %w (and putting the data directory back: %w; the journal finishes it at the next start)", p.Src, err, rerr)
+			return &errSwapIncomplete{fmt.Errorf("swapping in %s: %w (and putting the data directory back: %w; the journal finishes it at the next start)", p.Src, err, rerr)}
 		}
 		_ = os.Remove(a.swapJournal())
 		return fmt.Errorf("swapping in %s: %w", p.Src, err)
@@ -349,6 +380,58 @@ func (a *Agent) swapInPlace(p inPlacePlan) error {
 		return err
 	}
 	a.log.Info("in-place recovery swapped in; PostgreSQL replays the archive to the target", "id", p.ID, "previous", p.Prev)
+	return nil
+}
+
+// errSwapIncomplete: PGDATA may be missing; only the journal, at the next
+// start, can finish the swap (the agent exits).
+type errSwapIncomplete struct{ error }
+
+func (e *errSwapIncomplete) Unwrap() error { return e.error }
+
+// setKeepUntil records in dir's recovery state file when the directory it
+// replaces is deleted.
+func (a *Agent) setKeepUntil(dir string, t time.Time) error {
+	path := filepath.Join(dir, recoveryStateFile)
+	b, err := os.ReadFile(path) // #nosec G304 -- the data volume
+	if err != nil {
+		return err
+	}
+	var st recoveryState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return err
+	}
+	st.KeepUntil = &t
+	out, _ := json.Marshal(st)
+	return a.writeFileSync(path, string(out))
+}
+
+// writeFileSync writes a file atomically and durably (file and directory
+// synced): a journal must be on disk before the rename it describes.
+func (a *Agent) writeFileSync(path, content string) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600) // #nosec G304 -- the data volume
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := a.chown(tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(path))
 	return nil
 }
 
@@ -391,7 +474,18 @@ func syncDir(dir string) {
 // dropExpiredPrevious deletes previous data directories whose keep-until
 // time passed (on any instance: they live on its own volume).
 func (a *Agent) dropExpiredPrevious(now time.Time) {
+	// Never while an in-place recovery prepares (an undo reads a previous
+	// directory) or a swap is journalled.
+	if !a.inPlaceBusy.CompareAndSwap(false, true) {
+		return
+	}
+	defer a.inPlaceBusy.Store(false)
+	if _, err := os.Stat(a.swapJournal()); err == nil {
+		return
+	}
 	metas, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".previous-*.json"))
+	aborted, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".aborted-*.json"))
+	metas = append(metas, aborted...)
 	for _, m := range metas {
 		b, err := os.ReadFile(m) // #nosec G304 -- the data volume
 		if err != nil {
@@ -412,4 +506,74 @@ func (a *Agent) dropExpiredPrevious(now time.Time) {
 		_ = os.Remove(m)
 		a.log.Info("deleted an expired previous data directory", "dir", filepath.Base(dir))
 	}
+}
+
+// rollBackFailedReplay puts the previous data directory back when
+// PostgreSQL stopped by itself during an in-place recovery's replay (a
+// target it could not reach, a timeline the base backup is not on): the
+// Restore fails and the cluster is as it was. It reports whether it did.
+func (a *Agent) rollBackFailedReplay() (bool, error) {
+	s := a.readRecoveryState()
+	if s == nil || s.ID == "" {
+		return false, nil
+	}
+	if _, err := os.Stat(filepath.Join(a.cfg.PGData, "recovery.signal")); err != nil {
+		// PostgreSQL removed it: it promoted, its new timeline may be
+		// archived already. The recovery is recorded at the next start.
+		return false, nil
+	}
+	prev := a.previousDir(s.ID)
+	if _, err := os.Stat(filepath.Join(prev, "global", "pg_control")); err != nil {
+		return false, nil // nothing to put back (deleted): the agent keeps retrying
+	}
+	why := "PostgreSQL stopped during the replay"
+	if f := a.lastFatal.Load(); f != nil {
+		why += ": " + *f
+	}
+	failed := filepath.Join(filepath.Dir(a.cfg.PGData), ".failed-"+s.ID)
+	_ = os.RemoveAll(failed)
+	p := &inPlacePlan{ID: s.ID, Src: prev, Prev: failed, Keep: time.Hour}
+	j, _ := json.Marshal(p)
+	if err := a.writeFileSync(a.swapJournal(), string(j)); err != nil {
+		return false, err
+	}
+	if err := os.Rename(a.cfg.PGData, failed); err != nil {
+		_ = os.Remove(a.swapJournal())
+		return false, err
+	}
+	if err := os.Rename(prev, a.cfg.PGData); err != nil {
+		return false, &errSwapIncomplete{fmt.Errorf("putting the previous data directory back: %w", err)}
+	}
+	syncDir(filepath.Dir(a.cfg.PGData))
+	_ = os.Remove(prev + ".json")
+	_ = os.RemoveAll(failed)
+	if err := os.Remove(a.swapJournal()); err != nil {
+		return false, err
+	}
+	a.log.Error("in-place recovery failed during the replay; the previous data directory is back in place", "id", s.ID, "reason", why)
+	a.inPlace.Store(&agentapi.RecoveryResult{ID: s.ID, Error: why + "; the data directory of before the restore was put back"})
+	return true, nil
+}
+
+// setAsideUnfinishedRecovery keeps a data directory whose in-place recovery
+// never finished (this instance lost the primary role during the replay)
+// instead of rewinding or re-cloning over it: it holds what the recovery was
+// restoring (an undo's data). It reports whether it did.
+func (a *Agent) setAsideUnfinishedRecovery() (bool, error) {
+	s := a.readRecoveryState()
+	if s == nil || s.ID == "" {
+		return false, nil
+	}
+	dir := filepath.Join(filepath.Dir(a.cfg.PGData), ".aborted-"+s.ID)
+	meta, _ := json.Marshal(previousMeta{KeepUntil: time.Now().Add(24 * time.Hour).UTC()})
+	if err := a.writeFileSync(dir+".json", string(meta)); err != nil {
+		return false, err
+	}
+	if err := os.Rename(a.cfg.PGData, dir); err != nil {
+		return false, err
+	}
+	syncDir(filepath.Dir(a.cfg.PGData))
+	a.log.Warn("this instance is no longer the primary and its in-place recovery never finished: its data directory is kept aside for 24h",
+		"id", s.ID, "dir", filepath.Base(dir))
+	return true, nil
 }

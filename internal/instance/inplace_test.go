@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -47,13 +48,15 @@ func tagOf(dir string) string {
 // (or rolls it back when the prepared directory is gone): PGDATA is never
 // left missing, and no directory is lost.
 func TestTheSwapOfAnInPlaceRecoveryIsOneStepAcrossRestarts(t *testing.T) {
-	keep := time.Date(2026, 12, 8, 0, 0, 0, 0, time.UTC)
-	setup := func(t *testing.T) (*Agent, inPlacePlan) {
+	setup := func(t *testing.T) (*Agent, *inPlacePlan) {
 		root := t.TempDir()
 		a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
 		mkData(t, a.cfg.PGData, "current")
-		mkData(t, a.stagingDir(), "restored")
-		return a, inPlacePlan{ID: "r1", Src: a.stagingDir(), Prev: a.previousDir("r1"), KeepUntil: keep}
+		mkData(t, a.inPlaceStaging("r1"), "restored")
+		if err := os.WriteFile(filepath.Join(a.inPlaceStaging("r1"), recoveryStateFile), []byte(`{"id":"r1"}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return a, &inPlacePlan{ID: "r1", Src: a.inPlaceStaging("r1"), Prev: a.previousDir("r1"), Keep: time.Hour}
 	}
 	t.Run("swap", func(t *testing.T) {
 		a, p := setup(t)
@@ -66,10 +69,15 @@ func TestTheSwapOfAnInPlaceRecoveryIsOneStepAcrossRestarts(t *testing.T) {
 		if _, err := os.Stat(a.swapJournal()); !os.IsNotExist(err) {
 			t.Errorf("the journal is left: %v", err)
 		}
+		// Kept for an hour from the swap, as the sidecar and the state
+		// file (reported to the operator) say.
 		var m previousMeta
 		b, _ := os.ReadFile(p.Prev + ".json")
-		if json.Unmarshal(b, &m) != nil || !m.KeepUntil.Equal(keep) {
+		if json.Unmarshal(b, &m) != nil || time.Until(m.KeepUntil) < 59*time.Minute || time.Until(m.KeepUntil) > time.Hour {
 			t.Errorf("previous directory's keep-until %q", b)
+		}
+		if st := a.readRecoveryState(); st == nil || st.KeepUntil == nil || !st.KeepUntil.Equal(m.KeepUntil) {
+			t.Errorf("the recovery state's keep-until %+v, the sidecar's %s", st, m.KeepUntil)
 		}
 	})
 	t.Run("an incomplete source is never swapped in", func(t *testing.T) {
@@ -84,20 +92,20 @@ func TestTheSwapOfAnInPlaceRecoveryIsOneStepAcrossRestarts(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		name       string
-		crash      func(a *Agent, p inPlacePlan)
+		crash      func(a *Agent, p *inPlacePlan)
 		pgdata     string
 		prev       string
 		stagingTag string
 	}{
-		{"a restart after the first rename finishes the swap", func(a *Agent, p inPlacePlan) {
+		{"a restart after the first rename finishes the swap", func(a *Agent, p *inPlacePlan) {
 			_ = os.Rename(a.cfg.PGData, p.Prev)
 		}, "restored", "current", "missing"},
-		{"a restart after the first rename with the source gone rolls back", func(a *Agent, p inPlacePlan) {
+		{"a restart after the first rename with the source gone rolls back", func(a *Agent, p *inPlacePlan) {
 			_ = os.Rename(a.cfg.PGData, p.Prev)
 			_ = os.RemoveAll(p.Src)
 		}, "current", "missing", "missing"},
-		{"a restart before the first rename changes nothing", func(*Agent, inPlacePlan) {}, "current", "missing", "restored"},
-		{"a restart after both renames changes nothing", func(a *Agent, p inPlacePlan) {
+		{"a restart before the first rename changes nothing", func(*Agent, *inPlacePlan) {}, "current", "missing", "restored"},
+		{"a restart after both renames changes nothing", func(a *Agent, p *inPlacePlan) {
 			_ = os.Rename(a.cfg.PGData, p.Prev)
 			_ = os.Rename(p.Src, a.cfg.PGData)
 		}, "restored", "current", "missing"},
@@ -152,3 +160,66 @@ func TestExpiredPreviousDataDirectoriesAreDeleted(t *testing.T) {
 }
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// PostgreSQL that stops during an in-place recovery's replay (a target it
+// cannot reach) gets the data directory of before the restore back, and
+// the recovery reports the failure with PostgreSQL's reason; once it
+// promoted (recovery.signal gone) nothing is rolled back.
+func TestAFailedReplayIsRolledBack(t *testing.T) {
+	setup := func(t *testing.T) *Agent {
+		root := t.TempDir()
+		a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
+		mkData(t, a.cfg.PGData, "restored")
+		for name, content := range map[string]string{recoveryStateFile: `{"id":"r1"}`, "recovery.signal": ""} {
+			if err := os.WriteFile(filepath.Join(a.cfg.PGData, name), []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mkData(t, a.previousDir("r1"), "before")
+		return a
+	}
+	a := setup(t)
+	a.watchLogLine("2026-12-07 23:01:02.003 UTC [40] FATAL:  recovery ended before configured recovery target was reached")
+	done, err := a.rollBackFailedReplay()
+	if err != nil || !done {
+		t.Fatalf("rolled back %v %v", done, err)
+	}
+	if tagOf(a.cfg.PGData) != "before" || tagOf(a.previousDir("r1")) != "missing" {
+		t.Errorf("PGDATA %s, previous %s", tagOf(a.cfg.PGData), tagOf(a.previousDir("r1")))
+	}
+	r := a.recoveryReport()
+	if r == nil || r.ID != "r1" || !strings.Contains(r.Error, "recovery ended before configured recovery target was reached") {
+		t.Errorf("report %+v", r)
+	}
+
+	a = setup(t)
+	_ = os.Remove(filepath.Join(a.cfg.PGData, "recovery.signal"))
+	if done, err := a.rollBackFailedReplay(); done || err != nil {
+		t.Errorf("rolled back a recovery that promoted: %v %v", done, err)
+	}
+	if tagOf(a.cfg.PGData) != "restored" {
+		t.Errorf("PGDATA %s", tagOf(a.cfg.PGData))
+	}
+}
+
+// An instance that lost the primary role during an in-place recovery keeps
+// the data directory it was recovering aside, instead of rewinding or
+// re-cloning over it.
+func TestAnUnfinishedRecoveryIsSetAsideNotOverwritten(t *testing.T) {
+	root := t.TempDir()
+	a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
+	mkData(t, a.cfg.PGData, "undoing")
+	if err := os.WriteFile(filepath.Join(a.cfg.PGData, recoveryStateFile), []byte(`{"id":"u1"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if aside, err := a.setAsideUnfinishedRecovery(); !aside || err != nil {
+		t.Fatalf("set aside %v %v", aside, err)
+	}
+	if tagOf(filepath.Join(root, ".aborted-u1")) != "undoing" || a.hasData() {
+		t.Errorf("aside %s, PGDATA has data %v", tagOf(filepath.Join(root, ".aborted-u1")), a.hasData())
+	}
+	mkData(t, a.cfg.PGData, "plain")
+	if aside, _ := a.setAsideUnfinishedRecovery(); aside {
+		t.Error("a data directory without an in-place recovery was set aside")
+	}
+}

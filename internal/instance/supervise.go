@@ -95,6 +95,9 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		case in := <-a.instr:
 			switch {
 			case in.inPlace != nil:
+				if !in.inPlace.claim.CompareAndSwap(0, planTaken) {
+					continue // its worker gave up waiting
+				}
 				inPlace = &in
 				ev = evRecoverInPlace
 			case in.reclone:
@@ -182,7 +185,7 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 		case actRestartLater:
 			cancelSetup()
 			l.restartLater(ctx, exitErr)
-			return nil, nil
+			return &instruction{exited: true}, nil
 		case actEnd:
 			killProcessGroup(cmd.Process.Pid)
 			return nil, l.stopped(exitErr)
@@ -439,6 +442,10 @@ func (w *lineWatcher) Write(p []byte) (int, error) {
 // a timeline the primary's history does not hold (a point-in-time restore
 // branched off elsewhere), so it can never follow the new timeline.
 func (a *Agent) watchLogLine(line string) {
+	if i := strings.Index(line, "FATAL:  "); i >= 0 {
+		f := strings.TrimSpace(line[i+len("FATAL:  "):])
+		a.lastFatal.Store(&f)
+	}
 	if strings.Contains(line, "has already been removed") || strings.Contains(line, "can no longer get changes from replication slot") ||
 		strings.Contains(line, "has been invalidated") {
 		a.walMissingAt.Store(time.Now().UnixNano())

@@ -287,7 +287,9 @@ func decideRun(s runState, pending bool, ev runEvent, o runObs) runDecision {
 			}
 			return to(runPrimary, actNone)
 		case evRecoverInPlace:
-			if s == runPrimary && o.Held {
+			// Only the set-up primary, still the target, that need not
+			// fence (the fence rule above covers Lease events only).
+			if s == runPrimary && o.Held && o.Target == o.Pod && fenceReason(s, o) == "" {
 				return to(runStopped, actStopForRecovery)
 			}
 			return stay(actNone)

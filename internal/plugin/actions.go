@@ -64,8 +64,8 @@ func backupCommand(o *options) *cobra.Command {
 // restoreFlags are restore's flags.
 type restoreFlags struct {
 	backup, toTime, toLSN, toXID, toRestorePoint, undo string
-	latest, exclusive                                 bool
-	keepPreviousFor                                   time.Duration
+	latest, exclusive                                  bool
+	keepPreviousFor                                    time.Duration
 }
 
 // restoreSpec is the Restore the flags ask for: logical (--backup alone), a

@@ -377,6 +377,26 @@ spec:
 		}
 	})
 
+	t.Run("a restore point that is not in the archive: PostgreSQL gives up, the data directory of before is put back", func(t *testing.T) {
+		restore("no-such-point", "pointInTime:\n    restorePoint: never-created")
+		c.eventually(2*readyTimeout, "Failed: RecoveryFailed", func() string {
+			if r := c.jsonpath("restore/no-such-point", "{.status.conditions[?(@.type==\"Ready\")].reason}"); r != "RecoveryFailed" {
+				return r + ": " + c.jsonpath("restore/no-such-point", "{.status.conditions[?(@.type==\"Ready\")].message}")
+			}
+			return ""
+		})
+		t.Logf("%s", c.jsonpath("restore/no-such-point", "{.status.error}"))
+		if msg := c.jsonpath("restore/no-such-point", "{.status.error}"); !strings.Contains(msg, "put back") {
+			t.Errorf("the failure does not say the data directory was put back: %s", msg)
+		}
+		c.waitPhase("pit", "Ready", readyTimeout)
+		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
+		if got := ids(primary); got != seq(rows) {
+			t.Errorf("rows after a failed restore %s, want %s", got, seq(rows))
+		}
+		standbyHolds(seq(rows))
+	})
+
 	const k = 5
 	t.Run("to a time between two commits: exactly the rows before it, a new timeline, the standby follows", func(t *testing.T) {
 		restore("to-five", "pointInTime:\n    time: \""+between[k-1]+"\"")

@@ -27,6 +27,10 @@ import (
 //	InProgress --the primary reports it Completed--> Completed
 //	InProgress --the primary reports it Failed (before the swap: nothing changed)--> Failed
 
+// undoMargin: an undo starts only this long before the directory it puts
+// back is due to be deleted (it must not expire while the undo prepares).
+const undoMargin = 10 * time.Minute
+
 // inPlaceFacts is what the start of an in-place Restore depends on.
 type inPlaceFacts struct {
 	Now time.Time
@@ -71,9 +75,9 @@ func decideInPlaceStart(rs *databasev1.Restore, f inPlaceFacts) inPlaceStart {
 			return fail(databasev1.ReasonUndoNotPossible, fmt.Sprintf("Restore %s restored Database %s, not %s", u, f.Undone.Spec.DatabaseRef.Name, db.Name))
 		case f.Undone.Status.Phase != databasev1.RestoreCompleted || f.Undone.Status.PreviousData == "":
 			return fail(databasev1.ReasonUndoNotPossible, fmt.Sprintf("Restore %s is not a Completed point-in-time Restore with a kept previous data directory", u))
-		case f.Undone.Status.PreviousDataDropAfter != nil && !f.Now.Before(f.Undone.Status.PreviousDataDropAfter.Time):
-			return fail(databasev1.ReasonUndoNotPossible, fmt.Sprintf("the data directory Restore %s replaced was deleted at %s (its keepPreviousFor)", u,
-				f.Undone.Status.PreviousDataDropAfter.UTC().Format(time.RFC3339)))
+		case f.Undone.Status.PreviousDataDropAfter != nil && !f.Now.Add(undoMargin).Before(f.Undone.Status.PreviousDataDropAfter.Time):
+			return fail(databasev1.ReasonUndoNotPossible, fmt.Sprintf("the data directory Restore %s replaced is deleted at %s (its keepPreviousFor; an undo needs %s before it)", u,
+				f.Undone.Status.PreviousDataDropAfter.UTC().Format(time.RFC3339), undoMargin))
 		case f.Undone.Status.PreviousDataPod != db.Status.CurrentPrimary && db.Status.CurrentPrimary != "":
 			return wait(databasev1.ReasonDatabaseNotReady, fmt.Sprintf("The data directory Restore %s replaced is on %s, and the primary is %s: "+
 				"switch over to %s (kubectl pg switchover) to undo it", u, f.Undone.Status.PreviousDataPod, db.Status.CurrentPrimary, f.Undone.Status.PreviousDataPod))
@@ -162,7 +166,7 @@ func (r *RestoreReconciler) reconcileInPlace(ctx context.Context, rs *databasev1
 		f.Database = db
 	}
 	if rs.Status.Phase == databasev1.RestoreInProgress && f.Database != nil {
-		followInPlace(rs, db.Status.InPlaceRecovery, f.Now)
+		followInPlace(rs, db, f.Now)
 		if rs.Status.Phase == databasev1.RestoreInProgress {
 			return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 		}
@@ -190,11 +194,17 @@ func (r *RestoreReconciler) reconcileInPlace(ctx context.Context, rs *databasev1
 		}
 	}
 	var list databasev1.RestoreList
-	if err := r.List(ctx, &list, client.InNamespace(rs.Namespace), client.MatchingFields{databaseRefField: rs.Spec.DatabaseRef.Name}); err != nil {
+	// Read from the API server, not the cache: a Restore started a moment
+	// ago must be seen, or two could run.
+	reader := client.Reader(r.Client)
+	if r.APIReader != nil {
+		reader = r.APIReader
+	}
+	if err := reader.List(ctx, &list, client.InNamespace(rs.Namespace)); err != nil {
 		return ctrl.Result{}, err
 	}
 	for _, o := range list.Items {
-		if o.Name != rs.Name && o.Status.Phase == databasev1.RestoreInProgress {
+		if o.Name != rs.Name && o.Spec.DatabaseRef.Name == rs.Spec.DatabaseRef.Name && o.Status.Phase == databasev1.RestoreInProgress {
 			f.Running = o.Name
 		}
 	}
@@ -203,6 +213,9 @@ func (r *RestoreReconciler) reconcileInPlace(ctx context.Context, rs *databasev1
 	conditionsFor(&rs.Status.Conditions, rs.Generation, false, d.Phase == databasev1.RestoreFailed, d.Reason, d.Message)
 	if d.Phase == databasev1.RestoreInProgress {
 		rs.Status.Recovery = &databasev1.RecoveryStatus{Target: targetString(rs), BaseBackup: d.BaseBackup}
+		// The primary it is handed to: the replaced data directory is kept
+		// on its volume.
+		rs.Status.PreviousDataPod = db.Status.CurrentPrimary
 		return ctrl.Result{RequeueAfter: 5 * time.Second}, nil
 	}
 	if d.Phase == databasev1.RestorePending {
@@ -213,15 +226,35 @@ func (r *RestoreReconciler) reconcileInPlace(ctx context.Context, rs *databasev1
 
 // followInPlace takes a running in-place Restore's state from the primary's
 // report of it (the Database's status.inPlaceRecovery with its UID).
-func followInPlace(rs *databasev1.Restore, ip *databasev1.InPlaceRecoveryStatus, now time.Time) {
+func followInPlace(rs *databasev1.Restore, db *databasev1.Database, now time.Time) {
+	ip := db.Status.InPlaceRecovery
+	took := rs.Status.PreviousDataPod
+	if took != "" && db.Status.CurrentPrimary != "" && db.Status.CurrentPrimary != took &&
+		(ip == nil || ip.ID != string(rs.UID) || ip.Phase == databasev1.RestoreInProgress) {
+		// Failed over (or switched over) before the recovery ended: the new
+		// primary has the data of before the restore.
+		rs.Status.Phase = databasev1.RestoreFailed
+		conditionsFor(&rs.Status.Conditions, rs.Generation, false, true, databasev1.ReasonRecoveryFailed,
+			fmt.Sprintf("The primary changed from %s to %s before the in-place recovery ended: %s has the data of before the restore. "+
+				"If %s had swapped its data directory, what it was restoring is kept there for 24h (.aborted-%s); create a new Restore to try again",
+				took, db.Status.CurrentPrimary, db.Status.CurrentPrimary, took, rs.UID))
+		return
+	}
 	if ip == nil || ip.ID != string(rs.UID) {
 		conditionsFor(&rs.Status.Conditions, rs.Generation, false, false, databasev1.ReasonRecoveryInProgress,
 			"Waiting for the primary to take the in-place recovery")
 		return
 	}
 	rec := ip.RecoveryStatus
-	if rec.Target == "" && rs.Status.Recovery != nil {
-		rec.Target = rs.Status.Recovery.Target
+	if rs.Status.Recovery != nil {
+		// What the Restore asked keeps what the report does not say yet
+		// (the base backup named by backupRef is sent again from it).
+		if rec.Target == "" {
+			rec.Target = rs.Status.Recovery.Target
+		}
+		if rec.BaseBackup == "" {
+			rec.BaseBackup = rs.Status.Recovery.BaseBackup
+		}
 	}
 	rs.Status.Recovery = &rec
 	switch ip.Phase {

@@ -88,7 +88,10 @@ func TestDecideInPlaceStart(t *testing.T) {
 		{"an undo of a restore without a previous directory is refused", undo, inPlaceFacts{Database: ready(), Undone: done(func(r *databasev1.Restore) { r.Status.PreviousData = "" })},
 			databasev1.RestoreFailed, databasev1.ReasonUndoNotPossible, "kept previous data directory", ""},
 		{"an undo after the directory was deleted is refused", undo, inPlaceFacts{Database: ready(), Undone: done(func(r *databasev1.Restore) { r.Status.PreviousDataDropAfter = at(-time.Second) })},
-			databasev1.RestoreFailed, databasev1.ReasonUndoNotPossible, "was deleted", ""},
+			databasev1.RestoreFailed, databasev1.ReasonUndoNotPossible, "is deleted at", ""},
+		{"an undo too close to the deletion is refused (it must not expire while the undo prepares)", undo,
+			inPlaceFacts{Database: ready(), Undone: done(func(r *databasev1.Restore) { r.Status.PreviousDataDropAfter = at(5 * time.Minute) })},
+			databasev1.RestoreFailed, databasev1.ReasonUndoNotPossible, "an undo needs 10m0s before it", ""},
 		{"an undo whose directory is on a standby waits, saying to switch over", undo, inPlaceFacts{Database: ready(), Undone: done(func(r *databasev1.Restore) { r.Status.PreviousDataPod = "db-1" })},
 			databasev1.RestorePending, databasev1.ReasonDatabaseNotReady, "switch over to db-1", ""},
 		{"an undo of another Database's restore is refused", undo, inPlaceFacts{Database: ready(), Undone: done(func(r *databasev1.Restore) { r.Spec.DatabaseRef.Name = "other" })},
@@ -111,7 +114,7 @@ func TestFollowInPlace(t *testing.T) {
 	keep := metav1.NewTime(now.Add(24 * time.Hour))
 	rs := func() *databasev1.Restore {
 		return &databasev1.Restore{ObjectMeta: metav1.ObjectMeta{Name: "r", UID: "uid-1"}, Status: databasev1.RestoreStatus{Phase: databasev1.RestoreInProgress,
-			Recovery: &databasev1.RecoveryStatus{Target: "time 2026-12-07T11:30:00Z"}}}
+			PreviousDataPod: "db-0", Recovery: &databasev1.RecoveryStatus{Target: "time 2026-12-07T11:30:00Z", BaseBackup: "named"}}}
 	}
 	for _, tc := range []struct {
 		name   string
@@ -131,7 +134,7 @@ func TestFollowInPlace(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := rs()
-			followInPlace(r, tc.ip, now)
+			followInPlace(r, &databasev1.Database{Status: databasev1.DatabaseStatus{CurrentPrimary: "db-0", InPlaceRecovery: tc.ip}}, now)
 			c := findReady(r.Status.Conditions)
 			if r.Status.Phase != tc.phase || c == nil || c.Reason != tc.reason {
 				t.Fatalf("got %s %+v, want %s %s", r.Status.Phase, c, tc.phase, tc.reason)
@@ -141,11 +144,34 @@ func TestFollowInPlace(t *testing.T) {
 					r.Status.Recovery.Timeline != 2 || r.Status.Recovery.Target != "time 2026-12-07T11:30:00Z" {
 					t.Errorf("status %+v recovery %+v", r.Status, r.Status.Recovery)
 				}
+				if r.Status.Recovery.BaseBackup != "b" {
+					t.Errorf("base backup %q: the report's", r.Status.Recovery.BaseBackup)
+				}
 				if !strings.Contains(c.Message, "spec.undo: r undoes") {
 					t.Errorf("the message does not say how to undo: %s", c.Message)
 				}
 			}
 		})
+	}
+}
+
+// A primary change before the recovery ended fails the Restore (it would
+// wait forever for a report the new primary never makes), and the base
+// backup backupRef named is kept while the report has none.
+func TestFollowInPlaceAcrossAPrimaryChange(t *testing.T) {
+	now := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	rs := &databasev1.Restore{ObjectMeta: metav1.ObjectMeta{Name: "r", UID: "uid-1"}, Status: databasev1.RestoreStatus{Phase: databasev1.RestoreInProgress,
+		PreviousDataPod: "db-0", Recovery: &databasev1.RecoveryStatus{Target: "latest", BaseBackup: "named"}}}
+	followInPlace(rs, &databasev1.Database{Status: databasev1.DatabaseStatus{CurrentPrimary: "db-0",
+		InPlaceRecovery: &databasev1.InPlaceRecoveryStatus{ID: "uid-1", Pod: "db-0", Phase: databasev1.RestoreInProgress, Message: "restoring"}}}, now)
+	if rs.Status.Phase != databasev1.RestoreInProgress || rs.Status.Recovery.BaseBackup != "named" {
+		t.Fatalf("phase %s base %q", rs.Status.Phase, rs.Status.Recovery.BaseBackup)
+	}
+	followInPlace(rs, &databasev1.Database{Status: databasev1.DatabaseStatus{CurrentPrimary: "db-1",
+		InPlaceRecovery: &databasev1.InPlaceRecoveryStatus{ID: "uid-1", Pod: "db-0", Phase: databasev1.RestoreInProgress}}}, now)
+	c := findReady(rs.Status.Conditions)
+	if rs.Status.Phase != databasev1.RestoreFailed || c.Reason != databasev1.ReasonRecoveryFailed || !strings.Contains(c.Message, "from db-0 to db-1") {
+		t.Errorf("phase %s %+v", rs.Status.Phase, c)
 	}
 }
 

@@ -271,8 +271,8 @@ func orNone(s string) string {
 	return s
 }
 
-// candidates are the running standbys (excluding except) of an ordinal below
-// Replicas, best first: the highest timeline, then the most WAL received, then
+// candidates are the running standbys (excluding except, and those that
+// diverged from the primary's timeline) of an ordinal below Replicas, best first: the highest timeline, then the most WAL received, then
 // the name.
 func candidates(in haInput, except string) []candidate {
 	var out []candidate
@@ -280,6 +280,12 @@ func candidates(in haInput, except string) []candidate {
 		st := in.report(pod)
 		if pod == except || st == nil || !st.Running || st.Role != agentapi.RoleReplica || refusing(st.State) ||
 			agentapi.Ordinal(pod) < 0 || agentapi.Ordinal(pod) >= in.Replicas || in.Pods[pod].Terminating {
+			continue
+		}
+		if st.Diverged {
+			// Its history is not the primary's (a point-in-time restore or an
+			// asynchronous failover branched off before its position):
+			// promoting it would bring back what was given up.
 			continue
 		}
 		out = append(out, candidate{Pod: pod, Timeline: st.Timeline, LSN: agentapi.LaterLSN(st.ReceiveLSN, st.ReplayLSN)})

@@ -642,6 +642,18 @@ func TestDecideHA(t *testing.T) {
 			wantTarget: "db-0", wantPhase: databasev1.PrimaryChangeBlocked, wantMessage: "final WAL position 0/5000000",
 		},
 		{
+			// After an in-place point-in-time restore the standbys are on
+			// the old timeline, far past the fork, until they re-clone.
+			name: "a standby that diverged from the primary's timeline is never a candidate, however far it received",
+			in: func() haInput {
+				in := fencedWorld()
+				in.Reports["db-1"].Status.ReceiveLSN, in.Reports["db-1"].Status.Diverged = "0/F000000", true
+				in.Reports["db-2"].Status.ReceiveLSN = "0/6000000"
+				return in
+			},
+			wantTarget: "db-2", wantPhase: databasev1.PrimaryChangePromoting, wantTo: "db-2", wantUnlabel: []string{"db-0"}, wantLease: agentapi.ChangeFailover,
+		},
+		{
 			name: "a standby that reports no position never qualifies",
 			in: func() haInput {
 				in := fencedWorld()

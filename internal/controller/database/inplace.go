@@ -3,6 +3,7 @@ package database
 import (
 	"context"
 	"fmt"
+	"sort"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -36,6 +37,15 @@ func (r *Reconciler) reconcileInPlaceRecovery(ctx context.Context, db *databasev
 	if err := r.List(ctx, &list, client.InNamespace(db.Namespace)); err != nil {
 		return fmt.Errorf("listing restores: %w", err)
 	}
+	// The oldest first, and only it: a later one waits until it finished
+	// (its Restore then reads the outcome before another report replaces it).
+	sort.Slice(list.Items, func(i, j int) bool {
+		a, b := list.Items[i].CreationTimestamp, list.Items[j].CreationTimestamp
+		if !a.Equal(&b) {
+			return a.Before(&b)
+		}
+		return list.Items[i].Name < list.Items[j].Name
+	})
 	for i := range list.Items {
 		rs := &list.Items[i]
 		if rs.Spec.DatabaseRef.Name != db.Name || rs.Status.Phase != databasev1.RestoreInProgress || (rs.Spec.PointInTime == nil && rs.Spec.Undo == "") {
@@ -43,12 +53,12 @@ func (r *Reconciler) reconcileInPlaceRecovery(ctx context.Context, db *databasev
 		}
 		id := string(rs.UID)
 		if obs.InPlace != nil && (obs.InPlace.Report.ID == id || (!obs.InPlace.Report.Done && obs.InPlace.Report.Error == "")) {
-			return nil // taken, or another one runs
+			return nil // taken (finished or not), or another one runs
 		}
 		if !ok || rep.Err != nil || rep.Status == nil || !rep.Status.Running || rep.Status.Role != agentapi.RolePrimary || !rep.Status.Writable {
 			return nil // the Restore waits for the primary
 		}
-		req, err := r.inPlaceRequest(ctx, rs, obs.Now)
+		req, err := r.inPlaceRequest(ctx, rs)
 		if err != nil {
 			return err
 		}
@@ -75,12 +85,12 @@ func (r *Reconciler) reconcileInPlaceRecovery(ctx context.Context, db *databasev
 }
 
 // inPlaceRequest is what the agent is asked for a Restore.
-func (r *Reconciler) inPlaceRequest(ctx context.Context, rs *databasev1.Restore, now time.Time) (agentapi.InPlaceRecoveryRequest, error) {
+func (r *Reconciler) inPlaceRequest(ctx context.Context, rs *databasev1.Restore) (agentapi.InPlaceRecoveryRequest, error) {
 	keep := 24 * time.Hour
 	if rs.Spec.KeepPreviousFor != nil {
 		keep = rs.Spec.KeepPreviousFor.Duration
 	}
-	req := agentapi.InPlaceRecoveryRequest{ID: string(rs.UID), KeepPreviousUntil: now.Add(keep).UTC().Truncate(time.Second), Inclusive: true}
+	req := agentapi.InPlaceRecoveryRequest{ID: string(rs.UID), KeepPreviousSeconds: int64(keep / time.Second), Inclusive: true}
 	if rs.Spec.Undo != "" {
 		u := &databasev1.Restore{}
 		if err := r.Get(ctx, types.NamespacedName{Namespace: rs.Namespace, Name: rs.Spec.Undo}, u); err != nil {

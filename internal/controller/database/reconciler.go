@@ -181,7 +181,12 @@ func (r *Reconciler) observeRestores(ctx context.Context, db *databasev1.Databas
 			continue
 		}
 		what := rs.Status.BackupLocation
-		if rs.Status.BackupName != "" {
+		switch {
+		case rs.Spec.Undo != "":
+			what = "the undo of Restore " + rs.Spec.Undo
+		case rs.Spec.PointInTime != nil && rs.Status.Recovery != nil:
+			what = "a point in time (" + rs.Status.Recovery.Target + ")"
+		case rs.Status.BackupName != "":
 			what = "Backup " + rs.Status.BackupName
 		}
 		obs.Restores[rs.Name] = what

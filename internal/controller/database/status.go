@@ -324,8 +324,13 @@ func restoring(obs observation) conditionVerdict {
 		names = append(names, n)
 	}
 	sort.Strings(names)
+	what := obs.Restores[names[0]]
 	msg := fmt.Sprintf("Restore %s is restoring %s into a separate database on the primary; the application database is unchanged "+
-		"until the restored one is swapped in (its sessions are terminated then); backups wait", names[0], obs.Restores[names[0]])
+		"until the restored one is swapped in (its sessions are terminated then); backups wait", names[0], what)
+	if strings.HasPrefix(what, "a point in time") || strings.HasPrefix(what, "the undo") {
+		msg = fmt.Sprintf("Restore %s is restoring the cluster in place to %s: the primary prepares it while it serves, "+
+			"then stops and replays the WAL archive (no writes meanwhile); backups wait", names[0], what)
+	}
 	if p := primaryOf(obs); p != nil && p.Restoring != "" {
 		msg += "; the primary's agent is applying it"
 	}
