@@ -985,6 +985,12 @@ const (
 	// ReasonArchiveSecretNotFound: a Secret the archive needs (S3
 	// credentials, encryption key) is missing or lacks its key.
 	ReasonArchiveSecretNotFound = "ArchiveSecretNotFound"
+	// ReasonArchiveIsRecoverySource: a Database recovered from an archive
+	// (spec.bootstrap.pointInTime) names that same archive in its
+	// spec.walArchive: it keeps the source's system identifier, so its
+	// timelines would mix with the source's. Nothing is archived until the
+	// location changes.
+	ReasonArchiveIsRecoverySource = "ArchiveIsRecoverySource"
 )
 
 // WALArchiveStatus is the primary's continuous archiving.

@@ -120,6 +120,13 @@ func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Datab
 	if err != nil {
 		return nil, "", databasev1.ReasonNoArchiveLocation, err
 	}
+	if db.Spec.Bootstrap != nil && db.Spec.Bootstrap.PointInTime != nil {
+		if src, _, err := r.resolveRecoverySource(ctx, db); err == nil && sameArchive(src.Location, src.S3, loc, s3) {
+			return nil, "", databasev1.ReasonArchiveIsRecoverySource, fmt.Errorf("spec.walArchive's location %s is the archive this Database was recovered from: "+
+				"the recovered cluster keeps the source's system identifier, so its timelines would mix with the source's in it; "+
+				"give spec.walArchive another storageLocation (nothing is archived until then)", loc)
+		}
+	}
 	spec := db.Spec.WALArchive
 	c := walarchive.Config{Location: loc, Endpoint: s3.Endpoint, Region: s3.Region, ForcePathStyle: s3.ForcePathStyle,
 		Encrypted: spec.Encryption != nil}
@@ -131,6 +138,18 @@ func (r *Reconciler) archiveSecretData(ctx context.Context, db *databasev1.Datab
 		return nil, "", databasev1.ReasonArchiveSecretNotFound, err
 	}
 	return data, loc, "", nil
+}
+
+// sameArchive reports whether two archive locations on S3 endpoints are
+// the same place (a trailing slash aside).
+func sameArchive(locA string, s3A *databasev1.S3Config, locB string, s3B *databasev1.S3Config) bool {
+	ep := func(s *databasev1.S3Config) string {
+		if s == nil {
+			return ""
+		}
+		return strings.TrimSuffix(s.Endpoint, "/")
+	}
+	return strings.TrimSuffix(locA, "/") == strings.TrimSuffix(locB, "/") && ep(s3A) == ep(s3B)
 }
 
 // storeSecretData is an archive's configuration directory: c, with the S3

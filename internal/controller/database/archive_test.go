@@ -326,3 +326,66 @@ func TestInstancePodsAlwaysMountTheWALArchiveSecret(t *testing.T) {
 		t.Error("turning the archive on changed the pod template (a rollout)")
 	}
 }
+
+// A Database recovered from another Database's archive may not archive into
+// that same archive (it keeps the source's system identifier: the two
+// clusters' timelines would mix): nothing is configured and the condition
+// says why; another location is archived to.
+func TestARecoveredDatabaseNeverArchivesIntoItsSourcesArchive(t *testing.T) {
+	ns := newNamespace(t)
+	ctx := context.Background()
+	archive := `
+  walArchive:
+    storageLocation: s3://wal/src/
+    s3:
+      endpoint: http://s3.storage:9000
+      forcePathStyle: true
+      credentialsSecret:
+        name: wal-creds`
+	if err := k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "wal-creds", Namespace: ns},
+		Data: map[string][]byte{"accessKeyId": []byte("AK"), "secretAccessKey": []byte("SK-secret")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyYAML(t, ns, strings.Replace(strings.Replace(seedManifest, "size: 10Gi", "size: 10Gi"+archive, 1), "name: my-database", "name: src", 1)); err != nil {
+		t.Fatal(err)
+	}
+	src := &databasev1.Database{}
+	eventually(t, "the source's recorded system identifier", func() string {
+		if err := k8s.Get(ctx, types.NamespacedName{Namespace: ns, Name: "src"}, src); err != nil {
+			return err.Error()
+		}
+		src.Status.SystemIdentifier = "7400"
+		if err := k8s.Status().Update(ctx, src); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+	clone := strings.Replace(seedManifest, "size: 10Gi", "size: 10Gi"+strings.Replace(archive, "s3://wal/src/", "s3://wal/src", 1)+`
+  bootstrap:
+    pointInTime:
+      databaseRef: {name: src}
+      latest: true`, 1)
+	if err := applyYAML(t, ns, clone); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ContinuousArchiving False: ArchiveIsRecoverySource", func() string {
+		c := condition(t, ns, databasev1.ConditionContinuousArchiving)
+		if c == nil || c.Status != metav1.ConditionFalse || c.Reason != databasev1.ReasonArchiveIsRecoverySource || !strings.Contains(c.Message, "another storageLocation") {
+			return "condition " + condString(c)
+		}
+		return ""
+	})
+	secretKey := types.NamespacedName{Namespace: ns, Name: "my-database-wal-archive"}
+	if err := k8s.Get(ctx, secretKey, &corev1.Secret{}); err == nil {
+		t.Error("the archive Secret was written for the source's archive")
+	}
+	if err := applyYAML(t, ns, strings.Replace(clone, "s3://wal/src", "s3://wal/clone", 1)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the archive Secret for another location", func() string {
+		if err := k8s.Get(ctx, secretKey, &corev1.Secret{}); err != nil {
+			return err.Error()
+		}
+		return ""
+	})
+}
