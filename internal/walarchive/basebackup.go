@@ -436,6 +436,9 @@ func (a *Archive) readBase(ctx context.Context, b BaseBackup, dir string) (baseF
 	}
 	defer rc.Close()
 	var body io.Reader = bufio.NewReaderSize(rc, 256<<10)
+	if !b.Encrypted && a.Identity != nil {
+		return baseFacts{}, fmt.Errorf("base backup %s is not encrypted but the archive is: %w (take a new Physical Backup after turning encryption on)", b.Name, ErrNotEncrypted)
+	}
 	if b.Encrypted {
 		if a.Identity == nil {
 			return baseFacts{}, fmt.Errorf("base backup %s is encrypted and no identity was given", b.Name)

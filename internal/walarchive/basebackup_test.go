@@ -142,6 +142,13 @@ func TestABaseBackupIsVerifiedWhenTakenAndWhenRestored(t *testing.T) {
 		if again, err := a.TakeBase(ctx, s.baseOptions("nightly", sysid)); err != nil || again.SHA256 != b.SHA256 || !again.EndTime.Equal(b.EndTime) {
 			t.Errorf("a retry under the same name: %+v %v, want the completed %+v", again, err, b)
 		}
+		if !encrypted {
+			// An encrypted archive refuses a clear-text base backup.
+			enc := &Archive{Store: a.Store, Prefix: a.Prefix, Recipient: id.Recipient(), Identity: id}
+			if _, err := enc.RestoreBase(ctx, "nightly", filepath.Join(t.TempDir(), "clear")); !errors.Is(err, ErrNotEncrypted) {
+				t.Errorf("a clear-text base backup restored from an encrypted archive: %v, want ErrNotEncrypted", err)
+			}
+		}
 		if encrypted {
 			raw, _ := os.ReadFile(filepath.Join(a.Store.(objectstore.Dir).Root, a.BaseKey("nightly", BaseObject)))
 			if bytes.Contains(raw, []byte("backup_manifest")) || bytes.Contains(raw, []byte("PG_VERSION")) {

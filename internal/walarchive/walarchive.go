@@ -45,6 +45,9 @@ const magic = "PGOWAL1 "
 const maxHeader = 4 << 10
 
 var (
+	// ErrNotEncrypted: an object of an encrypted archive is in clear text (put
+	// there by someone else, or before encryption was turned on).
+	ErrNotEncrypted = errors.New("not encrypted")
 	// ErrNotArchived: the archive has no file of that name.
 	ErrNotArchived = errors.New("not in the archive")
 	// ErrConflict: the archive holds a different file under the name pushed.
@@ -228,6 +231,9 @@ func (a *Archive) Fetch(ctx context.Context, name, dest string) (Header, error) 
 		return Header{}, err
 	}
 	var body io.Reader = br
+	if !h.Encrypted && a.Identity != nil {
+		return Header{}, fmt.Errorf("%s is not encrypted but the archive is: refusing an object that anyone who can write to the store could have put there: %w", name, ErrNotEncrypted)
+	}
 	if h.Encrypted {
 		if a.Identity == nil {
 			return Header{}, fmt.Errorf("%s is encrypted and no identity was given", name)

@@ -209,6 +209,14 @@ func TestArchiveAndFetchRoundTrip(t *testing.T) {
 				if _, err := os.Stat(dest + "2"); !errors.Is(err, os.ErrNotExist) {
 					t.Error("a failed fetch left a file behind")
 				}
+				if !encrypted {
+					// A clear-text object in an encrypted archive is refused:
+					// anyone who can write to the store could have put it there.
+					enc := &Archive{Store: a.Store, Prefix: a.Prefix, Recipient: id.Recipient(), Identity: id}
+					if _, err := enc.Fetch(ctx, seg, dest+"4"); !errors.Is(err, ErrNotEncrypted) {
+						t.Errorf("a clear-text segment fetched from an encrypted archive: %v, want ErrNotEncrypted", err)
+					}
+				}
 				if encrypted {
 					// Without the identity nothing is restored.
 					b := &Archive{Store: a.Store, Prefix: a.Prefix}
