@@ -36,7 +36,7 @@ func TestCreateValidation(t *testing.T) {
 		{"empty image", "image: postgres:14", "image: \"\"", "image must not be empty"},
 		{"missing databaseName", "  databaseName: mydb\n", "", "spec.databaseName: Required value"},
 		{"point-in-time bootstrap with two targets", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      latest: true\n      lsn: 0/1000000",
-			"set exactly one target: time, lsn, restorePoint or latest: true"},
+			"set exactly one target: time, lsn, xid, restorePoint or latest: true"},
 		{"point-in-time bootstrap without a target", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      inclusive: false",
 			"set exactly one target"},
 		{"point-in-time bootstrap with two sources", "size: 10Gi", "size: 10Gi\n  bootstrap:\n    pointInTime:\n      databaseRef: {name: src}\n      storageLocation: s3://b/p\n      systemIdentifier: \"7\"\n      latest: true",
