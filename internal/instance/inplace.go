@@ -486,6 +486,10 @@ func (a *Agent) dropExpiredPrevious(now time.Time) {
 	metas, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".previous-*.json"))
 	aborted, _ := filepath.Glob(filepath.Join(filepath.Dir(a.cfg.PGData), ".aborted-*.json"))
 	metas = append(metas, aborted...)
+	unfinished := ""
+	if st := a.readRecoveryState(); st != nil && st.ID != "" {
+		unfinished = a.previousDir(st.ID)
+	}
 	for _, m := range metas {
 		b, err := os.ReadFile(m) // #nosec G304 -- the data volume
 		if err != nil {
@@ -496,8 +500,8 @@ func (a *Agent) dropExpiredPrevious(now time.Time) {
 			continue
 		}
 		dir := strings.TrimSuffix(m, ".json")
-		if dir == a.cfg.PGData {
-			continue
+		if dir == a.cfg.PGData || dir == unfinished {
+			continue // the rollback of an unfinished recovery needs it
 		}
 		if err := os.RemoveAll(dir); err != nil {
 			a.log.Warn("deleting an expired previous data directory", "dir", dir, "error", err)
@@ -522,16 +526,32 @@ func (a *Agent) rollBackFailedReplay() (bool, error) {
 		// archived already. The recovery is recorded at the next start.
 		return false, nil
 	}
+	f := a.lastFatal.Load()
+	if f == nil || !targetUnreachable(*f) {
+		// A store that did not answer (wal-fetch makes PostgreSQL stop
+		// rather than end the recovery early), a killed process: PostgreSQL
+		// is restarted and replays on.
+		return false, nil
+	}
 	prev := a.previousDir(s.ID)
 	if _, err := os.Stat(filepath.Join(prev, "global", "pg_control")); err != nil {
 		return false, nil // nothing to put back (deleted): the agent keeps retrying
 	}
-	why := "PostgreSQL stopped during the replay"
-	if f := a.lastFatal.Load(); f != nil {
-		why += ": " + *f
-	}
+	why := "PostgreSQL stopped during the replay: " + *f
+	// What goes out of PGDATA: a restored base backup is deleted; an undo's
+	// directory (the data of before the restore it undoes) goes back where
+	// it was kept.
 	failed := filepath.Join(filepath.Dir(a.cfg.PGData), ".failed-"+s.ID)
-	_ = os.RemoveAll(failed)
+	undo := strings.HasPrefix(s.BaseBackup, ".previous-")
+	if undo {
+		failed = filepath.Join(filepath.Dir(a.cfg.PGData), s.BaseBackup)
+		meta, _ := json.Marshal(previousMeta{KeepUntil: time.Now().Add(24 * time.Hour).UTC()})
+		if err := a.writeFileSync(failed+".json", string(meta)); err != nil {
+			return false, err
+		}
+	} else {
+		_ = os.RemoveAll(failed)
+	}
 	p := &inPlacePlan{ID: s.ID, Src: prev, Prev: failed, Keep: time.Hour}
 	j, _ := json.Marshal(p)
 	if err := a.writeFileSync(a.swapJournal(), string(j)); err != nil {
@@ -546,13 +566,32 @@ func (a *Agent) rollBackFailedReplay() (bool, error) {
 	}
 	syncDir(filepath.Dir(a.cfg.PGData))
 	_ = os.Remove(prev + ".json")
-	_ = os.RemoveAll(failed)
+	if undo {
+		// Kept as it was before the undo: no recovery files.
+		_ = dropRecoveryFiles(failed)
+		_ = os.Remove(filepath.Join(failed, "recovery.signal"))
+	} else {
+		_ = os.RemoveAll(failed)
+	}
 	if err := os.Remove(a.swapJournal()); err != nil {
 		return false, err
 	}
 	a.log.Error("in-place recovery failed during the replay; the previous data directory is back in place", "id", s.ID, "reason", why)
 	a.inPlace.Store(&agentapi.RecoveryResult{ID: s.ID, Error: why + "; the data directory of before the restore was put back"})
 	return true, nil
+}
+
+// targetUnreachable reports whether PostgreSQL's FATAL line says the
+// recovery can never reach its target from this base: retrying would fail
+// the same way.
+func targetUnreachable(fatal string) bool {
+	for _, m := range []string{"recovery ended before configured recovery target was reached",
+		"is not a child of this server's history", "requested timeline", "not in this server's history"} {
+		if strings.Contains(fatal, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // setAsideUnfinishedRecovery keeps a data directory whose in-place recovery

@@ -150,9 +150,22 @@ func TestExpiredPreviousDataDirectoriesAreDeleted(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The directory an unfinished in-place recovery would roll back to is
+	// kept, expired or not.
+	mkData(t, a.previousDir("running"), "running")
+	b, _ := json.Marshal(previousMeta{KeepUntil: now.Add(-time.Hour)})
+	if err := os.WriteFile(a.previousDir("running")+".json", b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(a.cfg.PGData, recoveryStateFile), []byte(`{"id":"running"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	a.dropExpiredPrevious(now)
 	if tagOf(a.previousDir("old")) != "missing" {
 		t.Error("an expired previous data directory is kept")
+	}
+	if tagOf(a.previousDir("running")) != "running" {
+		t.Error("the directory an unfinished recovery rolls back to was deleted")
 	}
 	if tagOf(a.previousDir("kept")) != "kept" || tagOf(a.cfg.PGData) != "current" {
 		t.Error("a directory whose time is not up was deleted")
@@ -193,12 +206,72 @@ func TestAFailedReplayIsRolledBack(t *testing.T) {
 	}
 
 	a = setup(t)
+	a.watchLogLine("2026-12-07 23:01:02.003 UTC [40] FATAL:  recovery ended before configured recovery target was reached")
 	_ = os.Remove(filepath.Join(a.cfg.PGData, "recovery.signal"))
 	if done, err := a.rollBackFailedReplay(); done || err != nil {
 		t.Errorf("rolled back a recovery that promoted: %v %v", done, err)
 	}
 	if tagOf(a.cfg.PGData) != "restored" {
 		t.Errorf("PGDATA %s", tagOf(a.cfg.PGData))
+	}
+
+	// A store that did not answer makes PostgreSQL stop too (wal-fetch's
+	// exit 200): that is retried, never rolled back.
+	a = setup(t)
+	a.watchLogLine(`2026-12-07 23:01:02.003 UTC [40] FATAL:  could not restore file "000000010000000000000007" from archive: child process exited with exit code 200`)
+	if done, err := a.rollBackFailedReplay(); done || err != nil {
+		t.Errorf("rolled back on a store error: %v %v", done, err)
+	}
+	if tagOf(a.cfg.PGData) != "restored" {
+		t.Errorf("PGDATA %s", tagOf(a.cfg.PGData))
+	}
+}
+
+// The rollback of a failed undo puts the directory it was putting back (the
+// data of before the restore it undoes) where it was kept, never deletes
+// it.
+func TestAFailedUndoKeepsTheDataItWasPuttingBack(t *testing.T) {
+	root := t.TempDir()
+	a := &Agent{cfg: Config{PGData: filepath.Join(root, "pgdata")}, log: testLogger()}
+	mkData(t, a.cfg.PGData, "before-the-restore")
+	for name, content := range map[string]string{recoveryStateFile: `{"id":"u1","baseBackup":".previous-r1"}`, "recovery.signal": ""} {
+		if err := os.WriteFile(filepath.Join(a.cfg.PGData, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkData(t, a.previousDir("u1"), "restored")
+	a.watchLogLine("FATAL:  requested timeline 3 is not a child of this server's history")
+	if done, err := a.rollBackFailedReplay(); !done || err != nil {
+		t.Fatalf("rolled back %v %v", done, err)
+	}
+	if tagOf(a.cfg.PGData) != "restored" || tagOf(a.previousDir("r1")) != "before-the-restore" {
+		t.Errorf("PGDATA %s, .previous-r1 %s", tagOf(a.cfg.PGData), tagOf(a.previousDir("r1")))
+	}
+	for _, f := range []string{"recovery.signal", recoveryStateFile} {
+		if _, err := os.Stat(filepath.Join(a.previousDir("r1"), f)); err == nil {
+			t.Errorf("the kept directory still has %s", f)
+		}
+	}
+	if _, err := os.Stat(a.previousDir("r1") + ".json"); err != nil {
+		t.Errorf("the kept directory has no expiry: %v", err)
+	}
+}
+
+// Divergence never heals by itself: the marker keeps it through a quiet
+// period and an agent restart, until a clone replaces the data directory;
+// a primary drops it.
+func TestDivergenceIsKeptUntilTheReclone(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pgdata")
+	mkData(t, dir, "standby")
+	a := &Agent{cfg: Config{PGData: dir}, log: testLogger()}
+	a.rt.Store(&runtimeView{})
+	a.watchLogLine("2026-12-07 22:30:05.790 UTC [56] LOG:  new timeline 3 is not a child of database system timeline 2")
+	a.divergedAt.Store(0) // two minutes later, or another agent
+	if !a.diverged() {
+		t.Error("divergence forgotten")
+	}
+	if err := dropRecoveryFiles(dir); err != nil || a.diverged() {
+		t.Errorf("a clone keeps the divergence: %v", err)
 	}
 }
 

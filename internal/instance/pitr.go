@@ -276,7 +276,7 @@ func (a *Agent) recordRecovery(ctx context.Context, conn *pgx.Conn) (bool, error
 // dropRecoveryFiles removes a recovery's files from a clone of the
 // recovered primary: they describe the primary's past, not the clone's.
 func dropRecoveryFiles(dir string) error {
-	for _, f := range []string{recoveryStateFile, recoveryResultFile} {
+	for _, f := range []string{recoveryStateFile, recoveryResultFile, divergedMarker} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -40,6 +41,11 @@ func (a *Agent) runPostgres(ctx context.Context, asPrimary bool) (*instruction, 
 	}
 	a.publish(func(v *runtimeView) { v.Following = following })
 	a.startingPostgres(asPrimary)
+	a.lastFatal.Store(nil)
+	if asPrimary {
+		// A primary follows nobody: evidence of divergence is a standby's.
+		_ = os.Remove(filepath.Join(a.cfg.PGData, divergedMarker))
+	}
 	if err := a.writeOwnConfig(asPrimary); err != nil {
 		return nil, err
 	}
@@ -456,6 +462,11 @@ func (a *Agent) watchLogLine(line string) {
 	if (strings.Contains(line, "forked off current database system timeline") && strings.Contains(line, "before current recovery point")) ||
 		(strings.Contains(line, "is not a child of database system timeline")) {
 		a.divergedAt.Store(time.Now().UnixNano())
+		// It never heals by itself: the marker keeps it across quiet
+		// periods and agent restarts, until the re-clone replaces PGDATA.
+		if a.cfg.PGData != "" {
+			_ = os.WriteFile(filepath.Join(a.cfg.PGData, divergedMarker), nil, 0o600) // #nosec G306 -- an empty marker
+		}
 	}
 }
 
@@ -465,9 +476,16 @@ func (a *Agent) walMissing() bool {
 	return recentSince(a.walMissingAt.Load(), a.view().ClonedAt)
 }
 
-// diverged reports whether this standby's recovery point was reported past the
-// primary's fork point within the last two minutes.
+// divergedMarker, in PGDATA, records that this standby diverged from the
+// primary's timeline.
+const divergedMarker = "pgo-diverged"
+
+// diverged reports whether this standby diverged from the primary's timeline
+// (the marker, or the evidence within the last two minutes).
 func (a *Agent) diverged() bool {
+	if _, err := os.Stat(filepath.Join(a.cfg.PGData, divergedMarker)); err == nil && a.cfg.PGData != "" {
+		return true
+	}
 	return recentSince(a.divergedAt.Load(), a.view().ClonedAt)
 }
 

@@ -148,6 +148,10 @@ func TestABaseBackupIsVerifiedWhenTakenAndWhenRestored(t *testing.T) {
 			if _, err := enc.RestoreBase(ctx, "nightly", filepath.Join(t.TempDir(), "clear")); !errors.Is(err, ErrNotEncrypted) {
 				t.Errorf("a clear-text base backup restored from an encrypted archive: %v, want ErrNotEncrypted", err)
 			}
+			// Nor is it part of the encrypted archive's window.
+			if sv, err := enc.Survey(ctx, b.WALSegmentSize, time.Now()); err != nil || len(sv.Bases) != 0 {
+				t.Errorf("an encrypted archive's survey counts a clear-text base backup: %+v %v", sv.Bases, err)
+			}
 		}
 		if encrypted {
 			raw, _ := os.ReadFile(filepath.Join(a.Store.(objectstore.Dir).Root, a.BaseKey("nightly", BaseObject)))

@@ -54,6 +54,9 @@ func (a *Archive) Survey(ctx context.Context, segSize uint64, now time.Time) (Su
 		if err != nil {
 			return Survey{}, err
 		}
+		if a.Identity != nil && !b.Encrypted {
+			continue // an encrypted archive never restores it (ErrNotEncrypted)
+		}
 		bases = append(bases, b)
 	}
 	s := DecideWindow(bases, c.Gaps(segSize), segSize)
