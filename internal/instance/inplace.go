@@ -359,6 +359,18 @@ func (a *Agent) swapInPlace(p *inPlacePlan) error {
 	if err := a.setKeepUntil(p.Src, keepUntil); err != nil {
 		return err
 	}
+	if err := a.journalledSwap(p); err != nil {
+		return err
+	}
+	_ = os.Remove(p.Src + ".json") // an undo's source was a previous directory
+	a.log.Info("in-place recovery swapped in; PostgreSQL replays the archive to the target", "id", p.ID, "previous", p.Prev)
+	return nil
+}
+
+// journalledSwap moves PGDATA to p.Prev and p.Src to PGDATA under the swap
+// journal (finishSwap completes it after a restart half-way); a second
+// rename that fails puts PGDATA back.
+func (a *Agent) journalledSwap(p *inPlacePlan) error {
 	j, _ := json.Marshal(p)
 	if err := a.writeFileSync(a.swapJournal(), string(j)); err != nil {
 		return err
@@ -375,12 +387,7 @@ func (a *Agent) swapInPlace(p *inPlacePlan) error {
 		return fmt.Errorf("swapping in %s: %w", p.Src, err)
 	}
 	syncDir(filepath.Dir(a.cfg.PGData))
-	_ = os.Remove(p.Src + ".json") // an undo's source was a previous directory
-	if err := os.Remove(a.swapJournal()); err != nil {
-		return err
-	}
-	a.log.Info("in-place recovery swapped in; PostgreSQL replays the archive to the target", "id", p.ID, "previous", p.Prev)
-	return nil
+	return os.Remove(a.swapJournal())
 }
 
 // errSwapIncomplete: PGDATA may be missing; only the journal, at the next
@@ -552,19 +559,9 @@ func (a *Agent) rollBackFailedReplay() (bool, error) {
 	} else {
 		_ = os.RemoveAll(failed)
 	}
-	p := &inPlacePlan{ID: s.ID, Src: prev, Prev: failed, Keep: time.Hour}
-	j, _ := json.Marshal(p)
-	if err := a.writeFileSync(a.swapJournal(), string(j)); err != nil {
+	if err := a.journalledSwap(&inPlacePlan{ID: s.ID, Src: prev, Prev: failed}); err != nil {
 		return false, err
 	}
-	if err := os.Rename(a.cfg.PGData, failed); err != nil {
-		_ = os.Remove(a.swapJournal())
-		return false, err
-	}
-	if err := os.Rename(prev, a.cfg.PGData); err != nil {
-		return false, &errSwapIncomplete{fmt.Errorf("putting the previous data directory back: %w", err)}
-	}
-	syncDir(filepath.Dir(a.cfg.PGData))
 	_ = os.Remove(prev + ".json")
 	if undo {
 		// Kept as it was before the undo: no recovery files.
@@ -572,9 +569,6 @@ func (a *Agent) rollBackFailedReplay() (bool, error) {
 		_ = os.Remove(filepath.Join(failed, "recovery.signal"))
 	} else {
 		_ = os.RemoveAll(failed)
-	}
-	if err := os.Remove(a.swapJournal()); err != nil {
-		return false, err
 	}
 	a.log.Error("in-place recovery failed during the replay; the previous data directory is back in place", "id", s.ID, "reason", why)
 	a.inPlace.Store(&agentapi.RecoveryResult{ID: s.ID, Error: why + "; the data directory of before the restore was put back"})

@@ -145,25 +145,8 @@ func (a *Agent) recoverFromArchive(ctx context.Context, r walarchive.RecoveryReq
 		return fmt.Errorf("restoring base backup %s: %w", base.Name, err)
 	}
 	// A base backup of a cluster that was itself recovered holds that
-	// recovery's files: they describe its past.
-	if err := dropRecoveryFiles(staging); err != nil {
-		return err
-	}
-	st, err := json.Marshal(recoveryState{Request: r, BaseBackup: base.Name})
-	if err != nil {
-		return err
-	}
-	for name, content := range map[string]string{"recovery.signal": "", recoveryStateFile: string(st)} {
-		if err := os.WriteFile(filepath.Join(staging, name), []byte(content), 0o600); err != nil {
-			return err
-		}
-	}
-	if err := filepath.Walk(staging, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return a.chown(p)
-	}); err != nil {
+	// recovery's files (writeRecoveryFiles drops them): they describe its past.
+	if err := a.writeRecoveryFiles(staging, recoveryState{Request: r, BaseBackup: base.Name}); err != nil {
 		return err
 	}
 	a.log.Info("base backup restored; PostgreSQL replays the archive to the target", "baseBackup", base.Name, "target", r.String())

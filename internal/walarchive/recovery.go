@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/agentapi"
 )
 
@@ -32,6 +33,17 @@ type RecoveryRequest struct {
 	// archive). Undoing an in-place recovery replays its previous data
 	// directory's own timeline to its end.
 	Timeline int64 `json:"timeline,omitempty"`
+}
+
+// TargetRequest is the recovery to an API target, of cluster sysid.
+func TargetRequest(t databasev1.RecoveryTarget, sysid string) RecoveryRequest {
+	r := RecoveryRequest{SystemID: sysid, LSN: t.LSN, XID: t.XID, RestorePoint: t.RestorePoint, Latest: t.Latest,
+		Inclusive: t.Inclusive == nil || *t.Inclusive}
+	if t.Time != nil {
+		tt := t.Time.UTC()
+		r.Time = &tt
+	}
+	return r
 }
 
 // String names the target as a human reads it.

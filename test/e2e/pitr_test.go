@@ -82,15 +82,7 @@ spec:
 
 	// Rows 1..8, one transaction each, the server's clock read after each.
 	const rows = 8
-	var between []string
-	for id := 1; id <= rows; id++ {
-		// Two psql runs: one -c string is one transaction, whose clock
-		// would be read before its commit.
-		c.mustPsql("src-0", fmt.Sprintf("INSERT INTO t (id) VALUES (%d)", id))
-		out := c.mustPsql("src-0", "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-		between = append(between, strings.TrimSpace(out))
-		time.Sleep(1100 * time.Millisecond) // the window's bounds are whole seconds
-	}
+	between := commitRowsWithClock(c, "src-0", rows)
 	c.mustPsql("src-0", "SELECT pg_switch_wal()")
 	c.eventually(3*time.Minute, "the window to cover the last row", func() string {
 		if last := c.jsonpath("database/src", "{.status.walArchive.lastRecoverablePoint}"); last < between[rows-2][:19] {
@@ -120,16 +112,7 @@ spec:
       %s
 `, name, map[bool]int{true: 2, false: 1}[name == "at-time"], target))
 	}
-	ids := func(pod string) string {
-		return strings.Join(strings.Fields(c.mustPsql(pod, "SELECT id FROM t ORDER BY id")), ",")
-	}
-	seq := func(n int) string {
-		var s []string
-		for i := 1; i <= n; i++ {
-			s = append(s, strconv.Itoa(i))
-		}
-		return strings.Join(s, ",")
-	}
+	ids := func(pod string) string { return rowIDs(c, pod) }
 
 	t.Run("to a time between two commits: exactly the rows committed before it, and a standby", func(t *testing.T) {
 		const k = 5
@@ -142,8 +125,8 @@ spec:
 			return ""
 		})
 		primary := c.jsonpath("database/at-time", "{.status.currentPrimary}")
-		if got := ids(primary); got != seq(k) {
-			t.Errorf("recovered rows %s, want %s", got, seq(k))
+		if got := ids(primary); got != seqIDs(k) {
+			t.Errorf("recovered rows %s, want %s", got, seqIDs(k))
 		}
 		if tl, _ := strconv.Atoi(c.jsonpath("database/at-time", "{.status.recovery.timeline}")); tl < 2 {
 			t.Errorf("recovery status %s: want a new timeline", c.jsonpath("database/at-time", "{.status.recovery}"))
@@ -164,14 +147,14 @@ spec:
 			standby = "at-time-1"
 		}
 		c.eventually(time.Minute, "the standby to hold the recovered rows", func() string {
-			if got := ids(standby); got != seq(k) {
+			if got := ids(standby); got != seqIDs(k) {
 				return got
 			}
 			return ""
 		})
 		// Writable, and the source is untouched.
 		c.mustPsql(primary, "INSERT INTO t (id) VALUES (100)")
-		if got := ids("src-0"); got != seq(rows) {
+		if got := ids("src-0"); got != seqIDs(rows) {
 			t.Errorf("the source's rows changed: %s", got)
 		}
 	})
@@ -179,8 +162,8 @@ spec:
 	t.Run("to the end of the archive: every row", func(t *testing.T) {
 		clone("at-end", "latest: true")
 		c.waitPhase("at-end", "Ready", 2*readyTimeout)
-		if got := ids("at-end-0"); got != seq(rows) {
-			t.Errorf("recovered rows %s, want %s", got, seq(rows))
+		if got := ids("at-end-0"); got != seqIDs(rows) {
+			t.Errorf("recovered rows %s, want %s", got, seqIDs(rows))
 		}
 	})
 
@@ -295,13 +278,7 @@ spec:
 		return ""
 	})
 	const rows = 8
-	var between []string
-	for id := 1; id <= rows; id++ {
-		c.mustPsql(primary, fmt.Sprintf("INSERT INTO t (id) VALUES (%d)", id))
-		out := c.mustPsql(primary, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-		between = append(between, strings.TrimSpace(out))
-		time.Sleep(1100 * time.Millisecond)
-	}
+	between := commitRowsWithClock(c, primary, rows)
 	c.mustPsql(primary, "SELECT pg_switch_wal()")
 	c.eventually(3*time.Minute, "the window to cover the last row", func() string {
 		if last := c.jsonpath("database/pit", "{.status.walArchive.lastRecoverablePoint}"); last < between[rows-2][:19] {
@@ -309,16 +286,7 @@ spec:
 		}
 		return ""
 	})
-	ids := func(pod string) string {
-		return strings.Join(strings.Fields(c.mustPsql(pod, "SELECT id FROM t ORDER BY id")), ",")
-	}
-	seq := func(n int) string {
-		var s []string
-		for i := 1; i <= n; i++ {
-			s = append(s, strconv.Itoa(i))
-		}
-		return strings.Join(s, ",")
-	}
+	ids := func(pod string) string { return rowIDs(c, pod) }
 	restore := func(name, spec string) {
 		c.mustApply(fmt.Sprintf(`
 apiVersion: database.example.com/v1
@@ -372,8 +340,8 @@ spec:
 		if msg := c.jsonpath("restore/too-early", "{.status.error}"); !strings.Contains(msg, "window") {
 			t.Errorf("the refusal does not name the window: %s", msg)
 		}
-		if got := ids(primary); got != seq(rows) {
-			t.Errorf("rows %s after a refused Restore, want %s", got, seq(rows))
+		if got := ids(primary); got != seqIDs(rows) {
+			t.Errorf("rows %s after a refused Restore, want %s", got, seqIDs(rows))
 		}
 	})
 
@@ -391,10 +359,10 @@ spec:
 		}
 		c.waitPhase("pit", "Ready", readyTimeout)
 		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
-		if got := ids(primary); got != seq(rows) {
-			t.Errorf("rows after a failed restore %s, want %s", got, seq(rows))
+		if got := ids(primary); got != seqIDs(rows) {
+			t.Errorf("rows after a failed restore %s, want %s", got, seqIDs(rows))
 		}
-		standbyHolds(seq(rows))
+		standbyHolds(seqIDs(rows))
 	})
 
 	const k = 5
@@ -403,8 +371,8 @@ spec:
 		waitRestore("to-five", 2*readyTimeout)
 		c.waitPhase("pit", "Ready", readyTimeout)
 		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
-		if got := ids(primary); got != seq(k) {
-			t.Errorf("rows after the restore %s, want %s", got, seq(k))
+		if got := ids(primary); got != seqIDs(k) {
+			t.Errorf("rows after the restore %s, want %s", got, seqIDs(k))
 		}
 		if tl, _ := strconv.Atoi(c.jsonpath("restore/to-five", "{.status.recovery.timeline}")); tl < 2 {
 			t.Errorf("recovery status %s: want a new timeline", c.jsonpath("restore/to-five", "{.status.recovery}"))
@@ -413,7 +381,7 @@ spec:
 			t.Errorf("no previous data directory recorded: %s", c.jsonpath("restore/to-five", "{.status}"))
 		}
 		t.Logf("%s", c.jsonpath("restore/to-five", "{.status.conditions[?(@.type==\"Ready\")].message}"))
-		standbyHolds(seq(k))
+		standbyHolds(seqIDs(k))
 		c.mustPsql(primary, "INSERT INTO t (id) VALUES (100)")
 	})
 
@@ -422,11 +390,11 @@ spec:
 		waitRestore("undo-five", 2*readyTimeout)
 		c.waitPhase("pit", "Ready", readyTimeout)
 		primary = c.jsonpath("database/pit", "{.status.currentPrimary}")
-		if got := ids(primary); got != seq(rows) {
-			t.Errorf("rows after the undo %s, want %s", got, seq(rows))
+		if got := ids(primary); got != seqIDs(rows) {
+			t.Errorf("rows after the undo %s, want %s", got, seqIDs(rows))
 		}
 		t.Logf("%s", c.jsonpath("restore/undo-five", "{.status.conditions[?(@.type==\"Ready\")].message}"))
-		standbyHolds(seq(rows))
+		standbyHolds(seqIDs(rows))
 		// Writable on its new timeline.
 		c.mustPsql(primary, "INSERT INTO t (id) VALUES (200)")
 	})
@@ -451,4 +419,34 @@ spec:
 			}
 		}
 	})
+}
+
+// commitRowsWithClock commits rows 1..n into t on pod, one transaction each,
+// and returns the server's clock read after each commit (a second apart:
+// the window's bounds are whole seconds).
+func commitRowsWithClock(c *cluster, pod string, n int) []string {
+	var between []string
+	for id := 1; id <= n; id++ {
+		// Two psql runs: one -c string is one transaction, whose clock
+		// would be read before its commit.
+		c.mustPsql(pod, fmt.Sprintf("INSERT INTO t (id) VALUES (%d)", id))
+		out := c.mustPsql(pod, "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+		between = append(between, strings.TrimSpace(out))
+		time.Sleep(1100 * time.Millisecond)
+	}
+	return between
+}
+
+// rowIDs is t's ids on pod, in order, comma-separated.
+func rowIDs(c *cluster, pod string) string {
+	return strings.Join(strings.Fields(c.mustPsql(pod, "SELECT id FROM t ORDER BY id")), ",")
+}
+
+// seqIDs is "1,2,…,n".
+func seqIDs(n int) string {
+	var s []string
+	for i := 1; i <= n; i++ {
+		s = append(s, strconv.Itoa(i))
+	}
+	return strings.Join(s, ",")
 }

@@ -136,22 +136,7 @@ func targetString(rs *databasev1.Restore) string {
 	if rs.Spec.Undo != "" {
 		return "undo of Restore " + rs.Spec.Undo
 	}
-	t := rs.Spec.PointInTime
-	incl := ""
-	if t.Inclusive != nil && !*t.Inclusive {
-		incl = " (exclusive)"
-	}
-	switch {
-	case t.Time != nil:
-		return "time " + t.Time.UTC().Format(time.RFC3339) + incl
-	case t.LSN != "":
-		return "LSN " + t.LSN + incl
-	case t.XID != "":
-		return "transaction " + t.XID + incl
-	case t.RestorePoint != "":
-		return "restore point " + t.RestorePoint + incl
-	}
-	return "the end of the archive"
+	return walarchive.TargetRequest(rs.Spec.PointInTime.RecoveryTarget, "").String()
 }
 
 // reconcileInPlace moves an in-place Restore forward.

@@ -223,6 +223,16 @@ func slotsNeedSync(have []agentapi.SlotStatus, want []string) bool {
 	return seen != len(want)
 }
 
+// pod is the instance pod of that name (nil: none).
+func (o *observation) pod(name string) *corev1.Pod {
+	for i := range o.Pods {
+		if o.Pods[i].Name == name {
+			return &o.Pods[i]
+		}
+	}
+	return nil
+}
+
 // recloneReason says why a running standby can never catch up by streaming and
 // must be re-cloned, or "" when it can. It is pure: the operator acts on what the
 // primary and the standby report.
@@ -376,12 +386,7 @@ func (r *Reconciler) reconcileRecovery(ctx context.Context, db *databasev1.Datab
 			databasev1.AnnotationRecoverPrimaryFrom, source, src.Status.SystemIdentifier, db.Status.SystemIdentifier)
 		return nil
 	}
-	var pod *corev1.Pod
-	for i := range obs.Pods {
-		if obs.Pods[i].Name == primaryPod {
-			pod = &obs.Pods[i]
-		}
-	}
+	pod := obs.pod(primaryPod)
 	if pod == nil {
 		return nil
 	}

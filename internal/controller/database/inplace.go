@@ -15,6 +15,7 @@ import (
 
 	databasev1 "github.com/example/postgres-operator/api/v1"
 	"github.com/example/postgres-operator/internal/agentapi"
+	"github.com/example/postgres-operator/internal/walarchive"
 )
 
 // inPlaceObs is the in-place recovery the target primary reports.
@@ -62,12 +63,7 @@ func (r *Reconciler) reconcileInPlaceRecovery(ctx context.Context, db *databasev
 		if err != nil {
 			return err
 		}
-		var pod *corev1.Pod
-		for j := range obs.Pods {
-			if obs.Pods[j].Name == target {
-				pod = &obs.Pods[j]
-			}
-		}
+		pod := obs.pod(target)
 		if pod == nil {
 			return nil
 		}
@@ -102,13 +98,8 @@ func (r *Reconciler) inPlaceRequest(ctx context.Context, rs *databasev1.Restore)
 		req.Undo = string(u.UID)
 		return req, nil
 	}
-	t := rs.Spec.PointInTime
-	if t.Time != nil {
-		tt := t.Time.UTC()
-		req.Time = &tt
-	}
-	req.LSN, req.XID, req.RestorePoint, req.Latest = t.LSN, t.XID, t.RestorePoint, t.Latest
-	req.Inclusive = t.Inclusive == nil || *t.Inclusive
+	t := walarchive.TargetRequest(rs.Spec.PointInTime.RecoveryTarget, "")
+	req.Time, req.LSN, req.XID, req.RestorePoint, req.Latest, req.Inclusive = t.Time, t.LSN, t.XID, t.RestorePoint, t.Latest, t.Inclusive
 	if rs.Status.Recovery != nil {
 		req.BaseBackup = rs.Status.Recovery.BaseBackup
 	}

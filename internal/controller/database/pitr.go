@@ -85,17 +85,6 @@ func checkTarget(t databasev1.RecoveryTarget, w *databasev1.WALArchiveStatus) er
 	return nil
 }
 
-// recoveryRequest is the target file's content.
-func recoveryRequest(t databasev1.RecoveryTarget, sysid string) walarchive.RecoveryRequest {
-	req := walarchive.RecoveryRequest{SystemID: sysid, LSN: t.LSN, RestorePoint: t.RestorePoint, Latest: t.Latest,
-		Inclusive: t.Inclusive == nil || *t.Inclusive}
-	if t.Time != nil {
-		tt := t.Time.UTC()
-		req.Time = &tt
-	}
-	return req
-}
-
 // reconcileRecoverySource writes the <name>-recovery-source Secret the
 // instances of a Database bootstrapped by a point-in-time recovery mount:
 // the source archive's configuration, its credentials and the target.
@@ -143,7 +132,7 @@ func (r *Reconciler) reconcileRecoverySource(ctx context.Context, db *databasev1
 		obs.Recovery = &recoveryObs{Reason: databasev1.ReasonRecoverySourceNotFound, Message: err.Error()}
 		return nil
 	}
-	target, err := json.Marshal(recoveryRequest(p.RecoveryTarget, src.SystemID))
+	target, err := json.Marshal(walarchive.TargetRequest(p.RecoveryTarget, src.SystemID))
 	if err != nil {
 		return err
 	}
